@@ -1,0 +1,127 @@
+//! The issuer's configuration file (TOML), parsed into typed settings at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML for this schema (the message names the key).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The PIN could not be found: neither `ALGA_HSM_PIN` nor a readable `hsm.pin_file`.
+    #[error("no HSM PIN: set hsm.pin_file or ALGA_HSM_PIN ({reason})")]
+    Pin { reason: String },
+}
+
+/// The whole configuration (see `config/dev/issuer.toml.in` for every key, commented).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub hsm: HsmConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address of the mTLS listener, e.g. `127.0.0.1:9443`.
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// Server private key (PEM, PKCS#8 or SEC1).
+    pub private_key: PathBuf,
+    /// CA bundle (PEM) that issued the gateway's client certificate.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module (`libsofthsm2.so` in dev).
+    pub module: PathBuf,
+    /// Label of the token holding the keys; slots are found by label, never by id.
+    pub token_label: String,
+    /// File holding the user PIN (trailing whitespace ignored). `ALGA_HSM_PIN` overrides it.
+    pub pin_file: Option<PathBuf>,
+    /// Worker threads, each with its own logged-in session (default 2).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+fn default_workers() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Path of the policy TOML shared with the gateway.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Directory of the issuer's own hash-chained signing log.
+    pub directory: PathBuf,
+}
+
+impl IssuerConfig {
+    /// Reads and parses the configuration file.
+    pub fn load(path: &Path) -> Result<IssuerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl HsmConfig {
+    /// The user PIN: `ALGA_HSM_PIN` if set, else the contents of `pin_file`. Never from argv.
+    pub fn pin(&self) -> Result<SecretString, ConfigError> {
+        read_secret("ALGA_HSM_PIN", self.pin_file.as_deref())
+    }
+}
+
+/// Reads a secret from an environment variable or, failing that, a file (trimmed).
+pub fn read_secret(env_var: &str, file: Option<&Path>) -> Result<SecretString, ConfigError> {
+    if let Ok(v) = std::env::var(env_var) {
+        if !v.is_empty() {
+            return Ok(SecretString::from(v));
+        }
+    }
+    let Some(file) = file else {
+        return Err(ConfigError::Pin {
+            reason: format!("{env_var} is not set and no file is configured"),
+        });
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Pin {
+        reason: format!("cannot read {}: {}", file.display(), e.kind()),
+    })?;
+    let trimmed = text.trim_end_matches(['\n', '\r', ' ', '\t']);
+    if trimmed.is_empty() {
+        return Err(ConfigError::Pin {
+            reason: format!("{} is empty", file.display()),
+        });
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}

@@ -1,0 +1,127 @@
+//! The seam between the signing operations and the key store.
+//!
+//! Operations (`ops::*`) never see PKCS#11: they ask a [`KeyOps`] for a signature or a
+//! MAC by key kind and version. The production implementation is the HSM
+//! (`hsm::Hsm`); unit tests of the operations use software keys. Everything here is
+//! public key material or metadata: no private key ever crosses this seam.
+
+use std::fmt;
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+/// The four keys of DESIGN §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyKind {
+    /// EC P-256, signs license JWTs (ES256), published as JWKS.
+    License,
+    /// EC P-256, signs per-appliance client certificates.
+    ApplianceCa,
+    /// Generic secret (HMAC-SHA256), derives and verifies install codes.
+    Code,
+    /// EC P-256, signs audit checkpoints.
+    Audit,
+}
+
+impl KeyKind {
+    /// Every kind, in the order `keys init` creates them.
+    pub const ALL: [KeyKind; 4] = [KeyKind::License, KeyKind::ApplianceCa, KeyKind::Code, KeyKind::Audit];
+
+    /// The stable short name used on the command line and in labels (`license`, `ca`, `code`, `audit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::License => "license",
+            KeyKind::ApplianceCa => "ca",
+            KeyKind::Code => "code",
+            KeyKind::Audit => "audit",
+        }
+    }
+
+    /// Parses the short name of [`KeyKind::as_str`].
+    pub fn parse(s: &str) -> Option<KeyKind> {
+        KeyKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether this kind is an EC P-256 key pair (everything but the code key).
+    pub fn is_ec(self) -> bool {
+        !matches!(self, KeyKind::Code)
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Public facts about one version of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kind: KeyKind,
+    /// 1, 2, … ; the highest version of a kind is the active one.
+    pub version: u32,
+    /// Stable identifier, `alga-<kind>-v<version>` (the JWKS `kid` for license keys).
+    pub kid: String,
+    /// DER SubjectPublicKeyInfo for EC keys; `None` for the code key.
+    pub public_key_spki: Option<Vec<u8>>,
+    /// SHA-256 of the SPKI (hex) for EC keys; for the code key, SHA-256 of its
+    /// PKCS#11 `CKA_CHECK_VALUE`-like public identity, or `None` when there is none.
+    pub fingerprint: Option<String>,
+    /// When the key was created (as recorded on the token).
+    pub created: OffsetDateTime,
+}
+
+/// One version of the appliance CA certificate (DER), stored on the token beside its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertificate {
+    pub version: u32,
+    pub der: Vec<u8>,
+}
+
+/// Why a key operation failed. Every PKCS#11 return value maps to one of these in
+/// one place (`hsm::error`); an unknown one is [`KeyOpsError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeyOpsError {
+    /// The token, a session or the device is not usable right now (retry later).
+    #[error("the HSM is unavailable")]
+    Unavailable,
+    /// The requested key (kind, version) is not on the token.
+    #[error("key {kind} version {version} is not on the token")]
+    UnknownKey { kind: KeyKind, version: u32 },
+    /// The PIN was refused.
+    #[error("the HSM refused the PIN")]
+    PinIncorrect,
+    /// The token named in the configuration is not present in any slot.
+    #[error("no token labelled {label:?} is present")]
+    TokenNotFound { label: String },
+}
+
+/// What the signing operations need from the key store.
+///
+/// Implementations do blocking HSM work off the async runtime.
+pub trait KeyOps: Send + Sync + 'static {
+    /// ECDSA P-256 over a SHA-256 digest the caller computed; returns raw `r‖s`
+    /// (64 bytes, the JWS ES256 form). `kind` must be an EC kind.
+    fn sign_digest(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        digest: [u8; 32],
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
+
+    /// HMAC-SHA256 with the code key of `version`.
+    fn hmac_sha256(
+        &self,
+        version: u32,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send;
+
+    /// The active (highest) version of `kind`.
+    fn active_version(&self, kind: KeyKind) -> u32;
+
+    /// Every version of `kind` on the token, oldest first.
+    fn keys(&self, kind: KeyKind) -> Vec<KeyInfo>;
+
+    /// Every appliance CA certificate on the token, oldest first.
+    fn ca_certificates(&self) -> Vec<CaCertificate>;
+}
