@@ -20,12 +20,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'm' => 60,
             'h' => 3_600,
             'd' => 86_400,
-            _ => return Err(format!("unexpected {c:?} in duration {text:?}: use s, m, h or d")),
+            _ => {
+                return Err(format!(
+                    "unexpected {c:?} in duration {text:?}: use s, m, h or d"
+                ));
+            }
         };
         if number.is_empty() {
             return Err(format!("missing number before {c:?} in duration {text:?}"));
         }
-        let n: i64 = number.parse().map_err(|_| format!("number too large in {text:?}"))?;
+        let n: i64 = number
+            .parse()
+            .map_err(|_| format!("number too large in {text:?}"))?;
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
@@ -33,7 +39,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         number.clear();
     }
     if !number.is_empty() {
-        return Err(format!("missing unit after {number} in duration {text:?}: use s, m, h or d"));
+        return Err(format!(
+            "missing unit after {number} in duration {text:?}: use s, m, h or d"
+        ));
     }
     if total <= 0 {
         return Err(format!("duration {text:?} must be positive"));

@@ -207,7 +207,9 @@ impl Policy {
 
     /// Parses and validates policy text.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| PolicyError::Syntax(e.to_string()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| PolicyError::Syntax(e.to_string()))?;
         reader::read_policy(&table)
     }
 
@@ -223,7 +225,10 @@ impl Policy {
 
     /// The SPIFFE URI of an appliance credential.
     pub fn appliance_spiffe_id(&self, tenant_id: &str, appliance_id: &str) -> String {
-        format!("spiffe://{}/tenant/{tenant_id}/appliance/{appliance_id}", self.trust_domain)
+        format!(
+            "spiffe://{}/tenant/{tenant_id}/appliance/{appliance_id}",
+            self.trust_domain
+        )
     }
 }
 

@@ -30,7 +30,10 @@ impl Reader {
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
                 let p = join(path, key);
-                self.problem(&p, format!("unknown key (expected one of: {})", known.join(", ")));
+                self.problem(
+                    &p,
+                    format!("unknown key (expected one of: {})", known.join(", ")),
+                );
             }
         }
     }
@@ -76,14 +79,35 @@ impl Reader {
         }
     }
 
-    fn bounded_duration(&mut self, path: &str, parent: &Table, key: &str, min: Duration, max: Duration) -> Option<Duration> {
+    fn bounded_duration(
+        &mut self,
+        path: &str,
+        parent: &Table,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
         let d = self.duration(path, parent, key)?;
         if d > max {
-            self.problem(&join(path, key), format!("{} is more than the maximum {}", format_duration(d), format_duration(max)));
+            self.problem(
+                &join(path, key),
+                format!(
+                    "{} is more than the maximum {}",
+                    format_duration(d),
+                    format_duration(max)
+                ),
+            );
             return None;
         }
         if d < min {
-            self.problem(&join(path, key), format!("{} is less than the minimum {}", format_duration(d), format_duration(min)));
+            self.problem(
+                &join(path, key),
+                format!(
+                    "{} is less than the minimum {}",
+                    format_duration(d),
+                    format_duration(min)
+                ),
+            );
             return None;
         }
         Some(d)
@@ -102,7 +126,10 @@ impl Reader {
                 None
             }
             Some(other) => {
-                self.problem(&p, format!("expected an integer, found {}", other.type_str()));
+                self.problem(
+                    &p,
+                    format!("expected an integer, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -117,7 +144,10 @@ impl Reader {
             }
             Some(Value::Boolean(b)) => Some(*b),
             Some(other) => {
-                self.problem(&p, format!("expected true or false, found {}", other.type_str()));
+                self.problem(
+                    &p,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -125,7 +155,11 @@ impl Reader {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn is_name(s: &str) -> bool {
@@ -138,24 +172,40 @@ fn is_name(s: &str) -> bool {
 fn is_trust_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
         && !s.starts_with('.')
         && !s.ends_with('.')
 }
 
 pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
-    let mut r = Reader { problems: Vec::new() };
+    let mut r = Reader {
+        problems: Vec::new(),
+    };
     r.unknown_keys(
         "",
         root,
-        &["trust_domain", "license", "install_codes", "download_links", "credentials", "editions", "clients", "rate_limits", "audit"],
+        &[
+            "trust_domain",
+            "license",
+            "install_codes",
+            "download_links",
+            "credentials",
+            "editions",
+            "clients",
+            "rate_limits",
+            "audit",
+        ],
     );
 
     let trust_domain = r.string("", root, "trust_domain").and_then(|td| {
         if is_trust_domain(&td) {
             Some(td)
         } else {
-            r.problem("trust_domain", "must be a lowercase DNS-like name (letters, digits, '.', '-', '_')");
+            r.problem(
+                "trust_domain",
+                "must be a lowercase DNS-like name (letters, digits, '.', '-', '_')",
+            );
             None
         }
     });
@@ -164,7 +214,10 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         r.unknown_keys("license", t, &["issuer"]);
         let iss = r.string("license", t, "issuer")?;
         if iss.trim().is_empty() || iss.chars().any(char::is_control) {
-            r.problem("license.issuer", "must be a non-empty string without control characters");
+            r.problem(
+                "license.issuer",
+                "must be a non-empty string without control characters",
+            );
             return None;
         }
         Some(iss)
@@ -172,18 +225,38 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
 
     let install_code_ttl = r.table("", root, "install_codes").and_then(|t| {
         r.unknown_keys("install_codes", t, &["ttl"]);
-        r.bounded_duration("install_codes", t, "ttl", Duration::minutes(5), MAX_INSTALL_CODE_TTL)
+        r.bounded_duration(
+            "install_codes",
+            t,
+            "ttl",
+            Duration::minutes(5),
+            MAX_INSTALL_CODE_TTL,
+        )
     });
     let download_link_ttl = r.table("", root, "download_links").and_then(|t| {
         r.unknown_keys("download_links", t, &["ttl"]);
-        r.bounded_duration("download_links", t, "ttl", Duration::minutes(1), MAX_DOWNLOAD_LINK_TTL)
+        r.bounded_duration(
+            "download_links",
+            t,
+            "ttl",
+            Duration::minutes(1),
+            MAX_DOWNLOAD_LINK_TTL,
+        )
     });
     let credential_lifetime = r.table("", root, "credentials").and_then(|t| {
         r.unknown_keys("credentials", t, &["lifetime"]);
-        r.bounded_duration("credentials", t, "lifetime", MIN_CREDENTIAL_LIFETIME, MAX_CREDENTIAL_LIFETIME)
+        r.bounded_duration(
+            "credentials",
+            t,
+            "lifetime",
+            MIN_CREDENTIAL_LIFETIME,
+            MAX_CREDENTIAL_LIFETIME,
+        )
     });
 
-    let editions = r.table("", root, "editions").and_then(|t| read_editions(&mut r, t));
+    let editions = r
+        .table("", root, "editions")
+        .and_then(|t| read_editions(&mut r, t));
     let clients = read_clients(&mut r, root, trust_domain.as_deref());
     let rate_limits = r.table("", root, "rate_limits").and_then(|t| {
         r.unknown_keys("rate_limits", t, &["redeem_per_source", "redeem_per_code"]);
@@ -195,10 +268,30 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         })
     });
     let audit = r.table("", root, "audit").and_then(|t| {
-        r.unknown_keys("audit", t, &["checkpoint_every_records", "checkpoint_interval", "unchained_alarm_after"]);
+        r.unknown_keys(
+            "audit",
+            t,
+            &[
+                "checkpoint_every_records",
+                "checkpoint_interval",
+                "unchained_alarm_after",
+            ],
+        );
         let every = r.positive_int("audit", t, "checkpoint_every_records", 10_000_000);
-        let interval = r.bounded_duration("audit", t, "checkpoint_interval", Duration::seconds(1), Duration::days(1));
-        let alarm = r.bounded_duration("audit", t, "unchained_alarm_after", Duration::seconds(1), Duration::hours(1));
+        let interval = r.bounded_duration(
+            "audit",
+            t,
+            "checkpoint_interval",
+            Duration::seconds(1),
+            Duration::days(1),
+        );
+        let alarm = r.bounded_duration(
+            "audit",
+            t,
+            "unchained_alarm_after",
+            Duration::seconds(1),
+            Duration::hours(1),
+        );
         Some(AuditPolicy {
             checkpoint_every_records: u64::try_from(every?).ok()?,
             checkpoint_interval: interval?,
@@ -217,21 +310,27 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         rate_limits,
         audit,
     ) {
-        (Some(trust_domain), Some(license_issuer), Some(install_code_ttl), Some(download_link_ttl), Some(credential_lifetime), Some(editions), Some(clients), Some(rate_limits), Some(audit))
-            if r.problems.is_empty() =>
-        {
-            Ok(Policy {
-                trust_domain,
-                license_issuer,
-                install_code_ttl,
-                download_link_ttl,
-                credential_lifetime,
-                editions,
-                clients,
-                rate_limits,
-                audit,
-            })
-        }
+        (
+            Some(trust_domain),
+            Some(license_issuer),
+            Some(install_code_ttl),
+            Some(download_link_ttl),
+            Some(credential_lifetime),
+            Some(editions),
+            Some(clients),
+            Some(rate_limits),
+            Some(audit),
+        ) if r.problems.is_empty() => Ok(Policy {
+            trust_domain,
+            license_issuer,
+            install_code_ttl,
+            download_link_ttl,
+            credential_lifetime,
+            editions,
+            clients,
+            rate_limits,
+            audit,
+        }),
         _ => Err(PolicyError::Invalid(r.problems)),
     }
 }
@@ -246,12 +345,18 @@ fn read_editions(r: &mut Reader, table: &Table) -> Option<BTreeMap<String, Editi
     for (name, value) in table {
         let path = format!("editions.{name}");
         if !is_name(name) {
-            r.problem(&path, "edition names are lowercase letters, digits, '_' and '-', starting with a letter");
+            r.problem(
+                &path,
+                "edition names are lowercase letters, digits, '_' and '-', starting with a letter",
+            );
             ok = false;
             continue;
         }
         let Value::Table(t) = value else {
-            r.problem(&path, format!("expected a table, found {}", value.type_str()));
+            r.problem(
+                &path,
+                format!("expected a table, found {}", value.type_str()),
+            );
             ok = false;
             continue;
         };
@@ -266,10 +371,23 @@ fn read_editions(r: &mut Reader, table: &Table) -> Option<BTreeMap<String, Editi
 }
 
 fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edition> {
-    r.unknown_keys(path, t, &["features", "seats", "paid", "license_lifetime", "check_in_interval"]);
+    r.unknown_keys(
+        path,
+        t,
+        &[
+            "features",
+            "seats",
+            "paid",
+            "license_lifetime",
+            "check_in_interval",
+        ],
+    );
     let features = match t.get("features") {
         None => {
-            r.problem(&join(path, "features"), "missing (an empty list is allowed)");
+            r.problem(
+                &join(path, "features"),
+                "missing (an empty list is allowed)",
+            );
             None
         }
         Some(Value::Array(items)) => {
@@ -299,15 +417,32 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
             ok.then_some(out)
         }
         Some(other) => {
-            r.problem(&join(path, "features"), format!("expected an array, found {}", other.type_str()));
+            r.problem(
+                &join(path, "features"),
+                format!("expected an array, found {}", other.type_str()),
+            );
             None
         }
     };
-    let seats = r.positive_int(path, t, "seats", 1_000_000).and_then(|n| u32::try_from(n).ok());
+    let seats = r
+        .positive_int(path, t, "seats", 1_000_000)
+        .and_then(|n| u32::try_from(n).ok());
     let paid = r.bool(path, t, "paid")?;
     let terms = if paid {
-        let lifetime = r.bounded_duration(path, t, "license_lifetime", Duration::hours(1), MAX_LICENSE_LIFETIME);
-        let interval = r.bounded_duration(path, t, "check_in_interval", Duration::minutes(5), Duration::days(30));
+        let lifetime = r.bounded_duration(
+            path,
+            t,
+            "license_lifetime",
+            Duration::hours(1),
+            MAX_LICENSE_LIFETIME,
+        );
+        let interval = r.bounded_duration(
+            path,
+            t,
+            "check_in_interval",
+            Duration::minutes(5),
+            Duration::days(30),
+        );
         match (lifetime, interval) {
             (Some(l), Some(i)) if i >= l => {
                 r.problem(
@@ -325,7 +460,10 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
     } else {
         for key in ["license_lifetime", "check_in_interval"] {
             if t.contains_key(key) {
-                r.problem(&join(path, key), "only paid editions have a license (set paid = true or remove this key)");
+                r.problem(
+                    &join(path, key),
+                    "only paid editions have a license (set paid = true or remove this key)",
+                );
             }
         }
         Some(None)
@@ -338,15 +476,25 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
     })
 }
 
-fn read_clients(r: &mut Reader, root: &Table, trust_domain: Option<&str>) -> Option<BTreeMap<String, Role>> {
+fn read_clients(
+    r: &mut Reader,
+    root: &Table,
+    trust_domain: Option<&str>,
+) -> Option<BTreeMap<String, Role>> {
     let items = match root.get("clients") {
         None => {
-            r.problem("clients", "missing: list the client identities ([[clients]] uri, role)");
+            r.problem(
+                "clients",
+                "missing: list the client identities ([[clients]] uri, role)",
+            );
             return None;
         }
         Some(Value::Array(items)) => items,
         Some(other) => {
-            r.problem("clients", format!("expected an array of tables, found {}", other.type_str()));
+            r.problem(
+                "clients",
+                format!("expected an array of tables, found {}", other.type_str()),
+            );
             return None;
         }
     };
@@ -364,7 +512,10 @@ fn read_clients(r: &mut Reader, root: &Table, trust_domain: Option<&str>) -> Opt
         let role = r.string(&path, t, "role").and_then(|s| {
             let role = Role::parse(&s);
             if role.is_none() {
-                r.problem(&join(&path, "role"), format!("unknown role {s:?} (expected store, auditor or gateway)"));
+                r.problem(
+                    &join(&path, "role"),
+                    format!("unknown role {s:?} (expected store, auditor or gateway)"),
+                );
             }
             role
         });
@@ -389,7 +540,10 @@ fn read_clients(r: &mut Reader, root: &Table, trust_domain: Option<&str>) -> Opt
         }
     }
     if ok && !clients.values().any(|r| *r == Role::Gateway) {
-        r.problem("clients", "no client has role \"gateway\": the issuer would accept nobody");
+        r.problem(
+            "clients",
+            "no client has role \"gateway\": the issuer would accept nobody",
+        );
         ok = false;
     }
     ok.then_some(clients)

@@ -8,9 +8,18 @@ fn sample_policy_loads() {
     assert_eq!(p.trust_domain, "alga.test");
     assert!(!p.edition("essentials").expect("essentials").is_paid());
     let pro = p.edition("pro").expect("pro");
-    assert_eq!(pro.paid.expect("pro is paid").license_lifetime, Duration::days(7));
-    assert_eq!(p.role_of("spiffe://alga.test/service/nm-store"), Some(Role::Store));
-    assert_eq!(p.role_of("spiffe://alga.test/service/gateway"), Some(Role::Gateway));
+    assert_eq!(
+        pro.paid.expect("pro is paid").license_lifetime,
+        Duration::days(7)
+    );
+    assert_eq!(
+        p.role_of("spiffe://alga.test/service/nm-store"),
+        Some(Role::Store)
+    );
+    assert_eq!(
+        p.role_of("spiffe://alga.test/service/gateway"),
+        Some(Role::Gateway)
+    );
     assert_eq!(p.role_of("spiffe://alga.test/service/unknown"), None);
     assert_eq!(p.download_link_ttl, Duration::hours(72));
 }
@@ -41,25 +50,39 @@ fn every_problem_is_reported_with_its_path() {
         "audit.colour: unknown key",
     ];
     for e in expect {
-        assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
     }
     assert_eq!(got.len(), expect.len(), "{got:#?}");
 }
 
 #[test]
 fn unpaid_edition_with_license_terms_is_refused() {
-    let text = SAMPLE.replace("seats = 5\npaid = false", "seats = 5\npaid = false\nlicense_lifetime = \"7d\"");
+    let text = SAMPLE.replace(
+        "seats = 5\npaid = false",
+        "seats = 5\npaid = false\nlicense_lifetime = \"7d\"",
+    );
     assert_eq!(
         problems(&text),
-        vec!["editions.essentials.license_lifetime: only paid editions have a license (set paid = true or remove this key)"]
+        vec![
+            "editions.essentials.license_lifetime: only paid editions have a license (set paid = true or remove this key)"
+        ]
     );
 }
 
 #[test]
 fn clients_must_be_service_identities_in_the_trust_domain() {
     let text = SAMPLE
-        .replace("spiffe://alga.test/service/nm-store", "spiffe://evil.test/service/nm-store")
-        .replace("spiffe://alga.test/service/auditor", "spiffe://alga.test/tenant/x/appliance/y");
+        .replace(
+            "spiffe://alga.test/service/nm-store",
+            "spiffe://evil.test/service/nm-store",
+        )
+        .replace(
+            "spiffe://alga.test/service/auditor",
+            "spiffe://alga.test/tenant/x/appliance/y",
+        );
     let got = problems(&text);
     assert_eq!(got.len(), 2, "{got:#?}");
     assert!(got[0].starts_with("clients[0].uri: must be a service identity"));
@@ -70,24 +93,45 @@ fn clients_must_be_service_identities_in_the_trust_domain() {
 fn a_gateway_client_is_required() {
     let text = SAMPLE.replace("role = \"gateway\"", "role = \"store\"");
     let got = problems(&text);
-    assert_eq!(got, vec!["clients: no client has role \"gateway\": the issuer would accept nobody"]);
+    assert_eq!(
+        got,
+        vec!["clients: no client has role \"gateway\": the issuer would accept nobody"]
+    );
 }
 
 #[test]
 fn missing_sections_are_each_reported() {
     let got = problems("trust_domain = \"alga.test\"\n");
-    for section in ["license", "install_codes", "download_links", "credentials", "editions", "clients", "rate_limits", "audit"] {
-        assert!(got.iter().any(|g| g.starts_with(section)), "missing {section} in {got:#?}");
+    for section in [
+        "license",
+        "install_codes",
+        "download_links",
+        "credentials",
+        "editions",
+        "clients",
+        "rate_limits",
+        "audit",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(section)),
+            "missing {section} in {got:#?}"
+        );
     }
 }
 
 #[test]
 fn syntax_errors_are_reported() {
-    assert!(matches!(Policy::from_toml("trust_domain = "), Err(PolicyError::Syntax(_))));
+    assert!(matches!(
+        Policy::from_toml("trust_domain = "),
+        Err(PolicyError::Syntax(_))
+    ));
 }
 
 #[test]
 fn appliance_spiffe_id_format() {
     let p = Policy::from_toml(SAMPLE).expect("valid");
-    assert_eq!(p.appliance_spiffe_id("T", "A"), "spiffe://alga.test/tenant/T/appliance/A");
+    assert_eq!(
+        p.appliance_spiffe_id("T", "A"),
+        "spiffe://alga.test/tenant/T/appliance/A"
+    );
 }

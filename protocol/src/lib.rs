@@ -1,1 +1,13 @@
+//! Types shared by the processes: install codes and their binding, SPIFFE identities,
+//! secrets on the wire, and the issuer's API. No I/O here.
 #![forbid(unsafe_code)]
+
+pub mod code;
+mod gf32;
+pub mod issuer_api;
+pub mod secret;
+pub mod spiffe;
+
+pub use code::{CodeBinding, CodeFormatError, CodeId, InstallCode};
+pub use secret::SecretText;
+pub use spiffe::ApplianceIdentity;
