@@ -2,6 +2,7 @@
 //! secrets on the wire, and the issuer's API. No I/O here.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod code;
 mod gf32;
 pub mod issuer_api;
