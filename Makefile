@@ -1,0 +1,52 @@
+# alga-license: local dev/test stack (DESIGN.md §8). The work is in scripts/stack.sh;
+# everything it creates lives in .dev/ (gitignored). Servers listen on 127.0.0.1 only.
+#
+#   make test        up, then cargo test --workspace with .dev/env exported
+#   make up          deps + build + infra + issuer + gateway (ALGA_UP_SERVICES=0: no issuer/gateway)
+#   make infra       deps + PKI, Postgres, SoftHSM2 conf/PINs, SMTP sink, S3, configs, .dev/env
+#   make down        stop everything, keep data;   make clean-dev: down and remove .dev/
+#   make status      what is running
+#   make demo        up (the guided journey is not built yet)
+#
+# Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),
+#        ALGA_GATEWAY_PORT (8443), ALGA_ISSUER_PORT (9443).
+# Single services: bash scripts/stack.sh {pg,smtp,s3,issuer,gateway}-{start,stop}
+
+SHELL := /bin/bash
+STACK := bash scripts/stack.sh
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build up infra services down clean-dev test demo status
+
+help:
+	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
+
+deps:
+	@$(STACK) deps
+
+build:
+	@$(STACK) build
+
+up:
+	@$(STACK) up
+
+infra:
+	@$(STACK) infra
+
+services:
+	@$(STACK) services
+
+down:
+	@$(STACK) down
+
+clean-dev:
+	@$(STACK) clean-dev
+
+test:
+	@$(STACK) test
+
+demo:
+	@$(STACK) demo
+
+status:
+	@$(STACK) status
