@@ -136,7 +136,7 @@ svc_pid() {
     [ -r "/proc/$pid/cmdline" ] || return 1
     # a zombie has an empty cmdline, so it counts as dead
     local cmdline
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
     [[ "$cmdline" == *"$2"* ]] || return 1
     printf '%s\n' "$pid"
 }
