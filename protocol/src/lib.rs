@@ -7,6 +7,7 @@ pub mod code;
 mod gf32;
 pub mod issuer_api;
 pub mod secret;
+pub mod signlog;
 pub mod spiffe;
 
 pub use code::{CodeBinding, CodeFormatError, CodeId, InstallCode};
