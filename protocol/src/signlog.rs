@@ -382,7 +382,7 @@ mod tests {
     fn event(i: u64) -> SignEvent {
         SignEvent {
             time: datetime!(2030-01-02 03:04:05.123456789 UTC) + time::Duration::seconds(i as i64),
-            op: if i % 2 == 0 {
+            op: if i.is_multiple_of(2) {
                 SignOp::License
             } else {
                 SignOp::CodeMint
@@ -441,7 +441,7 @@ mod tests {
         let mut h = Sha256::new();
         h.update(b"alga-license/signlog/v1\0");
         h.update(GENESIS_HASH.as_bytes());
-        h.update(line[..line.find(r#","hash":"#).expect("has hash")].as_bytes());
+        h.update(&line.as_bytes()[..line.find(r#","hash":"#).expect("has hash")]);
         h.update(b"}");
         assert_eq!(to_hex(&h.finalize()), r.hash);
     }
