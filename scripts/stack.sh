@@ -33,11 +33,22 @@ MAIL_DIR="$DEV/mail"
 S3_ROOT="$DEV/s3"
 HSM_DIR="$DEV/softhsm"
 
-PG_PORT="${ALGA_PG_PORT:-55432}"
-SMTP_PORT="${ALGA_SMTP_PORT:-2525}"
-S3_PORT="${ALGA_S3_PORT:-9000}"
-GATEWAY_PORT="${ALGA_GATEWAY_PORT:-8443}"
-ISSUER_PORT="${ALGA_ISSUER_PORT:-9443}"
+# Ports: the environment wins, then the ports this .dev/ was last brought up with
+# (.dev/ports), then the defaults.
+SAVED_PG_PORT="" SAVED_SMTP_PORT="" SAVED_S3_PORT="" SAVED_GATEWAY_PORT="" SAVED_ISSUER_PORT=""
+if [ -f "$DEV/ports" ]; then
+    while IFS='=' read -r _k _v; do
+        case "$_k" in
+            PG_PORT|SMTP_PORT|S3_PORT|GATEWAY_PORT|ISSUER_PORT)
+                [[ "$_v" =~ ^[0-9]+$ ]] && printf -v "SAVED_$_k" '%s' "$_v" ;;
+        esac
+    done <"$DEV/ports"
+fi
+PG_PORT="${ALGA_PG_PORT:-${SAVED_PG_PORT:-55432}}"
+SMTP_PORT="${ALGA_SMTP_PORT:-${SAVED_SMTP_PORT:-2525}}"
+S3_PORT="${ALGA_S3_PORT:-${SAVED_S3_PORT:-9000}}"
+GATEWAY_PORT="${ALGA_GATEWAY_PORT:-${SAVED_GATEWAY_PORT:-8443}}"
+ISSUER_PORT="${ALGA_ISSUER_PORT:-${SAVED_ISSUER_PORT:-9443}}"
 
 TRUST_DOMAIN="alga.test"
 HSM_TOKEN_LABEL="alga-dev"
@@ -102,6 +113,8 @@ ensure_dirs() {
     mkdir -p -m 0700 "$SECRETS"
     chmod 0755 "$DEV"
     chmod 0700 "$SECRETS" "$HSM_DIR/tokens"
+    printf 'PG_PORT=%s\nSMTP_PORT=%s\nS3_PORT=%s\nGATEWAY_PORT=%s\nISSUER_PORT=%s\n' \
+        "$PG_PORT" "$SMTP_PORT" "$S3_PORT" "$GATEWAY_PORT" "$ISSUER_PORT" >"$DEV/ports"
 }
 
 # Random secret written straight to a 0600 file (hex, no trailing newline); kept if present.
@@ -776,6 +789,7 @@ cmd_env() {
         echo "# Use:  set -a; . .dev/env; set +a"
         env_line ALGA_DEV_DIR "$DEV"
         env_line ALGA_BIN_DIR "$BIN_DIR"
+        env_line ALGA_STACK_SCRIPT "$ROOT/scripts/stack.sh"
         env_line ALGA_GATEWAY_URL "https://localhost:$GATEWAY_PORT"
         env_line ALGA_ISSUER_URL "https://localhost:$ISSUER_PORT"
         env_line ALGA_CA_BUNDLE "$PKI/service-ca.crt"
@@ -953,10 +967,22 @@ cmd_clean_dev() {
     rm -rf "/tmp/alga-dev-pgsock-$(hash_of_root)"
 }
 
+test_report() {
+    local rc="$1" t=$((SECONDS - TEST_START))
+    if [ "$rc" -eq 0 ]; then
+        say "make test: PASSED in $((t / 60))m$((t % 60))s"
+    elif [ -n "${TEST_PHASE:-}" ]; then
+        say "make test: FAILED ($TEST_PHASE, exit $rc) after $((t / 60))m$((t % 60))s"
+    fi
+}
+
 cmd_test() {
-    local start=$SECONDS rc=0
+    TEST_START=$SECONDS
+    TEST_PHASE="bringing the stack up"
+    trap 'test_report $?' EXIT
     cmd_up
     release_lock
+    TEST_PHASE="cargo test"
     say "running the tests: cargo test --workspace --no-fail-fast"
     (
         set -a
@@ -964,15 +990,8 @@ cmd_test() {
         . "$DEV/env"
         set +a
         cd "$ROOT"
-        cargo test --workspace --no-fail-fast
-    ) || rc=$?
-    local t=$((SECONDS - start))
-    if [ "$rc" -eq 0 ]; then
-        say "make test: PASSED in $((t / 60))m$((t % 60))s"
-    else
-        say "make test: FAILED (cargo test exit $rc) in $((t / 60))m$((t % 60))s"
-    fi
-    return "$rc"
+        exec cargo test --workspace --no-fail-fast
+    )
 }
 
 cmd_demo() {
