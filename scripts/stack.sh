@@ -273,9 +273,11 @@ install_s3s_fs() {
 }
 
 cmd_deps() {
+    [ -n "${DEPS_CHECKED:-}" ] && return 0
     say "checking dependencies"
     install_debs
     install_s3s_fs
+    DEPS_CHECKED=1
 }
 
 cmd_build() {
