@@ -1,1 +1,95 @@
+//! The appliance side of alga-license (DESIGN §7): what the appliance's setup engine
+//! and in-cluster bootstrap do.
+//!
+//! - [`redeem`]: the install code → a local EC P-256 key, a CSR, `POST /register`, the
+//!   license and certificate verified, the two Kubernetes Secrets written
+//!   ([`secrets`]).
+//! - [`check_in`]: the daily license refresh over mTLS, rotating the credential when
+//!   it nears expiry.
+//! - [`bootstrap`]: adopt the tenant id and seed `license_state` in the appliance's
+//!   own Postgres.
+//!
+//! Invariants:
+//! - the private key is generated on the appliance and never sent anywhere; key files
+//!   and the license-seed Secret are created with mode 0600 from the start;
+//! - nothing is printed or logged that contains the code, the token or the key;
+//! - the service is trusted only through the CA bundle given (no system roots);
+//! - a failure writes no Secret: an appliance never makes up a tenant;
+//! - time is a parameter (`now`) of every function that checks validity.
+//!
+//! # Exit codes
+//!
+//! | code | meaning | what the operator does |
+//! |---|---|---|
+//! | 0 | success | |
+//! | 1 | internal error, or the service refused our request | contact support |
+//! | 2 | bad command line | see `--help` |
+//! | 10 | the code is malformed (typo, found offline; names the group) | retype the code |
+//! | 11 | the code is unknown to the service | check it; else ask for a re-issued code |
+//! | 12 | the code expired | ask for a re-issued code |
+//! | 13 | the code was revoked | use the newest code, or ask for a re-issued one |
+//! | 14 | the code was already used | ask for a re-issued code |
+//! | 20 | the service is unreachable (after retries) | check network and URL, retry |
+//! | 21 | the service is busy or unavailable | retry later |
+//! | 22 | TLS failure (not the service the CA bundle trusts) | check URL and CA bundle |
+//! | 23 | the answer does not verify (license, certificate, format) | retry; contact support |
+//! | 30 | check-in: appliance revoked | reinstall with a re-issued code |
+//! | 31 | check-in: tenant suspended | contact support |
+//! | 32 | check-in: credential not accepted | reinstall with a re-issued code |
+//! | 40 | a local file could not be read or written | fix the path or permissions |
+//! | 41 | a local input is malformed (Secret, key, CA bundle, URL) | fix the input |
+//! | 50 | the appliance database failed | check the database |
+//! | 51 | the database holds another tenant, or no tenant yet | see the message |
+//!
+//! # Errors
+//!
+//! This library has one error type, [`Error`], with [`Error::exit_code`]; `anyhow` is
+//! not used here (only the binary's start-up and the tests may use it).
 #![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod check_in;
+pub mod crypto;
+pub mod error;
+pub mod fsio;
+pub mod redeem;
+pub mod secrets;
+pub mod service;
+
+pub use error::{Error, Result, exit};
+
+/// The exit-code table, as shown by `--help` (the same as the crate docs).
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+   0  success
+   1  internal error, or the service refused the request: contact support
+   2  bad command line
+  10  the install code is malformed (a typo, found offline; the message names the group)
+  11  the install code is unknown to the license service
+  12  the install code expired: ask for a re-issued code
+  13  the install code was revoked: use the newest code or ask for a re-issued one
+  14  the install code was already used: ask for a re-issued code
+  20  the license service is unreachable (after retries)
+  21  the license service is busy or unavailable: try again later
+  22  TLS failure: the service is not the one the CA bundle trusts
+  23  the service's answer does not verify (license, certificate or format)
+  30  check-in: this appliance's credential was revoked
+  31  check-in: the tenant is suspended
+  32  check-in: the credential was not accepted
+  40  a local file could not be read or written
+  41  a local input is malformed (Secret manifest, key, CA bundle, URL)
+  50  the appliance database failed
+  51  the appliance database belongs to another tenant, or has no tenant yet
+On any failure no Secret is written.";
+
+/// This program's version, reported to the service.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The host name reported at redeem (`/proc/sys/kernel/hostname`, else `appliance`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty() && s.len() <= 253)
+        .unwrap_or_else(|| "appliance".to_owned())
+}

@@ -1,2 +1,223 @@
+//! `alga-appliance`: parses the command line, sets up logging to stderr, calls the
+//! library, prints a summary (never a code, token or key) and exits with the error's
+//! exit code (see `--help`).
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use alga_appliance::bootstrap::{self, TenantAction};
+use alga_appliance::check_in::{self, CheckInConfig};
+use alga_appliance::redeem::{self, RedeemConfig};
+use alga_appliance::service::Retry;
+use alga_appliance::{EXIT_CODES_HELP, Error, VERSION};
+use alga_protocol::SecretText;
+use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+#[derive(Debug, Parser)]
+#[command(name = "alga-appliance", version, about = "The appliance side of alga-license: redeem an install code, check in, bootstrap the tenant.", after_long_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Redeem an install code: writes appliance.key and the two Secret manifests into --out.
+    ///
+    /// The code is read from standard input unless --code-file or --code is given.
+    /// Prefer standard input or --code-file: a --code argument is visible to other
+    /// local users (ps, /proc) while the program runs.
+    #[command(after_long_help = EXIT_CODES_HELP)]
+    Redeem(RedeemArgs),
+    /// Refresh the license over mTLS and rotate the credential when it nears expiry.
+    #[command(name = "check-in", after_long_help = EXIT_CODES_HELP)]
+    CheckIn(CheckInArgs),
+    /// In-cluster bootstrap steps against the appliance's own Postgres.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
+}
+
+#[derive(Debug, Args)]
+struct RedeemArgs {
+    /// The install code (visible to other local users: prefer stdin or --code-file).
+    #[arg(long, conflicts_with = "code_file")]
+    code: Option<String>,
+    /// A file holding the install code.
+    #[arg(long)]
+    code_file: Option<PathBuf>,
+    /// Base URL of the license service.
+    #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
+    service_url: String,
+    /// The CA bundle (PEM) that authenticates the license service: the only trust used.
+    #[arg(long)]
+    ca_bundle: PathBuf,
+    /// Output directory for appliance.key and the Secret manifests (created 0700).
+    #[arg(long)]
+    out: PathBuf,
+    /// Host name reported to the service (default: this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckInArgs {
+    /// Directory holding appliance-license-seed.yaml (updated in place, atomically).
+    #[arg(long)]
+    seed: PathBuf,
+    /// Base URL of the license service for the JWKS (default: the check-in URL's origin).
+    #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
+    service_url: Option<String>,
+    /// CA bundle for the service (default: CA_CERT of the license seed).
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// Rotate the key and credential now, whatever the certificate's remaining lifetime.
+    #[arg(long)]
+    rotate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BootstrapCommand {
+    /// Adopt INITIAL_TENANT_ID (or generate an id when there is none); idempotent.
+    #[command(name = "create-tenant", after_long_help = EXIT_CODES_HELP)]
+    CreateTenant(BootstrapArgs),
+    /// Write license_state from the appliance-license-seed Secret.
+    #[command(name = "seed-license", after_long_help = EXIT_CODES_HELP)]
+    SeedLicense(BootstrapArgs),
+}
+
+#[derive(Debug, Args)]
+struct BootstrapArgs {
+    /// Directory holding the Secret manifests (appliance-*.yaml).
+    #[arg(long)]
+    secrets: PathBuf,
+    /// The appliance's own Postgres (prefer the environment variable: argv is visible).
+    #[arg(long, env = "ALGA_APPLIANCE_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ALGA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alga-appliance: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let now = OffsetDateTime::now_utc();
+    match cli.command {
+        Command::Redeem(a) => {
+            let code = read_code(&a)?;
+            let cfg = RedeemConfig {
+                service_url: a.service_url,
+                ca_bundle: a.ca_bundle,
+                out_dir: a.out,
+                hostname: a.hostname.unwrap_or_else(alga_appliance::hostname),
+                version: VERSION.to_owned(),
+                retry: Retry::default(),
+            };
+            let r = redeem::redeem(&cfg, &code, now).await?;
+            println!("tenant_id: {}", r.tenant_id);
+            println!("appliance_id: {}", r.appliance_id);
+            println!("edition: {}", r.edition);
+            if let Some(t) = r.license_expires_at {
+                println!("license_expires_at: {t}");
+            }
+            for f in &r.files {
+                println!("wrote: {}", f.display());
+            }
+        }
+        Command::CheckIn(a) => {
+            let cfg = CheckInConfig {
+                seed_dir: a.seed,
+                service_url: a.service_url,
+                ca_bundle: a.ca_bundle,
+                force_rotate: a.rotate,
+                version: VERSION.to_owned(),
+                retry: Retry::default(),
+            };
+            let r = check_in::check_in(&cfg, now).await?;
+            println!("license_expires_at: {}", r.license_expires_at);
+            println!("next_check_in_after: {}", r.next_check_in_after);
+            println!("credential_rotated: {}", r.rotated);
+            println!("credential_expires_at: {}", r.credential_expires_at);
+        }
+        Command::Bootstrap(BootstrapCommand::CreateTenant(a)) => {
+            let initial = bootstrap::read_initial_tenant(&a.secrets)?;
+            let mut db = bootstrap::connect(&a.database_url).await?;
+            let r = bootstrap::create_tenant(&mut db, initial, now).await?;
+            let what = match r.action {
+                TenantAction::Adopted => "adopted from the install code",
+                TenantAction::Generated => "generated (no install code)",
+                TenantAction::Unchanged => "already set, unchanged",
+            };
+            println!("tenant_id: {} ({what})", r.tenant_id);
+        }
+        Command::Bootstrap(BootstrapCommand::SeedLicense(a)) => {
+            let seed = bootstrap::read_license_seed(&a.secrets)?;
+            let mut db = bootstrap::connect(&a.database_url).await?;
+            let s = bootstrap::seed_license(&mut db, seed.as_ref(), now).await?;
+            println!("tenant_id: {}", s.tenant_id);
+            println!("edition: {}", s.edition);
+            println!("tier: {}", s.tier);
+            if let Some(t) = s.expires_at {
+                println!("license_expires_at: {t}");
+            }
+            if let Some(t) = s.next_refresh_at {
+                println!("next_refresh_at: {t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The code from --code, --code-file, or standard input (prompting on a terminal).
+fn read_code(a: &RedeemArgs) -> Result<SecretText, Error> {
+    if let Some(c) = &a.code {
+        return Ok(SecretText::new(c.clone()));
+    }
+    let mut buf = Zeroizing::new(String::new());
+    match &a.code_file {
+        Some(path) => {
+            let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::Io {
+                action: "read",
+                path: path.clone(),
+                source: e,
+            })?);
+            buf.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        None => {
+            let stdin = std::io::stdin();
+            let read = if stdin.is_terminal() {
+                eprint!("Install code: ");
+                let _ = std::io::stderr().flush();
+                stdin.read_line(&mut buf)
+            } else {
+                stdin.lock().take(4096).read_to_string(&mut buf)
+            };
+            read.map_err(|e| Error::Io {
+                action: "read the code from",
+                path: PathBuf::from("standard input"),
+                source: e,
+            })?;
+        }
+    }
+    // Only the first line: a file may end with a newline, a terminal with Enter.
+    let line = buf.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    Ok(SecretText::new(line.trim().to_owned()))
+}

@@ -1,0 +1,374 @@
+//! The appliance's key, its CSR, and the checks on what the service returns: the
+//! license JWT (against the published JWKS, algorithm fixed by the key) and the
+//! certificate (URI SAN, EKU, public key, issuer signature).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use ::time::OffsetDateTime;
+use alga_protocol::issuer_api::{Jwks, LICENSE_AUDIENCE, LicenseClaims};
+use alga_protocol::{ApplianceIdentity, SecretText};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use uuid::Uuid;
+use x509_parser::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::fsio;
+
+/// File name of the appliance's private key in the output directory of `redeem`.
+pub const KEY_FILE: &str = "appliance.key";
+
+/// Allowed clock difference between the appliance and the service for `nbf`.
+pub const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// The appliance's EC P-256 key. No `Debug` that prints the key.
+pub struct ApplianceKey(KeyPair);
+
+impl std::fmt::Debug for ApplianceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplianceKey([redacted])")
+    }
+}
+
+impl ApplianceKey {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Result<ApplianceKey> {
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map(ApplianceKey)
+            .map_err(|e| Error::Internal(format!("key generation failed: {e}")))
+    }
+
+    /// Parses a PKCS#8 PEM key; it must be EC P-256.
+    pub fn from_pem(pem: &str) -> Result<ApplianceKey> {
+        let kp = KeyPair::from_pem(pem)
+            .map_err(|_| Error::input("the appliance key", "it is not a PKCS#8 PEM private key"))?;
+        if kp.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(Error::input(
+                "the appliance key",
+                "it is not an EC P-256 key",
+            ));
+        }
+        Ok(ApplianceKey(kp))
+    }
+
+    /// The key as PKCS#8 PEM.
+    pub fn to_pem(&self) -> SecretText {
+        SecretText::new(self.0.serialize_pem())
+    }
+
+    /// The SEC1 uncompressed public point (as in a certificate's SPKI).
+    pub fn public_point(&self) -> &[u8] {
+        self.0.public_key_raw()
+    }
+
+    /// A PEM CSR signed with this key. The service takes only the public key from it.
+    pub fn csr_pem(&self) -> Result<String> {
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| Error::Internal(format!("CSR parameters: {e}")))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "alga-appliance");
+        params.distinguished_name = dn;
+        params
+            .serialize_request(&self.0)
+            .and_then(|csr| csr.pem())
+            .map_err(|e| Error::Internal(format!("CSR: {e}")))
+    }
+}
+
+/// Loads `<dir>/appliance.key`, or generates it and writes it (mode 0600 from the
+/// start, atomically) when missing. Returns the key and whether it is new.
+///
+/// The key is written *before* the network call: a retried redeem must present the
+/// same key, so that the service's retry window returns the same tenant.
+pub fn load_or_create_key(dir: &Path) -> Result<(ApplianceKey, bool)> {
+    let path = dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| Error::input(path.display().to_string(), "it is not PEM text"))?;
+            let key = ApplianceKey::from_pem(text)?;
+            // Tighten a key file that someone loosened; never leave it readable by others.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| Error::io("inspect", &path, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(fsio::SECRET_MODE))
+                    .map_err(|e| Error::io("restrict the mode of", &path, e))?;
+            }
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ApplianceKey::generate()?;
+            fsio::write_atomic(&path, key.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
+            Ok((key, true))
+        }
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// What a verified appliance certificate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertFacts {
+    pub identity: ApplianceIdentity,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl CertFacts {
+    /// True when less than a third of the certificate's lifetime is left at `now`.
+    pub fn needs_renewal(&self, now: OffsetDateTime) -> bool {
+        let lifetime = self.not_after - self.not_before;
+        self.not_after - now < lifetime / 3
+    }
+}
+
+/// All certificates of a PEM bundle, as DER.
+pub fn pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for p in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let p = p.map_err(|_| Error::bad("a certificate is not valid PEM"))?;
+        if p.label == "CERTIFICATE" {
+            out.push(p.contents);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the facts of the leaf of `chain_pem` (leaf first) without checking anything
+/// but its form: used on the appliance's own stored certificate.
+pub fn cert_facts(chain_pem: &str) -> Result<CertFacts> {
+    let ders = pem_certs(chain_pem.as_bytes())?;
+    let leaf = ders
+        .first()
+        .ok_or_else(|| Error::input("the appliance certificate", "no certificate in it"))?;
+    let (_, cert) = parse_x509_certificate(leaf)
+        .map_err(|_| Error::input("the appliance certificate", "it is not X.509"))?;
+    let identity = identity_of(&cert)?;
+    Ok(CertFacts {
+        identity,
+        not_before: asn1_time(cert.validity().not_before)?,
+        not_after: asn1_time(cert.validity().not_after)?,
+    })
+}
+
+/// Checks a certificate the service issued to this appliance:
+/// exactly one URI SAN naming `expected` (any trust domain), EKU clientAuth, the
+/// public key is `key`'s, it is valid at `now`, and the first certificate of `chain_pem`
+/// signed it.
+pub fn verify_certificate(
+    cert_pem: &str,
+    chain_pem: &str,
+    key: &ApplianceKey,
+    expected: ApplianceIdentity,
+    now: OffsetDateTime,
+) -> Result<CertFacts> {
+    let leaf_der = pem_certs(cert_pem.as_bytes())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::bad("the credential has no certificate"))?;
+    let (_, leaf) = parse_x509_certificate(&leaf_der)
+        .map_err(|_| Error::bad("the certificate is not X.509"))?;
+    let identity = identity_of(&leaf)
+        .map_err(|_| Error::bad("the certificate does not carry exactly one appliance URI SAN"))?;
+    if identity != expected {
+        return Err(Error::bad(
+            "the certificate names another tenant or appliance than the response",
+        ));
+    }
+    let client_auth = leaf
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.value.client_auth);
+    if !client_auth {
+        return Err(Error::bad(
+            "the certificate is not for client authentication",
+        ));
+    }
+    if leaf.public_key().subject_public_key.data.as_ref() != key.public_point() {
+        return Err(Error::bad(
+            "the certificate is not for this appliance's key",
+        ));
+    }
+    let facts = CertFacts {
+        identity,
+        not_before: asn1_time(leaf.validity().not_before)?,
+        not_after: asn1_time(leaf.validity().not_after)?,
+    };
+    if now + ::time::Duration::seconds(CLOCK_SKEW_SECONDS) < facts.not_before
+        || now >= facts.not_after
+    {
+        return Err(Error::bad(
+            "the certificate is not valid now (check this appliance's clock)",
+        ));
+    }
+    let chain = pem_certs(chain_pem.as_bytes())?;
+    let issuer_der = chain
+        .first()
+        .ok_or_else(|| Error::bad("the credential has no CA chain"))?;
+    let (_, issuer) =
+        parse_x509_certificate(issuer_der).map_err(|_| Error::bad("the CA chain is not X.509"))?;
+    leaf.verify_signature(Some(issuer.public_key()))
+        .map_err(|_| Error::bad("the certificate is not signed by its CA chain"))?;
+    Ok(facts)
+}
+
+fn asn1_time(t: ASN1Time) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .map_err(|_| Error::bad("a certificate time is out of range"))
+}
+
+/// The appliance identity of the certificate's single URI SAN.
+fn identity_of(cert: &X509Certificate<'_>) -> Result<ApplianceIdentity> {
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::bad("no subject alternative name"))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris.as_slice() else {
+        return Err(Error::bad("not exactly one URI SAN"));
+    };
+    let trust_domain = uri
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| Error::bad("the URI SAN is not a SPIFFE id"))?;
+    ApplianceIdentity::parse(uri, trust_domain)
+        .ok_or_else(|| Error::bad("the URI SAN is not an appliance id"))
+}
+
+/// What a license must say besides being validly signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseExpectation {
+    pub tenant_id: Uuid,
+    pub appliance_id: Uuid,
+    pub edition: String,
+}
+
+/// Verifies a license JWT: the JWKS key named by `kid` must be an EC P-256 ES256 key,
+/// the token's algorithm is ES256 (fixed by the key, never taken from the token),
+/// `aud` is `alga-appliance`, `sub` the tenant, `appliance_id` and `edition` match,
+/// and it is valid at `now` (with [`CLOCK_SKEW_SECONDS`] for `nbf`).
+pub fn verify_license(
+    token: &SecretText,
+    jwks: &Jwks,
+    expected: &LicenseExpectation,
+    now: OffsetDateTime,
+) -> Result<LicenseClaims> {
+    let header = jsonwebtoken::decode_header(token.expose())
+        .map_err(|_| Error::bad("the license is not a JWT"))?;
+    let kid = header
+        .kid
+        .ok_or_else(|| Error::bad("the license names no signing key"))?;
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or_else(|| Error::bad("the license's signing key is not published"))?;
+    if jwk.kty != "EC" || jwk.crv != "P-256" || jwk.alg != "ES256" {
+        return Err(Error::bad("the license's signing key is not an ES256 key"));
+    }
+    let key = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
+        .map_err(|_| Error::bad("the published signing key is malformed"))?;
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&[LICENSE_AUDIENCE]);
+    v.sub = Some(expected.tenant_id.hyphenated().to_string());
+    v.required_spec_claims = ["exp", "nbf", "aud", "sub"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<HashSet<_>>();
+    // Time is checked below against `now`, not the system clock.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    let data = jsonwebtoken::decode::<LicenseClaims>(token.expose(), &key, &v).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        Error::bad(match e.kind() {
+            K::InvalidSignature => "the license signature does not verify",
+            K::InvalidAlgorithm => "the license is not signed with ES256",
+            K::InvalidAudience => "the license is not for an appliance",
+            K::InvalidSubject => "the license is for another tenant",
+            _ => "the license is malformed",
+        })
+    })?;
+    let c = data.claims;
+    if c.appliance_id != expected.appliance_id.hyphenated().to_string()
+        && Uuid::try_parse(&c.appliance_id).ok() != Some(expected.appliance_id)
+    {
+        return Err(Error::bad("the license is for another appliance"));
+    }
+    if c.edition != expected.edition {
+        return Err(Error::bad("the license is for another edition"));
+    }
+    let t = now.unix_timestamp();
+    if c.nbf > t + CLOCK_SKEW_SECONDS {
+        return Err(Error::bad(
+            "the license is not valid yet (check this appliance's clock)",
+        ));
+    }
+    if c.exp <= t {
+        return Err(Error::bad("the license has already expired"));
+    }
+    Ok(c)
+}
+
+/// The claims of a token *without* checking its signature. Only for a token this
+/// program verified before writing it to the local license seed (the bootstrap has no
+/// network access to the JWKS).
+pub fn claims_of_verified_token(token: &SecretText) -> Result<LicenseClaims> {
+    let payload = token
+        .expose()
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| Error::input("the license token", "it is not a JWT"))?;
+    let json = B64URL
+        .decode(payload)
+        .map_err(|_| Error::input("the license token", "it is not a JWT"))?;
+    serde_json::from_slice(&json)
+        .map_err(|_| Error::input("the license token", "its claims are malformed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_pem_round_trip_and_csr() {
+        let k = ApplianceKey::generate().expect("key");
+        let again = ApplianceKey::from_pem(k.to_pem().expose()).expect("parses");
+        assert_eq!(k.public_point(), again.public_point());
+        assert_eq!(k.public_point().len(), 65);
+        let csr = k.csr_pem().expect("csr");
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        assert!(!format!("{k:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn renewal_at_a_third() {
+        let nb = OffsetDateTime::from_unix_timestamp(0).expect("t");
+        let facts = CertFacts {
+            identity: ApplianceIdentity {
+                tenant_id: Uuid::nil(),
+                appliance_id: Uuid::nil(),
+            },
+            not_before: nb,
+            not_after: nb + ::time::Duration::days(30),
+        };
+        assert!(!facts.needs_renewal(nb + ::time::Duration::days(19)));
+        assert!(facts.needs_renewal(nb + ::time::Duration::days(21)));
+    }
+}
