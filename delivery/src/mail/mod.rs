@@ -1,0 +1,350 @@
+//! The install-code mail: rendering and SMTP delivery (lettre, rustls with ring).
+//!
+//! The gateway's outbox worker builds an [`OutgoingMail`] (re-deriving the code through
+//! the issuer; the outbox never stores it) and calls [`Mailer::send`]. A failure says
+//! whether retrying can help ([`MailError::is_transient`]), so the worker backs off on a
+//! transient error and gives up at once on a permanent one.
+//!
+//! Invariants:
+//! - One recipient per mail: the envelope is exactly the `From` and the one `To`.
+//! - Header values come only from [`DisplayName`], [`MailAddress`] and [`Sender`], which
+//!   refuse CR, LF and every other control character before any SMTP traffic.
+//! - The code, the link and the SMTP password are never logged nor in an error.
+//! - With credentials configured, the connection must be encrypted.
+
+mod header;
+mod template;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+use tracing::instrument;
+use zeroize::Zeroizing;
+
+pub use header::{
+    DisplayName, HeaderError, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MailAddress, Sender,
+    validate_header_text,
+};
+pub use template::{DeliveryId, MailKind, OutgoingMail, html_escape, message_id};
+
+/// Default time limit of each SMTP step (connect, each command).
+pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the connection to the SMTP server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain SMTP: only for a relay on the same host or a test sink. Refused together
+    /// with credentials.
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (never opportunistic:
+    /// a stripped STARTTLS must fail, not downgrade).
+    Starttls,
+    /// TLS from the first byte (implicit TLS, usually port 465).
+    Tls,
+}
+
+/// The gateway's `[smtp]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// SMTP server host name (also the name its certificate must carry).
+    pub host: String,
+    /// SMTP server port.
+    pub port: u16,
+    /// Transport security.
+    pub security: SmtpSecurity,
+    /// `From` header and envelope sender; its domain names the `Message-ID`s.
+    pub from: Sender,
+    /// SMTP AUTH user (with `password_file`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the SMTP AUTH password (one line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Extra trust root(s), PEM, for the SMTP server's certificate (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Time limit of each SMTP step, in seconds.
+    #[serde(default = "default_timeout", deserialize_with = "seconds")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_SMTP_TIMEOUT
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if secs == 0 {
+        return Err(serde::de::Error::custom(
+            "timeout must be at least 1 second",
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Why a [`Mailer`] could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum MailSetupError {
+    /// A file named by the configuration could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        /// Which setting (`password_file`, `ca_file`).
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `username` and `password_file` must be given together.
+    #[error("smtp username and password_file must be given together")]
+    IncompleteCredentials,
+    /// Credentials over a plain connection would expose the password.
+    #[error("smtp credentials need security = \"starttls\" or \"tls\"")]
+    CredentialsWithoutTls,
+    /// The password file or username is empty or has control characters.
+    #[error("the smtp {0} is empty or contains control characters")]
+    InvalidCredential(&'static str),
+    /// `ca_file` holds no usable PEM certificate.
+    #[error("ca_file {0} holds no PEM certificate")]
+    CaFile(PathBuf),
+    /// `ca_file` given without TLS.
+    #[error("ca_file needs security = \"starttls\" or \"tls\"")]
+    CaWithoutTls,
+    /// lettre refused the TLS parameters.
+    #[error("cannot set up TLS for the SMTP server: {0}")]
+    Tls(String),
+}
+
+/// Why a mail was not delivered. [`MailError::is_transient`] tells the outbox worker
+/// whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// Worth retrying later: the server is unreachable or timed out, the connection
+    /// broke, TLS failed, or the server answered 4xx.
+    #[error("transient SMTP failure{}: {reason}", fmt_code(*.code))]
+    Transient {
+        /// The SMTP reply code, when the server answered.
+        code: Option<u16>,
+        /// lettre's description (no code, link or password in it).
+        reason: String,
+    },
+    /// Retrying will not help: the server answered 5xx (unknown mailbox, policy).
+    #[error("permanent SMTP failure{}: {reason}", fmt_code(*.code))]
+    Permanent {
+        /// The SMTP reply code.
+        code: Option<u16>,
+        /// lettre's description.
+        reason: String,
+    },
+    /// The message could not be built from its parts (a bug, or data that slipped past
+    /// validation): permanent.
+    #[error("the mail could not be built: {0}")]
+    InvalidMessage(String),
+}
+
+fn fmt_code(code: Option<u16>) -> String {
+    code.map(|c| format!(" ({c})")).unwrap_or_default()
+}
+
+impl MailError {
+    /// Whether the same mail may succeed later (back off and retry).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MailError::Transient { .. })
+    }
+
+    fn from_smtp(e: &lettre::transport::smtp::Error) -> MailError {
+        let code = e.status().map(u16::from);
+        let reason = e.to_string();
+        if e.is_permanent() {
+            MailError::Permanent { code, reason }
+        } else {
+            // 4xx, timeouts, refused or broken connections, TLS: all may pass.
+            MailError::Transient { code, reason }
+        }
+    }
+}
+
+/// Sends install-code mails through one SMTP server. Cheap to share; each
+/// [`Mailer::send`] opens its own connection (no pool: mails are rare, and a fresh
+/// connection after an outage needs no pool recovery).
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Sender,
+    server: String,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("server", &self.server)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// Builds the mailer; reads the password and CA files now, so a broken
+    /// configuration stops the gateway at start-up rather than at the first mail.
+    #[instrument(skip_all)]
+    pub fn new(config: &SmtpConfig) -> Result<Mailer, MailSetupError> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .timeout(Some(config.timeout));
+        let tls_params = || -> Result<TlsParameters, MailSetupError> {
+            let mut params = TlsParameters::builder(config.host.clone());
+            if let Some(path) = &config.ca_file {
+                for cert in read_ca_file(path)? {
+                    params = params.add_root_certificate(cert);
+                }
+            }
+            params
+                .build_rustls()
+                .map_err(|e| MailSetupError::Tls(e.to_string()))
+        };
+        builder = match config.security {
+            SmtpSecurity::None => {
+                if config.ca_file.is_some() {
+                    return Err(MailSetupError::CaWithoutTls);
+                }
+                if !is_loopback(&config.host) {
+                    tracing::warn!(
+                        smtp.host = %config.host,
+                        "SMTP without TLS to a host that is not loopback: install codes travel in clear"
+                    );
+                }
+                builder.tls(Tls::None)
+            }
+            SmtpSecurity::Starttls => builder.tls(Tls::Required(tls_params()?)),
+            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls_params()?)),
+        };
+        match (&config.username, &config.password_file) {
+            (None, None) => {}
+            (Some(user), Some(path)) => {
+                if config.security == SmtpSecurity::None {
+                    return Err(MailSetupError::CredentialsWithoutTls);
+                }
+                if user.is_empty() || user.chars().any(char::is_control) {
+                    return Err(MailSetupError::InvalidCredential("username"));
+                }
+                let password = read_password(path)?;
+                builder = builder.credentials(Credentials::new(
+                    user.clone(),
+                    password.expose_secret().to_owned(),
+                ));
+            }
+            _ => return Err(MailSetupError::IncompleteCredentials),
+        }
+        Ok(Mailer {
+            transport: builder.build(),
+            from: config.from.clone(),
+            server: format!("{}:{}", config.host, config.port),
+        })
+    }
+
+    /// The configured sender.
+    pub fn from(&self) -> &Sender {
+        &self.from
+    }
+
+    /// Renders and sends `mail` to its one recipient with the `Message-ID`
+    /// `<{outbox_id}.{kind}@{from domain}>`: a retry of the same outbox row sends the
+    /// same id, so duplicates can be recognised downstream.
+    #[instrument(skip_all, fields(mail.kind = mail.kind.as_str(), outbox.id = mail.outbox_id.as_str()))]
+    pub async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
+        let message = self.build(mail)?;
+        let sent = self.transport.send(message).await;
+        match sent {
+            Ok(_) => {
+                tracing::info!(smtp.server = %self.server, "mail accepted by the SMTP server");
+                Ok(())
+            }
+            Err(e) => {
+                let error = MailError::from_smtp(&e);
+                tracing::warn!(
+                    smtp.server = %self.server,
+                    mail.transient = error.is_transient(),
+                    error = %error,
+                    "mail not delivered"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// The message as it would be sent (tests and previews). Holds the code.
+    #[instrument(skip_all)]
+    pub fn build(&self, mail: &OutgoingMail) -> Result<Message, MailError> {
+        let rendered = template::render(mail);
+        let to = Mailbox::new(
+            mail.to_name.as_ref().map(|n| n.as_str().to_owned()),
+            mail.to.lettre().clone(),
+        );
+        let id = message_id(&mail.outbox_id, mail.kind, self.from.address());
+        Message::builder()
+            .from(self.from.mailbox())
+            .to(to)
+            .subject(rendered.subject.clone())
+            .message_id(Some(id))
+            .multipart(MultiPart::alternative_plain_html(
+                String::clone(&rendered.text),
+                String::clone(&rendered.html),
+            ))
+            .map_err(|e| MailError::InvalidMessage(e.to_string()))
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads the SMTP password: the file's first line, without its line ending.
+fn read_password(path: &Path) -> Result<SecretString, MailSetupError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| MailSetupError::File {
+                what: "password_file",
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() || line.chars().any(char::is_control) {
+        return Err(MailSetupError::InvalidCredential("password"));
+    }
+    Ok(SecretString::from(line.to_owned()))
+}
+
+/// Reads every PEM certificate of `path`.
+fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, MailSetupError> {
+    let pem = std::fs::read(path).map_err(|source| MailSetupError::File {
+        what: "ca_file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| MailSetupError::CaFile(path.to_owned()))?;
+    if ders.is_empty() {
+        return Err(MailSetupError::CaFile(path.to_owned()));
+    }
+    ders.into_iter()
+        .map(|der| {
+            Certificate::from_der(der.to_vec()).map_err(|e| MailSetupError::Tls(e.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! Real servers started by the tests, each on a free loopback port, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Test credentials of the S3 server (not secrets: they exist only for this process).
+pub const S3_ACCESS_KEY: &str = "ALGATESTACCESSKEY";
+pub const S3_SECRET_KEY: &str = "alga/test+secret/key";
+
+/// A child process killed (by its own pid) when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An s3s-fs server over a temporary root directory.
+pub struct S3Server {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    _child: ChildGuard,
+}
+
+impl S3Server {
+    /// Starts `s3s-fs` on 127.0.0.1 with a bucket seeded with `objects` (key, bytes).
+    pub fn start(bucket: &str, objects: &[(&str, &[u8])]) -> Result<S3Server> {
+        let bin = which("s3s-fs").context(
+            "s3s-fs is not on PATH: install it with \
+             `cargo install s3s-fs@0.14.1 --locked --features binary` (or `make deps`)",
+        )?;
+        let root = tempfile::tempdir()?;
+        for (key, bytes) in objects {
+            let path = root.path().join(bucket).join(key);
+            std::fs::create_dir_all(path.parent().context("object path has a parent")?)?;
+            std::fs::write(&path, bytes)?;
+        }
+        std::fs::create_dir_all(root.path().join(bucket))?;
+        // s3s-fs takes the keys only as arguments (no environment variables); these are
+        // throwaway test credentials of this one process.
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting s3s-fs")?;
+        let stdout = child.stdout.take().context("s3s-fs stdout")?;
+        let guard = ChildGuard(child);
+        // s3s-fs logs "server is running at http://127.0.0.1:<port>" once it listens.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent
+                    && let Some(rest) = line.split("server is running at http://127.0.0.1:").nth(1)
+                {
+                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = tx.send(port.parse::<u16>().ok());
+                    sent = true;
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("s3s-fs did not report its port within 20 s")?
+            .context("s3s-fs reported an unparsable port")?;
+        wait_for_port(port, Duration::from_secs(10))?;
+        Ok(S3Server {
+            port,
+            root,
+            _child: guard,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+/// An HTTP client for plain-HTTP test servers. reqwest is built without a rustls
+/// provider of its own; the process-wide one is ring (never aws-lc-rs).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {limit:?}")
+}
+
+/// A port that was free a moment ago (for servers that cannot report their own).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The path of an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
