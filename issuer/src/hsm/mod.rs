@@ -1,0 +1,324 @@
+//! The HSM: the only module in the code base that speaks PKCS#11.
+//!
+//! - [`Hsm`] is the serving key store: it checks at open that the token holds the
+//!   complete key set (it never creates keys), caches the public key metadata and CA
+//!   certificates, and runs every signature and MAC on a pool of worker threads, each
+//!   with its own logged-in session, so HSM work never blocks the async runtime. A
+//!   lost session is reopened and the job retried once (see `worker`).
+//! - [`admin`] holds the key ceremonies (`token init`, `keys init|list|rotate`).
+//! - [`CaSigner`] is the rcgen external signer of the appliance CA, over any
+//!   [`KeyOps`].
+//! - [`error`] maps every PKCS#11 return value, in one place.
+//!
+//! Objects on the token, per key version `v` of kind `k` (`license`, `ca`, `code`,
+//! `audit`): label and id `alga-<k>-v<v>` on the private key (EC P-256; the code key
+//! is a 32-byte generic secret), the public key (EC kinds), a `CKO_DATA` creation
+//! record, and for `ca` the X.509 certificate. See `objects` for the details.
+//!
+//! Invariants: no private or secret key is ever created extractable or
+//! non-sensitive, and one found on the token that is gets refused at open; no PIN or
+//! key material appears in an error, a log line or a `Debug` output.
+
+pub mod admin;
+mod ca;
+pub mod error;
+mod objects;
+mod signer;
+mod token;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use secrecy::SecretString;
+use tracing::instrument;
+
+pub use error::HsmError;
+pub use objects::{KeyProtection, kid, parse_kid, sha256_hex};
+pub use signer::{CaSigner, der_signature};
+
+use crate::config::HsmConfig;
+use crate::keyring::{CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+use objects::Inventory;
+use token::Token;
+use worker::{Job, Op, Reply, Worker};
+
+/// Most worker threads a pool may have (each holds a session; tokens limit sessions).
+const MAX_WORKERS: usize = 64;
+
+/// The serving key store. Cheap to clone: clones share one worker pool, which stops
+/// (closing its sessions) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Hsm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping: closing the channel stops the workers.
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    token: Token,
+    inventory: Inventory,
+    recoveries: Arc<AtomicU64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            // A worker that panicked has nothing left to clean up.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token", &self.inner.token.label)
+            .field("workers", &self.inner.threads.len())
+            .field(
+                "keys",
+                &self
+                    .inner
+                    .inventory
+                    .keys
+                    .iter()
+                    .map(|k| &k.kid)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Hsm {
+    /// Opens the configured token for serving: finds it by label, logs in, checks that
+    /// the complete key set is there (with the required protection), caches the public
+    /// metadata, and starts `config.workers` workers, each with its own logged-in session.
+    ///
+    /// Blocking: call it from `spawn_blocking` (or before the runtime starts).
+    #[instrument(skip_all, fields(hsm.token = %config.token_label))]
+    pub fn open(config: &HsmConfig, pin: SecretString) -> Result<Hsm, HsmError> {
+        if config.workers == 0 || config.workers > MAX_WORKERS {
+            return Err(HsmError::Config {
+                reason: format!(
+                    "hsm.workers must be between 1 and {MAX_WORKERS}, not {}",
+                    config.workers
+                ),
+            });
+        }
+        let token = Token::find(config)?;
+        let session = token.user_session(&pin)?;
+        let inventory = Inventory::load(&session)?;
+        let missing = inventory.missing();
+        if !missing.is_empty() {
+            return Err(HsmError::KeysMissing {
+                label: token.label.clone(),
+                missing: format!("missing: {}", missing.join(", ")),
+            });
+        }
+
+        // Sessions are opened and logged in here, so that a bad PIN or an exhausted
+        // token fails `open` instead of the first request.
+        let mut sessions = vec![session];
+        while sessions.len() < config.workers {
+            sessions.push(token.user_session(&pin)?);
+        }
+        let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
+        let recoveries = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::with_capacity(config.workers);
+        for (index, session) in sessions.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                token: token.clone(),
+                pin: pin.clone(),
+                session: Some(session),
+                handles: Default::default(),
+                recoveries: recoveries.clone(),
+            };
+            let receiver = receiver.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("hsm-worker-{index}"))
+                .spawn(move || worker.run(receiver))
+                .map_err(|e| HsmError::unavailable(format!("cannot start an HSM worker: {e}")))?;
+            threads.push(thread);
+        }
+        tracing::info!(
+            hsm.workers = config.workers,
+            hsm.keys = inventory.keys.len(),
+            "HSM open"
+        );
+        Ok(Hsm {
+            inner: Arc::new(Inner {
+                jobs: Some(jobs),
+                threads,
+                token,
+                inventory,
+                recoveries,
+            }),
+        })
+    }
+
+    /// The token's label.
+    pub fn token_label(&self) -> &str {
+        &self.inner.token.label
+    }
+
+    /// ECDSA P-256 over `digest`, waiting on the calling thread. For synchronous
+    /// callers on a blocking thread (`spawn_blocking`), never from async code; the
+    /// signature itself is made by the worker pool, like [`KeyOps::sign_digest`].
+    pub fn sign_digest_blocking(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        digest: [u8; 32],
+    ) -> Result<[u8; 64], HsmError> {
+        self.check_known(kind, version, true)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            Op::Sign {
+                kind,
+                version,
+                digest,
+            },
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )?;
+        let out = rx
+            .recv()
+            .map_err(|_| HsmError::unavailable("the HSM worker stopped"))??;
+        to_array(out, "C_Sign(CKM_ECDSA)")
+    }
+
+    /// How many times a worker has reopened a lost session since `open`.
+    pub fn session_recoveries(&self) -> u64 {
+        self.inner.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// **Test-only hook**: pulls the login out from under the running pool, as an HSM
+    /// restart or a network HSM failover would. It opens a separate session on the
+    /// token and calls `C_Logout`, which logs out every session of this process (login
+    /// is per application) and, in SoftHSM, invalidates the cached handles of private
+    /// objects. The workers' next jobs then fail with "user not logged in" or "object
+    /// handle invalid" and must recover by themselves. (cryptoki 0.12 has no safe
+    /// `C_CloseAllSessions`, and this crate forbids `unsafe`.) Never call it in
+    /// production code.
+    #[doc(hidden)]
+    pub fn invalidate_sessions_for_test(&self) -> Result<(), HsmError> {
+        let token = &self.inner.token;
+        let session = token
+            .pkcs11
+            .open_ro_session(token.slot)
+            .map_err(error::map_cryptoki)?;
+        session.logout().map_err(error::map_cryptoki)
+    }
+
+    fn check_known(&self, kind: KeyKind, version: u32, ec: bool) -> Result<(), HsmError> {
+        let known = kind.is_ec() == ec
+            && self
+                .inner
+                .inventory
+                .versions(kind)
+                .any(|k| k.version == version);
+        if known {
+            Ok(())
+        } else {
+            Err(HsmError::UnknownKey { kind, version })
+        }
+    }
+
+    fn submit(&self, op: Op, reply: Reply) -> Result<(), HsmError> {
+        let jobs = self
+            .inner
+            .jobs
+            .as_ref()
+            .ok_or_else(|| HsmError::unavailable("the HSM worker pool is stopped"))?;
+        jobs.send(Job { op, reply })
+            .map_err(|_| HsmError::unavailable("the HSM worker pool is stopped"))
+    }
+
+    /// Submits `op` and returns a receiver for its result (async callers).
+    fn submit_async(
+        &self,
+        op: Op,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, HsmError>>, HsmError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            op,
+            Box::new(move |result| {
+                // The caller may have given up waiting (request cancelled): nothing to do.
+                let _ = tx.send(result);
+            }),
+        )?;
+        Ok(rx)
+    }
+}
+
+fn to_array<const N: usize>(out: Vec<u8>, operation: &'static str) -> Result<[u8; N], HsmError> {
+    out.try_into()
+        .map_err(|out: Vec<u8>| HsmError::UnexpectedOutput {
+            operation,
+            reason: format!("{} bytes instead of {N}", out.len()),
+        })
+}
+
+async fn wait<const N: usize>(
+    rx: Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, HsmError>>, HsmError>,
+    operation: &'static str,
+) -> Result<[u8; N], KeyOpsError> {
+    let result = match rx {
+        Ok(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err(HsmError::unavailable("the HSM worker stopped"))),
+        Err(e) => Err(e),
+    };
+    let result = result.and_then(|out| to_array(out, operation));
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "HSM operation failed");
+    }
+    result.map_err(KeyOpsError::from)
+}
+
+impl KeyOps for Hsm {
+    fn sign_digest(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        digest: [u8; 32],
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+        let rx = self.check_known(kind, version, true).and_then(|()| {
+            self.submit_async(Op::Sign {
+                kind,
+                version,
+                digest,
+            })
+        });
+        wait(rx, "C_Sign(CKM_ECDSA)")
+    }
+
+    fn hmac_sha256(
+        &self,
+        version: u32,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send {
+        let rx = self
+            .check_known(KeyKind::Code, version, false)
+            .and_then(|()| self.submit_async(Op::Hmac { version, data }));
+        wait(rx, "C_Sign(CKM_SHA256_HMAC)")
+    }
+
+    fn active_version(&self, kind: KeyKind) -> u32 {
+        // `open` refuses a token without every kind, so 0 is unreachable in practice.
+        self.inner.inventory.max_version(kind).unwrap_or(0)
+    }
+
+    fn keys(&self, kind: KeyKind) -> Vec<KeyInfo> {
+        self.inner.inventory.versions(kind).cloned().collect()
+    }
+
+    fn ca_certificates(&self) -> Vec<CaCertificate> {
+        self.inner.inventory.ca_certificates.clone()
+    }
+}

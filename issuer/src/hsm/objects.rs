@@ -1,0 +1,758 @@
+//! Key objects on the token: names, templates, creation with read-back, and the inventory.
+//!
+//! Naming: key version `v` of kind `k` has `CKA_LABEL` and `CKA_ID` both
+//! `alga-<k>-v<v>` (`k` from [`KeyKind::as_str`]). The EC private and public key share
+//! them; so do the code (secret) key, the appliance CA certificate (`CKO_CERTIFICATE`)
+//! and the creation record.
+//!
+//! Creation record: PKCS#11 keys have no creation time (`CKA_START_DATE` is a date and
+//! means "usable from"), so each key version gets a public `CKO_DATA` object with
+//! `CKA_APPLICATION` `alga-license`, `CKA_LABEL` the kid and `CKA_VALUE`
+//! `{"created":"<rfc3339>"}`. `keys list` and `KeyInfo::created` read it.
+//!
+//! Code key fingerprint: a secret key has no public part, so its fingerprint is
+//! SHA-256 over the HMAC of a fixed, domain-separated label under the key. It
+//! identifies the key (the same key always gives the same value, another key a
+//! different one) without revealing anything usable about it: the published value is
+//! a hash of a PRF output, never a raw MAC.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::Session;
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::error::{HsmError, map_cryptoki};
+use crate::keyring::{CaCertificate, KeyInfo, KeyKind};
+
+/// `CKA_APPLICATION` of the creation records.
+pub(crate) const APPLICATION: &str = "alga-license";
+
+/// DER of the prime256v1 (P-256) OID, the `CKA_EC_PARAMS` of every EC key.
+const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Input of the code key's fingerprint MAC. The NUL and the prefix keep it apart
+/// from any install-code binding.
+const CODE_FINGERPRINT_INPUT: &[u8] = b"alga-license\0key-fingerprint\0code";
+
+/// `alga-<kind>-v<version>`: label, id and JWKS `kid` of one key version.
+pub fn kid(kind: KeyKind, version: u32) -> String {
+    format!("alga-{}-v{version}", kind.as_str())
+}
+
+/// Parses a label made by [`kid`]; anything else is not ours.
+pub fn parse_kid(label: &str) -> Option<(KeyKind, u32)> {
+    let rest = label.strip_prefix("alga-")?;
+    let (kind, version) = rest.rsplit_once("-v")?;
+    let kind = KeyKind::parse(kind)?;
+    if version.is_empty()
+        || version.starts_with('0')
+        || !version.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let version: u32 = version.parse().ok()?;
+    Some((kind, version))
+}
+
+/// Finds the one object of `class` with label and id `kid`.
+pub(crate) fn find_object(
+    session: &Session,
+    class: ObjectClass,
+    kid: &str,
+) -> Result<Option<ObjectHandle>, HsmError> {
+    let template = [
+        Attribute::Class(class),
+        Attribute::Label(kid.as_bytes().to_vec()),
+    ];
+    let template_with_id;
+    // Data objects have no CKA_ID; keys and certificates are matched on both.
+    let template: &[Attribute] = if class == ObjectClass::DATA {
+        &template
+    } else {
+        template_with_id = [
+            Attribute::Class(class),
+            Attribute::Label(kid.as_bytes().to_vec()),
+            Attribute::Id(kid.as_bytes().to_vec()),
+        ];
+        &template_with_id
+    };
+    let found = session.find_objects(template).map_err(map_cryptoki)?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(HsmError::InvalidObject {
+            label: kid.to_owned(),
+            reason: format!("{} objects of class {class} share the label", found.len()),
+        }),
+    }
+}
+
+/// The private (EC) or secret (code) key of a version.
+pub(crate) fn find_signing_key(
+    session: &Session,
+    kind: KeyKind,
+    version: u32,
+) -> Result<ObjectHandle, HsmError> {
+    let class = if kind.is_ec() {
+        ObjectClass::PRIVATE_KEY
+    } else {
+        ObjectClass::SECRET_KEY
+    };
+    find_object(session, class, &kid(kind, version))?.ok_or(HsmError::UnknownKey { kind, version })
+}
+
+/// ECDSA P-256 over a digest (`CKM_ECDSA`): raw `r‖s`.
+pub(crate) fn ecdsa_sign(
+    session: &Session,
+    key: ObjectHandle,
+    digest: &[u8; 32],
+) -> Result<[u8; 64], HsmError> {
+    let sig = session
+        .sign(&Mechanism::Ecdsa, key, digest)
+        .map_err(map_cryptoki)?;
+    sig.try_into()
+        .map_err(|sig: Vec<u8>| HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_ECDSA)",
+            reason: format!("{} bytes instead of 64", sig.len()),
+        })
+}
+
+/// HMAC-SHA256 (`CKM_SHA256_HMAC`).
+pub(crate) fn hmac_sha256(
+    session: &Session,
+    key: ObjectHandle,
+    data: &[u8],
+) -> Result<[u8; 32], HsmError> {
+    let mac = session
+        .sign(&Mechanism::Sha256Hmac, key, data)
+        .map_err(map_cryptoki)?;
+    mac.try_into()
+        .map_err(|mac: Vec<u8>| HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_SHA256_HMAC)",
+            reason: format!("{} bytes instead of 32", mac.len()),
+        })
+}
+
+/// The protection attributes of a key, as read back from the token.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyProtection {
+    pub token: Option<bool>,
+    pub private: Option<bool>,
+    pub sensitive: Option<bool>,
+    pub always_sensitive: Option<bool>,
+    pub extractable: Option<bool>,
+    pub never_extractable: Option<bool>,
+    pub sign: Option<bool>,
+    pub decrypt: Option<bool>,
+    pub encrypt: Option<bool>,
+    pub unwrap: Option<bool>,
+    pub wrap: Option<bool>,
+    pub derive: Option<bool>,
+}
+
+impl KeyProtection {
+    /// Reads the attributes; an attribute the key type does not have stays `None`.
+    pub(crate) fn read(session: &Session, key: ObjectHandle) -> Result<KeyProtection, HsmError> {
+        let types = [
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::AlwaysSensitive,
+            AttributeType::Extractable,
+            AttributeType::NeverExtractable,
+            AttributeType::Sign,
+            AttributeType::Decrypt,
+            AttributeType::Encrypt,
+            AttributeType::Unwrap,
+            AttributeType::Wrap,
+            AttributeType::Derive,
+        ];
+        let mut p = KeyProtection::default();
+        for attr in session.get_attributes(key, &types).map_err(map_cryptoki)? {
+            match attr {
+                Attribute::Token(v) => p.token = Some(v),
+                Attribute::Private(v) => p.private = Some(v),
+                Attribute::Sensitive(v) => p.sensitive = Some(v),
+                Attribute::AlwaysSensitive(v) => p.always_sensitive = Some(v),
+                Attribute::Extractable(v) => p.extractable = Some(v),
+                Attribute::NeverExtractable(v) => p.never_extractable = Some(v),
+                Attribute::Sign(v) => p.sign = Some(v),
+                Attribute::Decrypt(v) => p.decrypt = Some(v),
+                Attribute::Encrypt(v) => p.encrypt = Some(v),
+                Attribute::Unwrap(v) => p.unwrap = Some(v),
+                Attribute::Wrap(v) => p.wrap = Some(v),
+                Attribute::Derive(v) => p.derive = Some(v),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    /// Everything that differs from DESIGN §3 (empty when the key is acceptable).
+    /// Required attributes that cannot be read count as wrong.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut require = |name: &str, value: Option<bool>, want: bool| {
+            if value != Some(want) {
+                problems.push(format!("{name} is {} (must be {want})", show(value)));
+            }
+        };
+        require("CKA_TOKEN", self.token, true);
+        require("CKA_PRIVATE", self.private, true);
+        require("CKA_SENSITIVE", self.sensitive, true);
+        require("CKA_ALWAYS_SENSITIVE", self.always_sensitive, true);
+        require("CKA_EXTRACTABLE", self.extractable, false);
+        require("CKA_NEVER_EXTRACTABLE", self.never_extractable, true);
+        require("CKA_SIGN", self.sign, true);
+        let mut forbid = |name: &str, value: Option<bool>| {
+            if value == Some(true) {
+                problems.push(format!("{name} is true (must be false)"));
+            }
+        };
+        forbid("CKA_DECRYPT", self.decrypt);
+        forbid("CKA_ENCRYPT", self.encrypt);
+        forbid("CKA_UNWRAP", self.unwrap);
+        forbid("CKA_WRAP", self.wrap);
+        forbid("CKA_DERIVE", self.derive);
+        problems
+    }
+}
+
+fn show(value: Option<bool>) -> &'static str {
+    match value {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "unreadable",
+    }
+}
+
+/// Refuses a key whose protection is not as required.
+pub(crate) fn check_protection(
+    session: &Session,
+    key: ObjectHandle,
+    kid: &str,
+) -> Result<(), HsmError> {
+    let problems = KeyProtection::read(session, key)?.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(HsmError::UnsafeKeyAttributes {
+            kid: kid.to_owned(),
+            problems: problems.join(", "),
+        })
+    }
+}
+
+/// The SEC1 uncompressed point inside a `CKA_EC_POINT` (a DER OCTET STRING around
+/// it, per PKCS#11; some modules return the bare point, which is accepted too).
+pub fn sec1_point_from_ec_point(ec_point: &[u8]) -> Option<&[u8]> {
+    match ec_point {
+        [0x04, 0x41, point @ ..] if point.len() == 65 && point[0] == 0x04 => Some(point),
+        [0x04, ..] if ec_point.len() == 65 => Some(ec_point),
+        _ => None,
+    }
+}
+
+/// DER SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) of a SEC1 point, checking
+/// that the point is on the curve.
+pub fn spki_from_sec1(point: &[u8]) -> Option<Vec<u8>> {
+    let key = p256::PublicKey::from_sec1_bytes(point).ok()?;
+    Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
+}
+
+/// The uncompressed SEC1 point of a P-256 SPKI.
+pub fn sec1_from_spki(spki: &[u8]) -> Option<Vec<u8>> {
+    let key = p256::PublicKey::from_public_key_der(spki).ok()?;
+    Some(p256::EncodedPoint::from(key).as_bytes().to_vec())
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The public key of an EC key version, as DER SPKI.
+pub(crate) fn read_spki(
+    session: &Session,
+    kind: KeyKind,
+    version: u32,
+) -> Result<Vec<u8>, HsmError> {
+    let kid = kid(kind, version);
+    let invalid = |reason: &str| HsmError::InvalidObject {
+        label: kid.clone(),
+        reason: reason.to_owned(),
+    };
+    let public = find_object(session, ObjectClass::PUBLIC_KEY, &kid)?
+        .ok_or_else(|| invalid("public key missing"))?;
+    let attrs = session
+        .get_attributes(public, &[AttributeType::EcPoint])
+        .map_err(map_cryptoki)?;
+    let ec_point = attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| invalid("CKA_EC_POINT unreadable"))?;
+    let point = sec1_point_from_ec_point(&ec_point)
+        .ok_or_else(|| invalid("CKA_EC_POINT is not a P-256 point"))?;
+    spki_from_sec1(point).ok_or_else(|| invalid("CKA_EC_POINT is not on P-256"))
+}
+
+/// The creation time recorded for a key version.
+pub(crate) fn read_created(session: &Session, kid: &str) -> Result<OffsetDateTime, HsmError> {
+    let invalid = |reason: String| HsmError::InvalidObject {
+        label: kid.to_owned(),
+        reason,
+    };
+    let record = find_object(session, ObjectClass::DATA, kid)?
+        .ok_or_else(|| invalid("creation record (CKO_DATA) missing".into()))?;
+    let attrs = session
+        .get_attributes(record, &[AttributeType::Application, AttributeType::Value])
+        .map_err(map_cryptoki)?;
+    let mut value = None;
+    let mut application = None;
+    for a in attrs {
+        match a {
+            Attribute::Value(v) => value = Some(v),
+            Attribute::Application(v) => application = Some(v),
+            _ => {}
+        }
+    }
+    if application.as_deref() != Some(APPLICATION.as_bytes()) {
+        return Err(invalid(format!(
+            "creation record is not from {APPLICATION}"
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Record {
+        created: String,
+    }
+    let record: Record = serde_json::from_slice(&value.unwrap_or_default())
+        .map_err(|e| invalid(format!("creation record: {e}")))?;
+    OffsetDateTime::parse(&record.created, &Rfc3339)
+        .map_err(|e| invalid(format!("creation time: {e}")))
+}
+
+/// The appliance CA certificate of a CA key version (DER).
+pub(crate) fn read_certificate(
+    session: &Session,
+    version: u32,
+) -> Result<Option<Vec<u8>>, HsmError> {
+    let kid = kid(KeyKind::ApplianceCa, version);
+    let Some(cert) = find_object(session, ObjectClass::CERTIFICATE, &kid)? else {
+        return Ok(None);
+    };
+    let attrs = session
+        .get_attributes(cert, &[AttributeType::Value])
+        .map_err(map_cryptoki)?;
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(v),
+        _ => None,
+    }))
+}
+
+/// Fingerprint of a code key (see the module documentation).
+pub(crate) fn code_fingerprint(session: &Session, key: ObjectHandle) -> Result<String, HsmError> {
+    Ok(sha256_hex(&hmac_sha256(
+        session,
+        key,
+        CODE_FINGERPRINT_INPUT,
+    )?))
+}
+
+/// Everything alga keeps on the token, as found by one scan.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inventory {
+    /// Every key version, ordered by kind (as in [`KeyKind::ALL`]) then version.
+    pub(crate) keys: Vec<KeyInfo>,
+    /// Every appliance CA certificate, oldest first.
+    pub(crate) ca_certificates: Vec<CaCertificate>,
+}
+
+impl Inventory {
+    /// Scans the token: every private and secret key labelled `alga-<kind>-v<n>`,
+    /// with its public key, creation record and (CA) certificate. Every key's
+    /// protection is checked again: a key that is not sensitive and non-extractable is
+    /// refused, not served.
+    pub(crate) fn load(session: &Session) -> Result<Inventory, HsmError> {
+        let mut found: Vec<(KeyKind, u32, ObjectHandle)> = Vec::new();
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+            for handle in session
+                .find_objects(&[Attribute::Class(class)])
+                .map_err(map_cryptoki)?
+            {
+                let attrs = session
+                    .get_attributes(handle, &[AttributeType::Label, AttributeType::KeyType])
+                    .map_err(map_cryptoki)?;
+                let mut label = None;
+                let mut key_type = None;
+                for a in attrs {
+                    match a {
+                        Attribute::Label(l) => label = Some(l),
+                        Attribute::KeyType(t) => key_type = Some(t),
+                        _ => {}
+                    }
+                }
+                let Some((kind, version)) = label
+                    .as_deref()
+                    .and_then(|l| std::str::from_utf8(l).ok())
+                    .and_then(parse_kid)
+                else {
+                    continue;
+                };
+                let (want_class, want_type) = if kind.is_ec() {
+                    (ObjectClass::PRIVATE_KEY, KeyType::EC)
+                } else {
+                    (ObjectClass::SECRET_KEY, KeyType::GENERIC_SECRET)
+                };
+                if class != want_class || key_type != Some(want_type) {
+                    return Err(HsmError::InvalidObject {
+                        label: kid(kind, version),
+                        reason: format!("expected a {want_class} of type {want_type}"),
+                    });
+                }
+                found.push((kind, version, handle));
+            }
+        }
+        found.sort_by_key(|(kind, version, _)| (kind_order(*kind), *version));
+        if let Some(w) = found
+            .windows(2)
+            .find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+        {
+            return Err(HsmError::InvalidObject {
+                label: kid(w[0].0, w[0].1),
+                reason: "more than one key has this label".into(),
+            });
+        }
+
+        let mut inventory = Inventory::default();
+        for (kind, version, handle) in found {
+            let kid = kid(kind, version);
+            check_protection(session, handle, &kid)?;
+            let (public_key_spki, fingerprint) = if kind.is_ec() {
+                let spki = read_spki(session, kind, version)?;
+                let fingerprint = sha256_hex(&spki);
+                (Some(spki), Some(fingerprint))
+            } else {
+                (None, Some(code_fingerprint(session, handle)?))
+            };
+            if kind == KeyKind::ApplianceCa
+                && let Some(der) = read_certificate(session, version)?
+            {
+                super::ca::check_certificate(&der, public_key_spki.as_deref().unwrap_or_default())?;
+                inventory
+                    .ca_certificates
+                    .push(CaCertificate { version, der });
+            }
+            inventory.keys.push(KeyInfo {
+                kind,
+                version,
+                created: read_created(session, &kid)?,
+                kid,
+                public_key_spki,
+                fingerprint,
+            });
+        }
+        Ok(inventory)
+    }
+
+    /// Versions of `kind`, oldest first.
+    pub(crate) fn versions(&self, kind: KeyKind) -> impl Iterator<Item = &KeyInfo> {
+        self.keys.iter().filter(move |k| k.kind == kind)
+    }
+
+    /// The highest version of `kind`, if any.
+    pub(crate) fn max_version(&self, kind: KeyKind) -> Option<u32> {
+        self.versions(kind).map(|k| k.version).max()
+    }
+
+    /// What a complete key set lacks: a kind without any version, or a CA key version
+    /// without its certificate. Empty when complete.
+    pub(crate) fn missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for kind in KeyKind::ALL {
+            if self.max_version(kind).is_none() {
+                missing.push(format!("{kind} key"));
+            }
+        }
+        for key in self.versions(KeyKind::ApplianceCa) {
+            if !self
+                .ca_certificates
+                .iter()
+                .any(|c| c.version == key.version)
+            {
+                missing.push(format!("certificate of {}", key.kid));
+            }
+        }
+        missing
+    }
+}
+
+/// Position of a kind in [`KeyKind::ALL`] (the order of listings).
+pub(crate) fn kind_order(kind: KeyKind) -> usize {
+    KeyKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(usize::MAX)
+}
+
+/// Objects created so far by a ceremony, destroyed again if it fails half-way.
+#[derive(Debug, Default)]
+pub(crate) struct Created {
+    handles: Vec<ObjectHandle>,
+}
+
+impl Created {
+    pub(crate) fn push(&mut self, handle: ObjectHandle) {
+        self.handles.push(handle);
+    }
+
+    /// Destroys everything recorded, newest first; failures are logged, not returned
+    /// (the original error is what the operator needs to see).
+    pub(crate) fn roll_back(self, session: &Session) {
+        for handle in self.handles.into_iter().rev() {
+            if let Err(e) = session.destroy_object(handle) {
+                tracing::error!(error = %map_cryptoki(e), "could not destroy an object of a failed key ceremony");
+            }
+        }
+    }
+}
+
+/// Creates key version `version` of `kind` (and, for the CA, its certificate): keys,
+/// read-back of their protection, creation record. Objects are recorded in `created`
+/// as they appear, so the caller can roll the whole ceremony back.
+pub(crate) fn create_key(
+    session: &Session,
+    kind: KeyKind,
+    version: u32,
+    now: OffsetDateTime,
+    created: &mut Created,
+) -> Result<KeyInfo, HsmError> {
+    let kid = kid(kind, version);
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::SECRET_KEY,
+        ObjectClass::CERTIFICATE,
+        ObjectClass::DATA,
+    ] {
+        if find_object(session, class, &kid)?.is_some() {
+            return Err(HsmError::InvalidObject {
+                label: kid,
+                reason: format!("a {class} with this label already exists"),
+            });
+        }
+    }
+    let label = Attribute::Label(kid.as_bytes().to_vec());
+    let id = Attribute::Id(kid.as_bytes().to_vec());
+
+    let (handle, public_key_spki, fingerprint) = if kind.is_ec() {
+        let public_template = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::EcParams(P256_OID_DER.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Derive(false),
+            label.clone(),
+            id.clone(),
+        ];
+        let private_template = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::SignRecover(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            label,
+            id,
+        ];
+        let (public, private) = session
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_template,
+                &private_template,
+            )
+            .map_err(map_cryptoki)?;
+        created.push(public);
+        created.push(private);
+        check_protection(session, private, &kid)?;
+        let public_token = session
+            .get_attributes(public, &[AttributeType::Token])
+            .map_err(map_cryptoki)?;
+        if !public_token.contains(&Attribute::Token(true)) {
+            return Err(HsmError::UnsafeKeyAttributes {
+                kid,
+                problems: "the public key is not a token object".into(),
+            });
+        }
+        let spki = read_spki(session, kind, version)?;
+        let fingerprint = sha256_hex(&spki);
+        (private, Some(spki), Some(fingerprint))
+    } else {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            label,
+            id,
+        ];
+        let key = session
+            .generate_key(&Mechanism::GenericSecretKeyGen, &template)
+            .map_err(map_cryptoki)?;
+        created.push(key);
+        check_protection(session, key, &kid)?;
+        let fingerprint = code_fingerprint(session, key)?;
+        (key, None, Some(fingerprint))
+    };
+
+    if kind == KeyKind::ApplianceCa {
+        let spki = public_key_spki.as_deref().unwrap_or_default();
+        let signer = super::signer::SessionSigner::new(session, handle, spki)?;
+        let der = super::ca::self_signed(&signer, spki, version, now)?;
+        let subject = super::ca::subject_der(&der)?;
+        let cert = session
+            .create_object(&[
+                Attribute::Class(ObjectClass::CERTIFICATE),
+                Attribute::CertificateType(CertificateType::X_509),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Label(kid.as_bytes().to_vec()),
+                Attribute::Id(kid.as_bytes().to_vec()),
+                Attribute::Subject(subject),
+                Attribute::Value(der),
+            ])
+            .map_err(map_cryptoki)?;
+        created.push(cert);
+    }
+
+    let created_text = now.format(&Rfc3339).map_err(|e| HsmError::InvalidObject {
+        label: kid.clone(),
+        reason: format!("creation time: {e}"),
+    })?;
+    let record = serde_json::json!({ "created": created_text }).to_string();
+    let data = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Application(APPLICATION.as_bytes().to_vec()),
+            Attribute::Label(kid.as_bytes().to_vec()),
+            Attribute::Value(record.into_bytes()),
+        ])
+        .map_err(map_cryptoki)?;
+    created.push(data);
+
+    Ok(KeyInfo {
+        kind,
+        version,
+        created: read_created(session, &kid)?,
+        kid,
+        public_key_spki,
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kids_round_trip_and_strangers_are_ignored() {
+        for kind in KeyKind::ALL {
+            for version in [1, 2, 10, u32::MAX] {
+                assert_eq!(parse_kid(&kid(kind, version)), Some((kind, version)));
+            }
+        }
+        assert_eq!(kid(KeyKind::ApplianceCa, 3), "alga-ca-v3");
+        for stranger in [
+            "",
+            "alga-",
+            "alga-license",
+            "alga-license-v",
+            "alga-license-v0",
+            "alga-license-v01",
+            "alga-license-v1x",
+            "alga-license-v-1",
+            "alga-other-v1",
+            "alga-license-v99999999999",
+            "my-alga-license-v1",
+        ] {
+            assert_eq!(parse_kid(stranger), None, "{stranger}");
+        }
+    }
+
+    #[test]
+    fn ec_points_are_unwrapped_from_their_octet_string() {
+        let key = p256::SecretKey::from_slice(&[7u8; 32]).expect("a valid scalar");
+        let point = p256::EncodedPoint::from(key.public_key());
+        let point = point.as_bytes();
+        let mut wrapped = vec![0x04, 0x41];
+        wrapped.extend_from_slice(point);
+        assert_eq!(sec1_point_from_ec_point(&wrapped), Some(point));
+        assert_eq!(sec1_point_from_ec_point(point), Some(point));
+        assert_eq!(sec1_point_from_ec_point(&wrapped[..40]), None);
+        let spki = spki_from_sec1(point).expect("on the curve");
+        assert_eq!(sec1_from_spki(&spki).as_deref(), Some(point));
+        assert_eq!(
+            spki,
+            key.public_key()
+                .to_public_key_der()
+                .expect("encodes")
+                .as_bytes()
+        );
+    }
+
+    #[test]
+    fn protection_problems_name_each_wrong_attribute() {
+        let good = KeyProtection {
+            token: Some(true),
+            private: Some(true),
+            sensitive: Some(true),
+            always_sensitive: Some(true),
+            extractable: Some(false),
+            never_extractable: Some(true),
+            sign: Some(true),
+            decrypt: Some(false),
+            encrypt: None,
+            unwrap: Some(false),
+            wrap: None,
+            derive: Some(false),
+        };
+        assert!(good.problems().is_empty());
+        let bad = KeyProtection {
+            extractable: Some(true),
+            never_extractable: None,
+            derive: Some(true),
+            ..good
+        };
+        let problems = bad.problems().join("; ");
+        assert!(problems.contains("CKA_EXTRACTABLE is true"), "{problems}");
+        assert!(
+            problems.contains("CKA_NEVER_EXTRACTABLE is unreadable"),
+            "{problems}"
+        );
+        assert!(problems.contains("CKA_DERIVE is true"), "{problems}");
+    }
+}

@@ -1,0 +1,3 @@
+//! The issuer's integration tests: one binary (`cargo test -p alga-issuer --test it`).
+
+mod hsm;
