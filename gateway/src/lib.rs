@@ -1,1 +1,222 @@
 #![forbid(unsafe_code)]
+//! The gateway: the HTTP API of DESIGN §5 on rustls, over Postgres, calling the issuer
+//! for every secret operation.
+//!
+//! Layout: [`api`] (HTTP only: routes, extractors, handlers), [`flows`] (the domain:
+//! register, redeem, reissue, check-in, tenants, revoke), [`db`] (all SQL), [`auth`]
+//! (identity from client certificates), [`issuer_client`], [`audit`] (the one seam to
+//! `alga_audit`), [`presign`], [`ratelimit`], [`metrics`], [`server`] (the TLS accept
+//! loop), [`migrate`]. `main.rs` is thin: it parses arguments and calls [`run`] or
+//! [`migrate::migrate`].
+//!
+//! Invariants: no code, token, CSR or key is logged or audited; nothing secret is
+//! stored (codes are re-derived by the issuer from their binding); the database's
+//! `now()` decides consumption; every state change and its audit record commit together.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod flows;
+pub mod issuer_client;
+pub mod keys;
+pub mod metrics;
+pub mod migrate;
+pub mod presign;
+pub mod ratelimit;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alga_policies::Policy;
+use alga_protocol::issuer_api::PublicKeys;
+use anyhow::Context;
+use deadpool_postgres::Pool;
+
+use crate::config::{Config, read_secret_file};
+use crate::error::ApiError;
+use crate::issuer_client::IssuerClient;
+use crate::keys::KeyCache;
+use crate::metrics::Metrics;
+use crate::presign::LinkPresigner;
+use crate::ratelimit::RedeemLimits;
+
+/// How often the issuer's public keys are re-fetched (appliance CA rotation).
+pub const KEY_REFRESH: Duration = Duration::from_secs(60);
+
+/// The shared state of every request.
+#[derive(Debug)]
+pub struct App {
+    pub pool: Pool,
+    pub issuer: IssuerClient,
+    pub policy: Arc<Policy>,
+    pub presigner: Arc<dyn LinkPresigner>,
+    pub limits: RedeemLimits,
+    pub metrics: Arc<Metrics>,
+    pub keys: KeyCache,
+    /// `<public_url>/check-in`.
+    pub check_in_url: String,
+}
+
+impl App {
+    /// The issuer's public keys: the cached copy, or a fetch now if there is none yet.
+    pub async fn public_keys(&self) -> Result<Arc<PublicKeys>, ApiError> {
+        if let Some(k) = self.keys.get() {
+            return Ok(k);
+        }
+        match self.issuer.public_keys().await {
+            Ok(k) => {
+                self.keys.set(k);
+                self.keys.get().ok_or(ApiError::ServiceUnavailable)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "issuer keys unavailable");
+                Err(ApiError::ServiceUnavailable)
+            }
+        }
+    }
+}
+
+/// Connection settings of the runtime role.
+pub fn runtime_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+    let pw = config
+        .database
+        .password_file
+        .as_deref()
+        .map(read_secret_file)
+        .transpose()?;
+    Ok(db::pg_config(&config.database.url, pw.as_ref())?)
+}
+
+/// Connection settings of the migration role.
+pub fn migrator_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+    let pw = config
+        .database
+        .migrator_password_file
+        .as_deref()
+        .map(read_secret_file)
+        .transpose()?;
+    Ok(db::pg_config(&config.database.migrator_url, pw.as_ref())?)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    policy: Policy,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let policy = Arc::new(policy);
+    let metrics = Arc::new(Metrics::new());
+    let pool = db::pool(runtime_pg_config(&config)?, config.database.pool_size)?;
+    let issuer = IssuerClient::new(
+        &config.issuer.url,
+        &config.issuer.ca,
+        &config.issuer.certificate,
+        &config.issuer.private_key,
+        metrics.clone(),
+    )
+    .context("issuer client")?;
+    let presigner = presign::SigV4Presigner::from_config(&config.s3).context("S3 presigner")?;
+    let tls_material = server::TlsMaterial::load(&config.tls).context("TLS")?;
+
+    let keys = KeyCache::default();
+    let appliance_cas = match issuer.public_keys().await {
+        Ok(k) => {
+            let cas = keys::appliance_cas(&k);
+            keys.set(k);
+            cas
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot fetch the issuer's keys: appliance credentials are refused until it answers");
+            Vec::new()
+        }
+    };
+    let (server_cfg, trust) = tls_material.server_config(&appliance_cas)?;
+    let live_tls = Arc::new(server::LiveTls::new(server_cfg, trust));
+
+    let app = Arc::new(App {
+        pool: pool.clone(),
+        issuer: issuer.clone(),
+        policy: policy.clone(),
+        presigner: Arc::new(presigner),
+        limits: RedeemLimits::new(&policy.rate_limits),
+        metrics,
+        keys,
+        check_in_url: format!(
+            "{}{}",
+            config.listen.public_url.trim_end_matches('/'),
+            alga_protocol::api::CHECK_IN
+        ),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Issuer keys: refresh, and rebuild the TLS roots when the appliance CA chain changes.
+    {
+        let app = app.clone();
+        let live_tls = live_tls.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(KEY_REFRESH) => {}
+                }
+                match app.issuer.public_keys().await {
+                    Ok(k) => {
+                        let cas = keys::appliance_cas(&k);
+                        if app.keys.set(k) {
+                            match tls_material.server_config(&cas) {
+                                Ok((cfg, trust)) => {
+                                    live_tls.replace(cfg, trust);
+                                    tracing::info!(cas = cas.len(), "appliance CA chain changed: TLS roots rebuilt");
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot rebuild the TLS configuration"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy"),
+                }
+            }
+        });
+    }
+    // Rate-limit memory sweep.
+    {
+        let app = app.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => app.limits.sweep(),
+                }
+            }
+        });
+    }
+    // The audit sequencer: chains committed records and has the issuer sign checkpoints.
+    let sequencer = alga_audit::Sequencer::new(
+        pool.clone(),
+        audit::IssuerCheckpointSigner(issuer.clone()),
+        alga_audit::SequencerConfig::new(policy.audit),
+    )
+    .spawn(stopped(stop_rx.clone()));
+
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let router = api::router(app);
+    server::serve(listener, live_tls, policy, router, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = sequencer.await;
+    Ok(())
+}

@@ -1,2 +1,92 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! `alga-gateway`: thin binary. `migrate` applies the schema as the migration role;
+//! `serve` runs the API until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "alga-gateway", version, about = "alga-license gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database schema (audit's migrations, then the gateway's), as the migration role.
+    Migrate {
+        #[arg(long, env = "ALGA_GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Serve the HTTPS API.
+    Serve {
+        #[arg(long, env = "ALGA_GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check the configuration and the policy it points to, reporting every problem.
+    CheckConfig {
+        #[arg(long, env = "ALGA_GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Migrate { config } => {
+            let config = alga_gateway::config::Config::load(&config)?;
+            let pg = alga_gateway::migrator_pg_config(&config)?;
+            let applied = alga_gateway::migrate::migrate(&pg).await.context("migrate")?;
+            if applied.is_empty() {
+                println!("schema up to date");
+            } else {
+                for name in applied {
+                    println!("applied {name}");
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let config = alga_gateway::config::Config::load(&config)?;
+            let policy = alga_policies::Policy::load(&config.policy.path)?;
+            let listener = std::net::TcpListener::bind(config.listen.address)
+                .with_context(|| format!("bind {}", config.listen.address))?;
+            alga_gateway::run(config, policy, listener, shutdown_signal()).await?;
+        }
+        Command::CheckConfig { config } => {
+            let config = alga_gateway::config::Config::load(&config)?;
+            alga_policies::Policy::load(&config.policy.path)?;
+            println!("configuration and policy are valid");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,43 @@
+//! The HTTP edge: routes, extractors, the request-id/metrics middleware and the
+//! handlers. Only this module knows about HTTP and JSON; handlers are thin (extract,
+//! convert to a domain type, call the flow, map the result).
+
+pub mod extract;
+mod handlers;
+mod middleware;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use alga_protocol::api as wire;
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use extract::RequestId;
+
+use crate::App;
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The whole API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(wire::REGISTER_TENANT, post(handlers::register_tenant))
+        .route(wire::REISSUE, post(handlers::reissue))
+        .route(wire::REDEEM, post(handlers::redeem))
+        .route(wire::CHECK_IN, post(handlers::check_in))
+        .route("/tenants/{tenant_id}", get(handlers::get_tenant))
+        .route("/appliances/{appliance_id}/revoke", post(handlers::revoke_appliance))
+        .route("/audit/events", get(handlers::audit_events))
+        .route("/audit/checkpoints", get(handlers::audit_checkpoints))
+        .route(wire::JWKS, get(handlers::jwks))
+        .route(wire::CA_PEM, get(handlers::ca_pem))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::request_context))
+        .with_state(app)
+}

@@ -1,0 +1,87 @@
+//! All SQL of the gateway. One module per table group; every function takes a generic
+//! client so it runs on a pooled connection or inside a transaction alike. Nothing
+//! outside `db` writes SQL (the audit append is the audit crate's SQL, called through
+//! `crate::audit`).
+
+pub mod appliances;
+pub mod codes;
+pub mod idempotency;
+pub mod outbox;
+pub mod tenants;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::NoTls;
+
+pub use tokio_postgres::GenericClient;
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had from the pool (database down or pool exhausted).
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("database: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// A row held a value the schema's CHECK constraints should have excluded.
+    #[error("unexpected stored value: {0}")]
+    Corrupt(String),
+    /// The connection settings are wrong.
+    #[error("database configuration: {0}")]
+    Config(String),
+}
+
+impl DbError {
+    /// Whether this is a unique-constraint violation named `constraint`.
+    pub fn is_unique_violation(&self, constraint: &str) -> bool {
+        match self {
+            DbError::Query(e) => e.as_db_error().is_some_and(|d| {
+                d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    && d.constraint() == Some(constraint)
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Connection settings from a URL without password plus a password.
+pub fn pg_config(url: &str, password: Option<&SecretString>) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    if let Some(pw) = password {
+        cfg.password(pw.expose_secret().as_bytes());
+    }
+    cfg.application_name("alga-gateway");
+    cfg.connect_timeout(Duration::from_secs(5));
+    Ok(cfg)
+}
+
+/// The runtime pool. Postgres runs on loopback or a private network (no TLS to it here).
+pub fn pool(cfg: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_secs(10)),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        })
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// A stored enum value the schema constrains; anything else is corruption.
+pub(crate) fn corrupt(what: &str, value: &str) -> DbError {
+    DbError::Corrupt(format!("{what}: {value:?}"))
+}

@@ -1,0 +1,156 @@
+//! `tenants` and `entitlements`.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{DbError, GenericClient};
+
+/// A tenant to insert; names already validated and normalized by the flow.
+#[derive(Debug, Clone)]
+pub struct NewTenant<'a> {
+    pub tenant_id: Uuid,
+    pub company: &'a str,
+    pub company_normalized: &'a str,
+    pub contact_name: &'a str,
+    pub contact_email: &'a str,
+    pub contact_email_normalized: &'a str,
+    pub edition: &'a str,
+}
+
+/// A stored tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub tenant_id: Uuid,
+    pub company: String,
+    pub contact_name: String,
+    pub contact_email: String,
+    pub edition: String,
+    pub suspended: bool,
+    pub created_at: OffsetDateTime,
+}
+
+/// A stored entitlement.
+#[derive(Debug, Clone)]
+pub struct Entitlement {
+    pub edition: String,
+    pub paid: bool,
+    pub features: Vec<String>,
+    pub seats: i32,
+}
+
+/// Inserts a tenant; `None` when one with the same company + contact exists.
+pub async fn insert(c: &(impl GenericClient + Sync), t: &NewTenant<'_>) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            "INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
+             contact_email, contact_email_normalized, edition) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT ON CONSTRAINT tenants_company_contact_unique DO NOTHING",
+            &[
+                &t.tenant_id,
+                &t.company,
+                &t.company_normalized,
+                &t.contact_name,
+                &t.contact_email,
+                &t.contact_email_normalized,
+                &t.edition,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The tenant with this normalized company + contact email.
+pub async fn find_by_company_contact(
+    c: &(impl GenericClient + Sync),
+    company_normalized: &str,
+    email_normalized: &str,
+) -> Result<Option<Uuid>, DbError> {
+    let row = c
+        .query_opt(
+            "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
+             AND contact_email_normalized = $2",
+            &[&company_normalized, &email_normalized],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Tenant ids whose contact email (normalized) is `email`, at most `limit`.
+pub async fn ids_by_contact_email(
+    c: &(impl GenericClient + Sync),
+    email_normalized: &str,
+    limit: i64,
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = c
+        .query(
+            "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1 \
+             ORDER BY created_at LIMIT $2",
+            &[&email_normalized, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// One tenant.
+pub async fn get(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Option<Tenant>, DbError> {
+    let row = c
+        .query_opt(
+            "SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
+             FROM tenants WHERE tenant_id = $1",
+            &[&tenant_id],
+        )
+        .await?;
+    row.map(|r| {
+        let status: String = r.get(5);
+        let suspended = match status.as_str() {
+            "active" => false,
+            "suspended" => true,
+            other => return Err(super::corrupt("tenants.status", other)),
+        };
+        Ok(Tenant {
+            tenant_id: r.get(0),
+            company: r.get(1),
+            contact_name: r.get(2),
+            contact_email: r.get(3),
+            edition: r.get(4),
+            suspended,
+            created_at: r.get(6),
+        })
+    })
+    .transpose()
+}
+
+/// Inserts the tenant's entitlement.
+pub async fn insert_entitlement(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+    e: &Entitlement,
+) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&tenant_id, &e.edition, &e.paid, &e.features, &e.seats],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The tenant's entitlement.
+pub async fn entitlement(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Option<Entitlement>, DbError> {
+    let row = c
+        .query_opt(
+            "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1",
+            &[&tenant_id],
+        )
+        .await?;
+    Ok(row.map(|r| Entitlement {
+        edition: r.get(0),
+        paid: r.get(1),
+        features: r.get(2),
+        seats: r.get(3),
+    }))
+}

@@ -1,0 +1,263 @@
+//! The one API error type: every failure a client can see, mapped to a stable code of
+//! DESIGN §5 and an HTTP status.
+//!
+//! Error policy (as crates.io writes at the top of its error module): library-style
+//! `thiserror` enums inside the crate, [`ApiError`] at the HTTP edge, `anyhow` only in
+//! `main.rs` and start-up. A 5xx response never carries internal detail: the detail is
+//! logged here, once, with the request's span, and the body says only "internal".
+//!
+//! The body is rendered by the request-id middleware (`api::middleware`), which owns
+//! the request id: [`ApiError::into_response`] leaves a [`PendingError`] in the
+//! response's extensions and the middleware turns it into
+//! `{"error": {"code", "message", "request_id", …}}`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alga_protocol::api::error_code as code;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+/// Every error a client can receive.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Input that breaks the schema or a rule; `fields` maps a field path to its problem.
+    #[error("the request is not valid")]
+    Validation(BTreeMap<String, String>),
+    /// The body is not JSON or not the expected shape (unknown field, wrong type).
+    #[error("{0}")]
+    BadJson(String),
+    /// The body is larger than the limit.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// No client certificate where one is required.
+    #[error("a client certificate is required")]
+    Unauthenticated,
+    /// `/check-in` without an appliance credential.
+    #[error("an appliance credential is required")]
+    CredentialRequired,
+    /// A certificate whose identity has no right to this route.
+    #[error("this identity may not call this route")]
+    Forbidden,
+    /// No such route.
+    #[error("no such resource")]
+    NotFound,
+    /// Route exists, method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The install code's check characters do not match, or it has the wrong shape.
+    #[error("{0}")]
+    CodeMalformed(String),
+    /// Unknown code, or one that does not verify: one body whichever.
+    #[error("the install code is not valid")]
+    CodeInvalid,
+    /// A verified code past its expiry.
+    #[error("the install code has expired: ask for a new one")]
+    CodeExpired,
+    /// A verified code revoked by a reissue.
+    #[error("the install code was replaced by a newer one: use the code from the latest email")]
+    CodeRevoked,
+    /// A verified code consumed by another appliance (or longer ago than the retry window).
+    #[error("the install code was already used: ask for a new one to reinstall")]
+    CodeAlreadyUsed,
+    /// The CSR is not a PEM PKCS#10 request with a valid self-signature and an accepted key.
+    #[error("{0}")]
+    CsrInvalid(String),
+    /// Too many attempts; retry after the given delay.
+    #[error("too many attempts: retry later")]
+    RateLimited(Duration),
+    /// The issuer is unreachable or failed; nothing was changed.
+    #[error("the license service is unavailable: retry later")]
+    LicenseServiceUnavailable,
+    /// No tenant with that id or contact email.
+    #[error("no such tenant")]
+    TenantNotFound,
+    /// The contact email belongs to several tenants: use the tenant id.
+    #[error("the contact email matches several tenants: reissue by tenant_id")]
+    AmbiguousContact,
+    /// The Idempotency-Key was used with another body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    /// A tenant with this company and contact email exists.
+    #[error("a tenant with this company and contact email already exists")]
+    TenantExists(Uuid),
+    /// No such appliance.
+    #[error("no such appliance")]
+    ApplianceNotFound,
+    /// The appliance's credential was revoked.
+    #[error("this appliance has been revoked")]
+    ApplianceRevoked,
+    /// The appliance's tenant is suspended.
+    #[error("this tenant is suspended")]
+    TenantSuspended,
+    /// A dependency (database, issuer keys) is not ready.
+    #[error("the service is temporarily unavailable")]
+    ServiceUnavailable,
+    /// Anything else. The string is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Wraps an internal failure; its detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(detail.to_string())
+    }
+
+    /// The stable code of DESIGN §5.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) | ApiError::BadJson(_) => code::VALIDATION_FAILED,
+            ApiError::PayloadTooLarge => code::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => code::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthenticated => code::UNAUTHENTICATED,
+            ApiError::CredentialRequired => code::CREDENTIAL_REQUIRED,
+            ApiError::Forbidden => code::FORBIDDEN,
+            ApiError::NotFound | ApiError::MethodNotAllowed => code::NOT_FOUND,
+            ApiError::CodeMalformed(_) => code::CODE_MALFORMED,
+            ApiError::CodeInvalid => code::CODE_INVALID,
+            ApiError::CodeExpired => code::CODE_EXPIRED,
+            ApiError::CodeRevoked => code::CODE_REVOKED,
+            ApiError::CodeAlreadyUsed => code::CODE_ALREADY_USED,
+            ApiError::CsrInvalid(_) => code::CSR_INVALID,
+            ApiError::RateLimited(_) => code::RATE_LIMITED,
+            ApiError::LicenseServiceUnavailable => code::LICENSE_SERVICE_UNAVAILABLE,
+            ApiError::TenantNotFound => code::TENANT_NOT_FOUND,
+            ApiError::AmbiguousContact => code::AMBIGUOUS_CONTACT,
+            ApiError::IdempotencyConflict => code::IDEMPOTENCY_CONFLICT,
+            ApiError::TenantExists(_) => code::TENANT_EXISTS,
+            ApiError::ApplianceNotFound => code::APPLIANCE_NOT_FOUND,
+            ApiError::ApplianceRevoked => code::APPLIANCE_REVOKED,
+            ApiError::TenantSuspended => code::TENANT_SUSPENDED,
+            ApiError::ServiceUnavailable => code::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => code::INTERNAL,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_)
+            | ApiError::BadJson(_)
+            | ApiError::CodeMalformed(_)
+            | ApiError::CsrInvalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthenticated | ApiError::CredentialRequired | ApiError::CodeInvalid => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden | ApiError::ApplianceRevoked | ApiError::TenantSuspended => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::NotFound | ApiError::TenantNotFound | ApiError::ApplianceNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::CodeExpired | ApiError::CodeRevoked => StatusCode::GONE,
+            ApiError::CodeAlreadyUsed
+            | ApiError::AmbiguousContact
+            | ApiError::IdempotencyConflict
+            | ApiError::TenantExists(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::LicenseServiceUnavailable | ApiError::ServiceUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What the middleware needs to render an error body (it adds the request id).
+#[derive(Debug, Clone)]
+pub struct PendingError {
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Option<BTreeMap<String, String>>,
+    pub tenant_id: Option<Uuid>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error.detail = %detail, "internal error");
+        }
+        let pending = PendingError {
+            code: self.code(),
+            message: self.to_string(),
+            fields: match &self {
+                ApiError::Validation(f) => Some(f.clone()),
+                _ => None,
+            },
+            tenant_id: match &self {
+                ApiError::TenantExists(t) => Some(*t),
+                _ => None,
+            },
+        };
+        let mut resp = status.into_response();
+        if let ApiError::RateLimited(wait) = &self {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp.extensions_mut().insert(pending);
+        resp
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> ApiError {
+        match e {
+            crate::db::DbError::Pool(_) => {
+                tracing::error!(error.detail = %e, "database unavailable");
+                ApiError::ServiceUnavailable
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> ApiError {
+        ApiError::internal(format!("audit append failed (fail-closed): {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_code_table() {
+        let table: &[(ApiError, u16, &str)] = &[
+            (ApiError::CodeMalformed("x".into()), 400, "code_malformed"),
+            (ApiError::CodeInvalid, 401, "code_invalid"),
+            (ApiError::CodeExpired, 410, "code_expired"),
+            (ApiError::CodeRevoked, 410, "code_revoked"),
+            (ApiError::CodeAlreadyUsed, 409, "code_already_used"),
+            (ApiError::CsrInvalid("x".into()), 400, "csr_invalid"),
+            (ApiError::RateLimited(Duration::from_secs(3)), 429, "rate_limited"),
+            (ApiError::LicenseServiceUnavailable, 503, "license_service_unavailable"),
+            (ApiError::TenantNotFound, 404, "tenant_not_found"),
+            (ApiError::AmbiguousContact, 409, "ambiguous_contact"),
+            (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
+            (ApiError::CredentialRequired, 401, "credential_required"),
+            (ApiError::ApplianceRevoked, 403, "appliance_revoked"),
+            (ApiError::TenantSuspended, 403, "tenant_suspended"),
+            (ApiError::TenantExists(Uuid::nil()), 409, "tenant_exists"),
+            (ApiError::Unauthenticated, 401, "unauthenticated"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::Internal("secret detail".into()), 500, "internal"),
+        ];
+        for (e, status, c) in table {
+            assert_eq!(e.status().as_u16(), *status, "{e:?}");
+            assert_eq!(e.code(), *c, "{e:?}");
+        }
+        assert_eq!(ApiError::Internal("secret detail".into()).to_string(), "internal error");
+    }
+}

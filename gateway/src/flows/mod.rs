@@ -1,0 +1,49 @@
+//! The domain flows of DESIGN §4–§5: each takes validated input, a [`Ctx`] (who, which
+//! request, `now`) and the [`App`], runs its transaction, and returns a domain result or
+//! an [`ApiError`]. No HTTP here beyond the error type; no SQL here (that is `db`).
+
+pub mod check_in;
+pub mod csr;
+pub mod redeem;
+pub mod register;
+pub mod reissue;
+pub mod revoke;
+pub mod tenants;
+pub mod validate;
+
+use alga_protocol::issuer_api::IssuerErrorCode;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::issuer_client::IssuerError;
+
+pub use crate::audit::Ctx;
+
+/// An issuer failure as the API reports it: down or failing → 503
+/// `license_service_unavailable`; a CSR it refuses → `csr_invalid`; anything else is
+/// a bug on our side (we sent something the issuer's policy refuses) → 500.
+pub(crate) fn issuer_error(e: IssuerError) -> ApiError {
+    match e {
+        IssuerError::Unreachable(_) | IssuerError::Unavailable { .. } => {
+            tracing::error!(error = %e, "issuer unavailable");
+            ApiError::LicenseServiceUnavailable
+        }
+        IssuerError::Refused {
+            code: IssuerErrorCode::CsrInvalid,
+            message,
+        } => ApiError::CsrInvalid(format!("the CSR was refused: {message}")),
+        IssuerError::Refused {
+            code: IssuerErrorCode::HsmUnavailable,
+            ..
+        } => {
+            tracing::error!(error = %e, "issuer HSM unavailable");
+            ApiError::LicenseServiceUnavailable
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+/// `t` rounded down to whole seconds (code bindings and links carry no finer time).
+pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}

@@ -1,0 +1,264 @@
+//! `POST /register`: redeem an install code (DESIGN §4).
+//!
+//! 1. Parse the code offline (check symbols) → `code_malformed`.
+//! 2. Look the binding up by `code_id`; have the issuer verify the code against it.
+//!    Unknown id and wrong secret give the *same* `code_invalid`.
+//! 3. One transaction: the conditional `UPDATE … WHERE state='unclaimed' AND
+//!    expires_at > now() RETURNING …`, then (paid editions) license + credential from
+//!    the issuer, appliance row, license row, audit. An issuer failure rolls it all
+//!    back: the code stays usable and the caller gets `license_service_unavailable`.
+//! 4. No row updated: classify, only now that the code verified — consumed by the
+//!    same public key less than 15 minutes ago → the same tenant and appliance with a
+//!    fresh license and credential; otherwise `code_already_used`, `code_revoked` or
+//!    `code_expired`.
+
+use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
+use alga_protocol::{InstallCode, SecretText};
+use deadpool_postgres::Transaction;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::csr::Csr;
+use super::validate::Name;
+use super::{Ctx, issuer_error};
+use crate::App;
+use crate::audit::{self, actions};
+use crate::db::appliances::{LicenseReason, NewAppliance, NewLicense};
+use crate::db::codes::{CodeRow, CodeState};
+use crate::db::{self, appliances};
+use crate::error::ApiError;
+
+/// Redeems a code. `install_code` is the operator's input, untouched.
+#[instrument(skip_all, fields(code.id = tracing::field::Empty, tenant.id = tracing::field::Empty))]
+pub async fn redeem(
+    app: &App,
+    ctx: &Ctx,
+    install_code: &SecretText,
+    csr_pem: &str,
+    appliance: &ApplianceInfo,
+) -> Result<RedeemResponse, ApiError> {
+    app.limits
+        .check_source(ctx.source)
+        .map_err(ApiError::RateLimited)?;
+    let code = InstallCode::parse(install_code.expose()).map_err(|e| ApiError::CodeMalformed(e.to_string()))?;
+    let code_id = code.code_id().clone();
+    tracing::Span::current().record("code.id", tracing::field::display(&code_id));
+    app.limits
+        .check_code(code_id.as_str())
+        .map_err(ApiError::RateLimited)?;
+
+    let result = async {
+        let mut fields = std::collections::BTreeMap::new();
+        if let Err(m) = Name::parse(&appliance.hostname) {
+            fields.insert("appliance.hostname".to_owned(), m.to_owned());
+        }
+        if let Err(m) = Name::parse(&appliance.version) {
+            fields.insert("appliance.version".to_owned(), m.to_owned());
+        }
+        if !fields.is_empty() {
+            return Err((ApiError::Validation(fields), None));
+        }
+        let csr = Csr::parse(csr_pem).map_err(|e| (e, None))?;
+        let row = {
+            let conn = app.pool.get().await.map_err(|e| (db::DbError::from(e).into(), None))?;
+            db::codes::get(&**conn, &code_id).await.map_err(|e| (e.into(), None))?
+        };
+        let Some(row) = row else {
+            return Err((ApiError::CodeInvalid, None));
+        };
+        let valid = app
+            .issuer
+            .verify_code(&row.binding, SecretText::new(code.expose_formatted().to_string()))
+            .await
+            .map_err(|e| (issuer_error(e), None))?;
+        if !valid {
+            return Err((ApiError::CodeInvalid, None));
+        }
+        let tenant_id = row.binding.tenant_id;
+        tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
+        consume(app, ctx, &row, &csr, appliance).await.map_err(|e| (e, Some(tenant_id)))
+    }
+    .await;
+
+    match result {
+        Ok(resp) => {
+            app.metrics.redeem_outcome("ok");
+            Ok(resp)
+        }
+        Err((e, tenant)) => {
+            app.metrics.redeem_outcome(e.code());
+            let record = ctx.record(actions::CODE_REDEEM).map(|r| {
+                let r = r.subject("code_id", code_id.as_str());
+                match tenant {
+                    Some(t) => r.tenant(t),
+                    None => r,
+                }
+            });
+            audit::append_failure(&app.pool, record, e.code()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn consume(
+    app: &App,
+    ctx: &Ctx,
+    row: &CodeRow,
+    csr: &Csr,
+    appliance: &ApplianceInfo,
+) -> Result<RedeemResponse, ApiError> {
+    let b = &row.binding;
+    let edition = app
+        .policy
+        .edition(&b.edition)
+        .ok_or_else(|| ApiError::internal(format!("code bound to edition {:?} not in the policy", b.edition)))?;
+    let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
+    let tx = conn.transaction().await.map_err(db::DbError::from)?;
+    let appliance_id = Uuid::new_v4();
+    let consumed = db::codes::consume(&*tx, b, appliance_id, csr.fingerprint()).await?;
+
+    let (appliance_id, reason) = if consumed.is_some() {
+        (appliance_id, LicenseReason::Redeem)
+    } else {
+        // Classify on the current row (the binding verified, so the caller may know).
+        let now_row = db::codes::get(&*tx, &b.code_id)
+            .await?
+            .ok_or(ApiError::CodeInvalid)?;
+        if now_row.binding != *b {
+            // Edited since it verified: it no longer verifies.
+            return Err(ApiError::CodeInvalid);
+        }
+        match now_row.state {
+            CodeState::Consumed
+                if now_row.within_retry_window
+                    && now_row.consumer_key_fingerprint.as_deref() == Some(csr.fingerprint()) =>
+            {
+                let id = now_row
+                    .appliance_id
+                    .ok_or_else(|| ApiError::internal("consumed code without appliance"))?;
+                (id, LicenseReason::RedeemRetry)
+            }
+            CodeState::Consumed => return Err(ApiError::CodeAlreadyUsed),
+            CodeState::Revoked => return Err(ApiError::CodeRevoked),
+            CodeState::Unclaimed if now_row.expired => return Err(ApiError::CodeExpired),
+            CodeState::Unclaimed => return Err(ApiError::internal("unclaimed, unexpired code not consumed")),
+        }
+    };
+
+    if reason == LicenseReason::Redeem {
+        appliances::insert(
+            &*tx,
+            &NewAppliance {
+                appliance_id,
+                tenant_id: b.tenant_id,
+                code_id: b.code_id.as_str(),
+                hostname: appliance.hostname.trim(),
+                version: appliance.version.trim(),
+                public_key_fingerprint: csr.fingerprint(),
+                credential_serial: None,
+                credential_expires_at: None,
+            },
+        )
+        .await?;
+    }
+    let (license, credential) = if edition.is_paid() {
+        let (l, c) = sign_both(app, &tx, b.tenant_id, appliance_id, &b.edition, csr.pem(), reason).await?;
+        appliances::set_credential(&*tx, appliance_id, &c.1, c.0.expires_at).await?;
+        (Some(l), Some(c))
+    } else {
+        (None, None)
+    };
+    let mut record = ctx
+        .record(actions::CODE_REDEEM)?
+        .tenant(b.tenant_id)
+        .subject("code_id", b.code_id.as_str())
+        .subject("appliance_id", appliance_id)
+        .detail("retry", reason == LicenseReason::RedeemRetry)
+        .detail("edition", b.edition.as_str());
+    if let Some((_, jti)) = &license {
+        record = record.subject("jti", jti);
+    }
+    if let Some((_, serial)) = &credential {
+        record = record.subject("serial", serial);
+    }
+    audit::append(&*tx, record).await?;
+    tx.commit().await.map_err(db::DbError::from)?;
+    tracing::info!(
+        tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,
+        retry = reason == LicenseReason::RedeemRetry, "install code redeemed"
+    );
+    Ok(RedeemResponse {
+        tenant_id: b.tenant_id,
+        edition: b.edition.clone(),
+        appliance_id,
+        license: license.map(|l| l.0),
+        credential: credential.map(|c| c.0),
+        check_in_url: edition.is_paid().then(|| app.check_in_url.clone()),
+    })
+}
+
+/// License and credential from the issuer, recorded in `tx`: `(license, jti)` and
+/// `(credential, serial)`.
+pub(crate) async fn sign_both(
+    app: &App,
+    tx: &Transaction<'_>,
+    tenant_id: Uuid,
+    appliance_id: Uuid,
+    edition: &str,
+    csr_pem: &str,
+    reason: LicenseReason,
+) -> Result<((License, String), (Credential, String)), ApiError> {
+    let license = sign_license(app, tx, tenant_id, appliance_id, edition, reason).await?;
+    let cred = app
+        .issuer
+        .sign_credential(tenant_id, appliance_id, edition, csr_pem)
+        .await
+        .map_err(issuer_error)?;
+    Ok((
+        license,
+        (
+            Credential {
+                certificate: cred.certificate_pem,
+                chain: cred.chain_pem,
+                expires_at: cred.expires_at,
+            },
+            cred.serial,
+        ),
+    ))
+}
+
+/// A license from the issuer, recorded in `tx`.
+pub(crate) async fn sign_license(
+    app: &App,
+    tx: &Transaction<'_>,
+    tenant_id: Uuid,
+    appliance_id: Uuid,
+    edition: &str,
+    reason: LicenseReason,
+) -> Result<(License, String), ApiError> {
+    let l = app
+        .issuer
+        .sign_license(tenant_id, appliance_id, edition)
+        .await
+        .map_err(issuer_error)?;
+    appliances::insert_license(
+        &**tx,
+        &NewLicense {
+            jti: l.jti,
+            kid: &l.kid,
+            tenant_id,
+            appliance_id,
+            issued_at: l.issued_at,
+            expires_at: l.expires_at,
+            reason,
+        },
+    )
+    .await?;
+    Ok((
+        License {
+            token: l.token,
+            expires_at: l.expires_at,
+        },
+        l.jti.to_string(),
+    ))
+}

@@ -1,0 +1,244 @@
+//! `POST /register-tenant`: create the tenant and its entitlement, mint the install code
+//! (issuer), presign the ISO link, queue the mail, audit: one transaction.
+//!
+//! Idempotency: the response is stored under `(caller, Idempotency-Key)` in the same
+//! transaction with the SHA-256 of the request body; the same key with the same body
+//! replays it, with another body it is `idempotency_conflict`.
+
+use alga_protocol::api::{DownloadLink, EmailStatus, InstallCodeInfo, MailState, RegisterTenantResponse};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::validate::Registration;
+use super::{Ctx, issuer_error, whole_seconds};
+use crate::App;
+use crate::audit::{self, actions};
+use crate::db::{self, outbox::MailKind, tenants};
+use crate::error::ApiError;
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// An `Idempotency-Key` with the hash of the body it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub caller: String,
+    pub key: String,
+    pub body_hash: String,
+}
+
+impl Idempotency {
+    /// Validates the header value (printable ASCII, 1–200 bytes) and hashes the body.
+    pub fn new(caller: &str, key: &str, body: &[u8]) -> Result<Idempotency, ApiError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            let mut f = std::collections::BTreeMap::new();
+            f.insert(
+                "Idempotency-Key".to_owned(),
+                "must be 1 to 200 printable ASCII characters without spaces".to_owned(),
+            );
+            return Err(ApiError::Validation(f));
+        }
+        Ok(Idempotency {
+            caller: caller.to_owned(),
+            key: key.to_owned(),
+            body_hash: hex::encode(Sha256::digest(body)),
+        })
+    }
+}
+
+/// A response to send: status and JSON (stored as-is for idempotent replays).
+#[derive(Debug, Clone)]
+pub struct Replayable {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// Registers a tenant.
+#[instrument(skip_all, fields(tenant.id = tracing::field::Empty))]
+pub async fn register_tenant(
+    app: &App,
+    ctx: &Ctx,
+    reg: Registration<'_>,
+    idem: Option<Idempotency>,
+) -> Result<Replayable, ApiError> {
+    if let Some(i) = &idem {
+        if let Some(r) = replay(app, i).await? {
+            return Ok(r);
+        }
+    }
+    match register_once(app, ctx, &reg, idem.as_ref()).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // A concurrent request with the same key may have won the race.
+            if let Some(i) = &idem {
+                if let Ok(Some(r)) = replay(app, i).await {
+                    return Ok(r);
+                }
+            }
+            let record = ctx.record(actions::TENANT_REGISTER).map(|r| {
+                let r = r.detail("edition", reg.edition.name.as_str());
+                match &e {
+                    ApiError::TenantExists(t) => r.tenant(*t),
+                    _ => r,
+                }
+            });
+            audit::append_failure(&app.pool, record, e.code()).await;
+            Err(e)
+        }
+    }
+}
+
+async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiError> {
+    let conn = app.pool.get().await.map_err(db::DbError::from)?;
+    match db::idempotency::get(&**conn, &i.caller, &i.key).await? {
+        None => Ok(None),
+        Some(s) if s.request_hash == i.body_hash => Ok(Some(Replayable {
+            status: s.status,
+            body: s.body,
+        })),
+        Some(_) => Err(ApiError::IdempotencyConflict),
+    }
+}
+
+async fn register_once(
+    app: &App,
+    ctx: &Ctx,
+    reg: &Registration<'_>,
+    idem: Option<&Idempotency>,
+) -> Result<Replayable, ApiError> {
+    let tenant_id = Uuid::new_v4();
+    let span = tracing::Span::current();
+    span.record("tenant.id", tracing::field::display(tenant_id));
+    let edition = reg.edition;
+    let company_norm = reg.company.normalized();
+    let email_norm = reg.contact_email.normalized();
+
+    let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
+    let tx = conn.transaction().await.map_err(db::DbError::from)?;
+    let inserted = tenants::insert(
+        &*tx,
+        &tenants::NewTenant {
+            tenant_id,
+            company: reg.company.as_str(),
+            company_normalized: &company_norm,
+            contact_name: reg.contact_name.as_str(),
+            contact_email: reg.contact_email.as_str(),
+            contact_email_normalized: &email_norm,
+            edition: &edition.name,
+        },
+    )
+    .await?;
+    if !inserted {
+        let existing = tenants::find_by_company_contact(&*tx, &company_norm, &email_norm)
+            .await?
+            .ok_or_else(|| ApiError::internal("tenant conflict without a tenant"))?;
+        return Err(ApiError::TenantExists(existing));
+    }
+    tenants::insert_entitlement(
+        &*tx,
+        tenant_id,
+        &tenants::Entitlement {
+            edition: edition.name.clone(),
+            paid: edition.is_paid(),
+            features: edition.features.clone(),
+            seats: i32::try_from(edition.seats).unwrap_or(i32::MAX),
+        },
+    )
+    .await?;
+
+    let issued = issue_code(app, ctx, &tx, tenant_id, &edition.name, reg.contact_email.as_str(), MailKind::Registration)
+        .await?;
+
+    let body = RegisterTenantResponse {
+        tenant_id,
+        edition: edition.name.clone(),
+        install_code: issued.code,
+        download: issued.download,
+        email: EmailStatus {
+            status: MailState::Queued,
+        },
+        revoked_code_ids: None,
+    };
+    let body = serde_json::to_value(&body).map_err(ApiError::internal)?;
+    audit::append(
+        &*tx,
+        ctx.record(actions::TENANT_REGISTER)?
+            .tenant(tenant_id)
+            .subject("code_id", &issued.code_id)
+            .detail("edition", edition.name.as_str()),
+    )
+    .await?;
+    if let Some(i) = idem {
+        if !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &body).await? {
+            // Someone committed this key first: ours rolls back, theirs is the answer.
+            drop(tx);
+            return replay(app, i)
+                .await?
+                .ok_or_else(|| ApiError::internal("idempotency record vanished"));
+        }
+    }
+    tx.commit().await.map_err(db::DbError::from)?;
+    tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, edition = %edition.name, "tenant registered");
+    Ok(Replayable { status: 201, body })
+}
+
+/// What minting a code produced: its public facts and the link.
+pub(crate) struct IssuedCode {
+    pub code_id: String,
+    pub code: InstallCodeInfo,
+    pub download: DownloadLink,
+}
+
+/// Mints a code for the tenant (issuer), stores its binding, presigns the link, queues
+/// the mail and audits the mint, all in `tx`. The code itself is dropped here
+/// (zeroized): the mail sender re-derives it from the binding.
+pub(crate) async fn issue_code(
+    app: &App,
+    ctx: &Ctx,
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant_id: Uuid,
+    edition: &str,
+    recipient: &str,
+    kind: MailKind,
+) -> Result<IssuedCode, ApiError> {
+    let expires_at = whole_seconds(ctx.now + app.policy.install_code_ttl);
+    let minted = app
+        .issuer
+        .mint_code(tenant_id, edition, expires_at)
+        .await
+        .map_err(issuer_error)?;
+    let binding = minted.binding;
+    drop(minted.code);
+    if binding.tenant_id != tenant_id || binding.edition != edition {
+        return Err(ApiError::internal("issuer minted a code for another binding"));
+    }
+    db::codes::insert(&**tx, &binding).await?;
+    let link_expires = whole_seconds(ctx.now + app.policy.download_link_ttl);
+    let url = app
+        .presigner
+        .presign(ctx.now, link_expires)
+        .map_err(ApiError::internal)?;
+    db::outbox::enqueue(&**tx, binding.code_id.as_str(), tenant_id, recipient, kind).await?;
+    audit::append(
+        &**tx,
+        ctx.record(actions::CODE_MINT)?
+            .tenant(tenant_id)
+            .subject("code_id", binding.code_id.as_str())
+            .detail("expires_at", binding.expires_at.unix_timestamp())
+            .detail("key_version", binding.key_version)
+            .detail("mail", kind.as_str()),
+    )
+    .await?;
+    Ok(IssuedCode {
+        code_id: binding.code_id.to_string(),
+        code: InstallCodeInfo {
+            code_id: binding.code_id.to_string(),
+            expires_at: binding.expires_at,
+        },
+        download: DownloadLink {
+            url,
+            expires_at: link_expires,
+        },
+    })
+}
