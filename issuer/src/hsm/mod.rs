@@ -205,7 +205,6 @@ impl Hsm {
     /// handle invalid" and must recover by themselves. (cryptoki 0.12 has no safe
     /// `C_CloseAllSessions`, and this crate forbids `unsafe`.) Never call it in
     /// production code.
-    #[doc(hidden)]
     pub fn invalidate_sessions_for_test(&self) -> Result<(), HsmError> {
         let token = &self.inner.token;
         let session = token

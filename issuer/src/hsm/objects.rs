@@ -647,6 +647,8 @@ pub(crate) fn create_key(
         created.push(cert);
     }
 
+    // Whole seconds: the certificate's notBefore has no more, and listings read better.
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     let created_text = now.format(&Rfc3339).map_err(|e| HsmError::InvalidObject {
         label: kid.clone(),
         reason: format!("creation time: {e}"),

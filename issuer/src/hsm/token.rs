@@ -72,6 +72,15 @@ impl Token {
         })
     }
 
+    /// Looks the token up by label again and follows it to its current slot.
+    pub(crate) fn refresh_slot(&mut self) -> Result<(), HsmError> {
+        self.slot =
+            find_slot(&self.pkcs11, &self.label)?.ok_or_else(|| HsmError::TokenNotFound {
+                label: self.label.clone(),
+            })?;
+        Ok(())
+    }
+
     /// Opens a read-write session and logs the user in ("already logged in" is success).
     #[instrument(skip_all)]
     pub(crate) fn user_session(&self, pin: &SecretString) -> Result<Session, HsmError> {

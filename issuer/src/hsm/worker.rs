@@ -85,6 +85,9 @@ impl Worker {
 
     fn attempt(&mut self, op: &Op) -> Result<Vec<u8>, HsmError> {
         if self.session.is_none() {
+            // The token may have come back in another slot (SoftHSM re-slots tokens,
+            // a network HSM fails over): find it by label again.
+            self.token.refresh_slot()?;
             self.session = Some(self.token.user_session(&self.pin)?);
             self.handles.clear();
         }
