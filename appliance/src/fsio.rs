@@ -90,15 +90,6 @@ pub fn write_atomic(target: &Path, contents: &[u8], mode: u32) -> Result<()> {
     Staged::write(target, contents, mode)?.commit()
 }
 
-/// Commits several staged files: each rename is atomic; the set is committed in order,
-/// so the last one can serve as the "complete" marker.
-pub fn commit_all(staged: Vec<Staged>) -> Result<()> {
-    for s in staged {
-        s.commit()?;
-    }
-    Ok(())
-}
-
 /// Creates `dir` (and parents) when missing, mode 0700 for new directories.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {

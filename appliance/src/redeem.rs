@@ -163,9 +163,10 @@ pub(crate) fn full_chain(cert: &str, chain: &str) -> String {
     s
 }
 
-/// Stages both manifests, then renames them in place: license seed first, tenant last
-/// (the tenant Secret is what the bootstrap acts on, so it appears only when the seed
-/// is already complete).
+/// Stages both manifests (written and fsynced), then renames them in place: license
+/// seed first, tenant last (the tenant Secret is what the bootstrap acts on, so it
+/// appears only when the seed is complete); if the second rename fails, the first file
+/// is removed again.
 pub fn write_secrets(dir: &Path, tenant_id: Uuid, seed: &LicenseSeed) -> Result<Vec<PathBuf>> {
     let seed_path = secrets::manifest_path(dir, secrets::LICENSE_SEED);
     let tenant_path = secrets::manifest_path(dir, secrets::INITIAL_TENANT);
@@ -179,7 +180,12 @@ pub fn write_secrets(dir: &Path, tenant_id: Uuid, seed: &LicenseSeed) -> Result<
         secrets::initial_tenant(tenant_id).to_yaml().as_bytes(),
         fsio::SECRET_MODE,
     )?;
-    fsio::commit_all(vec![staged_seed, staged_tenant])?;
+    staged_seed.commit()?;
+    if let Err(e) = staged_tenant.commit() {
+        // Never leave a seed without its tenant: take the new seed back out.
+        let _ = std::fs::remove_file(&seed_path);
+        return Err(e);
+    }
     Ok(vec![seed_path, tenant_path])
 }
 

@@ -1,0 +1,13 @@
+//! Integration tests of alga-appliance: one test binary (STYLE.md).
+//!
+//! - `offline`: code validation, Secret format, atomic writes (no stack needed);
+//! - `bootstrap_db`: the bootstrap against a fresh database made via `DATABASE_URL`;
+//! - `stack`: redeem, check-in and reinstall against the real local stack (`make up`).
+//!
+//! Environment comes from the process (`make test` exports `.dev/env`) or, failing
+//! that, from the workspace's `.dev/env`; a missing variable fails the test loudly.
+
+mod bootstrap_db;
+mod common;
+mod offline;
+mod stack;
