@@ -1,0 +1,375 @@
+//! All SQL of the audit log: `append`, the sequencer's reads and writes, and the
+//! queries behind `GET /audit/events` and `GET /audit/checkpoints`.
+//!
+//! Every function takes a [`GenericClient`], so it runs on a pooled connection or
+//! inside the caller's transaction alike. None of them commits.
+
+use alga_protocol::issuer_api::SignedCheckpoint;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::canonical;
+use crate::error::AuditError;
+use crate::record::{Action, NewRecord, Record};
+
+/// The id of an appended, not yet chained, record (`audit_events.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct EventId(pub i64);
+
+/// Appends `record` in the caller's transaction and returns its event id.
+///
+/// Call it inside the transaction that makes the change the record describes, before
+/// committing: the record then commits with the change or not at all. If it fails,
+/// roll back and fail the action (fail-closed). It never commits and takes no lock
+/// that another business transaction waits for: the record is chained after commit,
+/// within milliseconds, by the [`Sequencer`](crate::Sequencer).
+pub async fn append<C>(client: &C, record: &NewRecord) -> Result<EventId, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let r = record.record();
+    let action = r.action.as_str();
+    let bytes = record.canonical_bytes();
+    let row = client
+        .query_typed_one(
+            "INSERT INTO audit_events (recorded_at, tenant_id, action, record) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+            &[
+                (&r.time, Type::TIMESTAMPTZ),
+                (&r.tenant_id, Type::UUID),
+                (&action, Type::TEXT),
+                (&bytes, Type::BYTEA),
+            ],
+        )
+        .await?;
+    Ok(EventId(row.try_get(0)?))
+}
+
+/// A record with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedRecord {
+    pub seq: u64,
+    pub event_id: EventId,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    /// When the sequencer chained it (database clock).
+    pub chained_at: OffsetDateTime,
+    /// The canonical bytes, exactly as stored and hashed.
+    pub canonical: Vec<u8>,
+}
+
+impl ChainedRecord {
+    /// Decodes the canonical bytes.
+    pub fn record(&self) -> Result<Record, AuditError> {
+        Record::from_canonical(&self.canonical)
+    }
+
+    /// The export line of this record (see `FORMAT.md`): the canonical bytes appear
+    /// verbatim as the `record` value.
+    pub fn to_json_line(&self) -> Result<String, AuditError> {
+        serde_json::to_string(self).map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+}
+
+/// `{"type":"record","seq":…,"event_id":…,"prev_hash":hex,"hash":hex,"chained_at":…,
+/// "record":{canonical bytes verbatim}}`: the export line and the `GET /audit/events`
+/// item. Fails (never re-encodes) if the stored bytes are not JSON.
+impl Serialize for ChainedRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            seq: u64,
+            event_id: i64,
+            prev_hash: String,
+            hash: String,
+            chained_at: String,
+            record: &'a RawValue,
+        }
+        let text = std::str::from_utf8(&self.canonical).map_err(serde::ser::Error::custom)?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+        if raw.get().len() != text.len() {
+            return Err(serde::ser::Error::custom(
+                "record bytes have surrounding space",
+            ));
+        }
+        Line {
+            kind: "record",
+            seq: self.seq,
+            event_id: self.event_id.0,
+            prev_hash: hex::encode(self.prev_hash),
+            hash: hex::encode(self.hash),
+            chained_at: canonical::format_time(self.chained_at),
+            record: raw,
+        }
+        .serialize(s)
+    }
+}
+
+/// Filters of `GET /audit/events` and `alga-audit export`. Pages go by sequence
+/// number: ask again with `after_seq` = the last `seq` you got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only records with a larger sequence number (0: from the start).
+    pub after_seq: u64,
+    /// Only this tenant's records.
+    pub tenant_id: Option<Uuid>,
+    /// Only this action.
+    pub action: Option<Action>,
+    /// Only records whose own time is at or after this.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many (capped at [`MAX_PAGE`]); 0 means [`MAX_PAGE`].
+    pub limit: u32,
+}
+
+/// The largest page [`list_events`] returns.
+pub const MAX_PAGE: u32 = 10_000;
+
+/// Chained records matching `q`, in sequence order.
+pub async fn list_events<C>(client: &C, q: &EventQuery) -> Result<Vec<ChainedRecord>, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let limit = i64::from(if q.limit == 0 {
+        MAX_PAGE
+    } else {
+        q.limit.min(MAX_PAGE)
+    });
+    let after = to_i64(q.after_seq)?;
+    let action = q.action.as_ref().map(Action::as_str);
+    let rows = client
+        .query_typed(
+            "SELECT c.seq, c.event_id, c.prev_hash, c.hash, c.chained_at, e.record \
+             FROM audit_chain c JOIN audit_events e ON e.id = c.event_id \
+             WHERE c.seq > $1 \
+               AND ($2::uuid IS NULL OR e.tenant_id = $2) \
+               AND ($3::text IS NULL OR e.action = $3) \
+               AND ($4::timestamptz IS NULL OR e.recorded_at >= $4) \
+             ORDER BY c.seq LIMIT $5",
+            &[
+                (&after, Type::INT8),
+                (&q.tenant_id, Type::UUID),
+                (&action, Type::TEXT),
+                (&q.since, Type::TIMESTAMPTZ),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter().map(chained_from_row).collect()
+}
+
+pub(crate) fn chained_from_row(row: &tokio_postgres::Row) -> Result<ChainedRecord, AuditError> {
+    Ok(ChainedRecord {
+        seq: to_u64(row.try_get(0)?)?,
+        event_id: EventId(row.try_get(1)?),
+        prev_hash: hash32(row.try_get(2)?)?,
+        hash: hash32(row.try_get(3)?)?,
+        chained_at: row.try_get(4)?,
+        canonical: row.try_get(5)?,
+    })
+}
+
+/// Stored checkpoints with a sequence number above `after_seq`, oldest first, at most
+/// `limit` (capped at [`MAX_PAGE`]; 0 means [`MAX_PAGE`]).
+pub async fn list_checkpoints<C>(
+    client: &C,
+    after_seq: u64,
+    limit: u32,
+) -> Result<Vec<SignedCheckpoint>, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let limit = i64::from(if limit == 0 {
+        MAX_PAGE
+    } else {
+        limit.min(MAX_PAGE)
+    });
+    let after = to_i64(after_seq)?;
+    let rows = client
+        .query_typed(
+            "SELECT seq, head_hash, signed_at, kid, signature FROM audit_checkpoints \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[(&after, Type::INT8), (&limit, Type::INT8)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(SignedCheckpoint {
+                sequence: to_u64(row.try_get(0)?)?,
+                head_hash: hex::encode(hash32(row.try_get(1)?)?),
+                signed_at: row.try_get(2)?,
+                kid: row.try_get(3)?,
+                signature: row.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// The last chained record: where the sequencer continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    /// `(xid, id)` of its event: the sequencer's cursor.
+    pub xid: u64,
+    pub event_id: i64,
+}
+
+impl Head {
+    pub(crate) const GENESIS: Head = Head {
+        seq: 0,
+        hash: canonical::GENESIS_PREV_HASH,
+        xid: 0,
+        event_id: 0,
+    };
+}
+
+pub(crate) async fn head<C: GenericClient + Sync>(client: &C) -> Result<Head, AuditError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT c.seq, c.hash, e.xid::text, e.id FROM audit_chain c \
+             JOIN audit_events e ON e.id = c.event_id ORDER BY c.seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    match row {
+        None => Ok(Head::GENESIS),
+        Some(row) => Ok(Head {
+            seq: to_u64(row.try_get(0)?)?,
+            hash: hash32(row.try_get(1)?)?,
+            xid: parse_xid(row.try_get(2)?)?,
+            event_id: row.try_get(3)?,
+        }),
+    }
+}
+
+/// An event ready to chain.
+#[derive(Debug)]
+pub(crate) struct FinalEvent {
+    pub id: i64,
+    pub xid: u64,
+    pub record: Vec<u8>,
+}
+
+/// Up to `limit` events after the cursor whose transactions have all ended, in
+/// `(xid, id)` order. `xid < xmin` of the statement's own snapshot means the
+/// inserting transaction is over: committed rows are visible in this very snapshot,
+/// and an aborted one's rows will never appear. Nothing can later show up before the
+/// cursor, so chaining in this order leaves no gap.
+pub(crate) async fn final_events_after<C: GenericClient + Sync>(
+    client: &C,
+    xid: u64,
+    event_id: i64,
+    limit: i64,
+) -> Result<Vec<FinalEvent>, AuditError> {
+    let xid = xid.to_string();
+    let rows = client
+        .query_typed(
+            "SELECT id, xid::text, record FROM audit_events \
+             WHERE (xid, id) > ($1::text::xid8, $2) \
+               AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY xid, id LIMIT $3",
+            &[
+                (&xid, Type::TEXT),
+                (&event_id, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(FinalEvent {
+                id: row.try_get(0)?,
+                xid: parse_xid(row.try_get(1)?)?,
+                record: row.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// Inserts chain rows in one statement (atomic). A conflict on `seq` or `event_id`
+/// means another sequencer got there first.
+pub(crate) async fn insert_chain<C: GenericClient + Sync>(
+    client: &C,
+    seqs: &[i64],
+    event_ids: &[i64],
+    prev_hashes: &[&[u8]],
+    hashes: &[&[u8]],
+) -> Result<(), AuditError> {
+    client
+        .execute_typed(
+            "INSERT INTO audit_chain (seq, event_id, prev_hash, hash) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[])",
+            &[
+                (&seqs, Type::INT8_ARRAY),
+                (&event_ids, Type::INT8_ARRAY),
+                (&prev_hashes, Type::BYTEA_ARRAY),
+                (&hashes, Type::BYTEA_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_checkpoint<C: GenericClient + Sync>(
+    client: &C,
+    cp: &SignedCheckpoint,
+) -> Result<bool, AuditError> {
+    let seq = to_i64(cp.sequence)?;
+    let head = hex::decode(&cp.head_hash)
+        .map_err(|_| AuditError::Signer("checkpoint head hash is not hex".into()))?;
+    let n = client
+        .execute_typed(
+            "INSERT INTO audit_checkpoints (seq, head_hash, signed_at, kid, signature) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+            &[
+                (&seq, Type::INT8),
+                (&head, Type::BYTEA),
+                (&cp.signed_at, Type::TIMESTAMPTZ),
+                (&cp.kid, Type::TEXT),
+                (&cp.signature, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The newest checkpoint's sequence number and age in seconds (database clock).
+pub(crate) async fn last_checkpoint<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<Option<(u64, f64)>, AuditError> {
+    let row = client
+        .query_typed_opt(
+            "SELECT seq, extract(epoch FROM now() - stored_at)::float8 \
+             FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(row) => Ok(Some((to_u64(row.try_get(0)?)?, row.try_get(1)?))),
+    }
+}
+
+pub(crate) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], AuditError> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| AuditError::Corrupt(format!("a hash of {} bytes", bytes.len())))
+}
+
+pub(crate) fn to_u64(v: i64) -> Result<u64, AuditError> {
+    u64::try_from(v).map_err(|_| AuditError::Corrupt(format!("negative sequence number {v}")))
+}
+
+pub(crate) fn to_i64(v: u64) -> Result<i64, AuditError> {
+    i64::try_from(v).map_err(|_| AuditError::Corrupt(format!("sequence number {v} too large")))
+}
+
+fn parse_xid(text: String) -> Result<u64, AuditError> {
+    text.parse()
+        .map_err(|_| AuditError::Corrupt(format!("transaction id {text:?}")))
+}
