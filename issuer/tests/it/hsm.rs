@@ -9,7 +9,8 @@
 //! files, a random token label), then re-runs this very test binary filtered to the
 //! one test, with `SOFTHSM2_CONF` pointing into the sandbox. The child initializes the
 //! token through `admin::token_init` (and usually `admin::keys_init`), then runs the
-//! body. CLI tests run the real binary against a sandbox in the same way.
+//! body. CLI tests run the real binary against a sandbox in the same way. Other
+//! test modules of this binary can use the same harness: [`isolated_in`].
 //!
 //! Environment: `ALGA_HSM_MODULE` names the PKCS#11 module (default
 //! `/usr/lib/softhsm/libsofthsm2.so` if it exists); `pkcs11-tool` (opensc) and
@@ -761,7 +762,7 @@ fn cli_initializes_lists_and_rotates_keys() {
 
 /// What the child sets up on its fresh token before the body runs.
 #[derive(Debug, Clone, Copy)]
-enum Setup {
+pub(crate) enum Setup {
     /// An initialized token with its user PIN, no keys.
     TokenOnly,
     /// And the complete v1 key set (through `admin::keys_init`).
@@ -770,18 +771,22 @@ enum Setup {
 
 /// Runs `body` in a child process with its own SoftHSM token directory.
 fn isolated(name: &str, setup: Setup, body: impl FnOnce(&TestToken)) {
+    isolated_in(module_path!(), name, setup, body)
+}
+
+/// [`isolated`] for a test defined in another module of this binary: pass the
+/// caller's `module_path!()` and the test function's name.
+pub(crate) fn isolated_in(module: &str, name: &str, setup: Setup, body: impl FnOnce(&TestToken)) {
+    // "it::hsm" → "hsm": test names do not include the crate.
+    let module = module.split_once("::").map_or(module, |(_, m)| m);
+    let test = format!("{module}::{name}");
     if let Ok(child) = std::env::var(CHILD_ENV) {
-        assert_eq!(child, name, "a child process runs only its own test");
+        assert_eq!(child, test, "a child process runs only its own test");
         let token = TestToken::set_up(setup);
         body(&token);
         return;
     }
     let sandbox = Sandbox::new();
-    // "it::hsm" → "hsm": test names do not include the crate.
-    let module_path = module_path!()
-        .split_once("::")
-        .map_or(module_path!(), |(_, m)| m);
-    let test = format!("{module_path}::{name}");
     let out = Command::new(std::env::current_exe().expect("test binary path"))
         .args([
             test.as_str(),
@@ -792,7 +797,7 @@ fn isolated(name: &str, setup: Setup, body: impl FnOnce(&TestToken)) {
         ])
         .env("SOFTHSM2_CONF", sandbox.conf())
         .env(SANDBOX_ENV, sandbox.dir())
-        .env(CHILD_ENV, name)
+        .env(CHILD_ENV, &test)
         .env_remove("ALGA_HSM_PIN")
         .stdin(Stdio::null())
         .output()
@@ -895,10 +900,12 @@ directory = "{d}/log"
 }
 
 /// The child's view: its token, configuration and PINs.
-struct TestToken {
-    dir: PathBuf,
-    config: HsmConfig,
-    policy: Policy,
+pub(crate) struct TestToken {
+    pub(crate) dir: PathBuf,
+    /// `workers = 2`, the PIN in `user.pin` of the sandbox.
+    pub(crate) config: HsmConfig,
+    /// `config/policy.sample.toml`.
+    pub(crate) policy: Policy,
 }
 
 impl TestToken {
@@ -933,7 +940,7 @@ impl TestToken {
         token
     }
 
-    fn pin(&self) -> SecretString {
+    pub(crate) fn pin(&self) -> SecretString {
         self.config.pin().expect("user PIN file")
     }
 
@@ -941,7 +948,7 @@ impl TestToken {
         SecretString::from(read(&self.dir.join("so.pin")))
     }
 
-    fn open(&self) -> Hsm {
+    pub(crate) fn open(&self) -> Hsm {
         Hsm::open(&self.config, self.pin()).expect("Hsm::open")
     }
 
