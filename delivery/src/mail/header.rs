@@ -63,6 +63,17 @@ pub enum HeaderError {
         /// The character as `U+XXXX`.
         codepoint: String,
     },
+    /// The RFC 2047 encoded-word opener `=?`: a receiver would decode it into text
+    /// the sender never wrote (lettre leaves ASCII text as is).
+    #[error(
+        "{field} contains \"=?\" at position {position}, which mail programs decode as encoded text"
+    )]
+    EncodedWordLike {
+        /// The API field.
+        field: String,
+        /// 1-based character position of the `=`.
+        position: usize,
+    },
     /// Not an email address we can send to (syntax, or lettre refuses it).
     #[error("{field} is not a valid email address: {reason}")]
     InvalidAddress {
@@ -78,7 +89,8 @@ pub enum HeaderError {
 
 /// Checks that `value` can be one line of a mail header: not blank, at most
 /// [`MAX_HEADER_TEXT_CHARS`] characters, no control characters (CR, LF, NUL, TAB, DEL, C1)
-/// and no Unicode separators, bidi controls or invisible formatting characters.
+/// no Unicode separators, bidi controls or invisible formatting characters, and no `=?`
+/// (which receivers would decode as an RFC 2047 encoded word).
 ///
 /// `field` names the API field in the error. The gateway calls this on `company` and
 /// `contact.name` so the API refuses what the mail could not carry.
@@ -89,6 +101,12 @@ pub fn validate_header_text(field: &str, value: &str) -> Result<(), HeaderError>
         });
     }
     check_characters(field, value)?;
+    if let Some(at) = value.find("=?") {
+        return Err(HeaderError::EncodedWordLike {
+            field: field.to_owned(),
+            position: value[..at].chars().count() + 1,
+        });
+    }
     if value.chars().count() > MAX_HEADER_TEXT_CHARS {
         return Err(HeaderError::TooLong {
             field: field.to_owned(),
@@ -307,7 +325,8 @@ mod tests {
             ("Ada Lovelace", None),
             ("Zoë Ünal-Øster", None),
             ("株式会社テスト", None),
-            ("O'Brien, \"Acme\" <Ltd>; =?utf-8?q?x?=", None),
+            ("O'Brien, \"Acme\" <Ltd>; a=b?c", None),
+            ("Ada =?utf-8?q?Bcc:_x?=", Some("EncodedWordLike")),
             (&ok_long, None),
             ("", Some("Empty")),
             ("   ", Some("Empty")),

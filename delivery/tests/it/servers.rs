@@ -124,3 +124,87 @@ pub fn which(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// How the test SMTP server protects its connections.
+pub enum SmtpTls<'a> {
+    /// Plain SMTP.
+    None,
+    /// STARTTLS offered and required (aiosmtpd's `--tlscert`), with this cert and key.
+    Starttls(&'a Path, &'a Path),
+    /// Implicit TLS (aiosmtpd's `--smtpscert`).
+    Implicit(&'a Path, &'a Path),
+}
+
+/// Debian's aiosmtpd with the recording handler of `smtp_recorder.py`.
+pub struct SmtpServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    _child: ChildGuard,
+}
+
+impl SmtpServer {
+    pub fn start(tls: SmtpTls<'_>) -> Result<SmtpServer> {
+        let python = Path::new("/usr/bin/python3");
+        let check = Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .context("running /usr/bin/python3")?;
+        if !check.success() {
+            bail!("aiosmtpd is missing: apt-get install python3-aiosmtpd");
+        }
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it");
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        match tls {
+            SmtpTls::None => {}
+            SmtpTls::Starttls(cert, key) => {
+                cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+            }
+            SmtpTls::Implicit(cert, key) => {
+                cmd.arg("--smtpscert").arg(cert).arg("--smtpskey").arg(key);
+            }
+        }
+        let child = cmd
+            .args(["-c", "smtp_recorder.Recorder"])
+            .arg(dir.path())
+            .env("PYTHONPATH", here)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting aiosmtpd")?;
+        let mut guard = ChildGuard(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = guard.0.try_wait()? {
+                bail!("aiosmtpd exited before listening: {status}");
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("aiosmtpd does not listen on 127.0.0.1:{port} after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(SmtpServer {
+            port,
+            dir,
+            _child: guard,
+        })
+    }
+
+    /// Every message received so far, in arrival order (the recorder's JSON records).
+    pub fn messages(&self) -> Result<Vec<serde_json::Value>> {
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| Ok(serde_json::from_slice(&std::fs::read(p)?)?))
+            .collect()
+    }
+}

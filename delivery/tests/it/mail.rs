@@ -1,0 +1,694 @@
+//! The install-code mail against a real SMTP server (Debian's aiosmtpd with a recording
+//! handler): what arrives, header hygiene with hostile input, error classes, TLS.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use alga_delivery::mail::{
+    DeliveryId, DisplayName, HeaderError, MailAddress, MailError, MailKind, MailSetupError, Mailer,
+    OutgoingMail, Sender, SmtpConfig, SmtpSecurity, html_escape, validate_header_text,
+};
+use alga_delivery::presign::PresignedLink;
+use alga_protocol::{CodeId, InstallCode};
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use serde_json::Value;
+use time::macros::datetime;
+use uuid::Uuid;
+
+use crate::servers::{SmtpServer, SmtpTls, free_port};
+
+const FROM: &str = "alga-license <licenses@alga.test>";
+const LINK: &str = "http://127.0.0.1:9000/alga-iso/releases/alga.iso?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20300101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20300101T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Everything logged by this test binary (the mail tests install it first, so every
+/// mail call site is registered with it; per-test scoped subscribers miss events when
+/// another thread registered the call site first).
+fn captured_logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // Fails only if a global subscriber exists already; then nothing is captured and
+        // the log test fails loudly.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        captured
+    })
+}
+
+fn smtp_config(port: u16, security: SmtpSecurity) -> SmtpConfig {
+    captured_logs();
+    SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        security,
+        from: Sender::parse(FROM).expect("valid sender"),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn outgoing(kind: MailKind, name: &str, company: &str, to: &str) -> OutgoingMail {
+    let mut mac = [0u8; 32];
+    for (i, b) in mac.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    OutgoingMail {
+        outbox_id: DeliveryId::from(Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_002a)),
+        kind,
+        to: MailAddress::parse("contact.email", to).expect("valid address"),
+        to_name: Some(DisplayName::parse("contact.name", name).expect("valid name")),
+        company: DisplayName::parse("company", company).expect("valid company"),
+        code: InstallCode::from_mac(CodeId::random(), &mac),
+        code_expires_at: datetime!(2030-01-08 09:30:00 UTC),
+        link: PresignedLink {
+            url: LINK.into(),
+            expires_at: datetime!(2030-01-02 00:00:00 UTC),
+        },
+    }
+}
+
+fn header<'a>(message: &'a Value, name: &str) -> Vec<&'a Value> {
+    message["headers"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .filter(|h| {
+                    h["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn decoded(message: &Value, name: &str) -> String {
+    let hs = header(message, name);
+    assert_eq!(hs.len(), 1, "exactly one {name} header");
+    hs[0]["decoded"].as_str().unwrap_or_default().to_owned()
+}
+
+fn part<'a>(message: &'a Value, content_type: &str) -> &'a str {
+    let parts: Vec<&Value> = message["parts"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p["content_type"] == content_type)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(parts.len(), 1, "exactly one {content_type} part");
+    parts[0]["text"].as_str().unwrap_or_default()
+}
+
+fn raw(message: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(message["raw_b64"].as_str().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// What every delivered mail must satisfy at the server: one message, one recipient, the
+/// expected envelope and commands, exactly the expected headers, both parts with the
+/// code and the link.
+fn assert_delivered(server: &SmtpServer, mail: &OutgoingMail) -> Result<Value> {
+    let messages = server.messages()?;
+    assert_eq!(messages.len(), 1, "exactly one message arrived");
+    let m = messages.into_iter().next().context("one message")?;
+    assert_eq!(m["mail_from"], "licenses@alga.test");
+    assert_eq!(m["rcpt_tos"], serde_json::json!([mail.to.as_str()]));
+    assert_eq!(
+        m["commands"],
+        serde_json::json!([
+            "MAIL FROM:<licenses@alga.test>",
+            format!("RCPT TO:<{}>", mail.to.as_str()),
+            "DATA"
+        ]),
+        "no other SMTP command in the transaction"
+    );
+    assert_eq!(
+        m["defects"],
+        serde_json::json!([]),
+        "the MIME parser found no defect"
+    );
+    let names: BTreeSet<String> = m["headers"]
+        .as_array()
+        .context("headers")?
+        .iter()
+        .filter_map(|h| h["name"].as_str().map(str::to_ascii_lowercase))
+        .collect();
+    let want: BTreeSet<String> = [
+        "from",
+        "to",
+        "subject",
+        "message-id",
+        "date",
+        "mime-version",
+        "content-type",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(names, want, "no extra header");
+    assert_eq!(
+        m["headers"].as_array().map(Vec::len),
+        Some(want.len()),
+        "no header twice"
+    );
+    let to = m["to_addresses"].as_array().context("To addresses")?;
+    assert_eq!(to.len(), 1, "exactly one To address");
+    assert_eq!(to[0]["addr_spec"], mail.to.as_str());
+    // The name as RFC 2047 decodes it (Python's modern parser inserts a space where
+    // lettre splits a long name across two adjacent encoded words; RFC 2047 §6.2 says
+    // the whitespace between them is ignored).
+    let to_header = header(&m, "To");
+    let want_to = match &mail.to_name {
+        Some(name) => format!("{name} <{}>", mail.to.as_str()),
+        None => mail.to.as_str().to_owned(),
+    };
+    let quoted = match &mail.to_name {
+        Some(name) => format!("\"{name}\" <{}>", mail.to.as_str()),
+        None => want_to.clone(),
+    };
+    let got_to = to_header[0]["rfc2047"].as_str().unwrap_or_default();
+    assert!(
+        got_to == want_to || got_to == quoted,
+        "To name intact: {got_to}"
+    );
+    assert_eq!(
+        decoded(&m, "Message-ID"),
+        format!(
+            "<{}.{}@alga.test>",
+            mail.outbox_id.as_str(),
+            mail.kind.as_str()
+        )
+    );
+    assert_eq!(m["content_type"], "multipart/alternative");
+    let code = mail.code.expose_formatted();
+    let text = part(&m, "text/plain");
+    let html = part(&m, "text/html");
+    assert!(text.contains(code.as_str()), "code in the text part");
+    assert!(html.contains(code.as_str()), "code in the HTML part");
+    assert!(text.contains(LINK), "link in the text part");
+    assert!(
+        html.contains(&html_escape(LINK)),
+        "escaped link in the HTML part"
+    );
+    for body in [text, html] {
+        assert!(body.contains("2030-01-08 09:30 UTC"), "code expiry");
+        assert!(body.contains("2030-01-02 00:00 UTC"), "link expiry");
+        assert!(body.contains("first-boot setup"), "install step 2");
+        assert!(body.contains("admin password"), "install step 2");
+        assert!(
+            body.contains("comes up under your tenant"),
+            "install step 3"
+        );
+    }
+    let raw = raw(&m);
+    assert!(raw.is_ascii(), "headers and bodies are 7-bit on the wire");
+    Ok(m)
+}
+
+#[tokio::test]
+async fn registration_mail_arrives_with_code_link_and_steps() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let mail = outgoing(
+        MailKind::Registration,
+        "Ada Lovelace",
+        "Analytical Engines Ltd",
+        "ada@example.com",
+    );
+    mailer.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert_eq!(
+        decoded(&m, "Subject"),
+        "Your alga appliance install code for Analytical Engines Ltd"
+    );
+    assert_eq!(decoded(&m, "From"), FROM);
+    assert!(!part(&m, "text/plain").contains("no longer work"));
+    assert_eq!(m["tls"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reissue_mail_says_previous_codes_no_longer_work() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let mail = outgoing(
+        MailKind::Reissue,
+        "Ada Lovelace",
+        "Analytical Engines Ltd",
+        "ada@example.com",
+    );
+    mailer.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert!(decoded(&m, "Subject").starts_with("A new alga appliance install code"));
+    for body in [part(&m, "text/plain"), part(&m, "text/html")] {
+        assert!(body.contains("Previous unclaimed install codes for your tenant no longer work"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retry_of_the_same_row_keeps_the_message_id() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+    mailer.send(&mail).await?;
+    mailer.send(&mail).await?;
+    let ids: Vec<String> = server
+        .messages()?
+        .iter()
+        .map(|m| decoded(m, "Message-ID"))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unicode_names_are_rfc2047_encoded_and_arrive_intact() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let name = "Zoë Ünal-Øster 李雷";
+    let company = "Société Générale — Ørsted ☃";
+    let mail = outgoing(MailKind::Registration, name, company, "zoe@example.com");
+    mailer.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    let to_raw = header(&m, "To")[0]["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        to_raw.to_ascii_lowercase().contains("=?utf-8?"),
+        "encoded word: {to_raw}"
+    );
+    assert_eq!(
+        decoded(&m, "Subject"),
+        format!("Your alga appliance install code for {company}")
+    );
+    assert!(part(&m, "text/plain").contains(&format!("Hello {name},")));
+    assert!(part(&m, "text/html").contains(&format!("Hello {name},")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn tricky_but_legitimate_text_stays_inside_its_header() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    // No control characters, so these are valid names; they must not become addresses,
+    // headers or encoded words at the receiver.
+    let name =
+        "Mallory <eve@evil.test>, \"Bob\" (x) ; Bcc: eve@evil.test \\ RCPT TO:<eve@evil.test>";
+    let company = "<script>alert(1)</script> & Bcc: eve@evil.test; a=b? \"q\"";
+    let mail = outgoing(MailKind::Registration, name, company, "ada@example.com");
+    mailer.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert_eq!(
+        decoded(&m, "Subject"),
+        format!("Your alga appliance install code for {company}")
+    );
+    let html = part(&m, "text/html");
+    assert!(!html.contains("<script>"), "HTML-escaped");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Bcc:"));
+    Ok(())
+}
+
+/// Hostile strings: every one is refused by the types, so no mail can even be built.
+fn hostile_text() -> Vec<String> {
+    vec![
+        "Ada\r\nBcc: eve@evil.test".into(),
+        "Ada\nBcc: eve@evil.test".into(),
+        "Ada\rBcc: eve@evil.test".into(),
+        "Ada\r\n.\r\nMAIL FROM:<eve@evil.test>\r\nRCPT TO:<eve@evil.test>\r\nDATA\r\n".into(),
+        "Ada\0Lovelace".into(),
+        "Ada\tBcc: eve@evil.test".into(),
+        "Ada\u{0b}\u{0c}".into(),
+        "Ada\u{7f}".into(),
+        "Ada\u{85}Bcc: eve@evil.test".into(),
+        "Ada\u{2028}Bcc: eve@evil.test".into(),
+        "Ada\u{202e}moc.live".into(),
+        "\u{feff}Ada".into(),
+        "A".repeat(10_000),
+        "é".repeat(257),
+        "李".repeat(300),
+        String::new(),
+        "\u{3000}\r".into(),
+        "Ada =?utf-8?q?Bcc=3A_eve=40evil.test?=".into(),
+        "=?utf-8?b?QmNjOiBldmVAZXZpbC50ZXN0?=".into(),
+    ]
+}
+
+fn hostile_addresses() -> Vec<String> {
+    vec![
+        "ada@example.com\r\nRCPT TO:<eve@evil.test>".into(),
+        "ada@example.com\nBcc: eve@evil.test".into(),
+        "ada@example.com\r".into(),
+        "ada@example.com\r\n.\r\nQUIT".into(),
+        "ada@example.com\0".into(),
+        "ada@example.com\teve@evil.test".into(),
+        "ada@example.com,eve@evil.test".into(),
+        "ada@example.com>,<eve@evil.test".into(),
+        "Ada <ada@example.com>".into(),
+        "ada@example.com ".into(),
+        "\"ada\r\n\"@example.com".into(),
+        "zoë@example.com".into(),
+        format!("{}@example.com", "a".repeat(300)),
+        "ada".into(),
+        String::new(),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_input_is_refused_before_any_smtp_traffic() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    for value in hostile_text() {
+        for field in ["contact.name", "company"] {
+            let err = DisplayName::parse(field, &value).expect_err("hostile text refused");
+            assert!(!err.to_string().contains("evil"), "{err}");
+            assert!(validate_header_text(field, &value).is_err());
+        }
+    }
+    for value in hostile_addresses() {
+        let err = MailAddress::parse("contact.email", &value).expect_err("hostile address refused");
+        assert!(!err.to_string().contains("evil"), "{err}");
+    }
+    for value in [
+        "alga <licenses@alga.test>\r\nBcc: eve@evil.test",
+        "licenses@alga.test, eve@evil.test",
+        "alga\n <licenses@alga.test>",
+    ] {
+        assert!(Sender::parse(value).is_err(), "{value:?}");
+    }
+    assert!(matches!(
+        DisplayName::parse("contact.name", "Ada\r\nBcc: x@evil.test"),
+        Err(HeaderError::ControlCharacter { position: 4, .. })
+    ));
+    // Nothing could be built, so nothing reached the server.
+    assert!(server.messages()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn smtp_server_down_is_a_transient_error() -> Result<()> {
+    let port = free_port()?;
+    let mailer = Mailer::new(&smtp_config(port, SmtpSecurity::None))?;
+    let err = mailer
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "ada@example.com",
+        ))
+        .await
+        .expect_err("nothing listens");
+    assert!(err.is_transient(), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn smtp_4xx_is_transient_and_5xx_is_permanent() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let err = mailer
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "tempfail@example.com",
+        ))
+        .await
+        .expect_err("451");
+    assert!(
+        matches!(
+            err,
+            MailError::Transient {
+                code: Some(451),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = mailer
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "reject@example.com",
+        ))
+        .await
+        .expect_err("550");
+    assert!(
+        matches!(
+            err,
+            MailError::Permanent {
+                code: Some(550),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(server.messages()?.is_empty());
+    Ok(())
+}
+
+/// A private CA and a server certificate for 127.0.0.1, as PEM files.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn new() -> Result<TestPki> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir()?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "alga-delivery test CA");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let cert = leaf.signed_by(&key, &issuer)?;
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
+        std::fs::write(dir.path().join("cert.pem"), cert.pem())?;
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem())?;
+        Ok(TestPki { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[tokio::test]
+async fn starttls_with_the_configured_ca_delivers_encrypted() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let server = SmtpServer::start(SmtpTls::Starttls(&cert, &key))?;
+    let mut config = smtp_config(server.port, SmtpSecurity::Starttls);
+    config.ca_file = Some(pki.path("ca.pem"));
+    let mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+    Mailer::new(&config)?.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert_eq!(m["tls"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn implicit_tls_with_the_configured_ca_delivers_encrypted() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let server = SmtpServer::start(SmtpTls::Implicit(&cert, &key))?;
+    let mut config = smtp_config(server.port, SmtpSecurity::Tls);
+    config.ca_file = Some(pki.path("ca.pem"));
+    let mail = outgoing(MailKind::Reissue, "Ada", "Acme", "ada@example.com");
+    Mailer::new(&config)?.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert_eq!(m["tls"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_and_nothing_is_sent() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let server = SmtpServer::start(SmtpTls::Starttls(&cert, &key))?;
+    // No ca_file: the private CA is not trusted.
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::Starttls))?;
+    let err = mailer
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "ada@example.com",
+        ))
+        .await
+        .expect_err("untrusted certificate");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(server.messages()?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn required_starttls_is_never_downgraded_to_plain_text() -> Result<()> {
+    let pki = TestPki::new()?;
+    // A server (or a man in the middle) that does not offer STARTTLS.
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mut config = smtp_config(server.port, SmtpSecurity::Starttls);
+    config.ca_file = Some(pki.path("ca.pem"));
+    let err = Mailer::new(&config)?
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "ada@example.com",
+        ))
+        .await
+        .expect_err("no STARTTLS offered");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(server.messages()?.is_empty(), "nothing sent in clear");
+    Ok(())
+}
+
+#[test]
+fn setup_refuses_weak_or_incomplete_configurations() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-pass\n")?;
+
+    let mut plain_auth = smtp_config(25, SmtpSecurity::None);
+    plain_auth.username = Some("mailer".into());
+    plain_auth.password_file = Some(password.clone());
+    assert!(matches!(
+        Mailer::new(&plain_auth),
+        Err(MailSetupError::CredentialsWithoutTls)
+    ));
+
+    let mut half = smtp_config(465, SmtpSecurity::Tls);
+    half.username = Some("mailer".into());
+    assert!(matches!(
+        Mailer::new(&half),
+        Err(MailSetupError::IncompleteCredentials)
+    ));
+
+    let mut missing = smtp_config(465, SmtpSecurity::Tls);
+    missing.username = Some("mailer".into());
+    missing.password_file = Some(dir.path().join("absent"));
+    assert!(matches!(
+        Mailer::new(&missing),
+        Err(MailSetupError::File { .. })
+    ));
+
+    let mut bad_ca = smtp_config(465, SmtpSecurity::Tls);
+    bad_ca.ca_file = Some(password.clone());
+    assert!(matches!(
+        Mailer::new(&bad_ca),
+        Err(MailSetupError::CaFile(_))
+    ));
+
+    let mut good = smtp_config(465, SmtpSecurity::Tls);
+    good.username = Some("mailer".into());
+    good.password_file = Some(password);
+    let mailer = Mailer::new(&good)?;
+    assert!(!format!("{mailer:?}").contains("s3cret-pass"));
+    Ok(())
+}
+
+#[test]
+fn the_gateway_smtp_table_parses() -> Result<()> {
+    let config: SmtpConfig = toml::from_str(
+        r#"
+        host = "127.0.0.1"
+        port = 2525
+        security = "none"
+        from = "alga-license <licenses@alga.test>"
+        "#,
+    )?;
+    assert_eq!(config.timeout, alga_delivery::mail::DEFAULT_SMTP_TIMEOUT);
+    assert_eq!(config.from.address().as_str(), "licenses@alga.test");
+    let full: SmtpConfig = toml::from_str(
+        r#"
+        host = "smtp.example.com"
+        port = 587
+        security = "starttls"
+        from = "licenses@example.com"
+        username = "mailer"
+        password_file = "/run/secrets/smtp"
+        ca_file = "/etc/alga/smtp-ca.pem"
+        timeout = 15
+        "#,
+    )?;
+    assert_eq!(full.security, SmtpSecurity::Starttls);
+    assert_eq!(full.timeout, Duration::from_secs(15));
+    let hostile = toml::from_str::<SmtpConfig>(
+        "host = \"h\"\nport = 25\nsecurity = \"none\"\nfrom = \"a <a@b.test>\\r\\nBcc: c@d.test\"\n",
+    );
+    assert!(hostile.is_err());
+    Ok(())
+}
+
+/// A `tracing` writer collecting everything logged while a mail is sent.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_never_contain_the_code_or_the_link() -> Result<()> {
+    let server = SmtpServer::start(SmtpTls::None)?;
+    let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+    let mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+    mailer.send(&mail).await?;
+    let bad = outgoing(
+        MailKind::Registration,
+        "Ada",
+        "Acme",
+        "tempfail@example.com",
+    );
+    let _ = mailer.send(&bad).await;
+    tracing::info!(mail = ?mail, "debug of the mail");
+
+    let logs = String::from_utf8(
+        captured_logs()
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone(),
+    )?;
+    assert!(
+        logs.contains("mail accepted"),
+        "logging was captured: {logs}"
+    );
+    let code = mail.code.expose_formatted();
+    assert!(!logs.contains(code.as_str()), "code in logs");
+    assert!(!logs.contains(&code[12..]), "code secret in logs");
+    assert!(!logs.contains("X-Amz-Signature"), "link in logs");
+    assert!(!logs.contains("0123456789abcdef"), "link signature in logs");
+    Ok(())
+}
