@@ -288,20 +288,26 @@ fn url_origin(url: &Url) -> String {
 }
 
 fn find_tls_error(e: &reqwest::Error) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(describe_tls(t));
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(t) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(describe_tls(t));
-        }
-        cur = err.source();
+    tls_in(e, 0).map(describe_tls)
+}
+
+/// The rustls error inside `err`: through `source()` and through the `io::Error`s that
+/// wrap it (hyper-util nests one `io::Error` in another, and an `io::Error`'s
+/// `source()` skips the error it wraps).
+fn tls_in<'a>(err: &'a (dyn std::error::Error + 'static), depth: u32) -> Option<&'a rustls::Error> {
+    if depth > 16 {
+        return None;
     }
-    None
+    if let Some(t) = err.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+        && let Some(t) = tls_in(inner, depth + 1)
+    {
+        return Some(t);
+    }
+    err.source().and_then(|s| tls_in(s, depth + 1))
 }
 
 fn describe_tls(e: &rustls::Error) -> String {

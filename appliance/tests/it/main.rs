@@ -9,5 +9,7 @@
 
 mod bootstrap_db;
 mod common;
+mod fake;
 mod offline;
 mod stack;
+mod with_fake;
