@@ -105,8 +105,14 @@ pub fn load_or_create_key(dir: &Path) -> Result<(ApplianceKey, bool)> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = ApplianceKey::generate()?;
-            fsio::write_atomic(&path, key.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
-            Ok((key, true))
+            let staged =
+                fsio::Staged::write(&path, key.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
+            if staged.commit_new()? {
+                Ok((key, true))
+            } else {
+                // Another run created it meanwhile: use that one, so both present one key.
+                load_or_create_key(dir)
+            }
         }
         Err(e) => Err(Error::io("read", path, e)),
     }

@@ -77,6 +77,24 @@ impl Staged {
     }
 }
 
+impl Staged {
+    /// Like [`Staged::commit`], but never replaces an existing target: the file is
+    /// linked into place, which fails when the name is taken. Returns `false` (and
+    /// removes the temporary file) when the target already existed.
+    pub fn commit_new(mut self) -> Result<bool> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(Error::Internal("staged file already committed".into()));
+        };
+        let linked = fs::hard_link(&tmp, &self.target);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => sync_dir(parent(&self.target)).map(|()| true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("create", &self.target, e)),
+        }
+    }
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(tmp) = self.tmp.take() {
@@ -136,6 +154,18 @@ mod tests {
         assert_eq!(fs::read(&p).expect("read"), b"two");
         let mode = fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn commit_new_never_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("k");
+        let first = Staged::write(&p, b"first", SECRET_MODE).expect("stage");
+        let second = Staged::write(&p, b"second", SECRET_MODE).expect("stage");
+        assert!(first.commit_new().expect("commit"));
+        assert!(!second.commit_new().expect("commit"));
+        assert_eq!(fs::read(&p).expect("read"), b"first");
         assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 

@@ -41,13 +41,18 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `alga-appliance args…` with `stdin`.
+/// Runs `alga-appliance args…` with `stdin`, logging at `info`.
 pub fn run(args: &[&str], stdin: Option<&str>) -> Run {
+    run_logging(args, stdin, "info")
+}
+
+/// Runs `alga-appliance args…` with `stdin` and `ALGA_LOG=log`.
+pub fn run_logging(args: &[&str], stdin: Option<&str>, log: &str) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_alga-appliance"));
     cmd.args(args)
         .env_remove("ALGA_LICENSE_SERVICE_URL")
         .env_remove("ALGA_APPLIANCE_DATABASE_URL")
-        .env("ALGA_LOG", "info")
+        .env("ALGA_LOG", log)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

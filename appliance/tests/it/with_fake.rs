@@ -56,6 +56,25 @@ impl Setup {
     fn check_in(&self, seed: &Path) -> Run {
         run(&["check-in", "--seed", seed.to_str().expect("utf8")], None)
     }
+
+    /// Redeem with every log on (`trace`), with the code it used.
+    fn redeem_traced(&self, out: &Path) -> (Run, String) {
+        let code = random_wellformed_code();
+        let r = run_logging(
+            &[
+                "redeem",
+                "--service-url",
+                &self.fake.url,
+                "--ca-bundle",
+                self.ca.to_str().expect("utf8"),
+                "--out",
+                out.to_str().expect("utf8"),
+            ],
+            Some(&code),
+            "trace",
+        );
+        (r, code)
+    }
 }
 
 /// Every error answer of `/register`: its exit code and sentence, nothing written.
@@ -199,14 +218,18 @@ fn check_in_rotates_a_credential_near_expiry() {
         ..pro()
     });
     let out = s.dir.path().join("out");
-    let r = s.redeem(&out);
-    assert_eq!(r.code, 0, "{r:?}");
+    let (redeemed, code) = s.redeem_traced(&out);
+    assert_eq!(redeemed.code, 0, "{redeemed:?}");
     let before = seed_of(&out).paid.expect("paid");
     let old_facts = crypto::cert_facts(&before.cert_chain_pem).expect("cert");
     assert!(old_facts.needs_renewal(OffsetDateTime::now_utc()));
 
     s.fake.set(|b| b.cert_left = None);
-    let r = s.check_in(&out);
+    let r = run_logging(
+        &["check-in", "--seed", out.to_str().expect("utf8")],
+        None,
+        "trace",
+    );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("credential_rotated: true"), "{r:?}");
     let after = seed_of(&out).paid.expect("paid");
@@ -229,6 +252,22 @@ fn check_in_rotates_a_credential_near_expiry() {
         OffsetDateTime::now_utc(),
     )
     .expect("the new certificate is for the new key");
+    // Even at `trace`, no code, token or key reaches the output.
+    for (run, what) in [(&redeemed, "redeem"), (&r, "check-in")] {
+        for secret in [
+            code.as_str(),
+            before.token.expose(),
+            after.token.expose(),
+            before.key_pem.expose(),
+            after.key_pem.expose(),
+        ] {
+            let probe = secret.lines().nth(1).unwrap_or(secret);
+            assert!(
+                !run.stdout.contains(probe) && !run.stderr.contains(probe),
+                "{what} printed a secret"
+            );
+        }
+    }
     // The key file beside the Secrets follows the rotation; both stay 0600.
     let file_key = std::fs::read_to_string(out.join("appliance.key")).expect("key");
     assert_eq!(file_key, after.key_pem.expose());
