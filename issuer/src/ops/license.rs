@@ -1,0 +1,406 @@
+//! License JWTs (DESIGN §5): ES256, built by hand, signed through the HSM.
+//!
+//! jsonwebtoken signs only with in-memory keys, so the JWS is assembled here: the
+//! header `{"alg":"ES256","kid":…,"typ":"JWT"}`, the claims of [`LicenseClaims`], the
+//! signing input hashed with SHA-256 locally and the digest signed with the active
+//! license key (`CKM_ECDSA`, raw `r‖s` = the JWS signature).
+//!
+//! The issuer derives everything from its policy: lifetime, features, seats and
+//! check-in interval come from the edition; the request may only ask for a shorter
+//! lifetime. **Limit:** the issuer has no database, so it trusts the gateway's claim of
+//! which edition a tenant has. What it guarantees is that no license exceeds what the
+//! named edition allows, and that an unpaid edition never gets one; a compromised
+//! gateway can still name `pro` for an essentials tenant. The signing log records
+//! every license (tenant, appliance, edition, `jti`) so that reconciling it against
+//! the gateway's records finds such a lie afterwards.
+//!
+//! [`verify`] is the strict verifier (tests, and the reference for other verifiers):
+//! the algorithm is fixed per key (ES256 only, whatever the header says), the `kid`
+//! must name a key of the set, and `iss`, `aud`, `exp`, `nbf` are checked.
+
+use alga_policies::Policy;
+use alga_protocol::SecretText;
+use alga_protocol::issuer_api::{
+    Entitlements, Jwks, LICENSE_AUDIENCE, LicenseClaims, SignLicenseRequest, SignedLicense,
+};
+use alga_protocol::signlog::{SignEvent, SignIds, SignOp};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use p256::ecdsa::signature::Verifier;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use super::{OpsError, Signed, active_key, edition, whole_seconds};
+use crate::keyring::{KeyKind, KeyOps};
+
+/// The JOSE header of every license.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    kid: String,
+    typ: String,
+}
+
+/// Signs a license for `req.appliance_id` of `req.tenant_id`, valid from `now`.
+pub async fn sign<K: KeyOps>(
+    keys: &K,
+    policy: &Policy,
+    req: &SignLicenseRequest,
+    now: OffsetDateTime,
+) -> Result<Signed<SignedLicense>, OpsError> {
+    let edition = edition(policy, &req.edition)?;
+    let terms = edition.paid.ok_or_else(|| OpsError::EditionNotPaid {
+        edition: req.edition.clone(),
+    })?;
+    let lifetime = bounded_lifetime(terms.license_lifetime, req.lifetime_seconds, "license")?;
+    let issued_at = whole_seconds(now);
+    let expires_at = issued_at + lifetime;
+    let key = active_key(keys, KeyKind::License)?;
+    let jti = Uuid::new_v4();
+    let claims = LicenseClaims {
+        iss: policy.license_issuer.clone(),
+        sub: req.tenant_id.hyphenated().to_string(),
+        aud: LICENSE_AUDIENCE.to_owned(),
+        jti: jti.hyphenated().to_string(),
+        iat: issued_at.unix_timestamp(),
+        nbf: issued_at.unix_timestamp(),
+        exp: expires_at.unix_timestamp(),
+        edition: edition.name.clone(),
+        entitlements: Entitlements {
+            features: edition.features.clone(),
+            seats: edition.seats,
+            check_in_interval_seconds: seconds(terms.check_in_interval),
+        },
+        appliance_id: req.appliance_id.hyphenated().to_string(),
+    };
+    let header = Header {
+        alg: "ES256".into(),
+        kid: key.kid.clone(),
+        typ: "JWT".into(),
+    };
+    let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(&claims)?);
+    let digest: [u8; 32] = Sha256::digest(signing_input.as_bytes()).into();
+    let signature = keys
+        .sign_digest(KeyKind::License, key.version, digest)
+        .await?;
+    let token = format!("{signing_input}.{}", B64.encode(signature));
+    Ok(Signed {
+        value: SignedLicense {
+            token: SecretText::new(token),
+            kid: key.kid.clone(),
+            jti,
+            issued_at,
+            expires_at,
+        },
+        event: SignEvent {
+            time: now,
+            op: SignOp::License,
+            ids: SignIds {
+                tenant_id: Some(req.tenant_id),
+                appliance_id: Some(req.appliance_id),
+                edition: Some(edition.name.clone()),
+                jti: Some(jti),
+                expires_at: Some(expires_at),
+                ..SignIds::default()
+            },
+            kid: key.kid,
+        },
+    })
+}
+
+/// The policy's `max` lifetime, or the shorter one the request asks for.
+pub(crate) fn bounded_lifetime(
+    max: Duration,
+    requested: Option<u64>,
+    what: &str,
+) -> Result<Duration, OpsError> {
+    let Some(asked) = requested else {
+        return Ok(max);
+    };
+    if asked == 0 {
+        return Err(OpsError::BadRequest {
+            reason: "lifetime_seconds must be positive".into(),
+        });
+    }
+    match i64::try_from(asked).ok().map(Duration::seconds) {
+        Some(asked) if asked <= max => Ok(asked),
+        _ => Err(OpsError::beyond(format!(
+            "a {what} may live at most {} ({} s)",
+            alga_policies::format_duration(max),
+            seconds(max)
+        ))),
+    }
+}
+
+fn seconds(d: Duration) -> u64 {
+    u64::try_from(d.whole_seconds()).unwrap_or(0)
+}
+
+/// base64url (no padding) of the compact JSON of `value`.
+fn b64_json<T: Serialize>(value: &T) -> Result<String, OpsError> {
+    serde_json::to_vec(value)
+        .map(|bytes| B64.encode(bytes))
+        .map_err(|e| OpsError::internal(format!("JWT encoding: {e}")))
+}
+
+/// Why a license token was rejected by [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LicenseError {
+    /// Not three base64url parts, or a part is not the JSON it should be.
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    /// The header's `alg` is not ES256 (`none`, HS256, RS256…): refused before any key is used.
+    #[error("algorithm {alg:?} is not accepted (ES256 only)")]
+    AlgorithmRefused { alg: String },
+    /// The header has no `kid`, or one that is not in the key set.
+    #[error("unknown key id")]
+    UnknownKid,
+    /// The key set entry for the `kid` is not an ES256 P-256 key.
+    #[error("key {kid} is not an ES256 P-256 key")]
+    UnusableKey { kid: String },
+    /// The signature does not verify with the named key.
+    #[error("bad signature")]
+    BadSignature,
+    /// `iss` is not the expected issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` is not `alga-appliance`.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// `exp` is not after `now`.
+    #[error("expired")]
+    Expired,
+    /// `nbf` is after `now`.
+    #[error("not valid yet")]
+    NotYetValid,
+}
+
+/// Verifies `token` against `jwks` at `now` for issuer `iss`; returns its claims.
+///
+/// No clock leeway: callers with skewed clocks pass an adjusted `now`.
+pub fn verify(
+    token: &str,
+    jwks: &Jwks,
+    now: OffsetDateTime,
+    iss: &str,
+) -> Result<LicenseClaims, LicenseError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(LicenseError::Malformed);
+    };
+    let header_json = B64.decode(h).map_err(|_| LicenseError::Malformed)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header_json).map_err(|_| LicenseError::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or(LicenseError::Malformed)?;
+    if alg != "ES256" {
+        return Err(LicenseError::AlgorithmRefused {
+            alg: alg.to_owned(),
+        });
+    }
+    let kid = header
+        .get("kid")
+        .and_then(|k| k.as_str())
+        .ok_or(LicenseError::UnknownKid)?;
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or(LicenseError::UnknownKid)?;
+    let unusable = || LicenseError::UnusableKey {
+        kid: kid.to_owned(),
+    };
+    if jwk.kty != "EC" || jwk.crv != "P-256" || jwk.alg != "ES256" || jwk.use_ != "sig" {
+        return Err(unusable());
+    }
+    let key = super::jwks::verifying_key(jwk).ok_or_else(unusable)?;
+    let sig_bytes = B64.decode(s).map_err(|_| LicenseError::Malformed)?;
+    let signature =
+        p256::ecdsa::Signature::from_slice(&sig_bytes).map_err(|_| LicenseError::BadSignature)?;
+    let signing_input = &token[..h.len() + 1 + c.len()];
+    key.verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| LicenseError::BadSignature)?;
+    let claims_json = B64.decode(c).map_err(|_| LicenseError::Malformed)?;
+    let claims: LicenseClaims =
+        serde_json::from_slice(&claims_json).map_err(|_| LicenseError::Malformed)?;
+    if claims.iss != iss {
+        return Err(LicenseError::WrongIssuer);
+    }
+    if claims.aud != LICENSE_AUDIENCE {
+        return Err(LicenseError::WrongAudience);
+    }
+    let now = now.unix_timestamp();
+    if claims.exp <= now {
+        return Err(LicenseError::Expired);
+    }
+    if claims.nbf > now {
+        return Err(LicenseError::NotYetValid);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::ops::jwks::jwks;
+    use crate::ops::software_keys::{SoftwareKeys, test_policy};
+
+    const NOW: OffsetDateTime = datetime!(2030-06-01 12:00:00.5 UTC);
+    const ISS: &str = "https://license.alga.test";
+
+    fn request(edition: &str, lifetime: Option<u64>) -> SignLicenseRequest {
+        SignLicenseRequest {
+            tenant_id: Uuid::from_u128(0xaaaa),
+            appliance_id: Uuid::from_u128(0xbbbb),
+            edition: edition.into(),
+            lifetime_seconds: lifetime,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_license_carries_the_policy_terms_and_verifies() {
+        let keys = SoftwareKeys::new(NOW);
+        let signed = sign(&keys, &test_policy(), &request("pro", None), NOW)
+            .await
+            .expect("signs");
+        let set = jwks(&keys).expect("jwks");
+        let claims = verify(signed.value.token.expose(), &set, NOW, ISS).expect("verifies");
+        assert_eq!(claims.iss, ISS);
+        assert_eq!(claims.sub, "00000000-0000-0000-0000-00000000aaaa");
+        assert_eq!(claims.appliance_id, "00000000-0000-0000-0000-00000000bbbb");
+        assert_eq!(claims.aud, "alga-appliance");
+        assert_eq!(
+            claims.iat,
+            datetime!(2030-06-01 12:00:00 UTC).unix_timestamp()
+        );
+        assert_eq!(claims.nbf, claims.iat);
+        assert_eq!(claims.exp - claims.iat, 7 * 86_400);
+        assert_eq!(claims.edition, "pro");
+        assert_eq!(claims.entitlements.features, ["core", "sso"]);
+        assert_eq!(claims.entitlements.seats, 100);
+        assert_eq!(claims.entitlements.check_in_interval_seconds, 86_400);
+        assert_eq!(claims.jti, signed.value.jti.to_string());
+        assert_eq!(signed.value.kid, "alga-license-v1");
+        assert_eq!(signed.value.expires_at.unix_timestamp(), claims.exp);
+        assert_eq!(signed.event.ids.jti, Some(signed.value.jti));
+
+        let header = signed
+            .value
+            .token
+            .expose()
+            .split('.')
+            .next()
+            .expect("header");
+        assert_eq!(
+            B64.decode(header).expect("b64"),
+            br#"{"alg":"ES256","kid":"alga-license-v1","typ":"JWT"}"#
+        );
+        let shorter = sign(&keys, &test_policy(), &request("pro", Some(3600)), NOW)
+            .await
+            .expect("signs");
+        assert_eq!(
+            shorter.value.expires_at - shorter.value.issued_at,
+            Duration::hours(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_table() {
+        let keys = SoftwareKeys::new(NOW);
+        let policy = test_policy();
+        let cases: Vec<(SignLicenseRequest, crate::ops::ErrCheck)> = vec![
+            (request("essentials", None), |e| {
+                matches!(e, OpsError::EditionNotPaid { .. })
+            }),
+            (request("gold", None), |e| {
+                matches!(e, OpsError::UnknownEdition { .. })
+            }),
+            (request("pro", Some(7 * 86_400 + 1)), |e| {
+                matches!(e, OpsError::BeyondPolicy { .. })
+            }),
+            (request("pro", Some(10 * 365 * 86_400)), |e| {
+                matches!(e, OpsError::BeyondPolicy { .. })
+            }),
+            (request("pro", Some(u64::MAX)), |e| {
+                matches!(e, OpsError::BeyondPolicy { .. })
+            }),
+            (request("pro", Some(0)), |e| {
+                matches!(e, OpsError::BadRequest { .. })
+            }),
+        ];
+        for (req, check) in cases {
+            let e = sign(&keys, &policy, &req, NOW).await.expect_err("refused");
+            assert!(check(&e), "{req:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_verifier_rejects_forgeries() {
+        let keys = SoftwareKeys::new(NOW);
+        let set = jwks(&keys).expect("jwks");
+        let token = sign(&keys, &test_policy(), &request("pro", None), NOW)
+            .await
+            .expect("signs")
+            .value
+            .token;
+        let token = token.expose();
+        let [h, c, s]: [&str; 3] = token
+            .split('.')
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("3 parts");
+        let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
+
+        let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(
+            verify(&none, &set, NOW, ISS),
+            Err(LicenseError::AlgorithmRefused { alg: "none".into() })
+        );
+        let tampered = format!(
+            "{h}.{}.{s}",
+            B64.encode(claims_json.replace("\"seats\":100", "\"seats\":9999"))
+        );
+        assert_eq!(
+            verify(&tampered, &set, NOW, ISS),
+            Err(LicenseError::BadSignature)
+        );
+        let wrong_kid = format!(
+            "{}.{c}.{s}",
+            B64.encode(r#"{"alg":"ES256","kid":"alga-license-v9","typ":"JWT"}"#)
+        );
+        assert_eq!(
+            verify(&wrong_kid, &set, NOW, ISS),
+            Err(LicenseError::UnknownKid)
+        );
+        assert_eq!(
+            verify(token, &set, NOW + Duration::days(8), ISS),
+            Err(LicenseError::Expired)
+        );
+        assert_eq!(
+            verify(token, &set, NOW - Duration::hours(1), ISS),
+            Err(LicenseError::NotYetValid)
+        );
+        assert_eq!(
+            verify(token, &set, NOW, "https://evil.test"),
+            Err(LicenseError::WrongIssuer)
+        );
+        assert_eq!(verify("a.b", &set, NOW, ISS), Err(LicenseError::Malformed));
+        assert_eq!(
+            verify(&format!("{token}.x"), &set, NOW, ISS),
+            Err(LicenseError::Malformed)
+        );
+        let other_keys = SoftwareKeys::new(NOW);
+        assert_eq!(
+            verify(token, &jwks(&other_keys).expect("jwks"), NOW, ISS),
+            Err(LicenseError::BadSignature)
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Test-only [`KeyOps`] with keys in memory: P-256 signing keys (RustCrypto), HMAC
+//! secrets, and an rcgen-made CA certificate per CA version. Never compiled outside
+//! `cfg(test)`: the issuer's keys live in the HSM.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::hazmat::PrehashSigner;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use crate::keyring::{CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+
+/// In-memory keys for unit tests. Clones share the keys.
+#[derive(Clone)]
+pub(crate) struct SoftwareKeys {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for SoftwareKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SoftwareKeys")
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    ec: BTreeMap<(KeyKind, u32), SigningKey>,
+    hmac: BTreeMap<u32, [u8; 32]>,
+    info: Vec<KeyInfo>,
+    certs: Vec<CaCertificate>,
+    /// When set, every operation fails as an unreachable HSM would.
+    down: bool,
+}
+
+impl SoftwareKeys {
+    /// Version 1 of every kind, created at `now`.
+    pub(crate) fn new(now: OffsetDateTime) -> SoftwareKeys {
+        let keys = SoftwareKeys {
+            inner: Arc::new(Mutex::new(Inner::default())),
+        };
+        for kind in KeyKind::ALL {
+            keys.rotate(kind, now);
+        }
+        keys
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Test code: a poisoned lock means another test thread already failed.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the next version of `kind`; returns it.
+    pub(crate) fn rotate(&self, kind: KeyKind, now: OffsetDateTime) -> u32 {
+        let mut inner = self.lock();
+        let version = inner.info.iter().filter(|k| k.kind == kind).count() as u32 + 1;
+        let kid = format!("alga-{}-v{version}", kind.as_str());
+        let (spki, fingerprint) = if kind.is_ec() {
+            let key = SigningKey::random(&mut rand::rngs::OsRng);
+            let spki = key
+                .verifying_key()
+                .to_public_key_der()
+                .expect("P-256 SPKI encodes")
+                .as_bytes()
+                .to_vec();
+            if kind == KeyKind::ApplianceCa {
+                let der = ca_certificate(&key, version, now);
+                inner.certs.push(CaCertificate { version, der });
+            }
+            inner.ec.insert((kind, version), key);
+            let fp = super::sha256_hex(&spki);
+            (Some(spki), Some(fp))
+        } else {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            inner.hmac.insert(version, secret);
+            (None, None)
+        };
+        inner.info.push(KeyInfo {
+            kind,
+            version,
+            kid,
+            public_key_spki: spki,
+            fingerprint,
+            created: now,
+        });
+        version
+    }
+
+    /// Makes every later operation fail with [`KeyOpsError::Unavailable`] (or not).
+    pub(crate) fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+}
+
+/// A self-signed CA certificate for `key`, profile like the HSM's.
+fn ca_certificate(key: &SigningKey, version: u32, now: OffsetDateTime) -> Vec<u8> {
+    let pkcs8 = key.to_pkcs8_der().expect("P-256 PKCS#8 encodes");
+    let pair = rcgen::KeyPair::try_from(pkcs8.as_bytes()).expect("rcgen takes P-256 PKCS#8");
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        format!("test appliance CA v{version}"),
+    );
+    dn.push(rcgen::DnType::OrganizationName, "alga-license tests");
+    params.distinguished_name = dn;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(3650);
+    params
+        .self_signed(&pair)
+        .expect("CA self-signs")
+        .der()
+        .to_vec()
+}
+
+impl KeyOps for SoftwareKeys {
+    fn sign_digest(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        digest: [u8; 32],
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+        let result = (|| {
+            let inner = self.lock();
+            if inner.down {
+                return Err(KeyOpsError::Unavailable);
+            }
+            let key = inner
+                .ec
+                .get(&(kind, version))
+                .ok_or(KeyOpsError::UnknownKey { kind, version })?;
+            let sig: Signature = key
+                .sign_prehash(&digest)
+                .map_err(|_| KeyOpsError::Unavailable)?;
+            let bytes: [u8; 64] = sig.to_bytes().into();
+            Ok(bytes)
+        })();
+        std::future::ready(result)
+    }
+
+    fn hmac_sha256(
+        &self,
+        version: u32,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send {
+        let result = (|| {
+            let inner = self.lock();
+            if inner.down {
+                return Err(KeyOpsError::Unavailable);
+            }
+            let secret = inner.hmac.get(&version).ok_or(KeyOpsError::UnknownKey {
+                kind: KeyKind::Code,
+                version,
+            })?;
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+                .map_err(|_| KeyOpsError::Unavailable)?;
+            mac.update(&data);
+            Ok(mac.finalize().into_bytes().into())
+        })();
+        std::future::ready(result)
+    }
+
+    fn active_version(&self, kind: KeyKind) -> u32 {
+        self.lock()
+            .info
+            .iter()
+            .filter(|k| k.kind == kind)
+            .map(|k| k.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn keys(&self, kind: KeyKind) -> Vec<KeyInfo> {
+        self.lock()
+            .info
+            .iter()
+            .filter(|k| k.kind == kind)
+            .cloned()
+            .collect()
+    }
+
+    fn ca_certificates(&self) -> Vec<CaCertificate> {
+        self.lock().certs.clone()
+    }
+}
+
+/// The policy of the unit tests: `essentials` (unpaid) and `pro` (paid, 7 d licenses,
+/// 30 d credentials, 14 d codes).
+pub(crate) fn test_policy() -> alga_policies::Policy {
+    alga_policies::Policy::from_toml(TEST_POLICY).expect("the test policy is valid")
+}
+
+pub(crate) const TEST_POLICY: &str = r#"
+trust_domain = "alga.test"
+[license]
+issuer = "https://license.alga.test"
+[install_codes]
+ttl = "14d"
+[download_links]
+ttl = "72h"
+[credentials]
+lifetime = "30d"
+[editions.essentials]
+features = ["core"]
+seats = 5
+paid = false
+[editions.pro]
+features = ["core", "sso"]
+seats = 100
+paid = true
+license_lifetime = "7d"
+check_in_interval = "24h"
+[rate_limits.redeem_per_source]
+per_minute = 10
+burst = 10
+[rate_limits.redeem_per_code]
+per_minute = 5
+burst = 5
+[audit]
+checkpoint_every_records = 1000
+checkpoint_interval = "60s"
+unchained_alarm_after = "30s"
+[[clients]]
+uri = "spiffe://alga.test/service/gateway"
+role = "gateway"
+[[clients]]
+uri = "spiffe://alga.test/service/nm-store"
+role = "store"
+"#;
