@@ -1,0 +1,783 @@
+//! The issuer's API: JSON over HTTP/1.1 on mutual TLS, to the gateway's identity only.
+//!
+//! - TLS: rustls with the **ring** provider (never aws-lc-rs), TLS 1.3 only (both ends
+//!   are ours), client certificates required and verified against `tls.client_ca`.
+//! - Who may call: after the handshake, the verified leaf must carry exactly one URI
+//!   SAN and the clientAuth EKU, and the policy must map that URI to the `gateway`
+//!   role. Any other client (a store or auditor identity from the same CA, a
+//!   certificate without EKU) gets `403 forbidden` on every request of its
+//!   connection, and its identity is logged once. A certificate from another CA never
+//!   completes the handshake.
+//! - Every signing route writes the signing log (fsynced) before it replies; if the
+//!   log cannot be written the request fails with 503 and the signature is dropped.
+//! - Errors are [`IssuerErrorBody`]; a 5xx never carries internal detail (the log
+//!   does). Bodies are limited to [`MAX_BODY_BYTES`]; requests refuse unknown fields.
+//! - The issuer never talks to Postgres, SMTP or S3: there is no code for it here.
+//!
+//! A hand-written accept loop (tokio-rustls + hyper) rather than axum-server, because
+//! the identity is decided once per connection from the verified peer certificate and
+//! attached to each request as a [`Client`] extension.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alga_policies::{Policy, Role};
+use alga_protocol::issuer_api::{
+    self as api, DeriveCodeRequest, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode,
+    IssuerErrorDetail, MintCodeRequest, MintCodeResponse, PublicKeys, SignCheckpointRequest,
+    SignCredentialRequest, SignLicenseRequest, SignedCheckpoint, SignedCredential, SignedLicense,
+    VerifyCodeRequest, VerifyCodeResponse,
+};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{Instrument, instrument};
+
+use crate::config::{IssuerConfig, TlsConfig};
+use crate::keyring::KeyOps;
+use crate::ops::{self, OpsError, Signed};
+use crate::signlog::{SignLog, SignlogError, SignlogOptions};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A client has this long to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client has this long to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, connections get this long to finish their requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS files cannot be read or used (names the file, never its content).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The signing log cannot be opened.
+    #[error(transparent)]
+    Signlog(#[from] SignlogError),
+    /// The listening socket cannot be used.
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+    /// A start-up task failed.
+    #[error("start-up: {0}")]
+    Startup(String),
+}
+
+/// Serves the issuer API on `listener` until `shutdown` resolves, then lets open
+/// connections finish (up to [`SHUTDOWN_GRACE`]).
+///
+/// Generic over the key store so that tests can run the real server over software
+/// keys too; production passes `hsm::Hsm`.
+pub async fn run<K: KeyOps + Clone>(
+    config: IssuerConfig,
+    policy: Policy,
+    keys: K,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let tls = Arc::new(tls_config(&config.tls)?);
+    let log_dir = config.log.directory.clone();
+    let signlog =
+        tokio::task::spawn_blocking(move || SignLog::open(&log_dir, SignlogOptions::default()))
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))??;
+    listener
+        .set_nonblocking(true)
+        .map_err(ServerError::Listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listener)?;
+    let policy = Arc::new(policy);
+    let app = App {
+        keys,
+        policy: policy.clone(),
+        signlog,
+    };
+    serve(listener, TlsAcceptor::from(tls), policy, app, shutdown).await;
+    Ok(())
+}
+
+/// The accept loop.
+async fn serve<K: KeyOps + Clone>(
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    policy: Arc<Policy>,
+    app: App<K>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let authorized = router(app);
+    let forbidden = Router::new().fallback(forbidden);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen.address = %addr, "issuer API listening");
+    }
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let policy = policy.clone();
+        let authorized = authorized.clone();
+        let forbidden = forbidden.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(
+            async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service = match authorize(&policy, tls.get_ref().1.peer_certificates()) {
+                    Ok(client) => {
+                        tracing::debug!(client.uri = %client.uri, "gateway connected");
+                        authorized
+                            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                                req.extensions_mut().insert(client.clone());
+                                req
+                            })
+                            .boxed_clone()
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(
+                            client.uri = refusal.uri.as_deref().unwrap_or("-"),
+                            reason = refusal.reason,
+                            "client refused: not the gateway"
+                        );
+                        forbidden
+                            .map_request(|req: Request<hyper::body::Incoming>| req)
+                            .boxed_clone()
+                    }
+                };
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(true);
+                let conn =
+                    http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(tracing::info_span!("connection", net.peer = %peer)),
+        );
+    }
+    drop(listener);
+    tracing::info!("issuer API shutting down");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}
+
+/// The rustls server configuration: ring provider, TLS 1.3, client certificates
+/// required and verified against the client CA bundle.
+pub fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let read_certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, ServerError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ServerError::Tls(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ServerError::Tls(format!(
+                "{}: no certificate",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    };
+    let chain = read_certs(&tls.certificate)?;
+    // The error of a key file names the file and the PEM problem, never its content.
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.private_key.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&tls.client_ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| ServerError::Tls(format!("{}: {e}", tls.client_ca.display())))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| ServerError::Tls(format!("client verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerError::Tls(format!("server certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The authorized client of a connection (attached to each of its requests).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The certificate's single URI SAN.
+    pub uri: Arc<str>,
+}
+
+/// Why a verified client is not allowed in.
+#[derive(Debug)]
+struct Refusal {
+    uri: Option<String>,
+    reason: &'static str,
+}
+
+/// Decides from the (already chain-verified) peer certificate whether the client is
+/// the gateway: exactly one URI SAN, clientAuth EKU, and the policy's `gateway` role.
+fn authorize(policy: &Policy, peer: Option<&[CertificateDer<'static>]>) -> Result<Client, Refusal> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let refuse = |uri: Option<String>, reason| Refusal { uri, reason };
+    let leaf = peer
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| refuse(None, "no client certificate"))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|_| refuse(None, "unparseable certificate"))?;
+    let mut uris = Vec::new();
+    let mut client_auth = false;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    if let GeneralName::URI(uri) = name {
+                        uris.push((*uri).to_owned());
+                    }
+                }
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => client_auth = eku.client_auth,
+            _ => {}
+        }
+    }
+    let uri = match uris.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(refuse(None, "no URI SAN")),
+        _ => return Err(refuse(Some(uris.join(",")), "more than one URI SAN")),
+    };
+    if !client_auth {
+        return Err(refuse(Some(uri), "no clientAuth EKU"));
+    }
+    if policy.role_of(&uri) != Some(Role::Gateway) {
+        return Err(refuse(Some(uri), "not the gateway's identity"));
+    }
+    Ok(Client { uri: uri.into() })
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+struct App<K> {
+    keys: K,
+    policy: Arc<Policy>,
+    signlog: SignLog,
+}
+
+impl<K> App<K> {
+    /// Logs a signing operation durably, then releases its result.
+    async fn logged<T>(&self, signed: Signed<T>) -> Result<(T, u64), ApiError> {
+        let op = signed.event.op;
+        let logged = self.signlog.append(signed.event).await.map_err(|e| {
+            tracing::error!(op = %op, error = %e, "signing log unavailable: result discarded");
+            ApiError::Signlog
+        })?;
+        Ok((signed.value, logged.seq))
+    }
+}
+
+fn router<K: KeyOps + Clone>(app: App<K>) -> Router {
+    Router::new()
+        .route(api::MINT_CODE, post(mint_code::<K>))
+        .route(api::DERIVE_CODE, post(derive_code::<K>))
+        .route(api::VERIFY_CODE, post(verify_code::<K>))
+        .route(api::SIGN_LICENSE, post(sign_license::<K>))
+        .route(api::SIGN_CREDENTIAL, post(sign_credential::<K>))
+        .route(api::SIGN_CHECKPOINT, post(sign_checkpoint::<K>))
+        .route(api::PUBLIC_KEYS, get(public_keys::<K>))
+        .route(api::HEALTH, get(health::<K>))
+        .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(request_span))
+        .with_state(app)
+}
+
+/// A span per request with the gateway's `x-request-id` (echoed back), when sane.
+async fn request_span(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let client = req.extensions().get::<Client>().map(|c| c.uri.clone());
+    let span = tracing::info_span!(
+        "request",
+        request.id = id.as_deref().unwrap_or("-"),
+        http.method = %req.method(),
+        http.path = %req.uri().path(),
+        client.uri = client.as_deref().unwrap_or("-"),
+    );
+    let mut response = next.run(req).instrument(span).await;
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+#[instrument(skip_all)]
+async fn mint_code<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<MintCodeRequest>,
+) -> Result<Json<MintCodeResponse>, ApiError> {
+    let signed = ops::codes::mint(&app.keys, &app.policy, &req, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused("code_mint", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        tenant.id = %value.binding.tenant_id,
+        code.id = %value.binding.code_id,
+        code.expires_at = %value.binding.expires_at,
+        signlog.seq = seq,
+        "code minted"
+    );
+    Ok(Json(value))
+}
+
+#[instrument(skip_all)]
+async fn derive_code<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<DeriveCodeRequest>,
+) -> Result<Json<DeriveCodeResponse>, ApiError> {
+    let signed = ops::codes::derive(
+        &app.keys,
+        &app.policy,
+        &req.binding,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .map_err(|e| refused("code_derive", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        tenant.id = %req.binding.tenant_id,
+        code.id = %req.binding.code_id,
+        signlog.seq = seq,
+        "code derived"
+    );
+    Ok(Json(value))
+}
+
+#[instrument(skip_all)]
+async fn verify_code<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<VerifyCodeRequest>,
+) -> Result<Json<VerifyCodeResponse>, ApiError> {
+    let answer = ops::codes::verify(&app.keys, &req.binding, &req.code)
+        .await
+        .map_err(|e| refused("code_verify", e))?;
+    tracing::info!(
+        tenant.id = %req.binding.tenant_id,
+        code.id = %req.binding.code_id,
+        code.valid = answer.valid,
+        "code verified"
+    );
+    Ok(Json(answer))
+}
+
+#[instrument(skip_all)]
+async fn sign_license<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<SignLicenseRequest>,
+) -> Result<Json<SignedLicense>, ApiError> {
+    let signed = ops::license::sign(&app.keys, &app.policy, &req, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused("license", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        tenant.id = %req.tenant_id,
+        appliance.id = %req.appliance_id,
+        license.jti = %value.jti,
+        license.kid = %value.kid,
+        signlog.seq = seq,
+        "license signed"
+    );
+    Ok(Json(value))
+}
+
+#[instrument(skip_all)]
+async fn sign_credential<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<SignCredentialRequest>,
+) -> Result<Json<SignedCredential>, ApiError> {
+    let signed = ops::credential::sign(&app.keys, &app.policy, &req, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused("credential", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        tenant.id = %req.tenant_id,
+        appliance.id = %req.appliance_id,
+        credential.serial = %value.serial,
+        signlog.seq = seq,
+        "credential signed"
+    );
+    Ok(Json(value))
+}
+
+#[instrument(skip_all)]
+async fn sign_checkpoint<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<SignCheckpointRequest>,
+) -> Result<Json<SignedCheckpoint>, ApiError> {
+    let signed = ops::checkpoint::sign(&app.keys, &req, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused("checkpoint", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        audit.sequence = value.sequence,
+        signlog.seq = seq,
+        "checkpoint signed"
+    );
+    Ok(Json(value))
+}
+
+async fn public_keys<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+) -> Result<Json<PublicKeys>, ApiError> {
+    ops::public_keys::public_keys(&app.keys)
+        .map(Json)
+        .map_err(|e| refused("public_keys", e))
+}
+
+/// Liveness, and whether the signing log still takes records.
+async fn health<K: KeyOps + Clone>(State(app): State<App<K>>) -> Result<&'static str, ApiError> {
+    if app.signlog.is_healthy() {
+        Ok("ok")
+    } else {
+        Err(ApiError::Signlog)
+    }
+}
+
+async fn forbidden() -> ApiError {
+    ApiError::Forbidden
+}
+
+/// Logs a refused or failed operation once (messages carry no secrets by design).
+fn refused(op: &'static str, e: OpsError) -> ApiError {
+    let code = e.code();
+    match code {
+        IssuerErrorCode::Internal | IssuerErrorCode::HsmUnavailable => {
+            tracing::error!(op, error.code = ?code, error = %e, "operation failed");
+        }
+        _ => tracing::info!(op, error.code = ?code, error = %e, "operation refused"),
+    }
+    ApiError::Ops(e)
+}
+
+/// An API error, rendered as [`IssuerErrorBody`].
+#[derive(Debug)]
+enum ApiError {
+    Ops(OpsError),
+    /// The signing log could not take the record.
+    Signlog,
+    Forbidden,
+    /// A request that did not reach an operation (bad JSON, size, route).
+    Rejected {
+        status: StatusCode,
+        message: String,
+    },
+}
+
+impl ApiError {
+    fn status(status: StatusCode, message: &str) -> ApiError {
+        ApiError::Rejected {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::Ops(e) => {
+                let code = e.code();
+                let status = status_of(code);
+                // 5xx: no internal detail to the client; the log has it.
+                let message = match code {
+                    IssuerErrorCode::HsmUnavailable => {
+                        "the HSM is unavailable; retry later".to_owned()
+                    }
+                    IssuerErrorCode::Internal => {
+                        "internal error; the issuer's log has the detail".to_owned()
+                    }
+                    _ => e.to_string(),
+                };
+                (status, code, message)
+            }
+            ApiError::Signlog => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                // There is no dedicated code; this one tells the gateway to retry later.
+                IssuerErrorCode::HsmUnavailable,
+                "the signing log cannot be written; retry later".to_owned(),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                IssuerErrorCode::Forbidden,
+                "this client is not allowed to use the issuer".to_owned(),
+            ),
+            ApiError::Rejected { status, message } => {
+                (status, IssuerErrorCode::BadRequest, message)
+            }
+        };
+        let body = IssuerErrorBody {
+            error: IssuerErrorDetail { code, message },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The HTTP status of each stable error code.
+pub fn status_of(code: IssuerErrorCode) -> StatusCode {
+    match code {
+        IssuerErrorCode::BadRequest
+        | IssuerErrorCode::UnknownEdition
+        | IssuerErrorCode::EditionNotPaid
+        | IssuerErrorCode::BeyondPolicy
+        | IssuerErrorCode::CsrInvalid
+        | IssuerErrorCode::CodeMalformed => StatusCode::BAD_REQUEST,
+        IssuerErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        IssuerErrorCode::HsmUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        IssuerErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `Json` whose rejections are [`IssuerErrorBody`]s (`bad_request`, with the status
+/// axum chose: 400, 413 or 415). The message names the JSON problem; it goes back to
+/// the gateway that sent the body and is not logged.
+struct ApiJson<T>(T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                // axum answers 422 for well-formed JSON of the wrong shape (an unknown
+                // field, a bad UUID); to the gateway that is a bad request like any other.
+                let status = match rejection.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    other => other,
+                };
+                tracing::info!(http.status = status.as_u16(), "request body refused");
+                Err(ApiError::Rejected {
+                    status,
+                    message: rejection.body_text(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alga_protocol::signlog::file_name;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::ops::software_keys::{SoftwareKeys, test_policy};
+
+    fn app(log: SignLog) -> Router {
+        router(App {
+            keys: SoftwareKeys::new(OffsetDateTime::now_utc()),
+            policy: Arc::new(test_policy()),
+            signlog: log,
+        })
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .header("x-request-id", "req-1")
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request");
+        let response = router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        assert_eq!(
+            response.headers().get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"req-1"[..])
+        );
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    const LICENSE: &str = r#"{"tenant_id":"00000000-0000-0000-0000-000000000001","appliance_id":"00000000-0000-0000-0000-000000000002","edition":"pro"}"#;
+
+    #[tokio::test]
+    async fn no_signature_leaves_when_the_log_cannot_take_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One record per file; the second file's name is taken, so the second append fails.
+        let log = SignLog::open(dir.path(), SignlogOptions { max_file_bytes: 1 }).expect("log");
+        std::fs::create_dir(dir.path().join(file_name(2))).expect("mkdir");
+        let router = app(log.clone());
+        let (status, body) = call(&router, "POST", api::SIGN_LICENSE, LICENSE).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(&router, "POST", api::SIGN_LICENSE, LICENSE).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!body.contains("eyJ"), "no token in {body}");
+        let parsed: IssuerErrorBody = serde_json::from_str(&body).expect("error body");
+        assert_eq!(parsed.error.code, IssuerErrorCode::HsmUnavailable);
+        // Fail closed from then on, health included.
+        let (status, _) = call(&router, "POST", api::SIGN_LICENSE, LICENSE).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _) = call(&router, "GET", api::HEALTH, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!log.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn requests_are_refused_with_the_issuers_error_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let router = app(SignLog::open(dir.path(), SignlogOptions::default()).expect("log"));
+        let unknown_field = LICENSE.replace('{', r#"{"admin":true,"#);
+        let huge = format!(r#"{{"pad":"{}"}}"#, "a".repeat(MAX_BODY_BYTES));
+        let essentials = LICENSE.replace("pro", "essentials");
+        let cases: Vec<(&str, &str, &str, StatusCode, IssuerErrorCode)> = vec![
+            (
+                "POST",
+                api::SIGN_LICENSE,
+                &unknown_field,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSE,
+                "{",
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSE,
+                &huge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "GET",
+                api::SIGN_LICENSE,
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "GET",
+                "/v1/elsewhere",
+                "",
+                StatusCode::NOT_FOUND,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSE,
+                &essentials,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::EditionNotPaid,
+            ),
+        ];
+        for (method, path, body, status, code) in cases {
+            let (got, text) = call(&router, method, path, body).await;
+            assert_eq!(got, status, "{method} {path}: {text}");
+            let parsed: IssuerErrorBody = serde_json::from_str(&text).expect("error body");
+            assert_eq!(parsed.error.code, code, "{method} {path}");
+        }
+        assert_eq!(
+            crate::signlog::read_dir(dir.path())
+                .expect("log")
+                .records
+                .len(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn the_forbidden_router_answers_403_everywhere() {
+        let router: Router = Router::new().fallback(forbidden);
+        for (method, path) in [
+            ("POST", api::SIGN_LICENSE),
+            ("GET", api::HEALTH),
+            ("GET", "/x"),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let response = router.clone().oneshot(req).await.expect("infallible");
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn every_code_has_its_status() {
+        let table = [
+            (IssuerErrorCode::BadRequest, 400),
+            (IssuerErrorCode::UnknownEdition, 400),
+            (IssuerErrorCode::EditionNotPaid, 400),
+            (IssuerErrorCode::BeyondPolicy, 400),
+            (IssuerErrorCode::CsrInvalid, 400),
+            (IssuerErrorCode::CodeMalformed, 400),
+            (IssuerErrorCode::Forbidden, 403),
+            (IssuerErrorCode::HsmUnavailable, 503),
+            (IssuerErrorCode::Internal, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(status_of(code).as_u16(), status, "{code:?}");
+        }
+    }
+}
