@@ -1,1 +1,385 @@
-fn main() {}
+//! `alga-audit`: the security staff's tool to export, verify and follow the audit log.
+//!
+//! Thin: parses arguments, connects, calls the library, prints. Exit codes: 0 intact
+//! (or command done), 1 damage found, 2 could not run.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use alga_audit::export::ExportFilter;
+use alga_audit::{
+    Action, AuditKeys, ChainedRecord, EventQuery, VerifyOptions, VerifyReport, list_events,
+};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "alga-audit",
+    version,
+    about = "Export, verify and follow the alga-license audit log"
+)]
+struct Cli {
+    /// Postgres URL (a password in it is your choice; prefer --password-file).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// File holding the database password (first line), instead of the URL.
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    /// Machine-readable output (JSON) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write chained records and checkpoints as JSON lines (FORMAT.md).
+    Export {
+        /// Records from this sequence number on (keeps the export verifiable as a chain).
+        #[arg(long, default_value_t = 0)]
+        since_seq: u64,
+        /// Records whose time is at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<Uuid>,
+        /// Only this action (e.g. code.redeem).
+        #[arg(long)]
+        action: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Recompute the chain and check every checkpoint; exit 0 only when intact.
+    Verify {
+        /// Verify this export file instead of the database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Audit public keys: the issuer's `GET /v1/keys` JSON, or PEM SPKI.
+        #[arg(long)]
+        audit_keys: PathBuf,
+        /// Checkpoints kept elsewhere (an earlier export, or JSON lines of checkpoints):
+        /// a log shorter than any of them was restored from an old backup.
+        #[arg(long)]
+        checkpoints: Vec<PathBuf>,
+        /// Policy file, for `audit.unchained_alarm_after`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Flag records unchained longer than this (overrides the policy), e.g. 30s.
+        #[arg(long)]
+        unchained_alarm_after: Option<String>,
+    },
+    /// Print the newest records, then follow new ones as they are chained.
+    Tail {
+        /// How many of the newest records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        /// Poll interval while following, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("alga-audit: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("alga-audit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Export {
+            since_seq,
+            since,
+            tenant,
+            action,
+            output,
+        } => {
+            let filter = ExportFilter {
+                since_seq: *since_seq,
+                since: since
+                    .as_deref()
+                    .map(|s| OffsetDateTime::parse(s, &Rfc3339))
+                    .transpose()
+                    .context("--since must be an RFC 3339 time")?,
+                tenant_id: *tenant,
+                action: action.as_deref().map(Action::new).transpose()?,
+            };
+            let mut client = connect(&cli).await?;
+            let now = OffsetDateTime::now_utc();
+            let summary = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    alga_audit::export(&mut client, &filter, now, &mut w).await?
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    alga_audit::export(&mut client, &filter, now, &mut w).await?
+                }
+            };
+            eprintln!(
+                "exported {} records and {} checkpoints (head {})",
+                summary.records, summary.checkpoints, summary.head_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            export,
+            audit_keys,
+            checkpoints,
+            policy,
+            unchained_alarm_after,
+        } => {
+            let text = std::fs::read_to_string(audit_keys)
+                .with_context(|| format!("cannot read {}", audit_keys.display()))?;
+            let keys = AuditKeys::parse(&text)?;
+            let mut external = Vec::new();
+            for path in checkpoints {
+                external.extend(alga_audit::read_checkpoints(path)?);
+            }
+            let alarm = match (unchained_alarm_after, policy) {
+                (Some(d), _) => alga_policies::parse_duration(d)
+                    .map_err(|e| anyhow::anyhow!("--unchained-alarm-after: {e}"))?,
+                (None, Some(p)) => alga_policies::Policy::load(p)?.audit.unchained_alarm_after,
+                (None, None) => time::Duration::seconds(30),
+            };
+            let opts = VerifyOptions {
+                keys,
+                external_checkpoints: external,
+                now: OffsetDateTime::now_utc(),
+                unchained_alarm_after: alarm,
+            };
+            let (source, report) = match export {
+                Some(path) => {
+                    let path = path.clone();
+                    let report = tokio::task::spawn_blocking(move || {
+                        alga_audit::verify_export(&path, &opts)
+                    })
+                    .await??;
+                    (
+                        format!(
+                            "export {}",
+                            export
+                                .as_ref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                        report,
+                    )
+                }
+                None => {
+                    let mut client = connect(&cli).await?;
+                    (
+                        "database".to_owned(),
+                        alga_audit::verify_database(&mut client, &opts).await?,
+                    )
+                }
+            };
+            print_report(&source, &report, cli.json)?;
+            Ok(if report.intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Tail {
+            lines,
+            no_follow,
+            interval_ms,
+        } => {
+            let client = connect(&cli).await?;
+            let row = client
+                .query_one("SELECT coalesce(max(seq), 0) FROM audit_chain", &[])
+                .await?;
+            let head: i64 = row.try_get(0)?;
+            let mut after = u64::try_from(head)?.saturating_sub(*lines);
+            let mut out = std::io::stdout();
+            if !cli.json {
+                writeln!(out, "{}", table_header())?;
+            }
+            loop {
+                let page = list_events(
+                    &client,
+                    &EventQuery {
+                        after_seq: after,
+                        ..EventQuery::default()
+                    },
+                )
+                .await?;
+                for r in &page {
+                    print_record(&mut out, r, cli.json)?;
+                    after = r.seq;
+                }
+                out.flush()?;
+                if *no_follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if page.is_empty() {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                        _ = tokio::time::sleep(Duration::from_millis(*interval_ms)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<tokio_postgres::Client> {
+    let Some(url) = &cli.database_url else {
+        bail!("no database: pass --database-url or set DATABASE_URL");
+    };
+    let mut config = tokio_postgres::Config::from_str(url).context("bad --database-url")?;
+    if let Some(path) = &cli.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let password = text.lines().next().unwrap_or_default().to_owned();
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the database")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn print_report(source: &str, r: &VerifyReport, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    if json {
+        let value = serde_json::json!({
+            "source": source,
+            "intact": r.intact(),
+            "first_bad_seq": r.first_damage().and_then(|f| f.seq),
+            "first_damage": r.first_damage().map(|f| f.kind),
+            "report": r,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    let range = match (r.first_seq, r.last_seq) {
+        (Some(a), Some(b)) => format!("seq {a}..={b}"),
+        _ => "no records".to_owned(),
+    };
+    writeln!(out, "source:       {source}")?;
+    writeln!(out, "records:      {} ({range})", r.records)?;
+    if let Some(h) = &r.head_hash {
+        writeln!(out, "head hash:    {h}")?;
+    }
+    writeln!(
+        out,
+        "checkpoints:  {} with a valid signature, {} matched against the chain; last good at {}",
+        r.checkpoints_valid,
+        r.checkpoints_matched,
+        r.last_good_checkpoint
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into())
+    )?;
+    if r.filtered {
+        writeln!(
+            out,
+            "note:         a filtered export: each record and its links to neighbours were checked, completeness was not"
+        )?;
+    }
+    match r.first_damage() {
+        None => writeln!(out, "result:       INTACT")?,
+        Some(first) => {
+            let at = first
+                .seq
+                .map(|s| format!("first bad sequence number {s}"))
+                .unwrap_or_else(|| "no sequence number".into());
+            writeln!(out, "result:       DAMAGED: {at}: {}", first.kind)?;
+            writeln!(out)?;
+            writeln!(out, "{:>10}  {:<26}  DETAIL", "SEQ", "KIND")?;
+            for f in &r.findings {
+                let seq = f.seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                writeln!(out, "{seq:>10}  {:<26}  {}", f.kind.as_str(), f.detail)?;
+            }
+            if r.findings_dropped > 0 {
+                writeln!(out, "… and {} more findings", r.findings_dropped)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table_header() -> String {
+    format!(
+        "{:>8}  {:<27}  {:<20}  {:<36}  {:<20}  SUBJECTS",
+        "SEQ", "TIME", "ACTION", "TENANT", "OUTCOME"
+    )
+}
+
+fn print_record(out: &mut impl Write, r: &ChainedRecord, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", r.to_json_line()?)?;
+        return Ok(());
+    }
+    match r.record() {
+        Ok(rec) => {
+            let outcome = match &rec.outcome {
+                alga_audit::Outcome::Success => "success".to_owned(),
+                alga_audit::Outcome::Failure { error_code } => format!("failure:{error_code}"),
+            };
+            let subjects: Vec<String> = rec
+                .subjects
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(
+                out,
+                "{:>8}  {:<27}  {:<20}  {:<36}  {:<20}  {}",
+                r.seq,
+                alga_audit::canonical::format_time(rec.time),
+                rec.action.as_str(),
+                rec.tenant_id
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                outcome,
+                subjects.join(" ")
+            )?;
+        }
+        Err(e) => writeln!(out, "{:>8}  (unreadable record: {e})", r.seq)?,
+    }
+    Ok(())
+}

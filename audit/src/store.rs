@@ -27,6 +27,9 @@ pub struct EventId(pub i64);
 /// roll back and fail the action (fail-closed). It never commits and takes no lock
 /// that another business transaction waits for: the record is chained after commit,
 /// within milliseconds, by the [`Sequencer`](crate::Sequencer).
+///
+/// With deadpool, pass the tokio-postgres transaction inside its wrapper:
+/// `append(&*tx, &record)` (and `&**client` for a pooled connection).
 pub async fn append<C>(client: &C, record: &NewRecord) -> Result<EventId, AuditError>
 where
     C: GenericClient + Sync,

@@ -215,6 +215,8 @@ pub struct ChainVerifier {
     last_matched: u64,
     /// Head promised by an export header, if any.
     promised_head: Option<u64>,
+    /// Per finding: 0 from the chain walk, 1 reported beside it (sorts after).
+    ranks: Vec<u8>,
 }
 
 impl ChainVerifier {
@@ -235,6 +237,7 @@ impl ChainVerifier {
             checkpoints: BTreeMap::new(),
             last_matched: 0,
             promised_head: None,
+            ranks: Vec::new(),
         }
     }
 
@@ -304,7 +307,11 @@ impl ChainVerifier {
     /// Reports a problem found outside the walk (unreadable line, column mismatch,
     /// unchained record).
     pub fn report(&mut self, kind: DamageKind, seq: Option<u64>, detail: String) {
-        self.finding(kind, seq, detail);
+        if self.finding(kind, seq, detail).is_some() {
+            if let Some(r) = self.ranks.last_mut() {
+                *r = 1;
+            }
+        }
     }
 
     /// Walks one entry.
@@ -379,9 +386,10 @@ impl ChainVerifier {
             }
         }
         self.report.filtered = self.filtered;
-        let mut findings = std::mem::take(&mut self.report.findings);
-        findings.sort_by_key(|f| (f.seq.is_none(), f.seq));
-        self.report.findings = findings;
+        let findings = std::mem::take(&mut self.report.findings);
+        let mut ranked: Vec<(u8, Finding)> = self.ranks.iter().copied().zip(findings).collect();
+        ranked.sort_by_key(|(rank, f)| (f.seq.is_none(), f.seq, *rank));
+        self.report.findings = ranked.into_iter().map(|(_, f)| f).collect();
         self.report
     }
 
@@ -658,6 +666,14 @@ impl ChainVerifier {
             self.report.last_good_checkpoint = Some(e.seq);
         } else {
             let from = self.last_matched + 1;
+            let explained = self.report.findings.iter().any(|f| {
+                f.seq.is_some_and(|q| q >= from && q <= e.seq)
+                    && f.kind != DamageKind::BadCheckpointSignature
+            });
+            if explained {
+                // Damage already reported in this stretch accounts for the mismatch.
+                return;
+            }
             self.finding(
                 DamageKind::Rewritten,
                 Some(from),
@@ -675,6 +691,7 @@ impl ChainVerifier {
             return None;
         }
         self.report.findings.push(Finding { kind, seq, detail });
+        self.ranks.push(0);
         Some(self.report.findings.len() - 1)
     }
 }

@@ -1,0 +1,11 @@
+//! Integration tests of the audit log against a real Postgres (`DATABASE_URL`, a
+//! superuser; each test makes its own database).
+
+mod chain;
+mod cli;
+mod concurrent;
+mod props;
+mod schema;
+mod secrets;
+mod support;
+mod tamper;
