@@ -9,7 +9,8 @@
 
 use std::net::IpAddr;
 
-use alga_audit::{Action, Actor, NewRecord, RecordBuilder};
+use alga_audit::record::RecordBuilder;
+use alga_audit::{Action, Actor, NewRecord};
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
 
@@ -45,7 +46,9 @@ impl Ctx {
     fn actor(&self) -> Result<Actor, AuditError> {
         match (self.actor_role, &self.actor_id) {
             ("anonymous", _) | (_, None) => Ok(Actor::anonymous()),
-            (role, Some(id)) => Actor::new(role, Some(id)).map_err(|e| AuditError::Record(e.to_string())),
+            (role, Some(id)) => {
+                Actor::new(role, Some(id)).map_err(|e| AuditError::Record(e.to_string()))
+            }
         }
     }
 
@@ -59,8 +62,13 @@ impl Ctx {
 }
 
 /// Appends a record inside the caller's transaction.
-pub async fn append(c: &(impl GenericClient + Sync), record: RecordBuilder) -> Result<(), AuditError> {
-    let record = record.build().map_err(|e| AuditError::Record(e.to_string()))?;
+pub async fn append(
+    c: &(impl GenericClient + Sync),
+    record: RecordBuilder,
+) -> Result<(), AuditError> {
+    let record = record
+        .build()
+        .map_err(|e| AuditError::Record(e.to_string()))?;
     alga_audit::append(c, &record)
         .await
         .map_err(|e| AuditError::Append(e.to_string()))?;
@@ -68,13 +76,25 @@ pub async fn append(c: &(impl GenericClient + Sync), record: RecordBuilder) -> R
 }
 
 /// Records a failed request in its own transaction; logs when even that fails.
-pub async fn append_failure(pool: &Pool, record: Result<RecordBuilder, AuditError>, error_code: &str) {
+pub async fn append_failure(
+    pool: &Pool,
+    record: Result<RecordBuilder, AuditError>,
+    error_code: &str,
+) {
     let result = async {
         let record = record?.failure(error_code);
-        let mut conn = pool.get().await.map_err(|e| AuditError::Append(e.to_string()))?;
-        let tx = conn.transaction().await.map_err(|e| AuditError::Append(e.to_string()))?;
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| AuditError::Append(e.to_string()))?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| AuditError::Append(e.to_string()))?;
         append(&*tx, record).await?;
-        tx.commit().await.map_err(|e| AuditError::Append(e.to_string()))
+        tx.commit()
+            .await
+            .map_err(|e| AuditError::Append(e.to_string()))
     }
     .await;
     if let Err(e) = result {
@@ -100,7 +120,11 @@ fn page(after: Option<i64>, limit: Option<i64>) -> Result<(u64, u32), crate::err
 }
 
 /// A page of chained audit records, oldest first, as the export's JSON lines.
-pub async fn events(pool: &Pool, after: Option<i64>, limit: Option<i64>) -> Result<serde_json::Value, crate::error::ApiError> {
+pub async fn events(
+    pool: &Pool,
+    after: Option<i64>,
+    limit: Option<i64>,
+) -> Result<serde_json::Value, crate::error::ApiError> {
     let (after_seq, limit) = page(after, limit)?;
     let conn = pool.get().await.map_err(crate::db::DbError::from)?;
     let q = alga_audit::EventQuery {
@@ -142,8 +166,9 @@ impl alga_audit::CheckpointSigner for IssuerCheckpointSigner {
         &self,
         sequence: u64,
         head_hash_hex: &str,
-    ) -> impl std::future::Future<Output = Result<alga_protocol::issuer_api::SignedCheckpoint, Self::Error>> + Send
-    {
+    ) -> impl std::future::Future<
+        Output = Result<alga_protocol::issuer_api::SignedCheckpoint, Self::Error>,
+    > + Send {
         let client = self.0.clone();
         let head = head_hash_hex.to_owned();
         async move { client.sign_checkpoint(sequence, &head).await }

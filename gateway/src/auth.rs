@@ -113,7 +113,9 @@ impl ClientIdentity {
 
     /// Requires an appliance credential: none → 401 `credential_required`, another
     /// identity → 403.
-    pub fn require_appliance(&self) -> Result<(ApplianceIdentity, OffsetDateTime, OffsetDateTime), ApiError> {
+    pub fn require_appliance(
+        &self,
+    ) -> Result<(ApplianceIdentity, OffsetDateTime, OffsetDateTime), ApiError> {
         match self {
             ClientIdentity::Anonymous => Err(ApiError::CredentialRequired),
             ClientIdentity::Appliance {
@@ -134,7 +136,8 @@ fn classify_inner(
 ) -> Result<ClientIdentity, String> {
     let leaf = &certs[0];
     let intermediates = &certs[1..];
-    let (_, x509) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| format!("unparsable leaf: {e}"))?;
+    let (_, x509) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|e| format!("unparsable leaf: {e}"))?;
 
     // Exactly one URI SAN.
     let mut uris = Vec::new();
@@ -177,7 +180,10 @@ fn classify_inner(
 
     if verifies(&trust.service) {
         return match policy.role_of(uri) {
-            Some(role @ (Role::Store | Role::Auditor)) => Ok(ClientIdentity::Service { uri: uri.clone(), role }),
+            Some(role @ (Role::Store | Role::Auditor)) => Ok(ClientIdentity::Service {
+                uri: uri.clone(),
+                role,
+            }),
             Some(Role::Gateway) => Err(format!("{uri} is the gateway's own identity")),
             None => Err(format!("{uri} is not a client of the policy")),
         };

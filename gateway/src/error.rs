@@ -241,8 +241,16 @@ mod tests {
             (ApiError::CodeRevoked, 410, "code_revoked"),
             (ApiError::CodeAlreadyUsed, 409, "code_already_used"),
             (ApiError::CsrInvalid("x".into()), 400, "csr_invalid"),
-            (ApiError::RateLimited(Duration::from_secs(3)), 429, "rate_limited"),
-            (ApiError::LicenseServiceUnavailable, 503, "license_service_unavailable"),
+            (
+                ApiError::RateLimited(Duration::from_secs(3)),
+                429,
+                "rate_limited",
+            ),
+            (
+                ApiError::LicenseServiceUnavailable,
+                503,
+                "license_service_unavailable",
+            ),
             (ApiError::TenantNotFound, 404, "tenant_not_found"),
             (ApiError::AmbiguousContact, 409, "ambiguous_contact"),
             (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
@@ -258,6 +266,9 @@ mod tests {
             assert_eq!(e.status().as_u16(), *status, "{e:?}");
             assert_eq!(e.code(), *c, "{e:?}");
         }
-        assert_eq!(ApiError::Internal("secret detail".into()).to_string(), "internal error");
+        assert_eq!(
+            ApiError::Internal("secret detail".into()).to_string(),
+            "internal error"
+        );
     }
 }

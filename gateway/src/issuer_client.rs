@@ -37,7 +37,10 @@ pub enum IssuerError {
     Unavailable { status: u16, message: String },
     /// The issuer refused the request (4xx) with a stable code.
     #[error("issuer refused ({code:?}): {message}")]
-    Refused { code: IssuerErrorCode, message: String },
+    Refused {
+        code: IssuerErrorCode,
+        message: String,
+    },
     /// The issuer answered something that is not its API.
     #[error("issuer protocol error: {0}")]
     Protocol(String),
@@ -117,7 +120,11 @@ impl IssuerClient {
 
     /// Whether `code` is the code of `binding`.
     #[instrument(skip_all, fields(code.id = %binding.code_id))]
-    pub async fn verify_code(&self, binding: &CodeBinding, code: SecretText) -> Result<bool, IssuerError> {
+    pub async fn verify_code(
+        &self,
+        binding: &CodeBinding,
+        code: SecretText,
+    ) -> Result<bool, IssuerError> {
         let r: VerifyCodeResponse = self
             .post(
                 "verify_code",
@@ -176,7 +183,11 @@ impl IssuerClient {
     }
 
     /// Signs an audit checkpoint.
-    pub async fn sign_checkpoint(&self, sequence: u64, head_hash: &str) -> Result<SignedCheckpoint, IssuerError> {
+    pub async fn sign_checkpoint(
+        &self,
+        sequence: u64,
+        head_hash: &str,
+    ) -> Result<SignedCheckpoint, IssuerError> {
         self.post(
             "sign_checkpoint",
             ia::SIGN_CHECKPOINT,
@@ -190,8 +201,11 @@ impl IssuerClient {
 
     /// Every public key and certificate the issuer publishes.
     pub async fn public_keys(&self) -> Result<PublicKeys, IssuerError> {
-        self.call("public_keys", self.http.get(format!("{}{}", self.base, ia::PUBLIC_KEYS)))
-            .await
+        self.call(
+            "public_keys",
+            self.http.get(format!("{}{}", self.base, ia::PUBLIC_KEYS)),
+        )
+        .await
     }
 
     /// Liveness of the issuer (for `/readyz`).
@@ -219,8 +233,11 @@ impl IssuerClient {
         path: &str,
         body: &Req,
     ) -> Result<Resp, IssuerError> {
-        self.call(op, self.http.post(format!("{}{}", self.base, path)).json(body))
-            .await
+        self.call(
+            op,
+            self.http.post(format!("{}{}", self.base, path)).json(body),
+        )
+        .await
     }
 
     async fn call<Resp: DeserializeOwned>(
@@ -240,7 +257,8 @@ impl IssuerClient {
                 .await
                 .map_err(|e| IssuerError::Unreachable(error_chain(&e)))?;
             if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|e| IssuerError::Protocol(e.to_string()));
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| IssuerError::Protocol(e.to_string()));
             }
             let detail = serde_json::from_slice::<IssuerErrorBody>(&bytes).ok();
             let message = detail

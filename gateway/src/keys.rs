@@ -25,7 +25,9 @@ impl KeyCache {
         let Ok(mut g) = self.inner.write() else {
             return false;
         };
-        let changed = g.as_ref().is_none_or(|old| old.ca_chain_pem != keys.ca_chain_pem);
+        let changed = g
+            .as_ref()
+            .is_none_or(|old| old.ca_chain_pem != keys.ca_chain_pem);
         *g = Some(Arc::new(keys));
         changed
     }

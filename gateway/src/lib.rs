@@ -178,13 +178,20 @@ pub async fn run(
                             match tls_material.server_config(&cas) {
                                 Ok((cfg, trust)) => {
                                     live_tls.replace(cfg, trust);
-                                    tracing::info!(cas = cas.len(), "appliance CA chain changed: TLS roots rebuilt");
+                                    tracing::info!(
+                                        cas = cas.len(),
+                                        "appliance CA chain changed: TLS roots rebuilt"
+                                    );
                                 }
-                                Err(e) => tracing::error!(error = %e, "cannot rebuild the TLS configuration"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot rebuild the TLS configuration")
+                                }
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy")
+                    }
                 }
             }
         });

@@ -37,14 +37,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate { config } => {
             let config = alga_gateway::config::Config::load(&config)?;
             let pg = alga_gateway::migrator_pg_config(&config)?;
-            let applied = alga_gateway::migrate::migrate(&pg).await.context("migrate")?;
+            let applied = alga_gateway::migrate::migrate(&pg)
+                .await
+                .context("migrate")?;
             if applied.is_empty() {
                 println!("schema up to date");
             } else {

@@ -40,7 +40,10 @@ struct OpErrorLabels {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+    .into_iter()
 }
 
 /// Every metric of the gateway.
@@ -71,22 +74,57 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("alga_gateway");
         let requests = Family::<RouteLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
-        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
         let redeem = Family::<OutcomeLabels, Counter>::default();
-        registry.register("redeem_outcomes", "POST /register outcomes (ok or the error code)", redeem.clone());
-        let issuer_latency =
-            Family::<OpLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register("issuer_call_duration_seconds", "Issuer call latency by operation", issuer_latency.clone());
+        registry.register(
+            "redeem_outcomes",
+            "POST /register outcomes (ok or the error code)",
+            redeem.clone(),
+        );
+        let issuer_latency = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "issuer_call_duration_seconds",
+            "Issuer call latency by operation",
+            issuer_latency.clone(),
+        );
         let issuer_errors = Family::<OpErrorLabels, Counter>::default();
-        registry.register("issuer_call_errors", "Issuer call failures by operation and kind", issuer_errors.clone());
+        registry.register(
+            "issuer_call_errors",
+            "Issuer call failures by operation and kind",
+            issuer_errors.clone(),
+        );
         let pool_size = Gauge::<i64, AtomicU64Compat>::default();
-        registry.register("db_pool_connections", "Open database connections", pool_size.clone());
+        registry.register(
+            "db_pool_connections",
+            "Open database connections",
+            pool_size.clone(),
+        );
         let pool_available = Gauge::<i64, AtomicU64Compat>::default();
-        registry.register("db_pool_available", "Idle database connections (negative: waiters)", pool_available.clone());
+        registry.register(
+            "db_pool_available",
+            "Idle database connections (negative: waiters)",
+            pool_available.clone(),
+        );
         let pool_waiting = Gauge::<i64, AtomicU64Compat>::default();
-        registry.register("db_pool_waiting", "Requests waiting for a database connection", pool_waiting.clone());
+        registry.register(
+            "db_pool_waiting",
+            "Requests waiting for a database connection",
+            pool_waiting.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -110,7 +148,9 @@ impl Metrics {
             })
             .inc();
         self.latency
-            .get_or_create(&RouteOnly { route: route.to_owned() })
+            .get_or_create(&RouteOnly {
+                route: route.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -141,9 +181,12 @@ impl Metrics {
     /// Renders the text exposition format, sampling the pool first.
     pub fn render(&self, pool: &deadpool_postgres::Pool) -> Result<String, std::fmt::Error> {
         let s = pool.status();
-        self.pool_size.set(i64::try_from(s.size).unwrap_or(i64::MAX));
-        self.pool_available.set(i64::try_from(s.available).unwrap_or(i64::MAX));
-        self.pool_waiting.set(i64::try_from(s.waiting).unwrap_or(i64::MAX));
+        self.pool_size
+            .set(i64::try_from(s.size).unwrap_or(i64::MAX));
+        self.pool_available
+            .set(i64::try_from(s.available).unwrap_or(i64::MAX));
+        self.pool_waiting
+            .set(i64::try_from(s.waiting).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

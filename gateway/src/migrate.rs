@@ -27,7 +27,10 @@ const MIGRATION_LOCK: i64 = 0x616c_6761_6d69_6772;
 pub fn all() -> Vec<Migration> {
     alga_audit::migrations()
         .iter()
-        .map(|m| Migration { name: m.name, sql: m.sql })
+        .map(|m| Migration {
+            name: m.name,
+            sql: m.sql,
+        })
         .chain(GATEWAY_MIGRATIONS.iter().copied())
         .collect()
 }
@@ -47,12 +50,17 @@ pub async fn migrate(cfg: &tokio_postgres::Config) -> Result<Vec<String>, DbErro
                    name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
             )
             .await?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         let mut applied = Vec::new();
         for m in all() {
             let tx = client.transaction().await?;
             let done = tx
-                .query_opt("SELECT 1 FROM schema_migrations WHERE name = $1", &[&m.name])
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE name = $1",
+                    &[&m.name],
+                )
                 .await?
                 .is_some();
             if done {
@@ -60,13 +68,18 @@ pub async fn migrate(cfg: &tokio_postgres::Config) -> Result<Vec<String>, DbErro
                 continue;
             }
             tx.batch_execute(m.sql).await?;
-            tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[&m.name])
-                .await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (name) VALUES ($1)",
+                &[&m.name],
+            )
+            .await?;
             tx.commit().await?;
             tracing::info!(migration = m.name, "applied");
             applied.push(m.name.to_owned());
         }
-        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
         Ok(applied)
     }
     .await;

@@ -34,7 +34,11 @@ pub enum PresignError {
 /// Presigns a GET of the ISO valid until `expires_at`.
 pub trait LinkPresigner: Send + Sync + std::fmt::Debug {
     /// A URL that downloads the ISO until `expires_at` (and not after).
-    fn presign(&self, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<String, PresignError>;
+    fn presign(
+        &self,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, PresignError>;
 }
 
 /// SigV4 query-string presigning for an S3-compatible endpoint.
@@ -73,7 +77,12 @@ impl SigV4Presigner {
             .collect::<Vec<_>>()
             .join("/");
         if self.path_style {
-            return Ok(format!("{}/{}/{}", self.endpoint, uri_encode(&self.bucket), key));
+            return Ok(format!(
+                "{}/{}/{}",
+                self.endpoint,
+                uri_encode(&self.bucket),
+                key
+            ));
         }
         let (scheme, host) = self
             .endpoint
@@ -84,12 +93,18 @@ impl SigV4Presigner {
 }
 
 impl LinkPresigner for SigV4Presigner {
-    fn presign(&self, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<String, PresignError> {
+    fn presign(
+        &self,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, PresignError> {
         let ttl = expires_at - now;
         if ttl <= time::Duration::ZERO || ttl > alga_policies::MAX_DOWNLOAD_LINK_TTL {
             return Err(PresignError::Expiry);
         }
-        let ttl = Duration::from_secs(u64::try_from(ttl.whole_seconds()).map_err(|_| PresignError::Expiry)?);
+        let ttl = Duration::from_secs(
+            u64::try_from(ttl.whole_seconds()).map_err(|_| PresignError::Expiry)?,
+        );
         let url = self.object_url()?;
         let identity = Credentials::new(
             &self.access_key_id,
@@ -113,8 +128,13 @@ impl LinkPresigner for SigV4Presigner {
             .build()
             .map_err(|e| PresignError::Sign(e.to_string()))?
             .into();
-        let signable = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::UnsignedPayload)
-            .map_err(|e| PresignError::Sign(e.to_string()))?;
+        let signable = SignableRequest::new(
+            "GET",
+            url.as_str(),
+            std::iter::empty(),
+            SignableBody::UnsignedPayload,
+        )
+        .map_err(|e| PresignError::Sign(e.to_string()))?;
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| PresignError::Sign(e.to_string()))?
             .into_parts();
@@ -140,8 +160,9 @@ fn uri_encode(s: &str) -> String {
 }
 
 fn read_credentials(path: &Path) -> Result<(String, SecretString), PresignError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PresignError::Credentials(format!("cannot read {}: {}", path.display(), e.kind())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PresignError::Credentials(format!("cannot read {}: {}", path.display(), e.kind()))
+    })?;
     let mut id = None;
     let mut secret = None;
     for line in text.lines() {
@@ -151,8 +172,15 @@ fn read_credentials(path: &Path) -> Result<(String, SecretString), PresignError>
         }
         match line.split_once('=') {
             Some(("access_key_id", v)) => id = Some(v.trim().to_owned()),
-            Some(("secret_access_key", v)) => secret = Some(SecretString::from(v.trim().to_owned())),
-            _ => return Err(PresignError::Credentials(format!("{}: unexpected line", path.display()))),
+            Some(("secret_access_key", v)) => {
+                secret = Some(SecretString::from(v.trim().to_owned()))
+            }
+            _ => {
+                return Err(PresignError::Credentials(format!(
+                    "{}: unexpected line",
+                    path.display()
+                )));
+            }
         }
     }
     match (id, secret) {
@@ -186,12 +214,20 @@ mod tests {
         let url = presigner(true)
             .presign(now, now + time::Duration::hours(72))
             .expect("presigns");
-        assert!(url.starts_with("http://127.0.0.1:9000/alga-iso/appliance/alga%20appliance.iso?"), "{url}");
+        assert!(
+            url.starts_with("http://127.0.0.1:9000/alga-iso/appliance/alga%20appliance.iso?"),
+            "{url}"
+        );
         assert!(url.contains("X-Amz-Expires=259200"), "{url}");
         assert!(url.contains("X-Amz-Signature="), "{url}");
         assert!(!url.contains("secret"), "{url}");
-        let vhost = presigner(false).presign(now, now + time::Duration::hours(1)).expect("presigns");
-        assert!(vhost.starts_with("http://alga-iso.127.0.0.1:9000/"), "{vhost}");
+        let vhost = presigner(false)
+            .presign(now, now + time::Duration::hours(1))
+            .expect("presigns");
+        assert!(
+            vhost.starts_with("http://alga-iso.127.0.0.1:9000/"),
+            "{vhost}"
+        );
     }
 
     #[test]

@@ -73,14 +73,23 @@ mod tests {
     #[test]
     fn burst_then_refused_with_wait() {
         let l = RedeemLimits::new(&RateLimits {
-            redeem_per_source: Quota { per_minute: 10, burst: 2 },
-            redeem_per_code: Quota { per_minute: 5, burst: 1 },
+            redeem_per_source: Quota {
+                per_minute: 10,
+                burst: 2,
+            },
+            redeem_per_code: Quota {
+                per_minute: 5,
+                burst: 1,
+            },
         });
         let ip: IpAddr = [127, 0, 0, 1].into();
         assert!(l.check_source(ip).is_ok());
         assert!(l.check_source(ip).is_ok());
         let wait = l.check_source(ip).expect_err("third is over the burst");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(6), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
         assert!(l.check_code("AAAAAAAAAA").is_ok());
         assert!(l.check_code("AAAAAAAAAA").is_err());
         assert!(l.check_code("BBBBBBBBBB").is_ok());

@@ -59,13 +59,17 @@ impl TlsMaterial {
         };
         Ok(TlsMaterial {
             chain: certs(&c.certificate)?,
-            key: PrivateKeyDer::from_pem_file(&c.private_key).map_err(|e| file_err(&c.private_key, &e))?,
+            key: PrivateKeyDer::from_pem_file(&c.private_key)
+                .map_err(|e| file_err(&c.private_key, &e))?,
             service_cas: certs(&c.client_ca)?,
         })
     }
 
     /// A server configuration trusting the service CA and `appliance_cas` for clients.
-    pub fn server_config(&self, appliance_cas: &[CertificateDer<'static>]) -> Result<(Arc<ServerConfig>, TrustSets), TlsError> {
+    pub fn server_config(
+        &self,
+        appliance_cas: &[CertificateDer<'static>],
+    ) -> Result<(Arc<ServerConfig>, TrustSets), TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in self.service_cas.iter().chain(appliance_cas) {
@@ -73,10 +77,11 @@ impl TlsMaterial {
                 tracing::warn!(error = %e, "skipping a CA certificate rustls refuses");
             }
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut cfg = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -170,10 +175,12 @@ pub async fn serve(
                 remote,
                 identity: Arc::new(identity),
             };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                router.clone().oneshot(req)
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    router.clone().oneshot(req)
+                },
+            );
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls_stream), svc)
                 .await

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use alga_policies::Role;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::App;
@@ -80,9 +80,21 @@ macro_rules! service_role_extractor {
     };
 }
 
-service_role_extractor!(StoreCaller, "A caller with role `store` (401 without certificate, 403 otherwise).", [Role::Store]);
-service_role_extractor!(AuditorCaller, "A caller with role `auditor`.", [Role::Auditor]);
-service_role_extractor!(ReaderCaller, "A caller with role `store` or `auditor`.", [Role::Store, Role::Auditor]);
+service_role_extractor!(
+    StoreCaller,
+    "A caller with role `store` (401 without certificate, 403 otherwise).",
+    [Role::Store]
+);
+service_role_extractor!(
+    AuditorCaller,
+    "A caller with role `auditor`.",
+    [Role::Auditor]
+);
+service_role_extractor!(
+    ReaderCaller,
+    "A caller with role `store` or `auditor`.",
+    [Role::Store, Role::Auditor]
+);
 
 /// An appliance presenting its credential (401 `credential_required` without one).
 #[derive(Debug, Clone)]

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use alga_protocol::api::{CheckInRequest, IDEMPOTENCY_KEY, RedeemRequest, ReissueRequest, RegisterTenantRequest};
+use alga_protocol::api::{
+    CheckInRequest, IDEMPOTENCY_KEY, RedeemRequest, RegisterTenantRequest, ReissueRequest,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -11,9 +13,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::extract::{ApiJson, AppState, ApplianceCaller, AuditorCaller, Peer, ReaderCaller, StoreCaller, json_error};
+use super::extract::{
+    ApiJson, AppState, ApplianceCaller, AuditorCaller, Peer, ReaderCaller, StoreCaller, json_error,
+};
 use crate::error::ApiError;
-use crate::flows::{self, check_in::Presented, register::Idempotency, reissue::TenantRef, validate};
+use crate::flows::{
+    self, check_in::Presented, register::Idempotency, reissue::TenantRef, validate,
+};
 
 /// `POST /register-tenant` (store).
 pub async fn register_tenant(
@@ -29,7 +35,10 @@ pub async fn register_tenant(
         Some(v) => {
             let key = v.to_str().map_err(|_| {
                 let mut f = BTreeMap::new();
-                f.insert("Idempotency-Key".to_owned(), "must be printable ASCII".to_owned());
+                f.insert(
+                    "Idempotency-Key".to_owned(),
+                    "must be printable ASCII".to_owned(),
+                );
                 ApiError::Validation(f)
             })?;
             let caller = peer.conn.identity.actor_id(&app.policy).unwrap_or_default();
@@ -50,15 +59,23 @@ pub async fn reissue(
     let ctx = peer.ctx(&app);
     let target = match (body.value.tenant_id, body.value.contact_email.as_deref()) {
         (Some(id), None) => TenantRef::Id(id),
-        (None, Some(email)) => TenantRef::ContactEmail(validate::ContactEmail::parse(email).map_err(|m| {
-            let mut f = BTreeMap::new();
-            f.insert("contact_email".to_owned(), m.to_owned());
-            ApiError::Validation(f)
-        })?),
+        (None, Some(email)) => {
+            TenantRef::ContactEmail(validate::ContactEmail::parse(email).map_err(|m| {
+                let mut f = BTreeMap::new();
+                f.insert("contact_email".to_owned(), m.to_owned());
+                ApiError::Validation(f)
+            })?)
+        }
         _ => {
             let mut f = BTreeMap::new();
-            f.insert("tenant_id".to_owned(), "give exactly one of tenant_id and contact_email".to_owned());
-            f.insert("contact_email".to_owned(), "give exactly one of tenant_id and contact_email".to_owned());
+            f.insert(
+                "tenant_id".to_owned(),
+                "give exactly one of tenant_id and contact_email".to_owned(),
+            );
+            f.insert(
+                "contact_email".to_owned(),
+                "give exactly one of tenant_id and contact_email".to_owned(),
+            );
             return Err(ApiError::Validation(f));
         }
     };
@@ -67,7 +84,11 @@ pub async fn reissue(
 }
 
 /// `POST /register` (appliance, no client certificate needed).
-pub async fn redeem(State(app): AppState, peer: Peer, body: ApiJson<RedeemRequest>) -> Result<Response, ApiError> {
+pub async fn redeem(
+    State(app): AppState,
+    peer: Peer,
+    body: ApiJson<RedeemRequest>,
+) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
     let req = body.value;
     let r = flows::redeem::redeem(&app, &ctx, &req.install_code, &req.csr, &req.appliance).await?;
@@ -87,7 +108,10 @@ pub async fn check_in(
         &app,
         &ctx,
         id,
-        Presented { not_before, not_after },
+        Presented {
+            not_before,
+            not_after,
+        },
         &req.appliance.version,
         req.csr.as_deref(),
     )
@@ -145,7 +169,13 @@ pub async fn revoke_appliance(
             f.insert("reason".to_owned(), m.to_owned());
             ApiError::Validation(f)
         })?;
-    let r = flows::revoke::revoke(&app, &ctx, appliance_id, reason.as_ref().map(|n| n.as_str())).await?;
+    let r = flows::revoke::revoke(
+        &app,
+        &ctx,
+        appliance_id,
+        reason.as_ref().map(|n| n.as_str()),
+    )
+    .await?;
     Ok(Json(r).into_response())
 }
 
@@ -193,8 +223,10 @@ fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
 pub async fn jwks(State(app): AppState) -> Result<Response, ApiError> {
     let keys = app.public_keys().await?;
     let mut resp = Json(&keys.jwks).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     Ok(resp)
 }
 
@@ -203,8 +235,14 @@ pub async fn ca_pem(State(app): AppState) -> Result<Response, ApiError> {
     let keys = app.public_keys().await?;
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
         ],
         keys.ca_chain_pem.clone(),
     )
@@ -226,7 +264,10 @@ pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
     .is_some();
     let issuer_ok = app.issuer.health().await.is_ok();
     if db_ok && issuer_ok {
-        Ok(Json(serde_json::json!({"status": "ready", "database": "ok", "issuer": "ok"})).into_response())
+        Ok(
+            Json(serde_json::json!({"status": "ready", "database": "ok", "issuer": "ok"}))
+                .into_response(),
+        )
     } else {
         tracing::warn!(database = db_ok, issuer = issuer_ok, "not ready");
         Err(ApiError::ServiceUnavailable)

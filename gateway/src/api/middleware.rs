@@ -16,7 +16,11 @@ use super::extract::RequestId;
 use crate::App;
 use crate::error::PendingError;
 
-pub async fn request_context(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let route = req
@@ -47,25 +51,42 @@ pub async fn request_context(State(app): State<Arc<App>>, mut req: Request, next
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         *resp.body_mut() = Body::from(json);
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
-    app.metrics.request(&route, &method, status, started.elapsed());
-    span.in_scope(|| tracing::info!(http.status = status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
+    app.metrics
+        .request(&route, &method, status, started.elapsed());
+    span.in_scope(|| {
+        tracing::info!(
+            http.status = status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
     resp
 }
 
 fn generic(status: StatusCode) -> PendingError {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (error_code::NOT_FOUND, "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => (error_code::NOT_FOUND, "method not allowed on this resource"),
-        StatusCode::PAYLOAD_TOO_LARGE => (error_code::PAYLOAD_TOO_LARGE, "the request body is too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (error_code::UNSUPPORTED_MEDIA_TYPE, "the request body must be application/json"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            (error_code::NOT_FOUND, "method not allowed on this resource")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            error_code::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            error_code::UNSUPPORTED_MEDIA_TYPE,
+            "the request body must be application/json",
+        ),
         s if s.is_server_error() => (error_code::INTERNAL, "internal error"),
         _ => (error_code::VALIDATION_FAILED, "the request is not valid"),
     };

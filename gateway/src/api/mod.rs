@@ -28,7 +28,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route(wire::REDEEM, post(handlers::redeem))
         .route(wire::CHECK_IN, post(handlers::check_in))
         .route("/tenants/{tenant_id}", get(handlers::get_tenant))
-        .route("/appliances/{appliance_id}/revoke", post(handlers::revoke_appliance))
+        .route(
+            "/appliances/{appliance_id}/revoke",
+            post(handlers::revoke_appliance),
+        )
         .route("/audit/events", get(handlers::audit_events))
         .route("/audit/checkpoints", get(handlers::audit_checkpoints))
         .route(wire::JWKS, get(handlers::jwks))
@@ -38,6 +41,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::request_context,
+        ))
         .with_state(app)
 }

@@ -84,7 +84,10 @@ pub async fn insert(c: &(impl GenericClient + Sync), a: &NewAppliance<'_>) -> Re
 }
 
 /// One appliance.
-pub async fn get(c: &(impl GenericClient + Sync), appliance_id: Uuid) -> Result<Option<Appliance>, DbError> {
+pub async fn get(
+    c: &(impl GenericClient + Sync),
+    appliance_id: Uuid,
+) -> Result<Option<Appliance>, DbError> {
     let row = c
         .query_opt(
             &format!("SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1"),
@@ -109,7 +112,10 @@ pub async fn get_for_update(
 }
 
 /// The tenant's appliances, oldest first.
-pub async fn list_for_tenant(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Vec<Appliance>, DbError> {
+pub async fn list_for_tenant(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Vec<Appliance>, DbError> {
     let rows = c
         .query(
             &format!("SELECT {COLUMNS} FROM appliances WHERE tenant_id = $1 ORDER BY created_at, appliance_id"),
@@ -135,7 +141,11 @@ pub async fn set_credential(
 }
 
 /// Records a check-in.
-pub async fn record_check_in(c: &(impl GenericClient + Sync), appliance_id: Uuid, version: &str) -> Result<(), DbError> {
+pub async fn record_check_in(
+    c: &(impl GenericClient + Sync),
+    appliance_id: Uuid,
+    version: &str,
+) -> Result<(), DbError> {
     c.execute(
         "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
         &[&appliance_id, &version],
@@ -187,11 +197,22 @@ pub struct NewLicense<'a> {
 }
 
 /// Records an issued license.
-pub async fn insert_license(c: &(impl GenericClient + Sync), l: &NewLicense<'_>) -> Result<(), DbError> {
+pub async fn insert_license(
+    c: &(impl GenericClient + Sync),
+    l: &NewLicense<'_>,
+) -> Result<(), DbError> {
     c.execute(
         "INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&l.jti, &l.kid, &l.tenant_id, &l.appliance_id, &l.issued_at, &l.expires_at, &l.reason.as_str()],
+        &[
+            &l.jti,
+            &l.kid,
+            &l.tenant_id,
+            &l.appliance_id,
+            &l.issued_at,
+            &l.expires_at,
+            &l.reason.as_str(),
+        ],
     )
     .await?;
     Ok(())

@@ -60,12 +60,14 @@ fn from_row(r: &tokio_postgres::Row) -> Result<CodeRow, DbError> {
     let state: String = r.get(5);
     Ok(CodeRow {
         binding: CodeBinding {
-            code_id: CodeId::parse(&code_id).map_err(|_| super::corrupt("install_codes.code_id", &code_id))?,
+            code_id: CodeId::parse(&code_id)
+                .map_err(|_| super::corrupt("install_codes.code_id", &code_id))?,
             tenant_id: r.get(1),
             edition: r.get(2),
             expires_at: r.get(3),
-            key_version: u32::try_from(key_version)
-                .map_err(|_| super::corrupt("install_codes.key_version", &key_version.to_string()))?,
+            key_version: u32::try_from(key_version).map_err(|_| {
+                super::corrupt("install_codes.key_version", &key_version.to_string())
+            })?,
         },
         state: CodeState::parse(&state)?,
         created_at: r.get(6),
@@ -85,14 +87,23 @@ pub async fn insert(c: &(impl GenericClient + Sync), b: &CodeBinding) -> Result<
     c.execute(
         "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) \
          VALUES ($1, $2, $3, $4, $5)",
-        &[&b.code_id.as_str(), &b.tenant_id, &b.edition, &b.expires_at, &key_version],
+        &[
+            &b.code_id.as_str(),
+            &b.tenant_id,
+            &b.edition,
+            &b.expires_at,
+            &key_version,
+        ],
     )
     .await?;
     Ok(())
 }
 
 /// The code with this id.
-pub async fn get(c: &(impl GenericClient + Sync), code_id: &CodeId) -> Result<Option<CodeRow>, DbError> {
+pub async fn get(
+    c: &(impl GenericClient + Sync),
+    code_id: &CodeId,
+) -> Result<Option<CodeRow>, DbError> {
     let row = c
         .query_opt(
             &format!("SELECT {COLUMNS} FROM install_codes WHERE code_id = $1"),
@@ -103,7 +114,10 @@ pub async fn get(c: &(impl GenericClient + Sync), code_id: &CodeId) -> Result<Op
 }
 
 /// The tenant's codes, newest first.
-pub async fn list_for_tenant(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Vec<CodeRow>, DbError> {
+pub async fn list_for_tenant(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Vec<CodeRow>, DbError> {
     let rows = c
         .query(
             &format!(
@@ -149,7 +163,10 @@ pub async fn consume(
 }
 
 /// Revokes every unclaimed code of the tenant; returns their ids.
-pub async fn revoke_unclaimed(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Vec<String>, DbError> {
+pub async fn revoke_unclaimed(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Vec<String>, DbError> {
     let rows = c
         .query(
             "UPDATE install_codes SET state = 'revoked', revoked_at = now() \

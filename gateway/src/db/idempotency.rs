@@ -11,7 +11,11 @@ pub struct Stored {
 }
 
 /// The record of `(caller, key)`.
-pub async fn get(c: &(impl GenericClient + Sync), caller: &str, key: &str) -> Result<Option<Stored>, DbError> {
+pub async fn get(
+    c: &(impl GenericClient + Sync),
+    caller: &str,
+    key: &str,
+) -> Result<Option<Stored>, DbError> {
     let row = c
         .query_opt(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys \
@@ -23,7 +27,8 @@ pub async fn get(c: &(impl GenericClient + Sync), caller: &str, key: &str) -> Re
         let status: i16 = r.get(1);
         Ok(Stored {
             request_hash: r.get(0),
-            status: u16::try_from(status).map_err(|_| super::corrupt("idempotency status", &status.to_string()))?,
+            status: u16::try_from(status)
+                .map_err(|_| super::corrupt("idempotency status", &status.to_string()))?,
             body: r.get(2),
         })
     })

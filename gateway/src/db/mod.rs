@@ -48,7 +48,10 @@ impl DbError {
 }
 
 /// Connection settings from a URL without password plus a password.
-pub fn pg_config(url: &str, password: Option<&SecretString>) -> Result<tokio_postgres::Config, DbError> {
+pub fn pg_config(
+    url: &str,
+    password: Option<&SecretString>,
+) -> Result<tokio_postgres::Config, DbError> {
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;

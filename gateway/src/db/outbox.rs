@@ -53,7 +53,10 @@ pub async fn enqueue(
 }
 
 /// The tenant's mail, newest first.
-pub async fn list_for_tenant(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Vec<Mail>, DbError> {
+pub async fn list_for_tenant(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Vec<Mail>, DbError> {
     let rows = c
         .query(
             "SELECT mail_id, code_id, kind, state, attempts, created_at, sent_at FROM mail_outbox \

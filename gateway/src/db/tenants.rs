@@ -93,7 +93,10 @@ pub async fn ids_by_contact_email(
 }
 
 /// One tenant.
-pub async fn get(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<Option<Tenant>, DbError> {
+pub async fn get(
+    c: &(impl GenericClient + Sync),
+    tenant_id: Uuid,
+) -> Result<Option<Tenant>, DbError> {
     let row = c
         .query_opt(
             "SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \

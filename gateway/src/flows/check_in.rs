@@ -110,7 +110,12 @@ async fn check_in_inner(
     if let Some(csr) = csr.filter(|_| presented.needs_renewal(ctx.now)) {
         let c = app
             .issuer
-            .sign_credential(id.tenant_id, id.appliance_id, &entitlement.edition, csr.pem())
+            .sign_credential(
+                id.tenant_id,
+                id.appliance_id,
+                &entitlement.edition,
+                csr.pem(),
+            )
             .await
             .map_err(issuer_error)?;
         appliances::set_credential(&*tx, id.appliance_id, &c.serial, c.expires_at).await?;

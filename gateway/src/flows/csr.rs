@@ -30,8 +30,8 @@ impl Csr {
         if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
             return Err(bad("the PEM block is not a CERTIFICATE REQUEST"));
         }
-        let (rest, csr) =
-            X509CertificationRequest::from_der(block.contents()).map_err(|_| bad("the CSR is not a PKCS#10 request"))?;
+        let (rest, csr) = X509CertificationRequest::from_der(block.contents())
+            .map_err(|_| bad("the CSR is not a PKCS#10 request"))?;
         if !rest.is_empty() {
             return Err(bad("trailing data after the CSR"));
         }
@@ -59,8 +59,15 @@ mod tests {
 
     #[test]
     fn garbage_refused() {
-        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
-            assert!(matches!(Csr::parse(bad), Err(ApiError::CsrInvalid(_))), "{bad:?}");
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
+            assert!(
+                matches!(Csr::parse(bad), Err(ApiError::CsrInvalid(_))),
+                "{bad:?}"
+            );
         }
     }
 }

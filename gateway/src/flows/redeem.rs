@@ -37,48 +37,28 @@ pub async fn redeem(
     csr_pem: &str,
     appliance: &ApplianceInfo,
 ) -> Result<RedeemResponse, ApiError> {
-    app.limits
-        .check_source(ctx.source)
-        .map_err(ApiError::RateLimited)?;
-    let code = InstallCode::parse(install_code.expose()).map_err(|e| ApiError::CodeMalformed(e.to_string()))?;
-    let code_id = code.code_id().clone();
-    tracing::Span::current().record("code.id", tracing::field::display(&code_id));
-    app.limits
-        .check_code(code_id.as_str())
-        .map_err(ApiError::RateLimited)?;
-
+    let mut code_id: Option<alga_protocol::CodeId> = None;
     let result = async {
-        let mut fields = std::collections::BTreeMap::new();
-        if let Err(m) = Name::parse(&appliance.hostname) {
-            fields.insert("appliance.hostname".to_owned(), m.to_owned());
-        }
-        if let Err(m) = Name::parse(&appliance.version) {
-            fields.insert("appliance.version".to_owned(), m.to_owned());
-        }
-        if !fields.is_empty() {
-            return Err((ApiError::Validation(fields), None));
-        }
-        let csr = Csr::parse(csr_pem).map_err(|e| (e, None))?;
-        let row = {
-            let conn = app.pool.get().await.map_err(|e| (db::DbError::from(e).into(), None))?;
-            db::codes::get(&**conn, &code_id).await.map_err(|e| (e.into(), None))?
-        };
-        let Some(row) = row else {
-            return Err((ApiError::CodeInvalid, None));
-        };
-        let valid = app
-            .issuer
-            .verify_code(&row.binding, SecretText::new(code.expose_formatted().to_string()))
-            .await
-            .map_err(|e| (issuer_error(e), None))?;
-        if !valid {
-            return Err((ApiError::CodeInvalid, None));
-        }
-        let tenant_id = row.binding.tenant_id;
-        tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
-        consume(app, ctx, &row, &csr, appliance).await.map_err(|e| (e, Some(tenant_id)))
+        app.limits
+            .check_source(ctx.source)
+            .map_err(|w| (ApiError::RateLimited(w), None))?;
+        let code = InstallCode::parse(install_code.expose())
+            .map_err(|e| (ApiError::CodeMalformed(e.to_string()), None))?;
+        let id = code.code_id().clone();
+        tracing::Span::current().record("code.id", tracing::field::display(&id));
+        code_id = Some(id.clone());
+        app.limits
+            .check_code(id.as_str())
+            .map_err(|w| (ApiError::RateLimited(w), None))?;
+        Ok((code, id))
     }
     .await;
+    let result = match result {
+        Ok((code, code_id)) => {
+            redeem_verified_input(app, ctx, code, code_id, csr_pem, appliance).await
+        }
+        Err(e) => Err(e),
+    };
 
     match result {
         Ok(resp) => {
@@ -88,7 +68,10 @@ pub async fn redeem(
         Err((e, tenant)) => {
             app.metrics.redeem_outcome(e.code());
             let record = ctx.record(actions::CODE_REDEEM).map(|r| {
-                let r = r.subject("code_id", code_id.as_str());
+                let r = match &code_id {
+                    Some(id) => r.subject("code_id", id.as_str()),
+                    None => r,
+                };
                 match tenant {
                     Some(t) => r.tenant(t),
                     None => r,
@@ -100,6 +83,58 @@ pub async fn redeem(
     }
 }
 
+/// After parsing and rate limits: the appliance fields, the CSR, the lookup, the
+/// issuer's verdict, then consumption. Errors carry the tenant once the code verified.
+async fn redeem_verified_input(
+    app: &App,
+    ctx: &Ctx,
+    code: InstallCode,
+    code_id: alga_protocol::CodeId,
+    csr_pem: &str,
+    appliance: &ApplianceInfo,
+) -> Result<RedeemResponse, (ApiError, Option<Uuid>)> {
+    let mut fields = std::collections::BTreeMap::new();
+    if let Err(m) = Name::parse(&appliance.hostname) {
+        fields.insert("appliance.hostname".to_owned(), m.to_owned());
+    }
+    if let Err(m) = Name::parse(&appliance.version) {
+        fields.insert("appliance.version".to_owned(), m.to_owned());
+    }
+    if !fields.is_empty() {
+        return Err((ApiError::Validation(fields), None));
+    }
+    let csr = Csr::parse(csr_pem).map_err(|e| (e, None))?;
+    let row = {
+        let conn = app
+            .pool
+            .get()
+            .await
+            .map_err(|e| (db::DbError::from(e).into(), None))?;
+        db::codes::get(&**conn, &code_id)
+            .await
+            .map_err(|e| (e.into(), None))?
+    };
+    let Some(row) = row else {
+        return Err((ApiError::CodeInvalid, None));
+    };
+    let valid = app
+        .issuer
+        .verify_code(
+            &row.binding,
+            SecretText::new(code.expose_formatted().to_string()),
+        )
+        .await
+        .map_err(|e| (issuer_error(e), None))?;
+    if !valid {
+        return Err((ApiError::CodeInvalid, None));
+    }
+    let tenant_id = row.binding.tenant_id;
+    tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
+    consume(app, ctx, &row, &csr, appliance)
+        .await
+        .map_err(|e| (e, Some(tenant_id)))
+}
+
 async fn consume(
     app: &App,
     ctx: &Ctx,
@@ -108,10 +143,12 @@ async fn consume(
     appliance: &ApplianceInfo,
 ) -> Result<RedeemResponse, ApiError> {
     let b = &row.binding;
-    let edition = app
-        .policy
-        .edition(&b.edition)
-        .ok_or_else(|| ApiError::internal(format!("code bound to edition {:?} not in the policy", b.edition)))?;
+    let edition = app.policy.edition(&b.edition).ok_or_else(|| {
+        ApiError::internal(format!(
+            "code bound to edition {:?} not in the policy",
+            b.edition
+        ))
+    })?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
     let appliance_id = Uuid::new_v4();
@@ -141,7 +178,9 @@ async fn consume(
             CodeState::Consumed => return Err(ApiError::CodeAlreadyUsed),
             CodeState::Revoked => return Err(ApiError::CodeRevoked),
             CodeState::Unclaimed if now_row.expired => return Err(ApiError::CodeExpired),
-            CodeState::Unclaimed => return Err(ApiError::internal("unclaimed, unexpired code not consumed")),
+            CodeState::Unclaimed => {
+                return Err(ApiError::internal("unclaimed, unexpired code not consumed"));
+            }
         }
     };
 
@@ -162,7 +201,16 @@ async fn consume(
         .await?;
     }
     let (license, credential) = if edition.is_paid() {
-        let (l, c) = sign_both(app, &tx, b.tenant_id, appliance_id, &b.edition, csr.pem(), reason).await?;
+        let (l, c) = sign_both(
+            app,
+            &tx,
+            b.tenant_id,
+            appliance_id,
+            &b.edition,
+            csr.pem(),
+            reason,
+        )
+        .await?;
         appliances::set_credential(&*tx, appliance_id, &c.1, c.0.expires_at).await?;
         (Some(l), Some(c))
     } else {

@@ -5,7 +5,9 @@
 //! transaction with the SHA-256 of the request body; the same key with the same body
 //! replays it, with another body it is `idempotency_conflict`.
 
-use alga_protocol::api::{DownloadLink, EmailStatus, InstallCodeInfo, MailState, RegisterTenantResponse};
+use alga_protocol::api::{
+    DownloadLink, EmailStatus, InstallCodeInfo, MailState, RegisterTenantResponse,
+};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -31,7 +33,10 @@ pub struct Idempotency {
 impl Idempotency {
     /// Validates the header value (printable ASCII, 1–200 bytes) and hashes the body.
     pub fn new(caller: &str, key: &str, body: &[u8]) -> Result<Idempotency, ApiError> {
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY
+            || !key.bytes().all(|b| (0x21..0x7f).contains(&b))
+        {
             let mut f = std::collections::BTreeMap::new();
             f.insert(
                 "Idempotency-Key".to_owned(),
@@ -62,19 +67,19 @@ pub async fn register_tenant(
     reg: Registration<'_>,
     idem: Option<Idempotency>,
 ) -> Result<Replayable, ApiError> {
-    if let Some(i) = &idem {
-        if let Some(r) = replay(app, i).await? {
-            return Ok(r);
-        }
+    if let Some(i) = &idem
+        && let Some(r) = replay(app, i).await?
+    {
+        return Ok(r);
     }
     match register_once(app, ctx, &reg, idem.as_ref()).await {
         Ok(r) => Ok(r),
         Err(e) => {
             // A concurrent request with the same key may have won the race.
-            if let Some(i) = &idem {
-                if let Ok(Some(r)) = replay(app, i).await {
-                    return Ok(r);
-                }
+            if let Some(i) = &idem
+                && let Ok(Some(r)) = replay(app, i).await
+            {
+                return Ok(r);
             }
             let record = ctx.record(actions::TENANT_REGISTER).map(|r| {
                 let r = r.detail("edition", reg.edition.name.as_str());
@@ -147,8 +152,16 @@ async fn register_once(
     )
     .await?;
 
-    let issued = issue_code(app, ctx, &tx, tenant_id, &edition.name, reg.contact_email.as_str(), MailKind::Registration)
-        .await?;
+    let issued = issue_code(
+        app,
+        ctx,
+        &tx,
+        tenant_id,
+        &edition.name,
+        reg.contact_email.as_str(),
+        MailKind::Registration,
+    )
+    .await?;
 
     let body = RegisterTenantResponse {
         tenant_id,
@@ -169,14 +182,14 @@ async fn register_once(
             .detail("edition", edition.name.as_str()),
     )
     .await?;
-    if let Some(i) = idem {
-        if !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &body).await? {
-            // Someone committed this key first: ours rolls back, theirs is the answer.
-            drop(tx);
-            return replay(app, i)
-                .await?
-                .ok_or_else(|| ApiError::internal("idempotency record vanished"));
-        }
+    if let Some(i) = idem
+        && !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &body).await?
+    {
+        // Someone committed this key first: ours rolls back, theirs is the answer.
+        drop(tx);
+        return replay(app, i)
+            .await?
+            .ok_or_else(|| ApiError::internal("idempotency record vanished"));
     }
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, edition = %edition.name, "tenant registered");
@@ -211,13 +224,16 @@ pub(crate) async fn issue_code(
     let binding = minted.binding;
     drop(minted.code);
     if binding.tenant_id != tenant_id || binding.edition != edition {
-        return Err(ApiError::internal("issuer minted a code for another binding"));
+        return Err(ApiError::internal(
+            "issuer minted a code for another binding",
+        ));
     }
     db::codes::insert(&**tx, &binding).await?;
-    let link_expires = whole_seconds(ctx.now + app.policy.download_link_ttl);
+    let signed_at = whole_seconds(ctx.now);
+    let link_expires = signed_at + app.policy.download_link_ttl;
     let url = app
         .presigner
-        .presign(ctx.now, link_expires)
+        .presign(signed_at, link_expires)
         .map_err(ApiError::internal)?;
     db::outbox::enqueue(&**tx, binding.code_id.as_str(), tenant_id, recipient, kind).await?;
     audit::append(

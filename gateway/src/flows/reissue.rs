@@ -23,7 +23,11 @@ pub enum TenantRef {
 
 /// Re-issues a code.
 #[instrument(skip_all, fields(tenant.id = tracing::field::Empty))]
-pub async fn reissue(app: &App, ctx: &Ctx, target: TenantRef) -> Result<RegisterTenantResponse, ApiError> {
+pub async fn reissue(
+    app: &App,
+    ctx: &Ctx,
+    target: TenantRef,
+) -> Result<RegisterTenantResponse, ApiError> {
     let result = reissue_inner(app, ctx, &target).await;
     if let Err(e) = &result {
         let record = ctx.record(actions::CODE_REISSUE).map(|r| match &target {
@@ -35,7 +39,11 @@ pub async fn reissue(app: &App, ctx: &Ctx, target: TenantRef) -> Result<Register
     result
 }
 
-async fn reissue_inner(app: &App, ctx: &Ctx, target: &TenantRef) -> Result<RegisterTenantResponse, ApiError> {
+async fn reissue_inner(
+    app: &App,
+    ctx: &Ctx,
+    target: &TenantRef,
+) -> Result<RegisterTenantResponse, ApiError> {
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
     let tenant_id = match target {
@@ -50,7 +58,9 @@ async fn reissue_inner(app: &App, ctx: &Ctx, target: &TenantRef) -> Result<Regis
         }
     };
     tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
-    let tenant = tenants::get(&*tx, tenant_id).await?.ok_or(ApiError::TenantNotFound)?;
+    let tenant = tenants::get(&*tx, tenant_id)
+        .await?
+        .ok_or(ApiError::TenantNotFound)?;
     let entitlement = tenants::entitlement(&*tx, tenant_id)
         .await?
         .ok_or_else(|| ApiError::internal("tenant without entitlement"))?;

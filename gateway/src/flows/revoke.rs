@@ -27,7 +27,12 @@ pub struct Revoked {
 
 /// Revokes an appliance.
 #[instrument(skip_all, fields(appliance.id = %appliance_id))]
-pub async fn revoke(app: &App, ctx: &Ctx, appliance_id: Uuid, reason: Option<&str>) -> Result<Revoked, ApiError> {
+pub async fn revoke(
+    app: &App,
+    ctx: &Ctx,
+    appliance_id: Uuid,
+    reason: Option<&str>,
+) -> Result<Revoked, ApiError> {
     let result: Result<Revoked, ApiError> = async {
         let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
         let tx = conn.transaction().await.map_err(db::DbError::from)?;

@@ -89,7 +89,9 @@ pub struct MailView {
 pub async fn get(app: &App, tenant_id: Uuid) -> Result<TenantView, ApiError> {
     let conn = app.pool.get().await.map_err(db::DbError::from)?;
     let c = &**conn;
-    let t = tenants::get(c, tenant_id).await?.ok_or(ApiError::TenantNotFound)?;
+    let t = tenants::get(c, tenant_id)
+        .await?
+        .ok_or(ApiError::TenantNotFound)?;
     let entitlement = tenants::entitlement(c, tenant_id).await?;
     let codes = codes::list_for_tenant(c, tenant_id).await?;
     let apps = appliances::list_for_tenant(c, tenant_id).await?;

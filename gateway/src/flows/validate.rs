@@ -110,15 +110,22 @@ pub struct Registration<'p> {
 }
 
 /// Validates a `POST /register-tenant` body against the policy, reporting every field.
-pub fn registration<'p>(req: &RegisterTenantRequest, policy: &'p Policy) -> Result<Registration<'p>, ApiError> {
+pub fn registration<'p>(
+    req: &RegisterTenantRequest,
+    policy: &'p Policy,
+) -> Result<Registration<'p>, ApiError> {
     let mut fields = BTreeMap::new();
     let company = Name::parse(&req.company).map_err(|m| fields.insert("company".into(), m.into()));
-    let contact_name = Name::parse(&req.contact.name).map_err(|m| fields.insert("contact.name".into(), m.into()));
-    let contact_email =
-        ContactEmail::parse(&req.contact.email).map_err(|m| fields.insert("contact.email".into(), m.into()));
+    let contact_name =
+        Name::parse(&req.contact.name).map_err(|m| fields.insert("contact.name".into(), m.into()));
+    let contact_email = ContactEmail::parse(&req.contact.email)
+        .map_err(|m| fields.insert("contact.email".into(), m.into()));
     let edition = policy.edition(&req.edition).ok_or_else(|| {
         let known: Vec<&str> = policy.editions.keys().map(String::as_str).collect();
-        fields.insert("edition".into(), format!("unknown edition (known: {})", known.join(", ")))
+        fields.insert(
+            "edition".into(),
+            format!("unknown edition (known: {})", known.join(", ")),
+        )
     });
     match (company, contact_name, contact_email, edition) {
         (Ok(company), Ok(contact_name), Ok(contact_email), Ok(edition)) => Ok(Registration {
@@ -137,11 +144,27 @@ mod tests {
 
     #[test]
     fn names() {
-        for bad in ["", "   ", "a\rb", "a\nb", "a\r\nb", "tab\there", "nul\0", "del\u{7f}", "c1\u{85}"] {
+        for bad in [
+            "",
+            "   ",
+            "a\rb",
+            "a\nb",
+            "a\r\nb",
+            "tab\there",
+            "nul\0",
+            "del\u{7f}",
+            "c1\u{85}",
+        ] {
             assert!(Name::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Name::parse("  Acme GmbH ").expect("valid").as_str(), "Acme GmbH");
-        assert_eq!(Name::parse("Acme   GmbH").expect("valid").normalized(), "acme gmbh");
+        assert_eq!(
+            Name::parse("  Acme GmbH ").expect("valid").as_str(),
+            "Acme GmbH"
+        );
+        assert_eq!(
+            Name::parse("Acme   GmbH").expect("valid").normalized(),
+            "acme gmbh"
+        );
         assert!(Name::parse(&"x".repeat(201)).is_err());
         assert!(Name::parse("Zoë Ünal").is_ok());
     }
@@ -152,11 +175,28 @@ mod tests {
             assert!(ContactEmail::parse(good).is_ok(), "{good}");
         }
         for bad in [
-            "", "plain", "@b.co", "a@", "a@b", "a b@c.co", "a@b..co", "a@-b.co", ".a@b.co", "a..b@c.co",
-            "a@b.co\r\nBcc: x@y.z", "a@b.co\n", "zoë@b.co", "a@b_c.co",
+            "",
+            "plain",
+            "@b.co",
+            "a@",
+            "a@b",
+            "a b@c.co",
+            "a@b..co",
+            "a@-b.co",
+            ".a@b.co",
+            "a..b@c.co",
+            "a@b.co\r\nBcc: x@y.z",
+            "a@b.co\n",
+            "zoë@b.co",
+            "a@b_c.co",
         ] {
             assert!(ContactEmail::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(ContactEmail::parse("Ops@Alga.Test").expect("valid").normalized(), "ops@alga.test");
+        assert_eq!(
+            ContactEmail::parse("Ops@Alga.Test")
+                .expect("valid")
+                .normalized(),
+            "ops@alga.test"
+        );
     }
 }

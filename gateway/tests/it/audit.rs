@@ -1,0 +1,107 @@
+//! Audit: every state change has its record in the same transaction; a failing audit
+//! insert leaves no state change; the auditor pages through the chained log.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Stack, assert_error, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_insert_leaves_no_state_change() {
+    let s = Stack::start().await;
+    let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    let before = s.count("SELECT count(*) FROM audit_events").await;
+    s.admin
+        .batch_execute("REVOKE INSERT ON audit_events FROM alga_gateway")
+        .await
+        .expect("revoke");
+
+    let (st, e, _) = send(s.store().post(s.url("/register-tenant")).json(&json!({
+        "company": "Unaudited", "contact": {"name": "N", "email": "n@un.test"}, "edition": "pro"
+    })))
+    .await;
+    assert_error(st, &e, 500, "internal");
+    assert_eq!(
+        e["error"]["message"], "internal error",
+        "no internal detail in a 5xx body"
+    );
+    assert_eq!(s.count("SELECT count(*) FROM tenants").await, 1);
+    assert_eq!(s.count("SELECT count(*) FROM install_codes").await, 1);
+    assert_eq!(s.count("SELECT count(*) FROM mail_outbox").await, 1);
+
+    let (st, e, _) = s.redeem(&code).await;
+    assert_error(st, &e, 500, "internal");
+    let state: String = s
+        .admin
+        .query_one(
+            "SELECT state FROM install_codes WHERE code_id = $1",
+            &[&code_id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(state, "unclaimed");
+    assert_eq!(s.count("SELECT count(*) FROM appliances").await, 0);
+    assert_eq!(s.count("SELECT count(*) FROM licenses").await, 0);
+
+    let (st, e, _) = send(
+        s.store()
+            .post(s.url("/install-codes/reissue"))
+            .json(&json!({"tenant_id": tenant})),
+    )
+    .await;
+    assert_error(st, &e, 500, "internal");
+    assert_eq!(
+        s.count("SELECT count(*) FROM install_codes WHERE state = 'unclaimed'")
+            .await,
+        1
+    );
+    assert_eq!(s.count("SELECT count(*) FROM audit_events").await, before);
+
+    // Restored: the same code still redeems.
+    s.admin
+        .batch_execute("GRANT INSERT ON audit_events TO alga_gateway")
+        .await
+        .expect("grant");
+    let (st, v, _) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_pages_through_chained_events_and_signed_checkpoints() {
+    let s = Stack::start().await;
+    let (_, _, code) = s.tenant_with_code("pro").await;
+    let (st, _, _) = s.redeem(&code).await;
+    assert_eq!(st, 200);
+    // The sequencer chains committed records shortly after commit.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let (st, v, _) = send(s.auditor().get(s.url("/audit/events?limit=1000"))).await;
+        assert_eq!(st, 200, "{v}");
+        events = v["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let actions: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["record"]["action"].as_str())
+        .collect();
+    for want in ["tenant.register", "code.mint", "code.redeem"] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    assert_eq!(events[0]["seq"], 1);
+    // Paging.
+    let (st, v, _) = send(s.auditor().get(s.url("/audit/events?after=1&limit=1"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["events"][0]["seq"], 2);
+    let (st, e, _) = send(s.auditor().get(s.url("/audit/events?limit=0"))).await;
+    assert_error(st, &e, 400, "validation_failed");
+    let (st, v, _) = send(s.auditor().get(s.url("/audit/checkpoints"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["checkpoints"].is_array());
+    s.stop().await;
+}

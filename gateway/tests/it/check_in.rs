@@ -1,0 +1,125 @@
+//! `POST /check-in` and `POST /appliances/{id}/revoke`.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::{Stack, assert_error, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_refreshes_the_license_and_honours_revocation_and_suspension() {
+    let s = Stack::start().await;
+    let (tenant, _, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let appliance_id = a.appliance_id.expect("id");
+    let me = s.appliance(&a);
+
+    // A fresh credential (30 days left of 30): a new license, no new credential even with a CSR.
+    let (st, c, _) = send(
+        me.post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1.1.0"}, "csr": a.csr_pem})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        c["license"]["token"]
+            .as_str()
+            .expect("token")
+            .split('.')
+            .count(),
+        3
+    );
+    assert!(c["credential"].is_null(), "{c}");
+    let next = time::OffsetDateTime::parse(
+        c["next_check_in_after"].as_str().expect("time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::hours(24);
+    assert!(
+        (next - in_a_day).abs() < time::Duration::minutes(5),
+        "{next}"
+    );
+    let (st, c, _) = send(
+        me.post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1.1.0"}, "csr": null})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM licenses WHERE reason = 'check_in'")
+            .await,
+        2
+    );
+    let row = s
+        .admin
+        .query_one(
+            "SELECT version, last_check_in_at IS NOT NULL FROM appliances WHERE appliance_id = $1",
+            &[&appliance_id],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "1.1.0");
+    assert!(row.get::<_, bool>(1));
+
+    // Without a credential, and with the wrong kind of identity.
+    let body = json!({"appliance": {"version": "1"}});
+    let (st, e, _) = send(s.anon().post(s.url("/check-in")).json(&body)).await;
+    assert_error(st, &e, 401, "credential_required");
+    let (st, e, _) = send(s.store().post(s.url("/check-in")).json(&body)).await;
+    assert_error(st, &e, 403, "forbidden");
+
+    // Suspended tenant.
+    s.admin
+        .execute(
+            "UPDATE tenants SET status = 'suspended' WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("suspend");
+    let (st, e, _) = send(me.post(s.url("/check-in")).json(&body)).await;
+    assert_error(st, &e, 403, "tenant_suspended");
+    s.admin
+        .execute(
+            "UPDATE tenants SET status = 'active' WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("resume");
+
+    // Revocation by the store: idempotent, audited, and check-in refused afterwards.
+    let (st, r, _) = send(
+        s.store()
+            .post(s.url(&format!("/appliances/{appliance_id}/revoke")))
+            .json(&json!({"reason": "stolen"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["state"], "revoked");
+    assert_eq!(r["changed"], true);
+    let (st, r, _) = send(
+        s.store()
+            .post(s.url(&format!("/appliances/{appliance_id}/revoke"))),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["changed"], false);
+    let (st, e, _) = send(me.post(s.url("/check-in")).json(&body)).await;
+    assert_error(st, &e, 403, "appliance_revoked");
+    assert_eq!(
+        s.count("SELECT count(*) FROM audit_events WHERE action = 'appliance.revoke'")
+            .await,
+        1
+    );
+    let (st, e, _) = send(
+        s.store()
+            .post(s.url(&format!("/appliances/{}/revoke", Uuid::new_v4()))),
+    )
+    .await;
+    assert_error(st, &e, 404, "appliance_not_found");
+    let (st, t, _) = send(s.auditor().get(s.url(&format!("/tenants/{tenant}")))).await;
+    assert_eq!(st, 200);
+    assert_eq!(t["appliances"][0]["state"], "revoked");
+    assert_eq!(t["install_codes"][0]["state"], "consumed");
+    s.stop().await;
+}

@@ -1,0 +1,742 @@
+//! The test stack: a database cloned from a migrated template, the real issuer on the
+//! `.dev` SoftHSM2 token in-process, and the real gateway through `alga_gateway::run`,
+//! both on `127.0.0.1:0`. Clients use the dev PKI; appliances get their credentials by
+//! redeeming.
+//!
+//! Environment: the `.dev` stack of `make infra` (Postgres, PKI, token with keys),
+//! read from `.dev/env`. SoftHSM reads `SOFTHSM2_CONF` at `C_Initialize` and this
+//! crate forbids `unsafe` (so no `set_var`): run the tests with `.dev/env` exported
+//! (`set -a; . .dev/env; set +a`, as `make test` does). Missing pieces fail loudly.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use alga_issuer::hsm::Hsm;
+use alga_policies::{Policy, Quota};
+use alga_protocol::CodeBinding;
+use alga_protocol::issuer_api::{
+    self as ia, DeriveCodeRequest, DeriveCodeResponse, MintCodeRequest, MintCodeResponse,
+};
+use reqwest::StatusCode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------
+
+/// `.dev/env`, parsed; process environment wins.
+pub struct DevEnv {
+    vars: HashMap<String, String>,
+}
+
+pub fn dev() -> &'static DevEnv {
+    static ENV: OnceLock<DevEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = std::env::var("ALGA_DEV_DIR")
+            .map(|d| PathBuf::from(d).join("env"))
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dev/env"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the gateway tests need the dev stack: {} is unreadable ({e}); run `make infra`",
+                path.display()
+            )
+        });
+        let mut vars = HashMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("export ") else {
+                continue;
+            };
+            let Some((k, v)) = rest.split_once('=') else {
+                continue;
+            };
+            vars.insert(k.to_owned(), v.trim_matches('\'').to_owned());
+        }
+        DevEnv { vars }
+    })
+}
+
+impl DevEnv {
+    pub fn var(&self, k: &str) -> String {
+        std::env::var(k)
+            .ok()
+            .or_else(|| self.vars.get(k).cloned())
+            .unwrap_or_else(|| {
+                panic!("{k} is not set in the environment nor in .dev/env (run `make infra`)")
+            })
+    }
+
+    pub fn path(&self, k: &str) -> String {
+        self.var(k)
+    }
+
+    fn secrets(&self) -> String {
+        format!("{}/secrets", self.var("ALGA_DEV_DIR"))
+    }
+}
+
+/// The one HSM session pool of this process (C_Initialize once).
+fn hsm() -> Hsm {
+    static HSM: OnceLock<Hsm> = OnceLock::new();
+    HSM.get_or_init(|| {
+        let d = dev();
+        let conf = std::env::var("SOFTHSM2_CONF").unwrap_or_default();
+        assert!(
+            !conf.is_empty() && conf == d.var("SOFTHSM2_CONF"),
+            "SOFTHSM2_CONF must be exported from .dev/env before the tests start \
+             (set -a; . .dev/env; set +a): SoftHSM reads it once, at C_Initialize"
+        );
+        let cfg = alga_issuer::config::HsmConfig {
+            module: d.path("ALGA_HSM_MODULE").into(),
+            token_label: d.var("ALGA_HSM_TOKEN_LABEL"),
+            pin_file: Some(d.path("ALGA_HSM_PIN_FILE").into()),
+            workers: 2,
+        };
+        let pin = cfg.pin().expect("HSM PIN file readable");
+        Hsm::open(&cfg, pin).expect("the .dev token opens with its keys (alga-issuer keys init)")
+    })
+    .clone()
+}
+
+pub fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+// ---------------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------------
+
+fn admin_config(db: &str) -> tokio_postgres::Config {
+    let mut c: tokio_postgres::Config = dev()
+        .var("DATABASE_URL")
+        .parse()
+        .expect("DATABASE_URL parses");
+    c.dbname(db);
+    c
+}
+
+pub async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .expect("connect to the dev Postgres (make infra)");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The migrated template, built once per process (and per migration set).
+async fn template() -> String {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for m in alga_gateway::migrate::all() {
+                h.update(m.name.as_bytes());
+                h.update(m.sql.as_bytes());
+            }
+            let name = format!("gwtmpl_{}", &hex::encode(h.finalize())[..16]);
+            let admin = connect(&admin_config("alga")).await;
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .expect("query")
+                .is_some();
+            if !exists {
+                let building = format!("{name}_b{}", std::process::id());
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {building} OWNER alga_migrator"))
+                    .await
+                    .expect("create template");
+                let mut mig: tokio_postgres::Config = dev()
+                    .var("ALGA_MIGRATOR_DATABASE_URL")
+                    .parse()
+                    .expect("parses");
+                mig.dbname(&building);
+                alga_gateway::migrate::migrate(&mig)
+                    .await
+                    .expect("migrations apply");
+                // Idempotent: a second run applies nothing.
+                assert!(
+                    alga_gateway::migrate::migrate(&mig)
+                        .await
+                        .expect("rerun")
+                        .is_empty()
+                );
+                let renamed = admin
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .await;
+                if renamed.is_err() {
+                    // Another test process won the race; use theirs.
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+                        .await;
+                }
+            }
+            name
+        })
+        .await
+        .clone()
+}
+
+/// A fresh database for one test.
+async fn test_database() -> String {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let tmpl = template().await;
+    let name = format!("gwtest_{}", Uuid::new_v4().simple());
+    let _g = LOCK.lock().await;
+    let admin = connect(&admin_config("alga")).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {name} TEMPLATE {tmpl} OWNER alga_migrator"
+        ))
+        .await
+        .expect("clone the template");
+    admin
+        .batch_execute(&format!("GRANT CONNECT ON DATABASE {name} TO alga_gateway"))
+        .await
+        .expect("grant connect");
+    name
+}
+
+// ---------------------------------------------------------------------------------
+// The stack
+// ---------------------------------------------------------------------------------
+
+/// Options of a stack.
+#[derive(Clone, Default)]
+pub struct Opts {
+    /// Keep the policy's real rate limits (otherwise they are raised out of the way).
+    pub real_rate_limits: bool,
+}
+
+pub struct Stack {
+    pub db: String,
+    /// Superuser connection to the test database.
+    pub admin: tokio_postgres::Client,
+    pub policy: Policy,
+    pub gw: String,
+    issuer_addr: std::net::SocketAddr,
+    issuer_stop: Option<oneshot::Sender<()>>,
+    issuer_task: Option<tokio::task::JoinHandle<()>>,
+    gw_stop: Option<oneshot::Sender<()>>,
+    gw_task: Option<tokio::task::JoinHandle<()>>,
+    _issuer_log: tempfile::TempDir,
+}
+
+fn issuer_config(log_dir: &std::path::Path) -> alga_issuer::config::IssuerConfig {
+    let d = dev();
+    let text = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+[tls]
+certificate = "{}"
+private_key = "{}"
+client_ca = "{}"
+[hsm]
+module = "{}"
+token_label = "{}"
+pin_file = "{}"
+workers = 2
+[policy]
+path = "{}"
+[log]
+directory = "{}"
+"#,
+        d.path("ALGA_ISSUER_SERVER_CERT"),
+        d.path("ALGA_ISSUER_SERVER_KEY"),
+        d.path("ALGA_CA_BUNDLE"),
+        d.path("ALGA_HSM_MODULE"),
+        d.var("ALGA_HSM_TOKEN_LABEL"),
+        d.path("ALGA_HSM_PIN_FILE"),
+        d.path("ALGA_POLICY"),
+        log_dir.display()
+    );
+    toml::from_str(&text).expect("issuer config")
+}
+
+fn gateway_config(db: &str, issuer: std::net::SocketAddr) -> alga_gateway::config::Config {
+    let d = dev();
+    let port = d.var("ALGA_PG_PORT");
+    let text = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+public_url = "https://localhost:8443"
+[tls]
+certificate = "{gw_cert}"
+private_key = "{gw_key}"
+client_ca = "{ca}"
+[database]
+url = "postgres://alga_gateway@127.0.0.1:{port}/{db}"
+password_file = "{secrets}/alga_gateway.pw"
+migrator_url = "postgres://alga_migrator@127.0.0.1:{port}/{db}"
+migrator_password_file = "{secrets}/alga_migrator.pw"
+pool_size = 16
+[issuer]
+url = "https://localhost:{iport}"
+ca = "{ca}"
+certificate = "{gc_cert}"
+private_key = "{gc_key}"
+[smtp]
+host = "127.0.0.1"
+port = {smtp}
+security = "none"
+from = "alga-license <licenses@alga.test>"
+[s3]
+endpoint = "{s3}"
+region = "{region}"
+bucket = "{bucket}"
+key = "{key}"
+path_style = true
+credentials_file = "{s3cred}"
+[policy]
+path = "{policy}"
+"#,
+        gw_cert = d.path("ALGA_GATEWAY_SERVER_CERT"),
+        gw_key = d.path("ALGA_GATEWAY_SERVER_KEY"),
+        ca = d.path("ALGA_CA_BUNDLE"),
+        secrets = d.secrets(),
+        iport = issuer.port(),
+        gc_cert = d.path("ALGA_GATEWAY_CLIENT_CERT"),
+        gc_key = d.path("ALGA_GATEWAY_CLIENT_KEY"),
+        smtp = d.var("ALGA_SMTP_PORT"),
+        s3 = d.var("ALGA_S3_ENDPOINT"),
+        region = d.var("ALGA_S3_REGION"),
+        bucket = d.var("ALGA_S3_BUCKET"),
+        key = d.var("ALGA_S3_KEY"),
+        s3cred = d.path("ALGA_S3_CREDENTIALS_FILE"),
+        policy = d.path("ALGA_POLICY"),
+    );
+    alga_gateway::config::Config::parse(&text).expect("gateway config")
+}
+
+async fn start_issuer(
+    listener: std::net::TcpListener,
+    log_dir: &std::path::Path,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let cfg = issuer_config(log_dir);
+    let policy = Policy::load(&cfg.policy.path).expect("policy");
+    let keys = tokio::task::spawn_blocking(hsm).await.expect("hsm opens");
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        alga_issuer::server::run(cfg, policy, keys, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("issuer runs");
+    });
+    (tx, task)
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(Opts::default()).await
+    }
+
+    pub async fn start_with(opts: Opts) -> Stack {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let db = test_database().await;
+        let admin = connect(&admin_config(&db)).await;
+
+        let issuer_log = tempfile::tempdir().expect("tempdir");
+        let il = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let issuer_addr = il.local_addr().expect("addr");
+        let (issuer_stop, issuer_task) = start_issuer(il, issuer_log.path()).await;
+
+        let mut policy =
+            Policy::load(std::path::Path::new(&dev().path("ALGA_POLICY"))).expect("policy");
+        if !opts.real_rate_limits {
+            let many = Quota {
+                per_minute: 100_000,
+                burst: 100_000,
+            };
+            policy.rate_limits.redeem_per_source = many;
+            policy.rate_limits.redeem_per_code = many;
+        }
+        let config = gateway_config(&db, issuer_addr);
+        let gl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let gw = format!(
+            "https://localhost:{}",
+            gl.local_addr().expect("addr").port()
+        );
+        let (gw_stop, rx) = oneshot::channel::<()>();
+        let p = policy.clone();
+        let gw_task = tokio::spawn(async move {
+            alga_gateway::run(config, p, gl, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("gateway runs");
+        });
+        let s = Stack {
+            db,
+            admin,
+            policy,
+            gw,
+            issuer_addr,
+            issuer_stop: Some(issuer_stop),
+            issuer_task: Some(issuer_task),
+            gw_stop: Some(gw_stop),
+            gw_task: Some(gw_task),
+            _issuer_log: issuer_log,
+        };
+        // Ready when /readyz says so.
+        let c = s.anon();
+        for _ in 0..100 {
+            if let Ok(r) = c.get(s.url("/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not become ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.gw, path)
+    }
+
+    /// Stops the issuer (the gateway keeps running).
+    pub async fn stop_issuer(&mut self) {
+        if let Some(tx) = self.issuer_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.issuer_task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Starts the issuer again on its old port.
+    pub async fn restart_issuer(&mut self) {
+        let mut listener = None;
+        for _ in 0..50 {
+            match std::net::TcpListener::bind(self.issuer_addr) {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let (tx, task) = start_issuer(
+            listener.expect("issuer port free again"),
+            self._issuer_log.path(),
+        )
+        .await;
+        self.issuer_stop = Some(tx);
+        self.issuer_task = Some(task);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Stops everything and drops the database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.gw_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.gw_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.stop_issuer().await;
+        let admin = connect(&admin_config("alga")).await;
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db))
+            .await;
+    }
+
+    // -- clients ----------------------------------------------------------------
+
+    fn client(
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        let b = rustls::ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let tls = match identity {
+            Some((chain, key)) => b.with_client_auth_cert(chain, key).expect("client cert"),
+            None => b.with_no_client_auth(),
+        };
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+
+    fn pem_identity(
+        cert: &str,
+        key: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+        (chain, key)
+    }
+
+    fn file_identity(cert_var: &str, key_var: &str) -> reqwest::Client {
+        let cert = std::fs::read_to_string(dev().path(cert_var)).expect("cert file");
+        let key = std::fs::read_to_string(dev().path(key_var)).expect("key file");
+        Self::client(Some(Self::pem_identity(&cert, &key)))
+    }
+
+    pub fn anon(&self) -> reqwest::Client {
+        Self::client(None)
+    }
+
+    pub fn store(&self) -> reqwest::Client {
+        Self::file_identity("ALGA_STORE_CERT", "ALGA_STORE_KEY")
+    }
+
+    pub fn auditor(&self) -> reqwest::Client {
+        Self::file_identity("ALGA_AUDITOR_CERT", "ALGA_AUDITOR_KEY")
+    }
+
+    /// The gateway's own client identity (valid service cert, but not a gateway client).
+    pub fn gateway_identity(&self) -> reqwest::Client {
+        Self::file_identity("ALGA_GATEWAY_CLIENT_CERT", "ALGA_GATEWAY_CLIENT_KEY")
+    }
+
+    /// A client presenting an appliance credential.
+    pub fn appliance(&self, a: &Appliance) -> reqwest::Client {
+        let cert = a
+            .certificate
+            .as_ref()
+            .expect("paid appliance has a credential");
+        let full = format!("{}\n{}", cert, a.chain.as_deref().unwrap_or(""));
+        Self::client(Some(Self::pem_identity(&full, &a.key_pem)))
+    }
+
+    // -- flows ------------------------------------------------------------------
+
+    /// Registers a tenant; returns the 201 body.
+    pub async fn register(&self, company: &str, email: &str, edition: &str) -> Value {
+        let (s, v, _) = send(
+            self.store()
+                .post(self.url("/register-tenant"))
+                .json(&json!({
+                    "company": company,
+                    "contact": {"name": "Ada Lovelace", "email": email},
+                    "edition": edition,
+                })),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// The stored binding of a code.
+    pub async fn binding(&self, code_id: &str) -> CodeBinding {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT tenant_id, edition, expires_at, key_version FROM install_codes WHERE code_id = $1",
+                &[&code_id],
+            )
+            .await
+            .expect("code row");
+        let kv: i32 = row.get(3);
+        CodeBinding {
+            code_id: alga_protocol::CodeId::parse(code_id).expect("code id"),
+            tenant_id: row.get(0),
+            edition: row.get(1),
+            expires_at: row.get(2),
+            key_version: u32::try_from(kv).expect("version"),
+        }
+    }
+
+    fn issuer_client(&self) -> reqwest::Client {
+        Self::file_identity("ALGA_GATEWAY_CLIENT_CERT", "ALGA_GATEWAY_CLIENT_KEY")
+    }
+
+    /// The install code of `code_id`, as the mail would carry it (re-derived by the issuer).
+    pub async fn code(&self, code_id: &str) -> String {
+        let binding = self.binding(code_id).await;
+        let r: DeriveCodeResponse = self
+            .issuer_client()
+            .post(format!(
+                "https://localhost:{}{}",
+                self.issuer_addr.port(),
+                ia::DERIVE_CODE
+            ))
+            .json(&DeriveCodeRequest { binding })
+            .send()
+            .await
+            .expect("issuer answers")
+            .json()
+            .await
+            .expect("derive response");
+        r.code.expose().to_owned()
+    }
+
+    /// Mints a code at the issuer directly and stores its binding (for expiry tests).
+    pub async fn mint_raw(
+        &self,
+        tenant_id: Uuid,
+        edition: &str,
+        expires_at: OffsetDateTime,
+    ) -> (String, String) {
+        let r: MintCodeResponse = self
+            .issuer_client()
+            .post(format!(
+                "https://localhost:{}{}",
+                self.issuer_addr.port(),
+                ia::MINT_CODE
+            ))
+            .json(&MintCodeRequest {
+                tenant_id,
+                edition: edition.to_owned(),
+                expires_at,
+            })
+            .send()
+            .await
+            .expect("issuer answers")
+            .json()
+            .await
+            .expect("mint response");
+        let b = r.binding;
+        let kv = i32::try_from(b.key_version).expect("version");
+        self.admin
+            .execute(
+                "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) VALUES ($1, $2, $3, $4, $5)",
+                &[&b.code_id.as_str(), &b.tenant_id, &b.edition, &b.expires_at, &kv],
+            )
+            .await
+            .expect("insert binding");
+        (b.code_id.to_string(), r.code.expose().to_owned())
+    }
+
+    /// Registers a tenant and returns `(tenant_id, code_id, code)`.
+    pub async fn tenant_with_code(&self, edition: &str) -> (Uuid, String, String) {
+        let company = format!("Acme {}", Uuid::new_v4().simple());
+        let v = self.register(&company, "ops@acme.test", edition).await;
+        let tenant: Uuid = v["tenant_id"]
+            .as_str()
+            .expect("tenant_id")
+            .parse()
+            .expect("uuid");
+        let code_id = v["install_code"]["code_id"]
+            .as_str()
+            .expect("code_id")
+            .to_owned();
+        let code = self.code(&code_id).await;
+        (tenant, code_id, code)
+    }
+
+    /// Redeems `code` with a fresh key; returns status, body and the appliance.
+    pub async fn redeem(&self, code: &str) -> (StatusCode, Value, Appliance) {
+        let a = Appliance::new();
+        let (s, v) = self.redeem_as(code, &a).await;
+        (s, v.clone(), a.with_response(&v))
+    }
+
+    /// Redeems `code` with `a`'s key.
+    pub async fn redeem_as(&self, code: &str, a: &Appliance) -> (StatusCode, Value) {
+        let (s, v, _) = send(self.anon().post(self.url("/register")).json(&json!({
+            "install_code": code,
+            "csr": a.csr_pem,
+            "appliance": {"hostname": "appliance-1", "version": "1.0.0"},
+        })))
+        .await;
+        (s, v)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.admin.query_one(sql, &[]).await.expect("count").get(0)
+    }
+}
+
+/// Sends, returns status, JSON body (or a JSON string of the text), headers.
+pub async fn send(rb: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let resp = rb.send().await.expect("request sent");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    assert!(
+        headers.contains_key("x-request-id"),
+        "every response has x-request-id ({status})"
+    );
+    let text = resp.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v, headers)
+}
+
+/// Asserts an error body with `code` and returns it.
+pub fn assert_error(status: StatusCode, v: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status.as_u16(), want_status, "{v}");
+    assert_eq!(v["error"]["code"], want_code, "{v}");
+    assert!(
+        v["error"]["request_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+}
+
+/// An appliance: its own key (never leaves it), a CSR, and what redeeming gave it.
+#[derive(Clone)]
+pub struct Appliance {
+    pub key_pem: String,
+    pub csr_pem: String,
+    pub certificate: Option<String>,
+    pub chain: Option<String>,
+    pub appliance_id: Option<Uuid>,
+}
+
+impl Appliance {
+    pub fn new() -> Appliance {
+        Appliance::with_alg(&rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// An appliance whose key is of another algorithm (the issuer refuses P-384).
+    pub fn with_alg(alg: &'static rcgen::SignatureAlgorithm) -> Appliance {
+        let key = rcgen::KeyPair::generate_for(alg).expect("key");
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        Appliance {
+            key_pem: key.serialize_pem(),
+            csr_pem: csr,
+            certificate: None,
+            chain: None,
+            appliance_id: None,
+        }
+    }
+
+    pub fn with_response(mut self, v: &Value) -> Appliance {
+        self.certificate = v["credential"]["certificate"].as_str().map(str::to_owned);
+        self.chain = v["credential"]["chain"].as_str().map(str::to_owned);
+        self.appliance_id = v["appliance_id"].as_str().and_then(|s| s.parse().ok());
+        self
+    }
+}

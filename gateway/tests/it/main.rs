@@ -1,0 +1,11 @@
+//! The gateway's integration tests: one binary, real Postgres, the real issuer on
+//! SoftHSM2, the real gateway on `127.0.0.1:0` (see `harness`). No mocks.
+
+mod harness;
+
+mod audit;
+mod check_in;
+mod ops;
+mod redeem;
+mod register;
+mod roles;

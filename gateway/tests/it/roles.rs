@@ -1,0 +1,110 @@
+//! The role matrix: store, auditor, appliance, another valid service identity and no
+//! certificate, against each route; the expected status only.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::{Stack, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_matrix() {
+    let s = Stack::start().await;
+    let (tenant, _, code) = s.tenant_with_code("pro").await;
+    let (st, _, a) = s.redeem(&code).await;
+    assert_eq!(st, 200);
+    let appliance_id = a.appliance_id.expect("id");
+
+    let callers = [
+        ("store", s.store()),
+        ("auditor", s.auditor()),
+        ("appliance", s.appliance(&a)),
+        ("gateway-identity", s.gateway_identity()),
+        ("none", s.anon()),
+    ];
+    // Bodies that are valid for the route, so only the identity decides the outcome.
+    // (method, path, body, expected status per caller in the order above)
+    let unknown = Uuid::new_v4();
+    let routes: Vec<(&str, String, Option<serde_json::Value>, [u16; 5])> = vec![
+        (
+            "POST",
+            "/register-tenant".into(),
+            Some(
+                json!({"company": "x", "contact": {"name": "n", "email": "n@x.test"}, "edition": "platinum"}),
+            ),
+            [400, 403, 403, 403, 401],
+        ),
+        (
+            "POST",
+            "/install-codes/reissue".into(),
+            Some(json!({"tenant_id": unknown})),
+            [404, 403, 403, 403, 401],
+        ),
+        (
+            "GET",
+            format!("/tenants/{tenant}"),
+            None,
+            [200, 200, 403, 403, 401],
+        ),
+        (
+            "POST",
+            format!("/appliances/{unknown}/revoke"),
+            None,
+            [404, 403, 403, 403, 401],
+        ),
+        (
+            "GET",
+            "/audit/events".into(),
+            None,
+            [403, 200, 403, 403, 401],
+        ),
+        (
+            "GET",
+            "/audit/checkpoints".into(),
+            None,
+            [403, 200, 403, 403, 401],
+        ),
+        (
+            "POST",
+            "/check-in".into(),
+            Some(json!({"appliance": {"version": "1"}})),
+            [403, 403, 200, 403, 401],
+        ),
+        (
+            "POST",
+            "/register".into(),
+            Some(
+                json!({"install_code": "hello", "csr": "x", "appliance": {"hostname": "h", "version": "1"}}),
+            ),
+            [400, 400, 400, 400, 400],
+        ),
+        ("GET", "/.well-known/jwks.json".into(), None, [200; 5]),
+        ("GET", "/ca.pem".into(), None, [200; 5]),
+        ("GET", "/healthz".into(), None, [200; 5]),
+        ("GET", "/readyz".into(), None, [200; 5]),
+        ("GET", "/metrics".into(), None, [200; 5]),
+        ("GET", "/openapi.json".into(), None, [200; 5]),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in &routes {
+        for ((name, client), want) in callers.iter().zip(expected) {
+            let mut rb = match *method {
+                "GET" => client.get(s.url(path)),
+                _ => client.post(s.url(path)),
+            };
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let (st, v, _) = send(rb).await;
+            if st.as_u16() != *want {
+                failures.push(format!("{method} {path} as {name}: {st} (want {want}) {v}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The appliance's id is unaffected by the matrix (the revoke targeted an unknown id).
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM appliances WHERE appliance_id = '{appliance_id}' AND state = 'active'")).await,
+        1
+    );
+    s.stop().await;
+}
