@@ -24,7 +24,7 @@ pub enum DbError {
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A row held a value the schema's CHECK constraints should have excluded.
     #[error("unexpected stored value: {0}")]
@@ -32,6 +32,15 @@ pub enum DbError {
     /// The connection settings are wrong.
     #[error("database configuration: {0}")]
     Config(String),
+}
+
+/// The server's message and SQLSTATE when there is one (tokio-postgres' Display says
+/// only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

@@ -92,6 +92,23 @@ pub async fn ids_by_contact_email(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Serializes reissues of one tenant for the rest of the transaction, so two concurrent
+/// ones cannot both leave an unclaimed code. A transaction-scoped advisory lock: the
+/// runtime role has no UPDATE on `tenants`, which `SELECT … FOR UPDATE` would need.
+/// `false` when there is no such tenant.
+pub async fn lock(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<bool, DbError> {
+    let key = tenant_id.to_string();
+    c.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&key],
+    )
+    .await?;
+    let row = c
+        .query_opt("SELECT 1 FROM tenants WHERE tenant_id = $1", &[&tenant_id])
+        .await?;
+    Ok(row.is_some())
+}
+
 /// One tenant.
 pub async fn get(
     c: &(impl GenericClient + Sync),

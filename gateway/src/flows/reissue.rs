@@ -58,6 +58,9 @@ async fn reissue_inner(
         }
     };
     tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
+    if !tenants::lock(&*tx, tenant_id).await? {
+        return Err(ApiError::TenantNotFound);
+    }
     let tenant = tenants::get(&*tx, tenant_id)
         .await?
         .ok_or(ApiError::TenantNotFound)?;

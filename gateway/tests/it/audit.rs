@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Stack, assert_error, send};
+use crate::harness::{Stack, assert_error, captured_logs, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_insert_leaves_no_state_change() {
@@ -103,5 +103,59 @@ async fn auditor_pages_through_chained_events_and_signed_checkpoints() {
     let (st, v, _) = send(s.auditor().get(s.url("/audit/checkpoints"))).await;
     assert_eq!(st, 200, "{v}");
     assert!(v["checkpoints"].is_array());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_audit_never_contain_codes_tokens_csrs_or_keys() {
+    let s = Stack::start().await;
+    let (_, code_id, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let token = v["license"]["token"].as_str().expect("token").to_owned();
+    let (st, c, _) = send(
+        s.appliance(&a)
+            .post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "2"}, "csr": a.csr_pem})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    let token2 = c["license"]["token"].as_str().expect("token").to_owned();
+    // A wrong code of the same id, and a typo, also pass through the logs' reach.
+    let (st, _, _) = s.redeem(&code.replace('-', "")[..29]).await;
+    assert_eq!(st, 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let secret_part = code.replace('-', "")[10..].to_owned();
+    let csr_body = a.csr_pem.lines().nth(1).expect("csr line").to_owned();
+    let key_body = a.key_pem.lines().nth(1).expect("key line").to_owned();
+    let jwt_sig = token.rsplit('.').next().expect("sig").to_owned();
+    let jwt_sig2 = token2.rsplit('.').next().expect("sig").to_owned();
+    let logs = captured_logs();
+    assert!(
+        logs.contains(&code_id),
+        "the code id is logged (it is public): the capture works ({} bytes captured)",
+        logs.len()
+    );
+    for (what, needle) in [
+        ("code", code.as_str()),
+        ("code secret", secret_part.as_str()),
+        ("CSR", csr_body.as_str()),
+        ("private key", key_body.as_str()),
+        ("license", jwt_sig.as_str()),
+        ("license at check-in", jwt_sig2.as_str()),
+    ] {
+        assert!(!logs.contains(needle), "{what} found in the logs");
+        let in_audit = s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM audit_events WHERE strpos(convert_from(record, 'UTF8'), $1) > 0",
+                &[&needle],
+            )
+            .await
+            .expect("scan")
+            .get::<_, i64>(0);
+        assert_eq!(in_audit, 0, "{what} found in the audit log");
+    }
     s.stop().await;
 }

@@ -105,6 +105,30 @@ fn hsm() -> Hsm {
     .clone()
 }
 
+/// Everything the process logged (every test's stack shares it), for secret scans.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogCapture;
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut l) = LOGS.lock() {
+            l.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured log so far.
+pub fn captured_logs() -> String {
+    LOGS.lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default()
+}
+
 pub fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -345,12 +369,13 @@ impl Stack {
     }
 
     pub async fn start_with(opts: Opts) -> Stack {
+        // Everything goes to the capture (scanned for secrets), at debug for the gateway.
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,alga_gateway=debug,alga_issuer=info,tokio_postgres=info,rustls=info,hyper=info",
+            ))
+            .with_writer(|| LogCapture)
+            .with_ansi(false)
             .try_init();
         let db = test_database().await;
         let admin = connect(&admin_config(&db)).await;
@@ -678,6 +703,17 @@ pub async fn send(rb: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::h
         "every response has x-request-id ({status})"
     );
     let text = resp.text().await.expect("body");
+    if status.is_server_error() {
+        // Diagnostics: the detail of a 5xx is in the log only.
+        for line in captured_logs()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .rev()
+            .take(3)
+        {
+            eprintln!("gateway log: {line}");
+        }
+    }
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v, headers)
 }

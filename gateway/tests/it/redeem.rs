@@ -346,6 +346,20 @@ async fn redeem_is_rate_limited_per_code_with_retry_after() {
         .parse()
         .expect("seconds");
     assert!((1..=60).contains(&retry), "{retry}");
+
+    // Per source: garbage from one address is limited too (before any parsing).
+    let per_source = s.policy.rate_limits.redeem_per_source.burst;
+    let mut limited = false;
+    for _ in 0..=per_source {
+        let (st, e) = s.redeem_as("garbage", &Appliance::new()).await;
+        if st == 429 {
+            assert_eq!(e["error"]["code"], "rate_limited");
+            limited = true;
+            break;
+        }
+        assert_error(st, &e, 400, "code_malformed");
+    }
+    assert!(limited, "the per-source burst is enforced");
     s.stop().await;
 }
 
