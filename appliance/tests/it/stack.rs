@@ -563,3 +563,27 @@ async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
         "a new appliance"
     );
 }
+
+/// The mail reader finds a code in 7bit, quoted-printable and base64 parts (no stack
+/// needed: these are the encodings lettre may pick).
+#[test]
+fn mail_reader_finds_codes_in_every_transfer_encoding() {
+    let code = random_wellformed_code();
+    let plain = format!("Subject: x\r\n\r\nYour install code: {code}\r\n");
+    let (head, tail) = code.split_at(17);
+    let qp = format!(
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\nYour install code is =3D {head}=\r\n{tail}.\r\n"
+    );
+    let b64 = format!(
+        "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("Code: {code}\n"))
+    );
+    for raw in [plain, qp, b64] {
+        let found: Vec<String> = decoded_texts(&raw)
+            .iter()
+            .flat_map(|t| code_candidates(t))
+            .collect();
+        assert!(found.contains(&code), "{raw}");
+    }
+    assert!(code_candidates(&format!("X{code}")).is_empty(), "bounded");
+}
