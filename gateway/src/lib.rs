@@ -121,7 +121,7 @@ pub async fn run(
         metrics.clone(),
     )
     .context("issuer client")?;
-    let presigner = presign::SigV4Presigner::from_config(&config.s3).context("S3 presigner")?;
+    let presigner = presign::from_config(&config.s3).context("S3 presigner")?;
     let tls_material = server::TlsMaterial::load(&config.tls).context("TLS")?;
 
     let keys = KeyCache::default();

@@ -229,11 +229,9 @@ pub(crate) async fn issue_code(
         ));
     }
     db::codes::insert(&**tx, &binding).await?;
-    let signed_at = whole_seconds(ctx.now);
-    let link_expires = signed_at + app.policy.download_link_ttl;
-    let url = app
+    let link = app
         .presigner
-        .presign(signed_at, link_expires)
+        .presign(ctx.now, app.policy.download_link_ttl)
         .map_err(ApiError::internal)?;
     db::outbox::enqueue(&**tx, binding.code_id.as_str(), tenant_id, recipient, kind).await?;
     audit::append(
@@ -253,8 +251,8 @@ pub(crate) async fn issue_code(
             expires_at: binding.expires_at,
         },
         download: DownloadLink {
-            url,
-            expires_at: link_expires,
+            url: link.url,
+            expires_at: link.expires_at,
         },
     })
 }
