@@ -1,0 +1,447 @@
+//! Signing throughput: the raw HSM against the whole issuer over mTLS.
+//!
+//! `cargo bench -p alga-issuer --bench sign` (with `ALGA_HSM_MODULE` set, as for the
+//! tests). It makes a throwaway SoftHSM2 token in a tempdir (re-running itself with
+//! `SOFTHSM2_CONF` pointing there, since SoftHSM reads it once per process), then
+//! measures, for 1, 2 and 8 client threads:
+//!
+//! - `hsm`: ECDSA P-256 signatures per second through `Hsm::sign_digest` (the token
+//!   key, the worker pool), in process;
+//! - `mtls`: license JWTs per second through the real server (`server::run` on
+//!   127.0.0.1, TLS 1.3 with client certificates, keep-alive connections, one per
+//!   client thread), each one written and fsynced to the signing log before the reply
+//!   — once with the log on tmpfs (`/dev/shm`: what the issuer itself costs), once on
+//!   the disk of the temp directory (what durability costs here);
+//!
+//! and prints a table with the ratio `mtls / hsm` (the goal is ≥ 0.85). Each
+//! measurement runs `ALGA_BENCH_SECONDS` seconds (default 5). Without `--bench` (as
+//! under `cargo test --all-targets`) it does nothing.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alga_issuer::config::{
+    HsmConfig, IssuerConfig, ListenConfig, LogConfig, PolicyConfig, TlsConfig,
+};
+use alga_issuer::hsm::{Hsm, admin};
+use alga_issuer::keyring::{KeyKind, KeyOps};
+use alga_policies::Policy;
+use anyhow::{Context, Result, bail, ensure};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::SecretString;
+
+const SANDBOX_ENV: &str = "ALGA_BENCH_SANDBOX";
+const GATEWAY: &str = "spiffe://alga.test/service/gateway";
+/// Client threads of each measurement: the 1 and 2 of the goal, and 8 to show what
+/// concurrency (group commit of the signing log) does.
+const THREADS: [usize; 3] = [1, 2, 8];
+
+fn main() -> Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("sign: a benchmark; run it with `cargo bench -p alga-issuer --bench sign`");
+        return Ok(());
+    }
+    match std::env::var_os(SANDBOX_ENV) {
+        Some(dir) => child(Path::new(&dir)),
+        None => parent(),
+    }
+}
+
+/// Makes the SoftHSM sandbox and re-runs this binary inside it.
+fn parent() -> Result<()> {
+    module()?;
+    let sandbox = tempfile::Builder::new().prefix("alga-bench-").tempdir()?;
+    let dir = sandbox.path();
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens)?;
+    std::fs::write(
+        dir.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    write_secret(&dir.join("so.pin"), &random_hex(12))?;
+    write_secret(&dir.join("user.pin"), &random_hex(12))?;
+    let status = Command::new(std::env::current_exe()?)
+        .args(std::env::args().skip(1))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .env(SANDBOX_ENV, dir)
+        .env_remove("ALGA_HSM_PIN")
+        .status()
+        .context("re-running the benchmark in its sandbox")?;
+    ensure!(status.success(), "benchmark failed ({status})");
+    Ok(())
+}
+
+/// One measurement.
+struct Row {
+    what: &'static str,
+    threads: usize,
+    ops: u64,
+    elapsed: Duration,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn child(dir: &Path) -> Result<()> {
+    let seconds: u64 = std::env::var("ALGA_BENCH_SECONDS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()
+        .context("ALGA_BENCH_SECONDS")?
+        .unwrap_or(5);
+    let window = Duration::from_secs(seconds);
+    let config = HsmConfig {
+        module: module()?,
+        token_label: format!("alga-bench-{}", random_hex(4)),
+        pin_file: Some(dir.join("user.pin")),
+        workers: 2,
+    };
+    let pin = config.pin()?;
+    let so_pin = SecretString::from(
+        std::fs::read_to_string(dir.join("so.pin"))?
+            .trim()
+            .to_owned(),
+    );
+    let policy = Policy::load(&policy_path())?;
+    admin::token_init(&config, so_pin, pin.clone())?;
+    admin::keys_init(
+        &config,
+        pin.clone(),
+        &policy,
+        time::OffsetDateTime::now_utc(),
+        false,
+    )?;
+    let hsm = Hsm::open(&config, pin)?;
+
+    let mut rows = Vec::new();
+    for threads in THREADS {
+        rows.push(raw(&hsm, threads, window)?);
+    }
+    let shm = Path::new("/dev/shm");
+    let tmpfs_log = if shm.is_dir() {
+        Some(
+            tempfile::Builder::new()
+                .prefix("alga-bench-log-")
+                .tempdir_in(shm)?,
+        )
+    } else {
+        println!("(no /dev/shm: skipping the tmpfs signing-log runs)");
+        None
+    };
+    if let Some(log) = &tmpfs_log {
+        for threads in THREADS {
+            rows.push(mtls(
+                &hsm,
+                &config,
+                &policy,
+                dir,
+                &log.path().join(format!("t{threads}")),
+                "mtls, log on tmpfs",
+                threads,
+                window,
+            )?);
+        }
+    }
+    for threads in THREADS {
+        let log = dir.join(format!("log-disk-{threads}"));
+        rows.push(mtls(
+            &hsm,
+            &config,
+            &policy,
+            dir,
+            &log,
+            "mtls, log on disk",
+            threads,
+            window,
+        )?);
+    }
+
+    println!();
+    println!(
+        "{:<22} {:>7} {:>9} {:>8} {:>10} {:>8}",
+        "path", "threads", "ops", "seconds", "ops/s", "ratio"
+    );
+    for row in &rows {
+        let base = rows
+            .iter()
+            .find(|r| r.what == "hsm sign_digest" && r.threads == row.threads)
+            .map(Row::rate)
+            .unwrap_or(f64::NAN);
+        println!(
+            "{:<22} {:>7} {:>9} {:>8.2} {:>10.0} {:>8.2}",
+            row.what,
+            row.threads,
+            row.ops,
+            row.elapsed.as_secs_f64(),
+            row.rate(),
+            row.rate() / base
+        );
+    }
+    println!(
+        "ratio = ops/s of the row / raw hsm sign_digest ops/s at the same thread count (goal >= 0.85)"
+    );
+    Ok(())
+}
+
+/// Signatures per second through `Hsm::sign_digest`, from `threads` client threads.
+fn raw(hsm: &Hsm, threads: usize, window: Duration) -> Result<Row> {
+    let version = hsm.active_version(KeyKind::License);
+    let start = Instant::now();
+    let deadline = start + window;
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let hsm = hsm.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let mut n = 0u64;
+                let mut digest = [i as u8; 32];
+                while Instant::now() < deadline {
+                    digest[31] = digest[31].wrapping_add(1);
+                    rt.block_on(hsm.sign_digest(KeyKind::License, version, digest))?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut ops = 0;
+    for w in workers {
+        ops += w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread panicked"))??;
+    }
+    Ok(Row {
+        what: "hsm sign_digest",
+        threads,
+        ops,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Licenses per second through the real server, from `threads` keep-alive clients.
+#[allow(clippy::too_many_arguments)]
+fn mtls(
+    hsm: &Hsm,
+    hsm_config: &HsmConfig,
+    policy: &Policy,
+    dir: &Path,
+    log_dir: &Path,
+    what: &'static str,
+    threads: usize,
+    window: Duration,
+) -> Result<Row> {
+    let pki = Pki::new(dir)?;
+    let config = IssuerConfig {
+        listen: ListenConfig {
+            address: "127.0.0.1:0".parse()?,
+        },
+        tls: TlsConfig {
+            certificate: pki.server_cert.clone(),
+            private_key: pki.server_key.clone(),
+            client_ca: pki.ca_cert.clone(),
+        },
+        hsm: hsm_config.clone(),
+        policy: PolicyConfig {
+            path: policy_path(),
+        },
+        log: LogConfig {
+            directory: log_dir.to_owned(),
+        },
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!(
+        "https://{}{}",
+        listener.local_addr()?,
+        alga_protocol::issuer_api::SIGN_LICENSE
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let server = server_rt.spawn(alga_issuer::server::run(
+        config,
+        policy.clone(),
+        hsm.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let body = serde_json::json!({
+        "tenant_id": uuid::Uuid::new_v4(),
+        "appliance_id": uuid::Uuid::new_v4(),
+        "edition": "pro",
+    });
+    let start = Instant::now();
+    let deadline = start + window;
+    let clients: Vec<_> = (0..threads)
+        .map(|_| {
+            let client = pki.client()?;
+            let url = url.clone();
+            let body = body.clone();
+            Ok(std::thread::spawn(move || -> Result<u64> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let r = client.post(&url).json(&body).send().await?;
+                        if !r.status().is_success() {
+                            bail!(
+                                "the issuer answered {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
+                        }
+                        r.bytes().await?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let mut ops = 0;
+    for c in clients {
+        ops += c
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    let _ = stop.send(());
+    server_rt.block_on(server)??;
+    let logged = alga_issuer::signlog::read_dir(log_dir)?.records.len() as u64;
+    ensure!(
+        logged == ops,
+        "{ops} licenses but {logged} signing-log records"
+    );
+    Ok(Row {
+        what,
+        threads,
+        ops,
+        elapsed,
+    })
+}
+
+/// Server and gateway certificates from a throwaway CA.
+struct Pki {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    ca_pem: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Result<Pki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name.push(DnType::CommonName, "bench CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |san: SanType, eku: ExtendedKeyUsagePurpose| -> Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = vec![san];
+            p.extended_key_usages = vec![eku];
+            Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+        };
+        let (server_pem, server_key_pem) = leaf(
+            SanType::IpAddress("127.0.0.1".parse()?),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert, client_key) = leaf(
+            SanType::URI(GATEWAY.try_into()?),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+        Ok(Pki {
+            ca_cert: write("bench-ca.pem", &ca_pem)?,
+            server_cert: write("bench-server.pem", &server_pem)?,
+            server_key: write("bench-server.key", &server_key_pem)?,
+            ca_pem,
+            client_cert,
+            client_key,
+        })
+    }
+
+    /// The gateway's client: ring provider, keep-alive.
+    fn client(&self) -> Result<reqwest::Client> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c?)?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.client_cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(self.client_key.as_bytes())?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()?)
+    }
+}
+
+/// `ALGA_HSM_MODULE`, which must name an existing file.
+fn module() -> Result<PathBuf> {
+    let Some(path) = std::env::var_os("ALGA_HSM_MODULE") else {
+        bail!(
+            "ALGA_HSM_MODULE is not set (e.g. /usr/lib/softhsm/libsofthsm2.so; `make infra` writes it to .dev/env)"
+        );
+    };
+    let path = PathBuf::from(path);
+    ensure!(
+        path.is_file(),
+        "ALGA_HSM_MODULE {} does not exist",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn policy_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy.sample.toml")
+}
+
+fn random_hex(bytes: usize) -> String {
+    let v: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode(v)
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}
