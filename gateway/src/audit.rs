@@ -33,7 +33,8 @@ pub enum AuditError {
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub request_id: String,
-    pub source: IpAddr,
+    /// The client's address; `None` for the service's own work (the mail worker).
+    pub source: Option<IpAddr>,
     /// `store`, `auditor`, `appliance`, `anonymous`.
     pub actor_role: &'static str,
     /// The certificate's URI SAN, when there is one.
@@ -52,12 +53,20 @@ impl Ctx {
         }
     }
 
+    /// The source address for per-source limits (requests always have one).
+    pub fn source_or_unspecified(&self) -> IpAddr {
+        self.source
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
     /// Starts a record of `action` with actor, request id and source filled in.
     pub fn record(&self, action: &str) -> Result<RecordBuilder, AuditError> {
         let action = Action::new(action).map_err(|e| AuditError::Record(e.to_string()))?;
-        Ok(NewRecord::builder(self.now, self.actor()?, action)
-            .request_id(&self.request_id)
-            .source(self.source))
+        let r = NewRecord::builder(self.now, self.actor()?, action).request_id(&self.request_id);
+        Ok(match self.source {
+            Some(ip) => r.source(ip),
+            None => r,
+        })
     }
 }
 

@@ -304,3 +304,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+impl IssuerClient {
+    /// Re-derives the code of a stored binding (the mail worker; the code is never stored).
+    #[instrument(skip_all, fields(code.id = %binding.code_id))]
+    pub async fn derive_code(&self, binding: &CodeBinding) -> Result<SecretText, IssuerError> {
+        let r: ia::DeriveCodeResponse = self
+            .post(
+                "derive_code",
+                ia::DERIVE_CODE,
+                &ia::DeriveCodeRequest {
+                    binding: binding.clone(),
+                },
+            )
+            .await?;
+        Ok(r.code)
+    }
+}

@@ -22,6 +22,7 @@ pub mod error;
 pub mod flows;
 pub mod issuer_client;
 pub mod keys;
+pub mod mail;
 pub mod metrics;
 pub mod migrate;
 pub mod presign;
@@ -60,6 +61,8 @@ pub struct App {
     pub keys: KeyCache,
     /// `<public_url>/check-in`.
     pub check_in_url: String,
+    /// Wakes the mail worker after a commit that queued a mail.
+    pub mail_wake: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -123,6 +126,7 @@ pub async fn run(
     .context("issuer client")?;
     let presigner = presign::from_config(&config.s3).context("S3 presigner")?;
     let tls_material = server::TlsMaterial::load(&config.tls).context("TLS")?;
+    let mailer = mail::mailer(&config.smtp).context("SMTP")?;
 
     let keys = KeyCache::default();
     let appliance_cas = match issuer.public_keys().await {
@@ -152,6 +156,7 @@ pub async fn run(
             config.listen.public_url.trim_end_matches('/'),
             alga_protocol::api::CHECK_IN
         ),
+        mail_wake: Arc::new(tokio::sync::Notify::new()),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -210,6 +215,13 @@ pub async fn run(
             }
         });
     }
+    // The mail outbox worker.
+    let mail_worker = tokio::spawn(mail::run(
+        app.clone(),
+        mailer,
+        app.mail_wake.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // The audit sequencer: chains committed records and has the issuer sign checkpoints.
     let sequencer = alga_audit::Sequencer::new(
         pool.clone(),
@@ -225,5 +237,6 @@ pub async fn run(
     server::serve(listener, live_tls, policy, router, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sequencer.await;
+    let _ = mail_worker.await;
     Ok(())
 }

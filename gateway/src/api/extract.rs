@@ -32,7 +32,7 @@ impl Peer {
     pub fn ctx(&self, app: &App) -> Ctx {
         Ctx {
             request_id: self.request_id.clone(),
-            source: self.conn.remote.ip(),
+            source: Some(self.conn.remote.ip()),
             actor_role: self.conn.identity.actor_role(),
             actor_id: self.conn.identity.actor_id(&app.policy),
             now: time::OffsetDateTime::now_utc(),

@@ -77,3 +77,117 @@ pub async fn list_for_tenant(
         })
         .collect())
 }
+
+/// A mail due for sending, with what its template needs (no secret: the code is
+/// re-derived from `binding` by the issuer at send time).
+#[derive(Debug, Clone)]
+pub struct DueMail {
+    pub mail_id: Uuid,
+    pub kind: MailKind,
+    pub recipient: String,
+    pub attempts: i32,
+    pub tenant_id: Uuid,
+    pub company: String,
+    pub contact_name: String,
+    pub binding: alga_protocol::CodeBinding,
+    /// The code is still unclaimed and unexpired (a reissued or used code is not mailed).
+    pub code_usable: bool,
+}
+
+/// Claims up to `limit` due mails: each gets `attempts + 1` and a lease (its
+/// `next_attempt_at` moves `lease_secs` ahead), so another worker skips it while this
+/// one sends. `FOR UPDATE SKIP LOCKED`: several gateways share the outbox.
+pub async fn claim_due(
+    c: &(impl GenericClient + Sync),
+    limit: i64,
+    lease_secs: f64,
+) -> Result<Vec<DueMail>, DbError> {
+    let rows = c
+        .query(
+            "WITH due AS ( \
+               SELECT mail_id FROM mail_outbox \
+               WHERE state = 'queued' AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => $2) \
+             FROM due, install_codes c, tenants t \
+             WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id \
+             RETURNING m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
+               t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
+               c.state = 'unclaimed' AND c.expires_at > now()",
+            &[&limit, &lease_secs],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(1);
+            let kind = match kind.as_str() {
+                "registration" => MailKind::Registration,
+                "reissue" => MailKind::Reissue,
+                other => return Err(super::corrupt("mail_outbox.kind", other)),
+            };
+            let code_id: String = r.get(7);
+            let kv: i32 = r.get(11);
+            Ok(DueMail {
+                mail_id: r.get(0),
+                kind,
+                recipient: r.get(2),
+                attempts: r.get(3),
+                tenant_id: r.get(4),
+                company: r.get(5),
+                contact_name: r.get(6),
+                binding: alga_protocol::CodeBinding {
+                    code_id: alga_protocol::CodeId::parse(&code_id)
+                        .map_err(|_| super::corrupt("install_codes.code_id", &code_id))?,
+                    tenant_id: r.get(8),
+                    edition: r.get(9),
+                    expires_at: r.get(10),
+                    key_version: u32::try_from(kv).map_err(|_| {
+                        super::corrupt("install_codes.key_version", &kv.to_string())
+                    })?,
+                },
+                code_usable: r.get(12),
+            })
+        })
+        .collect()
+}
+
+/// Marks a mail sent.
+pub async fn mark_sent(c: &(impl GenericClient + Sync), mail_id: Uuid) -> Result<(), DbError> {
+    c.execute(
+        "UPDATE mail_outbox SET state = 'sent', sent_at = now(), last_error = NULL WHERE mail_id = $1",
+        &[&mail_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Schedules another attempt after `delay_secs`, keeping the (secret-free) reason.
+pub async fn mark_retry(
+    c: &(impl GenericClient + Sync),
+    mail_id: Uuid,
+    delay_secs: f64,
+    reason: &str,
+) -> Result<(), DbError> {
+    c.execute(
+        "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 \
+         WHERE mail_id = $1",
+        &[&mail_id, &delay_secs, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Gives up on a mail.
+pub async fn mark_failed(
+    c: &(impl GenericClient + Sync),
+    mail_id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    c.execute(
+        "UPDATE mail_outbox SET state = 'failed', last_error = $2 WHERE mail_id = $1",
+        &[&mail_id, &reason],
+    )
+    .await?;
+    Ok(())
+}

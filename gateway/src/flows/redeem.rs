@@ -40,7 +40,7 @@ pub async fn redeem(
     let mut code_id: Option<alga_protocol::CodeId> = None;
     let result = async {
         app.limits
-            .check_source(ctx.source)
+            .check_source(ctx.source_or_unspecified())
             .map_err(|w| (ApiError::RateLimited(w), None))?;
         let code = InstallCode::parse(install_code.expose())
             .map_err(|e| (ApiError::CodeMalformed(e.to_string()), None))?;

@@ -192,6 +192,7 @@ async fn register_once(
             .ok_or_else(|| ApiError::internal("idempotency record vanished"));
     }
     tx.commit().await.map_err(db::DbError::from)?;
+    app.mail_wake.notify_one();
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, edition = %edition.name, "tenant registered");
     Ok(Replayable { status: 201, body })
 }

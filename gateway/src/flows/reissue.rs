@@ -98,6 +98,7 @@ async fn reissue_inner(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
+    app.mail_wake.notify_one();
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, revoked = revoked.len(), "install code re-issued");
     Ok(RegisterTenantResponse {
         tenant_id,

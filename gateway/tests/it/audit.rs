@@ -11,6 +11,17 @@ use crate::harness::{Stack, assert_error, captured_logs, send};
 async fn a_failing_audit_insert_leaves_no_state_change() {
     let s = Stack::start().await;
     let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    // Let the mail worker finish the registration mail first (its audit record would
+    // otherwise race with the count below).
+    for _ in 0..100 {
+        if s.count("SELECT count(*) FROM mail_outbox WHERE state = 'sent'")
+            .await
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = s.count("SELECT count(*) FROM audit_events").await;
     s.admin
         .batch_execute("REVOKE INSERT ON audit_events FROM alga_gateway")

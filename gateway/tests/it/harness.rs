@@ -776,3 +776,92 @@ impl Appliance {
         self
     }
 }
+
+/// Waits for the mail to `recipient` whose code has `code_id`; returns the code found
+/// in it (decoding quoted-printable or base64 bodies as needed).
+pub async fn mailed_code(recipient: &str, code_id: &str) -> String {
+    let dir = PathBuf::from(dev().path("ALGA_MAIL_DIR"));
+    for _ in 0..150 {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let Ok(raw) = std::fs::read_to_string(e.path()) else {
+                    continue;
+                };
+                if !raw.contains(recipient) {
+                    continue;
+                }
+                if let Some(code) = find_code(&raw)
+                    .into_iter()
+                    .find(|c| c.replace('-', "").starts_with(code_id))
+                {
+                    return code;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no mail to {recipient} with code {code_id} in {}",
+        dir.display()
+    );
+}
+
+/// Every install code in a raw message, whatever its transfer encoding.
+fn find_code(raw: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let mut texts = vec![raw.to_owned()];
+    // Quoted-printable: join soft breaks, decode =XX.
+    let joined = raw.replace("=\r\n", "").replace("=\n", "");
+    let mut qp = String::new();
+    let b = joined.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            qp.push(v as char);
+            i += 3;
+            continue;
+        }
+        qp.push(b[i] as char);
+        i += 1;
+    }
+    texts.push(qp);
+    // Base64 blocks: runs of lines made only of base64 characters.
+    let mut block = String::new();
+    for line in raw.lines().chain(std::iter::once("")) {
+        let l = line.trim_end();
+        if !l.is_empty()
+            && l.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+        {
+            block.push_str(l);
+        } else {
+            if block.len() >= 16
+                && let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&block)
+            {
+                texts.push(String::from_utf8_lossy(&d).into_owned());
+            }
+            block.clear();
+        }
+    }
+    let is_sym = |c: u8| c.is_ascii_digit() || (c.is_ascii_uppercase() && !b"ILOU".contains(&c));
+    let mut found = Vec::new();
+    for t in texts {
+        let t = t.as_bytes();
+        for start in 0..t.len().saturating_sub(34) {
+            let w = &t[start..start + 35];
+            let ok = w
+                .iter()
+                .enumerate()
+                .all(|(i, &c)| if i % 6 == 5 { c == b'-' } else { is_sym(c) });
+            if ok {
+                found.push(String::from_utf8_lossy(w).into_owned());
+            }
+        }
+    }
+    found
+}
