@@ -255,6 +255,7 @@ pub mod time_format {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail by panicking
 mod tests {
     use super::*;
     use crate::record::{Action, Actor, NewRecord};

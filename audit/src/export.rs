@@ -212,10 +212,8 @@ pub fn verify_export(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
     let mut eof = false;
 
     while !eof {
-        let start = buf.len();
-        buf.resize(start + BLOCK, 0);
-        let n = read_full(&mut file, &mut buf[start..])?;
-        buf.truncate(start + n);
+        // `take(..).read_to_end` fills spare capacity without zeroing it first.
+        let n = (&mut file).take(BLOCK as u64).read_to_end(&mut buf)?;
         eof = n == 0;
         let cut = if eof {
             buf.len()
@@ -343,22 +341,6 @@ fn malformed(v: &mut Option<ChainVerifier>, line: u64, reason: &str) -> Result<(
             reason: reason.to_owned(),
         }),
     }
-}
-
-fn read_full(file: &mut File, mut buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut total = 0;
-    while !buf.is_empty() {
-        match file.read(buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                total += n;
-                buf = &mut buf[n..];
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
 }
 
 #[derive(Debug)]

@@ -440,6 +440,7 @@ fn is_detail_key(k: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail by panicking
 mod tests {
     use super::*;
     use serde_json::json;

@@ -217,6 +217,8 @@ pub struct ChainVerifier {
     promised_head: Option<u64>,
     /// Per finding: 0 from the chain walk, 1 reported beside it (sorts after).
     ranks: Vec<u8>,
+    /// Stored hash of the last record walked.
+    last_hash: [u8; 32],
 }
 
 impl ChainVerifier {
@@ -238,6 +240,7 @@ impl ChainVerifier {
             last_matched: 0,
             promised_head: None,
             ranks: Vec::new(),
+            last_hash: GENESIS_PREV_HASH,
         }
     }
 
@@ -307,10 +310,10 @@ impl ChainVerifier {
     /// Reports a problem found outside the walk (unreadable line, column mismatch,
     /// unchained record).
     pub fn report(&mut self, kind: DamageKind, seq: Option<u64>, detail: String) {
-        if self.finding(kind, seq, detail).is_some() {
-            if let Some(r) = self.ranks.last_mut() {
-                *r = 1;
-            }
+        if self.finding(kind, seq, detail).is_some()
+            && let Some(r) = self.ranks.last_mut()
+        {
+            *r = 1;
         }
     }
 
@@ -386,6 +389,9 @@ impl ChainVerifier {
             }
         }
         self.report.filtered = self.filtered;
+        if self.report.last_seq.is_some() {
+            self.report.head_hash = Some(hex::encode(self.last_hash));
+        }
         let findings = std::mem::take(&mut self.report.findings);
         let mut ranked: Vec<(u8, Finding)> = self.ranks.iter().copied().zip(findings).collect();
         ranked.sort_by_key(|(rank, f)| (f.seq.is_none(), f.seq, *rank));
@@ -649,7 +655,7 @@ impl ChainVerifier {
 
     fn note_checkpoint(&mut self, e: &Held) {
         self.report.last_seq = Some(e.seq);
-        self.report.head_hash = Some(hex::encode(e.hash));
+        self.last_hash = e.hash;
         let Some(cps) = self.checkpoints.get(&e.seq) else {
             return;
         };
