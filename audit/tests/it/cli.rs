@@ -25,7 +25,7 @@ async fn export_verify_and_tail_from_the_command_line() {
     let mut seq = RunningSequencer::start(db.pool(2), signer, fast_config(10));
     let mut rt = db.runtime().await;
     append_n(&mut rt, 0, 25).await;
-    seq.wait_for(25, 2).await;
+    seq.wait_for(25, 1).await;
     seq.stop().await;
     let url = db.url();
     let keys = keys_json.to_str().unwrap();

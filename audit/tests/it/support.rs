@@ -267,7 +267,14 @@ pub fn sample_record(i: u64) -> NewRecord {
     .request_id(&format!("req-{i}"))
     .source("192.0.2.7".parse().expect("ip"))
     .detail("note", format!("record number {i}"))
-    .detail("edition", if i.is_multiple_of(2) { "pro" } else { "essentials" });
+    .detail(
+        "edition",
+        if i.is_multiple_of(2) {
+            "pro"
+        } else {
+            "essentials"
+        },
+    );
     if i % 5 == 3 {
         b = b.failure("code_invalid");
     }
