@@ -10,8 +10,9 @@ use std::sync::{Arc, RwLock};
 
 use alga_policies::Policy;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -121,7 +122,12 @@ impl LiveTls {
     }
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Longest wait for a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long open connections may finish after shutdown begins.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` resolves, then drains open connections.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<LiveTls>,
@@ -130,6 +136,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow clients cannot hold a connection open by trickling headers.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut shutdown => break,
@@ -147,6 +161,8 @@ pub async fn serve(
         };
         let policy = policy.clone();
         let router = router.clone();
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
@@ -181,12 +197,19 @@ pub async fn serve(
                     router.clone().oneshot(req)
                 },
             );
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            let conn = builder
                 .serve_connection(TokioIo::new(tls_stream), svc)
-                .await
-            {
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(peer = %remote, error = %e, "connection ended with an error");
             }
         });
+    }
+    // Stop accepting; let open connections finish their requests, for a while.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
     }
 }

@@ -12,9 +12,14 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::extract::RequestId;
+use super::extract::{Peer, RequestId};
 use crate::App;
+use crate::audit;
+use crate::auth::ConnInfo;
 use crate::error::PendingError;
+
+/// Audit action of a request refused for its identity (401/403 before any flow ran).
+pub const ACCESS_DENIED: &str = "access.denied";
 
 pub async fn request_context(
     State(app): State<Arc<App>>,
@@ -30,6 +35,7 @@ pub async fn request_context(
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    let conn = req.extensions().get::<ConnInfo>().cloned();
     let span = tracing::info_span!("request", request.id = %request_id, http.route = %route, http.method = %method);
     let mut resp = next.run(req).instrument(span.clone()).await;
 
@@ -39,6 +45,27 @@ pub async fn request_context(
         let status = resp.status();
         (status.is_client_error() || status.is_server_error()).then(|| generic(status))
     });
+    if let (Some(p), Some(conn)) = (&pending, &conn)
+        && [
+            error_code::UNAUTHENTICATED,
+            error_code::FORBIDDEN,
+            error_code::CREDENTIAL_REQUIRED,
+        ]
+        .contains(&p.code)
+    {
+        // A refused identity is a failed action too: audited in its own transaction.
+        let peer = Peer {
+            conn: conn.clone(),
+            request_id: request_id.clone(),
+        };
+        let record = peer.ctx(&app).record(ACCESS_DENIED).map(|r| {
+            r.detail("route", route.as_str())
+                .detail("method", method.as_str())
+        });
+        audit::append_failure(&app.pool, record, p.code)
+            .instrument(span.clone())
+            .await;
+    }
     if let Some(p) = pending {
         let body = ErrorBody {
             error: ErrorDetail {

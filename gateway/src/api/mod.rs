@@ -41,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(handlers::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             middleware::request_context,

@@ -69,6 +69,8 @@ pub fn pg_config(
     }
     cfg.application_name("alga-gateway");
     cfg.connect_timeout(Duration::from_secs(5));
+    // No statement (lock waits included) holds a request longer than this.
+    cfg.options("-c statement_timeout=15000");
     Ok(cfg)
 }
 

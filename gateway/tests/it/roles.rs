@@ -101,6 +101,17 @@ async fn role_matrix() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every refusal of an identity is audited.
+    let refusals = routes
+        .iter()
+        .flat_map(|r| r.3)
+        .filter(|st| *st == 401 || *st == 403)
+        .count();
+    assert_eq!(
+        s.count("SELECT count(*) FROM audit_events WHERE action = 'access.denied'")
+            .await,
+        i64::try_from(refusals).expect("small")
+    );
     // The appliance's id is unaffected by the matrix (the revoke targeted an unknown id).
     assert_eq!(
         s.count(&format!("SELECT count(*) FROM appliances WHERE appliance_id = '{appliance_id}' AND state = 'active'")).await,
