@@ -123,3 +123,65 @@ async fn check_in_refreshes_the_license_and_honours_revocation_and_suspension() 
     assert_eq!(t["install_codes"][0]["state"], "consumed");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_renews_a_credential_with_less_than_a_third_left() {
+    let s = Stack::start().await;
+    let (tenant, _, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let appliance_id = a.appliance_id.expect("id");
+    // 5 minutes backdated + 60 s ahead: less than a third of its lifetime is left.
+    let short = s.short_credential(tenant, &a, 60).await;
+    let me = s.appliance(&short);
+
+    // Without a CSR: a license, no credential.
+    let (st, c, _) = send(
+        me.post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    assert!(c["credential"].is_null(), "{c}");
+    // With one: a fresh credential (the policy's 30 days), recorded on the appliance.
+    let (st, c, _) = send(
+        me.post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1"}, "csr": a.csr_pem})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    let cert = c["credential"]["certificate"].as_str().expect("renewed");
+    let expires = time::OffsetDateTime::parse(
+        c["credential"]["expires_at"].as_str().expect("time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    assert!(expires - time::OffsetDateTime::now_utc() > time::Duration::days(29));
+    let stored: Option<time::OffsetDateTime> = s
+        .admin
+        .query_one(
+            "SELECT credential_expires_at FROM appliances WHERE appliance_id = $1",
+            &[&appliance_id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(stored, Some(expires));
+    // The renewed credential works for the next check-in.
+    let mut renewed = a.clone();
+    renewed.certificate = Some(cert.to_owned());
+    renewed.chain = c["credential"]["chain"].as_str().map(str::to_owned);
+    let (st, c, _) = send(
+        s.appliance(&renewed)
+            .post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM audit_events WHERE action = 'appliance.check_in'")
+            .await,
+        3
+    );
+    s.stop().await;
+}

@@ -616,6 +616,40 @@ impl Stack {
         r.code.expose().to_owned()
     }
 
+    /// A credential for `a` signed by the issuer directly with a short lifetime (the
+    /// gateway never asks for one), so that check-in sees it near its end.
+    pub async fn short_credential(
+        &self,
+        tenant_id: Uuid,
+        a: &Appliance,
+        lifetime_seconds: u64,
+    ) -> Appliance {
+        let r: ia::SignedCredential = self
+            .issuer_client()
+            .post(format!(
+                "https://localhost:{}{}",
+                self.issuer_addr.port(),
+                ia::SIGN_CREDENTIAL
+            ))
+            .json(&ia::SignCredentialRequest {
+                tenant_id,
+                appliance_id: a.appliance_id.expect("redeemed"),
+                edition: "pro".into(),
+                csr_pem: a.csr_pem.clone(),
+                lifetime_seconds: Some(lifetime_seconds),
+            })
+            .send()
+            .await
+            .expect("issuer answers")
+            .json()
+            .await
+            .expect("credential");
+        let mut short = a.clone();
+        short.certificate = Some(r.certificate_pem);
+        short.chain = Some(r.chain_pem);
+        short
+    }
+
     /// Mints a code at the issuer directly and stores its binding (for expiry tests).
     pub async fn mint_raw(
         &self,
