@@ -36,7 +36,7 @@ pub use header::{
 };
 pub use template::{DeliveryId, MailKind, OutgoingMail, html_escape, message_id};
 
-/// Default time limit of each SMTP step (connect, each command).
+/// Default time limit of one delivery (connect, TLS, the whole SMTP dialogue).
 pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the connection to the SMTP server is protected.
@@ -74,7 +74,7 @@ pub struct SmtpConfig {
     /// Extra trust root(s), PEM, for the SMTP server's certificate (a private CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Time limit of each SMTP step, in seconds.
+    /// Time limit of one whole delivery (connect, TLS, dialogue), in seconds.
     #[serde(default = "default_timeout", deserialize_with = "seconds")]
     pub timeout: Duration,
 }
@@ -131,7 +131,9 @@ pub enum MailSetupError {
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     /// Worth retrying later: the server is unreachable or timed out, the connection
-    /// broke, TLS failed, or the server answered 4xx.
+    /// broke, TLS failed, or the server answered 4xx. Also a 5xx authentication failure
+    /// (530, 534, 535, 538): it is the configuration, not this mail, that is wrong, and
+    /// the queued mails must go out once an operator fixes it.
     #[error("transient SMTP failure{}: {reason}", fmt_code(*.code))]
     Transient {
         /// The SMTP reply code, when the server answered.
@@ -139,7 +141,8 @@ pub enum MailError {
         /// lettre's description (no code, link or password in it).
         reason: String,
     },
-    /// Retrying will not help: the server answered 5xx (unknown mailbox, policy).
+    /// Retrying will not help: the server answered 5xx (unknown mailbox, policy),
+    /// except authentication failures (see [`MailError::Transient`]).
     #[error("permanent SMTP failure{}: {reason}", fmt_code(*.code))]
     Permanent {
         /// The SMTP reply code.
@@ -166,10 +169,12 @@ impl MailError {
     fn from_smtp(e: &lettre::transport::smtp::Error) -> MailError {
         let code = e.status().map(u16::from);
         let reason = e.to_string();
-        if e.is_permanent() {
+        let auth_failure = matches!(code, Some(530 | 534 | 535 | 538));
+        if e.is_permanent() && !auth_failure {
             MailError::Permanent { code, reason }
         } else {
-            // 4xx, timeouts, refused or broken connections, TLS: all may pass.
+            // 4xx, timeouts, refused or broken connections, TLS, authentication: all may
+            // pass without changing the mail.
             MailError::Transient { code, reason }
         }
     }
@@ -182,6 +187,7 @@ pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Sender,
     server: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -249,6 +255,7 @@ impl Mailer {
             transport: builder.build(),
             from: config.from.clone(),
             server: format!("{}:{}", config.host, config.port),
+            timeout: config.timeout,
         })
     }
 
@@ -263,7 +270,19 @@ impl Mailer {
     #[instrument(skip_all, fields(mail.kind = mail.kind.as_str(), outbox.id = mail.outbox_id.as_str()))]
     pub async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
         let message = self.build(mail)?;
-        let sent = self.transport.send(message).await;
+        // lettre bounds only the connect with its timeout; a server that accepts and then
+        // stays silent would hold the worker forever.
+        let sent = match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                let error = MailError::Transient {
+                    code: None,
+                    reason: format!("no complete SMTP exchange within {:?}", self.timeout),
+                };
+                tracing::warn!(smtp.server = %self.server, error = %error, "mail not delivered");
+                return Err(error);
+            }
+        };
         match sent {
             Ok(_) => {
                 tracing::info!(smtp.server = %self.server, "mail accepted by the SMTP server");

@@ -692,3 +692,82 @@ async fn logs_never_contain_the_code_or_the_link() -> Result<()> {
     assert!(!logs.contains("0123456789abcdef"), "link signature in logs");
     Ok(())
 }
+
+#[tokio::test]
+async fn smtp_auth_over_starttls_authenticates() -> Result<()> {
+    let pki = TestPki::new()?;
+    let password = pki.path("smtp-password");
+    std::fs::write(&password, "correct horse battery staple\n")?;
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let server = SmtpServer::start(SmtpTls::StarttlsAuth(&cert, &key, "mailer", &password))?;
+    let mut config = smtp_config(server.port, SmtpSecurity::Starttls);
+    config.ca_file = Some(pki.path("ca.pem"));
+    config.username = Some("mailer".into());
+    config.password_file = Some(password.clone());
+    let mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+    Mailer::new(&config)?.send(&mail).await?;
+    let m = assert_delivered(&server, &mail)?;
+    assert_eq!(m["tls"], true);
+    assert_eq!(m["authenticated"], true);
+
+    // A wrong password is the configuration's fault, not the mail's: retry later.
+    let wrong = pki.path("wrong-password");
+    std::fs::write(&wrong, "Tr0ub4dor&3\n")?;
+    config.password_file = Some(wrong);
+    let err = Mailer::new(&config)?
+        .send(&mail)
+        .await
+        .expect_err("authentication fails");
+    assert!(
+        matches!(
+            err,
+            MailError::Transient {
+                code: Some(535),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("Tr0ub4dor"), "{err}");
+    assert_eq!(server.messages()?.len(), 1, "nothing more delivered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_smtp_server_times_out_as_transient() -> Result<()> {
+    // Accepts the connection, never says hello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut config = smtp_config(listener.local_addr()?.port(), SmtpSecurity::None);
+    config.timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let err = Mailer::new(&config)?
+        .send(&outgoing(
+            MailKind::Registration,
+            "Ada",
+            "Acme",
+            "ada@example.com",
+        ))
+        .await
+        .expect_err("times out");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the timeout applies"
+    );
+    drop(listener);
+    Ok(())
+}
+
+#[test]
+fn mailer_and_presigner_can_be_shared_across_tasks() {
+    fn shared<T: Send + Sync + 'static>() {}
+    fn send_future<F: std::future::Future + Send>(_: &F) {}
+    shared::<Mailer>();
+    shared::<alga_delivery::presign::Presigner>();
+    shared::<OutgoingMail>();
+    if let Ok(mailer) = Mailer::new(&smtp_config(25, SmtpSecurity::None)) {
+        let mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+        // Not awaited: only its type matters (the gateway spawns it).
+        send_future(&mailer.send(&mail));
+    }
+}

@@ -126,6 +126,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// How the test SMTP server protects its connections.
+#[derive(Clone, Copy)]
 pub enum SmtpTls<'a> {
     /// Plain SMTP.
     None,
@@ -133,6 +134,8 @@ pub enum SmtpTls<'a> {
     Starttls(&'a Path, &'a Path),
     /// Implicit TLS (aiosmtpd's `--smtpscert`).
     Implicit(&'a Path, &'a Path),
+    /// STARTTLS and AUTH required: cert, key, user, password file.
+    StarttlsAuth(&'a Path, &'a Path, &'a str, &'a Path),
 }
 
 /// Debian's aiosmtpd with the recording handler of `smtp_recorder.py`.
@@ -156,9 +159,18 @@ impl SmtpServer {
         let port = free_port()?;
         let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it");
         let mut cmd = Command::new(python);
-        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        if let SmtpTls::StarttlsAuth(cert, key, user, password_file) = tls {
+            cmd.arg(format!("{here}/smtp_recorder.py"))
+                .args(["127.0.0.1", &port.to_string()])
+                .arg(dir.path())
+                .args([cert, key])
+                .arg(user)
+                .arg(password_file);
+        } else {
+            cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        }
         match tls {
-            SmtpTls::None => {}
+            SmtpTls::None | SmtpTls::StarttlsAuth(..) => {}
             SmtpTls::Starttls(cert, key) => {
                 cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
             }
@@ -166,9 +178,10 @@ impl SmtpServer {
                 cmd.arg("--smtpscert").arg(cert).arg("--smtpskey").arg(key);
             }
         }
+        if !matches!(tls, SmtpTls::StarttlsAuth(..)) {
+            cmd.args(["-c", "smtp_recorder.Recorder"]).arg(dir.path());
+        }
         let child = cmd
-            .args(["-c", "smtp_recorder.Recorder"])
-            .arg(dir.path())
             .env("PYTHONPATH", here)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())

@@ -95,6 +95,7 @@ class Recorder:
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
             "commands": list(getattr(session, "alga_commands", [])),
+            "authenticated": bool(getattr(session, "authenticated", False)),
             "tls": session.ssl is not None
             or (server.transport is not None
                 and server.transport.get_extra_info("ssl_object") is not None),
@@ -115,3 +116,56 @@ class Recorder:
             json.dump(record, f)
         os.rename(tmp, os.path.join(self.outdir, "%06d.json" % n))
         return "250 OK stored"
+
+
+def main():
+    """A recording server with STARTTLS and AUTH (which `python3 -m aiosmtpd` cannot set up).
+
+    Arguments: <host> <port> <outdir> <tlscert> <tlskey> <user> <password-file>
+    """
+    import asyncio
+    import signal
+    import ssl
+    import sys
+
+    from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+    host, port, outdir, cert, key, user, password_file = sys.argv[1:8]
+    with open(password_file, "rb") as f:
+        password = f.read().splitlines()[0]
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == user.encode()
+            and auth_data.password == password
+        )
+        return AuthResult(success=ok, handled=False)
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(
+                Recorder(outdir),
+                hostname="recorder.alga.test",
+                tls_context=ctx,
+                require_starttls=True,
+                authenticator=authenticator,
+                auth_required=True,
+                auth_require_tls=True,
+            ),
+            host=host,
+            port=int(port),
+        )
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
