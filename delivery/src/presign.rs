@@ -401,6 +401,16 @@ impl Presigner {
         Ok(())
     }
 
+    /// Signs a link valid from `now` until `until` (same clamping as
+    /// [`Presigner::presign`]): for callers that compute an expiry time rather than a TTL.
+    pub fn presign_until(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<PresignedLink, PresignError> {
+        self.presign(now, until - now)
+    }
+
     /// Signs a `GET` link valid from `now` for `ttl`, clamped to 7 days and to the
     /// credentials' expiry. `now` is truncated to the second (SigV4's resolution), and
     /// `expires_at` is exactly when S3 starts refusing the link.

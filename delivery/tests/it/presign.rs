@@ -131,6 +131,21 @@ fn ttl_is_clamped_to_the_credentials_expiry_and_the_token_is_signed_in() {
 }
 
 #[test]
+fn presign_until_is_presign_with_the_difference() {
+    let p = test_presigner("http://127.0.0.1:9");
+    let now = datetime!(2030-01-01 12:00:00 UTC);
+    let until = datetime!(2030-01-02 12:00:00 UTC);
+    let a = p.presign_until(now, until).expect("signs");
+    let b = p.presign(now, Duration::days(1)).expect("signs");
+    assert_eq!(a, b);
+    assert_eq!(a.expires_at, until);
+    assert!(matches!(
+        p.presign_until(until, now),
+        Err(PresignError::InvalidTtl)
+    ));
+}
+
+#[test]
 fn non_positive_ttl_is_refused() {
     let p = test_presigner("http://127.0.0.1:9");
     for ttl in [
