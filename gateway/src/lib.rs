@@ -2,16 +2,37 @@
 //! The gateway: the HTTP API of DESIGN §5 on rustls, over Postgres, calling the issuer
 //! for every secret operation.
 //!
-//! Layout: [`api`] (HTTP only: routes, extractors, handlers), [`flows`] (the domain:
-//! register, redeem, reissue, check-in, tenants, revoke), [`db`] (all SQL), [`auth`]
-//! (identity from client certificates), [`issuer_client`], [`audit`] (the one seam to
-//! `alga_audit`), [`presign`], [`ratelimit`], [`metrics`], [`server`] (the TLS accept
-//! loop), [`migrate`]. `main.rs` is thin: it parses arguments and calls [`run`] or
-//! [`migrate::migrate`].
+//! # Code map
+//! - [`api`]: the only module that knows HTTP and JSON: routes, extractors (identity
+//!   per route, JSON bodies with size/content-type/unknown-field checks), the
+//!   request-id/metrics/error-body middleware, thin handlers, `/openapi.json`.
+//! - [`flows`]: the domain: `register` (tenant + code + link + queued mail), `redeem`,
+//!   `reissue`, `check_in`, `tenants`, `revoke`; input parsing in `validate` and `csr`.
+//!   Each flow runs one transaction and writes its audit record inside it.
+//! - [`db`]: all SQL, one module per table group, generic over
+//!   `tokio_postgres::GenericClient` (pool connection or transaction alike).
+//! - [`auth`]: identity from the verified client certificate; [`server`]: the TLS
+//!   accept loop (ring provider only) and the live root set; [`keys`]: the issuer's
+//!   public keys cache (JWKS, appliance CA chain; refreshed for rotation).
+//! - [`issuer_client`]: the issuer's mTLS API, typed errors, latency metrics.
+//! - [`audit`]: the one seam to `alga_audit` (append in the caller's transaction,
+//!   failure records, the checkpoint signer for the sequencer, the auditor's pages).
+//! - [`mail`]: the outbox worker; [`presign`]: ISO links (via `alga_delivery`).
+//! - [`ratelimit`], [`metrics`], [`config`], [`migrate`], [`error`].
 //!
-//! Invariants: no code, token, CSR or key is logged or audited; nothing secret is
-//! stored (codes are re-derived by the issuer from their binding); the database's
-//! `now()` decides consumption; every state change and its audit record commit together.
+//! # Invariants (what is absent)
+//! - No install code, license token, CSR, private key or presigned-URL query is ever
+//!   logged, audited or stored: codes are re-derived by the issuer from their stored
+//!   binding; the outbox holds a code id and a recipient only.
+//! - No key material lives here: the gateway never signs or MACs anything itself.
+//! - No SQL outside [`db`] (and the audit crate's, through [`audit`]); no HTTP outside
+//!   [`api`]; no schema change at serve time (`migrate` is explicit, as another role).
+//! - No state change commits without its audit record (fail-closed), and no
+//!   consumption decision uses the gateway's clock: Postgres' `now()` decides.
+//! - No identity from a CN, and no role from a certificate of the wrong CA.
+//! - No 5xx body carries internal detail: the log has it, keyed by `x-request-id`.
+//!
+//! `main.rs` is thin: it parses arguments and calls [`run`] or [`migrate::migrate`].
 
 pub mod api;
 pub mod audit;

@@ -32,6 +32,11 @@ enum Command {
         #[arg(long, env = "ALGA_GATEWAY_CONFIG")]
         config: PathBuf,
     },
+    /// Check a policy file, reporting every problem with its TOML path.
+    CheckPolicy {
+        #[arg(long, env = "ALGA_POLICY")]
+        policy: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
             let listener = std::net::TcpListener::bind(config.listen.address)
                 .with_context(|| format!("bind {}", config.listen.address))?;
             alga_gateway::run(config, policy, listener, shutdown_signal()).await?;
+        }
+        Command::CheckPolicy { policy } => {
+            alga_policies::Policy::load(&policy)?;
+            println!("policy is valid");
         }
         Command::CheckConfig { config } => {
             let config = alga_gateway::config::Config::load(&config)?;

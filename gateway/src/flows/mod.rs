@@ -1,5 +1,5 @@
 //! The domain flows of DESIGN §4–§5: each takes validated input, a [`Ctx`] (who, which
-//! request, `now`) and the [`App`], runs its transaction, and returns a domain result or
+//! request, `now`) and the [`App`](crate::App), runs its transaction, and returns a domain result or
 //! an [`ApiError`]. No HTTP here beyond the error type; no SQL here (that is `db`).
 
 pub mod check_in;
