@@ -771,3 +771,65 @@ fn mailer_and_presigner_can_be_shared_across_tasks() {
         send_future(&mailer.send(&mail));
     }
 }
+
+/// Header names lettre writes for our mails; any other line that starts a header would be
+/// an injection.
+const OUR_HEADERS: [&str; 7] = [
+    "From:",
+    "To:",
+    "Subject:",
+    "Message-ID:",
+    "Date:",
+    "MIME-Version:",
+    "Content-Type:",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever text the types accept, the built message has exactly our headers (every
+    /// other header-section line is a folded continuation) and one envelope recipient.
+    #[test]
+    fn accepted_text_never_adds_a_header_or_recipient(
+        name in "[ -~\u{a0}-\u{1fff}\u{2070}-\u{24ff}\u{4e00}-\u{4e80}]{1,120}",
+        company in "[ -~\u{a0}-\u{1fff}\u{2070}-\u{24ff}]{1,120}",
+        local in "[a-z0-9._+-]{1,20}",
+    ) {
+        let (Ok(name), Ok(company), Ok(to)) = (
+            DisplayName::parse("contact.name", &name),
+            DisplayName::parse("company", &company),
+            MailAddress::parse("contact.email", &format!("{local}@example.com")),
+        ) else {
+            return Ok(());
+        };
+        let mut mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+        mail.to = to;
+        mail.to_name = Some(name);
+        mail.company = company;
+        let mailer = Mailer::new(&smtp_config(25, SmtpSecurity::None)).map_err(|e| {
+            proptest::test_runner::TestCaseError::fail(e.to_string())
+        })?;
+        let message = mailer
+            .build(&mail)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        proptest::prop_assert_eq!(message.envelope().to().len(), 1);
+        let formatted = message.formatted();
+        proptest::prop_assert!(formatted.is_ascii());
+        let text = String::from_utf8_lossy(&formatted);
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        let mut seen: Vec<&str> = Vec::new();
+        for line in head.split("\r\n") {
+            proptest::prop_assert!(!line.contains('\r') && !line.contains('\n'));
+            if line.starts_with(' ') || line.starts_with('\t') {
+                continue;
+            }
+            let known = OUR_HEADERS.iter().find(|h| line.starts_with(*h));
+            proptest::prop_assert!(known.is_some(), "unexpected header line {:?}", line);
+            seen.extend(known);
+        }
+        seen.sort();
+        let mut want = OUR_HEADERS.to_vec();
+        want.sort();
+        proptest::prop_assert_eq!(seen, want);
+    }
+}
