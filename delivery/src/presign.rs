@@ -385,6 +385,15 @@ impl Presigner {
         &self.object_url
     }
 
+    fn current_credentials(&self) -> Arc<S3Credentials> {
+        Arc::clone(
+            &self
+                .credentials
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Reads the credentials again from their file or the environment, and uses them
     /// for the following links. Does nothing for credentials given in code.
     #[instrument(skip_all)]
@@ -412,7 +421,8 @@ impl Presigner {
     }
 
     /// Signs a `GET` link valid from `now` for `ttl`, clamped to 7 days and to the
-    /// credentials' expiry. `now` is truncated to the second (SigV4's resolution), and
+    /// credentials' expiry. Temporary credentials that expire before `now + ttl` are
+    /// first re-read from their file or the environment, in case they were rotated. `now` is truncated to the second (SigV4's resolution), and
     /// `expires_at` is exactly when S3 starts refusing the link.
     #[instrument(skip_all)]
     pub fn presign(
@@ -420,12 +430,6 @@ impl Presigner {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<PresignedLink, PresignError> {
-        let credentials = Arc::clone(
-            &self
-                .credentials
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
         let now = now
             .replace_nanosecond(0)
             .map_err(|_| PresignError::InvalidTtl)?;
@@ -433,6 +437,21 @@ impl Presigner {
             return Err(PresignError::InvalidTtl);
         }
         let mut ttl = ttl.min(MAX_LINK_TTL);
+        let mut credentials = self.current_credentials();
+        // Temporary credentials that would cut the link short are probably rotated
+        // already where they come from: look again before signing a shorter link.
+        if credentials
+            .expires_at
+            .is_some_and(|expires_at| expires_at - now < ttl)
+            && !matches!(self.source, CredentialSource::Given)
+        {
+            match self.reload_credentials() {
+                Ok(()) => credentials = self.current_credentials(),
+                Err(error) => {
+                    tracing::warn!(%error, "could not reload the S3 credentials; using the loaded ones")
+                }
+            }
+        }
         if let Some(expired_at) = credentials.expires_at {
             let left = expired_at - now;
             if left < Duration::SECOND {

@@ -307,3 +307,51 @@ async fn s3_refuses_a_link_signed_with_other_credentials() -> Result<()> {
     let _ = server.root();
     Ok(())
 }
+
+#[test]
+fn temporary_credentials_running_short_are_reloaded_from_their_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("s3-credentials");
+    let write = |token: &str, expires_at: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "access_key_id={S3_ACCESS_KEY}\nsecret_access_key={S3_SECRET_KEY}\n\
+                 session_token={token}\nexpires_at={expires_at}\n"
+            ),
+        )
+    };
+    write("old-token", "2030-01-01T12:10:00Z")?;
+    let mut cfg = config("http://127.0.0.1:9", BUCKET, KEY, true);
+    cfg.credentials_file = Some(file.clone());
+    let presigner = Presigner::from_config(&cfg)?;
+    let now = datetime!(2030-01-01 12:00:00 UTC);
+
+    // Not rotated yet: the link is cut to the credentials' expiry.
+    let short = presigner.presign(now, Duration::hours(1))?;
+    assert_eq!(short.expires_at, datetime!(2030-01-01 12:10:00 UTC));
+    assert_eq!(
+        query_param(&short.url, "X-Amz-Security-Token").as_deref(),
+        Some("old-token")
+    );
+
+    // Rotated: the next link uses the fresh credentials and its full validity.
+    write("new-token", "2030-01-01T18:00:00Z")?;
+    let full = presigner.presign(now, Duration::hours(1))?;
+    assert_eq!(full.expires_at, datetime!(2030-01-01 13:00:00 UTC));
+    assert_eq!(
+        query_param(&full.url, "X-Amz-Security-Token").as_deref(),
+        Some("new-token")
+    );
+
+    // Expired and not rotated: refused, with a clear error.
+    std::fs::remove_file(&file)?;
+    let err = presigner
+        .presign(datetime!(2030-01-01 18:00:00 UTC), Duration::hours(1))
+        .expect_err("expired");
+    assert!(
+        matches!(err, PresignError::CredentialsExpired { .. }),
+        "{err:?}"
+    );
+    Ok(())
+}
