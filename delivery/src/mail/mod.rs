@@ -304,6 +304,15 @@ impl Mailer {
     /// The message as it would be sent (tests and previews). Holds the code.
     #[instrument(skip_all)]
     pub fn build(&self, mail: &OutgoingMail) -> Result<Message, MailError> {
+        // The link goes into an href: only a web URL may (never `javascript:` and co).
+        let url = mail.link.url.as_str();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(MailError::InvalidMessage(
+                "the download link is not an http(s) URL".into(),
+            ));
+        }
         let rendered = template::render(mail);
         let to = Mailbox::new(
             mail.to_name.as_ref().map(|n| n.as_str().to_owned()),

@@ -610,6 +610,26 @@ fn setup_refuses_weak_or_incomplete_configurations() -> Result<()> {
 }
 
 #[test]
+fn only_web_links_go_into_a_mail() -> Result<()> {
+    let mailer = Mailer::new(&smtp_config(25, SmtpSecurity::None))?;
+    for url in [
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "ftp://x.test/a",
+        "https://x.test/a b",
+        "https://x.test/a\r\nBcc: eve@evil.test",
+    ] {
+        let mut mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
+        mail.link.url = url.into();
+        assert!(
+            matches!(mailer.build(&mail), Err(MailError::InvalidMessage(_))),
+            "{url:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn the_gateway_smtp_table_parses() -> Result<()> {
     let config: SmtpConfig = toml::from_str(
         r#"
