@@ -527,6 +527,46 @@ impl Stack {
         Self::client(Some(Self::pem_identity(&cert, &key)))
     }
 
+    /// A client whose certificate the test makes: signed by the dev service CA (or
+    /// self-signed), with the given URI SANs, clientAuth EKU or not, and CN.
+    pub fn forged(
+        &self,
+        uris: &[&str],
+        client_auth: bool,
+        cn: &str,
+        self_signed: bool,
+    ) -> reqwest::Client {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().expect("ia5")))
+            .collect();
+        if client_auth {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = if self_signed {
+            params.self_signed(&key).expect("self-signed")
+        } else {
+            let ca_key = rcgen::KeyPair::from_pem(
+                &std::fs::read_to_string(format!(
+                    "{}/pki/service-ca.key",
+                    dev().var("ALGA_DEV_DIR")
+                ))
+                .expect("CA key"),
+            )
+            .expect("CA key parses");
+            let ca_pem = std::fs::read_to_string(dev().path("ALGA_CA_BUNDLE")).expect("CA cert");
+            let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+            params.signed_by(&key, &issuer).expect("signed")
+        };
+        Self::client(Some(Self::pem_identity(&cert.pem(), &key.serialize_pem())))
+    }
+
     pub fn anon(&self) -> reqwest::Client {
         Self::client(None)
     }

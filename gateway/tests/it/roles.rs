@@ -119,3 +119,63 @@ async fn role_matrix() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_comes_only_from_one_uri_san_with_client_auth_from_the_right_ca() {
+    let s = Stack::start().await;
+    let (tenant, _, _) = s.tenant_with_code("pro").await;
+    let store = "spiffe://alga.test/service/nm-store";
+    let auditor = "spiffe://alga.test/service/auditor";
+    let appliance_uri = format!(
+        "spiffe://alga.test/tenant/{tenant}/appliance/{}",
+        Uuid::new_v4()
+    );
+    let tenant_path = s.url(&format!("/tenants/{tenant}"));
+
+    // The shape the policy expects, freshly made: accepted (the control case).
+    let (st, _, _) = send(s.forged(&[store], true, "store", false).get(&tenant_path)).await;
+    assert_eq!(st, 200);
+    // Refused identities: 403, whatever the CN says.
+    let cases: Vec<(&str, reqwest::Client)> = vec![
+        (
+            "two URI SANs",
+            s.forged(&[store, auditor], true, "store", false),
+        ),
+        (
+            "no URI SAN, store in the CN",
+            s.forged(&[], true, store, false),
+        ),
+        (
+            "no clientAuth EKU",
+            s.forged(&[store], false, "store", false),
+        ),
+        (
+            "a URI the policy does not list",
+            s.forged(&["spiffe://alga.test/service/intruder"], true, "x", false),
+        ),
+    ];
+    for (what, client) in cases {
+        let (st, v, _) = send(client.get(&tenant_path)).await;
+        assert_eq!(st, 403, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden", "{what}");
+    }
+    // An appliance identity from the service CA is not an appliance.
+    let (st, v, _) = send(
+        s.forged(&[&appliance_uri], true, "appliance", false)
+            .post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1"}})),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    // A self-signed certificate does not even complete the handshake.
+    let r = s
+        .forged(&[store], true, "store", true)
+        .get(&tenant_path)
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "self-signed client certificate refused at TLS: {r:?}"
+    );
+    s.stop().await;
+}
