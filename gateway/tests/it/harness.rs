@@ -170,6 +170,7 @@ async fn template() -> String {
             }
             let name = format!("gwtmpl_{}", &hex::encode(h.finalize())[..16]);
             let admin = connect(&admin_config("alga")).await;
+            drop_leftovers(&admin, &name).await;
             let exists = admin
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
                 .await
@@ -212,11 +213,40 @@ async fn template() -> String {
         .clone()
 }
 
+/// Drops test databases of processes that are gone and templates of older migration
+/// sets (best effort: a database still in use is left alone).
+async fn drop_leftovers(admin: &tokio_postgres::Client, template: &str) {
+    let Ok(rows) = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'gwtest\\_%' OR datname LIKE 'gwtmpl\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for r in rows {
+        let db: String = r.get(0);
+        let stale = if let Some(rest) = db.strip_prefix("gwtest_") {
+            let pid = rest.split('_').next().unwrap_or_default();
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            db != template && !db.contains("_b")
+        };
+        if stale {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                .await;
+        }
+    }
+}
+
 /// A fresh database for one test.
 async fn test_database() -> String {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let tmpl = template().await;
-    let name = format!("gwtest_{}", Uuid::new_v4().simple());
+    // The pid in the name lets a later run drop what a crashed run left behind.
+    let name = format!("gwtest_{}_{}", std::process::id(), Uuid::new_v4().simple());
     let _g = LOCK.lock().await;
     let admin = connect(&admin_config("alga")).await;
     admin
