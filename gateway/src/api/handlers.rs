@@ -16,34 +16,51 @@ use uuid::Uuid;
 use super::extract::{
     ApiJson, AppState, ApplianceCaller, AuditorCaller, Peer, ReaderCaller, StoreCaller, json_error,
 };
+use crate::audit::actions as audit_actions;
 use crate::error::ApiError;
 use crate::flows::{
     self, check_in::Presented, register::Idempotency, reissue::TenantRef, validate,
 };
+
+/// Audits a request refused before its flow ran (bad body, invalid fields), then
+/// returns the error.
+async fn refused(app: &crate::App, peer: &Peer, action: &str, e: ApiError) -> ApiError {
+    let record = peer.ctx(app).record(action);
+    crate::audit::append_failure(&app.pool, record, e.code()).await;
+    e
+}
 
 /// `POST /register-tenant` (store).
 pub async fn register_tenant(
     State(app): AppState,
     StoreCaller(peer): StoreCaller,
     headers: HeaderMap,
-    body: ApiJson<RegisterTenantRequest>,
+    body: Result<ApiJson<RegisterTenantRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let reg = validate::registration(&body.value, &app.policy)?;
-    let idem = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let key = v.to_str().map_err(|_| {
-                let mut f = BTreeMap::new();
-                f.insert(
-                    "Idempotency-Key".to_owned(),
-                    "must be printable ASCII".to_owned(),
-                );
-                ApiError::Validation(f)
-            })?;
-            let caller = peer.conn.identity.actor_id(&app.policy).unwrap_or_default();
-            Some(Idempotency::new(&caller, key, &body.raw)?)
-        }
+    let input = (|| {
+        let body = body?;
+        let reg = validate::registration(&body.value, &app.policy)?;
+        let idem = match headers.get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(v) => {
+                let key = v.to_str().map_err(|_| {
+                    let mut f = BTreeMap::new();
+                    f.insert(
+                        "Idempotency-Key".to_owned(),
+                        "must be printable ASCII".to_owned(),
+                    );
+                    ApiError::Validation(f)
+                })?;
+                let caller = peer.conn.identity.actor_id(&app.policy).unwrap_or_default();
+                Some(Idempotency::new(&caller, key, &body.raw)?)
+            }
+        };
+        Ok((reg, idem))
+    })();
+    let (reg, idem) = match input {
+        Ok(i) => i,
+        Err(e) => return Err(refused(&app, &peer, audit_actions::TENANT_REGISTER, e).await),
     };
     let r = flows::register::register_tenant(&app, &ctx, reg, idem).await?;
     let status = StatusCode::from_u16(r.status).map_err(ApiError::internal)?;
@@ -54,30 +71,32 @@ pub async fn register_tenant(
 pub async fn reissue(
     State(app): AppState,
     StoreCaller(peer): StoreCaller,
-    body: ApiJson<ReissueRequest>,
+    body: Result<ApiJson<ReissueRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let target = match (body.value.tenant_id, body.value.contact_email.as_deref()) {
-        (Some(id), None) => TenantRef::Id(id),
-        (None, Some(email)) => {
-            TenantRef::ContactEmail(validate::ContactEmail::parse(email).map_err(|m| {
+    let target = (|| {
+        let body = body?;
+        match (body.value.tenant_id, body.value.contact_email.as_deref()) {
+            (Some(id), None) => Ok(TenantRef::Id(id)),
+            (None, Some(email)) => validate::ContactEmail::parse(email)
+                .map(TenantRef::ContactEmail)
+                .map_err(|m| {
+                    let mut f = BTreeMap::new();
+                    f.insert("contact_email".to_owned(), m.to_owned());
+                    ApiError::Validation(f)
+                }),
+            _ => {
                 let mut f = BTreeMap::new();
+                let m = "give exactly one of tenant_id and contact_email";
+                f.insert("tenant_id".to_owned(), m.to_owned());
                 f.insert("contact_email".to_owned(), m.to_owned());
-                ApiError::Validation(f)
-            })?)
+                Err(ApiError::Validation(f))
+            }
         }
-        _ => {
-            let mut f = BTreeMap::new();
-            f.insert(
-                "tenant_id".to_owned(),
-                "give exactly one of tenant_id and contact_email".to_owned(),
-            );
-            f.insert(
-                "contact_email".to_owned(),
-                "give exactly one of tenant_id and contact_email".to_owned(),
-            );
-            return Err(ApiError::Validation(f));
-        }
+    })();
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return Err(refused(&app, &peer, audit_actions::CODE_REISSUE, e).await),
     };
     let r = flows::reissue::reissue(&app, &ctx, target).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())

@@ -67,16 +67,21 @@ pub async fn register_tenant(
     reg: Registration<'_>,
     idem: Option<Idempotency>,
 ) -> Result<Replayable, ApiError> {
-    if let Some(i) = &idem
-        && let Some(r) = replay(app, i).await?
-    {
-        return Ok(r);
-    }
-    match register_once(app, ctx, &reg, idem.as_ref()).await {
+    let first = match &idem {
+        Some(i) => replay(app, i).await,
+        None => Ok(None),
+    };
+    let attempt = match first {
+        Ok(Some(r)) => return Ok(r),
+        Ok(None) => register_once(app, ctx, &reg, idem.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    match attempt {
         Ok(r) => Ok(r),
         Err(e) => {
             // A concurrent request with the same key may have won the race.
             if let Some(i) = &idem
+                && !matches!(e, ApiError::IdempotencyConflict)
                 && let Ok(Some(r)) = replay(app, i).await
             {
                 return Ok(r);

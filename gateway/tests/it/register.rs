@@ -113,8 +113,8 @@ async fn register_tenant_idempotency_and_duplicates() {
     assert_eq!(
         s.count("SELECT count(*) FROM audit_events WHERE action = 'tenant.register'")
             .await,
-        2,
-        "the success and the refused duplicate are both audited"
+        3,
+        "the success, the idempotency conflict and the refused duplicate are all audited"
     );
     s.stop().await;
 }
@@ -188,6 +188,12 @@ async fn register_tenant_bad_input_is_refused_and_nothing_is_written() {
     assert_error(st, &v, 400, "validation_failed");
     assert_eq!(s.count("SELECT count(*) FROM tenants").await, 0);
     assert_eq!(s.count("SELECT count(*) FROM install_codes").await, 0);
+    // Each refusal is audited (12 requests above), and nothing else was written.
+    assert_eq!(
+        s.count("SELECT count(*) FROM audit_events WHERE action = 'tenant.register' AND convert_from(record, 'UTF8') LIKE '%failure%'")
+            .await,
+        12
+    );
     s.stop().await;
 }
 
