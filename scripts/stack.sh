@@ -12,7 +12,7 @@
 #   down            stop gateway, issuer, SMTP, S3, Postgres (keeps data)
 #   clean-dev       down, then remove .dev/ entirely
 #   test            up, then cargo test --workspace with .dev/env exported
-#   demo            up, then (for now) say that the guided journey is not built yet
+#   demo            up, then walk the journey (scripts/demo.sh) ending in a summary table
 #   status          show what is running
 #   pg-start | pg-stop | smtp-start | smtp-stop | s3-start | s3-stop
 #   issuer-start | issuer-stop | gateway-start | gateway-stop
@@ -998,7 +998,9 @@ cmd_test() {
 
 cmd_demo() {
     cmd_up
-    say "the guided demo journey is not built yet; the stack is up (set -a; . .dev/env; set +a)"
+    release_lock
+    say "the guided journey: scripts/demo.sh"
+    bash "$ROOT/scripts/demo.sh"
 }
 
 cmd_status() {
