@@ -71,3 +71,20 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Arbitrary text, and arbitrary bytes wrapped as a PEM CSR: refused, never a panic.
+        #[test]
+        fn garbage_never_panics(text in any::<String>(), der in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Csr::parse(&text);
+            let wrapped = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+            prop_assert!(Csr::parse(&wrapped).is_err());
+        }
+    }
+}

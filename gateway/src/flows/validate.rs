@@ -200,3 +200,39 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever comes in: no panic, and what is accepted is single-line, trimmed,
+        /// bounded.
+        #[test]
+        fn names_accepted_are_clean(input in any::<String>()) {
+            if let Ok(n) = Name::parse(&input) {
+                prop_assert!(!n.as_str().chars().any(char::is_control));
+                prop_assert_eq!(n.as_str().trim(), n.as_str());
+                prop_assert!(!n.as_str().is_empty() && n.as_str().chars().count() <= MAX_NAME_CHARS);
+            }
+        }
+
+        #[test]
+        fn emails_accepted_are_header_safe(input in any::<String>()) {
+            if let Ok(e) = ContactEmail::parse(&input) {
+                prop_assert!(e.as_str().is_ascii());
+                prop_assert!(!e.as_str().bytes().any(|b| b.is_ascii_control() || b == b' '));
+                prop_assert_eq!(e.as_str().matches('@').count(), 1);
+                prop_assert!(e.as_str().len() <= MAX_EMAIL_LEN);
+            }
+        }
+
+        #[test]
+        fn email_like_inputs_roundtrip(local in "[a-z0-9]{1,20}", domain in "[a-z0-9]{1,20}\\.[a-z]{2,6}") {
+            let s = format!("{local}@{domain}");
+            prop_assert_eq!(ContactEmail::parse(&s).map(|e| e.normalized()), Ok(s));
+        }
+    }
+}
