@@ -133,12 +133,24 @@ pub async fn events(
     pool: &Pool,
     after: Option<i64>,
     limit: Option<i64>,
+    tenant_id: Option<uuid::Uuid>,
+    action: Option<&str>,
 ) -> Result<serde_json::Value, crate::error::ApiError> {
     let (after_seq, limit) = page(after, limit)?;
+    let action = action.map(Action::new).transpose().map_err(|_| {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert(
+            "action".to_owned(),
+            "must be dotted lowercase words like code.redeem".to_owned(),
+        );
+        crate::error::ApiError::Validation(fields)
+    })?;
     let conn = pool.get().await.map_err(crate::db::DbError::from)?;
     let q = alga_audit::EventQuery {
         after_seq,
         limit,
+        tenant_id,
+        action,
         ..Default::default()
     };
     let records = alga_audit::list_events(&**conn, &q)

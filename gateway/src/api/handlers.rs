@@ -208,6 +208,12 @@ pub struct Page {
     /// At most this many (1–1000, default 100).
     #[serde(default)]
     pub limit: Option<i64>,
+    /// Only this tenant's records (`/audit/events`).
+    #[serde(default)]
+    pub tenant_id: Option<uuid::Uuid>,
+    /// Only this action, e.g. `code.redeem` (`/audit/events`).
+    #[serde(default)]
+    pub action: Option<String>,
 }
 
 /// `GET /audit/events` (auditor).
@@ -217,7 +223,14 @@ pub async fn audit_events(
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(page) = page.map_err(query_error)?;
-    let v = crate::audit::events(&app.pool, page.after, page.limit).await?;
+    let v = crate::audit::events(
+        &app.pool,
+        page.after,
+        page.limit,
+        page.tenant_id,
+        page.action.as_deref(),
+    )
+    .await?;
     Ok(Json(v).into_response())
 }
 

@@ -109,6 +109,16 @@ async fn auditor_pages_through_chained_events_and_signed_checkpoints() {
     let (st, v, _) = send(s.auditor().get(s.url("/audit/events?after=1&limit=1"))).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["events"][0]["seq"], 2);
+    let (st, v, _) = send(s.auditor().get(s.url("/audit/events?action=code.redeem"))).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["events"].as_array().is_some_and(
+            |a| !a.is_empty() && a.iter().all(|e| e["record"]["action"] == "code.redeem")
+        ),
+        "{v}"
+    );
+    let (st, e, _) = send(s.auditor().get(s.url("/audit/events?action=DROP%20TABLE"))).await;
+    assert_error(st, &e, 400, "validation_failed");
     let (st, e, _) = send(s.auditor().get(s.url("/audit/events?limit=0"))).await;
     assert_error(st, &e, 400, "validation_failed");
     let (st, v, _) = send(s.auditor().get(s.url("/audit/checkpoints"))).await;
