@@ -102,6 +102,19 @@ impl Stack {
             .unwrap_or_else(|e| panic!("reissue failed: {e:?}"))
     }
 
+    async fn revoke(&self, appliance_id: Uuid) {
+        let url = service::endpoint(&self.base(), &format!("/appliances/{appliance_id}/revoke"));
+        let _: serde_json::Value = self
+            .store
+            .post_json(
+                &url,
+                &serde_json::json!({"reason": "appliance-it: rebuilt"}),
+            )
+            .await
+            .expect("gateway answers")
+            .unwrap_or_else(|e| panic!("revoke failed: {e:?}"));
+    }
+
     async fn jwks(&self) -> Jwks {
         self.public
             .get_json(&service::endpoint(&self.base(), api::JWKS))
@@ -521,7 +534,7 @@ async fn redeem_failures_write_nothing() {
 }
 
 /// Reinstall: a re-issued code revokes the unclaimed one and brings a new appliance
-/// back under the original tenant id.
+/// back under the original tenant id; the old appliance, once revoked, cannot check in.
 #[tokio::test]
 async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
     let st = stack();
@@ -562,6 +575,18 @@ async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
         rebuilt.appliance_id, first_appliance.appliance_id,
         "a new appliance"
     );
+
+    // The old appliance's credential is banned: its check-in says so (exit 30) and
+    // leaves its seed alone; the rebuilt one checks in.
+    st.revoke(first_appliance.appliance_id).await;
+    let seed_path = a.join("appliance-license-seed.yaml");
+    let before = std::fs::read(&seed_path).expect("seed");
+    let r = run(&["check-in", "--seed", a.to_str().expect("utf8")], None);
+    assert_eq!(r.code, exit::APPLIANCE_REVOKED, "{r:?}");
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&seed_path).expect("seed"), before);
+    let r = run(&["check-in", "--seed", b.to_str().expect("utf8")], None);
+    assert_eq!(r.code, 0, "{r:?}");
 }
 
 /// The mail reader finds a code in 7bit, quoted-printable and base64 parts (no stack
