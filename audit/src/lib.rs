@@ -15,6 +15,8 @@
 //!   and `GET /audit/checkpoints`.
 //! - [`verify_database`], [`verify_export`]: recompute the chain, check every
 //!   checkpoint, and name the first damaged record and the kind of damage.
+//! - [`reconcile`](mod@reconcile): match the issuer's signing logs against the records
+//!   (what was signed and never recorded, what was recorded and never signed).
 //!
 //! What is absent on purpose: no function here commits a caller's transaction, opens
 //! its own connection for `append`, holds a lock inside a business transaction, or
@@ -26,6 +28,7 @@ pub mod checkpoint;
 mod error;
 pub mod export;
 pub mod guard;
+pub mod reconcile;
 pub mod record;
 mod schema;
 pub mod sequencer;

@@ -1,7 +1,8 @@
-//! `alga-audit`: the security staff's tool to export, verify and follow the audit log.
+//! `alga-audit`: the security staff's tool to export, verify and follow the audit log,
+//! and to reconcile it with the issuer's signing logs.
 //!
 //! Thin: parses arguments, connects, calls the library, prints. Exit codes: 0 intact
-//! (or command done), 1 damage found, 2 could not run.
+//! or reconciled (or command done), 1 damage or discrepancies found, 2 could not run.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use alga_audit::export::ExportFilter;
+use alga_audit::reconcile::{self, ReconcileOptions, ReconcileReport};
 use alga_audit::{
     Action, AuditKeys, ChainedRecord, EventQuery, VerifyOptions, VerifyReport, list_events,
 };
@@ -78,6 +80,31 @@ enum Command {
         /// Flag records unchained longer than this (overrides the policy), e.g. 30s.
         #[arg(long)]
         unchained_alarm_after: Option<String>,
+    },
+    /// Match the issuer's signing log(s) against the audit records: list what was
+    /// signed and never recorded, and what was recorded as signed and is absent from
+    /// the issuer's log. Exit 0 only when both lists are empty and every log verifies.
+    Reconcile {
+        /// An issuer's signing-log directory (`signlog-*.jsonl`); repeat for each issuer.
+        #[arg(long, required = true)]
+        issuer_log: Vec<PathBuf>,
+        /// Read the audit records from this export instead of the database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Check signatures and records from this RFC 3339 time on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Check up to this RFC 3339 time (default: two minutes ago, so that requests
+        /// in flight are not reported).
+        #[arg(long)]
+        until: Option<String>,
+        /// How long a failed request may have run before a signature it made, e.g. 2m.
+        #[arg(long, default_value = "2m")]
+        failed_request_window: String,
+        /// Also fail on signatures made during failed requests (matched to a failure
+        /// record by tenant and time, not by id).
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the newest records, then follow new ones as they are chained.
     Tail {
@@ -218,6 +245,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Reconcile {
+            issuer_log,
+            export,
+            since,
+            until,
+            failed_request_window,
+            strict,
+        } => {
+            let parse_time = |flag: &str, s: &str| {
+                OffsetDateTime::parse(s, &Rfc3339)
+                    .with_context(|| format!("{flag} must be an RFC 3339 time"))
+            };
+            let mut opts = ReconcileOptions::new(OffsetDateTime::now_utc());
+            opts.since = since
+                .as_deref()
+                .map(|s| parse_time("--since", s))
+                .transpose()?;
+            if let Some(u) = until {
+                opts.until = parse_time("--until", u)?;
+            }
+            opts.failed_request_window = alga_policies::parse_duration(failed_request_window)
+                .map_err(|e| anyhow::anyhow!("--failed-request-window: {e}"))?;
+            let mut logs = Vec::new();
+            for dir in issuer_log {
+                logs.push(
+                    reconcile::read_issuer_log(dir)
+                        .with_context(|| format!("issuer log {}", dir.display()))?,
+                );
+            }
+            let checkpoint_seqs: Vec<u64> = logs
+                .iter()
+                .flat_map(|l| &l.records)
+                .filter_map(|r| r.ids.sequence)
+                .collect();
+            let gateway = match export {
+                Some(path) => {
+                    let (path, o) = (path.clone(), opts.clone());
+                    tokio::task::spawn_blocking(move || {
+                        reconcile::load_export(&path, &o, &checkpoint_seqs)
+                    })
+                    .await??
+                }
+                None => {
+                    let mut client = connect(&cli).await?;
+                    reconcile::load_database(&mut client, &opts, &checkpoint_seqs).await?
+                }
+            };
+            let report = reconcile::reconcile(&logs, &gateway, &opts);
+            print_reconcile(&report, *strict, cli.json)?;
+            let clean = report.passes(*strict);
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Tail {
             lines,
             no_follow,
@@ -339,6 +422,229 @@ fn print_report(source: &str, r: &VerifyReport, json: bool) -> anyhow::Result<()
                 writeln!(out, "… and {} more findings", r.findings_dropped)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn print_reconcile(r: &ReconcileReport, strict: bool, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    let clean = r.passes(strict);
+    if json {
+        let value = serde_json::json!({
+            "reconciled": clean,
+            "strict": strict,
+            "counts": {
+                "signatures_checked": r.signatures_checked,
+                "claims_checked": r.claims_checked,
+                "unrecorded": r.unrecorded.len(),
+                "absent": r.absent.len(),
+                "failed_request": r.failed_request.len(),
+                "mismatched": r.mismatched.len(),
+                "broken_logs": r.logs.iter().filter(|l| l.broken.is_some()).count(),
+            },
+            "report": r,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    let time = |t: OffsetDateTime| alga_audit::canonical::format_time(t);
+    let opt = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+    for l in &r.logs {
+        let range = match (l.first_seq, l.last_seq) {
+            (Some(a), Some(b)) => format!("seq {a}..={b}"),
+            _ => "no records".into(),
+        };
+        let state = match &l.broken {
+            None => "chain intact".to_owned(),
+            Some(b) => format!(
+                "BROKEN at seq {} ({} line {}): {}",
+                b.seq,
+                b.file.display(),
+                b.line,
+                b.reason
+            ),
+        };
+        writeln!(
+            out,
+            "issuer log:   {}: {} records in {} files ({range}), {state}",
+            l.dir.display(),
+            l.records,
+            l.files
+        )?;
+        if let Some(s) = l.resumed_at {
+            writeln!(
+                out,
+                "note:         verified from seq {s} on (older files absent)"
+            )?;
+        }
+        if l.torn_tail_bytes > 0 {
+            writeln!(
+                out,
+                "note:         {} bytes of an incomplete last line ignored (a write cut short)",
+                l.torn_tail_bytes
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "gateway:      {}: {} chained records read, {} checkpoints",
+        r.gateway.source, r.gateway.records_read, r.gateway.checkpoints
+    )?;
+    if r.gateway.selection {
+        writeln!(
+            out,
+            "note:         the export is filtered: signatures whose records were left out show as unrecorded (with a time filter, pass --since at least --failed-request-window after the export's)"
+        )?;
+    }
+    writeln!(
+        out,
+        "window:       {} to {}",
+        r.since.map(time).unwrap_or_else(|| "the start".into()),
+        time(r.until)
+    )?;
+    let matched: Vec<String> = r.matched.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(
+        out,
+        "checked:      {} signatures, {} gateway claims; matched: {}",
+        r.signatures_checked,
+        r.claims_checked,
+        if matched.is_empty() {
+            "none".into()
+        } else {
+            matched.join(", ")
+        }
+    )?;
+
+    let sig_header = || {
+        format!(
+            "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  LOG / NOTE",
+            "LOG SEQ", "TIME", "OP", "ID", "TENANT"
+        )
+    };
+    writeln!(out)?;
+    writeln!(
+        out,
+        "signed by the issuer, never recorded by the gateway: {}",
+        r.unrecorded.len()
+    )?;
+    if !r.unrecorded.is_empty() {
+        writeln!(out, "{}", sig_header())?;
+    }
+    for s in &r.unrecorded {
+        writeln!(
+            out,
+            "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  {}{}",
+            s.seq,
+            time(s.time),
+            s.op.as_str(),
+            s.id,
+            opt(s.tenant_id),
+            s.log.display(),
+            s.note
+                .as_ref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "recorded by the gateway as signed, absent from the issuer's log: {}",
+        r.absent.len()
+    )?;
+    if !r.absent.is_empty() {
+        writeln!(
+            out,
+            "  {:<8}  {:<27}  {:<20}  {:<11}  {:<36}  TENANT",
+            "SEQ", "TIME", "ACTION", "OP", "ID"
+        )?;
+    }
+    for c in &r.absent {
+        writeln!(
+            out,
+            "  {:<8}  {:<27}  {:<20}  {:<11}  {:<36}  {}",
+            c.audit_seq,
+            time(c.time),
+            c.action,
+            c.op.as_str(),
+            c.id,
+            opt(c.tenant_id)
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "signed during a failed request (matched by tenant and time, {}): {}",
+        if strict {
+            "counted as unrecorded: --strict"
+        } else {
+            "for review"
+        },
+        r.failed_request.len()
+    )?;
+    if !r.failed_request.is_empty() {
+        writeln!(
+            out,
+            "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  ACCOUNTED FOR BY",
+            "LOG SEQ", "TIME", "OP", "ID", "TENANT"
+        )?;
+    }
+    for f in &r.failed_request {
+        let s = &f.signature;
+        let by = match (&f.failure_seq, &f.failure_action, &f.error_code) {
+            (Some(seq), Some(a), code) => format!(
+                "failure record seq {seq} ({a}{})",
+                code.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+            ),
+            _ => s.note.clone().unwrap_or_default(),
+        };
+        writeln!(
+            out,
+            "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  {by}",
+            s.seq,
+            time(s.time),
+            s.op.as_str(),
+            s.id,
+            opt(s.tenant_id),
+        )?;
+    }
+    if !r.mismatched.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "matched by id, but the two sides disagree: {}",
+            r.mismatched.len()
+        )?;
+        for m in &r.mismatched {
+            writeln!(
+                out,
+                "  log seq {} / audit seq {}  {} {}: {}",
+                m.log_seq,
+                m.audit_seq,
+                m.op.as_str(),
+                m.id,
+                m.detail
+            )?;
+        }
+    }
+    writeln!(out)?;
+    let broken = r.logs.iter().filter(|l| l.broken.is_some()).count();
+    if clean {
+        writeln!(out, "result:       RECONCILED")?;
+    } else {
+        writeln!(
+            out,
+            "result:       DISCREPANCIES: {} unrecorded, {} absent, {} mismatched, {} broken logs{}",
+            r.unrecorded.len(),
+            r.absent.len(),
+            r.mismatched.len(),
+            broken,
+            if strict {
+                format!(", {} in failed requests (--strict)", r.failed_request.len())
+            } else {
+                String::new()
+            }
+        )?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod chain;
 mod cli;
 mod concurrent;
 mod props;
+mod reconcile;
 mod schema;
 mod secrets;
 mod support;
