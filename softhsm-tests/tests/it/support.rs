@@ -1,0 +1,939 @@
+//! The harness: the stack's environment, child processes that die with the test, a
+//! private issuer + gateway(s) + database per test, the mailbox, and the binaries.
+//!
+//! Every wait is bounded; every server listens on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use base64::Engine;
+use tempfile::TempDir;
+
+/// How long a server may take to answer `/healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a mail may take to reach the sink after registration.
+pub const MAIL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on every one-shot command the tests run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------- environment
+
+/// The stack's `.dev/env`, as exported by `make test`; falls back to reading the
+/// workspace's `.dev/env` so `cargo test -p softhsm-tests` works after `make up`.
+pub fn env(name: &str) -> String {
+    if let Ok(v) = std::env::var(name)
+        && !v.is_empty()
+    {
+        return v;
+    }
+    if let Some(v) = dev_env_file().get(name) {
+        return v.clone();
+    }
+    panic!(
+        "{name} is not set: start the local stack (`make up`) and run the tests with `make test`, \
+         or export .dev/env (`set -a; . .dev/env; set +a`)"
+    )
+}
+
+fn dev_env_file() -> &'static HashMap<String, String> {
+    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dev/env");
+        let Ok(text) = fs::read_to_string(path) else {
+            return HashMap::new();
+        };
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .unwrap_or(v);
+                (k.to_owned(), v.replace("'\\''", "'"))
+            })
+            .collect()
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(&env("ALGA_BIN_DIR")).join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A short unique suffix for names (databases, addresses): time, process and counter.
+pub fn unique() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:x}{:x}{:x}",
+        t & 0xffff_ffff_ffff,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+// ------------------------------------------------------------------------- commands
+
+/// Runs a command to completion with a time bound (killing it past the bound).
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
+    let what = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input)
+            .with_context(|| format!("writing stdin of {what}"))?;
+    }
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().context("stdout piped")?;
+    let mut err = child.stderr.take().context("stderr piped")?;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).map(|_| v)
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).map(|_| v)
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = t_out.join().map_err(|_| anyhow!("stdout reader"))??;
+    let stderr = t_err.join().map_err(|_| anyhow!("stderr reader"))??;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A database URL with its password moved out of argv: (URL without password, password).
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return (url.to_owned(), None);
+    };
+    match userinfo.split_once(':') {
+        Some((user, pw)) => (format!("{scheme}://{user}@{host}"), Some(pw.to_owned())),
+        None => (url.to_owned(), None),
+    }
+}
+
+/// `url` pointing at database `db` instead (same role, host and port).
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rsplit_once('/') {
+        Some((prefix, _)) if prefix.contains("://") && prefix.len() > "postgres://".len() => prefix,
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// Runs SQL through `psql` against `url` (a superuser URL by default), returning the
+/// unaligned, tuples-only output.
+pub fn psql(url: &str, sql: &str) -> Result<String> {
+    let (url, pw) = split_password(url);
+    let psql = Path::new(&env("ALGA_PG_BIN")).join("psql");
+    let psql = if psql.is_file() {
+        psql
+    } else {
+        PathBuf::from("psql")
+    };
+    let mut cmd = Command::new(psql);
+    cmd.args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql]);
+    if let Some(pw) = pw {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = run(&mut cmd, None)?;
+    ensure!(
+        out.status.success(),
+        "psql failed ({}) on `{sql}`: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+/// `curl` over the dev CA, optionally with a client identity; returns (status, body).
+pub fn curl(
+    url: &str,
+    identity: Option<(&str, &str)>,
+    out_file: Option<&Path>,
+) -> Result<(u16, Vec<u8>)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(env("ALGA_CA_BUNDLE"));
+    if let Some((cert, key)) = identity {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    if let Some(f) = out_file {
+        cmd.arg("-o").arg(f);
+    }
+    cmd.arg(url);
+    let out = run(&mut cmd, None)?;
+    let mut body = out.stdout;
+    let pos = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .context("curl printed no status")?;
+    let status = text(&body[pos + 1..]).trim().parse().unwrap_or(0);
+    body.truncate(pos);
+    Ok((status, body))
+}
+
+// ------------------------------------------------------------------------ processes
+
+/// A child process that is killed when the guard drops; its output goes to a log file,
+/// whose tail is printed if the test is failing.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+        let f = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn log_tail(&self) -> String {
+        let t = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until `url` answers 200, failing early when the process exits.
+    pub fn wait_healthy(&mut self, url: &str, identity: Option<(&str, &str)>) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({s}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            match curl(url, identity, None) {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, _)) => last = format!("HTTP {code}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{}: {url} did not answer 200 within {START_TIMEOUT:?} (last: {last}):\n{}",
+            self.name,
+            self.log_tail()
+        )
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}\n---- end ----",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- the stack
+
+/// A fresh database on the stack's cluster, dropped (with its connections) on drop.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn create(prefix: &str, owner: Option<&str>) -> Result<TestDb> {
+        let name = format!("{prefix}_{}", unique());
+        let owner = owner.map(|o| format!(" OWNER {o}")).unwrap_or_default();
+        psql(
+            &env("DATABASE_URL"),
+            &format!("CREATE DATABASE {name}{owner}"),
+        )?;
+        Ok(TestDb { name })
+    }
+
+    /// The superuser URL of this database (operators' tools, test queries).
+    pub fn admin_url(&self) -> String {
+        with_database(&env("DATABASE_URL"), &self.name)
+    }
+
+    pub fn query(&self, sql: &str) -> Result<String> {
+        psql(&self.admin_url(), sql)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Err(e) = psql(
+            &env("DATABASE_URL"),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// One gateway process of a [`Stack`].
+#[derive(Debug)]
+pub struct Gateway {
+    pub url: String,
+    /// The guard that keeps the process alive until the stack drops.
+    _proc: Proc,
+}
+
+/// A private issuer and gateway(s) over a fresh database; the rest (PKI, token,
+/// cluster, SMTP, S3) is the local stack's. Fields drop in order: gateways, issuer,
+/// database, files.
+#[derive(Debug)]
+pub struct Stack {
+    pub gateways: Vec<Gateway>,
+    pub issuer: Proc,
+    pub issuer_url: String,
+    pub db: TestDb,
+    pub dir: TempDir,
+}
+
+fn load_toml(path: &str) -> Result<toml::Table> {
+    let t = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    t.parse::<toml::Table>()
+        .with_context(|| format!("parsing {path}"))
+}
+
+fn set(t: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) -> Result<()> {
+    t.get_mut(section)
+        .and_then(|s| s.as_table_mut())
+        .with_context(|| format!("[{section}] missing"))?
+        .insert(key.to_owned(), value.into());
+    Ok(())
+}
+
+fn get_str(t: &toml::Table, section: &str, key: &str) -> Result<String> {
+    t.get(section)
+        .and_then(|s| s.get(key))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{section}.{key} missing"))
+}
+
+fn write_toml(path: &Path, t: &toml::Table) -> Result<()> {
+    fs::write(path, toml::to_string(t)?).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn gateway_client_identity() -> (String, String) {
+    (
+        env("ALGA_GATEWAY_CLIENT_CERT"),
+        env("ALGA_GATEWAY_CLIENT_KEY"),
+    )
+}
+
+impl Stack {
+    /// Starts an issuer and `gateways` gateways on free loopback ports over a fresh,
+    /// migrated database.
+    pub fn start(gateways: usize) -> Result<Stack> {
+        let dir = tempfile::Builder::new().prefix("alga-e2e-").tempdir()?;
+
+        // The stack's policy, with audit checkpoints every second so a short test sees them.
+        let mut policy = load_toml(&env("ALGA_POLICY"))?;
+        set(&mut policy, "audit", "checkpoint_interval", "1s")?;
+        set(&mut policy, "audit", "checkpoint_every_records", 20)?;
+        let policy_path = dir.path().join("policy.toml");
+        write_toml(&policy_path, &policy)?;
+        let policy_str = policy_path.display().to_string();
+
+        let db = TestDb::create("e2e", Some("alga_migrator"))?;
+
+        // Issuer: the stack's config (same token, PKI) on another port and its own log.
+        let issuer_port = free_port()?;
+        let mut ic = load_toml(&env("ALGA_ISSUER_CONFIG"))?;
+        set(
+            &mut ic,
+            "listen",
+            "address",
+            format!("127.0.0.1:{issuer_port}"),
+        )?;
+        set(&mut ic, "policy", "path", policy_str.clone())?;
+        let signlog = dir.path().join("issuer-log");
+        fs::create_dir_all(&signlog)?;
+        set(&mut ic, "log", "directory", signlog.display().to_string())?;
+        let ic_path = dir.path().join("issuer.toml");
+        write_toml(&ic_path, &ic)?;
+        let issuer_url = format!("https://localhost:{issuer_port}");
+        let mut issuer = Proc::spawn(
+            "alga-issuer",
+            Command::new(bin("alga-issuer"))
+                .args(["serve", "--config"])
+                .arg(&ic_path)
+                .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
+                .env("RUST_LOG", "info"),
+            dir.path().join("issuer.log"),
+        )?;
+        let (cert, key) = gateway_client_identity();
+        issuer.wait_healthy(&format!("{issuer_url}/healthz"), Some((&cert, &key)))?;
+
+        // Gateways: the stack's config on other ports, against the fresh database.
+        let gc = load_toml(&env("ALGA_GATEWAY_CONFIG"))?;
+        let runtime_url = with_database(&get_str(&gc, "database", "url")?, &db.name);
+        let migrator_url = with_database(&get_str(&gc, "database", "migrator_url")?, &db.name);
+        let mut started = Vec::new();
+        for i in 0..gateways.max(1) {
+            let port = free_port()?;
+            let url = format!("https://localhost:{port}");
+            let mut c = gc.clone();
+            set(&mut c, "listen", "address", format!("127.0.0.1:{port}"))?;
+            set(&mut c, "listen", "public_url", url.clone())?;
+            set(&mut c, "database", "url", runtime_url.clone())?;
+            set(&mut c, "database", "migrator_url", migrator_url.clone())?;
+            set(&mut c, "database", "pool_size", 4)?;
+            set(&mut c, "issuer", "url", issuer_url.clone())?;
+            set(&mut c, "policy", "path", policy_str.clone())?;
+            let path = dir.path().join(format!("gateway-{i}.toml"));
+            write_toml(&path, &c)?;
+            if i == 0 {
+                let out = run(
+                    Command::new(bin("alga-gateway"))
+                        .args(["migrate", "--config"])
+                        .arg(&path),
+                    None,
+                )?;
+                ensure!(
+                    out.status.success(),
+                    "alga-gateway migrate failed ({}): {}{}",
+                    out.status,
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            }
+            let mut proc = Proc::spawn(
+                &format!("alga-gateway-{i}"),
+                Command::new(bin("alga-gateway"))
+                    .args(["serve", "--config"])
+                    .arg(&path)
+                    .env("RUST_LOG", "info"),
+                dir.path().join(format!("gateway-{i}.log")),
+            )?;
+            proc.wait_healthy(&format!("{url}/healthz"), None)?;
+            started.push(Gateway { url, _proc: proc });
+        }
+        Ok(Stack {
+            gateways: started,
+            issuer,
+            issuer_url,
+            db,
+            dir,
+        })
+    }
+
+    pub fn gw(&self, i: usize) -> &str {
+        &self.gateways[i].url
+    }
+
+    /// A fresh directory inside the test's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `alga-audit verify` over this stack's database with the issuer's published audit
+    /// keys, once every committed record is chained and `min_checkpoints` are signed.
+    pub fn verify_audit(&self, min_checkpoints: u64) -> Result<serde_json::Value> {
+        let keys = self.path("audit-keys.json");
+        let (cert, key) = gateway_client_identity();
+        let (status, _) = curl(
+            &format!("{}/v1/keys", self.issuer_url),
+            Some((&cert, &key)),
+            Some(&keys),
+        )?;
+        ensure!(status == 200, "issuer GET /v1/keys answered {status}");
+        let (url, pw) = split_password(&self.db.admin_url());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let total: u64 = self
+                .db
+                .query("SELECT count(*) FROM audit_events")?
+                .parse()?;
+            let mut cmd = Command::new(bin("alga-audit"));
+            cmd.args(["verify", "--json", "--audit-keys"])
+                .arg(&keys)
+                .env("DATABASE_URL", &url);
+            if let Some(pw) = &pw {
+                let f = self.path("audit-db.pw");
+                fs::write(&f, pw)?;
+                cmd.arg("--password-file").arg(&f);
+            }
+            let out = run(&mut cmd, None)?;
+            let report: serde_json::Value =
+                serde_json::from_slice(&out.stdout).with_context(|| {
+                    format!(
+                        "alga-audit verify printed no JSON ({}): {}",
+                        out.status,
+                        text(&out.stderr)
+                    )
+                })?;
+            ensure!(
+                out.status.success() && report["intact"] == true,
+                "alga-audit verify says the chain is damaged: {report}\n{}",
+                text(&out.stderr)
+            );
+            let records = report["report"]["records"].as_u64().unwrap_or(0);
+            let cps = report["report"]["checkpoints_valid"].as_u64().unwrap_or(0);
+            if records == total && cps >= min_checkpoints {
+                return Ok(report);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "after 30 s the verified chain has {records} of {total} records and {cps} signed \
+                     checkpoints (wanted {min_checkpoints}): {report}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+// -------------------------------------------------------------------- store (algactl)
+
+/// `algactl --json <args>` as the store against `gateway`; Ok(answer) or Err(stderr).
+pub fn algactl(gateway: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = run(
+        Command::new(bin("algactl"))
+            .args(["--gateway-url", gateway, "--ca-bundle"])
+            .arg(env("ALGA_CA_BUNDLE"))
+            .arg("--cert")
+            .arg(env("ALGA_STORE_CERT"))
+            .arg("--key")
+            .arg(env("ALGA_STORE_KEY"))
+            .arg("--json")
+            .args(args),
+        None,
+    )?;
+    ensure!(
+        out.status.success(),
+        "algactl {args:?} failed ({}): {}{}",
+        out.status,
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).context("algactl printed no JSON")
+}
+
+/// A customer with a unique contact address (so its mail is told apart from others').
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub company: String,
+    pub email: String,
+}
+
+impl Customer {
+    pub fn new(label: &str) -> Customer {
+        let u = unique();
+        Customer {
+            company: format!("E2E {label} {u}"),
+            email: format!("e2e-{label}-{u}@e2e.test"),
+        }
+    }
+}
+
+/// The store's `register` answer, checked against DESIGN §5.
+#[derive(Debug)]
+pub struct Registration {
+    pub tenant_id: String,
+    pub code_id: String,
+    pub json: serde_json::Value,
+}
+
+pub fn register(gateway: &str, c: &Customer, edition: &str) -> Result<Registration> {
+    let json = algactl(
+        gateway,
+        &[
+            "register",
+            "--company",
+            &c.company,
+            "--contact-name",
+            "E2E Tester",
+            "--contact-email",
+            &c.email,
+            "--edition",
+            edition,
+        ],
+    )?;
+    registration(json)
+}
+
+pub fn reissue_by_email(gateway: &str, email: &str) -> Result<Registration> {
+    registration(algactl(gateway, &["reissue", "--contact-email", email])?)
+}
+
+fn registration(json: serde_json::Value) -> Result<Registration> {
+    let s = |p: &str| {
+        json.pointer(p)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{p} missing in {json}"))
+    };
+    let tenant_id = s("/tenant_id")?;
+    let code_id = s("/install_code/code_id")?;
+    let status = s("/email/status")?;
+    ensure!(
+        status == "sent" || status == "queued",
+        "email.status {status}"
+    );
+    ensure!(
+        !json.to_string().contains("install_code\":\"")
+            && json["install_code"].get("code").is_none(),
+        "the store's answer carries the install code: {json}"
+    );
+    Ok(Registration {
+        tenant_id,
+        code_id,
+        json,
+    })
+}
+
+// -------------------------------------------------------------------------- mailbox
+
+/// One message as the SMTP sink stored it.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub headers: String,
+    pub text: String,
+}
+
+impl Mail {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let lname = format!("{}:", name.to_ascii_lowercase());
+        let mut found: Option<String> = None;
+        for line in self.headers.lines() {
+            if let Some(v) = found.as_mut() {
+                if line.starts_with([' ', '\t']) {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                    continue;
+                }
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with(&lname) {
+                found = Some(line[lname.len()..].trim().to_owned());
+            }
+        }
+        found
+    }
+
+    /// The install code as printed in the text part.
+    pub fn code(&self) -> Option<String> {
+        let rest = &self.text[self.text.find("Install code:")? + "Install code:".len()..];
+        let code: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        (!code.is_empty()).then_some(code)
+    }
+
+    /// The presigned ISO link in the text part.
+    pub fn link(&self) -> Option<String> {
+        let start = self.text.find("http")?;
+        Some(self.text[start..].split_whitespace().next()?.to_owned())
+    }
+
+    fn parse(file: &Path) -> Result<Mail> {
+        let raw = fs::read_to_string(file)?.replace("\r\n", "\n");
+        let (headers, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+        let mut mail = Mail {
+            headers: headers.to_owned(),
+            text: String::new(),
+        };
+        let ctype = mail
+            .header("Content-Type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        mail.text = if ctype.starts_with("multipart/") {
+            text_part(body).unwrap_or_default()
+        } else {
+            decode(
+                &mail.header("Content-Transfer-Encoding").unwrap_or_default(),
+                body,
+            )
+        };
+        Ok(mail)
+    }
+}
+
+/// The first text/plain part of a multipart body, decoded.
+fn text_part(body: &str) -> Option<String> {
+    let lower = body.to_ascii_lowercase();
+    let at = lower.find("content-type: text/plain")?;
+    let part = &body[at..];
+    let (part_headers, rest) = part.split_once("\n\n")?;
+    let end = rest.find("\n--").unwrap_or(rest.len());
+    let cte = part_headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-transfer-encoding:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Some(decode(&cte, &rest[..end]))
+}
+
+fn decode(cte: &str, body: &str) -> String {
+    match cte.trim().to_ascii_lowercase().as_str() {
+        "quoted-printable" => quoted_printable(body),
+        "base64" => {
+            let compact: String = body.split_whitespace().collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map(|b| text(&b))
+                .unwrap_or_default()
+        }
+        _ => body.to_owned(),
+    }
+}
+
+fn quoted_printable(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' {
+            if b.get(i + 1) == Some(&b'\n') {
+                i += 2;
+                continue;
+            }
+            if let Some(h) = b.get(i + 1..i + 3)
+                && let Ok(v) = u8::from_str_radix(&text(h), 16)
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    text(&out)
+}
+
+/// Every mail the sink stored for `rcpt`.
+pub fn mails_to(rcpt: &str) -> Result<Vec<Mail>> {
+    let dir = env("ALGA_MAIL_DIR");
+    let needle = format!("X-Alga-Sink-Rcpt-To: <{rcpt}>");
+    let mut out = Vec::new();
+    for e in fs::read_dir(&dir).with_context(|| format!("reading the mail sink {dir}"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "eml")
+            && fs::read_to_string(&p).is_ok_and(|t| t.contains(&needle))
+        {
+            out.push(Mail::parse(&p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits (bounded) for the mail to `rcpt` carrying the code whose id is `code_id`.
+pub fn wait_mail(rcpt: &str, code_id: &str) -> Result<Mail> {
+    let deadline = Instant::now() + MAIL_TIMEOUT;
+    loop {
+        for m in mails_to(rcpt)? {
+            if m.code()
+                .is_some_and(|c| c.replace('-', "").to_ascii_uppercase().starts_with(code_id))
+            {
+                return Ok(m);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no mail to {rcpt} with code {code_id} reached {} within {MAIL_TIMEOUT:?}: is the mail \
+                 outbox worker delivering to the stack's SMTP sink?",
+                env("ALGA_MAIL_DIR")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------------------ appliance
+
+/// What `alga-appliance redeem` did.
+#[derive(Debug)]
+pub struct Redeem {
+    pub exit: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub out: PathBuf,
+}
+
+impl Redeem {
+    pub fn ok(&self) -> bool {
+        self.exit == Some(0)
+    }
+
+    pub fn wrote_secrets(&self) -> bool {
+        self.out.join("appliance-initial-tenant.yaml").exists()
+            || self.out.join("appliance-license-seed.yaml").exists()
+    }
+
+    pub fn secret(&self, file: &str, key: &str) -> Result<Option<String>> {
+        secret_value(&self.out, file, key)
+    }
+
+    pub fn tenant_id(&self) -> Result<String> {
+        self.secret("appliance-initial-tenant.yaml", "INITIAL_TENANT_ID")?
+            .context("INITIAL_TENANT_ID missing")
+    }
+
+    pub fn expect_ok(&self) -> Result<&Redeem> {
+        ensure!(
+            self.ok(),
+            "redeem failed (exit {:?}): {}{}",
+            self.exit,
+            self.stderr,
+            self.stdout
+        );
+        Ok(self)
+    }
+}
+
+/// The real `alga-appliance redeem`, the code on stdin, Secrets into `out`.
+pub fn redeem(service_url: &str, code: &str, out: &Path) -> Result<Redeem> {
+    let o = run(
+        Command::new(bin("alga-appliance"))
+            .args([
+                "redeem",
+                "--service-url",
+                service_url,
+                "--hostname",
+                "e2e-appliance",
+            ])
+            .arg("--ca-bundle")
+            .arg(env("ALGA_CA_BUNDLE"))
+            .arg("--out")
+            .arg(out),
+        Some(format!("{code}\n").as_bytes()),
+    )?;
+    Ok(Redeem {
+        exit: o.status.code(),
+        stdout: text(&o.stdout),
+        stderr: text(&o.stderr),
+        out: out.to_owned(),
+    })
+}
+
+/// `alga-appliance <args>` with extra environment; Ok(stdout) on exit 0.
+pub fn appliance(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
+    let mut cmd = Command::new(bin("alga-appliance"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let o = run(&mut cmd, None)?;
+    ensure!(
+        o.status.success(),
+        "alga-appliance {args:?} failed ({}): {}{}",
+        o.status,
+        text(&o.stderr),
+        text(&o.stdout)
+    );
+    Ok(text(&o.stdout))
+}
+
+/// A value of a Secret manifest written by `redeem`, base64-decoded.
+pub fn secret_value(dir: &Path, file: &str, key: &str) -> Result<Option<String>> {
+    let path = dir.join(file);
+    let t = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let prefix = format!("  {key}:");
+    for line in t.lines() {
+        if let Some(v) = line.strip_prefix(&prefix) {
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .with_context(|| format!("{key} in {file} is not base64"))?;
+            return Ok(Some(text(&b)));
+        }
+    }
+    Ok(None)
+}
+
+/// The claims of a JWT (signature checked by the appliance, not here).
+pub fn jwt_claims(token: &str) -> Result<serde_json::Value> {
+    let payload = token.split('.').nth(1).context("not a JWT")?;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&b)?)
+}
