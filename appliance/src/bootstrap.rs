@@ -7,8 +7,9 @@
 //!   used: the seed says the Secret *gains* the key when one is). Re-running is a
 //!   no-op; a database that already belongs to a different tenant is an error, never
 //!   silently replaced.
-//! - `seed-license` writes `license_state` from `appliance-license-seed`: a seed
-//!   without a token (essentials) gives tier `essentials` and no token; a paid seed
+//! - `seed-license` writes `license_state` from `appliance-license-seed`: no seed (no
+//!   install code was used) or a seed without a token (essentials) gives tier
+//!   `essentials` and no token, the least an appliance can run with; a paid seed
 //!   gives tier `licensed`, the token, its expiry, and the next refresh at
 //!   `now + check_in_interval_seconds` of the license's entitlements.
 //!

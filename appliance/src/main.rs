@@ -74,7 +74,8 @@ struct CheckInArgs {
     /// CA bundle for the service (default: CA_CERT of the license seed).
     #[arg(long)]
     ca_bundle: Option<PathBuf>,
-    /// Rotate the key and credential now, whatever the certificate's remaining lifetime.
+    /// Send a CSR for a new key now, whatever the certificate's remaining lifetime (the
+    /// service may still renew only near expiry; the key changes only if it does).
     #[arg(long)]
     rotate: bool,
 }

@@ -210,6 +210,11 @@ async fn seed_license_states() {
     write_manifest(dir.path(), &secrets::initial_tenant(tenant));
     assert_eq!(create_tenant(dir.path(), &db).code, 0);
 
+    // No license seed at all (no install code was used): the essentials tier.
+    let r = seed_license_cli(dir.path(), &db);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("tier: essentials"), "{r:?}");
+
     let ess = LicenseSeed {
         edition: "essentials".into(),
         paid: None,
