@@ -32,6 +32,27 @@ fn two_gateways_one_postgres_register_on_a_redeem_on_b_race_and_one_chain() -> R
         "check-in URL {check_in_url} is not B's"
     );
 
+    let appliance_id = |r: &crate::support::Redeem| -> Result<serde_json::Value> {
+        let token = r
+            .secret("appliance-license-seed.yaml", "LICENSE_TOKEN")?
+            .context("no LICENSE_TOKEN")?;
+        Ok(crate::support::jwt_claims(&token)?["appliance_id"].clone())
+    };
+    let first_id = appliance_id(&r)?;
+
+    // A lost response must not burn the code: the same appliance (same key) retrying
+    // through the *other* gateway gets the same tenant and appliance back.
+    let retry = redeem(&a, &code, &s.path("via-b"))?;
+    retry.expect_ok()?;
+    ensure!(
+        retry.tenant_id()? == reg.tenant_id,
+        "the retry changed the tenant"
+    );
+    ensure!(
+        appliance_id(&retry)? == first_id,
+        "the retry got another appliance id"
+    );
+
     // One code, four appliances racing through both gateways: exactly one wins.
     let c2 = Customer::new("race");
     let reg2 = register(&b, &c2, "pro")?;
