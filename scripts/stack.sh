@@ -68,7 +68,7 @@ else
     BIN_DIR="$ROOT/target/debug"
 fi
 
-DEB_PACKAGES=(softhsm2 opensc postgresql python3-aiosmtpd openssl nginx apache2-utils curl gettext-base)
+DEB_PACKAGES=(softhsm2 opensc postgresql python3-aiosmtpd openssl nginx apache2-utils curl gettext-base jq)
 
 # ---------------------------------------------------------------------------- helpers
 
