@@ -75,19 +75,52 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A short unique suffix for names (databases, addresses): time, process and counter.
+/// A short unique suffix for names (databases, addresses): Unix seconds (so stale
+/// databases can be recognized), then process id and a counter.
 pub fn unique() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
     format!(
-        "{:x}{:x}{:x}",
-        t & 0xffff_ffff_ffff,
+        "{}_{:x}_{:x}",
+        unix_now(),
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Drops test databases left behind by runs that were killed (no test runs an hour);
+/// once per test process.
+fn drop_stale_databases() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(names) = psql(
+            &env("DATABASE_URL"),
+            "SELECT datname FROM pg_database WHERE datname ~ '^e2e_(appliance_)?[0-9]+_'",
+        ) else {
+            return;
+        };
+        let cutoff = unix_now().saturating_sub(3600);
+        for name in names.lines() {
+            let secs = name
+                .trim_start_matches("e2e_")
+                .trim_start_matches("appliance_")
+                .split('_')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok());
+            if secs.is_some_and(|t| t < cutoff) {
+                let _ = psql(
+                    &env("DATABASE_URL"),
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                );
+            }
+        }
+    });
 }
 
 pub fn free_port() -> Result<u16> {
@@ -292,6 +325,11 @@ impl Proc {
         )
     }
 
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -322,6 +360,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn create(prefix: &str, owner: Option<&str>) -> Result<TestDb> {
+        drop_stale_databases();
         let name = format!("{prefix}_{}", unique());
         let owner = owner.map(|o| format!(" OWNER {o}")).unwrap_or_default();
         psql(
@@ -437,17 +476,31 @@ impl Stack {
         let ic_path = dir.path().join("issuer.toml");
         write_toml(&ic_path, &ic)?;
         let issuer_url = format!("https://localhost:{issuer_port}");
-        let mut issuer = Proc::spawn(
-            "alga-issuer",
-            Command::new(bin("alga-issuer"))
-                .args(["serve", "--config"])
-                .arg(&ic_path)
-                .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
-                .env("RUST_LOG", "info"),
-            dir.path().join("issuer.log"),
-        )?;
+        // SoftHSM2's file store can answer CKR_GeneralError while another process
+        // rewrites the token's files (other tests and issuers share the token): an
+        // issuer that exits during start-up is started again, at most three times.
         let (cert, key) = gateway_client_identity();
-        issuer.wait_healthy(&format!("{issuer_url}/healthz"), Some((&cert, &key)))?;
+        let mut attempt = 0;
+        let issuer = loop {
+            attempt += 1;
+            let mut issuer = Proc::spawn(
+                "alga-issuer",
+                Command::new(bin("alga-issuer"))
+                    .args(["serve", "--config"])
+                    .arg(&ic_path)
+                    .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
+                    .env("RUST_LOG", "info"),
+                dir.path().join(format!("issuer-{attempt}.log")),
+            )?;
+            match issuer.wait_healthy(&format!("{issuer_url}/healthz"), Some((&cert, &key))) {
+                Ok(()) => break issuer,
+                Err(e) if attempt < 3 && issuer.exited() => {
+                    eprintln!("issuer start-up attempt {attempt} failed, retrying: {e}");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
         // Gateways: the stack's config on other ports, against the fresh database.
         let gc = load_toml(&env("ALGA_GATEWAY_CONFIG"))?;
