@@ -171,7 +171,8 @@ printf 'Gateway %s, issuer %s, mail sink %s\n' "$ALGA_GATEWAY_URL" "$ALGA_ISSUER
 # 1. registration
 step "The store registers two customers" \
     "nm-store calls POST /register-tenant over mTLS with its own certificate (algactl speaks as the store)." \
-    "The registry creates each tenant, mints a one-time install code and queues a mail to the contact;" \
+    "The registry creates each tenant, mints a one-time install code and commits a mail to the outbox" \
+    "(email 'sent' when SMTP took it during the request, 'queued' when the mail worker will);" \
     "the answer carries only the code's public id, never the code itself."
 PRO_COMPANY="Acme Robotics $RUN_ID"
 PRO_EMAIL="ops-$RUN_ID@acme.test"
@@ -195,7 +196,7 @@ record "register essentials" "tenant created" "$ESS_TENANT"
 
 # 2. the mail
 step "The customer's mail, as the SMTP server received it" \
-    "The gateway's outbox worker asks the issuer to re-derive the code (nothing secret is stored)," \
+    "To send it, the gateway asks the issuer to re-derive the code (nothing secret is stored)," \
     "presigns a fresh ISO link and hands the mail to SMTP. This is the contact's mailbox, so the code shows here."
 PRO_MAIL="$(wait_mail "$PRO_EMAIL" "$PRO_CODE_ID")"
 ESS_MAIL="$(wait_mail "$ESS_EMAIL" "$ESS_CODE_ID")"
