@@ -1,4 +1,4 @@
-//! What blocks an install: a bad code (typo, unknown, edited row), a used code, an
+//! What blocks an install: a bad code (typo, unknown, edited row), an expired code, a used code, an
 //! unreachable service and an unavailable issuer. Each time `alga-appliance redeem`
 //! exits non-zero with its documented code and writes no Secret.
 
@@ -33,7 +33,7 @@ fn typo(code: &str) -> String {
 }
 
 #[test]
-fn bad_used_and_unreachable_block_the_install() -> Result<()> {
+fn bad_expired_used_and_unreachable_block_the_install() -> Result<()> {
     let mut s = Stack::start(1)?;
     let gw = s.gw(0).to_owned();
     let c = Customer::new("blocked");
@@ -71,6 +71,31 @@ fn bad_used_and_unreachable_block_the_install() -> Result<()> {
         "edited (expired) row",
     )?;
 
+    // Expired: a code minted by the issuer to expire two seconds from now, stored as the
+    // gateway stores a binding (the policy's shortest TTL is minutes, too long to wait).
+    let expires_at = s.db.query(
+        "SELECT to_char((date_trunc('second', now()) + interval '2 seconds') AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    )?;
+    let minted = s.issuer_post(
+        "/v1/codes/mint",
+        &serde_json::json!({"tenant_id": reg.tenant_id, "edition": "pro", "expires_at": expires_at}),
+    )?;
+    let b = &minted["binding"];
+    s.db.query(&format!(
+        "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) \
+         VALUES ('{}', '{}', '{}', '{}', {})",
+        b["code_id"].as_str().context("binding.code_id")?,
+        b["tenant_id"].as_str().context("binding.tenant_id")?,
+        b["edition"].as_str().context("binding.edition")?,
+        b["expires_at"].as_str().context("binding.expires_at")?,
+        b["key_version"].as_u64().context("binding.key_version")?,
+    ))?;
+    let expired_code = minted["code"]
+        .as_str()
+        .context("no code minted")?
+        .to_owned();
+
     // Used: a second appliance (another key) presenting a consumed code.
     redeem(&gw, &code, &s.path("first"))?.expect_ok()?;
     refused(&redeem(&gw, &code, &s.path("second"))?, 14, "used code")?;
@@ -86,6 +111,22 @@ fn bad_used_and_unreachable_block_the_install() -> Result<()> {
         &redeem(&closed, &code3, &s.path("unreachable"))?,
         20,
         "unreachable service",
+    )?;
+
+    // By now (after the unreachable service's retries) the short code has expired.
+    let wait = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.db.query(&format!(
+        "SELECT expires_at < now() FROM install_codes WHERE code_id = '{}'",
+        b["code_id"].as_str().unwrap_or_default()
+    ))? != "t"
+        && std::time::Instant::now() < wait
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    refused(
+        &redeem(&gw, &expired_code, &s.path("expired"))?,
+        12,
+        "expired code",
     )?;
 
     // The issuer is down: the gateway answers license_service_unavailable and the code

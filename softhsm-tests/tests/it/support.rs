@@ -564,6 +564,36 @@ impl Stack {
         self.dir.path().join(name)
     }
 
+    /// A JSON `POST` to this stack's issuer as the gateway (the dev PKI's identity):
+    /// for tests that need a registry row the gateway would not write, such as a code
+    /// that expires within seconds.
+    pub fn issuer_post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let (cert, key) = gateway_client_identity();
+        let out = run(
+            Command::new("curl")
+                .args(["-sS", "--fail-with-body", "--max-time", "10"])
+                .args([
+                    "-H",
+                    "content-type: application/json",
+                    "--data-binary",
+                    "@-",
+                ])
+                .arg("--cacert")
+                .arg(env("ALGA_CA_BUNDLE"))
+                .args(["--cert", &cert, "--key", &key])
+                .arg(format!("{}{path}", self.issuer_url)),
+            Some(body.to_string().as_bytes()),
+        )?;
+        ensure!(
+            out.status.success(),
+            "issuer POST {path} failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("the issuer answered no JSON")
+    }
+
     /// `alga-audit verify` over this stack's database with the issuer's published audit
     /// keys, once every committed record is chained and `min_checkpoints` are signed.
     pub fn verify_audit(&self, min_checkpoints: u64) -> Result<serde_json::Value> {
