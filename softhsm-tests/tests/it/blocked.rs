@@ -1,5 +1,5 @@
-//! What blocks an install: a bad code (typo, unknown, edited row), an expired code, a used code, an
-//! unreachable service and an unavailable issuer. Each time `alga-appliance redeem`
+//! What blocks an install: a bad code (typo, unknown, edited row), an expired code, a
+//! used code, an unreachable service and an unavailable issuer. Each time `alga-appliance redeem`
 //! exits non-zero with its documented code and writes no Secret.
 
 use anyhow::{Context, Result, ensure};

@@ -112,7 +112,24 @@ fn pro_register_mail_iso_redeem_bootstrap_check_in() -> Result<()> {
         "license_state holds {jti}, not the refreshed license"
     );
 
-    // Every step is in one intact, checkpointed audit chain.
+    // Every step is in one intact, checkpointed audit chain, and no code, token or key
+    // reached a log, the signing log, the registry or the audit records.
     s.verify_audit(1)?;
+    let key = r
+        .secret(lic, "APPLIANCE_KEY")?
+        .context("no APPLIANCE_KEY")?;
+    // A private key would show as PEM: its first base64 line is enough to find it.
+    let key_line = key
+        .lines()
+        .find(|l| !l.starts_with("-----"))
+        .context("empty APPLIANCE_KEY")?;
+    s.assert_no_secrets_leaked(&[
+        &code,
+        &code.replace('-', ""),
+        &code.replace('-', "").to_ascii_lowercase(),
+        &token,
+        &token2,
+        key_line,
+    ])?;
     Ok(())
 }

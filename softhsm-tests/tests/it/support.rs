@@ -564,6 +564,66 @@ impl Stack {
         self.dir.path().join(name)
     }
 
+    /// Fails if any of `secrets` appears in the servers' logs, the issuer's signing log
+    /// or a data dump of the database (DESIGN: no code, token or key is stored or logged).
+    pub fn assert_no_secrets_leaked(&self, secrets: &[&str]) -> Result<()> {
+        // The servers' logs (top level of the test directory) and the issuer's signing
+        // log; not the appliance Secret directories, which hold the secrets by design.
+        let mut haystacks: Vec<(String, String)> = Vec::new();
+        for (dir, all) in [
+            (self.dir.path().to_owned(), false),
+            (self.path("issuer-log"), true),
+        ] {
+            for e in fs::read_dir(&dir)? {
+                let p = e?.path();
+                if p.is_file() && (all || p.extension().is_some_and(|x| x == "log")) {
+                    haystacks.push((p.display().to_string(), fs::read_to_string(&p)?));
+                }
+            }
+        }
+        let (url, pw) = split_password(&self.db.admin_url());
+        let dump = Path::new(&env("ALGA_PG_BIN")).join("pg_dump");
+        let mut cmd = Command::new(if dump.is_file() {
+            dump
+        } else {
+            PathBuf::from("pg_dump")
+        });
+        cmd.args(["--data-only", "--no-owner", "-d", &url]);
+        if let Some(pw) = pw {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = run(&mut cmd, None)?;
+        ensure!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            text(&out.stderr)
+        );
+        let dump = text(&out.stdout);
+        ensure!(
+            dump.contains("COPY public.install_codes") && dump.contains("COPY public.audit_events"),
+            "the dump does not cover the registry and the audit log"
+        );
+        haystacks.push(("pg_dump of the registry".into(), dump));
+        // Audit records are bytea: look at their text too.
+        haystacks.push((
+            "audit records".into(),
+            self.db.query(
+                "SELECT coalesce(string_agg(convert_from(record, 'UTF8'), E'\\n'), '') FROM audit_events",
+            )?,
+        ));
+        ensure!(haystacks.len() >= 3, "nothing to scan: {haystacks:?}");
+        for secret in secrets.iter().filter(|s| s.len() >= 16) {
+            for (name, hay) in &haystacks {
+                ensure!(
+                    !hay.contains(secret),
+                    "a secret ({}…) appears in {name}",
+                    &secret[..8]
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A JSON `POST` to this stack's issuer as the gateway (the dev PKI's identity):
     /// for tests that need a registry row the gateway would not write, such as a code
     /// that expires within seconds.
