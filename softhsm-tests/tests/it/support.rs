@@ -1045,12 +1045,7 @@ pub fn redeem(service_url: &str, code: &str, out: &Path) -> Result<Redeem> {
 
 /// `alga-appliance <args>` with extra environment; Ok(stdout) on exit 0.
 pub fn appliance(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
-    let mut cmd = Command::new(bin("alga-appliance"));
-    cmd.args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let o = run(&mut cmd, None)?;
+    let o = appliance_output(args, envs)?;
     ensure!(
         o.status.success(),
         "alga-appliance {args:?} failed ({}): {}{}",
@@ -1059,6 +1054,16 @@ pub fn appliance(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
         text(&o.stdout)
     );
     Ok(text(&o.stdout))
+}
+
+/// `alga-appliance <args>` with extra environment, whatever its exit status.
+pub fn appliance_output(args: &[&str], envs: &[(&str, &str)]) -> Result<Output> {
+    let mut cmd = Command::new(bin("alga-appliance"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run(&mut cmd, None)
 }
 
 /// A value of a Secret manifest written by `redeem`, base64-decoded.

@@ -1,11 +1,12 @@
 //! Two gateway processes sharing one Postgres (and one issuer): stateless gateways,
-//! one code consumed once whichever gateway is asked, one audit chain.
+//! one code consumed once whichever gateway is asked, a revocation seen by both, one
+//! audit chain.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, anyhow, ensure};
 
-use crate::support::{Customer, Stack, redeem, register, wait_mail};
+use crate::support::{Customer, Stack, algactl, appliance_output, redeem, register, wait_mail};
 
 #[test]
 fn two_gateways_one_postgres_register_on_a_redeem_on_b_race_and_one_chain() -> Result<()> {
@@ -51,6 +52,23 @@ fn two_gateways_one_postgres_register_on_a_redeem_on_b_race_and_one_chain() -> R
     ensure!(
         appliance_id(&retry)? == first_id,
         "the retry got another appliance id"
+    );
+
+    // Revoked through gateway A, refused at check-in through gateway B.
+    let id = first_id.as_str().context("appliance_id")?.to_owned();
+    algactl(&a, &["appliance", "revoke", &id])?;
+    let seed = s.path("via-b").display().to_string();
+    let lic_before = std::fs::read(s.path("via-b").join("appliance-license-seed.yaml"))?;
+    let out = appliance_output(&["check-in", "--seed", &seed], &[])?;
+    ensure!(
+        out.status.code() == Some(30),
+        "check-in of a revoked appliance: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        std::fs::read(s.path("via-b").join("appliance-license-seed.yaml"))? == lic_before,
+        "a refused check-in changed the license seed"
     );
 
     // One code, four appliances racing through both gateways: exactly one wins.
