@@ -32,6 +32,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub issuer: IssuerConfig,
     pub smtp: SmtpConfig,
+    /// Delivery of the outbox (optional section: every key has a default).
+    #[serde(default)]
+    pub mail: MailConfig,
     pub s3: S3Config,
     pub policy: PolicyConfig,
 }
@@ -100,6 +103,62 @@ pub struct SmtpConfig {
     pub password_file: Option<PathBuf>,
 }
 
+/// How the outbox delivers: the first attempt inside the request, then retries with
+/// exponential backoff until the budget is spent and the mail is marked failed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Attempts per mail, the first one (inside the request) included, before it is
+    /// marked failed (audited `mail.failed`, counted, shown by `GET /tenants/{id}`).
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt, in seconds; it doubles per attempt.
+    pub retry_initial_secs: f64,
+    /// Longest delay between two attempts, in seconds.
+    pub retry_max_secs: f64,
+    /// Bound of the first attempt inside `POST /register-tenant` and
+    /// `POST /install-codes/reissue`, in seconds (code derivation + SMTP). `0` skips
+    /// it: every mail goes through the worker and the response says `queued`.
+    pub first_attempt_timeout_secs: f64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            max_attempts: 8,
+            retry_initial_secs: 30.0,
+            retry_max_secs: 3600.0,
+            first_attempt_timeout_secs: 4.0,
+        }
+    }
+}
+
+impl MailConfig {
+    /// Longest accepted first-attempt bound: it delays the store's response.
+    pub const MAX_FIRST_ATTEMPT_SECS: f64 = 30.0;
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return Err("mail.max_attempts must be 1 to 1000".into());
+        }
+        if !positive(self.retry_initial_secs) || !positive(self.retry_max_secs) {
+            return Err("mail.retry_initial_secs and mail.retry_max_secs must be > 0".into());
+        }
+        if self.retry_max_secs < self.retry_initial_secs {
+            return Err("mail.retry_max_secs must be >= mail.retry_initial_secs".into());
+        }
+        if !(self.first_attempt_timeout_secs.is_finite()
+            && (0.0..=Self::MAX_FIRST_ATTEMPT_SECS).contains(&self.first_attempt_timeout_secs))
+        {
+            return Err(format!(
+                "mail.first_attempt_timeout_secs must be 0 to {}",
+                Self::MAX_FIRST_ATTEMPT_SECS
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
@@ -133,7 +192,9 @@ impl Config {
 
     /// Parses configuration text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.mail.validate()?;
+        Ok(c)
     }
 }
 
@@ -174,6 +235,51 @@ mod tests {
         let c = Config::parse(&sample()).expect("the dev template parses");
         assert_eq!(c.smtp.security, SmtpSecurity::None);
         assert!(c.s3.path_style);
+        // The template documents the [mail] keys commented out, at their defaults.
+        let uncommented: String = include_str!("../../config/dev/gateway.toml.in")
+            .lines()
+            .skip_while(|l| *l != "# [mail]")
+            .take_while(|l| !l.starts_with("[s3]"))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                *l == "[mail]"
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mail: toml::Table = toml::from_str(&uncommented).expect("the [mail] sample parses");
+        let mail: MailConfig = mail["mail"].clone().try_into().expect("valid [mail]");
+        assert_eq!(mail, MailConfig::default());
+        assert_eq!(c.mail, MailConfig::default());
+    }
+
+    #[test]
+    fn mail_keys_are_checked() {
+        for (bad, key) in [
+            ("max_attempts = 0", "max_attempts"),
+            ("retry_initial_secs = 0", "retry_initial_secs"),
+            (
+                "retry_initial_secs = 10\nretry_max_secs = 5",
+                "retry_max_secs",
+            ),
+            (
+                "first_attempt_timeout_secs = 60",
+                "first_attempt_timeout_secs",
+            ),
+        ] {
+            let text = sample().replace("[s3]", &format!("[mail]\n{bad}\n[s3]"));
+            let err = Config::parse(&text).expect_err(bad);
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let ok = sample().replace(
+            "[s3]",
+            "[mail]\nmax_attempts = 2\nretry_initial_secs = 0.2\n[s3]",
+        );
+        let c = Config::parse(&ok).expect("parses");
+        assert_eq!(c.mail.max_attempts, 2);
+        assert_eq!(c.mail.retry_initial_secs, 0.2);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`api`]: the only module that knows HTTP and JSON: routes, extractors (identity
 //!   per route, JSON bodies with size/content-type/unknown-field checks), the
 //!   request-id/metrics/error-body middleware, thin handlers, `/openapi.json`.
-//! - [`flows`]: the domain: `register` (tenant + code + link + queued mail), `redeem`,
+//! - [`flows`]: the domain: `register` (tenant + code + link + mail), `redeem`,
 //!   `reissue`, `check_in`, `tenants`, `revoke`; input parsing in `validate` and `csr`.
 //!   Each flow runs one transaction and writes its audit record inside it.
 //! - [`db`]: all SQL, one module per table group, generic over
@@ -17,7 +17,8 @@
 //! - [`issuer_client`]: the issuer's mTLS API, typed errors, latency metrics.
 //! - [`audit`]: the one seam to `alga_audit` (append in the caller's transaction,
 //!   failure records, the checkpoint signer for the sequencer, the auditor's pages).
-//! - [`mail`]: the outbox worker; [`presign`]: ISO links (via `alga_delivery`).
+//! - [`mail`]: the outbox (first attempt inside the request, then the worker);
+//!   [`presign`]: ISO links (via `alga_delivery`).
 //! - [`ratelimit`], [`metrics`], [`config`], [`migrate`], [`error`].
 //!
 //! # Invariants (what is absent)
@@ -82,8 +83,8 @@ pub struct App {
     pub keys: KeyCache,
     /// `<public_url>/check-in`.
     pub check_in_url: String,
-    /// Wakes the mail worker after a commit that queued a mail.
-    pub mail_wake: Arc<tokio::sync::Notify>,
+    /// The mail outbox's sender and delivery rules (first attempts and the worker).
+    pub outbox: mail::Outbox,
 }
 
 impl App {
@@ -177,7 +178,7 @@ pub async fn run(
             config.listen.public_url.trim_end_matches('/'),
             alga_protocol::api::CHECK_IN
         ),
-        mail_wake: Arc::new(tokio::sync::Notify::new()),
+        outbox: mail::Outbox::new(mailer, config.mail.clone()),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -237,12 +238,7 @@ pub async fn run(
         });
     }
     // The mail outbox worker.
-    let mail_worker = tokio::spawn(mail::run(
-        app.clone(),
-        mailer,
-        app.mail_wake.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    let mail_worker = tokio::spawn(mail::run(app.clone(), stopped(stop_rx.clone())));
     // The audit sequencer: chains committed records and has the issuer sign checkpoints.
     let sequencer = alga_audit::Sequencer::new(
         pool.clone(),

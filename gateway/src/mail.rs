@@ -1,14 +1,31 @@
-//! The mail outbox worker: sends the install-code mails that registration and reissue
-//! queued in their transactions.
+//! The mail outbox: sends the install-code mails that registration and reissue queued
+//! in their transactions, first inside the request, then from a worker.
 //!
-//! The outbox row holds no secret. At send time the worker re-derives the code from the
-//! stored binding (issuer `DERIVE_CODE`), presigns a fresh ISO link, renders and sends
-//! through `alga_delivery::Mailer`, then marks the row and audits `mail.sent` /
-//! `mail.failed` in one transaction. A claim is a lease (attempts + 1, next attempt
-//! pushed ahead), so a crashed worker's mail is retried and several gateways share the
-//! outbox (`FOR UPDATE SKIP LOCKED`). A code that was reissued, used or expired before
-//! its mail went out is not mailed. At-least-once: a crash between SMTP and the mark
-//! can send a mail twice, with the same `Message-ID` so the receiver can de-duplicate.
+//! The outbox row holds no secret. At send time the code is re-derived from the stored
+//! binding (issuer `DERIVE_CODE`), a fresh ISO link is presigned, and the mail is
+//! rendered and sent through `alga_delivery::Mailer`; then the row is marked and
+//! `mail.sent` / `mail.failed` audited in one transaction.
+//!
+//! Who sends a row is decided in Postgres, so several gateways share the outbox:
+//! - a new row is *reserved* for the request that queued it ([`outbox::enqueue`]): it
+//!   is not due for the workers until the reservation ends. Right after its commit the
+//!   request claims the first attempt ([`first_attempt`], `attempts = 0` → 1) and sends
+//!   it within `mail.first_attempt_timeout_secs`: `email.status` is `sent` when that
+//!   worked, else `queued` (a request that dies leaves the row to the workers);
+//! - the workers claim due rows with `FOR UPDATE SKIP LOCKED` and a lease (attempts + 1,
+//!   next attempt pushed [`LEASE_SECS`] ahead); a send is cut off at [`SEND_BOUND`],
+//!   well inside the lease, so no other claim of the row can start while it runs;
+//! - every mark is fenced by the claimed attempt number, so a stale sender changes
+//!   nothing.
+//!
+//! A failed attempt is retried with doubling delays (`[mail]` config) until
+//! `mail.max_attempts`; then the mail is marked failed, audited, counted in
+//! `alga_gateway_mail_deliveries_total{outcome="failed"}` and shown by
+//! `GET /tenants/{id}`. A code that was reissued, used or expired before its mail went
+//! out is not mailed (failed at once). Delivery is exactly once per row unless the
+//! process dies (or the SMTP server stalls past the bound) after the server accepted
+//! the message and before the mark: then it is sent again, with the same `Message-ID`,
+//! so the receiver can de-duplicate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,21 +34,67 @@ use alga_delivery::{
     DeliveryId, DisplayName, MailAddress, Mailer, OutgoingMail, PresignedLink, Sender,
 };
 use alga_protocol::InstallCode;
+use alga_protocol::api::MailState;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::App;
 use crate::audit::{self, Ctx, actions};
-use crate::config::SmtpConfig;
+use crate::config::{MailConfig, SmtpConfig};
 use crate::db::{self, outbox};
 
-/// Attempts before a transiently failing mail is given up.
-pub const MAX_ATTEMPTS: i32 = 8;
-/// How long a claimed mail is reserved for the worker that claimed it.
-const LEASE_SECS: f64 = 120.0;
+/// How long a claimed mail is reserved for its sender.
+pub const LEASE_SECS: f64 = 120.0;
+/// Longest a worker's send may take (issuer + presign + SMTP), well inside the lease.
+pub const SEND_BOUND: Duration = Duration::from_secs(60);
 /// Mails claimed per round.
 const BATCH: i64 = 10;
-/// Pause between rounds when nothing is due (a registration wakes the worker earlier).
+/// Pause between rounds when nothing is due (a failed first attempt wakes the worker).
 const IDLE: Duration = Duration::from_secs(2);
+
+/// The outbox's sender and delivery rules, shared by requests and the worker.
+#[derive(Debug)]
+pub struct Outbox {
+    mailer: Mailer,
+    rules: MailConfig,
+    /// Wakes the worker.
+    wake: Notify,
+}
+
+impl Outbox {
+    pub fn new(mailer: Mailer, rules: MailConfig) -> Outbox {
+        Outbox {
+            mailer,
+            rules,
+            wake: Notify::new(),
+        }
+    }
+
+    /// How long a new row stays reserved for its request's first attempt (none when
+    /// first attempts are off: the row is due for the workers at once).
+    pub fn reserve_secs(&self) -> f64 {
+        if self.first_attempt_bound().is_zero() {
+            0.0
+        } else {
+            LEASE_SECS
+        }
+    }
+
+    fn first_attempt_bound(&self) -> Duration {
+        Duration::try_from_secs_f64(self.rules.first_attempt_timeout_secs).unwrap_or_default()
+    }
+
+    /// The delay before the attempt after attempt number `attempts` (1-based):
+    /// `retry_initial_secs` doubling, at most `retry_max_secs`.
+    fn backoff(&self, attempts: i32) -> f64 {
+        let exp = attempts.clamp(1, 64) - 1;
+        (self.rules.retry_initial_secs * 2f64.powi(exp)).min(self.rules.retry_max_secs)
+    }
+
+    fn max_attempts(&self) -> i32 {
+        i32::try_from(self.rules.max_attempts).unwrap_or(i32::MAX)
+    }
+}
 
 /// Why the mailer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -59,22 +122,64 @@ pub fn mailer(c: &SmtpConfig) -> Result<Mailer, MailSetupError> {
     .map_err(|e| MailSetupError(e.to_string()))
 }
 
-/// Backoff before attempt `attempts + 1`: 30 s doubling, at most an hour.
-fn backoff(attempts: i32) -> f64 {
-    let exp = u32::try_from(attempts.clamp(1, 8) - 1).unwrap_or(0);
-    (30.0 * f64::from(2u32.pow(exp))).min(3600.0)
+/// The first attempt of a mail queued by a request that just committed: claims it
+/// (only if no attempt was made yet) and sends it within the configured bound. `Sent`
+/// only when the SMTP server accepted it and that was recorded; otherwise `Queued`, and
+/// the worker retries with backoff.
+///
+/// The attempt runs in its own task: a client hanging up does not cut it off between
+/// SMTP and the mark.
+pub async fn first_attempt(app: &Arc<App>, mail_id: Uuid) -> MailState {
+    let bound = app.outbox.first_attempt_bound();
+    if bound.is_zero() {
+        app.outbox.wake.notify_one();
+        return MailState::Queued;
+    }
+    let task = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let claimed = async {
+                let conn = app.pool.get().await?;
+                outbox::claim_reserved(&**conn, mail_id, LEASE_SECS).await
+            }
+            .await;
+            let mail = match claimed {
+                Ok(Some(m)) => m,
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, mail.id = %mail_id, "cannot claim the first attempt; the worker will send the mail");
+                    return false;
+                }
+            };
+            let outcome = match tokio::time::timeout(bound, send_one(&app, &mail)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::Retry(format!("first attempt took over {bound:?}")),
+            };
+            let sent = record(&app, &mail, outcome, "first")
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, mail.id = %mail_id, "could not record a mail outcome; it will be retried");
+                    false
+                });
+            if !sent {
+                app.outbox.wake.notify_one();
+            }
+            sent
+        })
+    };
+    // The task is bounded by `bound` plus two short transactions; a response is not
+    // held much longer than that whatever the database does.
+    match tokio::time::timeout(bound + Duration::from_secs(2), task).await {
+        Ok(Ok(true)) => MailState::Sent,
+        _ => MailState::Queued,
+    }
 }
 
 /// Runs the worker until `stop` resolves.
-pub async fn run(
-    app: Arc<App>,
-    mailer: Mailer,
-    wake: Arc<Notify>,
-    stop: impl std::future::Future<Output = ()>,
-) {
+pub async fn run(app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
-        let sent = match round(&app, &mailer).await {
+        let sent = match round(&app).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "mail outbox round failed");
@@ -86,14 +191,14 @@ pub async fn run(
         }
         tokio::select! {
             _ = &mut stop => break,
-            _ = wake.notified() => {}
+            _ = app.outbox.wake.notified() => {}
             _ = tokio::time::sleep(IDLE) => {}
         }
     }
 }
 
 /// One round: claim, send, mark. Returns how many mails were handled.
-async fn round(app: &App, mailer: &Mailer) -> Result<usize, db::DbError> {
+async fn round(app: &App) -> Result<usize, db::DbError> {
     let due = {
         let mut conn = app.pool.get().await?;
         let tx = conn.transaction().await?;
@@ -103,8 +208,11 @@ async fn round(app: &App, mailer: &Mailer) -> Result<usize, db::DbError> {
     };
     let n = due.len();
     for mail in due {
-        let outcome = send_one(app, mailer, &mail).await;
-        if let Err(e) = record(app, &mail, outcome).await {
+        let outcome = match tokio::time::timeout(SEND_BOUND, send_one(app, &mail)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Retry(format!("the attempt took over {SEND_BOUND:?}")),
+        };
+        if let Err(e) = record(app, &mail, outcome, "worker").await {
             tracing::error!(error = %e, mail.id = %mail.mail_id, "could not record a mail outcome; it will be retried");
         }
     }
@@ -118,7 +226,7 @@ enum Outcome {
     Failed(String),
 }
 
-async fn send_one(app: &App, mailer: &Mailer, m: &outbox::DueMail) -> Outcome {
+async fn send_one(app: &App, m: &outbox::DueMail) -> Outcome {
     if !m.code_usable {
         return Outcome::Failed(
             "the code is no longer redeemable (reissued, used or expired)".into(),
@@ -166,18 +274,28 @@ async fn send_one(app: &App, mailer: &Mailer, m: &outbox::DueMail) -> Outcome {
             expires_at: link.expires_at,
         },
     };
-    match mailer.send(&mail).await {
+    match app.outbox.mailer.send(&mail).await {
         Ok(()) => Outcome::Sent,
-        Err(e) if e.is_transient() && m.attempts < MAX_ATTEMPTS => Outcome::Retry(e.to_string()),
+        Err(e) if e.is_transient() => Outcome::Retry(e.to_string()),
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 
+/// Marks the mail and audits the outcome in one transaction, fenced by the claimed
+/// attempt; a retry past the budget becomes a failure. Returns whether the mail was
+/// recorded as sent. `path` (`first` or `worker`) labels the metric.
 async fn record(
     app: &App,
     m: &outbox::DueMail,
     outcome: Outcome,
-) -> Result<(), crate::error::ApiError> {
+    path: &str,
+) -> Result<bool, crate::error::ApiError> {
+    let outcome = match outcome {
+        Outcome::Retry(reason) if m.attempts >= app.outbox.max_attempts() => Outcome::Failed(
+            format!("{reason} (retry budget of {} attempts spent)", m.attempts),
+        ),
+        o => o,
+    };
     let ctx = Ctx {
         request_id: format!("mail-{}", m.mail_id.simple()),
         source: None,
@@ -196,34 +314,92 @@ async fn record(
             .detail("kind", m.kind.as_str())
             .detail("attempt", m.attempts))
     };
-    match outcome {
+    let (held, label) = match &outcome {
         Outcome::Sent => {
-            outbox::mark_sent(&*tx, m.mail_id).await?;
-            audit::append(&*tx, base(actions::MAIL_SENT)?).await?;
-            tracing::info!(mail.id = %m.mail_id, code.id = %m.binding.code_id, "install-code mail sent");
+            let held = outbox::mark_sent(&*tx, m.mail_id, m.attempts).await?;
+            if held {
+                audit::append(&*tx, base(actions::MAIL_SENT)?).await?;
+            }
+            (held, "sent")
         }
         Outcome::Retry(reason) => {
-            let delay = backoff(m.attempts);
-            tracing::warn!(mail.id = %m.mail_id, reason = %reason, retry_in_s = delay, "mail not sent; will retry");
-            outbox::mark_retry(&*tx, m.mail_id, delay, &reason).await?;
+            let delay = app.outbox.backoff(m.attempts);
+            let held = outbox::mark_retry(&*tx, m.mail_id, m.attempts, delay, reason).await?;
+            if held {
+                tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, reason = %reason, retry_in_s = delay, "mail not sent; will retry");
+            }
+            (held, "retry")
         }
         Outcome::Failed(reason) => {
-            tracing::warn!(mail.id = %m.mail_id, reason = %reason, "mail given up");
-            outbox::mark_failed(&*tx, m.mail_id, &reason).await?;
-            audit::append(&*tx, base(actions::MAIL_FAILED)?.failure("mail_failed")).await?;
+            let held = outbox::mark_failed(&*tx, m.mail_id, m.attempts, reason).await?;
+            if held {
+                tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, reason = %reason, "mail given up");
+                audit::append(
+                    &*tx,
+                    base(actions::MAIL_FAILED)?
+                        .detail("reason", reason.as_str())
+                        .failure("mail_failed"),
+                )
+                .await?;
+            }
+            (held, "failed")
         }
+    };
+    if !held {
+        // Another claim took the row over (our lease ran out): its sender records it.
+        tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, outcome = label, "mail claim lost before its outcome was recorded");
+        return Ok(false);
     }
     tx.commit().await.map_err(db::DbError::from)?;
-    Ok(())
+    app.metrics.mail_delivery(label, path);
+    if matches!(outcome, Outcome::Sent) {
+        tracing::info!(mail.id = %m.mail_id, code.id = %m.binding.code_id, mail.path = path, "install-code mail sent");
+    }
+    Ok(matches!(outcome, Outcome::Sent))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn outbox(rules: MailConfig) -> Outbox {
+        let mailer = mailer(&SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 25,
+            security: crate::config::SmtpSecurity::None,
+            from: "alga <l@alga.test>".into(),
+            username: None,
+            password_file: None,
+        })
+        .expect("mailer");
+        Outbox::new(mailer, rules)
+    }
+
     #[test]
-    fn backoff_doubles_to_an_hour() {
-        assert_eq!(super::backoff(1), 30.0);
-        assert_eq!(super::backoff(2), 60.0);
-        assert_eq!(super::backoff(8), 3600.0);
-        assert_eq!(super::backoff(50), 3600.0);
+    fn backoff_doubles_to_the_configured_maximum() {
+        let o = outbox(MailConfig::default());
+        assert_eq!(o.backoff(1), 30.0);
+        assert_eq!(o.backoff(2), 60.0);
+        assert_eq!(o.backoff(8), 3600.0);
+        assert_eq!(o.backoff(50), 3600.0);
+        assert_eq!(o.backoff(i32::MAX), 3600.0);
+        let fast = outbox(MailConfig {
+            retry_initial_secs: 0.2,
+            retry_max_secs: 0.5,
+            ..MailConfig::default()
+        });
+        assert_eq!(fast.backoff(1), 0.2);
+        assert_eq!(fast.backoff(2), 0.4);
+        assert_eq!(fast.backoff(3), 0.5);
+    }
+
+    #[test]
+    fn reservation_only_when_first_attempts_are_on() {
+        assert_eq!(outbox(MailConfig::default()).reserve_secs(), LEASE_SECS);
+        let off = outbox(MailConfig {
+            first_attempt_timeout_secs: 0.0,
+            ..MailConfig::default()
+        });
+        assert_eq!(off.reserve_secs(), 0.0);
     }
 }

@@ -29,6 +29,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MailLabels {
+    outcome: String,
+    path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: String,
 }
@@ -55,6 +61,7 @@ pub struct Metrics {
     redeem: Family<OutcomeLabels, Counter>,
     issuer_latency: Family<OpLabels, Histogram>,
     issuer_errors: Family<OpErrorLabels, Counter>,
+    mail: Family<MailLabels, Counter>,
     pool_size: Gauge<i64, AtomicU64Compat>,
     pool_available: Gauge<i64, AtomicU64Compat>,
     pool_waiting: Gauge<i64, AtomicU64Compat>,
@@ -107,6 +114,13 @@ impl Metrics {
             "Issuer call failures by operation and kind",
             issuer_errors.clone(),
         );
+        let mail = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mail_deliveries",
+            "Mail delivery attempts by outcome (sent, retry, failed: retry budget spent or \
+             undeliverable) and path (first: inside the request; worker)",
+            mail.clone(),
+        );
         let pool_size = Gauge::<i64, AtomicU64Compat>::default();
         registry.register(
             "db_pool_connections",
@@ -132,6 +146,7 @@ impl Metrics {
             redeem,
             issuer_latency,
             issuer_errors,
+            mail,
             pool_size,
             pool_available,
             pool_waiting,
@@ -176,6 +191,17 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Records one recorded mail attempt: `outcome` is `sent`, `retry` or `failed`,
+    /// `path` is `first` (inside the request) or `worker`.
+    pub fn mail_delivery(&self, outcome: &str, path: &str) {
+        self.mail
+            .get_or_create(&MailLabels {
+                outcome: outcome.to_owned(),
+                path: path.to_owned(),
+            })
+            .inc();
     }
 
     /// Renders the text exposition format, sampling the pool first.

@@ -33,20 +33,35 @@ pub struct Mail {
     pub attempts: i32,
     pub created_at: OffsetDateTime,
     pub sent_at: Option<OffsetDateTime>,
+    /// When the worker tries next (queued mail only).
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Why the last attempt failed (an SMTP or issuer message; no secret).
+    pub last_error: Option<String>,
 }
 
-/// Queues a mail.
+/// Queues a mail, reserved for `reserve_secs` for the request that queues it: its
+/// first attempt is [`claim_reserved`] right after the commit, and no worker claims
+/// it before the reservation ends (a request that dies leaves it to the workers).
 pub async fn enqueue(
     c: &(impl GenericClient + Sync),
     code_id: &str,
     tenant_id: Uuid,
     recipient: &str,
     kind: MailKind,
+    reserve_secs: f64,
 ) -> Result<Uuid, DbError> {
     let mail_id = Uuid::now_v7();
     c.execute(
-        "INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind) VALUES ($1, $2, $3, $4, $5)",
-        &[&mail_id, &code_id, &tenant_id, &recipient, &kind.as_str()],
+        "INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        &[
+            &mail_id,
+            &code_id,
+            &tenant_id,
+            &recipient,
+            &kind.as_str(),
+            &reserve_secs,
+        ],
     )
     .await?;
     Ok(mail_id)
@@ -59,7 +74,8 @@ pub async fn list_for_tenant(
 ) -> Result<Vec<Mail>, DbError> {
     let rows = c
         .query(
-            "SELECT mail_id, code_id, kind, state, attempts, created_at, sent_at FROM mail_outbox \
+            "SELECT mail_id, code_id, kind, state, attempts, created_at, sent_at, \
+             CASE WHEN state = 'queued' THEN next_attempt_at END, last_error FROM mail_outbox \
              WHERE tenant_id = $1 ORDER BY created_at DESC, mail_id",
             &[&tenant_id],
         )
@@ -74,8 +90,24 @@ pub async fn list_for_tenant(
             attempts: r.get(4),
             created_at: r.get(5),
             sent_at: r.get(6),
+            next_attempt_at: r.get(7),
+            last_error: r.get(8),
         })
         .collect())
+}
+
+/// Whether the mail of `code_id` went out.
+pub async fn sent_for_code(
+    c: &(impl GenericClient + Sync),
+    code_id: &str,
+) -> Result<bool, DbError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
+            &[&code_id],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// A mail due for sending, with what its template needs (no secret: the code is
@@ -94,6 +126,11 @@ pub struct DueMail {
     pub code_usable: bool,
 }
 
+/// What a claim returns: the mail and what its template needs.
+const CLAIMED: &str = "m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
+    t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
+    c.state = 'unclaimed' AND c.expires_at > now()";
+
 /// Claims up to `limit` due mails: each gets `attempts + 1` and a lease (its
 /// `next_attempt_at` moves `lease_secs` ahead), so another worker skips it while this
 /// one sends. `FOR UPDATE SKIP LOCKED`: several gateways share the outbox.
@@ -104,90 +141,131 @@ pub async fn claim_due(
 ) -> Result<Vec<DueMail>, DbError> {
     let rows = c
         .query(
-            "WITH due AS ( \
-               SELECT mail_id FROM mail_outbox \
-               WHERE state = 'queued' AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             UPDATE mail_outbox m SET attempts = m.attempts + 1, \
-               next_attempt_at = now() + make_interval(secs => $2) \
-             FROM due, install_codes c, tenants t \
-             WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id \
-             RETURNING m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
-               t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
-               c.state = 'unclaimed' AND c.expires_at > now()",
+            &format!(
+                "WITH due AS ( \
+                   SELECT mail_id FROM mail_outbox \
+                   WHERE state = 'queued' AND next_attempt_at <= now() \
+                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+                   next_attempt_at = now() + make_interval(secs => $2) \
+                 FROM due, install_codes c, tenants t \
+                 WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
+                   AND t.tenant_id = m.tenant_id \
+                 RETURNING {CLAIMED}"
+            ),
             &[&limit, &lease_secs],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.get(1);
-            let kind = match kind.as_str() {
-                "registration" => MailKind::Registration,
-                "reissue" => MailKind::Reissue,
-                other => return Err(super::corrupt("mail_outbox.kind", other)),
-            };
-            let code_id: String = r.get(7);
-            let kv: i32 = r.get(11);
-            Ok(DueMail {
-                mail_id: r.get(0),
-                kind,
-                recipient: r.get(2),
-                attempts: r.get(3),
-                tenant_id: r.get(4),
-                company: r.get(5),
-                contact_name: r.get(6),
-                binding: alga_protocol::CodeBinding {
-                    code_id: alga_protocol::CodeId::parse(&code_id)
-                        .map_err(|_| super::corrupt("install_codes.code_id", &code_id))?,
-                    tenant_id: r.get(8),
-                    edition: r.get(9),
-                    expires_at: r.get(10),
-                    key_version: u32::try_from(kv).map_err(|_| {
-                        super::corrupt("install_codes.key_version", &kv.to_string())
-                    })?,
-                },
-                code_usable: r.get(12),
-            })
-        })
-        .collect()
+    rows.iter().map(due_mail).collect()
 }
 
-/// Marks a mail sent.
-pub async fn mark_sent(c: &(impl GenericClient + Sync), mail_id: Uuid) -> Result<(), DbError> {
-    c.execute(
-        "UPDATE mail_outbox SET state = 'sent', sent_at = now(), last_error = NULL WHERE mail_id = $1",
-        &[&mail_id],
-    )
-    .await?;
-    Ok(())
+/// Claims the first attempt of a mail [`enqueue`] reserved: only while no attempt was
+/// made yet (`attempts = 0`), so the request and a worker (whose claim also moves
+/// `attempts`) can never both hold it. The row lock serializes the two claims; the
+/// loser sees `attempts = 1` and gets nothing. Leases it like [`claim_due`].
+pub async fn claim_reserved(
+    c: &(impl GenericClient + Sync),
+    mail_id: Uuid,
+    lease_secs: f64,
+) -> Result<Option<DueMail>, DbError> {
+    let row = c
+        .query_opt(
+            &format!(
+                "UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+                   next_attempt_at = now() + make_interval(secs => $2) \
+                 FROM install_codes c, tenants t \
+                 WHERE m.mail_id = $1 AND m.state = 'queued' AND m.attempts = 0 \
+                   AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id \
+                 RETURNING {CLAIMED}"
+            ),
+            &[&mail_id, &lease_secs],
+        )
+        .await?;
+    row.as_ref().map(due_mail).transpose()
 }
 
-/// Schedules another attempt after `delay_secs`, keeping the (secret-free) reason.
+fn due_mail(r: &tokio_postgres::Row) -> Result<DueMail, DbError> {
+    let kind: String = r.get(1);
+    let kind = match kind.as_str() {
+        "registration" => MailKind::Registration,
+        "reissue" => MailKind::Reissue,
+        other => return Err(super::corrupt("mail_outbox.kind", other)),
+    };
+    let code_id: String = r.get(7);
+    let kv: i32 = r.get(11);
+    Ok(DueMail {
+        mail_id: r.get(0),
+        kind,
+        recipient: r.get(2),
+        attempts: r.get(3),
+        tenant_id: r.get(4),
+        company: r.get(5),
+        contact_name: r.get(6),
+        binding: alga_protocol::CodeBinding {
+            code_id: alga_protocol::CodeId::parse(&code_id)
+                .map_err(|_| super::corrupt("install_codes.code_id", &code_id))?,
+            tenant_id: r.get(8),
+            edition: r.get(9),
+            expires_at: r.get(10),
+            key_version: u32::try_from(kv)
+                .map_err(|_| super::corrupt("install_codes.key_version", &kv.to_string()))?,
+        },
+        code_usable: r.get(12),
+    })
+}
+
+// The marks below are fenced by the claim: they change the row only while it is still
+// queued under the attempt that was claimed (`attempts = $n`). A worker whose lease ran
+// out and was re-claimed elsewhere changes nothing and learns it (`false`).
+
+/// Marks a mail sent; `false` when the claim `attempt` no longer holds it.
+pub async fn mark_sent(
+    c: &(impl GenericClient + Sync),
+    mail_id: Uuid,
+    attempt: i32,
+) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            "UPDATE mail_outbox SET state = 'sent', sent_at = now(), last_error = NULL \
+             WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            &[&mail_id, &attempt],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Schedules another attempt after `delay_secs`, keeping the (secret-free) reason;
+/// `false` when the claim `attempt` no longer holds the mail.
 pub async fn mark_retry(
     c: &(impl GenericClient + Sync),
     mail_id: Uuid,
+    attempt: i32,
     delay_secs: f64,
     reason: &str,
-) -> Result<(), DbError> {
-    c.execute(
-        "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3 \
-         WHERE mail_id = $1",
-        &[&mail_id, &delay_secs, &reason],
-    )
-    .await?;
-    Ok(())
+) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $3), \
+             last_error = $4 WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            &[&mail_id, &attempt, &delay_secs, &reason],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
-/// Gives up on a mail.
+/// Gives up on a mail; `false` when the claim `attempt` no longer holds it.
 pub async fn mark_failed(
     c: &(impl GenericClient + Sync),
     mail_id: Uuid,
+    attempt: i32,
     reason: &str,
-) -> Result<(), DbError> {
-    c.execute(
-        "UPDATE mail_outbox SET state = 'failed', last_error = $2 WHERE mail_id = $1",
-        &[&mail_id, &reason],
-    )
-    .await?;
-    Ok(())
+) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            "UPDATE mail_outbox SET state = 'failed', last_error = $3 \
+             WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            &[&mail_id, &attempt, &reason],
+        )
+        .await?;
+    Ok(n == 1)
 }

@@ -1,13 +1,18 @@
 //! `POST /register-tenant`: create the tenant and its entitlement, mint the install code
-//! (issuer), presign the ISO link, queue the mail, audit: one transaction.
+//! (issuer), presign the ISO link, queue the mail, audit: one transaction. After the
+//! commit, the mail's first attempt (`email.status`: `sent` or `queued`).
 //!
 //! Idempotency: the response is stored under `(caller, Idempotency-Key)` in the same
 //! transaction with the SHA-256 of the request body; the same key with the same body
-//! replays it, with another body it is `idempotency_conflict`.
+//! replays it, with another body it is `idempotency_conflict`. A replay's
+//! `email.status` is the mail's current state (`sent` once it went out), the rest is
+//! the stored response.
 
 use alga_protocol::api::{
     DownloadLink, EmailStatus, InstallCodeInfo, MailState, RegisterTenantResponse,
 };
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -62,7 +67,7 @@ pub struct Replayable {
 /// Registers a tenant.
 #[instrument(skip_all, fields(tenant.id = tracing::field::Empty))]
 pub async fn register_tenant(
-    app: &App,
+    app: &Arc<App>,
     ctx: &Ctx,
     reg: Registration<'_>,
     idem: Option<Idempotency>,
@@ -103,16 +108,29 @@ async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiErr
     let conn = app.pool.get().await.map_err(db::DbError::from)?;
     match db::idempotency::get(&**conn, &i.caller, &i.key).await? {
         None => Ok(None),
-        Some(s) if s.request_hash == i.body_hash => Ok(Some(Replayable {
-            status: s.status,
-            body: s.body,
-        })),
+        Some(s) if s.request_hash == i.body_hash => {
+            let mut body = s.body;
+            // The stored response says `queued` (it was written before the first
+            // attempt); the mail may have gone out since.
+            if let Some(code_id) = body["install_code"]["code_id"].as_str() {
+                let sent = db::outbox::sent_for_code(&**conn, code_id).await?;
+                body["email"]["status"] = serde_json::json!(if sent {
+                    MailState::Sent
+                } else {
+                    MailState::Queued
+                });
+            }
+            Ok(Some(Replayable {
+                status: s.status,
+                body,
+            }))
+        }
         Some(_) => Err(ApiError::IdempotencyConflict),
     }
 }
 
 async fn register_once(
-    app: &App,
+    app: &Arc<App>,
     ctx: &Ctx,
     reg: &Registration<'_>,
     idem: Option<&Idempotency>,
@@ -173,6 +191,8 @@ async fn register_once(
         edition: edition.name.clone(),
         install_code: issued.code,
         download: issued.download,
+        // Until the first attempt after the commit says otherwise (the stored
+        // idempotent response keeps this; replays read the mail's state).
         email: EmailStatus {
             status: MailState::Queued,
         },
@@ -197,20 +217,23 @@ async fn register_once(
             .ok_or_else(|| ApiError::internal("idempotency record vanished"));
     }
     tx.commit().await.map_err(db::DbError::from)?;
-    app.mail_wake.notify_one();
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, edition = %edition.name, "tenant registered");
+    let mut body = body;
+    body["email"]["status"] =
+        serde_json::json!(crate::mail::first_attempt(app, issued.mail_id).await);
     Ok(Replayable { status: 201, body })
 }
 
-/// What minting a code produced: its public facts and the link.
+/// What minting a code produced: its public facts, the link and the queued mail.
 pub(crate) struct IssuedCode {
     pub code_id: String,
+    pub mail_id: Uuid,
     pub code: InstallCodeInfo,
     pub download: DownloadLink,
 }
 
 /// Mints a code for the tenant (issuer), stores its binding, presigns the link, queues
-/// the mail and audits the mint, all in `tx`. The code itself is dropped here
+/// the mail (reserved for this request's first attempt) and audits the mint, all in `tx`. The code itself is dropped here
 /// (zeroized): the mail sender re-derives it from the binding.
 pub(crate) async fn issue_code(
     app: &App,
@@ -239,7 +262,15 @@ pub(crate) async fn issue_code(
         .presigner
         .presign(ctx.now, app.policy.download_link_ttl)
         .map_err(ApiError::internal)?;
-    db::outbox::enqueue(&**tx, binding.code_id.as_str(), tenant_id, recipient, kind).await?;
+    let mail_id = db::outbox::enqueue(
+        &**tx,
+        binding.code_id.as_str(),
+        tenant_id,
+        recipient,
+        kind,
+        app.outbox.reserve_secs(),
+    )
+    .await?;
     audit::append(
         &**tx,
         ctx.record(actions::CODE_MINT)?
@@ -252,6 +283,7 @@ pub(crate) async fn issue_code(
     .await?;
     Ok(IssuedCode {
         code_id: binding.code_id.to_string(),
+        mail_id,
         code: InstallCodeInfo {
             code_id: binding.code_id.to_string(),
             expires_at: binding.expires_at,

@@ -1,8 +1,11 @@
 //! `POST /install-codes/reissue`: for the tenant found by id or contact email, revoke
 //! every unclaimed code and mint a new one bound to the same tenant (the entitlement
-//! stays attached to the tenant), with a new link and mail: one transaction.
+//! stays attached to the tenant), with a new link and mail: one transaction. After the
+//! commit, the mail's first attempt (`email.status`: `sent` or `queued`).
 
-use alga_protocol::api::{EmailStatus, MailState, RegisterTenantResponse};
+use std::sync::Arc;
+
+use alga_protocol::api::{EmailStatus, RegisterTenantResponse};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -24,7 +27,7 @@ pub enum TenantRef {
 /// Re-issues a code.
 #[instrument(skip_all, fields(tenant.id = tracing::field::Empty))]
 pub async fn reissue(
-    app: &App,
+    app: &Arc<App>,
     ctx: &Ctx,
     target: TenantRef,
 ) -> Result<RegisterTenantResponse, ApiError> {
@@ -40,7 +43,7 @@ pub async fn reissue(
 }
 
 async fn reissue_inner(
-    app: &App,
+    app: &Arc<App>,
     ctx: &Ctx,
     target: &TenantRef,
 ) -> Result<RegisterTenantResponse, ApiError> {
@@ -98,16 +101,14 @@ async fn reissue_inner(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
-    app.mail_wake.notify_one();
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, revoked = revoked.len(), "install code re-issued");
+    let status = crate::mail::first_attempt(app, issued.mail_id).await;
     Ok(RegisterTenantResponse {
         tenant_id,
         edition: entitlement.edition,
         install_code: issued.code,
         download: issued.download,
-        email: EmailStatus {
-            status: MailState::Queued,
-        },
+        email: EmailStatus { status },
         revoked_code_ids: Some(revoked),
     })
 }

@@ -83,6 +83,11 @@ pub struct MailView {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub sent_at: Option<OffsetDateTime>,
+    /// The next attempt (queued mail only).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Why the last attempt failed (for a failed mail: why it was given up).
+    pub last_error: Option<String>,
 }
 
 /// Reads a tenant (no audit record: reads are not state changes).
@@ -150,6 +155,8 @@ pub async fn get(app: &App, tenant_id: Uuid) -> Result<TenantView, ApiError> {
                 attempts: m.attempts,
                 created_at: m.created_at,
                 sent_at: m.sent_at,
+                next_attempt_at: m.next_attempt_at,
+                last_error: m.last_error,
             })
             .collect(),
     })
