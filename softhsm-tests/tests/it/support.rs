@@ -461,89 +461,77 @@ impl Stack {
         let db = TestDb::create("e2e", Some("alga_migrator"))?;
 
         // Issuer: the stack's config (same token, PKI) on another port and its own log.
-        let issuer_port = free_port()?;
-        let mut ic = load_toml(&env("ALGA_ISSUER_CONFIG"))?;
-        set(
-            &mut ic,
-            "listen",
-            "address",
-            format!("127.0.0.1:{issuer_port}"),
-        )?;
-        set(&mut ic, "policy", "path", policy_str.clone())?;
         let signlog = dir.path().join("issuer-log");
         fs::create_dir_all(&signlog)?;
-        set(&mut ic, "log", "directory", signlog.display().to_string())?;
-        let ic_path = dir.path().join("issuer.toml");
-        write_toml(&ic_path, &ic)?;
-        let issuer_url = format!("https://localhost:{issuer_port}");
-        // SoftHSM2's file store can answer CKR_GeneralError while another process
-        // rewrites the token's files (other tests and issuers share the token): an
-        // issuer that exits during start-up is started again, at most three times.
         let (cert, key) = gateway_client_identity();
-        let mut attempt = 0;
-        let issuer = loop {
-            attempt += 1;
-            let mut issuer = Proc::spawn(
+        let (issuer, issuer_url) = start_retrying(|attempt| {
+            let port = free_port()?;
+            let mut ic = load_toml(&env("ALGA_ISSUER_CONFIG"))?;
+            set(&mut ic, "listen", "address", format!("127.0.0.1:{port}"))?;
+            set(&mut ic, "policy", "path", policy_str.clone())?;
+            set(&mut ic, "log", "directory", signlog.display().to_string())?;
+            let path = dir.path().join("issuer.toml");
+            write_toml(&path, &ic)?;
+            let proc = Proc::spawn(
                 "alga-issuer",
                 Command::new(bin("alga-issuer"))
                     .args(["serve", "--config"])
-                    .arg(&ic_path)
+                    .arg(&path)
                     .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
                     .env("RUST_LOG", "info"),
                 dir.path().join(format!("issuer-{attempt}.log")),
             )?;
-            match issuer.wait_healthy(&format!("{issuer_url}/healthz"), Some((&cert, &key))) {
-                Ok(()) => break issuer,
-                Err(e) if attempt < 3 && issuer.exited() => {
-                    eprintln!("issuer start-up attempt {attempt} failed, retrying: {e}");
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+            Ok((
+                proc,
+                format!("https://localhost:{port}"),
+                Some((cert.clone(), key.clone())),
+            ))
+        })?;
 
         // Gateways: the stack's config on other ports, against the fresh database.
-        let gc = load_toml(&env("ALGA_GATEWAY_CONFIG"))?;
+        let mut gc = load_toml(&env("ALGA_GATEWAY_CONFIG"))?;
         let runtime_url = with_database(&get_str(&gc, "database", "url")?, &db.name);
         let migrator_url = with_database(&get_str(&gc, "database", "migrator_url")?, &db.name);
+        set(&mut gc, "database", "url", runtime_url)?;
+        set(&mut gc, "database", "migrator_url", migrator_url)?;
+        set(&mut gc, "database", "pool_size", 4)?;
+        set(&mut gc, "issuer", "url", issuer_url.clone())?;
+        set(&mut gc, "policy", "path", policy_str.clone())?;
+        let migrate_conf = dir.path().join("gateway-migrate.toml");
+        write_toml(&migrate_conf, &gc)?;
+        let out = run(
+            Command::new(bin("alga-gateway"))
+                .args(["migrate", "--config"])
+                .arg(&migrate_conf),
+            None,
+        )?;
+        ensure!(
+            out.status.success(),
+            "alga-gateway migrate failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         let mut started = Vec::new();
         for i in 0..gateways.max(1) {
-            let port = free_port()?;
-            let url = format!("https://localhost:{port}");
-            let mut c = gc.clone();
-            set(&mut c, "listen", "address", format!("127.0.0.1:{port}"))?;
-            set(&mut c, "listen", "public_url", url.clone())?;
-            set(&mut c, "database", "url", runtime_url.clone())?;
-            set(&mut c, "database", "migrator_url", migrator_url.clone())?;
-            set(&mut c, "database", "pool_size", 4)?;
-            set(&mut c, "issuer", "url", issuer_url.clone())?;
-            set(&mut c, "policy", "path", policy_str.clone())?;
-            let path = dir.path().join(format!("gateway-{i}.toml"));
-            write_toml(&path, &c)?;
-            if i == 0 {
-                let out = run(
+            let (proc, url) = start_retrying(|attempt| {
+                let port = free_port()?;
+                let url = format!("https://localhost:{port}");
+                let mut c = gc.clone();
+                set(&mut c, "listen", "address", format!("127.0.0.1:{port}"))?;
+                set(&mut c, "listen", "public_url", url.clone())?;
+                let path = dir.path().join(format!("gateway-{i}.toml"));
+                write_toml(&path, &c)?;
+                let proc = Proc::spawn(
+                    &format!("alga-gateway-{i}"),
                     Command::new(bin("alga-gateway"))
-                        .args(["migrate", "--config"])
-                        .arg(&path),
-                    None,
+                        .args(["serve", "--config"])
+                        .arg(&path)
+                        .env("RUST_LOG", "info"),
+                    dir.path().join(format!("gateway-{i}-{attempt}.log")),
                 )?;
-                ensure!(
-                    out.status.success(),
-                    "alga-gateway migrate failed ({}): {}{}",
-                    out.status,
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
-            }
-            let mut proc = Proc::spawn(
-                &format!("alga-gateway-{i}"),
-                Command::new(bin("alga-gateway"))
-                    .args(["serve", "--config"])
-                    .arg(&path)
-                    .env("RUST_LOG", "info"),
-                dir.path().join(format!("gateway-{i}.log")),
-            )?;
-            proc.wait_healthy(&format!("{url}/healthz"), None)?;
+                Ok((proc, url, None))
+            })?;
             started.push(Gateway { url, _proc: proc });
         }
         Ok(Stack {
@@ -707,6 +695,33 @@ impl Stack {
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Starts a server with `start(attempt)` (process, base URL, client identity for
+/// `/healthz`) and waits until it is healthy. A server that exits during start-up is
+/// started again, at most three times: its free port may have been taken meanwhile,
+/// and SoftHSM2's file store can answer CKR_GeneralError while another process
+/// rewrites the shared token's files.
+fn start_retrying(
+    mut start: impl FnMut(u32) -> Result<(Proc, String, Option<(String, String)>)>,
+) -> Result<(Proc, String)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut proc, url, identity) = start(attempt)?;
+        let identity = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        match proc.wait_healthy(&format!("{url}/healthz"), identity) {
+            Ok(()) => return Ok((proc, url)),
+            Err(e) if attempt < 3 && proc.exited() => {
+                eprintln!(
+                    "{} start-up attempt {attempt} failed, retrying: {e}",
+                    proc.name
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -938,14 +953,23 @@ fn quoted_printable(s: &str) -> String {
     text(&out)
 }
 
-/// Every mail the sink stored for `rcpt`.
+/// Every mail the sink stored for `rcpt` since shortly before this test process
+/// started (the sink keeps every mail of every run; older ones cannot be ours).
 pub fn mails_to(rcpt: &str) -> Result<Vec<Mail>> {
+    static SINCE: OnceLock<SystemTime> = OnceLock::new();
+    let since = *SINCE.get_or_init(|| SystemTime::now() - Duration::from_secs(60));
     let dir = env("ALGA_MAIL_DIR");
     let needle = format!("X-Alga-Sink-Rcpt-To: <{rcpt}>");
     let mut out = Vec::new();
     for e in fs::read_dir(&dir).with_context(|| format!("reading the mail sink {dir}"))? {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "eml")
+        let e = e?;
+        let p = e.path();
+        let recent = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if recent
+            && p.extension().is_some_and(|x| x == "eml")
             && fs::read_to_string(&p).is_ok_and(|t| t.contains(&needle))
         {
             out.push(Mail::parse(&p)?);
