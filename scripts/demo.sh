@@ -36,10 +36,13 @@ ok() { printf '  %s✓ %s%s\n' "$G" "$*" "$N"; }
 record() { SUMMARY+=("$1"$'\t'"$2"$'\t'"$3"); }
 fail() {
     printf '\n%sDEMO FAILED at step "%s":%s %s\n' "$R" "$STEP" "$N" "$*" >&2
+    # told once: a failure inside $(...) also trips the ERR trap of the main shell
+    [ -n "${WORK:-}" ] && [ -d "$WORK" ] && : >"$WORK/.failed"
     exit 1
 }
 on_error() {
     local rc=$? line=$1
+    [ -n "${WORK:-}" ] && [ -e "$WORK/.failed" ] && exit "$rc"
     printf '\n%sDEMO FAILED at step "%s"%s (command at scripts/demo.sh:%s exited %s)\n' \
         "$R" "$STEP" "$N" "$line" "$rc" >&2
     exit "$rc"
