@@ -317,7 +317,14 @@ show "$(cat "$WORK/redeem-2.out")"
 REBUILT_TENANT="$(secret_value "$WORK/appliance-2" appliance-initial-tenant.yaml INITIAL_TENANT_ID)"
 [ "$REBUILT_TENANT" = "$PRO_TENANT" ] || fail "the rebuilt appliance came up under $REBUILT_TENANT, not $PRO_TENANT"
 REBUILT_APPLIANCE="$(sed -n 's/^appliance_id: //p' "$WORK/redeem-2.out")"
-ok "rebuilt appliance $REBUILT_APPLIANCE is back under tenant $REBUILT_TENANT"
+# The rebuild wiped the appliance's disk: its bootstrap starts from an empty database.
+psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "DROP DATABASE $APP_DB WITH (FORCE)" -c "CREATE DATABASE $APP_DB" >/dev/null \
+    || fail "could not recreate the appliance database $APP_DB"
+"$APPLIANCE" bootstrap create-tenant --secrets "$WORK/appliance-2" | sed 's/^/    /'
+"$APPLIANCE" bootstrap seed-license --secrets "$WORK/appliance-2" >/dev/null
+LOCAL_TENANT="$(psql -qAt "$ALGA_APPLIANCE_DATABASE_URL" -c 'SELECT tenant_id FROM alga_appliance.appliance_tenant')"
+[ "$LOCAL_TENANT" = "$PRO_TENANT" ] || fail "the rebuilt appliance's database holds tenant '$LOCAL_TENANT', not $PRO_TENANT"
+ok "rebuilt appliance $REBUILT_APPLIANCE is back under tenant $REBUILT_TENANT (bootstrap adopted it again)"
 record "re-issue" "old code refused (exit $OLD_RC)" "new code $NEW_CODE_ID"
 record "rebuilt redeem" "same tenant" "$REBUILT_TENANT"
 
