@@ -4,9 +4,11 @@
 //!
 //! Idempotency: the response is stored under `(caller, Idempotency-Key)` in the same
 //! transaction with the SHA-256 of the request body; the same key with the same body
-//! replays it, with another body it is `idempotency_conflict`. A replay's
-//! `email.status` is the mail's current state (`sent` once it went out), the rest is
-//! the stored response.
+//! replays it, with another body it is `idempotency_conflict`. Two fields of a replay
+//! are fresh rather than stored: `email.status` is the mail's current state (`sent`
+//! once it went out), and `download.url` is presigned again for the stored
+//! `download.expires_at`: the stored response keeps only the link's query-less
+//! location, because a presigned query is a download credential and nothing stores one.
 
 use alga_protocol::api::{
     DownloadLink, EmailStatus, InstallCodeInfo, MailState, RegisterTenantResponse,
@@ -120,6 +122,10 @@ async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiErr
                     MailState::Queued
                 });
             }
+            if body.get("download").is_some() {
+                body["download"] = serde_json::to_value(fresh_link(app, &body["download"])?)
+                    .map_err(ApiError::internal)?;
+            }
             Ok(Some(Replayable {
                 status: s.status,
                 body,
@@ -127,6 +133,38 @@ async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiErr
         }
         Some(_) => Err(ApiError::IdempotencyConflict),
     }
+}
+
+/// The stored form of a response: the download link without its presigned query.
+fn storable(body: &serde_json::Value) -> serde_json::Value {
+    let mut stored = body.clone();
+    if let Some(url) = body["download"]["url"].as_str() {
+        let location = url.split_once('?').map_or(url, |(base, _)| base);
+        stored["download"]["url"] = serde_json::json!(location);
+    }
+    stored
+}
+
+/// A replay's link: presigned again until the stored expiry, or, once that has
+/// passed, for the policy's TTL from now (an expired link would be no answer).
+fn fresh_link(app: &App, stored: &serde_json::Value) -> Result<DownloadLink, ApiError> {
+    // Whole seconds, as SigV4 signs them, so the link ends exactly at `until`.
+    let now = whole_seconds(time::OffsetDateTime::now_utc());
+    let until = stored["expires_at"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .filter(|t| *t - now >= time::Duration::minutes(1));
+    let ttl = until.map_or(app.policy.download_link_ttl, |t| t - now);
+    let link = app
+        .presigner
+        .presign(now, ttl)
+        .map_err(ApiError::internal)?;
+    Ok(DownloadLink {
+        url: link.url,
+        expires_at: link.expires_at,
+    })
 }
 
 async fn register_once(
@@ -208,7 +246,8 @@ async fn register_once(
     )
     .await?;
     if let Some(i) = idem
-        && !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &body).await?
+        && !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &storable(&body))
+            .await?
     {
         // Someone committed this key first: ours rolls back, theirs is the answer.
         drop(tx);
