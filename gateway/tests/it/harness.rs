@@ -271,10 +271,15 @@ async fn test_database() -> String {
 pub struct Opts {
     /// Keep the policy's real rate limits (otherwise they are raised out of the way).
     pub real_rate_limits: bool,
+    /// SMTP port of the gateway (a test's own [`SmtpSink`]); default: the stack's sink.
+    pub smtp_port: Option<u16>,
+    /// Keys of the gateway's `[mail]` section (TOML lines); default: none.
+    pub mail: Option<String>,
 }
 
 pub struct Stack {
     pub db: String,
+    gw_config: alga_gateway::config::Config,
     /// Superuser connection to the test database.
     pub admin: tokio_postgres::Client,
     pub policy: Policy,
@@ -319,7 +324,11 @@ directory = "{}"
     toml::from_str(&text).expect("issuer config")
 }
 
-fn gateway_config(db: &str, issuer: std::net::SocketAddr) -> alga_gateway::config::Config {
+fn gateway_config(
+    db: &str,
+    issuer: std::net::SocketAddr,
+    opts: &Opts,
+) -> alga_gateway::config::Config {
     let d = dev();
     let port = d.var("ALGA_PG_PORT");
     let text = format!(
@@ -347,6 +356,8 @@ host = "127.0.0.1"
 port = {smtp}
 security = "none"
 from = "alga-license <licenses@alga.test>"
+[mail]
+{mail}
 [s3]
 endpoint = "{s3}"
 region = "{region}"
@@ -364,7 +375,10 @@ path = "{policy}"
         iport = issuer.port(),
         gc_cert = d.path("ALGA_GATEWAY_CLIENT_CERT"),
         gc_key = d.path("ALGA_GATEWAY_CLIENT_KEY"),
-        smtp = d.var("ALGA_SMTP_PORT"),
+        smtp = opts
+            .smtp_port
+            .map_or_else(|| d.var("ALGA_SMTP_PORT"), |p| p.to_string()),
+        mail = opts.mail.as_deref().unwrap_or(""),
         s3 = d.var("ALGA_S3_ENDPOINT"),
         region = d.var("ALGA_S3_REGION"),
         bucket = d.var("ALGA_S3_BUCKET"),
@@ -391,6 +405,27 @@ async fn start_issuer(
         .expect("issuer runs");
     });
     (tx, task)
+}
+
+/// Starts a gateway on a fresh loopback port; returns its URL, stop and task.
+fn start_gateway(
+    config: alga_gateway::config::Config,
+    policy: Policy,
+) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let gl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gw = format!(
+        "https://localhost:{}",
+        gl.local_addr().expect("addr").port()
+    );
+    let (gw_stop, rx) = oneshot::channel::<()>();
+    let gw_task = tokio::spawn(async move {
+        alga_gateway::run(config, policy, gl, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("gateway runs");
+    });
+    (gw, gw_stop, gw_task)
 }
 
 impl Stack {
@@ -425,23 +460,11 @@ impl Stack {
             policy.rate_limits.redeem_per_source = many;
             policy.rate_limits.redeem_per_code = many;
         }
-        let config = gateway_config(&db, issuer_addr);
-        let gl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let gw = format!(
-            "https://localhost:{}",
-            gl.local_addr().expect("addr").port()
-        );
-        let (gw_stop, rx) = oneshot::channel::<()>();
-        let p = policy.clone();
-        let gw_task = tokio::spawn(async move {
-            alga_gateway::run(config, p, gl, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("gateway runs");
-        });
+        let gw_config = gateway_config(&db, issuer_addr, &opts);
+        let (gw, gw_stop, gw_task) = start_gateway(gw_config.clone(), policy.clone());
         let s = Stack {
             db,
+            gw_config,
             admin,
             policy,
             gw,
@@ -452,17 +475,40 @@ impl Stack {
             gw_task: Some(gw_task),
             _issuer_log: issuer_log,
         };
-        // Ready when /readyz says so.
-        let c = s.anon();
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        let c = self.anon();
         for _ in 0..100 {
-            if let Ok(r) = c.get(s.url("/readyz")).send().await
+            if let Ok(r) = c.get(self.url("/readyz")).send().await
                 && r.status() == StatusCode::OK
             {
-                return s;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the gateway did not become ready");
+    }
+
+    /// Stops the gateway through its shutdown future (its mail worker included) and
+    /// starts a new one on the same database and issuer, on a new port.
+    pub async fn restart_gateway(&mut self) {
+        if let Some(tx) = self.gw_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.gw_task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("the gateway stops")
+                .expect("the gateway task ends cleanly");
+        }
+        let (gw, stop, task) = start_gateway(self.gw_config.clone(), self.policy.clone());
+        self.gw = gw;
+        self.gw_stop = Some(stop);
+        self.gw_task = Some(task);
+        self.wait_ready().await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -881,12 +927,22 @@ impl Appliance {
     }
 }
 
-/// Waits for the mail to `recipient` whose code has `code_id`; returns the code found
-/// in it (decoding quoted-printable or base64 bodies as needed).
+/// Waits for the mail to `recipient` whose code has `code_id` in the stack's mail
+/// directory; returns the code found in it (decoding quoted-printable or base64 bodies
+/// as needed).
 pub async fn mailed_code(recipient: &str, code_id: &str) -> String {
-    let dir = PathBuf::from(dev().path("ALGA_MAIL_DIR"));
+    mailed_code_in(
+        &PathBuf::from(dev().path("ALGA_MAIL_DIR")),
+        recipient,
+        code_id,
+    )
+    .await
+}
+
+/// [`mailed_code`] in `dir`.
+pub async fn mailed_code_in(dir: &std::path::Path, recipient: &str, code_id: &str) -> String {
     for _ in 0..150 {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let Ok(raw) = std::fs::read_to_string(e.path()) else {
                     continue;
@@ -910,8 +966,153 @@ pub async fn mailed_code(recipient: &str, code_id: &str) -> String {
     );
 }
 
-/// Every install code in a raw message, whatever its transfer encoding.
-fn find_code(raw: &str) -> Vec<String> {
+/// A test's own SMTP server: the stack's sink (`scripts/smtp_sink.py`, Debian's
+/// aiosmtpd) on a free loopback port, storing one `.eml` per message in a temporary
+/// directory. It can be stopped and started again on the same port without touching
+/// other tests.
+pub struct SmtpSink {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl SmtpSink {
+    /// Starts a sink on a free port.
+    pub async fn start() -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut sink = SmtpSink {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        sink.resume().await;
+        sink
+    }
+
+    /// The directory messages land in (one `.eml` each).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// Starts the sink again on its port and waits until it accepts connections.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "the sink is running");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/smtp_sink.py");
+        let maildir = self.dir();
+        let child = std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--maildir")
+            .arg(&maildir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("/usr/bin/python3 with Debian's python3-aiosmtpd runs scripts/smtp_sink.py");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the SMTP sink exited at start: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the SMTP sink does not listen on {}", self.port);
+    }
+
+    /// Stops the sink: connections to its port are refused until [`SmtpSink::resume`].
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("port {} still accepts after the sink stopped", self.port);
+    }
+
+    /// The raw messages whose envelope recipient is `recipient`.
+    pub fn messages_to(&self, recipient: &str) -> Vec<String> {
+        let rcpt = format!("X-Alga-Sink-Rcpt-To: <{recipient}>");
+        let mut names: Vec<_> = std::fs::read_dir(self.dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .filter(|raw| raw.lines().any(|l| l == rcpt))
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A header's value in a raw message (first occurrence, unfolded).
+pub fn header(raw: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    let mut lines = raw.lines();
+    while let Some(l) = lines.next() {
+        if l.is_empty() {
+            return None;
+        }
+        if l.to_ascii_lowercase().starts_with(&prefix) {
+            let mut v = l[prefix.len()..].trim().to_owned();
+            for cont in lines.by_ref() {
+                if cont.starts_with([' ', '\t']) {
+                    v.push(' ');
+                    v.push_str(cont.trim());
+                } else {
+                    break;
+                }
+            }
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The presigned link's `X-Amz-Signature` values in a raw message.
+pub fn link_signatures(raw: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for t in decoded_texts(raw) {
+        let mut rest = t.as_str();
+        while let Some(i) = rest.find("X-Amz-Signature=") {
+            rest = &rest[i + "X-Amz-Signature=".len()..];
+            let sig: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            if sig.len() == 64 && !found.contains(&sig) {
+                found.push(sig);
+            }
+        }
+    }
+    found
+}
+
+/// A raw message as is, quoted-printable decoded, and its base64 blocks decoded.
+fn decoded_texts(raw: &str) -> Vec<String> {
     use base64::Engine as _;
     let mut texts = vec![raw.to_owned()];
     // Quoted-printable: join soft breaks, decode =XX.
@@ -952,6 +1153,12 @@ fn find_code(raw: &str) -> Vec<String> {
             block.clear();
         }
     }
+    texts
+}
+
+/// Every install code in a raw message, whatever its transfer encoding.
+fn find_code(raw: &str) -> Vec<String> {
+    let texts = decoded_texts(raw);
     let is_sym = |c: u8| c.is_ascii_digit() || (c.is_ascii_uppercase() && !b"ILOU".contains(&c));
     let mut found = Vec::new();
     for t in texts {

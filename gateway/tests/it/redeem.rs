@@ -320,6 +320,7 @@ async fn concurrent_redeems_of_one_code_yield_exactly_one_appliance() {
 async fn redeem_is_rate_limited_per_code_with_retry_after() {
     let s = Stack::start_with(Opts {
         real_rate_limits: true,
+        ..Opts::default()
     })
     .await;
     let (_, code_id, _) = s.tenant_with_code("pro").await;
