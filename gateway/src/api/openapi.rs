@@ -21,7 +21,7 @@ const ROUTES: &[Route] = &[
         HttpMethod::Post,
         "/register-tenant",
         "store",
-        "Create a tenant, mint its install code, presign the ISO link, queue the mail",
+        "Create a tenant, mint its install code, presign the ISO link, queue the mail and try it once (email.status sent | queued)",
         &[
             (
                 "201",
