@@ -296,6 +296,13 @@ async fn record(
         ),
         o => o,
     };
+    // Reasons are server and issuer messages: bounded, so a chatty SMTP server cannot
+    // make the audit record too large to write (which would block the mark).
+    let outcome = match outcome {
+        Outcome::Retry(r) => Outcome::Retry(bounded(r)),
+        Outcome::Failed(r) => Outcome::Failed(bounded(r)),
+        Outcome::Sent => Outcome::Sent,
+    };
     let ctx = Ctx {
         request_id: format!("mail-{}", m.mail_id.simple()),
         source: None,
@@ -358,9 +365,29 @@ async fn record(
     Ok(matches!(outcome, Outcome::Sent))
 }
 
+/// Longest reason kept in the outbox and the audit record, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+fn bounded(reason: String) -> String {
+    if reason.chars().count() <= MAX_REASON_CHARS {
+        reason
+    } else {
+        let mut r: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        r.push('…');
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_bounded() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = bounded("x".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_REASON_CHARS + 1);
+    }
 
     fn outbox(rules: MailConfig) -> Outbox {
         let mailer = mailer(&SmtpConfig {
