@@ -30,7 +30,7 @@ use crate::keyring::{KeyKind, KeyOps};
 
 /// An appliance CA key version as an rcgen signing key, over any [`KeyOps`].
 ///
-/// ```ignore
+/// ```text
 /// // on a blocking thread:
 /// let signer = CaSigner::active(keys.clone())?;
 /// let issuer = signer.issuer()?;                 // rcgen::Issuer from the CA cert on the token
