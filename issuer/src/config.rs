@@ -11,7 +11,10 @@ use serde::Deserialize;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for this schema (the message names the key).
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -104,10 +107,10 @@ impl HsmConfig {
 
 /// Reads a secret from an environment variable or, failing that, a file (trimmed).
 pub fn read_secret(env_var: &str, file: Option<&Path>) -> Result<SecretString, ConfigError> {
-    if let Ok(v) = std::env::var(env_var) {
-        if !v.is_empty() {
-            return Ok(SecretString::from(v));
-        }
+    if let Ok(v) = std::env::var(env_var)
+        && !v.is_empty()
+    {
+        return Ok(SecretString::from(v));
     }
     let Some(file) = file else {
         return Err(ConfigError::Pin {

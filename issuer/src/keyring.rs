@@ -25,7 +25,12 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// Every kind, in the order `keys init` creates them.
-    pub const ALL: [KeyKind; 4] = [KeyKind::License, KeyKind::ApplianceCa, KeyKind::Code, KeyKind::Audit];
+    pub const ALL: [KeyKind; 4] = [
+        KeyKind::License,
+        KeyKind::ApplianceCa,
+        KeyKind::Code,
+        KeyKind::Audit,
+    ];
 
     /// The stable short name used on the command line and in labels (`license`, `ca`, `code`, `audit`).
     pub fn as_str(self) -> &'static str {

@@ -15,7 +15,11 @@ use alga_issuer::keyring::KeyKind;
 use alga_policies::Policy;
 
 #[derive(Debug, Parser)]
-#[command(name = "alga-issuer", version, about = "The isolated issuer: every key in the HSM")]
+#[command(
+    name = "alga-issuer",
+    version,
+    about = "The isolated issuer: every key in the HSM"
+)]
 struct Cli {
     /// Issuer configuration file (TOML).
     #[arg(long, global = true, env = "ALGA_ISSUER_CONFIG")]
@@ -75,7 +79,8 @@ enum KeysCommand {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ALGA_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ALGA_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -100,7 +105,9 @@ async fn main() -> Result<()> {
             tracing::info!(listen.address = %config.listen.address, "issuer serving");
             alga_issuer::server::run(config, policy, keys, listener, shutdown_signal()).await?;
         }
-        Command::Token { command: TokenCommand::Init { so_pin_file } } => {
+        Command::Token {
+            command: TokenCommand::Init { so_pin_file },
+        } => {
             let so_pin = read_secret("ALGA_HSM_SO_PIN", Some(&so_pin_file))?;
             let pin = config.hsm.pin()?;
             let outcome = admin::token_init(&config.hsm, so_pin, pin)?;
@@ -119,8 +126,9 @@ async fn main() -> Result<()> {
                     admin::print_key_list(&keys, json)?;
                 }
                 KeysCommand::Rotate { kind } => {
-                    let kind = KeyKind::parse(&kind)
-                        .with_context(|| format!("unknown key kind {kind:?}: use license, ca, code or audit"))?;
+                    let kind = KeyKind::parse(&kind).with_context(|| {
+                        format!("unknown key kind {kind:?}: use license, ca, code or audit")
+                    })?;
                     let info = admin::keys_rotate(&config.hsm, pin, kind, &policy, now)?;
                     println!("created {} ({})", info.kid, info.kind);
                 }
