@@ -288,4 +288,13 @@ mod tests {
         let err = Config::parse(&bad).expect_err("unknown key refused");
         assert!(err.contains("bogus"), "{err}");
     }
+
+    #[test]
+    fn production_sample_parses() {
+        let c = Config::parse(include_str!("../../deploy/config/gateway.toml"))
+            .expect("deploy/config/gateway.toml parses");
+        assert_eq!(c.smtp.security, SmtpSecurity::Starttls);
+        assert!(!c.s3.path_style);
+        assert_eq!(c.mail, MailConfig::default());
+    }
 }

@@ -128,3 +128,36 @@ pub fn read_secret(env_var: &str, file: Option<&Path>) -> Result<SecretString, C
     }
     Ok(SecretString::from(trimmed.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_sample_parses() {
+        let c: IssuerConfig = toml::from_str(include_str!("../../deploy/config/issuer.toml"))
+            .expect("deploy/config/issuer.toml parses");
+        assert_eq!(c.hsm.workers, 2);
+        assert_eq!(c.listen.address.port(), 9443);
+    }
+
+    #[test]
+    fn dev_template_parses() {
+        let text = include_str!("../../config/dev/issuer.toml.in")
+            .replace("${ALGA_ISSUER_PORT}", "9443")
+            .replace("${ALGA_DEV_DIR}", "/dev-dir")
+            .replace("${ALGA_HSM_MODULE}", "/usr/lib/softhsm/libsofthsm2.so")
+            .replace("${ALGA_HSM_TOKEN_LABEL}", "alga-dev");
+        let c: IssuerConfig = toml::from_str(&text).expect("the dev template parses");
+        assert_eq!(c.hsm.token_label, "alga-dev");
+    }
+
+    #[test]
+    fn an_empty_pin_file_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "  \n").expect("write");
+        let err = read_secret("ALGA_TEST_UNSET_PIN_VARIABLE", Some(&path)).expect_err("empty");
+        assert!(err.to_string().contains("is empty"), "{err}");
+    }
+}
