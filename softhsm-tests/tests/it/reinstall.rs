@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 
-use crate::support::{Customer, Stack, redeem, register, reissue_by_email, wait_mail};
+use crate::support::{Customer, Stack, algactl, redeem, register, reissue_by_email, wait_mail};
 
 #[test]
 fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
@@ -100,6 +100,33 @@ fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
         r3.stderr
     );
     ensure!(!r3.wrote_secrets(), "a refused redeem wrote a Secret");
+
+    // The store's view of the tenant tells the whole story, without a secret.
+    let t = algactl(s.gw(0), &["tenant", "show", &reg.tenant_id])?;
+    let states: std::collections::BTreeMap<&str, &str> = t["install_codes"]
+        .as_array()
+        .context("install_codes")?
+        .iter()
+        .filter_map(|c| Some((c["code_id"].as_str()?, c["state"].as_str()?)))
+        .collect();
+    let expected = std::collections::BTreeMap::from([
+        (reg.code_id.as_str(), "consumed"),
+        (re.code_id.as_str(), "consumed"),
+        (re3.code_id.as_str(), "revoked"),
+        (re4.code_id.as_str(), "unclaimed"),
+    ]);
+    ensure!(
+        states == expected,
+        "codes {states:?}, expected {expected:?}"
+    );
+    let appliances = t["appliances"].as_array().map(Vec::len);
+    ensure!(appliances == Some(2), "appliances: {}", t["appliances"]);
+    for secret in [&code1, &code2, &code3] {
+        ensure!(
+            !t.to_string().contains(&secret.replace('-', "")),
+            "tenant show leaks a code"
+        );
+    }
 
     s.verify_audit(1)?;
     Ok(())
