@@ -9,8 +9,8 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -132,7 +132,13 @@ pub fn free_port() -> Result<u16> {
 
 /// Runs a command to completion with a time bound (killing it past the bound).
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
-    let what = format!("{cmd:?}");
+    // Program and arguments only: `Command`'s Debug would print the environment we
+    // set, passwords included.
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -273,7 +279,8 @@ pub fn curl(
 #[derive(Debug)]
 pub struct Proc {
     name: String,
-    child: Child,
+    /// Behind a lock so a test can stop a server through a shared `&Stack`.
+    child: Mutex<Child>,
     log: PathBuf,
 }
 
@@ -285,10 +292,12 @@ impl Proc {
             .stdout(f.try_clone()?)
             .stderr(f)
             .spawn()
-            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+            .with_context(|| {
+                format!("spawning {name} ({})", cmd.get_program().to_string_lossy())
+            })?;
         Ok(Proc {
             name: name.to_owned(),
-            child,
+            child: Mutex::new(child),
             log,
         })
     }
@@ -300,11 +309,11 @@ impl Proc {
     }
 
     /// Waits until `url` answers 200, failing early when the process exits.
-    pub fn wait_healthy(&mut self, url: &str, identity: Option<(&str, &str)>) -> Result<()> {
+    pub fn wait_healthy(&self, url: &str, identity: Option<(&str, &str)>) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last = String::new();
         while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait()? {
+            if let Some(s) = self.try_wait()? {
                 bail!(
                     "{} exited during start-up ({s}):\n{}",
                     self.name,
@@ -325,14 +334,22 @@ impl Proc {
         )
     }
 
-    /// True once the process has exited.
-    pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+    fn try_wait(&self) -> Result<Option<std::process::ExitStatus>> {
+        let mut child = self.child.lock().map_err(|_| anyhow!("poisoned"))?;
+        Ok(child.try_wait()?)
     }
 
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// True once the process has exited.
+    pub fn exited(&self) -> bool {
+        matches!(self.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stops the process (SIGKILL) and reaps it.
+    pub fn kill(&self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -543,6 +560,29 @@ impl Stack {
         })
     }
 
+    /// Runs a test's body; when it fails, prints the tail of every server log of this
+    /// stack first (the processes are gone once the stack drops).
+    pub fn check(&self, body: impl FnOnce(&Stack) -> Result<()>) -> Result<()> {
+        let result = body(self);
+        if result.is_err() {
+            let mut logs: Vec<PathBuf> = fs::read_dir(self.dir.path())
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+            logs.sort();
+            for log in logs {
+                let t = fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                eprintln!(
+                    "---- last lines of {} ----\n{}\n---- end ----",
+                    log.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+        result
+    }
+
     pub fn gw(&self, i: usize) -> &str {
         &self.gateways[i].url
     }
@@ -710,7 +750,7 @@ fn start_retrying(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (mut proc, url, identity) = start(attempt)?;
+        let (proc, url, identity) = start(attempt)?;
         let identity = identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
         match proc.wait_healthy(&format!("{url}/healthz"), identity) {
             Ok(()) => return Ok((proc, url)),
