@@ -357,4 +357,4 @@ for row in "${SUMMARY[@]}"; do
     IFS=$'\t' read -r c1 c2 c3 <<<"$row"
     printf '  %-22s %-30s %s\n' "$c1" "$c2" "$c3"
 done
-printf '\n%sThe demo completed.%s Files: %s (re-run make demo any time).\n' "$G" "$N" "${WORK#"$ROOT"/}"
+printf '\n%sThe demo completed in %ss.%s Files: %s (re-run make demo any time).\n' "$G" "$SECONDS" "$N" "${WORK#"$ROOT"/}"
