@@ -6,7 +6,7 @@
 #   make infra       deps + PKI, Postgres, SoftHSM2 conf/PINs, SMTP sink, S3, configs, .dev/env
 #   make down        stop everything, keep data;   make clean-dev: down and remove .dev/
 #   make status      what is running
-#   make demo        up (the guided journey is not built yet)
+#   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
 #
 # Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),
 #        ALGA_GATEWAY_PORT (8443), ALGA_ISSUER_PORT (9443).
