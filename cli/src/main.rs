@@ -7,6 +7,7 @@
 //! echo the service's stable error code and message.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod env_file;
 
@@ -94,6 +95,41 @@ enum Command {
     Appliance {
         #[command(subcommand)]
         command: ApplianceCommand,
+    },
+    /// The audit log (auditor): export, verify offline, tail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write every checkpoint and the records after --after as JSON lines
+    /// (the `alga-audit export` format, verifiable offline).
+    Export {
+        /// Only records with a sequence number above this (0: all).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Verify the log: export it (or read --export), recompute the chain and check
+    /// every checkpoint signature against the audit keys. Exit 0 only when intact.
+    Verify {
+        /// Verify this export file instead of fetching the log.
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Print records as they are chained.
+    Tail {
+        /// Start after this sequence number (0: from the beginning).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new records.
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 
@@ -184,6 +220,73 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             print_value(&resp, cli.json)
         }
+        Command::Audit { command } => run_audit(&cli.conn, command, cli.json).await,
+    }
+}
+
+async fn run_audit(conn: &ConnArgs, command: AuditCommand, json: bool) -> Result<()> {
+    let client = connect(conn, As::Auditor)?;
+    match command {
+        AuditCommand::Export { after, output } => {
+            let summary = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    audit::export(&client, after, &mut std::io::BufWriter::new(file)).await?
+                }
+                None => audit::export(&client, after, &mut std::io::stdout().lock()).await?,
+            };
+            eprintln!(
+                "exported {} records (head {}) and {} checkpoints",
+                summary.records, summary.head_seq, summary.checkpoints
+            );
+            Ok(())
+        }
+        AuditCommand::Verify { export } => {
+            let keys = audit::keys(&client).await?;
+            let report = match export {
+                Some(path) => audit::verify(&path, keys)?,
+                None => {
+                    let dir =
+                        tempfile::tempdir().context("a temporary directory for the export")?;
+                    let path = dir.path().join("audit.jsonl");
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    audit::export(&client, 0, &mut std::io::BufWriter::new(file)).await?;
+                    audit::verify(&path, keys)?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let verdict = if report.intact() { "INTACT" } else { "DAMAGED" };
+                print_table(&[
+                    ("verdict", verdict.to_owned()),
+                    ("records", report.records.to_string()),
+                    (
+                        "checkpoints verified",
+                        report.checkpoints_matched.to_string(),
+                    ),
+                ]);
+                for f in &report.findings {
+                    let at = f
+                        .seq
+                        .map(|s| format!("seq {s}"))
+                        .unwrap_or_else(|| "-".to_owned());
+                    println!("  {:<24} {at:<12} {}", f.kind.as_str(), f.detail);
+                }
+            }
+            match report.first_damage() {
+                None if report.intact() => Ok(()),
+                Some(f) => anyhow::bail!(
+                    "the audit log is damaged: first {} at {:?}",
+                    f.kind.as_str(),
+                    f.seq
+                ),
+                None => anyhow::bail!("the audit log is not intact"),
+            }
+        }
+        AuditCommand::Tail { after, follow } => audit::tail(&client, after, follow, json).await,
     }
 }
 
@@ -293,6 +396,3 @@ fn print_table(rows: &[(&str, String)]) {
         println!("{k:<width$}  {v}");
     }
 }
-
-#[allow(dead_code)]
-const _AUDITOR: As = As::Auditor;

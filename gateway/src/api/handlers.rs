@@ -245,6 +245,18 @@ pub async fn audit_checkpoints(
     Ok(Json(v).into_response())
 }
 
+/// `GET /audit/keys` (auditor): every public key the issuer publishes — the audit
+/// checkpoint keys with the JWKS and CA chain — in the issuer's own `PublicKeys` form,
+/// which `alga-audit verify --audit-keys` reads. Security staff get what they need to
+/// verify offline without the gateway's identity toward the issuer.
+pub async fn audit_keys(
+    State(app): AppState,
+    _caller: AuditorCaller,
+) -> Result<Response, ApiError> {
+    let keys = app.public_keys().await?;
+    Ok(Json(&*keys).into_response())
+}
+
 fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
     let mut f = BTreeMap::new();
     f.insert("query".to_owned(), e.body_text());

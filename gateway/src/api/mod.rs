@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/audit/events", get(handlers::audit_events))
         .route("/audit/checkpoints", get(handlers::audit_checkpoints))
+        .route("/audit/keys", get(handlers::audit_keys))
         .route(wire::JWKS, get(handlers::jwks))
         .route(wire::CA_PEM, get(handlers::ca_pem))
         .route("/healthz", get(handlers::healthz))

@@ -108,6 +108,13 @@ const ROUTES: &[Route] = &[
     ),
     (
         HttpMethod::Get,
+        "/audit/keys",
+        "auditor",
+        "The issuer's public keys (audit checkpoint keys, JWKS, CA chain) for offline verification",
+        &[("200", "PublicKeys")],
+    ),
+    (
+        HttpMethod::Get,
         "/.well-known/jwks.json",
         "anyone",
         "License verification keys",

@@ -124,6 +124,25 @@ async fn auditor_pages_through_chained_events_and_signed_checkpoints() {
     let (st, v, _) = send(s.auditor().get(s.url("/audit/checkpoints"))).await;
     assert_eq!(st, 200, "{v}");
     assert!(v["checkpoints"].is_array());
+    // The keys to verify those checkpoints offline are served to the auditor too, in
+    // the issuer's `PublicKeys` form that `alga-audit verify --audit-keys` reads.
+    let (st, keys, _) = send(s.auditor().get(s.url("/audit/keys"))).await;
+    assert_eq!(st, 200, "{keys}");
+    let kids: Vec<&str> = keys["audit_keys"]
+        .as_array()
+        .expect("audit_keys")
+        .iter()
+        .filter_map(|k| k["kid"].as_str())
+        .collect();
+    assert!(!kids.is_empty(), "{keys}");
+    for cp in v["checkpoints"].as_array().expect("array") {
+        let kid = cp["kid"].as_str().expect("kid");
+        assert!(
+            kids.contains(&kid),
+            "checkpoint signed by {kid}, not in {kids:?}"
+        );
+    }
+    assert!(keys["jwks"]["keys"].is_array() && keys["ca_chain_pem"].is_string());
     s.stop().await;
 }
 

@@ -63,6 +63,7 @@ async fn role_matrix() {
             None,
             [403, 200, 403, 403, 401],
         ),
+        ("GET", "/audit/keys".into(), None, [403, 200, 403, 403, 401]),
         (
             "POST",
             "/check-in".into(),

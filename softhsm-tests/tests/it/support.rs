@@ -770,14 +770,23 @@ fn start_retrying(
 
 /// `algactl --json <args>` as the store against `gateway`; Ok(answer) or Err(stderr).
 pub fn algactl(gateway: &str, args: &[&str]) -> Result<serde_json::Value> {
+    algactl_with(gateway, "ALGA_STORE_CERT", "ALGA_STORE_KEY", args)
+}
+
+/// `algactl --json <args>` as the auditor against `gateway`.
+pub fn algactl_as_auditor(gateway: &str, args: &[&str]) -> Result<serde_json::Value> {
+    algactl_with(gateway, "ALGA_AUDITOR_CERT", "ALGA_AUDITOR_KEY", args)
+}
+
+fn algactl_with(gateway: &str, cert: &str, key: &str, args: &[&str]) -> Result<serde_json::Value> {
     let out = run(
         Command::new(bin("algactl"))
             .args(["--gateway-url", gateway, "--ca-bundle"])
             .arg(env("ALGA_CA_BUNDLE"))
             .arg("--cert")
-            .arg(env("ALGA_STORE_CERT"))
+            .arg(env(cert))
             .arg("--key")
-            .arg(env("ALGA_STORE_KEY"))
+            .arg(env(key))
             .arg("--json")
             .args(args),
         None,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, anyhow, ensure};
 
-use crate::support::{Customer, Stack, algactl, appliance_output, redeem, register, wait_mail};
+use crate::support::{
+    Customer, Stack, algactl, algactl_as_auditor, appliance_output, redeem, register, wait_mail,
+};
 
 #[test]
 fn two_gateways_one_postgres_register_on_a_redeem_on_b_race_and_one_chain() -> Result<()> {
@@ -119,6 +121,19 @@ fn two_gateways_one_postgres_register_on_a_redeem_on_b_race_and_one_chain() -> R
             first == Some(1) && last == records,
             "not one gap-free chain: {report}"
         );
+
+        // Security staff see the same chain through either gateway's auditor routes:
+        // `algactl audit verify` exports it over mTLS and verifies it offline against
+        // the audit keys the gateway republishes.
+        for gw in [s.gw(0), s.gw(1)] {
+            let v = algactl_as_auditor(gw, &["audit", "verify"])?;
+            ensure!(
+                v["findings"].as_array().is_some_and(|f| f.is_empty())
+                    && v["records"].as_u64() >= records
+                    && v["checkpoints_matched"].as_u64() >= Some(1),
+                "algactl audit verify through {gw}: {v}"
+            );
+        }
         Ok(())
     })
 }

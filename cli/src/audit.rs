@@ -1,0 +1,158 @@
+//! `algactl audit export|verify|tail`: security staff's view of the audit log through
+//! the gateway's auditor routes (`/audit/events`, `/audit/checkpoints`, `/audit/keys`).
+//!
+//! `export` writes the same JSON-lines format as `alga-audit export` (header,
+//! checkpoints, records), so `verify` — and `alga-audit verify --export` on another
+//! machine — checks it offline: the chain is recomputed and every checkpoint signature
+//! is checked against the HSM's audit keys.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use alga_audit::export::ExportHeader;
+use alga_audit::{AuditKeys, ExportFilter, VerifyOptions, VerifyReport, verify_export};
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::client::Client;
+
+/// Records per page (the gateway's maximum is at least this).
+const PAGE: u32 = 500;
+
+#[derive(Debug, Deserialize)]
+struct EventsPage {
+    events: Vec<Value>,
+    next_after: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckpointsPage {
+    checkpoints: Vec<Value>,
+    next_after: Option<u64>,
+}
+
+/// What an export holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exported {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub head_seq: u64,
+}
+
+/// Writes every checkpoint and every record after `after_seq` to `out`.
+pub async fn export(client: &Client, after_seq: u64, out: &mut impl Write) -> Result<Exported> {
+    let checkpoints = all_checkpoints(client).await?;
+    let mut records = Vec::new();
+    let mut after = after_seq;
+    loop {
+        let page: EventsPage = client
+            .get(&format!("/audit/events?after={after}&limit={PAGE}"))
+            .await?;
+        let n = page.events.len();
+        records.extend(page.events);
+        match page.next_after {
+            Some(next) if n > 0 => after = next,
+            _ => break,
+        }
+    }
+    let head_seq = records
+        .last()
+        .and_then(|r| r["seq"].as_u64())
+        .unwrap_or(after_seq);
+    let header = ExportHeader {
+        kind: "header".to_owned(),
+        format: "alga-license/audit-export/v1".to_owned(),
+        exported_at: OffsetDateTime::now_utc(),
+        head_seq,
+        filter: ExportFilter {
+            since_seq: if after_seq == 0 { 0 } else { after_seq + 1 },
+            ..ExportFilter::default()
+        },
+    };
+    writeln!(out, "{}", serde_json::to_string(&header)?)?;
+    for cp in &checkpoints {
+        let mut line = cp.clone();
+        if let Some(obj) = line.as_object_mut() {
+            obj.insert("type".to_owned(), Value::from("checkpoint"));
+        }
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    for r in &records {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
+    }
+    out.flush()?;
+    Ok(Exported {
+        records: records.len() as u64,
+        checkpoints: checkpoints.len() as u64,
+        head_seq,
+    })
+}
+
+async fn all_checkpoints(client: &Client) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: CheckpointsPage = client
+            .get(&format!("/audit/checkpoints?after={after}&limit={PAGE}"))
+            .await?;
+        let n = page.checkpoints.len();
+        out.extend(page.checkpoints);
+        match page.next_after {
+            Some(next) if n > 0 => after = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The audit public keys the gateway republishes from the issuer.
+pub async fn keys(client: &Client) -> Result<AuditKeys> {
+    let v: Value = client.get("/audit/keys").await?;
+    AuditKeys::parse(&v.to_string()).context("the audit keys served by the gateway do not parse")
+}
+
+/// Verifies an export file offline.
+pub fn verify(path: &Path, keys: AuditKeys) -> Result<VerifyReport> {
+    let opts = VerifyOptions {
+        keys,
+        external_checkpoints: Vec::new(),
+        now: OffsetDateTime::now_utc(),
+        unchained_alarm_after: time::Duration::seconds(30),
+    };
+    verify_export(path, &opts).context("verifying the export")
+}
+
+/// Prints new records as they are chained, one line each, until interrupted.
+pub async fn tail(client: &Client, mut after: u64, follow: bool, json: bool) -> Result<()> {
+    loop {
+        let page: EventsPage = client
+            .get(&format!("/audit/events?after={after}&limit={PAGE}"))
+            .await?;
+        for r in &page.events {
+            if json {
+                println!("{r}");
+            } else {
+                let rec = &r["record"];
+                println!(
+                    "{:>8}  {}  {:<22} {:<8} {}  {}",
+                    r["seq"],
+                    rec["time"].as_str().unwrap_or("-"),
+                    rec["action"].as_str().unwrap_or("-"),
+                    rec["outcome"]["status"].as_str().unwrap_or("-"),
+                    rec["tenant_id"].as_str().unwrap_or("-"),
+                    rec["outcome"]["error_code"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        if let (Some(next), false) = (page.next_after, page.events.is_empty()) {
+            after = next;
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
