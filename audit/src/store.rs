@@ -273,10 +273,13 @@ pub(crate) async fn final_events_after<C: GenericClient + Sync>(
     let xid = xid.to_string();
     let rows = client
         .query_typed(
-            "SELECT id, xid::text, record FROM audit_events \
-             WHERE (xid, id) > ($1::text::xid8, $2) \
-               AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY xid, id LIMIT $3",
+            // The text column gets its own name: a bare `ORDER BY xid` would bind to an
+            // output column called `xid` (the cast) and sort transaction ids as text,
+            // putting 100000 before 99999 and chaining out of order.
+            "SELECT e.id, e.xid::text AS xid_text, e.record FROM audit_events e \
+             WHERE (e.xid, e.id) > ($1::text::xid8, $2) \
+               AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.xid, e.id LIMIT $3",
             &[
                 (&xid, Type::TEXT),
                 (&event_id, Type::INT8),

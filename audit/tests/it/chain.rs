@@ -249,3 +249,42 @@ async fn racing_sequencers_without_the_leader_lock_still_form_one_chain() {
     assert!(report.intact(), "{report:#?}");
     db.drop_db().await;
 }
+
+/// Transaction ids are chained in numeric order, also across a power of ten: sorted as
+/// text, 100 would come before 99 (a real bug once: the cluster's xids crossed 100000
+/// and the sequencer chained out of order, then stalled on its own rows).
+#[tokio::test]
+async fn transaction_ids_order_numerically_across_a_power_of_ten() {
+    let db = TestDb::new().await;
+    let owner = db.owner().await;
+    let mut rt = db.runtime().await;
+    append_n(&mut rt, 0, 3).await;
+    // Give the three events ids of long-finished transactions (every cluster is past
+    // xid 1000 after initdb), in an order where text and numbers disagree.
+    owner
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             UPDATE audit_events SET xid = '100'::xid8 WHERE id = (SELECT min(id) FROM audit_events); \
+             UPDATE audit_events SET xid = '99'::xid8 WHERE id = (SELECT min(id) + 1 FROM audit_events); \
+             UPDATE audit_events SET xid = '1000'::xid8 WHERE id = (SELECT min(id) + 2 FROM audit_events); \
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let mut seq =
+        RunningSequencer::start(db.pool(2), InsecureTestSigner::new("k"), fast_config(1000));
+    seq.wait_for(3, 0).await;
+    seq.stop().await;
+    let order: Vec<String> = rt
+        .query(
+            "SELECT e.xid::text FROM audit_chain c JOIN audit_events e ON e.id = c.event_id ORDER BY c.seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, vec!["99", "100", "1000"]);
+    db.drop_db().await;
+}
