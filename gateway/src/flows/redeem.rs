@@ -173,6 +173,15 @@ async fn consume(
                 let id = now_row
                     .appliance_id
                     .ok_or_else(|| ApiError::internal("consumed code without appliance"))?;
+                // A retry re-issues the appliance's license and credential: never for an
+                // appliance revoked since (locked, as check-in does, against a racing
+                // revoke). For that caller the code is simply used.
+                let revoked = appliances::get_for_update(&*tx, id)
+                    .await?
+                    .is_none_or(|a| a.revoked);
+                if revoked {
+                    return Err(ApiError::CodeAlreadyUsed);
+                }
                 (id, LicenseReason::RedeemRetry)
             }
             CodeState::Consumed => return Err(ApiError::CodeAlreadyUsed),

@@ -99,6 +99,18 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
     // Another key: already used.
     let (st, e, _) = s.redeem(&code).await;
     assert_error(st, &e, 409, "code_already_used");
+    // Once the store revokes the appliance, even its own key's retry within the window
+    // gets no new license or credential.
+    let (st, r, _) = send(
+        s.store()
+            .post(s.url(&format!("/appliances/{appliance_id}/revoke")))
+            .json(&json!({"reason": "decommissioned"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, e) = s.redeem_as(&code, &a).await;
+    assert_error(st, &e, 409, "code_already_used");
+    assert_eq!(s.count("SELECT count(*) FROM licenses").await, 2);
     // Outside the retry window (consumed 16 minutes ago), even the same key is refused.
     s.admin
         .execute(
