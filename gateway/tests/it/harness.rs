@@ -511,6 +511,37 @@ impl Stack {
         self.wait_ready().await;
     }
 
+    /// Another issuer server (on the shared token) and a gateway over it, on this
+    /// stack's database: the second half of a two-issuer, two-gateway deployment
+    /// (RELIABILITY.md R1, R13). Stop it with [`Pair::stop`].
+    pub async fn start_pair(&self) -> Pair {
+        let log = tempfile::tempdir().expect("tempdir");
+        let il = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let issuer_addr = il.local_addr().expect("addr");
+        let (issuer_stop, issuer_task) = start_issuer(il, log.path()).await;
+        let mut cfg = self.gw_config.clone();
+        cfg.issuer.url = format!("https://localhost:{}", issuer_addr.port());
+        let (gw, gw_stop, gw_task) = start_gateway(cfg, self.policy.clone());
+        let c = self.anon();
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(r) = c.get(format!("{gw}/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "the second gateway did not become ready");
+        Pair {
+            gw,
+            stops: vec![gw_stop, issuer_stop],
+            tasks: vec![gw_task, issuer_task],
+            _log: log,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.gw, path)
     }
@@ -840,6 +871,24 @@ impl Stack {
 
     pub async fn count(&self, sql: &str) -> i64 {
         self.admin.query_one(sql, &[]).await.expect("count").get(0)
+    }
+}
+
+/// A second issuer and gateway started by [`Stack::start_pair`].
+pub struct Pair {
+    pub gw: String,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _log: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Stops the gateway, then the issuer (bounded).
+    pub async fn stop(self) {
+        for (tx, t) in self.stops.into_iter().zip(self.tasks) {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
     }
 }
 

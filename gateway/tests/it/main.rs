@@ -9,4 +9,5 @@ mod mail;
 mod ops;
 mod redeem;
 mod register;
+mod reliability;
 mod roles;

@@ -1,0 +1,665 @@
+//! Reliability under attack and failure (RELIABILITY.md, issue 9): the fast versions
+//! of R1, R2, R4, R8, R10 and R13 against the in-process stack. Every test is bounded
+//! in count; figures are printed (`--nocapture`), only counts are asserted.
+//!
+//! `ALGA_SOAK=<n>` (set by `make soak`) multiplies the counts by `n`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use alga_protocol::{CodeId, InstallCode};
+use rand::RngCore;
+use reqwest::StatusCode;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::harness::{Appliance, Opts, Stack, captured_logs, dev, ring, send};
+
+/// The soak multiplier (`ALGA_SOAK`, default 1, at most 1000).
+fn scale() -> usize {
+    std::env::var("ALGA_SOAK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 1000)
+}
+
+fn register_body(a: &Appliance, code: &str) -> Value {
+    json!({
+        "install_code": code, "csr": a.csr_pem,
+        "appliance": {"hostname": "h", "version": "1"}
+    })
+}
+
+// ------------------------------------------------------------------------------ R1
+
+/// R1: `n` concurrent redeems of one code, split over two gateways (each with its own
+/// issuer), each with its own key: exactly one success, every other answer
+/// `code_already_used`, no 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins() {
+    let s = Stack::start().await;
+    let pair = s.start_pair().await;
+    let n = 1000;
+    let rounds = if scale() > 1 { 100.min(scale()) } else { 1 };
+    let appliances: Vec<Appliance> = (0..n).map(|_| Appliance::new()).collect();
+    let client = s.anon();
+    for round in 0..rounds {
+        let (tenant, _, code) = s.tenant_with_code("pro").await;
+        let started = Instant::now();
+        let tasks: Vec<_> = appliances
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let gw = if i % 2 == 0 { &s.gw } else { &pair.gw };
+                let rb = client
+                    .post(format!("{gw}/register"))
+                    .json(&register_body(a, &code));
+                tokio::spawn(async move { send(rb).await })
+            })
+            .collect();
+        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+        for t in tasks {
+            let (st, v, _) = t.await.expect("task");
+            *statuses.entry(st.as_u16()).or_default() += 1;
+            match st.as_u16() {
+                200 => assert_eq!(v["tenant_id"], tenant.to_string()),
+                409 => assert_eq!(v["error"]["code"], "code_already_used", "{v}"),
+                other => panic!("R1: unexpected {other}: {v}"),
+            }
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "R1 round {round}: {n} concurrent redeems over 2 gateways in {elapsed:?}: {statuses:?}"
+        );
+        assert_eq!(statuses.get(&200), Some(&1), "exactly one success");
+        assert_eq!(statuses.get(&409), Some(&(n - 1)));
+        assert_eq!(
+            s.count(&format!(
+                "SELECT count(*) FROM appliances WHERE tenant_id = '{tenant}'"
+            ))
+            .await,
+            1
+        );
+    }
+    pair.stop().await;
+    s.stop().await;
+}
+
+// ------------------------------------------------------------------------------ R2
+
+/// R2: a reissue racing a redeem of the old code, `n` trials. Whichever commits first
+/// wins; never both: a redeem that succeeded left the code `consumed` and outside the
+/// reissue's `revoked_code_ids`; a revoked code never redeemed, then or later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
+    let s = Stack::start().await;
+    let trials = 25 * scale();
+    let (mut redeem_won, mut reissue_won) = (0usize, 0usize);
+    let started = Instant::now();
+    for _ in 0..trials {
+        let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+        let a = Appliance::new();
+        let redeem = send(
+            s.anon()
+                .post(s.url("/register"))
+                .json(&register_body(&a, &code)),
+        );
+        let reissue = send(
+            s.store()
+                .post(s.url("/install-codes/reissue"))
+                .json(&json!({"tenant_id": tenant})),
+        );
+        let ((rst, rv, _), (ist, iv, _)) = tokio::join!(redeem, reissue);
+        assert_eq!(ist, 201, "reissue: {iv}");
+        let revoked: Vec<&str> = iv["revoked_code_ids"]
+            .as_array()
+            .expect("revoked_code_ids")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let row = s
+            .admin
+            .query_one(
+                "SELECT state, consumed_at IS NOT NULL, revoked_at IS NOT NULL \
+                 FROM install_codes WHERE code_id = $1",
+                &[&code_id],
+            )
+            .await
+            .expect("row");
+        let (state, consumed, was_revoked): (String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        match rst.as_u16() {
+            200 => {
+                redeem_won += 1;
+                assert_eq!(state, "consumed");
+                assert!(consumed && !was_revoked);
+                assert!(
+                    !revoked.contains(&code_id.as_str()),
+                    "a redeemed code was reported revoked: {iv}"
+                );
+            }
+            410 => {
+                reissue_won += 1;
+                assert_eq!(rv["error"]["code"], "code_revoked", "{rv}");
+                assert_eq!(state, "revoked");
+                assert!(was_revoked && !consumed);
+                assert!(revoked.contains(&code_id.as_str()), "{iv}");
+            }
+            other => panic!("R2: redeem answered {other}: {rv}"),
+        }
+        // After the reissue committed, the old code never redeems (fresh key).
+        let (st, v) = s.redeem_as(&code, &Appliance::new()).await;
+        assert!(
+            st == 409 || st == 410,
+            "old code after reissue answered {st}: {v}"
+        );
+        assert_eq!(
+            s.count(&format!(
+                "SELECT count(*) FROM appliances WHERE tenant_id = '{tenant}'"
+            ))
+            .await,
+            i64::from(rst == 200)
+        );
+    }
+    // Audit order agrees: no code has both a successful redeem and a revocation.
+    let both = s
+        .count(
+            "SELECT count(*) FROM install_codes WHERE consumed_at IS NOT NULL AND revoked_at IS NOT NULL",
+        )
+        .await;
+    assert_eq!(both, 0);
+    println!(
+        "R2: {trials} trials in {:?}: redeem first {redeem_won}, reissue first {reissue_won}, \
+         revoked codes redeemed afterwards 0",
+        started.elapsed()
+    );
+    s.stop().await;
+}
+
+// ------------------------------------------------------------------------------ R4
+
+/// R4 (extends `audit::a_failing_audit_insert_leaves_no_state_change`): with the audit
+/// insert failing, check-in and appliance revocation change nothing and return no
+/// secret (no license token, no certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_failing_audit_insert_on_check_in_and_revoke_changes_nothing_returns_no_secret() {
+    let s = Stack::start().await;
+    let (_, _, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let id = a.appliance_id.expect("appliance id");
+    let snapshot = "SELECT (SELECT count(*) FROM licenses) * 1000 \
+                    + (SELECT count(*) FROM appliances WHERE state = 'revoked') * 100 \
+                    + (SELECT count(*) FROM appliances WHERE last_check_in_at IS NOT NULL)";
+    let before = s.count(snapshot).await;
+    let events_before = s.count("SELECT count(*) FROM audit_events").await;
+    s.admin
+        .batch_execute("REVOKE INSERT ON audit_events FROM alga_gateway")
+        .await
+        .expect("revoke");
+
+    let mut refused = 0;
+    for _ in 0..3 {
+        let (st, v, _) = send(
+            s.appliance(&a)
+                .post(s.url("/check-in"))
+                .json(&json!({"appliance": {"version": "1.1"}, "csr": a.csr_pem})),
+        )
+        .await;
+        assert_eq!(st, 500, "{v}");
+        assert!(
+            v.get("license").is_none() && v.get("credential").is_none(),
+            "{v}"
+        );
+        assert!(
+            !v.to_string().contains("eyJ"),
+            "no JWT in a refused check-in"
+        );
+        refused += 1;
+        let (st, v, _) = send(
+            s.store()
+                .post(s.url(&format!("/appliances/{id}/revoke")))
+                .json(&json!({})),
+        )
+        .await;
+        assert_eq!(st, 500, "{v}");
+        refused += 1;
+    }
+    assert_eq!(s.count(snapshot).await, before, "no state change committed");
+    assert_eq!(
+        s.count("SELECT count(*) FROM audit_events").await,
+        events_before
+    );
+    s.admin
+        .batch_execute("GRANT INSERT ON audit_events TO alga_gateway")
+        .await
+        .expect("grant");
+    // Restored: check-in works again.
+    let (st, v, _) = send(
+        s.appliance(&a)
+            .post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1.1"}, "csr": null})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    println!(
+        "R4: {refused} audited actions refused with the audit insert failing, 0 state changes"
+    );
+    s.stop().await;
+}
+
+// ------------------------------------------------------------------------------ R8
+
+/// A client whose connections come from `source` (any 127/8 address works on Linux).
+fn client_from(source: IpAddr) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .local_address(source)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn random_guess(code_id: Option<&str>) -> String {
+    let mut mac = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut mac);
+    let id = code_id.map_or_else(CodeId::random, |c| CodeId::parse(c).expect("code id"));
+    InstallCode::from_mac(id, &mac)
+        .expose_formatted()
+        .to_string()
+}
+
+/// The response with its request id blanked: what a guesser can compare.
+async fn comparable(rb: reqwest::RequestBuilder) -> (u16, Vec<(String, String)>, String) {
+    let r = rb.send().await.expect("sent");
+    let status = r.status().as_u16();
+    let rid = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut headers: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "x-request-id" | "date"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    headers.sort();
+    let body = r.text().await.expect("body");
+    (status, headers, body.replace(&rid, "<request-id>"))
+}
+
+/// R8: guesses from one source and from many loopback sources, real rate limits: 0
+/// hits; each source throttled within its burst (plus what its rate refilled while the
+/// test ran); unknown and wrong-secret answers identical apart from the request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
+    let s = Stack::start_with(Opts {
+        real_rate_limits: true,
+        ..Opts::default()
+    })
+    .await;
+    let (_, code_id, _) = s.tenant_with_code("pro").await;
+    let q = s.policy.rate_limits.redeem_per_source;
+    let a = Appliance::new();
+    let started = Instant::now();
+    let allowance = |elapsed: Duration| -> usize {
+        usize::try_from(q.burst).unwrap_or(usize::MAX)
+            + usize::try_from(q.per_minute).unwrap_or(usize::MAX)
+                * usize::try_from(elapsed.as_secs() / 60 + 1).unwrap_or(1)
+    };
+
+    // Many sources: 127.1.x.y, `per_source` guesses each, half of them at the real
+    // code id (wrong secret), half at random ids.
+    let sources = 200 * scale().min(5);
+    let per_source = 12 * scale().min(10);
+    let mut hits = 0usize;
+    let mut answered: Vec<usize> = Vec::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..sources {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8));
+        let c = client_from(ip);
+        let url = s.url("/register");
+        let csr = a.csr_pem.clone();
+        let code_id = code_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for k in 0..per_source {
+                let guess = random_guess((k % 2 == 0).then_some(code_id.as_str()));
+                let (st, _, _) = send(c.post(&url).json(&json!({
+                    "install_code": guess, "csr": csr,
+                    "appliance": {"hostname": "h", "version": "1"}
+                })))
+                .await;
+                out.push(st.as_u16());
+            }
+            out
+        }));
+    }
+    // One source: 127.0.0.2, 5 × burst guesses at random ids.
+    let one = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let mut one_answered = 0usize;
+    let single = 5 * usize::try_from(q.burst).unwrap_or(10) * scale().min(100);
+    for _ in 0..single {
+        let (st, v, _) = send(
+            one.post(s.url("/register"))
+                .json(&register_body(&a, &random_guess(None))),
+        )
+        .await;
+        *statuses.entry(st.as_u16()).or_default() += 1;
+        match st.as_u16() {
+            429 => {}
+            401 => {
+                assert_eq!(v["error"]["code"], "code_invalid");
+                one_answered += 1;
+            }
+            200 => hits += 1,
+            other => panic!("R8: unexpected {other}: {v}"),
+        }
+    }
+    for t in tasks {
+        let out = t.await.expect("task");
+        answered.push(out.iter().filter(|&&st| st != 429).count());
+        for st in out {
+            *statuses.entry(st).or_default() += 1;
+            assert!(st == 401 || st == 429, "R8: guess answered {st}");
+            if st == 200 {
+                hits += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let max = allowance(elapsed);
+    let worst = answered.iter().copied().max().unwrap_or(0);
+    println!(
+        "R8: {} guesses ({single} from one source, {sources} sources × {per_source}) in {elapsed:?}: \
+         hits {hits}, statuses {statuses:?}, answered (not throttled) from the single source \
+         {one_answered}, worst of many sources {worst}, allowance {max}",
+        single + sources * per_source
+    );
+    assert_eq!(hits, 0);
+    assert!(
+        one_answered <= max,
+        "single source got {one_answered} > {max} tries"
+    );
+    assert!(worst <= max, "a source got {worst} > {max} tries");
+    assert!(
+        statuses.get(&429).is_some_and(|&n| n > 0),
+        "throttling happened"
+    );
+
+    // Unknown vs wrong secret: each pair from two fresh sources (own buckets), the same
+    // status, headers and body but for the request id.
+    // A fresh known code every 4 pairs keeps the per-code limit out of the way.
+    let mut code_id2 = String::new();
+    for i in 0..20u8 {
+        if i % 4 == 0 {
+            code_id2 = s.tenant_with_code("pro").await.1;
+        }
+        let ca = client_from(IpAddr::V4(Ipv4Addr::new(127, 2, i, 1)));
+        let cb = client_from(IpAddr::V4(Ipv4Addr::new(127, 2, i, 2)));
+        let unknown = comparable(
+            ca.post(s.url("/register"))
+                .json(&register_body(&a, &random_guess(None))),
+        )
+        .await;
+        let wrong = comparable(
+            cb.post(s.url("/register"))
+                .json(&register_body(&a, &random_guess(Some(&code_id2)))),
+        )
+        .await;
+        assert_eq!(unknown.0, 401, "{unknown:?}");
+        assert_eq!(unknown, wrong, "unknown vs wrong-secret answers differ");
+    }
+    println!("R8: 20 unknown/wrong-secret pairs byte-identical apart from request_id");
+    s.stop().await;
+}
+
+// --------------------------------------------------------------------- R13 + R10
+
+/// R13: two gateways and two issuers on one Postgres and one token under mixed load
+/// (register, redeem, retry, reissue, check-in, racing redeems): one gap-free audit
+/// chain with no fork, single use holds. R10 on the same run: no code, license token,
+/// presigned signature or PIN used appears in the logs, the database (audit and outbox
+/// included) — only in the mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no_secret_leaks() {
+    let s = Stack::start().await;
+    let pair = s.start_pair().await;
+    let gws = [s.gw.clone(), pair.gw.clone()];
+    let tenants = 12 * scale().min(50);
+    let client = s.anon();
+    let store = s.store();
+    let mut secrets: Vec<String> = Vec::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..tenants {
+        let gw_reg = gws[t % 2].clone();
+        let gw_other = gws[(t + 1) % 2].clone();
+        let reg = send(
+            store
+                .post(format!("{gw_reg}/register-tenant"))
+                .json(&json!({
+                    "company": format!("Mixed {t} {}", Uuid::new_v4().simple()),
+                    "contact": {"name": "Ada", "email": format!("mixed{t}@acme.test")},
+                    "edition": if t % 3 == 0 { "essentials" } else { "pro" },
+                })),
+        )
+        .await;
+        assert_eq!(reg.0, 201, "{}", reg.1);
+        if let Some(url) = reg.1["download"]["url"].as_str() {
+            secrets.extend(signature_of(url));
+        }
+        let tenant = reg.1["tenant_id"].as_str().expect("tenant").to_owned();
+        let code_id = reg.1["install_code"]["code_id"]
+            .as_str()
+            .expect("code_id")
+            .to_owned();
+        let mut code = s.code(&code_id).await;
+        if t % 4 == 1 {
+            // Reissue through the other gateway; the new code is the one to redeem.
+            let (st, v, _) = send(
+                store
+                    .post(format!("{gw_other}/install-codes/reissue"))
+                    .json(&json!({"tenant_id": tenant})),
+            )
+            .await;
+            assert_eq!(st, 201, "{v}");
+            secrets.push(code.clone());
+            if let Some(url) = v["download"]["url"].as_str() {
+                secrets.extend(signature_of(url));
+            }
+            code = s
+                .code(v["install_code"]["code_id"].as_str().expect("code_id"))
+                .await;
+        }
+        secrets.push(code.clone());
+        // Three racers per code through both gateways, one of them retrying with its key.
+        let client = client.clone();
+        let gws = gws.clone();
+        tasks.push(tokio::spawn(async move {
+            let racers: Vec<Appliance> = (0..3).map(|_| Appliance::new()).collect();
+            let futs = racers.iter().enumerate().map(|(i, a)| {
+                send(
+                    client
+                        .post(format!("{}/register", gws[i % 2]))
+                        .json(&register_body(a, &code)),
+                )
+            });
+            let results = futures::future::join_all(futs).await;
+            let mut out = Vec::new();
+            let mut winner = None;
+            for (i, (st, v, _)) in results.into_iter().enumerate() {
+                if st == StatusCode::OK {
+                    winner = Some((racers[i].clone().with_response(&v), v.clone()));
+                }
+                out.push((st.as_u16(), v));
+            }
+            // The winner retries through the other gateway (lost response).
+            if let Some((a, _)) = &winner {
+                let (st, v, _) = send(
+                    client
+                        .post(format!("{}/register", gws[1]))
+                        .json(&register_body(a, &code)),
+                )
+                .await;
+                out.push((st.as_u16() + 1000, v));
+            }
+            (tenant, out, winner)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (tenant, out, winner) = t.await.expect("task");
+        let ok = out.iter().filter(|(st, _)| *st == 200).count();
+        assert_eq!(ok, 1, "single use, tenant {tenant}: {out:?}");
+        for (st, v) in &out {
+            *statuses.entry(*st).or_default() += 1;
+            assert!(
+                matches!(st, 200 | 409 | 1200),
+                "unexpected {st} for tenant {tenant}: {v}"
+            );
+            if let Some(tok) = v["license"]["token"].as_str() {
+                secrets.push(tok.to_owned());
+            }
+        }
+        winners.extend(winner);
+    }
+    // Check-ins of the paid winners, through both gateways.
+    for (i, (a, v)) in winners.iter().enumerate() {
+        if v["edition"] != "pro" {
+            continue;
+        }
+        let (st, cv, _) = send(
+            s.appliance(a)
+                .post(format!("{}/check-in", gws[i % 2]))
+                .json(&json!({"appliance": {"version": "2"}, "csr": null})),
+        )
+        .await;
+        assert_eq!(st, 200, "{cv}");
+        *statuses.entry(2000 + st.as_u16()).or_default() += 1;
+        if let Some(tok) = cv["license"]["token"].as_str() {
+            secrets.push(tok.to_owned());
+        }
+    }
+    assert_eq!(
+        s.count("SELECT count(*) FROM appliances").await,
+        i64::try_from(tenants).unwrap_or(i64::MAX)
+    );
+
+    // One chain: every event sequenced once, seq 1..n gap-free, each prev_hash the
+    // previous hash.
+    let mut chained = (0, 0);
+    for _ in 0..200 {
+        chained = (
+            s.count("SELECT count(*) FROM audit_events").await,
+            s.count("SELECT count(*) FROM audit_chain").await,
+        );
+        if chained.0 == chained.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(chained.0, chained.1, "every event chained");
+    let forks = s
+        .count(
+            "SELECT count(*) FROM (SELECT seq, prev_hash, lag(hash) OVER (ORDER BY seq) AS h, \
+             lag(seq) OVER (ORDER BY seq) AS p FROM audit_chain) c \
+             WHERE (p IS NULL AND seq <> 1) OR (p IS NOT NULL AND (p <> seq - 1 OR h <> prev_hash))",
+        )
+        .await;
+    assert_eq!(forks, 0, "a gap or fork in the audit chain");
+    let distinct = s
+        .count("SELECT count(DISTINCT event_id) FROM audit_chain")
+        .await;
+    assert_eq!(distinct, chained.1);
+    println!(
+        "R13: {tenants} tenants over 2 gateways + 2 issuers in {:?}: statuses {statuses:?} \
+         (1200 = retry with the winner's key, 2200 = check-in); {} audit events in one chain, \
+         0 forks",
+        started.elapsed(),
+        chained.1
+    );
+
+    // R10: scan the process's logs and a dump of every table for every secret used.
+    let pin = std::fs::read_to_string(dev().path("ALGA_HSM_PIN_FILE"))
+        .expect("PIN file")
+        .trim()
+        .to_owned();
+    secrets.push(pin);
+    let mut haystack = captured_logs();
+    let tables: Vec<String> = s
+        .admin
+        .query(
+            "SELECT quote_ident(table_name) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in &tables {
+        for r in s
+            .admin
+            .query(&format!("SELECT row_to_json(x)::text FROM {t} x"), &[])
+            .await
+            .expect("dump")
+        {
+            haystack.push_str(r.get::<_, &str>(0));
+            haystack.push('\n');
+        }
+    }
+    // The audit records as stored bytes, too.
+    for r in s
+        .admin
+        .query("SELECT encode(record, 'escape') FROM audit_events", &[])
+        .await
+        .expect("records")
+    {
+        haystack.push_str(r.get::<_, &str>(0));
+    }
+    let unique: HashSet<&String> = secrets.iter().collect();
+    let mut leaks = Vec::new();
+    for secret in &unique {
+        let plain = secret.replace('-', "");
+        if haystack.contains(secret.as_str()) || (plain.len() >= 16 && haystack.contains(&plain)) {
+            leaks.push(secret.chars().take(12).collect::<String>());
+        }
+    }
+    println!(
+        "R10: {} secrets (codes, license tokens, presigned signatures, PIN) scanned in {} KiB of \
+         logs and {} tables: {} found",
+        unique.len(),
+        haystack.len() / 1024,
+        tables.len(),
+        leaks.len()
+    );
+    assert!(leaks.is_empty(), "secrets outside the mailbox: {leaks:?}…");
+    pair.stop().await;
+    s.stop().await;
+}
+
+/// The SigV4 signature of a presigned URL.
+fn signature_of(url: &str) -> Option<String> {
+    url.split(['?', '&'])
+        .find_map(|p| p.strip_prefix("X-Amz-Signature="))
+        .map(str::to_owned)
+}
