@@ -1,0 +1,260 @@
+//! Load benchmark of the gateway's two appliance flows (issue 8: P1, P3, P7).
+//!
+//! `cargo bench -p alga-gateway --bench load -- --bench [--seconds N] [--out FILE] [--smoke]`
+//! with `.dev/env` exported (`scripts/bench.sh` runs it). It starts its own issuer and
+//! gateway through the test harness (a database cloned from the migrated template, the
+//! `.dev` token), then measures, printing figures and asserting nothing:
+//!
+//! - redeems per second with distinct codes (closed loop, 8 clients);
+//! - check-ins per second, a **new TLS connection per check-in** (closed loop, 8
+//!   clients), as appliances check in once a day rather than over keep-alive;
+//! - check-in p99 at an open-loop offered rate of half that maximum (latency counted
+//!   from the scheduled send time, so a stall is not hidden by the load generator).
+//!
+//! The results go to stdout and, as `name value` lines, to `--out`. Without `--bench`
+//! (as under `cargo test --all-targets`) it does nothing.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+#[path = "../tests/it/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::{Appliance, Stack};
+use serde_json::json;
+use time::OffsetDateTime;
+
+const CLIENTS: usize = 8;
+
+struct Args {
+    seconds: u64,
+    out: Option<String>,
+    smoke: bool,
+}
+
+fn args() -> Option<Args> {
+    let argv: Vec<String> = std::env::args().collect();
+    if !argv.iter().any(|a| a == "--bench") {
+        return None;
+    }
+    let value = |flag: &str| {
+        argv.iter()
+            .position(|a| a == flag)
+            .and_then(|i| argv.get(i + 1).cloned())
+    };
+    Some(Args {
+        seconds: value("--seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+        out: value("--out"),
+        smoke: argv.iter().any(|a| a == "--smoke"),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(args) = args() else {
+        println!(
+            "load: a benchmark; run it with `cargo bench -p alga-gateway --bench load -- --bench`"
+        );
+        return Ok(());
+    };
+    // Before the harness's capturing subscriber: a benchmark keeps only warnings.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let s = Arc::new(Stack::start().await);
+    let window = Duration::from_secs(args.seconds);
+    let codes_wanted: i32 = if args.smoke { 24 } else { 3000 };
+
+    // Tenants straight into the database, codes minted at the issuer (the HMAC) with
+    // their bindings stored, keys and CSRs made before the clock starts.
+    let t = Instant::now();
+    let rows = s
+        .admin
+        .query(
+            "WITH t AS (INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
+               contact_email, contact_email_normalized, edition) \
+             SELECT gen_random_uuid(), 'Bench ' || i, 'bench ' || i, 'Ops', 'ops@bench.test', \
+               'ops@bench.test', 'pro' FROM generate_series(1, $1::int) i RETURNING tenant_id) \
+             INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
+             SELECT tenant_id, 'pro', true, '{}', 10 FROM t RETURNING tenant_id",
+            &[&codes_wanted],
+        )
+        .await?;
+    let tenants: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let expires = OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(7);
+    let queue = Arc::new(std::sync::Mutex::new(tenants));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (s, queue) = (s.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let Some(tenant) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let (_, code) = s.mint_raw(tenant, "pro", expires).await;
+                out.push((code, Appliance::new()));
+            }
+            out
+        }));
+    }
+    let mut prepared = Vec::new();
+    for t in tasks {
+        prepared.extend(t.await?);
+    }
+    println!(
+        "prepared {} codes and appliance keys in {:.1} s",
+        prepared.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Redeems, distinct codes, closed loop.
+    let queue = Arc::new(std::sync::Mutex::new(prepared));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (s, queue, failures) = (s.clone(), queue.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            while start.elapsed() < window {
+                let Some((code, a)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let (st, v) = s.redeem_as(&code, &a).await;
+                if st == 200 {
+                    done.push(a.with_response(&v));
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            done
+        }));
+    }
+    let mut appliances = Vec::new();
+    for t in tasks {
+        appliances.extend(t.await?);
+    }
+    let redeem_secs = start.elapsed().as_secs_f64();
+    let redeems_per_s = appliances.len() as f64 / redeem_secs;
+    println!(
+        "redeems: {} in {redeem_secs:.1} s = {redeems_per_s:.0}/s ({} failed)",
+        appliances.len(),
+        failures.load(Ordering::Relaxed)
+    );
+    anyhow::ensure!(!appliances.is_empty(), "no redeem succeeded");
+    let appliances = Arc::new(appliances);
+
+    // Check-ins, a new connection each, closed loop.
+    let count = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (s, apps, count, failures) = (
+            s.clone(),
+            appliances.clone(),
+            count.clone(),
+            failures.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while start.elapsed() < window {
+                if check_in(&s, &apps[i % apps.len()]).await {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                i += CLIENTS;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let checkin_secs = start.elapsed().as_secs_f64();
+    let checkins_per_s = count.load(Ordering::Relaxed) as f64 / checkin_secs;
+    println!(
+        "check-ins (new TLS connection each): {} in {checkin_secs:.1} s = {checkins_per_s:.0}/s ({} failed)",
+        count.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
+
+    // Open loop at half the maximum; latency from the scheduled send time.
+    let half = (checkins_per_s / 2.0).max(1.0);
+    let period = Duration::from_secs_f64(1.0 / half);
+    let n = ((half * window.as_secs_f64()) as usize).max(10);
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        let due = t0 + period * u32::try_from(k)?;
+        tokio::time::sleep_until(due).await;
+        let (s, apps) = (s.clone(), appliances.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = check_in(&s, &apps[k % apps.len()]).await;
+            (ok, due.elapsed())
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut failed = 0;
+    for t in tasks {
+        let (ok, d) = t.await?;
+        if !ok {
+            failed += 1;
+        }
+        lat.push(d);
+    }
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!(
+        "open loop at {half:.0}/s for {} check-ins: p50 {p50:.1} ms, p99 {p99:.1} ms ({failed} failed)",
+        lat.len()
+    );
+
+    if let Some(path) = args.out {
+        std::fs::write(
+            path,
+            format!(
+                "redeems_per_s {redeems_per_s:.1}\ncheckins_per_s {checkins_per_s:.1}\n\
+                 half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n"
+            ),
+        )?;
+    }
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.stop().await,
+        Err(_) => println!("(stack still shared; not stopped cleanly)"),
+    }
+    Ok(())
+}
+
+/// One check-in over a new client (so a new TCP + TLS connection).
+async fn check_in(s: &Stack, a: &Appliance) -> bool {
+    let r = s
+        .appliance(a)
+        .post(s.url("/check-in"))
+        .json(&json!({"appliance": {"version": "1.0.1"}, "csr": null}))
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
