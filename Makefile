@@ -7,6 +7,7 @@
 #   make down        stop everything, keep data;   make clean-dev: down and remove .dev/
 #   make status      what is running
 #   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
+#   make bench       figures against this machine's ceilings (scripts/bench.sh), writes BENCHMARKS.md
 #
 # Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),
 #        ALGA_GATEWAY_PORT (8443), ALGA_ISSUER_PORT (9443).
@@ -16,7 +17,7 @@ SHELL := /bin/bash
 STACK := bash scripts/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build up infra services down clean-dev test demo status
+.PHONY: help deps build up infra services down clean-dev test demo status bench
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
@@ -50,3 +51,7 @@ demo:
 
 status:
 	@$(STACK) status
+
+bench:
+	@$(STACK) up
+	@bash scripts/bench.sh

@@ -994,6 +994,8 @@ cmd_test() {
         cd "$ROOT"
         exec cargo test --workspace --no-fail-fast
     )
+    TEST_PHASE="benchmark smoke run (scripts/bench.sh --smoke: the harness runs; no timing asserted)"
+    bash "$ROOT/scripts/bench.sh" --smoke
 }
 
 cmd_demo() {

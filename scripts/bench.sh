@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# scripts/bench.sh: the system's figures against this machine's ceilings (issue 8).
+#
+#   bash scripts/bench.sh           full run (make bench): prints the table, writes BENCHMARKS.md
+#   bash scripts/bench.sh --smoke   seconds-long run from make test: proves the harness works,
+#                                   prints the table, writes nothing, asserts no timing
+#
+# Every figure is a ratio to a ceiling measured in the same run (machines are noisy;
+# other engineers' soak/fuzz runs share the cores). Benchmarks print figures and never
+# assert them: a part that fails prints "n/a" and the run goes on. All traffic stays on
+# 127.0.0.1; every server this script starts is stopped on exit. Needs `make up`.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+DEV="$ROOT/.dev"
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+
+say() { printf '==> %s\n' "$*"; }
+[ -f "$DEV/env" ] || { echo "ERROR: $DEV/env missing: run make up first" >&2; exit 1; }
+set -a
+# shellcheck source=/dev/null
+. "$DEV/env"
+set +a
+PKI="$DEV/pki"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1)
+
+WORK="$(mktemp -d /tmp/alga-bench.XXXXXX)"
+NGINX_PID=""
+SCRATCH_DB="bench_$$"
+cleanup() {
+    [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+    "${PSQL[@]}" "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $SCRATCH_DB WITH (FORCE)" >/dev/null 2>&1
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ "$SMOKE" = 1 ]; then
+    SECS=1; AB_N=40; AB_C=4; SEED_ROWS=8000; RUST_PROFILE=(--profile dev)
+else
+    SECS=10; AB_N=6000; AB_C=8; SEED_ROWS=100000; RUST_PROFILE=()
+fi
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+declare -A VAL CEIL RATIO
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Bound each part (about 2 minutes at most in a full run).
+bounded() { timeout --kill-after=10 "${PART_TIMEOUT:-150}" "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# ------------------------------------------------------------- ceiling: nginx mTLS
+say "ceiling: nginx terminating mTLS, fixed 200, a new TLS connection per request (ab -E)"
+NGINX_PORT="$(free_port)"
+mkdir -p "$WORK/nginx/logs"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl;
+        ssl_certificate $PKI/gateway-server.crt;
+        ssl_certificate_key $PKI/gateway-server.key;
+        ssl_client_certificate $PKI/service-ca.crt;
+        ssl_verify_client on;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+cat "$PKI/store.crt" "$PKI/store.key" >"$WORK/client.pem"
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/logs/stdout" 2>&1 &
+NGINX_PID=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null && break; sleep 0.1; done
+if bounded ab -q -n "$AB_N" -c "$AB_C" -E "$WORK/client.pem" "https://127.0.0.1:$NGINX_PORT/" >"$WORK/ab.txt" 2>&1; then
+    CEIL[nginx]="$(awk '/^Requests per second/ { print $4 }' "$WORK/ab.txt")"
+    FAILED="$(awk '/^Failed requests/ { print $3 }' "$WORK/ab.txt")"
+    say "  nginx mTLS: ${CEIL[nginx]} req/s (failed: $FAILED)"
+else
+    say "  ab failed:"; tail -5 "$WORK/ab.txt"
+fi
+kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null; NGINX_PID=""
+
+# -------------------------------------------------- ceiling: pgbench, no global lock
+say "ceiling: pgbench, redeem + check-in business statements with the audit insert, no global lock"
+"${PSQL[@]}" "$DATABASE_URL" -c "CREATE DATABASE $SCRATCH_DB" >/dev/null
+SCRATCH_URL="${DATABASE_URL%/*}/$SCRATCH_DB"
+"${PSQL[@]}" "$SCRATCH_URL" -f "$ROOT/audit/migrations/0001_audit_log.sql" >/dev/null
+"${PSQL[@]}" "$SCRATCH_URL" -f "$ROOT/gateway/migrations/0001_registry.sql" >/dev/null
+# Seed: n tenants, each with one unclaimed code (redeem targets) and one redeemed code +
+# appliance (check-in targets). Code ids are 10 Crockford characters: 'B' + 9 digits.
+"${PSQL[@]}" "$SCRATCH_URL" >/dev/null <<SQL
+INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, contact_email,
+                     contact_email_normalized, edition)
+SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Acme ' || i, 'acme ' || i,
+       'Ops', 'ops' || i || '@acme.test', 'ops' || i || '@acme.test', 'pro'
+FROM generate_series(1, $SEED_ROWS) i;
+INSERT INTO entitlements (tenant_id, edition, paid, features, seats)
+SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'pro', true, '{}', 10
+FROM generate_series(1, $SEED_ROWS) i;
+INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version)
+SELECT 'B' || lpad(i::text, 9, '0'), ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+       'pro', date_trunc('second', now() + interval '30 days'), 1
+FROM generate_series(1, $SEED_ROWS) i;
+INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version, state,
+                           consumed_at, consumer_key_fingerprint, appliance_id)
+SELECT 'C' || lpad(i::text, 9, '0'), ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+       'pro', date_trunc('second', now() + interval '30 days'), 1, 'consumed', now(), 'fp',
+       ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid
+FROM generate_series(1, $SEED_ROWS) i;
+INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, public_key_fingerprint)
+SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid,
+       ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+       'C' || lpad(i::text, 9, '0'), 'appliance', '1.0.0', 'fp'
+FROM generate_series(1, $SEED_ROWS) i;
+VACUUM ANALYZE;
+SQL
+# One redeem: look the code up, consume it conditionally, insert the appliance, the
+# license and the audit record. Distinct codes: a shared counter hands them out.
+"${PSQL[@]}" "$SCRATCH_URL" -c "CREATE SEQUENCE bench_next" >/dev/null
+cat >"$WORK/redeem.sql" <<'SQL'
+BEGIN;
+SELECT nextval('bench_next') AS i \gset
+SELECT tenant_id, edition, expires_at, key_version, state FROM install_codes WHERE code_id = 'B' || lpad(:i::text, 9, '0');
+UPDATE install_codes SET state = 'consumed', consumed_at = now(), consumer_key_fingerprint = 'fp', appliance_id = ('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid
+  WHERE code_id = 'B' || lpad(:i::text, 9, '0') AND state = 'unclaimed' AND expires_at > now() RETURNING consumed_at;
+INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, public_key_fingerprint)
+  VALUES (('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'B' || lpad(:i::text, 9, '0'), 'appliance', '1.0.0', 'fp');
+INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
+  VALUES (gen_random_uuid(), 'k1', ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, now(), now() + interval '30 days', 'redeem');
+INSERT INTO audit_events (recorded_at, tenant_id, action, record)
+  VALUES (now(), ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'code.redeem', convert_to(repeat('x', 400), 'UTF8'));
+COMMIT;
+SQL
+# One check-in: the appliance (locked), its tenant, the update, the license, the audit record.
+cat >"$WORK/checkin.sql" <<SQL
+\\set i random(1, $SEED_ROWS)
+BEGIN;
+SELECT * FROM appliances WHERE appliance_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid FOR UPDATE;
+SELECT tenant_id, edition, status FROM tenants WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
+SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
+UPDATE appliances SET last_check_in_at = now(), version = '1.0.1' WHERE appliance_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
+INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
+  VALUES (gen_random_uuid(), 'k1', ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, now(), now() + interval '30 days', 'check_in');
+INSERT INTO audit_events (recorded_at, tenant_id, action, record)
+  VALUES (now(), ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'appliance.check_in', convert_to(repeat('x', 400), 'UTF8'));
+COMMIT;
+SQL
+pgb() { # $1 script; prints TPS
+    local secs="$SECS"
+    bounded pgbench -n -M prepared -c 8 -j 2 -T "$secs" -f "$1" "$SCRATCH_URL" >"$WORK/pgbench.txt" 2>&1 \
+        || { grep -iE "error|abort" "$WORK/pgbench.txt" | head -3 >&2; return 0; }
+    awk '/^tps = / { print $3; exit }' "$WORK/pgbench.txt"
+}
+CEIL[pg_redeem]="$(pgb "$WORK/redeem.sql")"
+CEIL[pg_checkin]="$(pgb "$WORK/checkin.sql")"
+say "  pgbench redeem: ${CEIL[pg_redeem]:-n/a} TPS; check-in: ${CEIL[pg_checkin]:-n/a} TPS"
+
+# ------------------------------------------------------------------- P6: gateway RSS
+say "P6: the stack gateway's RSS with 1,000 idle TLS connections"
+GW_PID="$(cat "$DEV/run/gateway.pid" 2>/dev/null || true)"
+GW_PORT="${ALGA_GATEWAY_URL##*:}"
+CONNS=1000; [ "$SMOKE" = 1 ] && CONNS=50
+if [ -n "$GW_PID" ] && [ -r "/proc/$GW_PID/status" ]; then
+    ulimit -n 4096 2>/dev/null || true
+    VAL[p6]="$(bounded /usr/bin/python3 - "$GW_PID" "$GW_PORT" "$ALGA_CA_BUNDLE" "$CONNS" <<'PY'
+import socket, ssl, sys, time
+pid, port, ca, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+ctx = ssl.create_default_context(cafile=ca)
+before = rss()
+conns = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    conns.append(ctx.wrap_socket(s, server_hostname="localhost"))
+time.sleep(1)
+after = rss()
+print(f"{after:.1f}")
+print(f"P6: RSS {before:.1f} MiB before, {after:.1f} MiB with {len(conns)} idle TLS connections", file=sys.stderr)
+PY
+)"
+else
+    say "  no gateway pid in $DEV/run/gateway.pid (make up)"
+fi
+
+# ---------------------------------------------------- P1, P3, P7: the gateway load bench
+say "P1/P3/P7: check-ins and redeems against an issuer + gateway pair of the bench's own"
+GW_ARGS=(--bench --seconds "$SECS" --out "$WORK/load.txt")
+[ "$SMOKE" = 1 ] && GW_ARGS+=(--smoke)
+(cd "$ROOT" && PART_TIMEOUT=400 bounded cargo bench -q "${RUST_PROFILE[@]}" -p alga-gateway --bench load -- "${GW_ARGS[@]}") \
+    || say "  the gateway load bench failed"
+if [ -f "$WORK/load.txt" ]; then
+    cat "$WORK/load.txt"
+    VAL[p1]="$(awk '$1 == "checkins_per_s" { print $2 }' "$WORK/load.txt")"
+    VAL[p3]="$(awk '$1 == "redeems_per_s" { print $2 }' "$WORK/load.txt")"
+    VAL[p7]="$(awk '$1 == "checkin_p99_ms_half_rate" { print $2 }' "$WORK/load.txt")"
+    VAL[p7rate]="$(awk '$1 == "half_rate" { print $2 }' "$WORK/load.txt")"
+fi
+
+# ------------------------------------------------------------ P2 and P5: crate benches
+if [ "$SMOKE" = 1 ]; then
+    say "P2/P5: skipped in smoke mode (release builds of the issuer and audit benches)"
+else
+    say "P2: issuer license signs over mTLS vs raw HSM signs (cargo bench -p alga-issuer --bench sign)"
+    (cd "$ROOT" && ALGA_BENCH_SECONDS=4 bounded cargo bench -q -p alga-issuer --bench sign) >"$WORK/sign.txt" 2>&1 \
+        || say "  the issuer bench failed"
+    cat "$WORK/sign.txt" | sed -n '/^path/,$p'
+    # The disk-backed signing log at 2 client threads against raw signs at 2 threads.
+    CEIL[hsm]="$(awk '$1 == "hsm" && $3 == "2" { print $5 }' "$WORK/sign.txt" | head -1)"
+    VAL[p2]="$(awk '$1 == "mtls" && /disk/ && $(NF-4) == "2" { print $(NF-1) }' "$WORK/sign.txt" | head -1)"
+    say "P5: audit verify vs openssl dgst -sha256 (cargo bench -p alga-audit --bench throughput)"
+    (cd "$ROOT" && bounded cargo bench -q -p alga-audit --bench throughput) >"$WORK/audit.txt" 2>&1 \
+        || say "  the audit bench failed"
+    grep -E '^  ' "$WORK/audit.txt"
+    read -r VAL[p5] CEIL[openssl] < <(sed -n 's/.*verify export: \([0-9]*\) MB\/s; openssl dgst -sha256: \([0-9]*\) MB\/s.*/\1 \2/p' "$WORK/audit.txt")
+fi
+
+# --------------------------------------------------------------------------- the table
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+met() { # value goal-op goal
+    awk -v v="$1" -v op="$2" -v g="$3" 'BEGIN { if (v == "n/a" || v == "") { print "n/a"; exit }
+        ok = (op == ">=") ? (v + 0 >= g + 0) : (v + 0 <= g + 0); print ok ? "yes" : "no" }'
+}
+TABLE="$WORK/table.md"
+{
+    printf '| # | figure | value | ceiling | ratio | goal | met? |\n|---|---|---|---|---|---|---|\n'
+    r="$(ratio "${VAL[p1]:-}" "${CEIL[nginx]:-}")"
+    printf '| P1 | check-ins/s, new mTLS connection each | %s | nginx mTLS %s req/s | %s | >= 0.6 | %s |\n' "${VAL[p1]:-n/a}" "${CEIL[nginx]:-n/a}" "$r" "$(met "$r" '>=' 0.6)"
+    r="$(ratio "${VAL[p2]:-}" "${CEIL[hsm]:-}")"
+    printf '| P2 | issuer license signs/s over mTLS (2 clients, log on disk) | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
+    r="$(ratio "${VAL[p3]:-}" "${CEIL[pg_redeem]:-}")"
+    printf '| P3 | redeems/s, distinct codes | %s | pgbench %s TPS | %s | >= 0.5 | %s |\n' "${VAL[p3]:-n/a}" "${CEIL[pg_redeem]:-n/a}" "$r" "$(met "$r" '>=' 0.5)"
+    printf '| P4 | p99 at 1M tenants / p99 at 1k tenants | n/a | | n/a | <= 1.2 | not measured |\n'
+    r="$(ratio "${VAL[p5]:-}" "${CEIL[openssl]:-}")"
+    printf '| P5 | audit verify MB/s | %s | openssl %s MB/s | %s | >= 0.5 | %s |\n' "${VAL[p5]:-n/a}" "${CEIL[openssl]:-n/a}" "$r" "$(met "$r" '>=' 0.5)"
+    printf '| P6 | gateway RSS with %s idle TLS connections (MiB) | %s | | | <= 64 | %s |\n' "$CONNS" "${VAL[p6]:-n/a}" "$(met "${VAL[p6]:-n/a}" '<=' 64)"
+    printf '| P7 | check-in p99 (ms), open loop at %s/s (half the max) | %s | | | <= 20 | %s |\n' "${VAL[p7rate]:-n/a}" "${VAL[p7]:-n/a}" "$(met "${VAL[p7]:-n/a}" '<=' 20)"
+    printf '| - | ceiling: pgbench check-in TPS | %s | | | | |\n' "${CEIL[pg_checkin]:-n/a}"
+} >"$TABLE"
+echo
+cat "$TABLE"
+echo "load average: $LOAD_START at start, $LOAD_END at end; nproc $(nproc)"
+
+if [ "$SMOKE" = 1 ]; then
+    # The smoke run asserts no timing, only that every part it runs produced a figure.
+    missing=""
+    for k in nginx pg_redeem pg_checkin; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
+    for k in p1 p3 p6 p7; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
+    if [ -n "$missing" ]; then
+        echo "ERROR: the benchmark harness produced no figure for:$missing" >&2
+        exit 1
+    fi
+    say "smoke run: every part ran (figures above are not meaningful at this size)"
+fi
+
+if [ "$SMOKE" = 0 ]; then
+    {
+        echo "# Benchmarks"
+        echo
+        echo "Latest \`make bench\` run (\`scripts/bench.sh\`), written by the script itself."
+        echo
+        echo "- date: $STARTED"
+        echo "- machine: nproc $(nproc); $(free -h | awk '/^Mem:/ { print "memory " $2 " total, " $7 " available" }'); load average $LOAD_START at start, $LOAD_END at end"
+        echo "- commands: \`make bench\` = \`bash scripts/bench.sh\`: nginx + \`ab -E\` (new TLS connection per request, $AB_N requests, $AB_C concurrent),"
+        echo "  \`pgbench -M prepared -c 8 -j 2 -T $SECS\` on a scratch database of $SEED_ROWS tenants/codes/appliances,"
+        echo "  \`cargo bench -p alga-gateway --bench load\`, \`cargo bench -p alga-issuer --bench sign\`,"
+        echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway."
+        echo
+        cat "$TABLE"
+        echo
+        if [ -f "$ROOT/BENCHMARKS.notes.md" ]; then cat "$ROOT/BENCHMARKS.notes.md"; fi
+    } >"$ROOT/BENCHMARKS.md"
+    say "wrote BENCHMARKS.md"
+fi
+exit 0
