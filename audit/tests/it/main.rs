@@ -12,3 +12,4 @@ mod schema;
 mod secrets;
 mod support;
 mod tamper;
+mod tamper_random;

@@ -1,0 +1,232 @@
+//! R5 (RELIABILITY.md): random tamper edits on a sealed audit log, each detected with
+//! the edited record's sequence named as the first damage. One log of 40 records and 4
+//! signed checkpoints; each trial edits one thing (a byte of a record, of a hash or of
+//! a prev_hash, a filter column, a checkpoint signature), verifies, and restores the
+//! edit. `ALGA_SOAK=<n>` multiplies the count.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use alga_audit::export::ExportFilter;
+use alga_audit::{AuditKeys, verify_database, verify_export};
+use time::OffsetDateTime;
+
+use crate::support::{
+    InsecureTestSigner, RunningSequencer, TestDb, append_n, fast_config, verify_options,
+};
+
+/// A small deterministic generator (xorshift64*): the seed is printed, so a failing
+/// trial can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+async fn sealed_log() -> (TestDb, AuditKeys, tokio_postgres::Client) {
+    let db = TestDb::new().await;
+    let signer = InsecureTestSigner::new("audit-1");
+    let keys = signer.keys();
+    let mut seq = RunningSequencer::start(db.pool(2), signer, fast_config(10));
+    let mut rt = db.runtime().await;
+    for round in 0..4u64 {
+        append_n(&mut rt, round * 10, 10).await;
+        seq.wait_for((round + 1) * 10, round + 1).await;
+    }
+    seq.stop().await;
+    let owner = db.owner().await;
+    (db, keys, owner)
+}
+
+/// Runs `sql` with the append-only triggers (and foreign keys) out of the way, as an
+/// attacker with the table owner's rights would.
+/// `Err` when a CHECK constraint refused the edit (e.g. a non-zero genesis prev_hash).
+async fn try_as_attacker(c: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
+    match c
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica; {sql}; COMMIT;"
+        ))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) => {
+            c.batch_execute("ROLLBACK").await.unwrap();
+            Err(e.to_string())
+        }
+        Err(e) => panic!("tamper {sql}: {e:?}"),
+    }
+}
+
+async fn as_attacker(c: &tokio_postgres::Client, sql: &str) {
+    try_as_attacker(c, sql)
+        .await
+        .unwrap_or_else(|e| panic!("tamper {sql}: {e}"));
+}
+
+#[tokio::test]
+async fn r5_random_tamper_edits_are_all_detected_with_the_first_bad_sequence_named() {
+    let trials = 1000
+        * std::env::var("ALGA_SOAK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, 20);
+    let seed = OffsetDateTime::now_utc().unix_timestamp_nanos() as u64 | 1;
+    let mut rng = Rng(seed);
+    let (db, keys, mut owner) = sealed_log().await;
+    let opts = verify_options(keys);
+    let started = Instant::now();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut detected = 0usize;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut exports_checked, mut export_refused, mut schema_refused) = (0usize, 0usize, 0usize);
+
+    for trial in 0..trials {
+        let edit = rng.below(6);
+        let mut seq = 1 + rng.below(40) as i64;
+        let event = format!("(SELECT event_id FROM audit_chain WHERE seq = {seq})");
+        let mask = 1 + rng.below(255);
+        let (name, tamper, restore) = match edit {
+            0 => {
+                let len: i32 = owner
+                    .query_one(
+                        &format!(
+                            "SELECT octet_length(record) FROM audit_events WHERE id = {event}"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                let off = rng.below(u64::try_from(len).unwrap());
+                let sql = format!(
+                    "UPDATE audit_events SET record = set_byte(record, {off}, get_byte(record, {off}) # {mask}) WHERE id = {event}"
+                );
+                ("record byte", sql.clone(), sql)
+            }
+            1 | 2 => {
+                let col = if edit == 1 { "hash" } else { "prev_hash" };
+                let off = rng.below(32);
+                let sql = format!(
+                    "UPDATE audit_chain SET {col} = set_byte({col}, {off}, get_byte({col}, {off}) # {mask}) WHERE seq = {seq}"
+                );
+                (col, sql.clone(), sql)
+            }
+            3 => (
+                "action column",
+                format!("UPDATE audit_events SET action = action || '.x' WHERE id = {event}"),
+                format!("UPDATE audit_events SET action = left(action, -2) WHERE id = {event}"),
+            ),
+            4 => {
+                let tenant: String = owner
+                    .query_one(
+                        &format!("SELECT tenant_id::text FROM audit_events WHERE id = {event}"),
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                (
+                    "tenant column",
+                    format!(
+                        "UPDATE audit_events SET tenant_id = gen_random_uuid() WHERE id = {event}"
+                    ),
+                    format!(
+                        "UPDATE audit_events SET tenant_id = '{tenant}'::uuid WHERE id = {event}"
+                    ),
+                )
+            }
+            _ => {
+                // A checkpoint's signature: the checkpoint's sequence is named.
+                seq = 10 * (1 + rng.below(4) as i64);
+                let sql = format!(
+                    "UPDATE audit_checkpoints SET signature = translate(signature, 'ABCDEFGHabcdefgh', 'BCDEFGHAbcdefgha') WHERE seq = {seq}"
+                );
+                let undo = format!(
+                    "UPDATE audit_checkpoints SET signature = translate(signature, 'BCDEFGHAbcdefgha', 'ABCDEFGHabcdefgh') WHERE seq = {seq}"
+                );
+                ("checkpoint signature", sql, undo)
+            }
+        };
+        if try_as_attacker(&owner, &tamper).await.is_err() {
+            schema_refused += 1;
+            detected += 1;
+            *kinds
+                .entry(format!("{name} → refused by a CHECK"))
+                .or_default() += 1;
+            continue;
+        }
+        let r = verify_database(&mut owner, &opts).await.unwrap();
+        let first = r.first_damage().unwrap_or_else(|| {
+            panic!("trial {trial} (seed {seed}): {name} at {seq} not detected: {r:#?}")
+        });
+        assert_eq!(
+            first.seq,
+            Some(u64::try_from(seq).unwrap()),
+            "trial {trial} (seed {seed}): {name} at {seq}: wrong first finding {first:?}"
+        );
+        // Every 10th trial also through an export file, except the filter-column edits:
+        // an export carries the canonical bytes, not the column copies, so there is
+        // nothing to detect in it (the database verification compares them).
+        if trial % 10 == 0 && !name.ends_with("column") {
+            let path = dir.path().join("export.jsonl");
+            let mut file = std::fs::File::create(&path).unwrap();
+            let exported = alga_audit::export(
+                &mut owner,
+                &ExportFilter::default(),
+                OffsetDateTime::now_utc(),
+                &mut file,
+            )
+            .await;
+            drop(file);
+            if let Err(e) = exported {
+                // Known gap (RELIABILITY.md R5): a record whose stored bytes are no
+                // longer JSON makes the export refuse, instead of exporting a line the
+                // offline verifier would name. The database verification above named it.
+                assert_eq!(name, "record byte", "export failed on {name}: {e}");
+                export_refused += 1;
+                as_attacker(&owner, &restore).await;
+                detected += 1;
+                *kinds
+                    .entry(format!("{name} → {:?}", first.kind))
+                    .or_default() += 1;
+                continue;
+            }
+            exports_checked += 1;
+            let r = verify_export(&path, &opts).unwrap();
+            let first = r.first_damage().unwrap_or_else(|| {
+                panic!("trial {trial} (seed {seed}): {name} at {seq} not detected in the export")
+            });
+            assert_eq!(
+                first.seq,
+                Some(u64::try_from(seq).unwrap()),
+                "export: {first:?}"
+            );
+        }
+        detected += 1;
+        *kinds
+            .entry(format!("{name} → {:?}", first.kind))
+            .or_default() += 1;
+        as_attacker(&owner, &restore).await;
+        if trial % 100 == 99 {
+            let r = verify_database(&mut owner, &opts).await.unwrap();
+            assert!(r.intact(), "trial {trial}: restore failed: {r:#?}");
+        }
+    }
+    println!(
+        "R5: {detected}/{trials} random tamper edits detected with the first bad sequence named \
+         (seed {seed}) in {:?}; exports verified {exports_checked}, exports refused on a \
+         non-JSON record {export_refused}, edits refused by the schema {schema_refused}: {kinds:#?}",
+        started.elapsed()
+    );
+    assert_eq!(detected, trials);
+    db.drop_db().await;
+}
