@@ -8,6 +8,8 @@
 #   make status      what is running
 #   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
 #   make bench       figures against this machine's ceilings (scripts/bench.sh), writes BENCHMARKS.md
+#   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, ≤ 10 min)
+#   make fuzz        cargo-fuzz targets, FUZZ_SECONDS (300) each (fuzz/run.sh); see RELIABILITY.md
 #
 # Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),
 #        ALGA_GATEWAY_PORT (8443), ALGA_ISSUER_PORT (9443).
@@ -17,7 +19,7 @@ SHELL := /bin/bash
 STACK := bash scripts/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build up infra services down clean-dev test demo status bench
+.PHONY: help deps build up infra services down clean-dev test demo status bench soak fuzz
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
@@ -55,3 +57,10 @@ status:
 bench:
 	@$(STACK) up
 	@bash scripts/bench.sh
+
+soak:
+	@$(STACK) up
+	@bash scripts/soak.sh
+
+fuzz:
+	@bash fuzz/run.sh
