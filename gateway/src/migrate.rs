@@ -15,10 +15,16 @@ pub struct Migration {
 }
 
 /// The gateway's own migrations, oldest first. A shipped one never changes.
-pub const GATEWAY_MIGRATIONS: &[Migration] = &[Migration {
-    name: "gateway/0001_registry",
-    sql: include_str!("../migrations/0001_registry.sql"),
-}];
+pub const GATEWAY_MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "gateway/0001_registry",
+        sql: include_str!("../migrations/0001_registry.sql"),
+    },
+    Migration {
+        name: "gateway/0002_outbox_code_index",
+        sql: include_str!("../migrations/0002_outbox_code_index.sql"),
+    },
+];
 
 /// Advisory lock key serializing migration runs ("algamigr").
 const MIGRATION_LOCK: i64 = 0x616c_6761_6d69_6772;

@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod check_in;
+mod explain;
 mod mail;
 mod ops;
 mod redeem;

@@ -1,0 +1,193 @@
+//! Every hot query of the flows uses an index (issue 8): a plan check, not a timing.
+//!
+//! The statements are those of `gateway::db` (copied: the module keeps them private),
+//! prepared and explained with the generic plan (what a prepared statement settles on)
+//! against 20,000 tenants, codes, appliances, idempotency records and outbox rows. A
+//! sequential scan of one of those tables would make the flow's cost grow with the
+//! registry; this test fails if one appears.
+
+use crate::harness::Stack;
+
+const ROWS: i32 = 20_000;
+
+/// Tables that grow with the number of tenants.
+const BIG: [&str; 7] = [
+    "tenants",
+    "entitlements",
+    "install_codes",
+    "appliances",
+    "licenses",
+    "idempotency_keys",
+    "mail_outbox",
+];
+
+/// (name, statement with $n parameters, arguments of EXECUTE).
+const HOT: &[(&str, &str, &str)] = &[
+    (
+        "code by code_id",
+        "SELECT code_id, tenant_id, edition, expires_at, key_version, state, created_at, \
+         consumed_at, consumer_key_fingerprint, appliance_id, revoked_at, expires_at <= now(), \
+         coalesce(consumed_at > now() - interval '15 minutes', false) \
+         FROM install_codes WHERE code_id = $1",
+        "('B000000042')",
+    ),
+    (
+        "conditional consume",
+        "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
+         consumer_key_fingerprint = $3, appliance_id = $4 \
+         WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
+         AND key_version = $7 AND state = 'unclaimed' AND expires_at > now() \
+         RETURNING consumed_at",
+        "('B000000042', '00000000-0000-4000-8000-00000000002a', 'fp', \
+         gen_random_uuid(), 'pro', date_trunc('second', now() + interval '30 days'), 1)",
+    ),
+    (
+        "appliance by id",
+        "SELECT * FROM appliances WHERE appliance_id = $1",
+        "('00000000-0000-4000-9000-00000000002a')",
+    ),
+    (
+        "appliance by id for update",
+        "SELECT * FROM appliances WHERE appliance_id = $1 FOR UPDATE",
+        "('00000000-0000-4000-9000-00000000002a')",
+    ),
+    (
+        "check-in update",
+        "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
+        "('00000000-0000-4000-9000-00000000002a', '1.0.1')",
+    ),
+    (
+        "tenant by id",
+        "SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
+         FROM tenants WHERE tenant_id = $1",
+        "('00000000-0000-4000-8000-00000000002a')",
+    ),
+    (
+        "entitlement by tenant",
+        "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1",
+        "('00000000-0000-4000-8000-00000000002a')",
+    ),
+    (
+        "tenant by company and contact",
+        "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
+         AND contact_email_normalized = $2",
+        "('acme 42', 'ops42@acme.test')",
+    ),
+    (
+        "tenants by contact email",
+        "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1",
+        "('ops42@acme.test')",
+    ),
+    (
+        "codes of a tenant",
+        "SELECT code_id FROM install_codes WHERE tenant_id = $1 ORDER BY created_at DESC, code_id",
+        "('00000000-0000-4000-8000-00000000002a')",
+    ),
+    (
+        "idempotency lookup",
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+         WHERE caller = $1 AND key = $2",
+        "('spiffe://alga.test/service/store', 'key-42')",
+    ),
+    (
+        "outbox claim",
+        "WITH due AS ( \
+           SELECT mail_id FROM mail_outbox \
+           WHERE state = 'queued' AND next_attempt_at <= now() \
+           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+           next_attempt_at = now() + make_interval(secs => $2) \
+         FROM due, install_codes c, tenants t \
+         WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
+           AND t.tenant_id = m.tenant_id \
+         RETURNING m.mail_id, c.code_id, t.company",
+        "(16, 60.0)",
+    ),
+    (
+        "outbox sent check",
+        "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
+        "('B000000042')",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_queries_use_indexes_on_a_seeded_registry() {
+    let s = Stack::start().await;
+    s.admin
+        .batch_execute(&seed_sql(ROWS))
+        .await
+        .expect("seed the registry");
+    let mut bad = Vec::new();
+    for (i, (name, sql, args)) in HOT.iter().enumerate() {
+        let plan = plan(&s, i, sql, args).await;
+        let scanned: Vec<&str> = BIG
+            .iter()
+            .copied()
+            .filter(|t| plan.contains(&format!("Seq Scan on {t} ")))
+            .collect();
+        if !scanned.is_empty() || !plan.contains("Index") {
+            bad.push(format!("{name}: sequential scan of {scanned:?}\n{plan}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "hot queries without an index:\n{}",
+        bad.join("\n\n")
+    );
+    s.stop().await;
+}
+
+/// The generic plan of `sql`, as text.
+async fn plan(s: &Stack, i: usize, sql: &str, args: &str) -> String {
+    s.admin
+        .batch_execute(&format!("PREPARE hot{i} AS {sql}"))
+        .await
+        .unwrap_or_else(|e| panic!("prepare {sql}: {e}"));
+    let rows = s
+        .admin
+        .query(&format!("EXPLAIN EXECUTE hot{i}{args}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("explain {sql}: {e}"));
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `n` tenants, each with an entitlement, an unclaimed code (`B…`), a consumed code
+/// (`C…`) with its appliance and license, an idempotency record and a sent mail; a
+/// few mails still queued. Then ANALYZE, as autovacuum would.
+fn seed_sql(n: i32) -> String {
+    format!(
+        "SET plan_cache_mode = force_generic_plan;
+        CREATE TEMP VIEW ids AS SELECT i,
+            ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid AS t,
+            ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid AS a,
+            'B' || lpad(i::text, 9, '0') AS b, 'C' || lpad(i::text, 9, '0') AS c
+          FROM generate_series(1, {n}) i;
+        INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, contact_email,
+                             contact_email_normalized, edition)
+          SELECT t, 'Acme ' || i, 'acme ' || i, 'Ops', 'ops' || i || '@acme.test',
+                 'ops' || i || '@acme.test', 'pro' FROM ids;
+        INSERT INTO entitlements (tenant_id, edition, paid, features, seats)
+          SELECT t, 'pro', true, '{{}}', 10 FROM ids;
+        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version)
+          SELECT b, t, 'pro', date_trunc('second', now() + interval '30 days'), 1 FROM ids;
+        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version, state,
+                                   consumed_at, consumer_key_fingerprint, appliance_id)
+          SELECT c, t, 'pro', date_trunc('second', now() + interval '30 days'), 1, 'consumed',
+                 now(), 'fp', a FROM ids;
+        INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version,
+                                public_key_fingerprint)
+          SELECT a, t, c, 'appliance', '1.0.0', 'fp' FROM ids;
+        INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
+          SELECT gen_random_uuid(), 'k1', t, a, now(), now() + interval '30 days', 'redeem' FROM ids;
+        INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body)
+          SELECT 'spiffe://alga.test/service/store', 'key-' || i, 'h', 201, '{{}}' FROM ids;
+        INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind, state, sent_at)
+          SELECT gen_random_uuid(), b, t, 'ops' || i || '@acme.test', 'registration',
+                 CASE WHEN i % 1000 = 0 THEN 'queued' ELSE 'sent' END,
+                 CASE WHEN i % 1000 = 0 THEN NULL ELSE now() END FROM ids;
+        ANALYZE;"
+    )
+}
