@@ -91,7 +91,7 @@ say "ceiling: pgbench, redeem + check-in business statements with the audit inse
 "${PSQL[@]}" "$DATABASE_URL" -c "CREATE DATABASE $SCRATCH_DB" >/dev/null
 SCRATCH_URL="${DATABASE_URL%/*}/$SCRATCH_DB"
 "${PSQL[@]}" "$SCRATCH_URL" -f "$ROOT/audit/migrations/0001_audit_log.sql" >/dev/null
-"${PSQL[@]}" "$SCRATCH_URL" -f "$ROOT/gateway/migrations/0001_registry.sql" >/dev/null
+for m in "$ROOT"/gateway/migrations/*.sql; do "${PSQL[@]}" "$SCRATCH_URL" -f "$m" >/dev/null; done
 # Seed: n tenants, each with one unclaimed code (redeem targets) and one redeemed code +
 # appliance (check-in targets). Code ids are 10 Crockford characters: 'B' + 9 digits.
 "${PSQL[@]}" "$SCRATCH_URL" >/dev/null <<SQL
@@ -213,9 +213,12 @@ else
     (cd "$ROOT" && ALGA_BENCH_SECONDS=4 bounded cargo bench -q -p alga-issuer --bench sign) >"$WORK/sign.txt" 2>&1 \
         || say "  the issuer bench failed"
     cat "$WORK/sign.txt" | sed -n '/^path/,$p'
-    # The disk-backed signing log at 2 client threads against raw signs at 2 threads.
-    CEIL[hsm]="$(awk '$1 == "hsm" && $3 == "2" { print $5 }' "$WORK/sign.txt" | head -1)"
-    VAL[p2]="$(awk '$1 == "mtls" && /disk/ && $(NF-4) == "2" { print $(NF-1) }' "$WORK/sign.txt" | head -1)"
+    # Ceiling: the best raw in-process rate at any thread count. Figure: licenses over
+    # mTLS with the signing log on disk (fdatasync before every reply) at 32 concurrent
+    # clients, the gateway's case; the 2-client figure is printed beside it.
+    CEIL[hsm]="$(awk '$1 == "hsm" { print $(NF-1) }' "$WORK/sign.txt" | sort -g | tail -1)"
+    VAL[p2]="$(awk '$1 == "mtls," && /disk/ && $(NF-4) == "32" { print $(NF-1) }' "$WORK/sign.txt" | head -1)"
+    VAL[p2two]="$(awk '$1 == "mtls," && /disk/ && $(NF-4) == "2" { print $(NF-1) }' "$WORK/sign.txt" | head -1)"
     say "P5: audit verify vs openssl dgst -sha256 (cargo bench -p alga-audit --bench throughput)"
     (cd "$ROOT" && bounded cargo bench -q -p alga-audit --bench throughput) >"$WORK/audit.txt" 2>&1 \
         || say "  the audit bench failed"
@@ -235,7 +238,9 @@ TABLE="$WORK/table.md"
     r="$(ratio "${VAL[p1]:-}" "${CEIL[nginx]:-}")"
     printf '| P1 | check-ins/s, new mTLS connection each | %s | nginx mTLS %s req/s | %s | >= 0.6 | %s |\n' "${VAL[p1]:-n/a}" "${CEIL[nginx]:-n/a}" "$r" "$(met "$r" '>=' 0.6)"
     r="$(ratio "${VAL[p2]:-}" "${CEIL[hsm]:-}")"
-    printf '| P2 | issuer license signs/s over mTLS (2 clients, log on disk) | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
+    printf '| P2 | issuer license signs/s over mTLS, 32 clients, log fsynced on disk | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
+    r="$(ratio "${VAL[p2two]:-}" "${CEIL[hsm]:-}")"
+    printf '| P2b | the same with 2 clients (bound by fdatasync latency) | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2two]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
     r="$(ratio "${VAL[p3]:-}" "${CEIL[pg_redeem]:-}")"
     printf '| P3 | redeems/s, distinct codes | %s | pgbench %s TPS | %s | >= 0.5 | %s |\n' "${VAL[p3]:-n/a}" "${CEIL[pg_redeem]:-n/a}" "$r" "$(met "$r" '>=' 0.5)"
     printf '| P4 | p99 at 1M tenants / p99 at 1k tenants | n/a | | n/a | <= 1.2 | not measured |\n'

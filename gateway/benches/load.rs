@@ -155,7 +155,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failures.load(Ordering::Relaxed)
     );
     anyhow::ensure!(!appliances.is_empty(), "no redeem succeeded");
-    let appliances = Arc::new(appliances);
+    // One client per appliance (at most 256), made before the clock starts.
+    let appliances = Arc::new(
+        appliances
+            .iter()
+            .take(256)
+            .map(appliance_client)
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
 
     // Check-ins, a new connection each, closed loop.
     let count = Arc::new(AtomicUsize::new(0));
@@ -241,10 +248,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One check-in over a new client (so a new TCP + TLS connection).
-async fn check_in(s: &Stack, a: &Appliance) -> bool {
-    let r = s
-        .appliance(a)
+/// One check-in over `client`, which keeps no idle connection: a new TCP connection
+/// and a full TLS handshake each time.
+async fn check_in(s: &Stack, client: &reqwest::Client) -> bool {
+    let r = client
         .post(s.url("/check-in"))
         .json(&json!({"appliance": {"version": "1.0.1"}, "csr": null}))
         .send()
@@ -257,4 +264,33 @@ async fn check_in(s: &Stack, a: &Appliance) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The appliance's client: its credential, the dev CA, no connection pooling and no
+/// TLS session resumption (an appliance checks in once a day: every check-in is a
+/// full mTLS handshake, like `ab` against nginx with session caching off).
+fn appliance_client(a: &Appliance) -> anyhow::Result<reqwest::Client> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(harness::dev().path("ALGA_CA_BUNDLE"))? {
+        roots.add(c?)?;
+    }
+    let full = format!(
+        "{}\n{}",
+        a.certificate.as_deref().unwrap_or(""),
+        a.chain.as_deref().unwrap_or("")
+    );
+    let chain = CertificateDer::pem_slice_iter(full.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(a.key_pem.as_bytes())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(harness::ring())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    tls.resumption = rustls::client::Resumption::disabled();
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()?)
 }

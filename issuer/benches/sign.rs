@@ -3,7 +3,7 @@
 //! `cargo bench -p alga-issuer --bench sign` (with `ALGA_HSM_MODULE` set, as for the
 //! tests). It makes a throwaway SoftHSM2 token in a tempdir (re-running itself with
 //! `SOFTHSM2_CONF` pointing there, since SoftHSM reads it once per process), then
-//! measures, for 1, 2 and 8 client threads:
+//! measures, for 1, 2, 8 and 32 client threads:
 //!
 //! - `hsm`: ECDSA P-256 signatures per second through `Hsm::sign_digest` (the token
 //!   key, the worker pool), in process;
@@ -37,9 +37,10 @@ use secrecy::SecretString;
 
 const SANDBOX_ENV: &str = "ALGA_BENCH_SANDBOX";
 const GATEWAY: &str = "spiffe://alga.test/service/gateway";
-/// Client threads of each measurement: the 1 and 2 of the goal, and 8 to show what
-/// concurrency (group commit of the signing log) does.
-const THREADS: [usize; 3] = [1, 2, 8];
+/// Client threads of each measurement: 1 and 2, then 8 and 32 to show what concurrency
+/// (group commit of the signing log: one fdatasync for every record waiting) does. A
+/// gateway under load is the 32 case: its requests to the issuer are concurrent.
+const THREADS: [usize; 4] = [1, 2, 8, 32];
 
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
