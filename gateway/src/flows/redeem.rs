@@ -265,12 +265,23 @@ pub(crate) async fn sign_both(
     csr_pem: &str,
     reason: LicenseReason,
 ) -> Result<((License, String), (Credential, String)), ApiError> {
-    let license = sign_license(app, tx, tenant_id, appliance_id, edition, reason).await?;
-    let cred = app
-        .issuer
-        .sign_credential(tenant_id, appliance_id, edition, csr_pem)
-        .await
-        .map_err(issuer_error)?;
+    // Both requests at once: the issuer answers each only after its signing log is
+    // fsynced, and concurrent appends share one fsync (group commit), so the redeem
+    // (holding its code row and a pooled connection) waits for one round, not two.
+    let (l, cred) = tokio::join!(
+        app.issuer.sign_license(tenant_id, appliance_id, edition),
+        app.issuer
+            .sign_credential(tenant_id, appliance_id, edition, csr_pem),
+    );
+    let license = record_license(
+        tx,
+        l.map_err(issuer_error)?,
+        tenant_id,
+        appliance_id,
+        reason,
+    )
+    .await?;
+    let cred = cred.map_err(issuer_error)?;
     Ok((
         license,
         (
@@ -298,6 +309,17 @@ pub(crate) async fn sign_license(
         .sign_license(tenant_id, appliance_id, edition)
         .await
         .map_err(issuer_error)?;
+    record_license(tx, l, tenant_id, appliance_id, reason).await
+}
+
+/// Records a license the issuer signed in `tx`.
+async fn record_license(
+    tx: &Transaction<'_>,
+    l: alga_protocol::issuer_api::SignedLicense,
+    tenant_id: Uuid,
+    appliance_id: Uuid,
+    reason: LicenseReason,
+) -> Result<(License, String), ApiError> {
     appliances::insert_license(
         &**tx,
         &NewLicense {
