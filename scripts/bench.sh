@@ -228,6 +228,8 @@ fi
 
 # --------------------------------------------------------------------------- the table
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+# Whole numbers in the table (pgbench prints six decimals).
+for k in "${!CEIL[@]}"; do CEIL[$k]="$(awk -v x="${CEIL[$k]}" 'BEGIN { printf "%.0f", x }')"; done
 met() { # value goal-op goal
     awk -v v="$1" -v op="$2" -v g="$3" 'BEGIN { if (v == "n/a" || v == "") { print "n/a"; exit }
         ok = (op == ">=") ? (v + 0 >= g + 0) : (v + 0 <= g + 0); print ok ? "yes" : "no" }'
@@ -281,8 +283,10 @@ if [ "$SMOKE" = 0 ]; then
         echo
         cat "$TABLE"
         echo
-        if [ -f "$ROOT/BENCHMARKS.notes.md" ]; then cat "$ROOT/BENCHMARKS.notes.md"; fi
-    } >"$ROOT/BENCHMARKS.md"
+        # The hand-written history (what was changed, before/after) survives each run.
+        [ -f "$ROOT/BENCHMARKS.md" ] && sed -n '/^## What was changed/,$p' "$ROOT/BENCHMARKS.md"
+    } >"$WORK/BENCHMARKS.md"
+    mv -f "$WORK/BENCHMARKS.md" "$ROOT/BENCHMARKS.md"
     say "wrote BENCHMARKS.md"
 fi
 exit 0
