@@ -7,7 +7,7 @@
 #   R1   100 rounds of 50 concurrent redeems of one code over two gateways
 #   R2   reissue racing redeems, 100 trials
 #   R5   2,000 random tamper edits
-#   R8   guessing from 1,000 loopback sources
+#   R8   guessing from 600 loopback sources (21,600 guesses)
 #   R13  mixed load on two gateways + two issuers, with the R10 secret scan
 #   R6   Postgres restarted (pg_ctl) under light load on the stack's gateway:
 #        no request half-done, recovery time reported
@@ -70,7 +70,7 @@ only() { [[ "$1" =~ ${SOAK_ONLY:-.} ]]; }
 only r1 && step r1 300 env ALGA_SOAK=100 ALGA_R1_REQUESTS="${SOAK_R1_REQUESTS:-50}" \
     "${GW_TEST[@]}" reliability::r1_ -- --nocapture
 only r2 && step r2 90 env ALGA_SOAK=4 "${GW_TEST[@]}" reliability::r2 -- --nocapture
-only r8 && step r8 60 env ALGA_SOAK=5 "${GW_TEST[@]}" reliability::r8 -- --nocapture
+only r8 && step r8 120 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r8 -- --nocapture
 only r13 && step r13 60 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r13 -- --nocapture
 only r5 && step r5 120 env ALGA_SOAK=2 cargo test -q -p alga-audit --test it tamper_random -- --nocapture
 
