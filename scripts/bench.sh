@@ -203,6 +203,9 @@ if [ -f "$WORK/load.txt" ]; then
     VAL[p3]="$(awk '$1 == "redeems_per_s" { print $2 }' "$WORK/load.txt")"
     VAL[p7]="$(awk '$1 == "checkin_p99_ms_half_rate" { print $2 }' "$WORK/load.txt")"
     VAL[p7rate]="$(awk '$1 == "half_rate" { print $2 }' "$WORK/load.txt")"
+    for k in p4_extra p4_redeem_small p4_redeem_big p4_checkin_small p4_checkin_big; do
+        VAL[$k]="$(awk -v k="$k" '$1 == k { print $2 }' "$WORK/load.txt")"
+    done
 fi
 
 # ------------------------------------------------------------ P2 and P5: crate benches
@@ -245,7 +248,10 @@ TABLE="$WORK/table.md"
     printf '| P2b | the same with 2 clients (bound by fdatasync latency) | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2two]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
     r="$(ratio "${VAL[p3]:-}" "${CEIL[pg_redeem]:-}")"
     printf '| P3 | redeems/s, distinct codes | %s | pgbench %s TPS | %s | >= 0.5 | %s |\n' "${VAL[p3]:-n/a}" "${CEIL[pg_redeem]:-n/a}" "$r" "$(met "$r" '>=' 0.5)"
-    printf '| P4 | p99 at 1M tenants / p99 at 1k tenants | n/a | | n/a | <= 1.2 | not measured |\n'
+    r="$(ratio "${VAL[p4_redeem_big]:-}" "${VAL[p4_redeem_small]:-}")"
+    printf '| P4 | redeem p99 (ms) after seeding +%s tenants / p99 before (60/s offered) | %s | %s | %s | <= 1.2 | %s |\n' "${VAL[p4_extra]:-n/a}" "${VAL[p4_redeem_big]:-n/a}" "${VAL[p4_redeem_small]:-n/a}" "$r" "$(met "$r" '<=' 1.2)"
+    r="$(ratio "${VAL[p4_checkin_big]:-}" "${VAL[p4_checkin_small]:-}")"
+    printf '| P4b | check-in p99 (ms), the same | %s | %s | %s | <= 1.2 | %s |\n' "${VAL[p4_checkin_big]:-n/a}" "${VAL[p4_checkin_small]:-n/a}" "$r" "$(met "$r" '<=' 1.2)"
     r="$(ratio "${VAL[p5]:-}" "${CEIL[openssl]:-}")"
     printf '| P5 | audit verify MB/s | %s | openssl %s MB/s | %s | >= 0.5 | %s |\n' "${VAL[p5]:-n/a}" "${CEIL[openssl]:-n/a}" "$r" "$(met "$r" '>=' 0.5)"
     printf '| P6 | gateway RSS with %s idle TLS connections (MiB) | %s | | | <= 64 | %s |\n' "$CONNS" "${VAL[p6]:-n/a}" "$(met "${VAL[p6]:-n/a}" '<=' 64)"
@@ -260,7 +266,7 @@ if [ "$SMOKE" = 1 ]; then
     # The smoke run asserts no timing, only that every part it runs produced a figure.
     missing=""
     for k in nginx pg_redeem pg_checkin; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
-    for k in p1 p3 p6 p7; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
+    for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
     if [ -n "$missing" ]; then
         echo "ERROR: the benchmark harness produced no figure for:$missing" >&2
         exit 1

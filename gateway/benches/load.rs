@@ -9,7 +9,9 @@
 //! - check-ins per second, a **new TLS connection per check-in** (closed loop, 8
 //!   clients), as appliances check in once a day rather than over keep-alive;
 //! - check-in p99 at an open-loop offered rate of half that maximum (latency counted
-//!   from the scheduled send time, so a stall is not hidden by the load generator).
+//!   from the scheduled send time, so a stall is not hidden by the load generator);
+//! - P4: redeem and check-in p99 at a fixed offered rate before and after seeding
+//!   100,000 more tenants (codes, appliances, licenses) with generate_series.
 //!
 //! The results go to stdout and, as `name value` lines, to `--out`. Without `--bench`
 //! (as under `cargo test --all-targets`) it does nothing.
@@ -28,6 +30,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 const CLIENTS: usize = 8;
+/// Offered rate of the P4 measurement (half redeems, half check-ins), per second.
+const P4_RATE: u32 = 60;
+/// Codes set aside for P4: two windows of at most 5 s at `P4_RATE / 2` redeems/s.
+const P4_CODES: usize = 400;
 
 struct Args {
     seconds: u64,
@@ -75,7 +81,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let s = Arc::new(Stack::start().await);
     let window = Duration::from_secs(args.seconds);
-    let codes_wanted: i32 = if args.smoke { 24 } else { 3000 };
+    let codes_wanted: i32 = if args.smoke { 24 } else { 3400 };
 
     // Tenants straight into the database, codes minted at the issuer (the HMAC) with
     // their bindings stored, keys and CSRs made before the clock starts.
@@ -119,6 +125,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         prepared.len(),
         t.elapsed().as_secs_f64()
     );
+
+    // Codes kept for the P4 measurement (two windows of redeems at P4_RATE / 2).
+    let p4_codes = prepared.split_off(prepared.len() - P4_CODES.min(prepared.len() / 2));
 
     // Redeems, distinct codes, closed loop.
     let queue = Arc::new(std::sync::Mutex::new(prepared));
@@ -232,12 +241,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lat.len()
     );
 
+    // P4: p99 of redeems and check-ins at a fixed offered rate, on the registry as it
+    // is (about 3,000 tenants), then again after seeding many more.
+    let extra: i32 = if args.smoke { 2_000 } else { 100_000 };
+    let p4_window = Duration::from_secs(if args.smoke { 1 } else { 5 });
+    let mut p4_codes = p4_codes;
+    let half_codes = p4_codes.split_off(p4_codes.len() / 2);
+    let small = fixed_rate(&s, &appliances, p4_codes, p4_window).await?;
+    let t = Instant::now();
+    s.admin.batch_execute(&seed_sql(extra)).await?;
+    // Write the seeded pages out now, so the measurement does not share the disk with
+    // the checkpoint they would cause.
+    s.admin.batch_execute("CHECKPOINT").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "seeded {extra} more tenants, codes, appliances and licenses in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let big = fixed_rate(&s, &appliances, half_codes, p4_window).await?;
+    println!(
+        "P4 at {P4_RATE}/s offered: redeem p99 {:.1} -> {:.1} ms, check-in p99 {:.1} -> {:.1} ms",
+        small.0, big.0, small.1, big.1
+    );
+
     if let Some(path) = args.out {
         std::fs::write(
             path,
             format!(
                 "redeems_per_s {redeems_per_s:.1}\ncheckins_per_s {checkins_per_s:.1}\n\
-                 half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n"
+                 half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
+                 p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
+                 p4_checkin_small {:.1}\np4_checkin_big {:.1}\n",
+                small.0, big.0, small.1, big.1
             ),
         )?;
     }
@@ -293,4 +328,84 @@ fn appliance_client(a: &Appliance) -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// p99 (ms) of redeems and of check-ins offered open loop at `P4_RATE`/s, alternating.
+async fn fixed_rate(
+    s: &Arc<Stack>,
+    clients: &Arc<Vec<reqwest::Client>>,
+    mut codes: Vec<(String, Appliance)>,
+    window: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let period = Duration::from_secs(1) / P4_RATE;
+    let n = (window.as_secs_f64() * f64::from(P4_RATE)) as usize;
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let due = t0 + period * u32::try_from(k)?;
+        tokio::time::sleep_until(due).await;
+        let (s, clients) = (s.clone(), clients.clone());
+        let code = if k % 2 == 0 { codes.pop() } else { None };
+        tasks.push(tokio::spawn(async move {
+            match code {
+                Some((code, a)) => {
+                    let (st, _) = s.redeem_as(&code, &a).await;
+                    (true, st == 200, due.elapsed())
+                }
+                None => {
+                    let ok = check_in(&s, &clients[k % clients.len()]).await;
+                    (false, ok, due.elapsed())
+                }
+            }
+        }));
+    }
+    let (mut redeem, mut check) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (is_redeem, _ok, d) = t.await?;
+        if is_redeem {
+            redeem.push(d)
+        } else {
+            check.push(d)
+        }
+    }
+    Ok((p99_ms(redeem), p99_ms(check)))
+}
+
+fn p99_ms(mut v: Vec<Duration>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
+/// `n` more tenants, each with an entitlement, an unclaimed and a consumed code, an
+/// appliance and a license (ids in ranges the bench's own rows do not use), then
+/// ANALYZE.
+fn seed_sql(n: i32) -> String {
+    format!(
+        "CREATE TEMP VIEW ids AS SELECT i,
+            ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid AS t,
+            ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid AS a,
+            'B' || lpad(i::text, 9, '0') AS b, 'C' || lpad(i::text, 9, '0') AS c
+          FROM generate_series(1, {n}) i;
+        INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, contact_email,
+                             contact_email_normalized, edition)
+          SELECT t, 'Seed ' || i, 'seed ' || i, 'Ops', 'ops' || i || '@seed.test',
+                 'ops' || i || '@seed.test', 'pro' FROM ids;
+        INSERT INTO entitlements (tenant_id, edition, paid, features, seats)
+          SELECT t, 'pro', true, '{{}}', 10 FROM ids;
+        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version)
+          SELECT b, t, 'pro', date_trunc('second', now() + interval '30 days'), 1 FROM ids;
+        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version, state,
+                                   consumed_at, consumer_key_fingerprint, appliance_id)
+          SELECT c, t, 'pro', date_trunc('second', now() + interval '30 days'), 1, 'consumed',
+                 now(), 'fp', a FROM ids;
+        INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version,
+                                public_key_fingerprint)
+          SELECT a, t, c, 'appliance', '1.0.0', 'fp' FROM ids;
+        INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
+          SELECT gen_random_uuid(), 'k1', t, a, now(), now() + interval '30 days', 'redeem' FROM ids;
+        ANALYZE;"
+    )
 }
