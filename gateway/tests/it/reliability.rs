@@ -694,3 +694,158 @@ fn signature_of(url: &str) -> Option<String> {
         .find_map(|p| p.strip_prefix("X-Amz-Signature="))
         .map(str::to_owned)
 }
+
+// ------------------------------------------------------------------------------ R9
+
+/// A client presenting a certificate from the dev service CA with the store's URI SAN
+/// and the given validity and EKU.
+fn service_client(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> reqwest::Client {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "store");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://alga.test/service/nm-store"
+            .try_into()
+            .expect("ia5"),
+    )];
+    params.extended_key_usages = ekus;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(format!("{}/pki/service-ca.key", dev().var("ALGA_DEV_DIR")))
+            .expect("CA key"),
+    )
+    .expect("CA key parses");
+    let ca_pem = std::fs::read_to_string(dev().path("ALGA_CA_BUNDLE")).expect("CA cert");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let key_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .expect("key der");
+    let tls = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert.der().clone()], key_der)
+        .expect("client cert");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// R9 (complements `roles.rs`): an expired store certificate, a serverAuth-only store
+/// certificate, and an appliance of tenant A reaching for tenant B's resources are all
+/// refused (at TLS, or 401/403), and nothing of B changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r9_expired_server_auth_only_and_cross_tenant_callers_are_refused() {
+    let s = Stack::start().await;
+    let (_, _, code_a) = s.tenant_with_code("pro").await;
+    let (tenant_b, _, code_b) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code_a).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v, b) = s.redeem(&code_b).await;
+    assert_eq!(st, 200, "{v}");
+    let b_id = b.appliance_id.expect("id");
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let good = service_client(
+        now - day,
+        now + day,
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    let tenant_path = s.url(&format!("/tenants/{tenant_b}"));
+    let (st, v, _) = send(good.get(&tenant_path)).await;
+    assert_eq!(
+        st, 200,
+        "control: a valid store certificate is accepted: {v}"
+    );
+
+    let mut refused = 0;
+    let callers = [
+        (
+            "expired store certificate",
+            service_client(
+                now - 10 * day,
+                now - day,
+                vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+            ),
+        ),
+        (
+            "not yet valid store certificate",
+            service_client(
+                now + day,
+                now + 10 * day,
+                vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+            ),
+        ),
+        (
+            "serverAuth-only store certificate",
+            service_client(
+                now - day,
+                now + day,
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+            ),
+        ),
+    ];
+    for (what, c) in &callers {
+        for rb in [
+            c.get(&tenant_path),
+            c.post(s.url(&format!("/appliances/{b_id}/revoke")))
+                .json(&json!({})),
+        ] {
+            match rb.send().await {
+                Err(_) => refused += 1,
+                Ok(r) => {
+                    let st = r.status().as_u16();
+                    assert!(st == 401 || st == 403, "{what}: answered {st}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Appliance of tenant A: B's tenant record, B's appliance revocation, and a store
+    // route are refused.
+    let ca = s.appliance(&a);
+    for rb in [
+        ca.get(&tenant_path),
+        ca.post(s.url(&format!("/appliances/{b_id}/revoke")))
+            .json(&json!({})),
+        ca.post(s.url("/install-codes/reissue"))
+            .json(&json!({"tenant_id": tenant_b})),
+    ] {
+        let (st, v, _) = send(rb).await;
+        assert_eq!(st, 403, "{v}");
+        refused += 1;
+    }
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM appliances WHERE appliance_id = '{b_id}' AND state = 'active'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM install_codes WHERE tenant_id = '{tenant_b}'"
+        ))
+        .await,
+        1,
+        "no code reissued for B"
+    );
+    println!(
+        "R9: {refused}/{refused} expired, not-yet-valid, serverAuth-only and cross-tenant calls refused"
+    );
+    s.stop().await;
+}
