@@ -113,6 +113,20 @@ impl Reader {
         Some(d)
     }
 
+    /// A top-level table holding exactly one bounded duration, e.g. `[install_codes] ttl`.
+    fn section_duration(
+        &mut self,
+        root: &Table,
+        section: &str,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let t = self.table("", root, section)?;
+        self.unknown_keys(section, t, &[key]);
+        self.bounded_duration(section, t, key, min, max)
+    }
+
     fn positive_int(&mut self, path: &str, parent: &Table, key: &str, max: i64) -> Option<i64> {
         let p = join(path, key);
         match parent.get(key) {
@@ -223,36 +237,27 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         Some(iss)
     });
 
-    let install_code_ttl = r.table("", root, "install_codes").and_then(|t| {
-        r.unknown_keys("install_codes", t, &["ttl"]);
-        r.bounded_duration(
-            "install_codes",
-            t,
-            "ttl",
-            Duration::minutes(5),
-            MAX_INSTALL_CODE_TTL,
-        )
-    });
-    let download_link_ttl = r.table("", root, "download_links").and_then(|t| {
-        r.unknown_keys("download_links", t, &["ttl"]);
-        r.bounded_duration(
-            "download_links",
-            t,
-            "ttl",
-            Duration::minutes(1),
-            MAX_DOWNLOAD_LINK_TTL,
-        )
-    });
-    let credential_lifetime = r.table("", root, "credentials").and_then(|t| {
-        r.unknown_keys("credentials", t, &["lifetime"]);
-        r.bounded_duration(
-            "credentials",
-            t,
-            "lifetime",
-            MIN_CREDENTIAL_LIFETIME,
-            MAX_CREDENTIAL_LIFETIME,
-        )
-    });
+    let install_code_ttl = r.section_duration(
+        root,
+        "install_codes",
+        "ttl",
+        Duration::minutes(5),
+        MAX_INSTALL_CODE_TTL,
+    );
+    let download_link_ttl = r.section_duration(
+        root,
+        "download_links",
+        "ttl",
+        Duration::minutes(1),
+        MAX_DOWNLOAD_LINK_TTL,
+    );
+    let credential_lifetime = r.section_duration(
+        root,
+        "credentials",
+        "lifetime",
+        MIN_CREDENTIAL_LIFETIME,
+        MAX_CREDENTIAL_LIFETIME,
+    );
 
     let editions = r
         .table("", root, "editions")

@@ -71,12 +71,12 @@ const HOT: &[(&str, &str, &str)] = &[
         "tenant by company and contact",
         "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
          AND contact_email_normalized = $2",
-        "('acme 42', 'ops42@acme.test')",
+        "('seed 42', 'ops42@seed.test')",
     ),
     (
         "tenants by contact email",
         "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1",
-        "('ops42@acme.test')",
+        "('ops42@seed.test')",
     ),
     (
         "codes of a tenant",
@@ -154,38 +154,18 @@ async fn plan(s: &Stack, i: usize, sql: &str, args: &str) -> String {
         .join("\n")
 }
 
-/// `n` tenants, each with an entitlement, an unclaimed code (`B…`), a consumed code
-/// (`C…`) with its appliance and license, an idempotency record and a sent mail; a
-/// few mails still queued. Then ANALYZE, as autovacuum would.
+/// `n` tenants (`gateway/testdata/seed_registry.sql`), each also with an idempotency
+/// record and a sent mail; a few mails still queued. Then ANALYZE, as autovacuum would.
 fn seed_sql(n: i32) -> String {
+    let registry =
+        include_str!("../../testdata/seed_registry.sql").replace("{rows}", &n.to_string());
     format!(
         "SET plan_cache_mode = force_generic_plan;
-        CREATE TEMP VIEW ids AS SELECT i,
-            ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid AS t,
-            ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid AS a,
-            'B' || lpad(i::text, 9, '0') AS b, 'C' || lpad(i::text, 9, '0') AS c
-          FROM generate_series(1, {n}) i;
-        INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, contact_email,
-                             contact_email_normalized, edition)
-          SELECT t, 'Acme ' || i, 'acme ' || i, 'Ops', 'ops' || i || '@acme.test',
-                 'ops' || i || '@acme.test', 'pro' FROM ids;
-        INSERT INTO entitlements (tenant_id, edition, paid, features, seats)
-          SELECT t, 'pro', true, '{{}}', 10 FROM ids;
-        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version)
-          SELECT b, t, 'pro', date_trunc('second', now() + interval '30 days'), 1 FROM ids;
-        INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version, state,
-                                   consumed_at, consumer_key_fingerprint, appliance_id)
-          SELECT c, t, 'pro', date_trunc('second', now() + interval '30 days'), 1, 'consumed',
-                 now(), 'fp', a FROM ids;
-        INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version,
-                                public_key_fingerprint)
-          SELECT a, t, c, 'appliance', '1.0.0', 'fp' FROM ids;
-        INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
-          SELECT gen_random_uuid(), 'k1', t, a, now(), now() + interval '30 days', 'redeem' FROM ids;
+        {registry}
         INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body)
           SELECT 'spiffe://alga.test/service/store', 'key-' || i, 'h', 201, '{{}}' FROM ids;
         INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind, state, sent_at)
-          SELECT gen_random_uuid(), b, t, 'ops' || i || '@acme.test', 'registration',
+          SELECT gen_random_uuid(), b, t, 'ops' || i || '@seed.test', 'registration',
                  CASE WHEN i % 1000 = 0 THEN 'queued' ELSE 'sent' END,
                  CASE WHEN i % 1000 = 0 THEN NULL ELSE now() END FROM ids;
         ANALYZE;"
