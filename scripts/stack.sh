@@ -191,13 +191,40 @@ stop_daemon() {
     rm -f "$RUN/$name.pid"
 }
 
+# daemon_alive NAME : the recorded pid is a live process (not a zombie), whatever its argv
+# shows yet; a slow exec is still a start-up, not a death.
+daemon_alive() {
+    local pid state
+    pid="$(cat "$RUN/$1.pid" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    state="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
+    state="${state##*) }"   # the fields after "(comm) "; comm itself may hold spaces
+    state="${state%% *}"
+    [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
+# daemon_exit NAME : how a daemon this shell started ended (reaps it), for error messages.
+daemon_exit() {
+    local f="$RUN/$1.pid" pid rc=0
+    pid="$(cat "$f" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || { printf 'no pid recorded'; return 0; }
+    wait "$pid" 2>/dev/null || rc=$?
+    if [ "$rc" -eq 127 ]; then
+        printf 'pid %s, exit status unknown' "$pid"
+    elif [ "$rc" -gt 128 ]; then
+        printf 'pid %s, killed by signal %s (%s)' "$pid" "$((rc - 128))" "$(kill -l "$((rc - 128))" 2>/dev/null || echo '?')"
+    else
+        printf 'pid %s, exit status %s' "$pid" "$rc"
+    fi
+}
+
 # wait_port NAME MARKER PORT LOG [SECONDS]
 wait_port() {
     local name="$1" marker="$2" port="$3" log="$4" secs="${5:-20}" i
     for ((i = 0; i < secs * 10; i++)); do
-        if ! svc_pid "$name" "$marker" >/dev/null; then
+        if ! svc_pid "$name" "$marker" >/dev/null && ! daemon_alive "$name"; then
             tail_log "$log"
-            die "$name exited during start-up (log: $log)"
+            die "$name exited during start-up ($(daemon_exit "$name"); log: $log)"
         fi
         port_open 127.0.0.1 "$port" && return 0
         sleep 0.1
@@ -254,22 +281,28 @@ install_debs() {
     [ "$rc" -eq 0 ] || die "apt-get failed (rc $rc)"
 }
 
+# s3s-fs lives in its own cargo install root, pinned and checked by its --version, so a
+# different or damaged s3s-fs elsewhere on PATH is never the one started.
+TOOLS_ROOT="${ALGA_TOOLS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/alga-license/tools}"
+
 s3s_fs_bin() {
-    local b
-    if b="$(command -v s3s-fs 2>/dev/null)"; then printf '%s\n' "$b"; return 0; fi
-    b="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
-    [ -x "$b" ] && { printf '%s\n' "$b"; return 0; }
-    return 1
+    local b="$TOOLS_ROOT/bin/s3s-fs" v
+    [ -x "$b" ] && [ -s "$b" ] || return 1
+    v="$("$b" --version 2>/dev/null </dev/null || true)"
+    [ "$v" = "s3s-fs $S3S_FS_VERSION" ] || return 1
+    printf '%s\n' "$b"
 }
 
 install_s3s_fs() {
     if s3s_fs_bin >/dev/null; then
-        info "s3s-fs: present ($(s3s_fs_bin))"
+        info "s3s-fs $S3S_FS_VERSION: present ($(s3s_fs_bin))"
         return 0
     fi
-    say "installing s3s-fs@$S3S_FS_VERSION with cargo install (one time, about 2 minutes)"
-    cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary
-    s3s_fs_bin >/dev/null || die "s3s-fs installed but not found on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin"
+    say "installing s3s-fs@$S3S_FS_VERSION into $TOOLS_ROOT (cargo install, one time, about 2 minutes)"
+    mkdir -p "$TOOLS_ROOT"
+    cargo install --root "$TOOLS_ROOT" --force "s3s-fs@$S3S_FS_VERSION" --locked --features binary
+    s3s_fs_bin >/dev/null \
+        || die "s3s-fs installed in $TOOLS_ROOT/bin but it does not answer --version with 's3s-fs $S3S_FS_VERSION'"
 }
 
 cmd_deps() {
@@ -822,6 +855,7 @@ cmd_env() {
         env_line ALGA_ISSUER_CONFIG "$DEV/issuer.toml"
         env_line ALGA_GATEWAY_CONFIG "$DEV/gateway.toml"
         env_line ALGA_S3_ENDPOINT "http://127.0.0.1:$S3_PORT"
+        env_line ALGA_S3S_FS_BIN "$(s3s_fs_bin || true)"
         env_line ALGA_S3_REGION "$S3_REGION"
         env_line ALGA_S3_BUCKET "$S3_BUCKET"
         env_line ALGA_S3_KEY "$S3_KEY"
@@ -846,9 +880,9 @@ wait_https() {
     local name="$1" marker="$2" port="$3" log="$4" url="$5"; shift 5
     local i code=""
     for ((i = 0; i < 300; i++)); do
-        if ! svc_pid "$name" "$marker" >/dev/null; then
+        if ! svc_pid "$name" "$marker" >/dev/null && ! daemon_alive "$name"; then
             tail_log "$log"
-            die "$name exited during start-up (log: $log)"
+            die "$name exited during start-up ($(daemon_exit "$name"); log: $log)"
         fi
         code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 --resolve "localhost:$port:127.0.0.1" \
             --cacert "$PKI/service-ca.crt" "$@" "$url" 2>/dev/null || true)"

@@ -32,10 +32,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts `s3s-fs` on 127.0.0.1 with a bucket seeded with `objects` (key, bytes).
     pub fn start(bucket: &str, objects: &[(&str, &[u8])]) -> Result<S3Server> {
-        let bin = which("s3s-fs").context(
-            "s3s-fs is not on PATH: install it with \
-             `cargo install s3s-fs@0.14.1 --locked --features binary` (or `make deps`)",
-        )?;
+        let bin = s3s_fs_bin()?;
         let root = tempfile::tempdir()?;
         for (key, bytes) in objects {
             let path = root.path().join(bucket).join(key);
@@ -114,6 +111,24 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The pinned s3s-fs that `make deps` installs (`ALGA_S3S_FS_BIN` in `.dev/env`), else
+/// one on PATH.
+fn s3s_fs_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ALGA_S3S_FS_BIN").filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(
+            bin.is_file(),
+            "ALGA_S3S_FS_BIN names {}, which is not a file: run `make deps`",
+            bin.display()
+        );
+        return Ok(bin);
+    }
+    which("s3s-fs").context(
+        "s3s-fs is neither in ALGA_S3S_FS_BIN nor on PATH: run `make deps` and load .dev/env \
+         (it installs s3s-fs@0.14.1 with cargo install)",
+    )
 }
 
 /// The path of an executable on PATH.
