@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod check_in;
+mod cut_after_commit;
 mod explain;
 mod mail;
 mod ops;
