@@ -1,12 +1,13 @@
--- Seeds {rows} tenants for plan checks and benchmarks: each with an entitlement, an
--- unclaimed code (B…), a consumed code (C…) with its appliance and its license. Ids
--- are in ranges the API never hands out. Used by gateway/tests/it/explain.rs and
--- gateway/benches/load.rs (which replace {rows}); the caller runs ANALYZE.
+-- Seeds tenants {first}..={last} for plan checks and benchmarks: each with an
+-- entitlement, an unclaimed code (B…), a consumed code (C…) with its appliance and its
+-- license. Ids are in ranges the API never hands out, so disjoint ranges can be seeded
+-- by concurrent sessions. Used by gateway/tests/it/explain.rs and
+-- gateway/benches/load.rs (which replace {first} and {last}); the caller runs ANALYZE.
 CREATE TEMP VIEW ids AS SELECT i,
     ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid AS t,
     ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid AS a,
     'B' || lpad(i::text, 9, '0') AS b, 'C' || lpad(i::text, 9, '0') AS c
-  FROM generate_series(1, {rows}) i;
+  FROM generate_series({first}, {last}) i;
 INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, contact_email,
                      contact_email_normalized, edition)
   SELECT t, 'Seed ' || i, 'seed ' || i, 'Ops', 'ops' || i || '@seed.test',

@@ -157,8 +157,9 @@ async fn plan(s: &Stack, i: usize, sql: &str, args: &str) -> String {
 /// `n` tenants (`gateway/testdata/seed_registry.sql`), each also with an idempotency
 /// record and a sent mail; a few mails still queued. Then ANALYZE, as autovacuum would.
 fn seed_sql(n: i32) -> String {
-    let registry =
-        include_str!("../../testdata/seed_registry.sql").replace("{rows}", &n.to_string());
+    let registry = include_str!("../../testdata/seed_registry.sql")
+        .replace("{first}", "1")
+        .replace("{last}", &n.to_string());
     format!(
         "SET plan_cache_mode = force_generic_plan;
         {registry}
