@@ -1,11 +1,21 @@
 //! The OpenAPI 3.1 document of the API (utoipa), generated from the route table below,
-//! which lists every route with its caller, success and error codes, as in DESIGN §5.
+//! which lists every route with its caller, success and error codes, as in DESIGN §5,
+//! and from [`input`], which describes each route's path and query parameters, headers
+//! and JSON request body (the `protocol::api` types and the gateway's own validation
+//! bounds), so that clients and API fuzzers (`scripts/schemathesis.sh`) build real
+//! requests.
 
 use axum::Json;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+use serde_json::{Value, json};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, PathItem, PathsBuilder};
+use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::response::Response as OaResponse;
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
+
+use super::extract::AppState;
+use crate::flows::validate::{MAX_EMAIL_LEN, MAX_NAME_CHARS};
 
 /// `(method, path, caller, summary, [(status, description)])`.
 type Route = (
@@ -150,15 +160,199 @@ const ROUTES: &[Route] = &[
     ),
 ];
 
-/// The document.
-pub fn document() -> OpenApi {
+/// A single-line name (`validate::Name`): no control characters, not blank.
+fn name_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_NAME_CHARS,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*\\S[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+    })
+}
+
+fn email_schema() -> Value {
+    json!({"type": "string", "format": "email", "maxLength": MAX_EMAIL_LEN})
+}
+
+fn json_body(required: bool, schema: Value) -> Value {
+    json!({"required": required, "content": {"application/json": {"schema": schema}}})
+}
+
+fn uuid_in_path(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}})
+}
+
+/// The audit endpoints' paging (`handlers::Page`).
+fn paging() -> Vec<Value> {
+    vec![
+        json!({"name": "after", "in": "query", "required": false, "description": "Records with a sequence number greater than this",
+               "schema": {"type": "integer", "format": "int64", "minimum": 0}}),
+        json!({"name": "limit", "in": "query", "required": false, "description": "At most this many (default 100)",
+               "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000}}),
+    ]
+}
+
+/// The 201 body of `/register-tenant` and `/install-codes/reissue` (`protocol::api::
+/// RegisterTenantResponse`): `tenant_id` lets a fuzzer reach the routes that take one.
+fn registered_schema(reissue: bool) -> Value {
+    let timestamp = json!({"type": "string", "format": "date-time"});
+    let mut v = json!({
+        "type": "object",
+        "required": ["tenant_id", "edition", "install_code", "download", "email"],
+        "properties": {
+            "tenant_id": {"type": "string", "format": "uuid"},
+            "edition": {"type": "string"},
+            "install_code": {"type": "object", "required": ["code_id", "expires_at"],
+                "properties": {"code_id": {"type": "string"}, "expires_at": timestamp}},
+            "download": {"type": "object", "required": ["url", "expires_at"],
+                "properties": {"url": {"type": "string"}, "expires_at": timestamp}},
+            "email": {"type": "object", "required": ["status"],
+                "properties": {"status": {"type": "string", "enum": ["sent", "queued", "failed"]}}},
+        },
+    });
+    if reissue {
+        v["required"] = json!([
+            "tenant_id",
+            "edition",
+            "install_code",
+            "download",
+            "email",
+            "revoked_code_ids"
+        ]);
+        v["properties"]["revoked_code_ids"] = json!({"type": "array", "items": {"type": "string"}});
+    }
+    json!({"201": {"content": {"application/json": {"schema": v}}}})
+}
+
+/// A route's `parameters`, `requestBody` and documented response bodies
+/// (`responses`: status → partial OpenAPI response) as OpenAPI JSON, or `Null`.
+/// `editions` are the policy's edition names (empty: any string).
+fn input(path: &str, editions: &[&str]) -> Value {
+    let edition = if editions.is_empty() {
+        json!({"type": "string"})
+    } else {
+        json!({"type": "string", "enum": editions})
+    };
+    match path {
+        "/register-tenant" => json!({
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Replays the first answer for the same key and body (409 idempotency_conflict for another body)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[\\x21-\\x7e]+$"}}],
+            "requestBody": json_body(true, json!({
+                "type": "object",
+                "required": ["company", "contact", "edition"],
+                "additionalProperties": false,
+                "properties": {
+                    "company": name_schema(),
+                    "contact": {
+                        "type": "object",
+                        "required": ["name", "email"],
+                        "additionalProperties": false,
+                        "properties": {"name": name_schema(), "email": email_schema()},
+                    },
+                    "edition": edition,
+                },
+            })),
+            "responses": registered_schema(false),
+        }),
+        "/install-codes/reissue" => json!({
+            "requestBody": json_body(true, json!({
+                "description": "Exactly one of tenant_id and contact_email",
+                "oneOf": [
+                    {"type": "object", "required": ["tenant_id"], "additionalProperties": false,
+                     "properties": {"tenant_id": {"type": "string", "format": "uuid"}}},
+                    {"type": "object", "required": ["contact_email"], "additionalProperties": false,
+                     "properties": {"contact_email": email_schema()}},
+                ],
+            })),
+            "responses": registered_schema(true),
+        }),
+        "/register" => json!({
+            "requestBody": json_body(true, json!({
+                "type": "object",
+                "required": ["install_code", "csr", "appliance"],
+                "additionalProperties": false,
+                "properties": {
+                    "install_code": {"type": "string",
+                        "description": "30 Crockford base32 symbols in six groups of five (case, spaces and dashes are tolerated)",
+                        "pattern": "^[0-9A-HJKMNP-TV-Z]{5}(-[0-9A-HJKMNP-TV-Z]{5}){5}$"},
+                    "csr": {"type": "string", "description": "PKCS#10 CSR, PEM"},
+                    "appliance": {
+                        "type": "object",
+                        "required": ["hostname", "version"],
+                        "additionalProperties": false,
+                        "properties": {"hostname": name_schema(), "version": name_schema()},
+                    },
+                },
+            })),
+        }),
+        "/check-in" => json!({
+            "requestBody": json_body(true, json!({
+                "type": "object",
+                "required": ["appliance"],
+                "additionalProperties": false,
+                "properties": {
+                    "appliance": {
+                        "type": "object",
+                        "required": ["version"],
+                        "additionalProperties": false,
+                        "properties": {"version": name_schema()},
+                    },
+                    "csr": {"type": ["string", "null"], "description": "PKCS#10 CSR, PEM, to rotate the credential"},
+                },
+            })),
+        }),
+        "/tenants/{tenant_id}" => json!({"parameters": [uuid_in_path("tenant_id")]}),
+        "/appliances/{appliance_id}/revoke" => json!({
+            "parameters": [uuid_in_path("appliance_id")],
+            "requestBody": json_body(false, json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"reason": name_schema()},
+            })),
+        }),
+        "/audit/events" => {
+            let mut p = paging();
+            p.push(
+                json!({"name": "tenant_id", "in": "query", "required": false,
+                "schema": {"type": "string", "format": "uuid"}}),
+            );
+            p.push(json!({"name": "action", "in": "query", "required": false,
+                "description": "Only this action, e.g. code.redeem",
+                "schema": {"type": "string", "pattern": "^[a-z_]+(\\.[a-z_]+)+$"}}));
+            json!({"parameters": p})
+        }
+        "/audit/checkpoints" => json!({"parameters": paging()}),
+        _ => Value::Null,
+    }
+}
+
+/// The document, with `edition` an enumeration of `editions` (none: any string).
+pub fn document_for(editions: &[&str]) -> OpenApi {
     let mut paths = PathsBuilder::new();
     for (method, path, caller, summary, responses) in ROUTES {
         let mut op = OperationBuilder::new()
             .summary(Some(*summary))
             .description(Some(format!("Caller: {caller}. Every error body is {{\"error\": {{\"code\", \"message\", \"request_id\"}}}}; every response has x-request-id.")));
+        let input = input(path, editions);
+        if let Some(params) = input.get("parameters") {
+            // The constant descriptions above parse (see the tests).
+            let params: Vec<Parameter> = serde_json::from_value(params.clone()).unwrap_or_default();
+            op = op.parameters(Some(params));
+        }
+        if let Some(body) = input.get("requestBody") {
+            op = op.request_body(serde_json::from_value::<RequestBody>(body.clone()).ok());
+        }
         for (status, desc) in *responses {
-            op = op.response(*status, OaResponse::new(*desc));
+            let mut r = input["responses"][*status].clone();
+            let response = match r.as_object_mut() {
+                Some(o) => {
+                    o.insert("description".to_owned(), json!(desc));
+                    serde_json::from_value(r).unwrap_or_else(|_| OaResponse::new(*desc))
+                }
+                None => OaResponse::new(*desc),
+            };
+            op = op.response(*status, response);
         }
         paths = paths.path(*path, PathItem::new(method.clone(), op));
     }
@@ -172,9 +366,15 @@ pub fn document() -> OpenApi {
         .build()
 }
 
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> Response {
-    Json(document()).into_response()
+/// The document without a policy (`edition` is any string).
+pub fn document() -> OpenApi {
+    document_for(&[])
+}
+
+/// `GET /openapi.json`: the document, with the policy's editions.
+pub async fn openapi_json(State(app): AppState) -> Response {
+    let editions: Vec<&str> = app.policy.editions.keys().map(String::as_str).collect();
+    Json(document_for(&editions)).into_response()
 }
 
 #[cfg(test)]
@@ -185,5 +385,39 @@ mod tests {
         assert_eq!(v["openapi"], "3.1.0");
         assert!(v["paths"]["/register"]["post"].is_object());
         assert!(v["paths"]["/tenants/{tenant_id}"]["get"].is_object());
+    }
+
+    /// Every parameter and request body of `input` survives utoipa's types unchanged.
+    #[test]
+    fn every_input_description_is_in_the_document_as_written() {
+        let editions = ["essentials", "pro"];
+        let v = serde_json::to_value(super::document_for(&editions)).expect("serializes");
+        let mut with_body = 0;
+        for (method, path, ..) in super::ROUTES {
+            let method = serde_json::to_value(method).expect("method");
+            let op = &v["paths"][*path][method.as_str().expect("str")];
+            let input = super::input(path, &editions);
+            assert_eq!(op["parameters"], input["parameters"], "{path}");
+            assert_eq!(op["requestBody"], input["requestBody"], "{path}");
+            with_body += usize::from(input.get("requestBody").is_some());
+            for name in path.split('{').skip(1).filter_map(|s| s.split('}').next()) {
+                let declared = op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && p["in"] == "path"));
+                assert!(declared, "{path}: path parameter {name} not declared");
+            }
+            if let Some(rs) = input["responses"].as_object() {
+                for (status, r) in rs {
+                    assert_eq!(
+                        op["responses"][status]["content"], r["content"],
+                        "{path} {status}"
+                    );
+                }
+            }
+        }
+        assert_eq!(with_body, 5);
+        let edition = &v["paths"]["/register-tenant"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["edition"];
+        assert_eq!(edition["enum"], serde_json::json!(["essentials", "pro"]));
     }
 }
