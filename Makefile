@@ -8,7 +8,7 @@
 #   make status      what is running
 #   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
 #   make bench       figures against this machine's ceilings (scripts/bench.sh), writes BENCHMARKS.md
-#   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, ≤ 10 min)
+#   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, ≤ 20 min)
 #   make fuzz        cargo-fuzz targets, FUZZ_SECONDS (300) each (fuzz/run.sh); see RELIABILITY.md
 #
 # Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # make soak: the longer, repeated versions of the reliability scenarios
 # (RELIABILITY.md), bounded: each step has its own time limit and the whole run stops
-# by itself within SOAK_BUDGET seconds (default 600). Needs `make up` (the stack's
+# by itself within SOAK_BUDGET seconds (default 1200). Needs `make up` (the stack's
 # gateway, Postgres, SMTP and S3). Figures are printed; a failed step fails the run.
 #
 #   R1   100 rounds of 50 concurrent redeems of one code over two gateways
-#   R2   reissue racing redeems, 100 trials
+#   R2   reissue racing redeems, 1,000 trials
+#   R3   connection cut after the commit, same-key retry, 100 trials
 #   R5   2,000 random tamper edits
-#   R8   guessing from 600 loopback sources (21,600 guesses)
+#   R8   100,000 guesses from one source and 100,000 from 1,000 loopback sources
 #   R13  mixed load on two gateways + two issuers, with the R10 secret scan
 #   R6   Postgres restarted (pg_ctl) under light load on the stack's gateway:
 #        no request half-done, recovery time reported
@@ -24,7 +25,7 @@ set -a
 . .dev/env
 set +a
 
-BUDGET="${SOAK_BUDGET:-600}"
+BUDGET="${SOAK_BUDGET:-1200}"
 START=$(date +%s)
 LOG_DIR="$(mktemp -d /tmp/alga-soak.XXXXXX)"
 SUMMARY="$LOG_DIR/summary.txt"
@@ -69,8 +70,10 @@ timeout 600 cargo test -q -p alga-gateway -p alga-audit --no-run >"$LOG_DIR/buil
 only() { [[ "$1" =~ ${SOAK_ONLY:-.} ]]; }
 only r1 && step r1 300 env ALGA_SOAK=100 ALGA_R1_REQUESTS="${SOAK_R1_REQUESTS:-50}" \
     "${GW_TEST[@]}" reliability::r1_ -- --nocapture
-only r2 && step r2 90 env ALGA_SOAK=4 "${GW_TEST[@]}" reliability::r2 -- --nocapture
-only r8 && step r8 120 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r8 -- --nocapture
+only r2 && step r2 420 env ALGA_SOAK="${SOAK_R2_SCALE:-40}" "${GW_TEST[@]}" reliability::r2 -- --nocapture
+only r3 && step r3 120 env ALGA_R3_TRIALS="${SOAK_R3_TRIALS:-100}" "${GW_TEST[@]}" cut_after_commit::r3_ -- --nocapture
+only r8 && step r8 480 env ALGA_R8_SINGLE="${SOAK_R8_SINGLE:-100000}" ALGA_R8_SOURCES="${SOAK_R8_SOURCES:-1000}" \
+    ALGA_R8_PER_SOURCE="${SOAK_R8_PER_SOURCE:-100}" "${GW_TEST[@]}" reliability::r8 -- --nocapture
 only r13 && step r13 60 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r13 -- --nocapture
 only r5 && step r5 120 env ALGA_SOAK=2 cargo test -q -p alga-audit --test it tamper_random -- --nocapture
 

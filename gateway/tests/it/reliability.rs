@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alga_protocol::{CodeId, InstallCode};
@@ -25,6 +27,14 @@ fn scale() -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 1000)
+}
+
+/// A count from the environment, else `default`.
+fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default)
 }
 
 fn register_body(a: &Appliance, code: &str) -> Value {
@@ -356,8 +366,11 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
 
     // Many sources: 127.1.x.y, `per_source` guesses each, half of them at the real
     // code id (wrong secret), half at random ids.
-    let sources = 200 * scale().min(5);
-    let per_source = 12 * scale().min(10);
+    // Sizes: scaled by ALGA_SOAK, or set exactly (the full run: 100,000 from one
+    // source and 1,000 sources × 100) with ALGA_R8_SOURCES, ALGA_R8_PER_SOURCE and
+    // ALGA_R8_SINGLE.
+    let sources = env_count("ALGA_R8_SOURCES", 200 * scale().min(5)).min(62_500);
+    let per_source = env_count("ALGA_R8_PER_SOURCE", 12 * scale().min(10));
     let mut hits = 0usize;
     let mut answered: Vec<usize> = Vec::new();
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
@@ -382,25 +395,40 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
             out
         }));
     }
-    // One source: 127.0.0.2, 5 × burst guesses at random ids.
+    // One source: 127.0.0.2, 5 × burst guesses at random ids (by default), sent by 8
+    // concurrent requesters sharing the source's address.
     let one = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     let mut one_answered = 0usize;
-    let single = 5 * usize::try_from(q.burst).unwrap_or(10) * scale().min(100);
-    for _ in 0..single {
-        let (st, v, _) = send(
-            one.post(s.url("/register"))
-                .json(&register_body(&a, &random_guess(None))),
-        )
-        .await;
-        *statuses.entry(st.as_u16()).or_default() += 1;
-        match st.as_u16() {
-            429 => {}
-            401 => {
-                assert_eq!(v["error"]["code"], "code_invalid");
-                one_answered += 1;
+    let single = env_count(
+        "ALGA_R8_SINGLE",
+        5 * usize::try_from(q.burst).unwrap_or(10) * scale().min(100),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let (one, next, url, a) = (one.clone(), next.clone(), s.url("/register"), a.clone());
+        senders.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < single {
+                let (st, v, _) =
+                    send(one.post(&url).json(&register_body(&a, &random_guess(None)))).await;
+                out.push((st.as_u16(), v["error"]["code"].as_str().map(str::to_owned)));
             }
-            200 => hits += 1,
-            other => panic!("R8: unexpected {other}: {v}"),
+            out
+        }));
+    }
+    for t in senders {
+        for (st, code) in t.await.expect("single-source sender") {
+            *statuses.entry(st).or_default() += 1;
+            match st {
+                429 => {}
+                401 => {
+                    assert_eq!(code.as_deref(), Some("code_invalid"));
+                    one_answered += 1;
+                }
+                200 => hits += 1,
+                other => panic!("R8: unexpected {other} ({code:?})"),
+            }
         }
     }
     for t in tasks {
