@@ -14,7 +14,7 @@ use alga_audit::{Action, Actor, NewRecord};
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
 
-use crate::db::GenericClient;
+use tokio_postgres::GenericClient;
 
 pub use alga_audit::actions;
 

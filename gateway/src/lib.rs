@@ -10,7 +10,8 @@
 //!   `reissue`, `check_in`, `tenants`, `revoke`; input parsing in `validate` and `csr`.
 //!   Each flow runs one transaction and writes its audit record inside it.
 //! - [`db`]: all SQL, one module per table group, generic over
-//!   `tokio_postgres::GenericClient` (pool connection or transaction alike).
+//!   `deadpool_postgres::GenericClient` (pool connection or transaction alike), every
+//!   statement prepared once per connection (`prepare_cached`).
 //! - [`auth`]: identity from the verified client certificate; [`server`]: the TLS
 //!   accept loop (ring provider only) and the live root set; [`keys`]: the issuer's
 //!   public keys cache (JWKS, appliance CA chain; refreshed for rotation).

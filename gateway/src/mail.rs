@@ -140,7 +140,7 @@ pub async fn first_attempt(app: &Arc<App>, mail_id: Uuid) -> MailState {
         tokio::spawn(async move {
             let claimed = async {
                 let conn = app.pool.get().await?;
-                outbox::claim_reserved(&**conn, mail_id, LEASE_SECS).await
+                outbox::claim_reserved(&conn, mail_id, LEASE_SECS).await
             }
             .await;
             let mail = match claimed {
@@ -202,7 +202,7 @@ async fn round(app: &App) -> Result<usize, db::DbError> {
     let due = {
         let mut conn = app.pool.get().await?;
         let tx = conn.transaction().await?;
-        let due = outbox::claim_due(&*tx, BATCH, LEASE_SECS).await?;
+        let due = outbox::claim_due(&tx, BATCH, LEASE_SECS).await?;
         tx.commit().await?;
         due
     };
@@ -323,7 +323,7 @@ async fn record(
     };
     let (held, label) = match &outcome {
         Outcome::Sent => {
-            let held = outbox::mark_sent(&*tx, m.mail_id, m.attempts).await?;
+            let held = outbox::mark_sent(&tx, m.mail_id, m.attempts).await?;
             if held {
                 audit::append(&*tx, base(actions::MAIL_SENT)?).await?;
             }
@@ -331,14 +331,14 @@ async fn record(
         }
         Outcome::Retry(reason) => {
             let delay = app.outbox.backoff(m.attempts);
-            let held = outbox::mark_retry(&*tx, m.mail_id, m.attempts, delay, reason).await?;
+            let held = outbox::mark_retry(&tx, m.mail_id, m.attempts, delay, reason).await?;
             if held {
                 tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, reason = %reason, retry_in_s = delay, "mail not sent; will retry");
             }
             (held, "retry")
         }
         Outcome::Failed(reason) => {
-            let held = outbox::mark_failed(&*tx, m.mail_id, m.attempts, reason).await?;
+            let held = outbox::mark_failed(&tx, m.mail_id, m.attempts, reason).await?;
             if held {
                 tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, reason = %reason, "mail given up");
                 audit::append(

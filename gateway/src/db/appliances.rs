@@ -63,11 +63,14 @@ fn from_row(r: &tokio_postgres::Row) -> Result<Appliance, DbError> {
 }
 
 /// Inserts the appliance a redemption creates.
-pub async fn insert(c: &(impl GenericClient + Sync), a: &NewAppliance<'_>) -> Result<(), DbError> {
+pub async fn insert(c: &impl GenericClient, a: &NewAppliance<'_>) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, \
+        &c.prepare_cached(
+            "INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, \
          public_key_fingerprint, credential_serial, credential_expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?,
         &[
             &a.appliance_id,
             &a.tenant_id,
@@ -84,13 +87,13 @@ pub async fn insert(c: &(impl GenericClient + Sync), a: &NewAppliance<'_>) -> Re
 }
 
 /// One appliance.
-pub async fn get(
-    c: &(impl GenericClient + Sync),
-    appliance_id: Uuid,
-) -> Result<Option<Appliance>, DbError> {
+pub async fn get(c: &impl GenericClient, appliance_id: Uuid) -> Result<Option<Appliance>, DbError> {
     let row = c
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1"),
+            &c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1"
+            ))
+            .await?,
             &[&appliance_id],
         )
         .await?;
@@ -99,12 +102,15 @@ pub async fn get(
 
 /// One appliance, locked for the rest of the transaction (check-in vs. revoke).
 pub async fn get_for_update(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     appliance_id: Uuid,
 ) -> Result<Option<Appliance>, DbError> {
     let row = c
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1 FOR UPDATE"),
+            &c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1 FOR UPDATE"
+            ))
+            .await?,
             &[&appliance_id],
         )
         .await?;
@@ -113,12 +119,12 @@ pub async fn get_for_update(
 
 /// The tenant's appliances, oldest first.
 pub async fn list_for_tenant(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
 ) -> Result<Vec<Appliance>, DbError> {
     let rows = c
         .query(
-            &format!("SELECT {COLUMNS} FROM appliances WHERE tenant_id = $1 ORDER BY created_at, appliance_id"),
+            &c.prepare_cached(&format!("SELECT {COLUMNS} FROM appliances WHERE tenant_id = $1 ORDER BY created_at, appliance_id")).await?,
             &[&tenant_id],
         )
         .await?;
@@ -127,13 +133,13 @@ pub async fn list_for_tenant(
 
 /// Records a new credential.
 pub async fn set_credential(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     appliance_id: Uuid,
     serial: &str,
     expires_at: OffsetDateTime,
 ) -> Result<(), DbError> {
     c.execute(
-        "UPDATE appliances SET credential_serial = $2, credential_expires_at = $3 WHERE appliance_id = $1",
+        &c.prepare_cached("UPDATE appliances SET credential_serial = $2, credential_expires_at = $3 WHERE appliance_id = $1").await?,
         &[&appliance_id, &serial, &expires_at],
     )
     .await?;
@@ -142,12 +148,15 @@ pub async fn set_credential(
 
 /// Records a check-in.
 pub async fn record_check_in(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     appliance_id: Uuid,
     version: &str,
 ) -> Result<(), DbError> {
     c.execute(
-        "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
+        &c.prepare_cached(
+            "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
+        )
+        .await?,
         &[&appliance_id, &version],
     )
     .await?;
@@ -155,11 +164,14 @@ pub async fn record_check_in(
 }
 
 /// Revokes an active appliance; `false` when it was already revoked.
-pub async fn revoke(c: &(impl GenericClient + Sync), appliance_id: Uuid) -> Result<bool, DbError> {
+pub async fn revoke(c: &impl GenericClient, appliance_id: Uuid) -> Result<bool, DbError> {
     let n = c
         .execute(
-            "UPDATE appliances SET state = 'revoked', revoked_at = now() \
+            &c.prepare_cached(
+                "UPDATE appliances SET state = 'revoked', revoked_at = now() \
              WHERE appliance_id = $1 AND state = 'active'",
+            )
+            .await?,
             &[&appliance_id],
         )
         .await?;
@@ -197,13 +209,10 @@ pub struct NewLicense<'a> {
 }
 
 /// Records an issued license.
-pub async fn insert_license(
-    c: &(impl GenericClient + Sync),
-    l: &NewLicense<'_>,
-) -> Result<(), DbError> {
+pub async fn insert_license(c: &impl GenericClient, l: &NewLicense<'_>) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &c.prepare_cached("INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
         &[
             &l.jti,
             &l.kid,

@@ -81,12 +81,15 @@ fn from_row(r: &tokio_postgres::Row) -> Result<CodeRow, DbError> {
 }
 
 /// Stores a freshly minted code's binding (state `unclaimed`).
-pub async fn insert(c: &(impl GenericClient + Sync), b: &CodeBinding) -> Result<(), DbError> {
+pub async fn insert(c: &impl GenericClient, b: &CodeBinding) -> Result<(), DbError> {
     let key_version = i32::try_from(b.key_version)
         .map_err(|_| DbError::Corrupt(format!("key version {} out of range", b.key_version)))?;
     c.execute(
-        "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) \
+        &c.prepare_cached(
+            "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) \
          VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?,
         &[
             &b.code_id.as_str(),
             &b.tenant_id,
@@ -100,13 +103,13 @@ pub async fn insert(c: &(impl GenericClient + Sync), b: &CodeBinding) -> Result<
 }
 
 /// The code with this id.
-pub async fn get(
-    c: &(impl GenericClient + Sync),
-    code_id: &CodeId,
-) -> Result<Option<CodeRow>, DbError> {
+pub async fn get(c: &impl GenericClient, code_id: &CodeId) -> Result<Option<CodeRow>, DbError> {
     let row = c
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM install_codes WHERE code_id = $1"),
+            &c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM install_codes WHERE code_id = $1"
+            ))
+            .await?,
             &[&code_id.as_str()],
         )
         .await?;
@@ -115,14 +118,14 @@ pub async fn get(
 
 /// The tenant's codes, newest first.
 pub async fn list_for_tenant(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
 ) -> Result<Vec<CodeRow>, DbError> {
     let rows = c
         .query(
-            &format!(
+            &c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM install_codes WHERE tenant_id = $1 ORDER BY created_at DESC, code_id"
-            ),
+            )).await?,
             &[&tenant_id],
         )
         .await?;
@@ -134,7 +137,7 @@ pub async fn list_for_tenant(
 /// One statement: concurrent redeems of one code serialize on the row, and exactly one
 /// sees a row back.
 pub async fn consume(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     b: &CodeBinding,
     appliance_id: Uuid,
     key_fingerprint: &str,
@@ -143,11 +146,14 @@ pub async fn consume(
         .map_err(|_| DbError::Corrupt(format!("key version {} out of range", b.key_version)))?;
     let row = c
         .query_opt(
-            "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
+            &c.prepare_cached(
+                "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
              consumer_key_fingerprint = $3, appliance_id = $4 \
              WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
              AND key_version = $7 AND state = 'unclaimed' AND expires_at > now() \
              RETURNING consumed_at",
+            )
+            .await?,
             &[
                 &b.code_id.as_str(),
                 &b.tenant_id,
@@ -164,13 +170,16 @@ pub async fn consume(
 
 /// Revokes every unclaimed code of the tenant; returns their ids.
 pub async fn revoke_unclaimed(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
 ) -> Result<Vec<String>, DbError> {
     let rows = c
         .query(
-            "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
+            &c.prepare_cached(
+                "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
              WHERE tenant_id = $1 AND state = 'unclaimed' RETURNING code_id",
+            )
+            .await?,
             &[&tenant_id],
         )
         .await?;

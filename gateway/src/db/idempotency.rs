@@ -12,14 +12,17 @@ pub struct Stored {
 
 /// The record of `(caller, key)`.
 pub async fn get(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     caller: &str,
     key: &str,
 ) -> Result<Option<Stored>, DbError> {
     let row = c
         .query_opt(
-            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+            &c.prepare_cached(
+                "SELECT request_hash, response_status, response_body FROM idempotency_keys \
              WHERE caller = $1 AND key = $2",
+            )
+            .await?,
             &[&caller, &key],
         )
         .await?;
@@ -37,7 +40,7 @@ pub async fn get(
 
 /// Stores the response; `false` when a concurrent request stored one first.
 pub async fn insert(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     caller: &str,
     key: &str,
     request_hash: &str,
@@ -47,8 +50,8 @@ pub async fn insert(
     let status = i16::try_from(status).map_err(|_| DbError::Corrupt(format!("status {status}")))?;
     let n = c
         .execute(
-            "INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &c.prepare_cached("INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING").await?,
             &[&caller, &key, &request_hash, &status, body],
         )
         .await?;

@@ -2,6 +2,11 @@
 //! client so it runs on a pooled connection or inside a transaction alike. Nothing
 //! outside `db` writes SQL (the audit append is the audit crate's SQL, called through
 //! `crate::audit`).
+//!
+//! Every statement goes through `prepare_cached`: parsed and planned once per pooled
+//! connection, then one round trip (Bind/Execute) per call instead of two
+//! (Parse/Describe, then Bind/Execute). Named prepared statements need a session: with
+//! PgBouncer, use session pooling (or 1.21+ with `max_prepared_statements`).
 
 pub mod appliances;
 pub mod codes;
@@ -15,7 +20,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::NoTls;
 
-pub use tokio_postgres::GenericClient;
+pub use deadpool_postgres::GenericClient;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]

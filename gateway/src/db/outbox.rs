@@ -43,7 +43,7 @@ pub struct Mail {
 /// first attempt is [`claim_reserved`] right after the commit, and no worker claims
 /// it before the reservation ends (a request that dies leaves it to the workers).
 pub async fn enqueue(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     code_id: &str,
     tenant_id: Uuid,
     recipient: &str,
@@ -52,8 +52,8 @@ pub async fn enqueue(
 ) -> Result<Uuid, DbError> {
     let mail_id = Uuid::now_v7();
     c.execute(
-        "INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        &c.prepare_cached("INSERT INTO mail_outbox (mail_id, code_id, tenant_id, recipient, kind, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))").await?,
         &[
             &mail_id,
             &code_id,
@@ -69,14 +69,17 @@ pub async fn enqueue(
 
 /// The tenant's mail, newest first.
 pub async fn list_for_tenant(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
 ) -> Result<Vec<Mail>, DbError> {
     let rows = c
         .query(
-            "SELECT mail_id, code_id, kind, state, attempts, created_at, sent_at, \
+            &c.prepare_cached(
+                "SELECT mail_id, code_id, kind, state, attempts, created_at, sent_at, \
              CASE WHEN state = 'queued' THEN next_attempt_at END, last_error FROM mail_outbox \
              WHERE tenant_id = $1 ORDER BY created_at DESC, mail_id",
+            )
+            .await?,
             &[&tenant_id],
         )
         .await?;
@@ -97,13 +100,13 @@ pub async fn list_for_tenant(
 }
 
 /// Whether the mail of `code_id` went out.
-pub async fn sent_for_code(
-    c: &(impl GenericClient + Sync),
-    code_id: &str,
-) -> Result<bool, DbError> {
+pub async fn sent_for_code(c: &impl GenericClient, code_id: &str) -> Result<bool, DbError> {
     let row = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
+            &c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
+            )
+            .await?,
             &[&code_id],
         )
         .await?;
@@ -135,13 +138,13 @@ const CLAIMED: &str = "m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, 
 /// `next_attempt_at` moves `lease_secs` ahead), so another worker skips it while this
 /// one sends. `FOR UPDATE SKIP LOCKED`: several gateways share the outbox.
 pub async fn claim_due(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     limit: i64,
     lease_secs: f64,
 ) -> Result<Vec<DueMail>, DbError> {
     let rows = c
         .query(
-            &format!(
+            &c.prepare_cached(&format!(
                 "WITH due AS ( \
                    SELECT mail_id FROM mail_outbox \
                    WHERE state = 'queued' AND next_attempt_at <= now() \
@@ -152,7 +155,8 @@ pub async fn claim_due(
                  WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
                    AND t.tenant_id = m.tenant_id \
                  RETURNING {CLAIMED}"
-            ),
+            ))
+            .await?,
             &[&limit, &lease_secs],
         )
         .await?;
@@ -164,20 +168,21 @@ pub async fn claim_due(
 /// `attempts`) can never both hold it. The row lock serializes the two claims; the
 /// loser sees `attempts = 1` and gets nothing. Leases it like [`claim_due`].
 pub async fn claim_reserved(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     mail_id: Uuid,
     lease_secs: f64,
 ) -> Result<Option<DueMail>, DbError> {
     let row = c
         .query_opt(
-            &format!(
+            &c.prepare_cached(&format!(
                 "UPDATE mail_outbox m SET attempts = m.attempts + 1, \
                    next_attempt_at = now() + make_interval(secs => $2) \
                  FROM install_codes c, tenants t \
                  WHERE m.mail_id = $1 AND m.state = 'queued' AND m.attempts = 0 \
                    AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id \
                  RETURNING {CLAIMED}"
-            ),
+            ))
+            .await?,
             &[&mail_id, &lease_secs],
         )
         .await?;
@@ -220,14 +225,17 @@ fn due_mail(r: &tokio_postgres::Row) -> Result<DueMail, DbError> {
 
 /// Marks a mail sent; `false` when the claim `attempt` no longer holds it.
 pub async fn mark_sent(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     mail_id: Uuid,
     attempt: i32,
 ) -> Result<bool, DbError> {
     let n = c
         .execute(
-            "UPDATE mail_outbox SET state = 'sent', sent_at = now(), last_error = NULL \
+            &c.prepare_cached(
+                "UPDATE mail_outbox SET state = 'sent', sent_at = now(), last_error = NULL \
              WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            )
+            .await?,
             &[&mail_id, &attempt],
         )
         .await?;
@@ -237,7 +245,7 @@ pub async fn mark_sent(
 /// Schedules another attempt after `delay_secs`, keeping the (secret-free) reason;
 /// `false` when the claim `attempt` no longer holds the mail.
 pub async fn mark_retry(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     mail_id: Uuid,
     attempt: i32,
     delay_secs: f64,
@@ -245,8 +253,11 @@ pub async fn mark_retry(
 ) -> Result<bool, DbError> {
     let n = c
         .execute(
-            "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $3), \
+            &c.prepare_cached(
+                "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $3), \
              last_error = $4 WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            )
+            .await?,
             &[&mail_id, &attempt, &delay_secs, &reason],
         )
         .await?;
@@ -255,15 +266,18 @@ pub async fn mark_retry(
 
 /// Gives up on a mail; `false` when the claim `attempt` no longer holds it.
 pub async fn mark_failed(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     mail_id: Uuid,
     attempt: i32,
     reason: &str,
 ) -> Result<bool, DbError> {
     let n = c
         .execute(
-            "UPDATE mail_outbox SET state = 'failed', last_error = $3 \
+            &c.prepare_cached(
+                "UPDATE mail_outbox SET state = 'failed', last_error = $3 \
              WHERE mail_id = $1 AND state = 'queued' AND attempts = $2",
+            )
+            .await?,
             &[&mail_id, &attempt, &reason],
         )
         .await?;

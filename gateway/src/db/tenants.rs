@@ -39,13 +39,16 @@ pub struct Entitlement {
 }
 
 /// Inserts a tenant; `None` when one with the same company + contact exists.
-pub async fn insert(c: &(impl GenericClient + Sync), t: &NewTenant<'_>) -> Result<bool, DbError> {
+pub async fn insert(c: &impl GenericClient, t: &NewTenant<'_>) -> Result<bool, DbError> {
     let n = c
         .execute(
-            "INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
+            &c.prepare_cached(
+                "INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
              contact_email, contact_email_normalized, edition) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT ON CONSTRAINT tenants_company_contact_unique DO NOTHING",
+            )
+            .await?,
             &[
                 &t.tenant_id,
                 &t.company,
@@ -62,14 +65,17 @@ pub async fn insert(c: &(impl GenericClient + Sync), t: &NewTenant<'_>) -> Resul
 
 /// The tenant with this normalized company + contact email.
 pub async fn find_by_company_contact(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     company_normalized: &str,
     email_normalized: &str,
 ) -> Result<Option<Uuid>, DbError> {
     let row = c
         .query_opt(
-            "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
+            &c.prepare_cached(
+                "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
              AND contact_email_normalized = $2",
+            )
+            .await?,
             &[&company_normalized, &email_normalized],
         )
         .await?;
@@ -78,14 +84,17 @@ pub async fn find_by_company_contact(
 
 /// Tenant ids whose contact email (normalized) is `email`, at most `limit`.
 pub async fn ids_by_contact_email(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     email_normalized: &str,
     limit: i64,
 ) -> Result<Vec<Uuid>, DbError> {
     let rows = c
         .query(
-            "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1 \
+            &c.prepare_cached(
+                "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1 \
              ORDER BY created_at LIMIT $2",
+            )
+            .await?,
             &[&email_normalized, &limit],
         )
         .await?;
@@ -96,28 +105,30 @@ pub async fn ids_by_contact_email(
 /// ones cannot both leave an unclaimed code. A transaction-scoped advisory lock: the
 /// runtime role has no UPDATE on `tenants`, which `SELECT … FOR UPDATE` would need.
 /// `false` when there is no such tenant.
-pub async fn lock(c: &(impl GenericClient + Sync), tenant_id: Uuid) -> Result<bool, DbError> {
+pub async fn lock(c: &impl GenericClient, tenant_id: Uuid) -> Result<bool, DbError> {
     let key = tenant_id.to_string();
     c.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &c.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await?,
         &[&key],
     )
     .await?;
     let row = c
-        .query_opt("SELECT 1 FROM tenants WHERE tenant_id = $1", &[&tenant_id])
+        .query_opt(
+            &c.prepare_cached("SELECT 1 FROM tenants WHERE tenant_id = $1")
+                .await?,
+            &[&tenant_id],
+        )
         .await?;
     Ok(row.is_some())
 }
 
 /// One tenant.
-pub async fn get(
-    c: &(impl GenericClient + Sync),
-    tenant_id: Uuid,
-) -> Result<Option<Tenant>, DbError> {
+pub async fn get(c: &impl GenericClient, tenant_id: Uuid) -> Result<Option<Tenant>, DbError> {
     let row = c
         .query_opt(
-            "SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
-             FROM tenants WHERE tenant_id = $1",
+            &c.prepare_cached("SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
+             FROM tenants WHERE tenant_id = $1").await?,
             &[&tenant_id],
         )
         .await?;
@@ -143,13 +154,16 @@ pub async fn get(
 
 /// Inserts the tenant's entitlement.
 pub async fn insert_entitlement(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
     e: &Entitlement,
 ) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
+        &c.prepare_cached(
+            "INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
          VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?,
         &[&tenant_id, &e.edition, &e.paid, &e.features, &e.seats],
     )
     .await?;
@@ -158,12 +172,15 @@ pub async fn insert_entitlement(
 
 /// The tenant's entitlement.
 pub async fn entitlement(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     tenant_id: Uuid,
 ) -> Result<Option<Entitlement>, DbError> {
     let row = c
         .query_opt(
-            "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1",
+            &c.prepare_cached(
+                "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1",
+            )
+            .await?,
             &[&tenant_id],
         )
         .await?;

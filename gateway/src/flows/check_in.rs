@@ -70,20 +70,20 @@ async fn check_in_inner(
     let csr = csr_pem.map(Csr::parse).transpose()?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
-    let appliance = appliances::get_for_update(&*tx, id.appliance_id)
+    let appliance = appliances::get_for_update(&tx, id.appliance_id)
         .await?
         .filter(|a| a.tenant_id == id.tenant_id)
         .ok_or(ApiError::ApplianceNotFound)?;
     if appliance.revoked {
         return Err(ApiError::ApplianceRevoked);
     }
-    let tenant = tenants::get(&*tx, id.tenant_id)
+    let tenant = tenants::get(&tx, id.tenant_id)
         .await?
         .ok_or(ApiError::ApplianceNotFound)?;
     if tenant.suspended {
         return Err(ApiError::TenantSuspended);
     }
-    let entitlement = tenants::entitlement(&*tx, id.tenant_id)
+    let entitlement = tenants::entitlement(&tx, id.tenant_id)
         .await?
         .ok_or_else(|| ApiError::internal("tenant without entitlement"))?;
     let edition = app
@@ -118,7 +118,7 @@ async fn check_in_inner(
             )
             .await
             .map_err(issuer_error)?;
-        appliances::set_credential(&*tx, id.appliance_id, &c.serial, c.expires_at).await?;
+        appliances::set_credential(&tx, id.appliance_id, &c.serial, c.expires_at).await?;
         serial = Some(c.serial.clone());
         credential = Some(Credential {
             certificate: c.certificate_pem,
@@ -126,7 +126,7 @@ async fn check_in_inner(
             expires_at: c.expires_at,
         });
     }
-    appliances::record_check_in(&*tx, id.appliance_id, version.as_str()).await?;
+    appliances::record_check_in(&tx, id.appliance_id, version.as_str()).await?;
     let mut record = ctx
         .record(actions::APPLIANCE_CHECK_IN)?
         .tenant(id.tenant_id)

@@ -110,7 +110,7 @@ async fn redeem_verified_input(
             .get()
             .await
             .map_err(|e| (db::DbError::from(e).into(), None))?;
-        db::codes::get(&**conn, &code_id)
+        db::codes::get(&conn, &code_id)
             .await
             .map_err(|e| (e.into(), None))?
     };
@@ -152,13 +152,13 @@ async fn consume(
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
     let appliance_id = Uuid::new_v4();
-    let consumed = db::codes::consume(&*tx, b, appliance_id, csr.fingerprint()).await?;
+    let consumed = db::codes::consume(&tx, b, appliance_id, csr.fingerprint()).await?;
 
     let (appliance_id, reason) = if consumed.is_some() {
         (appliance_id, LicenseReason::Redeem)
     } else {
         // Classify on the current row (the binding verified, so the caller may know).
-        let now_row = db::codes::get(&*tx, &b.code_id)
+        let now_row = db::codes::get(&tx, &b.code_id)
             .await?
             .ok_or(ApiError::CodeInvalid)?;
         if now_row.binding != *b {
@@ -176,7 +176,7 @@ async fn consume(
                 // A retry re-issues the appliance's license and credential: never for an
                 // appliance revoked since (locked, as check-in does, against a racing
                 // revoke). For that caller the code is simply used.
-                let revoked = appliances::get_for_update(&*tx, id)
+                let revoked = appliances::get_for_update(&tx, id)
                     .await?
                     .is_none_or(|a| a.revoked);
                 if revoked {
@@ -195,7 +195,7 @@ async fn consume(
 
     if reason == LicenseReason::Redeem {
         appliances::insert(
-            &*tx,
+            &tx,
             &NewAppliance {
                 appliance_id,
                 tenant_id: b.tenant_id,
@@ -220,7 +220,7 @@ async fn consume(
             reason,
         )
         .await?;
-        appliances::set_credential(&*tx, appliance_id, &c.1, c.0.expires_at).await?;
+        appliances::set_credential(&tx, appliance_id, &c.1, c.0.expires_at).await?;
         (Some(l), Some(c))
     } else {
         (None, None)
@@ -321,7 +321,7 @@ async fn record_license(
     reason: LicenseReason,
 ) -> Result<(License, String), ApiError> {
     appliances::insert_license(
-        &**tx,
+        tx,
         &NewLicense {
             jti: l.jti,
             kid: &l.kid,

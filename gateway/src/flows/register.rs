@@ -108,14 +108,14 @@ pub async fn register_tenant(
 
 async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiError> {
     let conn = app.pool.get().await.map_err(db::DbError::from)?;
-    match db::idempotency::get(&**conn, &i.caller, &i.key).await? {
+    match db::idempotency::get(&conn, &i.caller, &i.key).await? {
         None => Ok(None),
         Some(s) if s.request_hash == i.body_hash => {
             let mut body = s.body;
             // The stored response says `queued` (it was written before the first
             // attempt); the mail may have gone out since.
             if let Some(code_id) = body["install_code"]["code_id"].as_str() {
-                let sent = db::outbox::sent_for_code(&**conn, code_id).await?;
+                let sent = db::outbox::sent_for_code(&conn, code_id).await?;
                 body["email"]["status"] = serde_json::json!(if sent {
                     MailState::Sent
                 } else {
@@ -183,7 +183,7 @@ async fn register_once(
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
     let inserted = tenants::insert(
-        &*tx,
+        &tx,
         &tenants::NewTenant {
             tenant_id,
             company: reg.company.as_str(),
@@ -196,13 +196,13 @@ async fn register_once(
     )
     .await?;
     if !inserted {
-        let existing = tenants::find_by_company_contact(&*tx, &company_norm, &email_norm)
+        let existing = tenants::find_by_company_contact(&tx, &company_norm, &email_norm)
             .await?
             .ok_or_else(|| ApiError::internal("tenant conflict without a tenant"))?;
         return Err(ApiError::TenantExists(existing));
     }
     tenants::insert_entitlement(
-        &*tx,
+        &tx,
         tenant_id,
         &tenants::Entitlement {
             edition: edition.name.clone(),
@@ -246,7 +246,7 @@ async fn register_once(
     )
     .await?;
     if let Some(i) = idem
-        && !db::idempotency::insert(&*tx, &i.caller, &i.key, &i.body_hash, 201, &storable(&body))
+        && !db::idempotency::insert(&tx, &i.caller, &i.key, &i.body_hash, 201, &storable(&body))
             .await?
     {
         // Someone committed this key first: ours rolls back, theirs is the answer.
@@ -296,13 +296,13 @@ pub(crate) async fn issue_code(
             "issuer minted a code for another binding",
         ));
     }
-    db::codes::insert(&**tx, &binding).await?;
+    db::codes::insert(tx, &binding).await?;
     let link = app
         .presigner
         .presign(ctx.now, app.policy.download_link_ttl)
         .map_err(ApiError::internal)?;
     let mail_id = db::outbox::enqueue(
-        &**tx,
+        tx,
         binding.code_id.as_str(),
         tenant_id,
         recipient,

@@ -52,7 +52,7 @@ async fn reissue_inner(
     let tenant_id = match target {
         TenantRef::Id(id) => *id,
         TenantRef::ContactEmail(email) => {
-            let ids = tenants::ids_by_contact_email(&*tx, &email.normalized(), 2).await?;
+            let ids = tenants::ids_by_contact_email(&tx, &email.normalized(), 2).await?;
             match ids.as_slice() {
                 [] => return Err(ApiError::TenantNotFound),
                 [one] => *one,
@@ -61,17 +61,17 @@ async fn reissue_inner(
         }
     };
     tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
-    if !tenants::lock(&*tx, tenant_id).await? {
+    if !tenants::lock(&tx, tenant_id).await? {
         return Err(ApiError::TenantNotFound);
     }
-    let tenant = tenants::get(&*tx, tenant_id)
+    let tenant = tenants::get(&tx, tenant_id)
         .await?
         .ok_or(ApiError::TenantNotFound)?;
-    let entitlement = tenants::entitlement(&*tx, tenant_id)
+    let entitlement = tenants::entitlement(&tx, tenant_id)
         .await?
         .ok_or_else(|| ApiError::internal("tenant without entitlement"))?;
 
-    let revoked = db::codes::revoke_unclaimed(&*tx, tenant_id).await?;
+    let revoked = db::codes::revoke_unclaimed(&tx, tenant_id).await?;
     for code_id in &revoked {
         audit::append(
             &*tx,

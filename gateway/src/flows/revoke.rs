@@ -36,10 +36,10 @@ pub async fn revoke(
     let result: Result<Revoked, ApiError> = async {
         let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
         let tx = conn.transaction().await.map_err(db::DbError::from)?;
-        let a = appliances::get_for_update(&*tx, appliance_id)
+        let a = appliances::get_for_update(&tx, appliance_id)
             .await?
             .ok_or(ApiError::ApplianceNotFound)?;
-        let changed = appliances::revoke(&*tx, appliance_id).await?;
+        let changed = appliances::revoke(&tx, appliance_id).await?;
         if changed {
             let mut record = ctx
                 .record(actions::APPLIANCE_REVOKE)?
@@ -50,7 +50,7 @@ pub async fn revoke(
             }
             audit::append(&*tx, record).await?;
         }
-        let after = appliances::get(&*tx, appliance_id)
+        let after = appliances::get(&tx, appliance_id)
             .await?
             .ok_or(ApiError::ApplianceNotFound)?;
         tx.commit().await.map_err(db::DbError::from)?;

@@ -93,7 +93,7 @@ pub struct MailView {
 /// Reads a tenant (no audit record: reads are not state changes).
 pub async fn get(app: &App, tenant_id: Uuid) -> Result<TenantView, ApiError> {
     let conn = app.pool.get().await.map_err(db::DbError::from)?;
-    let c = &**conn;
+    let c = &conn;
     let t = tenants::get(c, tenant_id)
         .await?
         .ok_or(ApiError::TenantNotFound)?;

@@ -325,33 +325,36 @@ async fn outbox_claims_are_exclusive_and_marks_are_fenced() {
         .replace_nanosecond(0)
         .expect("ns")
         + time::Duration::days(1);
-    let other = crate::harness::connect(&{
+    // Two pooled connections, as the gateway's db layer takes them.
+    let pool = {
         let mut c: tokio_postgres::Config = dev().var("DATABASE_URL").parse().expect("url");
         c.dbname(&s.db);
-        c
-    })
-    .await;
+        let manager = deadpool_postgres::Manager::from_config(
+            c,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(2)
+            .build()
+            .expect("pool")
+    };
+    let admin = pool.get().await.expect("connection");
+    let other = pool.get().await.expect("connection");
     for _ in 0..5 {
         let (code_id, _) = s.mint_raw(tenant, "essentials", expires).await;
         let to = recipient();
-        let id = outbox::enqueue(
-            &s.admin,
-            &code_id,
-            tenant,
-            &to,
-            MailKind::Registration,
-            120.0,
-        )
-        .await
-        .expect("enqueue");
-        // Reserved for its request: no worker claims it.
-        let due = outbox::claim_due(&s.admin, 100, 120.0)
+        let id = outbox::enqueue(&admin, &code_id, tenant, &to, MailKind::Registration, 120.0)
             .await
-            .expect("claim");
+            .expect("enqueue");
+        // Reserved for its request: no worker claims it.
+        let due = outbox::claim_due(&admin, 100, 120.0).await.expect("claim");
         assert!(due.iter().all(|m| m.mail_id != id));
         // Two first-attempt claims at once (two connections): exactly one holds it.
         let (a, b) = tokio::join!(
-            outbox::claim_reserved(&s.admin, id, 120.0),
+            outbox::claim_reserved(&admin, id, 120.0),
             outbox::claim_reserved(&other, id, 120.0)
         );
         let held: Vec<_> = [a.expect("claim a"), b.expect("claim b")]
@@ -362,7 +365,7 @@ async fn outbox_claims_are_exclusive_and_marks_are_fenced() {
         assert_eq!(held[0].attempts, 1);
         // Leased: still nobody else.
         assert!(
-            outbox::claim_reserved(&s.admin, id, 120.0)
+            outbox::claim_reserved(&admin, id, 120.0)
                 .await
                 .expect("claim")
                 .is_none()
@@ -370,10 +373,10 @@ async fn outbox_claims_are_exclusive_and_marks_are_fenced() {
         let due = outbox::claim_due(&other, 100, 120.0).await.expect("claim");
         assert!(due.iter().all(|m| m.mail_id != id));
         // A stale claim (another attempt number) changes nothing; the holder's does.
-        assert!(!outbox::mark_sent(&s.admin, id, 0).await.expect("mark"));
-        assert!(outbox::mark_sent(&s.admin, id, 1).await.expect("mark"));
+        assert!(!outbox::mark_sent(&admin, id, 0).await.expect("mark"));
+        assert!(outbox::mark_sent(&admin, id, 1).await.expect("mark"));
         assert!(
-            !outbox::mark_failed(&s.admin, id, 1, "late")
+            !outbox::mark_failed(&admin, id, 1, "late")
                 .await
                 .expect("mark")
         );
