@@ -105,6 +105,12 @@ fn hsm() -> Hsm {
     .clone()
 }
 
+/// The process's HSM pool, shared by every issuer of this process (R6 pulls its
+/// sessions with `Hsm::invalidate_sessions_for_test`; only in a process of its own).
+pub fn hsm_handle() -> Hsm {
+    hsm()
+}
+
 /// Everything the process logged (every test's stack shares it), for secret scans.
 static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 

@@ -7,6 +7,7 @@ mod audit;
 mod check_in;
 mod cut_after_commit;
 mod explain;
+mod hsm_session_loss;
 mod mail;
 mod ops;
 mod redeem;

@@ -7,7 +7,9 @@
 //! Recovery: when a job fails with [`HsmError::SessionLost`] (session closed or
 //! invalid, user logged out, handle invalid, device error, token removed), the worker
 //! drops its session and handle cache, opens a new session, logs in, resolves the
-//! handles again and retries the job once. A second failure goes back to the caller;
+//! handles again and retries the job once. A key of the inventory not found in a
+//! session that looked logged in counts as a lost login too (the login can be pulled
+//! between the check and the search). A second failure goes back to the caller;
 //! the next job starts by reopening. The process never needs a restart for it.
 
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use cryptoki::session::{Session, SessionState};
 use secrecy::SecretString;
 
 use super::error::{HsmError, map_cryptoki};
-use super::objects::{ecdsa_sign, find_signing_key, hmac_sha256};
+use super::objects::{ecdsa_sign, find_signing_key, hmac_sha256, kid};
 use super::token::Token;
 use crate::keyring::KeyKind;
 
@@ -110,7 +112,21 @@ impl Worker {
                         rv: "the session is not logged in".into(),
                     });
                 }
-                let key = find_signing_key(session, kind, version)?;
+                // `Hsm` submits jobs only for keys of its inventory, all found on the
+                // token at open. Not finding one now means the login was pulled between
+                // the check above and the search (another session's `C_Login` may even
+                // have restored it since): recover and retry like any lost login, never
+                // report a missing key (an internal error). A key really gone from the
+                // token fails the retry too and reaches the caller as "HSM unavailable".
+                let key = match find_signing_key(session, kind, version) {
+                    Err(HsmError::UnknownKey { .. }) => {
+                        return Err(HsmError::SessionLost {
+                            function: "C_FindObjects".into(),
+                            rv: format!("{} not found: the login was lost", kid(kind, version)),
+                        });
+                    }
+                    other => other?,
+                };
                 self.handles.insert((kind, version), key);
                 key
             }
