@@ -10,6 +10,7 @@
 #   R5   2,000 random tamper edits
 #   R8   100,000 guesses from one source and 100,000 from 1,000 loopback sources
 #   R13  mixed load on two gateways + two issuers, with the R10 secret scan
+#   R7   schemathesis from /openapi.json, long mode (store and auditor identities)
 #   R6   HSM sessions pulled three times under 400 mixed requests (own process);
 #   R6   Postgres restarted (pg_ctl) under light load on the stack's gateway:
 #        no request half-done, recovery time reported
@@ -78,6 +79,9 @@ only r8 && step r8 480 env ALGA_R8_SINGLE="${SOAK_R8_SINGLE:-100000}" ALGA_R8_SO
 only r13 && step r13 60 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r13 -- --nocapture
 only r6_hsm && step r6_hsm 180 env ALGA_R6_REQUESTS="${SOAK_R6_REQUESTS:-400}" "${GW_TEST[@]}" hsm_session_loss::r6_ -- --nocapture
 only r5 && step r5 120 env ALGA_SOAK=2 cargo test -q -p alga-audit --test it tamper_random -- --nocapture
+
+# R7's API part: schemathesis from the gateway's /openapi.json (store, then auditor).
+only schemathesis && step schemathesis 300 env SCHEMATHESIS_MODE=long bash scripts/schemathesis.sh
 
 # ------------------------------------------------------------------------- R6: pg_ctl
 r6_pg_restart() {

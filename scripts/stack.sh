@@ -68,7 +68,7 @@ else
     BIN_DIR="$ROOT/target/debug"
 fi
 
-DEB_PACKAGES=(softhsm2 opensc postgresql python3-aiosmtpd openssl nginx apache2-utils curl gettext-base jq)
+DEB_PACKAGES=(softhsm2 opensc postgresql python3-aiosmtpd python3-venv openssl nginx apache2-utils curl gettext-base jq)
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -310,6 +310,7 @@ cmd_deps() {
     say "checking dependencies"
     install_debs
     install_s3s_fs
+    bash "$ROOT/scripts/schemathesis.sh" --install-only
     DEPS_CHECKED=1
 }
 
@@ -1028,6 +1029,8 @@ cmd_test() {
         cd "$ROOT"
         exec cargo test --workspace --no-fail-fast
     )
+    TEST_PHASE="R7 schemathesis against the stack's gateway (scripts/schemathesis.sh, fast mode)"
+    SCHEMATHESIS_MODE=fast bash "$ROOT/scripts/schemathesis.sh"
     TEST_PHASE="benchmark smoke run (scripts/bench.sh --smoke: the harness runs; no timing asserted)"
     bash "$ROOT/scripts/bench.sh" --smoke
 }
