@@ -20,12 +20,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::harness::{Appliance, Stack, connect, dev, send};
+use crate::harness::{Appliance, Stack, connect, dev, redeem_body, send};
 
 /// Every wait of this test is bounded by one of these.
 const REQUEST_BOUND: Duration = Duration::from_secs(60);
@@ -245,14 +244,7 @@ async fn relay(
     }
 }
 
-fn register_body(a: &Appliance, code: &str) -> Value {
-    json!({
-        "install_code": code, "csr": a.csr_pem,
-        "appliance": {"hostname": "appliance-r3", "version": "1.0.0"}
-    })
-}
-
-/// R3: `ALGA_R3_TRIALS` (default 100) redeems whose connection is cut after the commit
+/// R3: `ALGA_R3_TRIALS` (default 25; `make soak` 100) redeems whose connection is cut after the commit
 /// and before the response; each is retried with the same code and key. Every retry
 /// recovers the same tenant and appliance, no code ever gets a second appliance, and
 /// another key still gets `code_already_used`.
@@ -297,7 +289,7 @@ async fn r3_connection_cut_after_commit_then_same_key_retry_recovers_without_dup
             REQUEST_BOUND,
             s.anon()
                 .post(proxy.url("/register"))
-                .json(&register_body(&a, &code))
+                .json(&redeem_body(&a, &code))
                 .send(),
         )
         .await;
@@ -345,7 +337,7 @@ async fn r3_connection_cut_after_commit_then_same_key_retry_recovers_without_dup
         let (st, v, _) = send(
             s.anon()
                 .post(proxy.url("/register"))
-                .json(&register_body(&a, &code)),
+                .json(&redeem_body(&a, &code)),
         )
         .await;
         let appliance_in_db: Option<Uuid> = s

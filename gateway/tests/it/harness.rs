@@ -866,11 +866,11 @@ impl Stack {
 
     /// Redeems `code` with `a`'s key.
     pub async fn redeem_as(&self, code: &str, a: &Appliance) -> (StatusCode, Value) {
-        let (s, v, _) = send(self.anon().post(self.url("/register")).json(&json!({
-            "install_code": code,
-            "csr": a.csr_pem,
-            "appliance": {"hostname": "appliance-1", "version": "1.0.0"},
-        })))
+        let (s, v, _) = send(
+            self.anon()
+                .post(self.url("/register"))
+                .json(&redeem_body(a, code)),
+        )
         .await;
         (s, v)
     }
@@ -878,6 +878,36 @@ impl Stack {
     pub async fn count(&self, sql: &str) -> i64 {
         self.admin.query_one(sql, &[]).await.expect("count").get(0)
     }
+
+    /// Waits (at most 20 s) until the sequencer has chained every audit event, asserts
+    /// it did, and returns how many records the chain holds.
+    pub async fn wait_until_all_chained(&self) -> i64 {
+        let mut chained = (0, 0);
+        for _ in 0..200 {
+            chained = (
+                self.count("SELECT count(*) FROM audit_events").await,
+                self.count("SELECT count(*) FROM audit_chain").await,
+            );
+            if chained.0 == chained.1 {
+                return chained.1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            chained.0, chained.1,
+            "every audit event chained within 20 s"
+        );
+        chained.1
+    }
+}
+
+/// The body of `POST /register` (redeem) for `code` with the appliance's CSR.
+pub fn redeem_body(a: &Appliance, code: &str) -> Value {
+    json!({
+        "install_code": code,
+        "csr": a.csr_pem,
+        "appliance": {"hostname": "appliance-1", "version": "1.0.0"},
+    })
 }
 
 /// A second issuer and gateway started by [`Stack::start_pair`].

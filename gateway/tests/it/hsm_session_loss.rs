@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::{
-    Appliance, Opts, SmtpSink, Stack, captured_logs, connect, dev, hsm_handle, send,
+    Appliance, Opts, SmtpSink, Stack, captured_logs, connect, dev, hsm_handle, redeem_body, send,
 };
 
 /// Set in the child process that runs the test body.
@@ -156,13 +156,6 @@ fn storm() -> Option<Duration> {
 
 fn recipient() -> String {
     format!("r6-{}@mail.test", Uuid::new_v4().simple())
-}
-
-fn redeem_body(a: &Appliance, code: &str) -> Value {
-    json!({
-        "install_code": code, "csr": a.csr_pem,
-        "appliance": {"hostname": "r6", "version": "1"}
-    })
 }
 
 fn register_body(company: &str, email: &str) -> Value {
@@ -597,18 +590,7 @@ async fn body() {
     );
 
     // ---- the audit chain: every record chained, verified with the issuer's audit keys.
-    let mut chained = (0, 0);
-    for _ in 0..200 {
-        chained = (
-            s.count("SELECT count(*) FROM audit_events").await,
-            s.count("SELECT count(*) FROM audit_chain").await,
-        );
-        if chained.0 == chained.1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(chained.0, chained.1, "every audit record chained");
+    let chained = s.wait_until_all_chained().await;
     let (st, keys, _) = send(s.auditor().get(s.url("/audit/keys"))).await;
     assert_eq!(st, 200, "{keys}");
     let keys = alga_audit::AuditKeys::parse(&keys.to_string()).expect("audit keys");
@@ -631,7 +613,7 @@ async fn body() {
         "the audit chain verifies: {:?}",
         report.first_damage()
     );
-    assert_eq!(report.records, u64::try_from(chained.1).expect("count"));
+    assert_eq!(report.records, u64::try_from(chained).expect("count"));
 
     let mut latencies: Vec<Duration> = done.iter().map(|d| d.end - d.start).collect();
     latencies.sort();

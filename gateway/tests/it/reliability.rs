@@ -18,7 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Appliance, Opts, Stack, captured_logs, dev, ring, send};
+use crate::harness::{Appliance, Opts, Stack, captured_logs, dev, redeem_body, ring, send};
 
 /// The soak multiplier (`ALGA_SOAK`, default 1, at most 1000).
 fn scale() -> usize {
@@ -35,13 +35,6 @@ fn env_count(var: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(default)
-}
-
-fn register_body(a: &Appliance, code: &str) -> Value {
-    json!({
-        "install_code": code, "csr": a.csr_pem,
-        "appliance": {"hostname": "h", "version": "1"}
-    })
 }
 
 // ------------------------------------------------------------------------------ R1
@@ -74,10 +67,9 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
         let warm: Vec<_> = (0..64)
             .map(|i| {
                 let gw = if i % 2 == 0 { &s.gw } else { &pair.gw };
-                let rb = client.post(format!("{gw}/register")).json(&register_body(
-                    &appliances[0],
-                    &random_guess(Some(&code_id)),
-                ));
+                let rb = client
+                    .post(format!("{gw}/register"))
+                    .json(&redeem_body(&appliances[0], &random_guess(Some(&code_id))));
                 tokio::spawn(async move { send(rb).await.0 })
             })
             .collect();
@@ -93,7 +85,7 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
                 let gw = if i % 2 == 0 { &s.gw } else { &pair.gw };
                 let rb = client
                     .post(format!("{gw}/register"))
-                    .json(&register_body(a, &code));
+                    .json(&redeem_body(a, &code));
                 tokio::spawn(async move { send(rb).await })
             })
             .collect();
@@ -147,7 +139,7 @@ async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
         let redeem = send(
             s.anon()
                 .post(s.url("/register"))
-                .json(&register_body(&a, &code)),
+                .json(&redeem_body(&a, &code)),
         );
         let reissue = send(
             s.store()
@@ -411,7 +403,7 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
             let mut out = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < single {
                 let (st, v, _) =
-                    send(one.post(&url).json(&register_body(&a, &random_guess(None)))).await;
+                    send(one.post(&url).json(&redeem_body(&a, &random_guess(None)))).await;
                 out.push((st.as_u16(), v["error"]["code"].as_str().map(str::to_owned)));
             }
             out
@@ -474,12 +466,12 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
         let cb = client_from(IpAddr::V4(Ipv4Addr::new(127, 2, i, 2)));
         let unknown = comparable(
             ca.post(s.url("/register"))
-                .json(&register_body(&a, &random_guess(None))),
+                .json(&redeem_body(&a, &random_guess(None))),
         )
         .await;
         let wrong = comparable(
             cb.post(s.url("/register"))
-                .json(&register_body(&a, &random_guess(Some(&code_id2)))),
+                .json(&redeem_body(&a, &random_guess(Some(&code_id2)))),
         )
         .await;
         assert_eq!(unknown.0, 401, "{unknown:?}");
@@ -558,7 +550,7 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
                 send(
                     client
                         .post(format!("{}/register", gws[i % 2]))
-                        .json(&register_body(a, &code)),
+                        .json(&redeem_body(a, &code)),
                 )
             });
             let results = futures::future::join_all(futs).await;
@@ -575,7 +567,7 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
                 let (st, v, _) = send(
                     client
                         .post(format!("{}/register", gws[1]))
-                        .json(&register_body(a, &code)),
+                        .json(&redeem_body(a, &code)),
                 )
                 .await;
                 out.push((st.as_u16() + 1000, v));
@@ -624,18 +616,7 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
 
     // One chain: every event sequenced once, seq 1..n gap-free, each prev_hash the
     // previous hash.
-    let mut chained = (0, 0);
-    for _ in 0..200 {
-        chained = (
-            s.count("SELECT count(*) FROM audit_events").await,
-            s.count("SELECT count(*) FROM audit_chain").await,
-        );
-        if chained.0 == chained.1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(chained.0, chained.1, "every event chained");
+    let chained = s.wait_until_all_chained().await;
     let forks = s
         .count(
             "SELECT count(*) FROM (SELECT seq, prev_hash, lag(hash) OVER (ORDER BY seq) AS h, \
@@ -647,13 +628,13 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
     let distinct = s
         .count("SELECT count(DISTINCT event_id) FROM audit_chain")
         .await;
-    assert_eq!(distinct, chained.1);
+    assert_eq!(distinct, chained);
     println!(
         "R13: {tenants} tenants over 2 gateways + 2 issuers in {:?}: statuses {statuses:?} \
          (1200 = retry with the winner's key, 2200 = check-in); {} audit events in one chain, \
          0 forks",
         started.elapsed(),
-        chained.1
+        chained
     );
 
     // R10: scan the process's logs and a dump of every table for every secret used.
