@@ -4,12 +4,18 @@
 //! {"type":"header","format":"alga-license/audit-export/v1","exported_at":…,"head_seq":…,"filter":{…}}
 //! {"type":"checkpoint","sequence":…,"head_hash":…,"signed_at":…,"kid":…,"signature":…}   (all, oldest first)
 //! {"type":"record","seq":…,"event_id":…,"prev_hash":…,"hash":…,"chained_at":…,"record":{canonical bytes}}
+//! {"type":"record","seq":…,"event_id":…,"prev_hash":…,"hash":…,"chained_at":…,"record_hex":"…"}   (damaged: stored bytes not JSON)
 //! ```
 //!
 //! The `record` value is the stored canonical bytes, verbatim: a verifier hashes the
 //! bytes of the line, so an export that was re-formatted (pretty-printed, keys
-//! re-ordered) no longer verifies, as it should.
+//! re-ordered) no longer verifies, as it should. Stored bytes that are not a one-line
+//! JSON object (a damaged record) are exported as `record_hex` instead, so the export
+//! never refuses: the verifier hashes the decoded bytes and names the record
+//! ([`DamageKind::Malformed`] "stored record is not canonical JSON", and
+//! [`DamageKind::Modified`] if its hash does not match).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -248,11 +254,23 @@ pub fn verify_export(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
                             CheckpointSource::External,
                         );
                     }
+                    if let Some(why) = &r.hex_finding {
+                        v.report(
+                            DamageKind::Malformed,
+                            Some(r.seq),
+                            format!(
+                                "record {}: stored record is not canonical JSON ({} bytes, \
+                                 line {line_no} as record_hex: {why})",
+                                r.seq,
+                                r.record.len()
+                            ),
+                        );
+                    }
                     v.push(Entry {
                         seq: r.seq,
                         prev_hash: r.prev,
                         hash: r.hash,
-                        record: Some(r.record),
+                        record: Some(&r.record),
                         self_ok: Some(r.self_ok),
                     });
                 }
@@ -348,8 +366,12 @@ struct RecordLine<'a> {
     seq: u64,
     prev: [u8; 32],
     hash: [u8; 32],
-    record: &'a [u8],
+    /// The record's bytes: borrowed from a `record` line, decoded from `record_hex`.
+    record: Cow<'a, [u8]>,
     self_ok: bool,
+    /// For a `record_hex` line (always a finding): why its bytes are not a canonical
+    /// record.
+    hex_finding: Option<String>,
 }
 
 #[derive(Debug)]
@@ -440,18 +462,27 @@ fn parse_line(line: &[u8]) -> Parsed<'_> {
         None => None,
     };
     match fields {
-        Some((seq, prev, hash, record)) => Parsed::Record(RecordLine {
-            seq,
-            prev,
-            hash,
-            record,
-            self_ok: chain_hash(&prev, seq, record) == hash,
-        }),
+        Some((seq, prev, hash, record)) => {
+            let hex_finding = match &record {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(bytes) => Some(crate::verify::not_canonical_reason(bytes)),
+            };
+            Parsed::Record(RecordLine {
+                seq,
+                prev,
+                hash,
+                self_ok: chain_hash(&prev, seq, &record) == hash,
+                record,
+                hex_finding,
+            })
+        }
         None => Parsed::Other(line),
     }
 }
 
-type Fields<'a> = (u64, [u8; 32], [u8; 32], &'a [u8]);
+/// A record line's fields: seq, prev_hash, hash and the record's bytes (borrowed from
+/// a `record` line, decoded from a `record_hex` one).
+type Fields<'a> = (u64, [u8; 32], [u8; 32], Cow<'a, [u8]>);
 
 /// The layout this crate writes, field by field, without a JSON parser.
 fn fast_record(line: &[u8]) -> Option<Fields<'_>> {
@@ -465,21 +496,32 @@ fn fast_record(line: &[u8]) -> Option<Fields<'_>> {
     let (hash, rest) = hex32(rest)?;
     let rest = rest.strip_prefix(b"\",\"chained_at\":\"")?;
     let q = rest.iter().position(|b| *b == b'"')?;
-    let rest = rest[q..].strip_prefix(b"\",\"record\":")?;
-    let record = rest.strip_suffix(b"}")?;
-    if !record.starts_with(b"{") || !record.ends_with(b"}") {
-        return None;
+    let rest = rest[q..].strip_prefix(b"\",\"record")?;
+    if let Some(rest) = rest.strip_prefix(b"\":") {
+        let record = rest.strip_suffix(b"}")?;
+        if !record.starts_with(b"{") || !record.ends_with(b"}") {
+            return None;
+        }
+        return Some((seq, prev, hash, Cow::Borrowed(record)));
     }
-    Some((seq, prev, hash, record))
+    let digits = rest.strip_prefix(b"_hex\":\"")?.strip_suffix(b"\"}")?;
+    let record = hex::decode(digits).ok()?;
+    Some((seq, prev, hash, Cow::Owned(record)))
 }
 
 fn contains_record_type(line: &[u8]) -> bool {
     line.windows(15).any(|w| w == b"\"type\":\"record\"")
 }
 
-/// Any other JSON layout of a record line; the record's bytes are still taken
-/// verbatim from the line.
+/// Any other JSON layout of a record line (keys in another order, as `algactl`
+/// writes them); the record's bytes are still taken verbatim from the line, or
+/// decoded from `record_hex`. Exactly one of `record` and `record_hex` must be there.
 fn slow_record(line: &[u8]) -> Option<Fields<'_>> {
+    /// `Some` for any value present, `null` included (`"record":null` is the 4 bytes
+    /// `null`, not an absent record).
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&'de RawValue>::deserialize(d).map(Some)
+    }
     #[derive(Deserialize)]
     struct Line<'a> {
         #[serde(rename = "type")]
@@ -487,8 +529,10 @@ fn slow_record(line: &[u8]) -> Option<Fields<'_>> {
         seq: u64,
         prev_hash: &'a str,
         hash: &'a str,
-        #[serde(borrow)]
-        record: &'a RawValue,
+        #[serde(default, borrow, deserialize_with = "present")]
+        record: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        record_hex: Option<Cow<'a, str>>,
     }
     let l: Line<'_> = serde_json::from_slice(line).ok()?;
     if l.kind != "record" {
@@ -496,10 +540,16 @@ fn slow_record(line: &[u8]) -> Option<Fields<'_>> {
     }
     let (prev, _) = hex32(l.prev_hash.as_bytes())?;
     let (hash, _) = hex32(l.hash.as_bytes())?;
-    let raw = l.record.get().as_bytes();
-    // `raw` borrows from `line`: find it there to return a slice of the line.
-    let offset = (raw.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
-    let record = line.get(offset..offset + raw.len())?;
+    let record = match (l.record, l.record_hex) {
+        (Some(raw), None) => {
+            let raw = raw.get().as_bytes();
+            // `raw` borrows from `line`: find it there to return a slice of the line.
+            let offset = (raw.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+            Cow::Borrowed(line.get(offset..offset + raw.len())?)
+        }
+        (None, Some(digits)) => Cow::Owned(hex::decode(digits.as_bytes()).ok()?),
+        _ => return None,
+    };
     Some((l.seq, prev, hash, record))
 }
 
@@ -522,4 +572,214 @@ fn hex32(s: &[u8]) -> Option<([u8; 32], &[u8])> {
 /// Formats a canonical time (for tables).
 pub fn display_time(t: OffsetDateTime) -> String {
     canonical::format_time(t)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail by panicking
+mod tests {
+    use super::*;
+    use crate::canonical::GENESIS_PREV_HASH;
+    use crate::checkpoint::AuditKeys;
+    use crate::store::{ChainedRecord, EventId};
+    use time::macros::datetime;
+
+    /// Test vector 1 of `FORMAT.md`.
+    const VECTOR_1: &[u8] = br#"{"action":"code.redeem","actor":{"identity":null,"role":"anonymous"},"details":{},"outcome":{"status":"success"},"request_id":null,"source":null,"subjects":{},"tenant_id":null,"time":"2025-01-01T00:00:00.000000Z","v":1}"#;
+
+    /// Stored bytes that cannot go into a line verbatim: not UTF-8, not JSON, not an
+    /// object, space around it, a line break inside, nothing at all.
+    const ODD: &[&[u8]] = &[
+        b"\xff\xfe{\"action\":\"code.redeem\"}",
+        b"{\"action\":\"code.redeem\",",
+        b"[1,2,3]",
+        b"null",
+        b"{\"v\":1} ",
+        b" {\"v\":1}",
+        b"{\"v\":\n1}",
+        b"{\"v\":\r1}",
+        b"",
+        b"{\"a\":\"\x00\"}",
+    ];
+
+    fn chained(seq: u64, prev: [u8; 32], bytes: &[u8]) -> ChainedRecord {
+        ChainedRecord {
+            seq,
+            event_id: EventId(100 + seq as i64),
+            prev_hash: prev,
+            hash: chain_hash(&prev, seq, bytes),
+            chained_at: datetime!(2025-01-01 00:00:01 UTC),
+            canonical: bytes.to_vec(),
+        }
+    }
+
+    fn parsed(line: &[u8]) -> RecordLine<'_> {
+        match parse_line(line) {
+            Parsed::Record(r) => r,
+            other => panic!("not a record line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_canonical_record_keeps_the_verbatim_line_byte_for_byte() {
+        let r = chained(1, GENESIS_PREV_HASH, VECTOR_1);
+        let line = r.to_json_line().unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"type\":\"record\",\"seq\":1,\"event_id\":101,\"prev_hash\":\"{}\",\
+                 \"hash\":\"591deee4a90dc82e1bd562a60c88e68e942d9a01900c6d5562a7a9019524db87\",\
+                 \"chained_at\":\"2025-01-01T00:00:01.000000Z\",\"record\":{}}}",
+                "0".repeat(64),
+                std::str::from_utf8(VECTOR_1).unwrap()
+            )
+        );
+        assert!(r.is_verbatim());
+        let p = parsed(line.as_bytes());
+        assert!(matches!(p.record, Cow::Borrowed(_)), "fast path, borrowed");
+        assert_eq!((&*p.record, p.self_ok, p.seq), (VECTOR_1, true, 1));
+        assert!(p.hex_finding.is_none());
+    }
+
+    #[test]
+    fn record_hex_lines_round_trip_the_stored_bytes() {
+        let prev = [7u8; 32];
+        for (i, bytes) in ODD.iter().enumerate() {
+            let r = chained(5, prev, bytes);
+            assert!(!r.is_verbatim(), "case {i}");
+            let line = r.to_json_line().unwrap();
+            assert!(
+                !line.contains('\n') && !line.contains('\r'),
+                "case {i}: {line}"
+            );
+            assert!(
+                line.ends_with(&format!(",\"record_hex\":\"{}\"}}", hex::encode(bytes))),
+                "case {i}: {line}"
+            );
+            assert!(line.starts_with(std::str::from_utf8(RECORD_PREFIX).unwrap()));
+            // The fast path (this crate's layout) reads the bytes back.
+            let p = parsed(line.as_bytes());
+            assert!(
+                fast_record(line.as_bytes()).is_some(),
+                "case {i}: fast path"
+            );
+            assert_eq!(
+                (&*p.record, p.self_ok, p.seq, p.prev),
+                (*bytes, true, 5, prev)
+            );
+            let why = p.hex_finding.as_deref().unwrap();
+            assert!(!why.is_empty(), "case {i}");
+            // Any other layout too (algactl writes the API's items with sorted keys).
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let resorted = serde_json::to_string(&v).unwrap();
+            assert!(resorted.starts_with("{\"chained_at\":"), "{resorted}");
+            assert!(fast_record(resorted.as_bytes()).is_none());
+            let p = parsed(resorted.as_bytes());
+            assert_eq!(
+                (&*p.record, p.self_ok),
+                (*bytes, true),
+                "case {i}: slow path"
+            );
+            assert!(p.hex_finding.is_some());
+        }
+    }
+
+    #[test]
+    fn record_lines_with_both_or_neither_form_or_bad_hex_are_not_in_the_format() {
+        let r = chained(3, GENESIS_PREV_HASH, VECTOR_1);
+        let line = r.to_json_line().unwrap();
+        let both = line.replacen("\"record\":", "\"record_hex\":\"00\",\"record\":", 1);
+        let neither = line.replacen("\"record\":", "\"rec\":", 1);
+        let odd = chained(3, GENESIS_PREV_HASH, b"\xff")
+            .to_json_line()
+            .unwrap();
+        let bad_hex = odd.replace("\"ff\"", "\"fg\"");
+        let odd_length = odd.replace("\"ff\"", "\"fff\"");
+        for l in [both, neither, bad_hex, odd_length] {
+            assert!(matches!(parse_line(l.as_bytes()), Parsed::Bad(_)), "{l}");
+        }
+        // `"record":null` is the four bytes `null`, as before (not an absent record).
+        let null = line.replacen(
+            &format!("\"record\":{}", std::str::from_utf8(VECTOR_1).unwrap()),
+            "\"record\":null",
+            1,
+        );
+        assert_eq!(&*parsed(null.as_bytes()).record, b"null");
+    }
+
+    fn opts() -> VerifyOptions {
+        VerifyOptions {
+            keys: AuditKeys::default(),
+            external_checkpoints: Vec::new(),
+            now: datetime!(2025-01-02 00:00:00 UTC),
+            unchained_alarm_after: time::Duration::seconds(30),
+        }
+    }
+
+    /// An export of `records` as this crate writes it.
+    fn export_file(dir: &Path, records: &[ChainedRecord]) -> std::path::PathBuf {
+        let header = ExportHeader {
+            kind: "header".into(),
+            format: EXPORT_FORMAT.into(),
+            exported_at: datetime!(2025-01-02 00:00:00 UTC),
+            head_seq: records.last().map_or(0, |r| r.seq),
+            filter: ExportFilter::default(),
+        };
+        let mut out = Vec::new();
+        write_json_line(&mut out, &header).unwrap();
+        for r in records {
+            write_json_line(&mut out, r).unwrap();
+        }
+        let path = dir.join("export.jsonl");
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    fn chain(bytes: &[&[u8]]) -> Vec<ChainedRecord> {
+        let mut prev = GENESIS_PREV_HASH;
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let r = chained(i as u64 + 1, prev, b);
+                prev = r.hash;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_over_odd_bytes_links_and_names_only_the_odd_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = chain(&[VECTOR_1, b"\xff not json", VECTOR_1]);
+        let r = verify_export(&export_file(dir.path(), &records), &opts()).unwrap();
+        assert_eq!((r.records, r.last_seq), (3, Some(3)));
+        assert_eq!(r.head_hash, Some(hex::encode(records[2].hash)));
+        assert_eq!(r.findings.len(), 1, "{r:#?}");
+        let f = &r.findings[0];
+        assert_eq!((f.kind, f.seq), (DamageKind::Malformed, Some(2)));
+        assert_eq!(
+            f.detail,
+            "record 2: stored record is not canonical JSON \
+             (10 bytes, line 3 as record_hex: expected value at line 1 column 1)"
+        );
+    }
+
+    #[test]
+    fn odd_bytes_that_no_longer_match_their_hash_are_modified_then_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut records = chain(&[VECTOR_1, VECTOR_1, VECTOR_1, VECTOR_1]);
+        // Record 3's stored bytes damaged after chaining: a byte no longer UTF-8.
+        records[2].canonical[10] ^= 0x80;
+        let r = verify_export(&export_file(dir.path(), &records), &opts()).unwrap();
+        let found: Vec<_> = r.findings.iter().map(|f| (f.kind, f.seq)).collect();
+        assert_eq!(
+            found,
+            vec![
+                (DamageKind::Modified, Some(3)),
+                (DamageKind::Malformed, Some(3))
+            ],
+            "{r:#?}"
+        );
+        assert_eq!(r.records, 4);
+    }
 }

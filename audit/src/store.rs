@@ -72,15 +72,40 @@ impl ChainedRecord {
     }
 
     /// The export line of this record (see `FORMAT.md`): the canonical bytes appear
-    /// verbatim as the `record` value.
+    /// verbatim as the `record` value, or, when they are not a one-line JSON object
+    /// (damaged), in lowercase hex as `record_hex`. Never re-encodes.
     pub fn to_json_line(&self) -> Result<String, AuditError> {
         serde_json::to_string(self).map_err(|e| AuditError::Corrupt(e.to_string()))
     }
+
+    /// Whether the stored bytes go into an export line verbatim (`"record":…`) rather
+    /// than in hex (`"record_hex":…`); see [`verbatim_json`].
+    pub fn is_verbatim(&self) -> bool {
+        verbatim_json(&self.canonical).is_some()
+    }
+}
+
+/// The stored bytes as a JSON value to embed verbatim in an export line, if they can
+/// be: UTF-8 text of exactly one JSON object, with no space before or after it and no
+/// line break (CR or LF) anywhere, so that the line stays one line and a verifier
+/// reads back exactly these bytes. Every canonical record qualifies; anything else is
+/// exported as `record_hex` (see `FORMAT.md`).
+pub(crate) fn verbatim_json(bytes: &[u8]) -> Option<&RawValue> {
+    if bytes.first() != Some(&b'{') || bytes.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw: &RawValue = serde_json::from_str(text).ok()?;
+    (raw.get().len() == text.len()).then_some(raw)
 }
 
 /// `{"type":"record","seq":…,"event_id":…,"prev_hash":hex,"hash":hex,"chained_at":…,
 /// "record":{canonical bytes verbatim}}`: the export line and the `GET /audit/events`
-/// item. Fails (never re-encodes) if the stored bytes are not JSON.
+/// item. Stored bytes that cannot be embedded verbatim ([`verbatim_json`]: not UTF-8
+/// JSON, not an object, spaces around it, a line break) end the line with
+/// `"record_hex":"<lowercase hex of the stored bytes>"` instead of `"record":…`, so
+/// a damaged record is still exported, losslessly, for a verifier to name. Never
+/// re-encodes, never fails.
 impl Serialize for ChainedRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -94,23 +119,39 @@ impl Serialize for ChainedRecord {
             chained_at: String,
             record: &'a RawValue,
         }
-        let text = std::str::from_utf8(&self.canonical).map_err(serde::ser::Error::custom)?;
-        let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
-        if raw.get().len() != text.len() {
-            return Err(serde::ser::Error::custom(
-                "record bytes have surrounding space",
-            ));
+        #[derive(Serialize)]
+        struct HexLine {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            seq: u64,
+            event_id: i64,
+            prev_hash: String,
+            hash: String,
+            chained_at: String,
+            record_hex: String,
         }
-        Line {
-            kind: "record",
-            seq: self.seq,
-            event_id: self.event_id.0,
-            prev_hash: hex::encode(self.prev_hash),
-            hash: hex::encode(self.hash),
-            chained_at: canonical::format_time(self.chained_at),
-            record: raw,
+        match verbatim_json(&self.canonical) {
+            Some(raw) => Line {
+                kind: "record",
+                seq: self.seq,
+                event_id: self.event_id.0,
+                prev_hash: hex::encode(self.prev_hash),
+                hash: hex::encode(self.hash),
+                chained_at: canonical::format_time(self.chained_at),
+                record: raw,
+            }
+            .serialize(s),
+            None => HexLine {
+                kind: "record",
+                seq: self.seq,
+                event_id: self.event_id.0,
+                prev_hash: hex::encode(self.prev_hash),
+                hash: hex::encode(self.hash),
+                chained_at: canonical::format_time(self.chained_at),
+                record_hex: hex::encode(&self.canonical),
+            }
+            .serialize(s),
         }
-        .serialize(s)
     }
 }
 

@@ -18,7 +18,7 @@
 //! | [`Rewritten`](DamageKind::Rewritten) | consistent chain, but a signed head differs: rewritten and recomputed |
 //! | [`BadCheckpointSignature`](DamageKind::BadCheckpointSignature) | a checkpoint whose signature does not verify |
 //! | [`Unchained`](DamageKind::Unchained) | (database) a committed record left unchained longer than the policy's bound |
-//! | [`Malformed`](DamageKind::Malformed) | unreadable data, or indexed columns that disagree with the record |
+//! | [`Malformed`](DamageKind::Malformed) | unreadable data; a stored record that is not canonical JSON (not a one-line JSON object: exported as `record_hex`), reported beside the chain walk's finding at its sequence |
 //!
 //! After a finding the walker re-synchronises on the stored hashes, so later, separate
 //! damage is reported too, and one damage is reported once.
@@ -672,9 +672,14 @@ impl ChainVerifier {
             self.report.last_good_checkpoint = Some(e.seq);
         } else {
             let from = self.last_matched + 1;
+            // A finding about a record's bytes alone (not canonical JSON) says nothing
+            // about the hashes a checkpoint signs: it explains no mismatch.
             let explained = self.report.findings.iter().any(|f| {
                 f.seq.is_some_and(|q| q >= from && q <= e.seq)
-                    && f.kind != DamageKind::BadCheckpointSignature
+                    && !matches!(
+                        f.kind,
+                        DamageKind::BadCheckpointSignature | DamageKind::Malformed
+                    )
             });
             if explained {
                 // Damage already reported in this stretch accounts for the mismatch.
@@ -776,7 +781,18 @@ pub async fn verify_database(
             let action: String = row.try_get(4)?;
             let tenant: Option<Uuid> = row.try_get(5)?;
             let at: OffsetDateTime = row.try_get(6)?;
-            if !columns_agree(bytes, &action, tenant, at) {
+            if store::verbatim_json(bytes).is_none() {
+                // What an export of it says too (its `record_hex` line).
+                v.report(
+                    DamageKind::Malformed,
+                    Some(seq),
+                    format!(
+                        "record {seq}: stored record is not canonical JSON ({} bytes: {})",
+                        bytes.len(),
+                        not_canonical_reason(bytes)
+                    ),
+                );
+            } else if !columns_agree(bytes, &action, tenant, at) {
                 v.report(
                     DamageKind::Modified,
                     Some(seq),
@@ -827,6 +843,17 @@ pub async fn verify_database(
     }
     tx.commit().await?;
     Ok(v.finish())
+}
+
+/// Why bytes that cannot be exported verbatim are not a canonical record.
+pub(crate) fn not_canonical_reason(bytes: &[u8]) -> String {
+    match crate::record::Record::from_canonical(bytes) {
+        Err(AuditError::Corrupt(why)) => why
+            .strip_prefix("record is not canonical JSON: ")
+            .map_or(why.clone(), str::to_owned),
+        Err(e) => e.to_string(),
+        Ok(_) => "a canonical record in hex: the format writes it as `record`".into(),
+    }
 }
 
 /// Do the filter columns say what the record says?

@@ -393,3 +393,165 @@ async fn tampered_export_files_are_named() {
     check("renumbered", l, DamageKind::Reordered, 12);
     log.db.drop_db().await;
 }
+
+/// The stored record bytes at `seq`.
+async fn stored_bytes(owner: &tokio_postgres::Client, seq: i64) -> Vec<u8> {
+    owner
+        .query_one(
+            "SELECT e.record FROM audit_chain c JOIN audit_events e ON e.id = c.event_id WHERE c.seq = $1",
+            &[&seq],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn has_not_canonical(r: &VerifyReport, seq: u64) -> bool {
+    r.findings.iter().any(|f| {
+        f.kind == DamageKind::Malformed
+            && f.seq == Some(seq)
+            && f.detail.contains("stored record is not canonical JSON")
+    })
+}
+
+/// RELIABILITY finding 1: a record whose stored bytes are no longer JSON (a byte that
+/// is not UTF-8) is exported as a `record_hex` line instead of making the export
+/// refuse, and the offline verifier names it like the database verification does.
+#[tokio::test]
+async fn a_record_no_longer_json_is_exported_in_hex_and_named_offline() {
+    let mut log = build().await;
+    log.tamper(&format!(
+        "UPDATE audit_events SET record = overlay(record placing '\\xff'::bytea from 60 for 1) WHERE id = {EVENT_17}"
+    ))
+    .await;
+    let stored = stored_bytes(&log.owner, 17).await;
+    assert!(std::str::from_utf8(&stored).is_err());
+    let opts = verify_options(log.keys.clone());
+
+    let from_db = verify_database(&mut log.owner, &opts).await.unwrap();
+    assert_first(&from_db, DamageKind::Modified, 17, "database");
+    assert!(has_not_canonical(&from_db, 17), "{from_db:#?}");
+
+    // What `GET /audit/events` serves: the gateway puts `list_events` through
+    // `serde_json::json!` (`to_value`), which used to fail on this record.
+    let page = alga_audit::list_events(
+        &log.owner,
+        &alga_audit::EventQuery {
+            after_seq: 16,
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let items = serde_json::to_value(&page).unwrap();
+    assert_eq!(items[0]["record_hex"], hex::encode(&stored));
+    assert!(items[0].get("record").is_none());
+    assert_eq!(items[1]["record"]["v"], 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.jsonl");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let summary = alga_audit::export(
+        &mut log.owner,
+        &ExportFilter::default(),
+        OffsetDateTime::now_utc(),
+        &mut file,
+    )
+    .await
+    .expect("the export no longer refuses");
+    drop(file);
+    assert_eq!(summary.records, 40);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<&str> = text.lines().skip(5).collect();
+    assert_eq!(records.len(), 40);
+    for (i, line) in records.iter().enumerate() {
+        if i + 1 == 17 {
+            assert!(
+                line.ends_with(&format!(",\"record_hex\":\"{}\"}}", hex::encode(&stored))),
+                "{line}"
+            );
+        } else {
+            assert!(line.contains(",\"record\":{\"action\":"), "{line}");
+        }
+    }
+    let from_export = verify_export(&path, &opts).unwrap();
+    assert_first(&from_export, DamageKind::Modified, 17, "export");
+    assert!(has_not_canonical(&from_export, 17), "{from_export:#?}");
+    assert!(
+        from_export.findings.iter().all(|f| f.seq == Some(17)),
+        "one damage, reported at 17 only: {from_export:#?}"
+    );
+    assert_eq!(from_export.records, 40);
+    assert_eq!(from_export.checkpoints_matched, 4);
+    log.db.drop_db().await;
+}
+
+/// A forger who stores non-JSON bytes at 17 and recomputes every later hash: the
+/// export still carries the bytes (in hex), the chain over them links, the checkpoint
+/// at 20 names the rewrite, and the record is named as not canonical JSON.
+#[tokio::test]
+async fn a_rechained_record_that_is_not_json_links_and_is_named() {
+    let mut log = build().await;
+    let odd: &[u8] = b"\x00\xffnot json at all\n";
+    let mut prev = log.hash_at(16).await;
+    let mut sql = format!(
+        "UPDATE audit_events SET record = '\\x{}' WHERE id = {EVENT_17};",
+        hex::encode(odd)
+    );
+    for seq in 17..=40i64 {
+        let bytes = if seq == 17 {
+            odd.to_vec()
+        } else {
+            stored_bytes(&log.owner, seq).await
+        };
+        let h = chain_hash(&prev, seq as u64, &bytes);
+        sql.push_str(&format!(
+            "UPDATE audit_chain SET prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq};",
+            hex::encode(prev),
+            hex::encode(h)
+        ));
+        prev = h;
+    }
+    log.tamper(&sql).await;
+    let opts = verify_options(log.keys.clone());
+    let from_db = verify_database(&mut log.owner, &opts).await.unwrap();
+    assert!(has_not_canonical(&from_db, 17), "{from_db:#?}");
+    assert!(
+        !from_db
+            .findings
+            .iter()
+            .any(|f| f.kind == DamageKind::Modified),
+        "every hash links: {from_db:#?}"
+    );
+    assert_first(&from_db, DamageKind::Rewritten, 11, "database");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.jsonl");
+    let mut file = std::fs::File::create(&path).unwrap();
+    alga_audit::export(
+        &mut log.owner,
+        &ExportFilter::default(),
+        OffsetDateTime::now_utc(),
+        &mut file,
+    )
+    .await
+    .unwrap();
+    drop(file);
+    let from_export = verify_export(&path, &opts).unwrap();
+    assert_first(&from_export, DamageKind::Rewritten, 11, "export");
+    assert!(has_not_canonical(&from_export, 17), "{from_export:#?}");
+    let found: Vec<_> = from_export
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.seq))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (DamageKind::Rewritten, Some(11)),
+            (DamageKind::Malformed, Some(17))
+        ],
+        "{from_export:#?}"
+    );
+    log.db.drop_db().await;
+}
