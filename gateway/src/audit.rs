@@ -135,7 +135,7 @@ pub async fn events(
     limit: Option<i64>,
     tenant_id: Option<uuid::Uuid>,
     action: Option<&str>,
-) -> Result<serde_json::Value, crate::error::ApiError> {
+) -> Result<EventsPage, crate::error::ApiError> {
     let (after_seq, limit) = page(after, limit)?;
     let action = action.map(Action::new).transpose().map_err(|_| {
         let mut fields = std::collections::BTreeMap::new();
@@ -156,8 +156,19 @@ pub async fn events(
     let records = alga_audit::list_events(&**conn, &q)
         .await
         .map_err(crate::error::ApiError::internal)?;
-    let next = records.last().map(|r| r.seq);
-    Ok(serde_json::json!({ "events": records, "next_after": next }))
+    let next_after = records.last().map(|r| r.seq);
+    Ok(EventsPage {
+        events: records,
+        next_after,
+    })
+}
+
+/// A page of `GET /audit/events`. Serialized as it is (never through a
+/// `serde_json::Value`), so each record's stored bytes reach the auditor verbatim.
+#[derive(Debug, serde::Serialize)]
+pub struct EventsPage {
+    pub events: Vec<alga_audit::ChainedRecord>,
+    pub next_after: Option<u64>,
 }
 
 /// A page of signed checkpoints, oldest first.
