@@ -11,17 +11,26 @@ TARGETS="${FUZZ_TARGETS:-install_code csr api_bodies audit_export}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 timeout 1800 cargo fuzz build -s none -O
+# Run the binaries just built: `cargo fuzz run` would rebuild first whenever a crate
+# changed meanwhile, and the time bound below would then count compiling, not fuzzing.
+BIN_DIR="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 status=0
 for t in $TARGETS; do
-    mkdir -p "corpus/$t" "seeds/$t"
+    mkdir -p "corpus/$t" "seeds/$t" "artifacts/$t"
+    [ -x "$BIN_DIR/$t" ] || { echo "fuzz: $t: no binary at $BIN_DIR/$t"; status=1; continue; }
     echo "fuzz: $t for ${SECS}s…"
     log="$(mktemp)"
-    if timeout --kill-after=30 $((SECS + 60)) cargo fuzz run -s none -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1; then
-        echo "fuzz: $t: 0 crashes; $(grep -E '^#[0-9]+.*DONE|^Done' "$log" | tail -1)"
+    rc=0
+    timeout --kill-after=30 $((SECS + 120)) "$BIN_DIR/$t" -artifact_prefix="artifacts/$t/" \
+        -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 "corpus/$t" "seeds/$t" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ] && grep -q '^Done ' "$log"; then
+        echo "fuzz: $t: 0 crashes; $(grep -E '^Done ' "$log" | tail -1)"
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "fuzz: $t: did not stop within ${SECS}+120 s (log $log)"
+        status=1
     else
-        echo "fuzz: $t: CRASH or failure (log $log, artifacts in fuzz/artifacts/$t)"
-        grep -E 'panicked|ERROR|SUMMARY' "$log" | head -5 || true
+        echo "fuzz: $t: CRASH or failure, exit $rc (log $log, artifacts in fuzz/artifacts/$t)"
+        grep -E 'panicked|ERROR|SUMMARY|deadly signal' "$log" | head -5 || true
         status=1
     fi
 done
