@@ -412,18 +412,34 @@ impl Drop for TestDb {
 #[derive(Debug)]
 pub struct Gateway {
     pub url: String,
+    /// The issuer this gateway signs with (gateway `i` talks to issuer `i % issuers`).
+    pub issuer_url: String,
+    /// The guard that keeps the process alive until the stack drops.
+    _proc: Proc,
+}
+
+/// An issuer process of a [`Stack`] after the first ([`Stack::start_with`]): same token
+/// and keys, its own port and its own signing log.
+#[derive(Debug)]
+pub struct Issuer {
+    pub url: String,
+    /// Its signing-log directory.
+    pub log_dir: PathBuf,
     /// The guard that keeps the process alive until the stack drops.
     _proc: Proc,
 }
 
 /// A private issuer and gateway(s) over a fresh database; the rest (PKI, token,
-/// cluster, SMTP, S3) is the local stack's. Fields drop in order: gateways, issuer,
+/// cluster, SMTP, S3) is the local stack's. Fields drop in order: gateways, issuers,
 /// database, files.
 #[derive(Debug)]
 pub struct Stack {
     pub gateways: Vec<Gateway>,
     pub issuer: Proc,
     pub issuer_url: String,
+    /// Further issuer processes on the same token ([`Stack::start_with`]); empty for
+    /// [`Stack::start`].
+    pub more_issuers: Vec<Issuer>,
     pub db: TestDb,
     pub dir: TempDir,
 }
@@ -465,45 +481,47 @@ impl Stack {
     /// Starts an issuer and `gateways` gateways on free loopback ports over a fresh,
     /// migrated database.
     pub fn start(gateways: usize) -> Result<Stack> {
+        Stack::start_with(gateways, 1, |_| Ok(()))
+    }
+
+    /// Starts `issuers` issuer processes on the stack's token (one after the other, each
+    /// healthy before the next starts; each with its own port and signing log) and
+    /// `gateways` gateways, gateway `i` talking to issuer `i % issuers`, over a fresh,
+    /// migrated database. `edit_policy` changes the test's policy file (both kinds of
+    /// process load it) after the checkpoint settings every stack uses.
+    pub fn start_with(
+        gateways: usize,
+        issuers: usize,
+        edit_policy: impl FnOnce(&mut toml::Table) -> Result<()>,
+    ) -> Result<Stack> {
         let dir = tempfile::Builder::new().prefix("alga-e2e-").tempdir()?;
 
         // The stack's policy, with audit checkpoints every second so a short test sees them.
         let mut policy = load_toml(&env("ALGA_POLICY"))?;
         set(&mut policy, "audit", "checkpoint_interval", "1s")?;
         set(&mut policy, "audit", "checkpoint_every_records", 20)?;
+        edit_policy(&mut policy)?;
         let policy_path = dir.path().join("policy.toml");
         write_toml(&policy_path, &policy)?;
         let policy_str = policy_path.display().to_string();
 
         let db = TestDb::create("e2e", Some("alga_migrator"))?;
 
-        // Issuer: the stack's config (same token, PKI) on another port and its own log.
-        let signlog = dir.path().join("issuer-log");
-        fs::create_dir_all(&signlog)?;
-        let (cert, key) = gateway_client_identity();
-        let (issuer, issuer_url) = start_retrying(|attempt| {
-            let port = free_port()?;
-            let mut ic = load_toml(&env("ALGA_ISSUER_CONFIG"))?;
-            set(&mut ic, "listen", "address", format!("127.0.0.1:{port}"))?;
-            set(&mut ic, "policy", "path", policy_str.clone())?;
-            set(&mut ic, "log", "directory", signlog.display().to_string())?;
-            let path = dir.path().join("issuer.toml");
-            write_toml(&path, &ic)?;
-            let proc = Proc::spawn(
-                "alga-issuer",
-                Command::new(bin("alga-issuer"))
-                    .args(["serve", "--config"])
-                    .arg(&path)
-                    .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
-                    .env("RUST_LOG", "info"),
-                dir.path().join(format!("issuer-{attempt}.log")),
-            )?;
-            Ok((
-                proc,
-                format!("https://localhost:{port}"),
-                Some((cert.clone(), key.clone())),
-            ))
-        })?;
+        // Issuers: the stack's config (same token, PKI) on other ports, each with its own
+        // log; started one after the other (see `start_retrying`).
+        let (issuer, issuer_url) = start_issuer(dir.path(), &policy_str, 0)?;
+        let mut more_issuers = Vec::new();
+        for i in 1..issuers.max(1) {
+            let (proc, url) = start_issuer(dir.path(), &policy_str, i)?;
+            more_issuers.push(Issuer {
+                url,
+                log_dir: issuer_log_dir(dir.path(), i),
+                _proc: proc,
+            });
+        }
+        let issuer_urls: Vec<String> = std::iter::once(issuer_url.clone())
+            .chain(more_issuers.iter().map(|i| i.url.clone()))
+            .collect();
 
         // Gateways: the stack's config on other ports, against the fresh database.
         let mut gc = load_toml(&env("ALGA_GATEWAY_CONFIG"))?;
@@ -531,12 +549,14 @@ impl Stack {
         );
         let mut started = Vec::new();
         for i in 0..gateways.max(1) {
+            let gw_issuer = issuer_urls[i % issuer_urls.len()].clone();
             let (proc, url) = start_retrying(|attempt| {
                 let port = free_port()?;
                 let url = format!("https://localhost:{port}");
                 let mut c = gc.clone();
                 set(&mut c, "listen", "address", format!("127.0.0.1:{port}"))?;
                 set(&mut c, "listen", "public_url", url.clone())?;
+                set(&mut c, "issuer", "url", gw_issuer.clone())?;
                 let path = dir.path().join(format!("gateway-{i}.toml"));
                 write_toml(&path, &c)?;
                 let proc = Proc::spawn(
@@ -549,12 +569,17 @@ impl Stack {
                 )?;
                 Ok((proc, url, None))
             })?;
-            started.push(Gateway { url, _proc: proc });
+            started.push(Gateway {
+                url,
+                issuer_url: gw_issuer,
+                _proc: proc,
+            });
         }
         Ok(Stack {
             gateways: started,
             issuer,
             issuer_url,
+            more_issuers,
             db,
             dir,
         })
@@ -587,6 +612,17 @@ impl Stack {
         &self.gateways[i].url
     }
 
+    /// Every issuer's (base URL, signing-log directory), the first issuer first.
+    pub fn issuers(&self) -> Vec<(String, PathBuf)> {
+        std::iter::once((self.issuer_url.clone(), issuer_log_dir(self.dir.path(), 0)))
+            .chain(
+                self.more_issuers
+                    .iter()
+                    .map(|i| (i.url.clone(), i.log_dir.clone())),
+            )
+            .collect()
+    }
+
     /// A fresh directory inside the test's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -598,10 +634,13 @@ impl Stack {
         // The servers' logs (top level of the test directory) and the issuer's signing
         // log; not the appliance Secret directories, which hold the secrets by design.
         let mut haystacks: Vec<(String, String)> = Vec::new();
-        for (dir, all) in [
+        let dirs = [
             (self.dir.path().to_owned(), false),
             (self.path("issuer-log"), true),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.more_issuers.iter().map(|i| (i.log_dir.clone(), true)));
+        for (dir, all) in dirs {
             for e in fs::read_dir(&dir)? {
                 let p = e?.path();
                 if p.is_file() && (all || p.extension().is_some_and(|x| x == "log")) {
@@ -682,13 +721,48 @@ impl Stack {
         serde_json::from_slice(&out.stdout).context("the issuer answered no JSON")
     }
 
+    /// `alga-audit reconcile --json` of every issuer's signing log against this stack's
+    /// audit records, up to `until` (RFC 3339); the parsed report, whatever its verdict.
+    pub fn reconcile_issuer_logs(&self, until: &str) -> Result<serde_json::Value> {
+        let (url, pw) = split_password(&self.db.admin_url());
+        let mut cmd = Command::new(bin("alga-audit"));
+        cmd.args(["reconcile", "--json", "--until", until])
+            .env("DATABASE_URL", &url);
+        for (_, dir) in self.issuers() {
+            cmd.arg("--issuer-log").arg(dir);
+        }
+        if let Some(pw) = &pw {
+            let f = self.path("audit-db.pw");
+            fs::write(&f, pw)?;
+            cmd.arg("--password-file").arg(&f);
+        }
+        let out = run(&mut cmd, None)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "alga-audit reconcile printed no JSON ({}): {}",
+                out.status,
+                text(&out.stderr)
+            )
+        })
+    }
+
     /// `alga-audit verify` over this stack's database with the issuer's published audit
     /// keys, once every committed record is chained and `min_checkpoints` are signed.
     pub fn verify_audit(&self, min_checkpoints: u64) -> Result<serde_json::Value> {
+        self.verify_audit_with_keys_of(&self.issuer_url, min_checkpoints)
+    }
+
+    /// [`Stack::verify_audit`] with the audit keys as published by the issuer at
+    /// `issuer_url` (one of this stack's).
+    pub fn verify_audit_with_keys_of(
+        &self,
+        issuer_url: &str,
+        min_checkpoints: u64,
+    ) -> Result<serde_json::Value> {
         let keys = self.path("audit-keys.json");
         let (cert, key) = gateway_client_identity();
         let (status, _) = curl(
-            &format!("{}/v1/keys", self.issuer_url),
+            &format!("{issuer_url}/v1/keys"),
             Some((&cert, &key)),
             Some(&keys),
         )?;
@@ -737,6 +811,53 @@ impl Stack {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// The signing-log directory of issuer `i` of a stack in `dir` (the first issuer's is
+/// `issuer-log`).
+fn issuer_log_dir(dir: &Path, i: usize) -> PathBuf {
+    if i == 0 {
+        dir.join("issuer-log")
+    } else {
+        dir.join(format!("issuer-log-{i}"))
+    }
+}
+
+/// Starts issuer `i` of a stack in `dir`: the stack's config (same token, PKI) on a free
+/// port, `policy`, and its own signing log; returns once it is healthy. The first
+/// issuer's files keep their historical names (`issuer.toml`, `issuer-<attempt>.log`).
+fn start_issuer(dir: &Path, policy: &str, i: usize) -> Result<(Proc, String)> {
+    let signlog = issuer_log_dir(dir, i);
+    fs::create_dir_all(&signlog)?;
+    let (cert, key) = gateway_client_identity();
+    let (name, conf) = if i == 0 {
+        ("alga-issuer".to_owned(), "issuer".to_owned())
+    } else {
+        (format!("alga-issuer-{i}"), format!("issuer-{i}"))
+    };
+    start_retrying(|attempt| {
+        let port = free_port()?;
+        let mut ic = load_toml(&env("ALGA_ISSUER_CONFIG"))?;
+        set(&mut ic, "listen", "address", format!("127.0.0.1:{port}"))?;
+        set(&mut ic, "policy", "path", policy.to_owned())?;
+        set(&mut ic, "log", "directory", signlog.display().to_string())?;
+        let path = dir.join(format!("{conf}.toml"));
+        write_toml(&path, &ic)?;
+        let proc = Proc::spawn(
+            &name,
+            Command::new(bin("alga-issuer"))
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("SOFTHSM2_CONF", env("SOFTHSM2_CONF"))
+                .env("RUST_LOG", "info"),
+            dir.join(format!("{conf}-{attempt}.log")),
+        )?;
+        Ok((
+            proc,
+            format!("https://localhost:{port}"),
+            Some((cert.clone(), key.clone())),
+        ))
+    })
 }
 
 /// Starts a server with `start(attempt)` (process, base URL, client identity for
