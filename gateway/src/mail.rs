@@ -147,7 +147,22 @@ pub async fn first_attempt(app: &Arc<App>, mail_id: Uuid) -> MailState {
                 Ok(Some(m)) => m,
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::warn!(error = %e, mail.id = %mail_id, "cannot claim the first attempt; the worker will send the mail");
+                    // Hand the reservation back so the worker need not wait for it to
+                    // lapse; if even that fails, the worker sends it once it has.
+                    let released = async {
+                        let conn = app.pool.get().await?;
+                        outbox::release_reserved(&conn, mail_id).await
+                    }
+                    .await;
+                    match released {
+                        Ok(_) => {
+                            tracing::warn!(error = %e, mail.id = %mail_id, "cannot claim the first attempt; released it to the worker")
+                        }
+                        Err(e2) => {
+                            tracing::warn!(error = %e, release_error = %e2, mail.id = %mail_id, "cannot claim the first attempt; the worker sends the mail once its reservation lapses")
+                        }
+                    }
+                    app.outbox.wake.notify_one();
                     return false;
                 }
             };

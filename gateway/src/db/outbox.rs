@@ -189,6 +189,22 @@ pub async fn claim_reserved(
     row.as_ref().map(due_mail).transpose()
 }
 
+/// Gives a reserved mail's first attempt back to the worker (due now), when the request
+/// that reserved it could not claim it. Only while no attempt was made.
+pub async fn release_reserved(c: &impl GenericClient, mail_id: Uuid) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            &c.prepare_cached(
+                "UPDATE mail_outbox SET next_attempt_at = now() \
+                 WHERE mail_id = $1 AND state = 'queued' AND attempts = 0",
+            )
+            .await?,
+            &[&mail_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 fn due_mail(r: &tokio_postgres::Row) -> Result<DueMail, DbError> {
     let kind: String = r.get(1);
     let kind = match kind.as_str() {

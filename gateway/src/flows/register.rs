@@ -249,13 +249,18 @@ async fn register_once(
         && !db::idempotency::insert(&tx, &i.caller, &i.key, &i.body_hash, 201, &storable(&body))
             .await?
     {
-        // Someone committed this key first: ours rolls back, theirs is the answer.
+        // Someone committed this key first: ours rolls back, theirs is the answer. The
+        // connection goes back to the pool first: the replay takes its own.
         drop(tx);
+        drop(conn);
         return replay(app, i)
             .await?
             .ok_or_else(|| ApiError::internal("idempotency record vanished"));
     }
     tx.commit().await.map_err(db::DbError::from)?;
+    // Back to the pool before the first mail attempt, which takes connections of its
+    // own: holding two per request starves a busy pool.
+    drop(conn);
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, edition = %edition.name, "tenant registered");
     let mut body = body;
     body["email"]["status"] =

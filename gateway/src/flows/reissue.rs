@@ -101,6 +101,8 @@ async fn reissue_inner(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
+    // Back to the pool before the first mail attempt (see `register`).
+    drop(conn);
     tracing::info!(tenant.id = %tenant_id, code.id = %issued.code_id, revoked = revoked.len(), "install code re-issued");
     let status = crate::mail::first_attempt(app, issued.mail_id).await;
     Ok(RegisterTenantResponse {

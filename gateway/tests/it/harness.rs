@@ -281,6 +281,8 @@ pub struct Opts {
     pub smtp_port: Option<u16>,
     /// Keys of the gateway's `[mail]` section (TOML lines); default: none.
     pub mail: Option<String>,
+    /// The gateway's database pool size; default 16.
+    pub pool_size: Option<usize>,
 }
 
 pub struct Stack {
@@ -351,7 +353,7 @@ url = "postgres://alga_gateway@127.0.0.1:{port}/{db}"
 password_file = "{secrets}/alga_gateway.pw"
 migrator_url = "postgres://alga_migrator@127.0.0.1:{port}/{db}"
 migrator_password_file = "{secrets}/alga_migrator.pw"
-pool_size = 16
+pool_size = {pool_size}
 [issuer]
 url = "https://localhost:{iport}"
 ca = "{ca}"
@@ -385,6 +387,7 @@ path = "{policy}"
             .smtp_port
             .map_or_else(|| d.var("ALGA_SMTP_PORT"), |p| p.to_string()),
         mail = opts.mail.as_deref().unwrap_or(""),
+        pool_size = opts.pool_size.unwrap_or(16),
         s3 = d.var("ALGA_S3_ENDPOINT"),
         region = d.var("ALGA_S3_REGION"),
         bucket = d.var("ALGA_S3_BUCKET"),

@@ -138,6 +138,56 @@ async fn register_with_smtp_up_is_sent_once_within_the_request_and_the_code_rede
     s.stop().await;
 }
 
+/// A request returns its connection before the first mail attempt takes its own: on a
+/// pool of 2, one of which the audit sequencer's leader holds, registrations and a
+/// reissue, one after another and concurrently, still send their mail within the
+/// request. (Holding both, each request waited for a connection it could not get
+/// and answered `queued` after the first attempt's bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_two_connection_pool_the_first_attempt_still_sends_within_the_request() {
+    let sink = SmtpSink::start().await;
+    let s = Stack::start_with(Opts {
+        smtp_port: Some(sink.port),
+        pool_size: Some(2),
+        ..Opts::default()
+    })
+    .await;
+    let mut tenant = None;
+    for i in 0..2 {
+        let v = s
+            .register(&format!("Small Pool {i} Ltd"), &recipient(), "pro")
+            .await;
+        assert_eq!(v["email"]["status"], "sent", "{v}");
+        tenant = Some(ids(&v).0);
+    }
+    let (st, v, _) = send(
+        s.store()
+            .post(s.url("/install-codes/reissue"))
+            .json(&json!({"tenant_id": tenant})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["email"]["status"], "sent", "{v}");
+    let s = std::sync::Arc::new(s);
+    let racing: Vec<_> = (0..3)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.register(&format!("Small Pool Race {i} Ltd"), &recipient(), "pro")
+                    .await
+            })
+        })
+        .collect();
+    for t in racing {
+        let v = t.await.expect("registration task");
+        assert_eq!(v["email"]["status"], "sent", "{v}");
+    }
+    match std::sync::Arc::try_unwrap(s) {
+        Ok(s) => s.stop().await,
+        Err(_) => panic!("stack still shared"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_queues_then_delivers_exactly_once_across_a_gateway_restart() {
     let mut sink = SmtpSink::start().await;
