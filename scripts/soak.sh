@@ -62,8 +62,12 @@ step() {
 # The gateway's reliability tests one at a time (the scenario owns the machine).
 GW_TEST=(cargo test -q -p alga-gateway --test it)
 
-echo "soak: building the test binaries…"
-timeout 600 cargo test -q -p alga-gateway -p alga-audit --no-run >"$LOG_DIR/build.log" 2>&1 || {
+echo "soak: building the binaries and the test binaries…"
+timeout 900 cargo build -q --workspace --bins >"$LOG_DIR/build-bins.log" 2>&1 || {
+    tail -30 "$LOG_DIR/build-bins.log"
+    exit 1
+}
+timeout 600 cargo test -q -p alga-gateway -p alga-audit -p softhsm-tests --no-run >"$LOG_DIR/build.log" 2>&1 || {
     tail -30 "$LOG_DIR/build.log"
     exit 1
 }
@@ -77,6 +81,8 @@ only r3 && step r3 120 env ALGA_R3_TRIALS="${SOAK_R3_TRIALS:-100}" "${GW_TEST[@]
 only r8 && step r8 480 env ALGA_R8_SINGLE="${SOAK_R8_SINGLE:-100000}" ALGA_R8_SOURCES="${SOAK_R8_SOURCES:-1000}" \
     ALGA_R8_PER_SOURCE="${SOAK_R8_PER_SOURCE:-100}" "${GW_TEST[@]}" reliability::r8 -- --nocapture
 only r13 && step r13 60 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r13 -- --nocapture
+only r13 && step r13_processes 180 env ALGA_R13_TENANTS="${SOAK_R13_TENANTS:-24}" \
+    cargo test -q -p softhsm-tests --test it two_issuers -- --nocapture
 only r6_hsm && step r6_hsm 180 env ALGA_R6_REQUESTS="${SOAK_R6_REQUESTS:-400}" "${GW_TEST[@]}" hsm_session_loss::r6_ -- --nocapture
 only r5 && step r5 120 env ALGA_SOAK=2 cargo test -q -p alga-audit --test it tamper_random -- --nocapture
 
