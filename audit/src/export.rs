@@ -224,7 +224,7 @@ pub fn verify_export(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, 
         let cut = if eof {
             buf.len()
         } else {
-            match buf.iter().rposition(|b| *b == b'\n') {
+            match memchr::memrchr(b'\n', &buf) {
                 Some(p) => p + 1,
                 None => continue,
             }
@@ -397,7 +397,7 @@ fn parse_block(block: &[u8], threads: usize) -> Vec<Parsed<'_>> {
             (block.len() * i / threads).max(start)
         };
         if end < block.len() {
-            end = match block[end..].iter().position(|b| *b == b'\n') {
+            end = match memchr::memchr(b'\n', &block[end..]) {
                 Some(p) => end + p + 1,
                 None => block.len(),
             };
@@ -429,7 +429,7 @@ fn parse_lines(part: &[u8]) -> Vec<Parsed<'_>> {
     let mut out = Vec::with_capacity(part.len() / 600 + 1);
     let mut rest = part;
     while !rest.is_empty() {
-        let (line, tail) = match rest.iter().position(|b| *b == b'\n') {
+        let (line, tail) = match memchr::memchr(b'\n', rest) {
             Some(p) => (&rest[..p], &rest[p + 1..]),
             None => (rest, &rest[rest.len()..]),
         };
@@ -562,12 +562,36 @@ fn digits(s: &[u8]) -> Option<(u64, &[u8])> {
     Some((v, &s[n..]))
 }
 
+/// 64 hex digits (either case) → 32 bytes, through a table: two lookups per byte, no
+/// branch per digit (the verifier decodes two hashes per record line).
 fn hex32(s: &[u8]) -> Option<([u8; 32], &[u8])> {
     let h = s.get(..64)?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(h, &mut out).ok()?;
-    Some((out, &s[64..]))
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(h.chunks_exact(2)) {
+        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        bad |= (hi | lo) & 0x80;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad == 0).then(|| (out, &s[64..]))
 }
+
+/// Each byte's value as a hex digit, or 0x80 for a byte that is not one.
+const HEX: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Formats a canonical time (for tables).
 pub fn display_time(t: OffsetDateTime) -> String {
@@ -581,6 +605,26 @@ mod tests {
     use crate::canonical::GENESIS_PREV_HASH;
     use crate::checkpoint::AuditKeys;
     use crate::store::{ChainedRecord, EventId};
+
+    #[test]
+    fn hex32_decodes_either_case_and_refuses_anything_else() {
+        let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        let lower = hex::encode(&bytes);
+        for text in [lower.clone(), lower.to_uppercase()] {
+            let line = format!("{text}\"tail");
+            let (got, rest) = hex32(line.as_bytes()).unwrap();
+            assert_eq!(got.as_slice(), bytes.as_slice());
+            assert_eq!(rest, b"\"tail");
+        }
+        for i in 0..64 {
+            for bad in [b'g', b'G', b'"', b' ', b'/', b':', b'@', b'`', 0x80, 0xff] {
+                let mut t = lower.clone().into_bytes();
+                t[i] = bad;
+                assert!(hex32(&t).is_none(), "position {i}, byte {bad:#x}");
+            }
+        }
+        assert!(hex32(&lower.as_bytes()[..63]).is_none());
+    }
     use time::macros::datetime;
 
     /// Test vector 1 of `FORMAT.md`.
