@@ -5,7 +5,7 @@
 # gateway, Postgres, SMTP and S3). Figures are printed; a failed step fails the run.
 #
 #   R1   100 rounds of 50 concurrent redeems of one code over two gateways, then
-#        10 rounds of 1,000
+#        100 rounds of 1,000 (the figure)
 #   R2   reissue racing redeems, 1,000 trials
 #   R3   connection cut after the commit, same-key retry, 100 trials
 #   R5   2,000 random tamper edits
@@ -77,7 +77,7 @@ timeout 600 cargo test -q -p alga-gateway -p alga-audit -p softhsm-tests --no-ru
 only() { [[ "$1" =~ ${SOAK_ONLY:-.} ]]; }
 only r1 && step r1 300 env ALGA_SOAK=100 ALGA_R1_REQUESTS="${SOAK_R1_REQUESTS:-50}" \
     "${GW_TEST[@]}" reliability::r1_ -- --nocapture
-only r1_big && step r1_big 420 env ALGA_SOAK="${SOAK_R1_BIG_ROUNDS:-10}" ALGA_R1_REQUESTS=1000 \
+only r1_big && step r1_big 420 env ALGA_SOAK="${SOAK_R1_BIG_ROUNDS:-100}" ALGA_R1_REQUESTS=1000 \
     "${GW_TEST[@]}" reliability::r1_ -- --nocapture
 only r2 && step r2 420 env ALGA_SOAK="${SOAK_R2_SCALE:-40}" "${GW_TEST[@]}" reliability::r2 -- --nocapture
 only r3 && step r3 120 env ALGA_R3_TRIALS="${SOAK_R3_TRIALS:-100}" "${GW_TEST[@]}" cut_after_commit::r3_ -- --nocapture
