@@ -32,8 +32,9 @@ use time::OffsetDateTime;
 const CLIENTS: usize = 8;
 /// Offered rate of the P4 measurement (half redeems, half check-ins), per second.
 const P4_RATE: u32 = 60;
-/// Codes set aside for P4: two windows of at most 6 s at `P4_RATE / 2` redeems/s.
-const P4_CODES: usize = 400;
+/// Codes set aside for P4: two windows of at most 15 s at `P4_RATE / 2` redeems/s
+/// (450 redeems and 450 check-ins a window, so a p99 is not one stray sample).
+const P4_CODES: usize = 1000;
 
 struct Args {
     seconds: u64,
@@ -81,7 +82,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let s = Arc::new(Stack::start().await);
     let window = Duration::from_secs(args.seconds);
-    let codes_wanted: i32 = if args.smoke { 24 } else { 3400 };
+    let codes_wanted: i32 = if args.smoke { 24 } else { 5000 };
 
     // Tenants straight into the database, codes minted at the issuer (the HMAC) with
     // their bindings stored, keys and CSRs made before the clock starts.
@@ -244,7 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // P4: p99 of redeems and check-ins at a fixed offered rate, on the registry as it
     // is (about 3,000 tenants), then again after seeding many more.
     let extra: i32 = if args.smoke { 2_000 } else { 1_000_000 };
-    let p4_window = Duration::from_secs(if args.smoke { 1 } else { 6 });
+    let p4_window = Duration::from_secs(if args.smoke { 1 } else { 15 });
     let mut p4_codes = p4_codes;
     let half_codes = p4_codes.split_off(p4_codes.len() / 2);
     let small = fixed_rate(&s, &appliances, p4_codes, p4_window).await?;
