@@ -43,15 +43,7 @@ async fn a_failing_audit_insert_leaves_no_state_change() {
 
     let (st, e, _) = s.redeem(&code).await;
     assert_error(st, &e, 500, "internal");
-    let state: String = s
-        .admin
-        .query_one(
-            "SELECT state FROM install_codes WHERE code_id = $1",
-            &[&code_id],
-        )
-        .await
-        .expect("row")
-        .get(0);
+    let state = s.code_state(&code_id).await;
     assert_eq!(state, "unclaimed");
     assert_eq!(s.count("SELECT count(*) FROM appliances").await, 0);
     assert_eq!(s.count("SELECT count(*) FROM licenses").await, 0);

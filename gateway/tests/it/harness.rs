@@ -882,6 +882,18 @@ impl Stack {
         self.admin.query_one(sql, &[]).await.expect("count").get(0)
     }
 
+    /// The state column of the code `code_id` (`unclaimed`, `consumed`, `revoked`).
+    pub async fn code_state(&self, code_id: &str) -> String {
+        self.admin
+            .query_one(
+                "SELECT state FROM install_codes WHERE code_id = $1",
+                &[&code_id],
+            )
+            .await
+            .expect("code row")
+            .get(0)
+    }
+
     /// Waits (at most 20 s) until the sequencer has chained every audit event, asserts
     /// it did, and returns how many records the chain holds.
     pub async fn wait_until_all_chained(&self) -> i64 {

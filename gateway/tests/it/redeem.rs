@@ -223,15 +223,7 @@ async fn redeem_error_codes() {
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let (st, e, _) = s.redeem(&exp_code).await;
     assert_error(st, &e, 410, "code_expired");
-    let state: String = s
-        .admin
-        .query_one(
-            "SELECT state FROM install_codes WHERE code_id = $1",
-            &[&exp_id],
-        )
-        .await
-        .expect("row")
-        .get(0);
+    let state = s.code_state(&exp_id).await;
     assert_eq!(state, "unclaimed");
 
     // Failures are audited, with the code id and never the code.
@@ -383,15 +375,7 @@ async fn issuer_down_rolls_back_and_the_code_stays_usable() {
     s.stop_issuer().await;
     let (st, e, _) = s.redeem(&code).await;
     assert_error(st, &e, 503, "license_service_unavailable");
-    let state: String = s
-        .admin
-        .query_one(
-            "SELECT state FROM install_codes WHERE code_id = $1",
-            &[&code_id],
-        )
-        .await
-        .expect("row")
-        .get(0);
+    let state = s.code_state(&code_id).await;
     assert_eq!(state, "unclaimed");
     assert_eq!(s.count("SELECT count(*) FROM appliances").await, 0);
     // Registration is refused too, and writes nothing.
