@@ -169,11 +169,7 @@ pub async fn revoke_appliance(
     let parsed: RevokeBody = if body.is_empty() {
         RevokeBody::default()
     } else {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !is_json {
+        if !super::extract::is_json(&headers) {
             return Err(ApiError::UnsupportedMediaType);
         }
         serde_json::from_slice(&body).map_err(json_error)?

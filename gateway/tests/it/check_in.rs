@@ -87,6 +87,21 @@ async fn check_in_refreshes_the_license_and_honours_revocation_and_suspension() 
         .await
         .expect("resume");
 
+    // A body in another media type (even one that starts like JSON's) is refused and
+    // changes nothing.
+    for ct in ["application/jsonx", "text/plain"] {
+        let (st, e, _) = send(
+            s.store()
+                .post(s.url(&format!("/appliances/{appliance_id}/revoke")))
+                .header("content-type", ct)
+                .body(r#"{"reason": "stolen"}"#),
+        )
+        .await;
+        assert_error(st, &e, 415, "unsupported_media_type");
+    }
+    let (st, _, _) = send(me.post(s.url("/check-in")).json(&body)).await;
+    assert_eq!(st, 200, "still active after refused revocations");
+
     // Revocation by the store: idempotent, audited, and check-in refused afterwards.
     let (st, r, _) = send(
         s.store()
