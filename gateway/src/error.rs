@@ -117,7 +117,8 @@ impl ApiError {
             ApiError::Unauthenticated => code::UNAUTHENTICATED,
             ApiError::CredentialRequired => code::CREDENTIAL_REQUIRED,
             ApiError::Forbidden => code::FORBIDDEN,
-            ApiError::NotFound | ApiError::MethodNotAllowed => code::NOT_FOUND,
+            ApiError::NotFound => code::NOT_FOUND,
+            ApiError::MethodNotAllowed => code::METHOD_NOT_ALLOWED,
             ApiError::CodeMalformed(_) => code::CODE_MALFORMED,
             ApiError::CodeInvalid => code::CODE_INVALID,
             ApiError::CodeExpired => code::CODE_EXPIRED,
@@ -260,6 +261,8 @@ mod tests {
             (ApiError::TenantExists(Uuid::nil()), 409, "tenant_exists"),
             (ApiError::Unauthenticated, 401, "unauthenticated"),
             (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("secret detail".into()), 500, "internal"),
         ];
         for (e, status, c) in table {

@@ -207,6 +207,8 @@ pub mod error_code {
     /// 403: a certificate whose identity has no right to this route.
     pub const FORBIDDEN: &str = "forbidden";
     pub const NOT_FOUND: &str = "not_found";
+    /// 405: the path exists, the method does not.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const APPLIANCE_NOT_FOUND: &str = "appliance_not_found";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";

@@ -103,9 +103,10 @@ pub async fn request_context(
 fn generic(status: StatusCode) -> PendingError {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (error_code::NOT_FOUND, "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            (error_code::NOT_FOUND, "method not allowed on this resource")
-        }
+        StatusCode::METHOD_NOT_ALLOWED => (
+            error_code::METHOD_NOT_ALLOWED,
+            "method not allowed on this resource",
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => (
             error_code::PAYLOAD_TOO_LARGE,
             "the request body is too large",
