@@ -378,3 +378,36 @@ pub fn verify_options(keys: AuditKeys) -> VerifyOptions {
         unchained_alarm_after: time::Duration::seconds(30),
     }
 }
+
+/// The log the tamper tests damage: 40 records chained by a sequencer, checkpointed
+/// every 10 (4 signed checkpoints), the sequencer stopped. Returns the database, the
+/// checkpoint keys and a superuser connection.
+pub async fn sealed_log() -> (TestDb, AuditKeys, Client) {
+    let db = TestDb::new().await;
+    let signer = InsecureTestSigner::new("audit-1");
+    let keys = signer.keys();
+    let mut seq = RunningSequencer::start(db.pool(2), signer, fast_config(10));
+    let mut rt = db.runtime().await;
+    for round in 0..4u64 {
+        append_n(&mut rt, round * 10, 10).await;
+        seq.wait_for((round + 1) * 10, round + 1).await;
+    }
+    seq.stop().await;
+    let owner = db.owner().await;
+    (db, keys, owner)
+}
+
+/// An unfiltered export of the whole log into `path`.
+pub async fn export_to(
+    owner: &mut Client,
+    path: &std::path::Path,
+) -> Result<alga_audit::export::ExportSummary, alga_audit::AuditError> {
+    let mut file = std::fs::File::create(path).map_err(alga_audit::AuditError::from)?;
+    alga_audit::export(
+        owner,
+        &alga_audit::export::ExportFilter::default(),
+        OffsetDateTime::now_utc(),
+        &mut file,
+    )
+    .await
+}

@@ -3,14 +3,11 @@
 //! damages the log; verify names the first bad sequence number and the kind, from the
 //! database and from an export of it.
 
-use alga_audit::export::ExportFilter;
 use alga_audit::{AuditKeys, DamageKind, VerifyReport, chain_hash, verify_database, verify_export};
 use alga_protocol::issuer_api::SignedCheckpoint;
-use time::OffsetDateTime;
 
 use crate::support::{
-    InsecureTestSigner, RunningSequencer, TestDb, append_n, fast_config, sample_record,
-    verify_options,
+    InsecureTestSigner, TestDb, export_to, sample_record, sealed_log, verify_options,
 };
 
 /// 40 records, checkpoints at 10, 20, 30 and 40.
@@ -21,17 +18,7 @@ struct Log {
 }
 
 async fn build() -> Log {
-    let db = TestDb::new().await;
-    let signer = InsecureTestSigner::new("audit-1");
-    let keys = signer.keys();
-    let mut seq = RunningSequencer::start(db.pool(2), signer, fast_config(10));
-    let mut rt = db.runtime().await;
-    for round in 0..4u64 {
-        append_n(&mut rt, round * 10, 10).await;
-        seq.wait_for((round + 1) * 10, round + 1).await;
-    }
-    seq.stop().await;
-    let owner = db.owner().await;
+    let (db, keys, owner) = sealed_log().await;
     let cps: Vec<i64> = owner
         .query("SELECT seq FROM audit_checkpoints ORDER BY seq", &[])
         .await
@@ -78,16 +65,7 @@ impl Log {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("export.jsonl");
-        let mut file = std::fs::File::create(&path).unwrap();
-        alga_audit::export(
-            &mut self.owner,
-            &ExportFilter::default(),
-            OffsetDateTime::now_utc(),
-            &mut file,
-        )
-        .await
-        .unwrap();
-        drop(file);
+        export_to(&mut self.owner, &path).await.unwrap();
         let from_export = verify_export(&path, &opts).unwrap();
         assert_first(&from_export, kind, seq, "export");
         self.db.drop_db().await;
@@ -339,16 +317,7 @@ async fn tampered_export_files_are_named() {
     let mut log = build().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.jsonl");
-    let mut file = std::fs::File::create(&path).unwrap();
-    alga_audit::export(
-        &mut log.owner,
-        &ExportFilter::default(),
-        OffsetDateTime::now_utc(),
-        &mut file,
-    )
-    .await
-    .unwrap();
-    drop(file);
+    export_to(&mut log.owner, &path).await.unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // header + 4 checkpoints, then records 1..=40.
@@ -451,16 +420,9 @@ async fn a_record_no_longer_json_is_exported_in_hex_and_named_offline() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.jsonl");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let summary = alga_audit::export(
-        &mut log.owner,
-        &ExportFilter::default(),
-        OffsetDateTime::now_utc(),
-        &mut file,
-    )
-    .await
-    .expect("the export no longer refuses");
-    drop(file);
+    let summary = export_to(&mut log.owner, &path)
+        .await
+        .expect("the export no longer refuses");
     assert_eq!(summary.records, 40);
     let text = std::fs::read_to_string(&path).unwrap();
     let records: Vec<&str> = text.lines().skip(5).collect();
@@ -527,16 +489,7 @@ async fn a_rechained_record_that_is_not_json_links_and_is_named() {
     assert_first(&from_db, DamageKind::Rewritten, 11, "database");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.jsonl");
-    let mut file = std::fs::File::create(&path).unwrap();
-    alga_audit::export(
-        &mut log.owner,
-        &ExportFilter::default(),
-        OffsetDateTime::now_utc(),
-        &mut file,
-    )
-    .await
-    .unwrap();
-    drop(file);
+    export_to(&mut log.owner, &path).await.unwrap();
     let from_export = verify_export(&path, &opts).unwrap();
     assert_first(&from_export, DamageKind::Rewritten, 11, "export");
     assert!(has_not_canonical(&from_export, 17), "{from_export:#?}");

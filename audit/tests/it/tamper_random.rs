@@ -7,13 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use alga_audit::export::ExportFilter;
-use alga_audit::{AuditKeys, verify_database, verify_export};
+use alga_audit::{verify_database, verify_export};
 use time::OffsetDateTime;
 
-use crate::support::{
-    InsecureTestSigner, RunningSequencer, TestDb, append_n, fast_config, verify_options,
-};
+use crate::support::{export_to, sealed_log, verify_options};
 
 /// A small deterministic generator (xorshift64*): the seed is printed, so a failing
 /// trial can be replayed.
@@ -29,21 +26,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-async fn sealed_log() -> (TestDb, AuditKeys, tokio_postgres::Client) {
-    let db = TestDb::new().await;
-    let signer = InsecureTestSigner::new("audit-1");
-    let keys = signer.keys();
-    let mut seq = RunningSequencer::start(db.pool(2), signer, fast_config(10));
-    let mut rt = db.runtime().await;
-    for round in 0..4u64 {
-        append_n(&mut rt, round * 10, 10).await;
-        seq.wait_for((round + 1) * 10, round + 1).await;
-    }
-    seq.stop().await;
-    let owner = db.owner().await;
-    (db, keys, owner)
 }
 
 /// Runs `sql` with the append-only triggers (and foreign keys) out of the way, as an
@@ -179,15 +161,7 @@ async fn r5_random_tamper_edits_are_all_detected_with_the_first_bad_sequence_nam
         // nothing to detect in it (the database verification compares them).
         if trial % 10 == 0 && !name.ends_with("column") {
             let path = dir.path().join("export.jsonl");
-            let mut file = std::fs::File::create(&path).unwrap();
-            let exported = alga_audit::export(
-                &mut owner,
-                &ExportFilter::default(),
-                OffsetDateTime::now_utc(),
-                &mut file,
-            )
-            .await;
-            drop(file);
+            let exported = export_to(&mut owner, &path).await;
             if let Err(e) = exported {
                 // A refused export is a failure (RELIABILITY.md finding 1, fixed: a
                 // record whose stored bytes are no longer JSON is exported as a
