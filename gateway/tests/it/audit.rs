@@ -48,12 +48,7 @@ async fn a_failing_audit_insert_leaves_no_state_change() {
     assert_eq!(s.count("SELECT count(*) FROM appliances").await, 0);
     assert_eq!(s.count("SELECT count(*) FROM licenses").await, 0);
 
-    let (st, e, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": tenant})),
-    )
-    .await;
+    let (st, e) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_error(st, &e, 500, "internal");
     assert_eq!(
         s.count("SELECT count(*) FROM install_codes WHERE state = 'unclaimed'")

@@ -882,6 +882,17 @@ impl Stack {
         self.admin.query_one(sql, &[]).await.expect("count").get(0)
     }
 
+    /// `POST /install-codes/reissue` as the store: status and body.
+    pub async fn reissue(&self, body: &Value) -> (StatusCode, Value) {
+        let (st, v, _) = send(
+            self.store()
+                .post(self.url("/install-codes/reissue"))
+                .json(body),
+        )
+        .await;
+        (st, v)
+    }
+
     /// The state column of the code `code_id` (`unclaimed`, `consumed`, `revoked`).
     pub async fn code_state(&self, code_id: &str) -> String {
         self.admin

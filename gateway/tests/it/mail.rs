@@ -126,12 +126,7 @@ async fn register_with_smtp_up_is_sent_once_within_the_request_and_the_code_rede
     assert_eq!(r["tenant_id"], tenant.to_string());
 
     // A reissue's mail is sent within its request too, once.
-    let (st, v, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": tenant})),
-    )
-    .await;
+    let (st, v) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["email"]["status"], "sent", "{v}");
     assert_eq!(sink.messages_to(&email).len(), 2);
@@ -160,12 +155,7 @@ async fn on_a_two_connection_pool_the_first_attempt_still_sends_within_the_reque
         assert_eq!(v["email"]["status"], "sent", "{v}");
         tenant = Some(ids(&v).0);
     }
-    let (st, v, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": tenant})),
-    )
-    .await;
+    let (st, v) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["email"]["status"], "sent", "{v}");
     let s = std::sync::Arc::new(s);

@@ -232,12 +232,7 @@ async fn reissue_revokes_unclaimed_and_mints_for_the_same_tenant() {
     let s = Stack::start().await;
     let (tenant, old_id, old_code) = s.tenant_with_code("pro").await;
 
-    let (st, v, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": tenant})),
-    )
-    .await;
+    let (st, v) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["tenant_id"], tenant.to_string());
     assert_eq!(v["edition"], "pro");
@@ -267,12 +262,7 @@ async fn reissue_revokes_unclaimed_and_mints_for_the_same_tenant() {
     assert_eq!(r["tenant_id"], tenant.to_string());
 
     // By contact email (case-insensitive); nothing unclaimed left to revoke → [] and a new code.
-    let (st, v, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"contact_email": "OPS@acme.test"})),
-    )
-    .await;
+    let (st, v) = s.reissue(&json!({"contact_email": "OPS@acme.test"})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["tenant_id"], tenant.to_string());
     assert_eq!(v["revoked_code_ids"], json!([]));
@@ -283,34 +273,18 @@ async fn reissue_revokes_unclaimed_and_mints_for_the_same_tenant() {
     );
 
     // Errors.
-    let (st, e, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": Uuid::new_v4()})),
-    )
-    .await;
+    let (st, e) = s.reissue(&json!({"tenant_id": Uuid::new_v4()})).await;
     assert_error(st, &e, 404, "tenant_not_found");
-    let (st, e, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"contact_email": "nobody@acme.test"})),
-    )
-    .await;
+    let (st, e) = s
+        .reissue(&json!({"contact_email": "nobody@acme.test"}))
+        .await;
     assert_error(st, &e, 404, "tenant_not_found");
     s.register("Second Co", "ops@acme.test", "essentials").await;
-    let (st, e, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"contact_email": "ops@acme.test"})),
-    )
-    .await;
+    let (st, e) = s.reissue(&json!({"contact_email": "ops@acme.test"})).await;
     assert_error(st, &e, 409, "ambiguous_contact");
-    let (st, e, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"contact_email": "ops@acme.test", "tenant_id": tenant})),
-    )
-    .await;
+    let (st, e) = s
+        .reissue(&json!({"contact_email": "ops@acme.test", "tenant_id": tenant}))
+        .await;
     assert_error(st, &e, 400, "validation_failed");
     s.stop().await;
 }
@@ -363,12 +337,7 @@ async fn seed_flow_register_mail_redeem_check_in_reissue() {
     assert_eq!(st, 200, "{c}");
 
     // Reinstall: a reissued code arrives by mail and binds to the same tenant.
-    let (st, v, _) = send(
-        s.store()
-            .post(s.url("/install-codes/reissue"))
-            .json(&json!({"tenant_id": tenant})),
-    )
-    .await;
+    let (st, v) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_eq!(st, 201, "{v}");
     let new_id = v["install_code"]["code_id"]
         .as_str()
