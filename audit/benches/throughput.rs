@@ -209,7 +209,7 @@ async fn phase(pool: &Pool, audited: bool) -> anyhow::Result<(f64, Vec<(i64, Ins
                     .request_id(&format!("req-{w}-{n}"))
                     .detail("edition", "pro")
                     .build()?;
-                    Some(alga_audit::append(&*tx, &record).await?)
+                    Some(alga_audit::append_cached(&tx, &record).await?)
                 } else {
                     None
                 };

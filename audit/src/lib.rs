@@ -42,5 +42,7 @@ pub use export::{ExportFilter, export, read_checkpoints, verify_export};
 pub use record::{Action, Actor, NewRecord, Outcome, Record, actions};
 pub use schema::{Migration, RUNTIME_ROLE, migrations};
 pub use sequencer::{CheckpointSigner, Progress, Sequencer, SequencerConfig};
-pub use store::{ChainedRecord, EventId, EventQuery, append, list_checkpoints, list_events};
+pub use store::{
+    ChainedRecord, EventId, EventQuery, append, append_cached, list_checkpoints, list_events,
+};
 pub use verify::{DamageKind, Finding, VerifyOptions, VerifyReport, verify_database};

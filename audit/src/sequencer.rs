@@ -15,6 +15,12 @@
 //!    has the head signed by a [`CheckpointSigner`] (the issuer's audit key) and
 //!    stores the checkpoint.
 //!
+//! Between polls that find less than a full batch it pauses `idle_poll` (5 ms); each
+//! poll that finds nothing doubles the pause up to `idle_poll_max` (50 ms), so an idle
+//! log costs 20 small queries a second per leader instead of 200, and a record
+//! committed after a quiet spell is chained within about 50 ms. Its two hot statements
+//! are prepared once per connection.
+//!
 //! Correctness does not rest on the advisory lock: the chain table's keys (`seq`
 //! primary key, `event_id` unique, each row's foreign key to its predecessor's
 //! `(seq, hash)`) make a second sequencer's fork or double chaining fail; the loser
@@ -66,8 +72,14 @@ pub struct SequencerConfig {
     pub policy: AuditPolicy,
     /// Most records chained per statement.
     pub batch_size: u32,
-    /// Pause when there is nothing to chain.
+    /// First pause when there is nothing to chain. Each further empty poll doubles the
+    /// pause, up to [`idle_poll_max`](SequencerConfig::idle_poll_max); a poll that finds
+    /// records starts over from here. A busy log is polled every `idle_poll`; an idle one
+    /// costs a query every `idle_poll_max`, not every `idle_poll`.
     pub idle_poll: Duration,
+    /// Longest pause between polls of an idle log: the most a record committed after a
+    /// quiet spell waits to be chained (on top of the chaining itself).
+    pub idle_poll_max: Duration,
     /// Pause between attempts to become the leader, and after a lost connection.
     pub leader_retry: Duration,
     /// Pause before asking the signer again after it failed.
@@ -83,6 +95,7 @@ impl SequencerConfig {
             policy,
             batch_size: 1000,
             idle_poll: Duration::from_millis(5),
+            idle_poll_max: Duration::from_millis(50),
             leader_retry: Duration::from_secs(1),
             signer_retry: Duration::from_secs(5),
             danger_skip_leader_election: false,
@@ -104,6 +117,8 @@ pub struct Progress {
     pub chained: u64,
     /// Checkpoints this sequencer stored since it started.
     pub checkpoints: u64,
+    /// Polls that found nothing to chain since it started.
+    pub empty_polls: u64,
 }
 
 /// The advisory lock key of the sequencer leadership ("algaaudt").
@@ -240,6 +255,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
         self.publish(&head, 0, 0);
         let mut signing: Option<JoinHandle<Result<SignedCheckpoint, String>>> = None;
         let mut sign_not_before = Instant::now();
+        let mut pause = self.config.idle_poll;
 
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
@@ -269,10 +285,13 @@ impl<S: CheckpointSigner> Sequencer<S> {
                 }
             }
 
-            let events = store::final_events_after(client, head.xid, head.event_id, batch).await?;
+            let events = store::final_events_after(conn, head.xid, head.event_id, batch).await?;
             let full = events.len() as i64 == batch;
-            if !events.is_empty() {
-                match self.chain(client, &head, &events).await {
+            if events.is_empty() {
+                self.progress.send_modify(|p| p.empty_polls += 1);
+            } else {
+                pause = self.config.idle_poll;
+                match self.chain(conn, &head, &events).await {
                     Ok(new_head) => {
                         debug!(
                             audit.head = new_head.seq,
@@ -312,7 +331,12 @@ impl<S: CheckpointSigner> Sequencer<S> {
             if !full {
                 tokio::select! {
                     _ = shutdown.as_mut() => return Ok(()),
-                    _ = tokio::time::sleep(self.config.idle_poll) => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                if events.is_empty() {
+                    pause = (pause * 2)
+                        .min(self.config.idle_poll_max)
+                        .max(self.config.idle_poll);
                 }
             }
         }
@@ -320,7 +344,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
 
     async fn chain(
         &self,
-        client: &tokio_postgres::Client,
+        conn: &Object,
         head: &Head,
         events: &[store::FinalEvent],
     ) -> Result<Head, AuditError> {
@@ -338,7 +362,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
         }
         let prev: Vec<&[u8]> = hashes[..n].iter().map(|h| h.as_slice()).collect();
         let own: Vec<&[u8]> = hashes[1..].iter().map(|h| h.as_slice()).collect();
-        store::insert_chain(client, &seqs, &ids, &prev, &own).await?;
+        store::insert_chain(conn, &seqs, &ids, &prev, &own).await?;
         let last = &events[n - 1];
         Ok(Head {
             seq: head.seq + n as u64,

@@ -20,6 +20,12 @@ use crate::record::{Action, NewRecord, Record};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct EventId(pub i64);
 
+/// The append statement and its parameter types (one statement, shared by [`append`]
+/// and [`append_cached`]).
+const APPEND_SQL: &str = "INSERT INTO audit_events (recorded_at, tenant_id, action, record) \
+                          VALUES ($1, $2, $3, $4) RETURNING id";
+const APPEND_TYPES: [Type; 4] = [Type::TIMESTAMPTZ, Type::UUID, Type::TEXT, Type::BYTEA];
+
 /// Appends `record` in the caller's transaction and returns its event id.
 ///
 /// Call it inside the transaction that makes the change the record describes, before
@@ -28,8 +34,9 @@ pub struct EventId(pub i64);
 /// that another business transaction waits for: the record is chained after commit,
 /// within milliseconds, by the [`Sequencer`](crate::Sequencer).
 ///
-/// With deadpool, pass the tokio-postgres transaction inside its wrapper:
-/// `append(&*tx, &record)` (and `&**client` for a pooled connection).
+/// This form takes any tokio-postgres client and sends the statement unprepared (parsed
+/// and planned each time). On a deadpool connection or transaction use
+/// [`append_cached`], which prepares it once per connection.
 pub async fn append<C>(client: &C, record: &NewRecord) -> Result<EventId, AuditError>
 where
     C: GenericClient + Sync,
@@ -39,15 +46,33 @@ where
     let bytes = record.canonical_bytes();
     let row = client
         .query_typed_one(
-            "INSERT INTO audit_events (recorded_at, tenant_id, action, record) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            APPEND_SQL,
             &[
-                (&r.time, Type::TIMESTAMPTZ),
-                (&r.tenant_id, Type::UUID),
-                (&action, Type::TEXT),
-                (&bytes, Type::BYTEA),
+                (&r.time, APPEND_TYPES[0].clone()),
+                (&r.tenant_id, APPEND_TYPES[1].clone()),
+                (&action, APPEND_TYPES[2].clone()),
+                (&bytes, APPEND_TYPES[3].clone()),
             ],
         )
+        .await?;
+    Ok(EventId(row.try_get(0)?))
+}
+
+/// [`append`] on a deadpool connection or transaction (`append_cached(&tx, &record)`),
+/// through the connection's statement cache: one round trip, and Postgres neither
+/// parses nor plans the insert again. The same rules as [`append`].
+pub async fn append_cached<C>(client: &C, record: &NewRecord) -> Result<EventId, AuditError>
+where
+    C: deadpool_postgres::GenericClient,
+{
+    let r = record.record();
+    let action = r.action.as_str();
+    let bytes = record.canonical_bytes();
+    let statement = client
+        .prepare_typed_cached(APPEND_SQL, &APPEND_TYPES)
+        .await?;
+    let row = client
+        .query_one(&statement, &[&r.time, &r.tenant_id, &action, &bytes])
         .await?;
     Ok(EventId(row.try_get(0)?))
 }
@@ -305,15 +330,17 @@ pub(crate) struct FinalEvent {
 /// inserting transaction is over: committed rows are visible in this very snapshot,
 /// and an aborted one's rows will never appear. Nothing can later show up before the
 /// cursor, so chaining in this order leaves no gap.
-pub(crate) async fn final_events_after<C: GenericClient + Sync>(
+///
+/// Prepared once per connection (the sequencer runs it every poll).
+pub(crate) async fn final_events_after<C: deadpool_postgres::GenericClient>(
     client: &C,
     xid: u64,
     event_id: i64,
     limit: i64,
 ) -> Result<Vec<FinalEvent>, AuditError> {
     let xid = xid.to_string();
-    let rows = client
-        .query_typed(
+    let statement = client
+        .prepare_typed_cached(
             // The text column gets its own name: a bare `ORDER BY xid` would bind to an
             // output column called `xid` (the cast) and sort transaction ids as text,
             // putting 100000 before 99999 and chaining out of order.
@@ -321,13 +348,10 @@ pub(crate) async fn final_events_after<C: GenericClient + Sync>(
              WHERE (e.xid, e.id) > ($1::text::xid8, $2) \
                AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY e.xid, e.id LIMIT $3",
-            &[
-                (&xid, Type::TEXT),
-                (&event_id, Type::INT8),
-                (&limit, Type::INT8),
-            ],
+            &[Type::TEXT, Type::INT8, Type::INT8],
         )
         .await?;
+    let rows = client.query(&statement, &[&xid, &event_id, &limit]).await?;
     rows.iter()
         .map(|row| {
             Ok(FinalEvent {
@@ -341,24 +365,27 @@ pub(crate) async fn final_events_after<C: GenericClient + Sync>(
 
 /// Inserts chain rows in one statement (atomic). A conflict on `seq` or `event_id`
 /// means another sequencer got there first.
-pub(crate) async fn insert_chain<C: GenericClient + Sync>(
+pub(crate) async fn insert_chain<C: deadpool_postgres::GenericClient>(
     client: &C,
     seqs: &[i64],
     event_ids: &[i64],
     prev_hashes: &[&[u8]],
     hashes: &[&[u8]],
 ) -> Result<(), AuditError> {
-    client
-        .execute_typed(
+    let statement = client
+        .prepare_typed_cached(
             "INSERT INTO audit_chain (seq, event_id, prev_hash, hash) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[])",
             &[
-                (&seqs, Type::INT8_ARRAY),
-                (&event_ids, Type::INT8_ARRAY),
-                (&prev_hashes, Type::BYTEA_ARRAY),
-                (&hashes, Type::BYTEA_ARRAY),
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::BYTEA_ARRAY,
+                Type::BYTEA_ARRAY,
             ],
         )
+        .await?;
+    client
+        .execute(&statement, &[&seqs, &event_ids, &prev_hashes, &hashes])
         .await?;
     Ok(())
 }

@@ -14,8 +14,6 @@ use alga_audit::{Action, Actor, NewRecord};
 use deadpool_postgres::Pool;
 use time::OffsetDateTime;
 
-use tokio_postgres::GenericClient;
-
 pub use alga_audit::actions;
 
 /// Why an audit record could not be written.
@@ -70,15 +68,16 @@ impl Ctx {
     }
 }
 
-/// Appends a record inside the caller's transaction.
+/// Appends a record inside the caller's transaction (`append(&tx, record)`), through
+/// the connection's statement cache.
 pub async fn append(
-    c: &(impl GenericClient + Sync),
+    c: &impl deadpool_postgres::GenericClient,
     record: RecordBuilder,
 ) -> Result<(), AuditError> {
     let record = record
         .build()
         .map_err(|e| AuditError::Record(e.to_string()))?;
-    alga_audit::append(c, &record)
+    alga_audit::append_cached(c, &record)
         .await
         .map_err(|e| AuditError::Append(e.to_string()))?;
     Ok(())
@@ -100,7 +99,7 @@ pub async fn append_failure(
             .transaction()
             .await
             .map_err(|e| AuditError::Append(e.to_string()))?;
-        append(&*tx, record).await?;
+        append(&tx, record).await?;
         tx.commit()
             .await
             .map_err(|e| AuditError::Append(e.to_string()))

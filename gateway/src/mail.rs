@@ -340,7 +340,7 @@ async fn record(
         Outcome::Sent => {
             let held = outbox::mark_sent(&tx, m.mail_id, m.attempts).await?;
             if held {
-                audit::append(&*tx, base(actions::MAIL_SENT)?).await?;
+                audit::append(&tx, base(actions::MAIL_SENT)?).await?;
             }
             (held, "sent")
         }
@@ -357,7 +357,7 @@ async fn record(
             if held {
                 tracing::warn!(mail.id = %m.mail_id, mail.attempt = m.attempts, reason = %reason, "mail given up");
                 audit::append(
-                    &*tx,
+                    &tx,
                     base(actions::MAIL_FAILED)?
                         .detail("reason", reason.as_str())
                         .failure("mail_failed"),

@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 .subject("task", t)
                 .subject("n", i)
                 .build()?;
-                alga_audit::append(&*tx, &record).await?;
+                alga_audit::append_cached(&tx, &record).await?;
                 tx.commit().await?;
             }
             anyhow::Ok(())

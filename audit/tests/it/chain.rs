@@ -288,3 +288,45 @@ async fn transaction_ids_order_numerically_across_a_power_of_ten() {
     assert_eq!(order, vec!["99", "100", "1000"]);
     db.drop_db().await;
 }
+
+/// An idle log is polled less and less often, down to one poll per `idle_poll_max`
+/// (at a constant 5 ms pause one idle second costs up to 200 queries), and a record
+/// appended after the quiet spell, through the connection's statement cache
+/// (`append_cached`, as the gateway appends), is still chained.
+#[tokio::test]
+async fn an_idle_sequencer_backs_off_and_still_chains_what_comes_next() {
+    let db = TestDb::new().await;
+    let mut config = fast_config(1000);
+    config.idle_poll = Duration::from_millis(5);
+    config.idle_poll_max = Duration::from_millis(100);
+    let mut seq = RunningSequencer::start(db.pool(2), InsecureTestSigner::new("audit-1"), config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seq.progress.borrow().leading {
+        assert!(tokio::time::Instant::now() < deadline, "never led");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = seq.progress.borrow().empty_polls;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let polls = seq.progress.borrow().empty_polls - before;
+    // Pauses of 5, 10, 20, 40, 80, then 100 ms: at most 14 polls fit in a second
+    // (fewer on a slow machine, never more).
+    assert!(
+        (1..=16).contains(&polls),
+        "{polls} empty polls in one idle second"
+    );
+
+    let pool = db.pool(2);
+    let mut conn = pool.get().await.expect("connection");
+    for i in 0..3 {
+        let tx = conn.transaction().await.expect("begin");
+        alga_audit::append_cached(&tx, &sample_record(i))
+            .await
+            .expect("append through the statement cache");
+        tx.commit().await.expect("commit");
+    }
+    seq.wait_for(3, 0).await;
+    seq.stop().await;
+    let rt = db.runtime().await;
+    assert_eq!(wait_all_chained(&rt).await, 3);
+    db.drop_db().await;
+}

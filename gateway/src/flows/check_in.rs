@@ -136,7 +136,7 @@ async fn check_in_inner(
     if let Some(s) = &serial {
         record = record.subject("serial", s);
     }
-    audit::append(&*tx, record).await?;
+    audit::append(&tx, record).await?;
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(renewed = serial.is_some(), "appliance checked in");
     Ok(CheckInResponse {

@@ -238,7 +238,7 @@ async fn consume(
     if let Some((_, serial)) = &credential {
         record = record.subject("serial", serial);
     }
-    audit::append(&*tx, record).await?;
+    audit::append(&tx, record).await?;
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(
         tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,

@@ -238,7 +238,7 @@ async fn register_once(
     };
     let body = serde_json::to_value(&body).map_err(ApiError::internal)?;
     audit::append(
-        &*tx,
+        &tx,
         ctx.record(actions::TENANT_REGISTER)?
             .tenant(tenant_id)
             .subject("code_id", &issued.code_id)
@@ -316,7 +316,7 @@ pub(crate) async fn issue_code(
     )
     .await?;
     audit::append(
-        &**tx,
+        tx,
         ctx.record(actions::CODE_MINT)?
             .tenant(tenant_id)
             .subject("code_id", binding.code_id.as_str())

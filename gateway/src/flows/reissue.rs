@@ -74,7 +74,7 @@ async fn reissue_inner(
     let revoked = db::codes::revoke_unclaimed(&tx, tenant_id).await?;
     for code_id in &revoked {
         audit::append(
-            &*tx,
+            &tx,
             ctx.record(actions::CODE_REVOKE)?
                 .tenant(tenant_id)
                 .subject("code_id", code_id)
@@ -93,7 +93,7 @@ async fn reissue_inner(
     )
     .await?;
     audit::append(
-        &*tx,
+        &tx,
         ctx.record(actions::CODE_REISSUE)?
             .tenant(tenant_id)
             .subject("code_id", &issued.code_id)

@@ -48,7 +48,7 @@ pub async fn revoke(
             if let Some(r) = reason {
                 record = record.detail("reason", r);
             }
-            audit::append(&*tx, record).await?;
+            audit::append(&tx, record).await?;
         }
         let after = appliances::get(&tx, appliance_id)
             .await?
