@@ -77,14 +77,21 @@ cat "$PKI/store.crt" "$PKI/store.key" >"$WORK/client.pem"
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/logs/stdout" 2>&1 &
 NGINX_PID=$!
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null && break; sleep 0.1; done
-if bounded ab -q -n "$AB_N" -c "$AB_C" -E "$WORK/client.pem" "https://127.0.0.1:$NGINX_PORT/" >"$WORK/ab.txt" 2>&1; then
-    CEIL[nginx]="$(awk '/^Requests per second/ { print $4 }' "$WORK/ab.txt")"
-    FAILED="$(awk '/^Failed requests/ { print $3 }' "$WORK/ab.txt")"
-    say "  nginx mTLS: ${CEIL[nginx]} req/s (failed: $FAILED)"
-else
-    say "  ab failed:"; tail -5 "$WORK/ab.txt"
-fi
-kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null; NGINX_PID=""
+# The machine's speed drifts over minutes (other tenants of the host), so the ceiling is
+# measured twice, now and again right after the gateway load bench that P1 is compared
+# with, and P1 uses the mean of the two.
+nginx_rate() { # prints req/s, or nothing
+    if bounded ab -q -n "$AB_N" -c "$AB_C" -E "$WORK/client.pem" "https://127.0.0.1:$NGINX_PORT/" >"$WORK/ab.txt" 2>&1; then
+        local failed
+        failed="$(awk '/^Failed requests/ { print $3 }' "$WORK/ab.txt")"
+        [ "${failed:-1}" = 0 ] || { say "  ab: $failed failed requests" >&2; return 0; }
+        awk '/^Requests per second/ { print $4 }' "$WORK/ab.txt"
+    else
+        { say "  ab failed:"; tail -5 "$WORK/ab.txt"; } >&2
+    fi
+}
+NGINX_BEFORE="$(nginx_rate)"
+say "  nginx mTLS: ${NGINX_BEFORE:-n/a} req/s (failed: 0; measured again after the load bench)"
 
 # -------------------------------------------------- ceiling: pgbench, no global lock
 say "ceiling: pgbench, redeem + check-in business statements with the audit insert, no global lock"
@@ -197,6 +204,11 @@ GW_ARGS=(--bench --seconds "$SECS" --out "$WORK/load.txt")
 [ "$SMOKE" = 1 ] && GW_ARGS+=(--smoke)
 (cd "$ROOT" && PART_TIMEOUT=400 bounded cargo bench -q "${RUST_PROFILE[@]}" -p alga-gateway --bench load -- "${GW_ARGS[@]}") \
     || say "  the gateway load bench failed"
+NGINX_AFTER="$(nginx_rate)"
+kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null; NGINX_PID=""
+CEIL[nginx]="$(awk -v a="$NGINX_BEFORE" -v b="$NGINX_AFTER" 'BEGIN {
+    if (a != "" && b != "") printf "%.0f", (a + b) / 2; else if (a != "") print a; else if (b != "") print b }')"
+say "  nginx mTLS again: ${NGINX_AFTER:-n/a} req/s; ceiling for P1: ${CEIL[nginx]:-n/a} req/s (mean)"
 if [ -f "$WORK/load.txt" ]; then
     cat "$WORK/load.txt"
     VAL[p1]="$(awk '$1 == "checkins_per_s" { print $2 }' "$WORK/load.txt")"
@@ -241,7 +253,7 @@ TABLE="$WORK/table.md"
 {
     printf '| # | figure | value | ceiling | ratio | goal | met? |\n|---|---|---|---|---|---|---|\n'
     r="$(ratio "${VAL[p1]:-}" "${CEIL[nginx]:-}")"
-    printf '| P1 | check-ins/s, new mTLS connection each | %s | nginx mTLS %s req/s | %s | >= 0.6 | %s |\n' "${VAL[p1]:-n/a}" "${CEIL[nginx]:-n/a}" "$r" "$(met "$r" '>=' 0.6)"
+    printf '| P1 | check-ins/s, new mTLS connection each | %s | nginx mTLS %s req/s (mean of %s before, %s after) | %s | >= 0.6 | %s |\n' "${VAL[p1]:-n/a}" "${CEIL[nginx]:-n/a}" "$(awk -v x="${NGINX_BEFORE:-0}" 'BEGIN { printf "%.0f", x }')" "$(awk -v x="${NGINX_AFTER:-0}" 'BEGIN { printf "%.0f", x }')" "$r" "$(met "$r" '>=' 0.6)"
     r="$(ratio "${VAL[p2]:-}" "${CEIL[hsm]:-}")"
     printf '| P2 | issuer license signs/s over mTLS, 32 clients, log fsynced on disk | %s | raw HSM %s signs/s | %s | >= 0.85 | %s |\n' "${VAL[p2]:-n/a}" "${CEIL[hsm]:-n/a}" "$r" "$(met "$r" '>=' 0.85)"
     r="$(ratio "${VAL[p2two]:-}" "${CEIL[hsm]:-}")"
