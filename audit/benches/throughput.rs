@@ -1,8 +1,12 @@
 //! Audit benchmark (prints figures, asserts nothing; about a minute):
 //!
 //! 1. redeem-like business transactions per second (UPDATE one row + INSERT one row,
-//!    32 concurrent writers) without the audit append, then with it (and the
-//!    sequencer running); goal: ratio ≥ 0.8;
+//!    32 concurrent writers) without the audit append and with it (the sequencer
+//!    running throughout); goal: ratio ≥ 0.8. The two workloads run in alternating
+//!    windows (ROUNDS rounds of one plain and one audited window, the order swapped
+//!    each round) and the ratio comes from the summed counts and times, because this
+//!    machine's CPU speed drifts within a minute and back-to-back phases measured the
+//!    drift as much as the audit append;
 //! 2. commit-to-chained latency (p50, p99) of the audited transactions;
 //! 3. `verify_export` bytes/s against `openssl dgst -sha256` bytes/s on the same
 //!    export file; goal: ratio ≥ 0.5.
@@ -24,7 +28,9 @@ use time::OffsetDateTime;
 use tokio_postgres::{Config, NoTls};
 
 const WRITERS: usize = 32;
+/// Measuring time per workload (plain, audited), split into ROUNDS windows each.
 const PHASE: Duration = Duration::from_secs(10);
+const ROUNDS: u32 = 4;
 
 struct NoCheckpoints;
 impl alga_audit::CheckpointSigner for NoCheckpoints {
@@ -83,12 +89,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let pool = Pool::builder(manager).max_size(WRITERS + 4).build()?;
 
+    let window = PHASE / ROUNDS;
     println!(
-        "alga-audit benchmark: {WRITERS} writers, {} s per phase",
-        PHASE.as_secs()
+        "alga-audit benchmark: {WRITERS} writers, {ROUNDS} rounds of {:.1} s plain + {:.1} s audited, interleaved",
+        window.as_secs_f64(),
+        window.as_secs_f64()
     );
-    let (plain, _) = phase(&pool, false).await?;
-    println!("  business tx/s without audit append: {plain:>8.0}");
 
     let mut seq_config = SequencerConfig::new(AuditPolicy {
         checkpoint_every_records: u64::MAX,
@@ -102,7 +108,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let seq_task = sequencer.spawn(async move {
         let _ = stop_rx.await;
     });
-    // Record when each cursor position was reached.
+    // Record when each cursor position was reached (one history for all audited
+    // windows: the cursor only moves forward).
     let history = tokio::spawn(async move {
         let mut seen: Vec<((u64, i64), Instant)> = Vec::new();
         while progress.changed().await.is_ok() {
@@ -111,25 +118,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         seen
     });
-    let (audited, commits) = phase(&pool, true).await?;
+    // Per kind: (transactions, seconds); per round: (plain tx/s, audited tx/s).
+    let (mut plain_sum, mut audited_sum) = ((0u64, 0f64), (0u64, 0f64));
+    let mut rounds = Vec::new();
+    let mut commits = Vec::new();
+    for round in 0..ROUNDS {
+        let (mut plain_rate, mut audited_rate) = (0.0, 0.0);
+        for audited in [round % 2 == 1, round % 2 == 0] {
+            let (n, secs, c) = window_run(&pool, audited, window).await?;
+            if audited {
+                audited_sum = (audited_sum.0 + n, audited_sum.1 + secs);
+                audited_rate = n as f64 / secs;
+                commits.extend(c);
+                // Let the sequencer catch up outside the measured windows, as it
+                // did after the single audited phase, so that its backlog does not
+                // slow the next window.
+                catch_up(&owner, Duration::from_secs(10)).await?;
+            } else {
+                plain_sum = (plain_sum.0 + n, plain_sum.1 + secs);
+                plain_rate = n as f64 / secs;
+            }
+        }
+        rounds.push(audited_rate / plain_rate);
+    }
+    let plain = plain_sum.0 as f64 / plain_sum.1;
+    let audited = audited_sum.0 as f64 / audited_sum.1;
+    println!("  business tx/s without audit append: {plain:>8.0}");
     println!(
         "  business tx/s with audit append:    {audited:>8.0}   ratio {:.2} (goal ≥ 0.80)",
         audited / plain
     );
+    let spread: Vec<String> = rounds.iter().map(|r| format!("{r:.2}")).collect();
+    println!("  per-round ratios: {}", spread.join(" "));
     // Let the sequencer catch up, then stop it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let row = owner
-            .query_one(
-                "SELECT (SELECT count(*) FROM audit_events) - (SELECT count(*) FROM audit_chain)",
-                &[],
-            )
-            .await?;
-        if row.get::<_, i64>(0) == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    catch_up(&owner, Duration::from_secs(20)).await?;
     let _ = stop_tx.send(());
     seq_task.await?;
     let history = history.await?;
@@ -171,9 +193,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs WRITERS tasks of redeem-like transactions for PHASE; returns tx/s and, when
-/// audited, (event id, commit instant) of every transaction.
-async fn phase(pool: &Pool, audited: bool) -> anyhow::Result<(f64, Vec<(i64, Instant)>)> {
+/// Waits (at most `limit`) until the sequencer has chained every audit event.
+async fn catch_up(owner: &tokio_postgres::Client, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let row = owner
+            .query_one(
+                "SELECT (SELECT count(*) FROM audit_events) - (SELECT count(*) FROM audit_chain)",
+                &[],
+            )
+            .await?;
+        if row.get::<_, i64>(0) == 0 || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Commits of one window: transactions, elapsed seconds and, when audited,
+/// (event id, commit instant) of every transaction.
+type Window = (u64, f64, Vec<(i64, Instant)>);
+
+/// Runs WRITERS tasks of redeem-like transactions for `length`.
+async fn window_run(pool: &Pool, audited: bool, length: Duration) -> anyhow::Result<Window> {
     let stop = Arc::new(AtomicBool::new(false));
     let action = Action::new("code.redeem")?;
     let mut tasks = Vec::new();
@@ -223,7 +265,7 @@ async fn phase(pool: &Pool, audited: bool) -> anyhow::Result<(f64, Vec<(i64, Ins
         }));
     }
     let started = Instant::now();
-    tokio::time::sleep(PHASE).await;
+    tokio::time::sleep(length).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     let mut commits = Vec::new();
@@ -232,7 +274,7 @@ async fn phase(pool: &Pool, audited: bool) -> anyhow::Result<(f64, Vec<(i64, Ins
         total += n;
         commits.extend(c);
     }
-    Ok((total as f64 / started.elapsed().as_secs_f64(), commits))
+    Ok((total, started.elapsed().as_secs_f64(), commits))
 }
 
 /// verify_export vs `openssl dgst -sha256` on one ~128 MB export file.
