@@ -118,7 +118,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         seen
     });
-    // Per kind: (transactions, seconds); per round: (plain tx/s, audited tx/s).
+    // Per kind: (transactions, seconds); per round: audited tx/s over plain tx/s.
     let (mut plain_sum, mut audited_sum) = ((0u64, 0f64), (0u64, 0f64));
     let mut rounds = Vec::new();
     let mut commits = Vec::new();
