@@ -20,6 +20,14 @@ pub const DERIVE_CODE: &str = "/v1/codes/derive";
 pub const VERIFY_CODE: &str = "/v1/codes/verify";
 /// `POST`: sign a license JWT. [`SignLicenseRequest`] → [`SignedLicense`].
 pub const SIGN_LICENSE: &str = "/v1/licenses";
+/// `POST`: sign several licenses in one request. [`SignLicensesRequest`] →
+/// [`SignLicensesResponse`]: one result per request, in the same order. The gateway
+/// sends it when concurrent license requests queue up behind its calls in flight, so
+/// the issuer's per-request costs (TLS records, HTTP, the signing log's fsync) are
+/// shared by the batch. Each license is signed and logged exactly as by [`SIGN_LICENSE`].
+pub const SIGN_LICENSES: &str = "/v1/licenses/batch";
+/// Most licenses in one [`SignLicensesRequest`] (more is refused as `bad_request`).
+pub const MAX_LICENSE_BATCH: usize = 64;
 /// `POST`: sign an appliance credential from a CSR. [`SignCredentialRequest`] → [`SignedCredential`].
 pub const SIGN_CREDENTIAL: &str = "/v1/credentials";
 /// `POST`: sign an audit checkpoint. [`SignCheckpointRequest`] → [`SignedCheckpoint`].
@@ -94,6 +102,29 @@ pub struct SignedLicense {
     pub issued_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// Sign up to [`MAX_LICENSE_BATCH`] licenses (at least one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignLicensesRequest {
+    pub licenses: Vec<SignLicenseRequest>,
+}
+
+/// The results of a [`SignLicensesRequest`], one per license, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignLicensesResponse {
+    pub results: Vec<LicenseResult>,
+}
+
+/// One license of a batch: `{"license": …}` when signed (and logged), or
+/// `{"error": {"code": …, "message": …}}` with the error [`SIGN_LICENSE`] would have
+/// answered for that request alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseResult {
+    License(SignedLicense),
+    Error(IssuerErrorDetail),
 }
 
 /// Sign an appliance credential. The issuer sets subject, SAN, EKU, serial and validity
