@@ -4,9 +4,19 @@
 //! Errors are typed so the flows can tell "the issuer is down" (redeem answers 503
 //! `license_service_unavailable`, nothing changed) from "the issuer refused this input"
 //! (a CSR it will not sign is the caller's `csr_invalid`).
+//!
+//! License requests are coalesced under load: at most [`LICENSE_CALLS_IN_FLIGHT`]
+//! license calls are in flight; a request that finds them all busy waits in a queue,
+//! and the next call to go out takes everything queued (up to
+//! [`ia::MAX_LICENSE_BATCH`]) as one `SIGN_LICENSES` batch. Alone, a request goes out at
+//! once as a plain `SIGN_LICENSE` call, so light load sees no delay; under load the
+//! issuer's per-request costs (TLS, HTTP, the signing log's fsync) are shared by the
+//! batch. The calls run in their own tasks: a caller that gives up (its client went
+//! away) never cancels the others' licenses. An issuer without the batch route (older
+//! version, 404/405) gets the batch as single calls.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alga_protocol::CodeBinding;
@@ -26,8 +36,11 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
+/// Most license calls in flight at once; requests beyond wait and go out as batches.
+pub const LICENSE_CALLS_IN_FLIGHT: usize = 8;
+
 /// Why an issuer call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IssuerError {
     /// Connection refused, TLS failure, timeout: the issuer cannot be reached.
     #[error("issuer unreachable: {0}")]
@@ -49,12 +62,42 @@ pub enum IssuerError {
     Config(String),
 }
 
-/// A client of the issuer. Cheap to clone.
+/// A client of the issuer. Cheap to clone; clones share the license queue.
 #[derive(Clone, Debug)]
 pub struct IssuerClient {
     http: reqwest::Client,
     base: String,
     metrics: Arc<Metrics>,
+    licenses: Arc<LicenseQueue>,
+}
+
+/// License requests waiting for a call, and the permits of the calls in flight.
+#[derive(Debug)]
+struct LicenseQueue {
+    waiting: Mutex<Vec<PendingLicense>>,
+    calls: Arc<tokio::sync::Semaphore>,
+}
+
+impl LicenseQueue {
+    fn new(calls_in_flight: usize) -> LicenseQueue {
+        LicenseQueue {
+            waiting: Mutex::new(Vec::new()),
+            calls: Arc::new(tokio::sync::Semaphore::new(calls_in_flight.max(1))),
+        }
+    }
+
+    /// Takes up to [`ia::MAX_LICENSE_BATCH`] waiting requests, oldest first.
+    fn take(&self) -> Vec<PendingLicense> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let n = waiting.len().min(ia::MAX_LICENSE_BATCH);
+        waiting.drain(..n).collect()
+    }
+}
+
+#[derive(Debug)]
+struct PendingLicense {
+    request: SignLicenseRequest,
+    reply: tokio::sync::oneshot::Sender<Result<SignedLicense, IssuerError>>,
 }
 
 impl IssuerClient {
@@ -95,7 +138,14 @@ impl IssuerClient {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
             metrics,
+            licenses: Arc::new(LicenseQueue::new(LICENSE_CALLS_IN_FLIGHT)),
         })
+    }
+
+    /// The same client with at most `calls` license calls in flight (tests).
+    pub fn with_license_calls_in_flight(mut self, calls: usize) -> IssuerClient {
+        self.licenses = Arc::new(LicenseQueue::new(calls));
+        self
     }
 
     /// Mints a code for the tenant.
@@ -138,7 +188,8 @@ impl IssuerClient {
         Ok(r.valid)
     }
 
-    /// Signs a license for the appliance.
+    /// Signs a license for the appliance: alone at once, or in the next batch when
+    /// [`LICENSE_CALLS_IN_FLIGHT`] license calls are already out (see the module doc).
     #[instrument(skip_all, fields(tenant.id = %tenant_id, appliance.id = %appliance_id))]
     pub async fn sign_license(
         &self,
@@ -146,17 +197,103 @@ impl IssuerClient {
         appliance_id: Uuid,
         edition: &str,
     ) -> Result<SignedLicense, IssuerError> {
-        self.post(
-            "sign_license",
-            ia::SIGN_LICENSE,
-            &SignLicenseRequest {
-                tenant_id,
-                appliance_id,
-                edition: edition.to_owned(),
-                lifetime_seconds: None,
-            },
-        )
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.licenses
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(PendingLicense {
+                request: SignLicenseRequest {
+                    tenant_id,
+                    appliance_id,
+                    edition: edition.to_owned(),
+                    lifetime_seconds: None,
+                },
+                reply,
+            });
+        self.dispatch_licenses();
+        answer.await.unwrap_or_else(|_| {
+            Err(IssuerError::Unreachable(
+                "the license call ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// Starts a call for the waiting license requests while a call permit is free.
+    /// Every call, once answered, gives its permit back and dispatches again, so a
+    /// request queued while all permits were out is never left behind.
+    fn dispatch_licenses(&self) {
+        loop {
+            let Ok(permit) = Arc::clone(&self.licenses.calls).try_acquire_owned() else {
+                return;
+            };
+            let batch = self.licenses.take();
+            if batch.is_empty() {
+                return;
+            }
+            let client = self.clone();
+            tokio::spawn(async move {
+                client.send_licenses(batch).await;
+                drop(permit);
+                client.dispatch_licenses();
+            });
+        }
+    }
+
+    /// One call for `batch`, each answer to its requester.
+    async fn send_licenses(&self, mut batch: Vec<PendingLicense>) {
+        if batch.len() == 1 {
+            let p = batch.remove(0);
+            let result = self
+                .post("sign_license", ia::SIGN_LICENSE, &p.request)
+                .await;
+            let _ = p.reply.send(result);
+            return;
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let body = ia::SignLicensesRequest { licenses: requests };
+        let result: Result<ia::SignLicensesResponse, IssuerError> =
+            self.post("sign_licenses", ia::SIGN_LICENSES, &body).await;
+        match result {
+            Ok(r) if r.results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(r.results) {
+                    let _ = reply.send(match result {
+                        ia::LicenseResult::License(l) => Ok(l),
+                        ia::LicenseResult::Error(e) => Err(refusal(e)),
+                    });
+                }
+            }
+            Ok(r) => {
+                let e = IssuerError::Protocol(format!(
+                    "{} results for a batch of {} licenses",
+                    r.results.len(),
+                    replies.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) if lacks_batch_route(&e) => {
+                // An issuer without the batch route (an older version: 404 or 405,
+                // `bad_request`): each license as its own call, all at once. Never
+                // after an answer that may have signed the batch (a 200 that does not
+                // parse, a 5xx), which would sign those licenses twice.
+                let calls = body.licenses.iter().map(|request| async move {
+                    self.post::<_, SignedLicense>("sign_license", ia::SIGN_LICENSE, request)
+                        .await
+                });
+                let results = futures::future::join_all(calls).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// Signs an appliance credential from the CSR.
@@ -284,6 +421,34 @@ impl IssuerClient {
     }
 }
 
+/// Whether a batch call failed because the issuer has no batch route (it then signed
+/// nothing): its 404/405 `bad_request`, or a bare 404/405 from something in between.
+fn lacks_batch_route(e: &IssuerError) -> bool {
+    match e {
+        IssuerError::Refused { code, .. } => *code == IssuerErrorCode::BadRequest,
+        IssuerError::Protocol(m) => m.starts_with("HTTP 404") || m.starts_with("HTTP 405"),
+        _ => false,
+    }
+}
+
+/// A batch's per-license error as the single call would have reported it.
+fn refusal(e: ia::IssuerErrorDetail) -> IssuerError {
+    match e.code {
+        IssuerErrorCode::HsmUnavailable => IssuerError::Unavailable {
+            status: 503,
+            message: e.message,
+        },
+        IssuerErrorCode::Internal => IssuerError::Unavailable {
+            status: 500,
+            message: e.message,
+        },
+        code => IssuerError::Refused {
+            code,
+            message: e.message,
+        },
+    }
+}
+
 fn error_kind(e: &IssuerError) -> &'static str {
     match e {
         IssuerError::Unreachable(_) => "unreachable",
@@ -319,5 +484,61 @@ impl IssuerClient {
             )
             .await?;
         Ok(r.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_batch_route_falls_back_to_single_calls() {
+        let refused = |code| IssuerError::Refused {
+            code,
+            message: "m".into(),
+        };
+        // An older issuer's 404/405 (its bad_request body, or a bare status).
+        assert!(lacks_batch_route(&refused(IssuerErrorCode::BadRequest)));
+        assert!(lacks_batch_route(&IssuerError::Protocol(
+            "HTTP 404 Not Found: no such endpoint".into()
+        )));
+        assert!(lacks_batch_route(&IssuerError::Protocol(
+            "HTTP 405 Method Not Allowed: x".into()
+        )));
+        // Answers after which the batch may have been signed are never retried singly.
+        assert!(!lacks_batch_route(&IssuerError::Protocol(
+            "expected value at line 1 column 1".into()
+        )));
+        assert!(!lacks_batch_route(&IssuerError::Unavailable {
+            status: 503,
+            message: "m".into()
+        }));
+        assert!(!lacks_batch_route(&IssuerError::Unreachable(
+            "timeout".into()
+        )));
+        assert!(!lacks_batch_route(&refused(IssuerErrorCode::Forbidden)));
+    }
+
+    #[test]
+    fn a_batch_items_error_is_what_the_single_call_would_have_returned() {
+        let detail = |code| ia::IssuerErrorDetail {
+            code,
+            message: "m".into(),
+        };
+        assert!(matches!(
+            refusal(detail(IssuerErrorCode::HsmUnavailable)),
+            IssuerError::Unavailable { status: 503, .. }
+        ));
+        assert!(matches!(
+            refusal(detail(IssuerErrorCode::Internal)),
+            IssuerError::Unavailable { status: 500, .. }
+        ));
+        assert!(matches!(
+            refusal(detail(IssuerErrorCode::EditionNotPaid)),
+            IssuerError::Refused {
+                code: IssuerErrorCode::EditionNotPaid,
+                ..
+            }
+        ));
     }
 }

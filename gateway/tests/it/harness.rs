@@ -555,6 +555,51 @@ impl Stack {
         format!("{}{}", self.gw, path)
     }
 
+    /// A gateway-side client of this stack's issuer (the gateway's certificate).
+    pub fn gateway_issuer_client(
+        &self,
+        metrics: Arc<alga_gateway::metrics::Metrics>,
+    ) -> alga_gateway::issuer_client::IssuerClient {
+        let d = dev();
+        alga_gateway::issuer_client::IssuerClient::new(
+            &format!("https://localhost:{}", self.issuer_addr.port()),
+            std::path::Path::new(&d.path("ALGA_CA_BUNDLE")),
+            std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_CERT")),
+            std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_KEY")),
+            metrics,
+        )
+        .expect("issuer client")
+    }
+
+    /// The directory of this stack's issuer signing log.
+    pub fn issuer_log_dir(&self) -> &std::path::Path {
+        self._issuer_log.path()
+    }
+
+    /// The claims of a license JWT, verified (ES256, audience) against the JWKS the
+    /// gateway publishes.
+    pub async fn license_claims(&self, token: &str) -> Value {
+        let (_, jwks, _) = send(self.anon().get(self.url("/.well-known/jwks.json"))).await;
+        let header = jsonwebtoken::decode_header(token).expect("header");
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        let jwk = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| Some(k["kid"].as_str().unwrap_or_default()) == header.kid.as_deref())
+            .expect("kid published");
+        let key = jsonwebtoken::DecodingKey::from_ec_components(
+            jwk["x"].as_str().expect("x"),
+            jwk["y"].as_str().expect("y"),
+        )
+        .expect("jwk");
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_audience(&["alga-appliance"]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .expect("license verifies")
+            .claims
+    }
+
     /// Stops the issuer (the gateway keeps running).
     pub async fn stop_issuer(&mut self) {
         if let Some(tx) = self.issuer_stop.take() {

@@ -8,6 +8,7 @@ mod check_in;
 mod cut_after_commit;
 mod explain;
 mod hsm_session_loss;
+mod issuer_batch;
 mod mail;
 mod ops;
 mod redeem;

@@ -46,25 +46,7 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
     assert_eq!(v["check_in_url"], "https://localhost:8443/check-in");
 
     // The license verifies against the published JWKS, with the claims of DESIGN §5.
-    let (_, jwks, _) = send(s.anon().get(s.url("/.well-known/jwks.json"))).await;
-    let header = jsonwebtoken::decode_header(token).expect("header");
-    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let jwk = jwks["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| Some(k["kid"].as_str().unwrap_or_default()) == header.kid.as_deref())
-        .expect("kid published");
-    let key = jsonwebtoken::DecodingKey::from_ec_components(
-        jwk["x"].as_str().expect("x"),
-        jwk["y"].as_str().expect("y"),
-    )
-    .expect("jwk");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&["alga-appliance"]);
-    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .expect("license verifies")
-        .claims;
+    let claims = s.license_claims(token).await;
     assert_eq!(claims["sub"], tenant.to_string());
     assert_eq!(claims["appliance_id"], appliance_id.to_string());
     assert_eq!(claims["edition"], "pro");
