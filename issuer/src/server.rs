@@ -10,6 +10,13 @@
 //!   completes the handshake.
 //! - Every signing route writes the signing log (fsynced) before it replies; if the
 //!   log cannot be written the request fails with 503 and the signature is dropped.
+//! - `POST /v1/licenses/batch` ([`api::SIGN_LICENSES`]) signs and logs 1 to
+//!   [`api::MAX_LICENSE_BATCH`] licenses concurrently, each exactly as the single route
+//!   would: one result per license in request order, a refused license carrying the
+//!   single route's error code and message. If the log fails for any of them the whole
+//!   request is 503 and no license is released (those of the batch already logged stay
+//!   in the log undelivered, like a single request whose reply was lost:
+//!   reconciliation reports them as signed but not recorded).
 //! - Errors are [`IssuerErrorBody`]; a 5xx never carries internal detail (the log
 //!   does). Bodies are limited to [`MAX_BODY_BYTES`]; requests refuse unknown fields.
 //! - The issuer never talks to Postgres, SMTP or S3: there is no code for it here.
@@ -19,15 +26,18 @@
 //! attached to each request as a [`Client`] extension.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use alga_policies::{Policy, Role};
 use alga_protocol::issuer_api::{
     self as api, DeriveCodeRequest, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode,
-    IssuerErrorDetail, MintCodeRequest, MintCodeResponse, PublicKeys, SignCheckpointRequest,
-    SignCredentialRequest, SignLicenseRequest, SignedCheckpoint, SignedCredential, SignedLicense,
-    VerifyCodeRequest, VerifyCodeResponse,
+    IssuerErrorDetail, LicenseResult, MintCodeRequest, MintCodeResponse, PublicKeys,
+    SignCheckpointRequest, SignCredentialRequest, SignLicenseRequest, SignLicensesRequest,
+    SignLicensesResponse, SignedCheckpoint, SignedCredential, SignedLicense, VerifyCodeRequest,
+    VerifyCodeResponse,
 };
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -322,6 +332,7 @@ fn router<K: KeyOps + Clone>(app: App<K>) -> Router {
         .route(api::DERIVE_CODE, post(derive_code::<K>))
         .route(api::VERIFY_CODE, post(verify_code::<K>))
         .route(api::SIGN_LICENSE, post(sign_license::<K>))
+        .route(api::SIGN_LICENSES, post(sign_licenses::<K>))
         .route(api::SIGN_CREDENTIAL, post(sign_credential::<K>))
         .route(api::SIGN_CHECKPOINT, post(sign_checkpoint::<K>))
         .route(api::PUBLIC_KEYS, get(public_keys::<K>))
@@ -437,6 +448,84 @@ async fn sign_license<K: KeyOps + Clone>(
     Ok(Json(value))
 }
 
+/// Signs and logs each license of the batch as [`sign_license`] would, concurrently
+/// (the HSM workers sign in parallel; the appends reach the signing log's writer close
+/// together and share its fsyncs, group commit). One result per license, in request
+/// order.
+///
+/// A signing-log failure for any license fails the whole request with 503 and releases
+/// no license. Licenses of the batch that were logged before it are then in the
+/// signing log but were never delivered, as after a single request whose reply was
+/// lost: reconciliation reports them as signed but not recorded by the gateway.
+#[instrument(skip_all, fields(batch.size))]
+async fn sign_licenses<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<SignLicensesRequest>,
+) -> Result<Json<SignLicensesResponse>, ApiError> {
+    let count = req.licenses.len();
+    tracing::Span::current().record("batch.size", count);
+    if count == 0 || count > api::MAX_LICENSE_BATCH {
+        tracing::info!("license batch refused: size");
+        return Err(ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "a batch holds 1 to {} licenses, got {count}",
+                api::MAX_LICENSE_BATCH
+            ),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let app = &app;
+    let outcomes = join_all(req.licenses.iter().map(|item| async move {
+        let signed = ops::license::sign(&app.keys, &app.policy, item, now)
+            .await
+            .map_err(|e| refused("license", e))?;
+        let (value, seq) = app.logged(signed).await?;
+        tracing::info!(
+            tenant.id = %item.tenant_id,
+            appliance.id = %item.appliance_id,
+            license.jti = %value.jti,
+            license.kid = %value.kid,
+            signlog.seq = seq,
+            "license signed"
+        );
+        Ok::<_, ApiError>(value)
+    }))
+    .await;
+    let mut results = Vec::with_capacity(count);
+    for outcome in outcomes {
+        results.push(match outcome {
+            Ok(license) => LicenseResult::License(license),
+            // Nothing leaves if any record did not reach the log (already logged as such).
+            Err(ApiError::Signlog) => return Err(ApiError::Signlog),
+            Err(e) => LicenseResult::Error(e.into_parts().1),
+        });
+    }
+    Ok(Json(SignLicensesResponse { results }))
+}
+
+/// Runs `futures` concurrently on the current task and returns their outputs in their
+/// order (what `futures::future::join_all` does, without the dependency). Each pass
+/// polls every future not yet finished: fine for the few dozen of a batch.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 #[instrument(skip_all)]
 async fn sign_credential<K: KeyOps + Clone>(
     State(app): State<App<K>>,
@@ -527,10 +616,10 @@ impl ApiError {
             message: message.to_owned(),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The HTTP status and the client-facing error: what a request failing with this
+    /// error answers, and what a batch reports for one of its items.
+    fn into_parts(self) -> (StatusCode, IssuerErrorDetail) {
         let (status, code, message) = match self {
             ApiError::Ops(e) => {
                 let code = e.code();
@@ -562,10 +651,14 @@ impl IntoResponse for ApiError {
                 (status, IssuerErrorCode::BadRequest, message)
             }
         };
-        let body = IssuerErrorBody {
-            error: IssuerErrorDetail { code, message },
-        };
-        (status, Json(body)).into_response()
+        (status, IssuerErrorDetail { code, message })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = self.into_parts();
+        (status, Json(IssuerErrorBody { error })).into_response()
     }
 }
 
@@ -679,6 +772,122 @@ mod tests {
         assert!(!log.is_healthy());
     }
 
+    /// A batch body of `n` copies of [`LICENSE`].
+    fn batch(n: usize) -> String {
+        format!(r#"{{"licenses":[{}]}}"#, vec![LICENSE; n].join(","))
+    }
+
+    #[tokio::test]
+    async fn a_batch_releases_no_license_when_the_log_cannot_take_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One record per file and the second file's name taken: the first license of
+        // the batch is logged, the second cannot be.
+        let log = SignLog::open(dir.path(), SignlogOptions { max_file_bytes: 1 }).expect("log");
+        std::fs::create_dir(dir.path().join(file_name(2))).expect("mkdir");
+        let router = app(log.clone());
+        let (status, body) = call(&router, "POST", api::SIGN_LICENSES, &batch(3)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(!body.contains("eyJ"), "no token in {body}");
+        let parsed: IssuerErrorBody = serde_json::from_str(&body).expect("error body");
+        assert_eq!(parsed.error.code, IssuerErrorCode::HsmUnavailable);
+        assert_eq!(
+            parsed.error.message,
+            "the signing log cannot be written; retry later"
+        );
+        assert!(!log.is_healthy());
+        // The license logged before the failure is in the log, undelivered.
+        std::fs::remove_dir(dir.path().join(file_name(2))).expect("rmdir");
+        let records = crate::signlog::read_dir(dir.path()).expect("log").records;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].op, alga_protocol::signlog::SignOp::License);
+        // Fail closed from then on.
+        let (status, body) = call(&router, "POST", api::SIGN_LICENSES, &batch(1)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_item_fails_with_the_single_routes_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let router = app(SignLog::open(dir.path(), SignlogOptions::default()).expect("log"));
+        let essentials = LICENSE.replace("pro", "essentials");
+        let long = LICENSE.replace('}', r#","lifetime_seconds":315360000}"#);
+        let zero = LICENSE.replace('}', r#","lifetime_seconds":0}"#);
+        let items = [LICENSE, &essentials, &long, &zero, LICENSE];
+        let (status, body) = call(
+            &router,
+            "POST",
+            api::SIGN_LICENSES,
+            &format!(r#"{{"licenses":[{}]}}"#, items.join(",")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let parsed: SignLicensesResponse = serde_json::from_str(&body).expect("batch body");
+        assert_eq!(parsed.results.len(), items.len());
+        for (item, result) in items.iter().zip(&parsed.results) {
+            let (status, single) = call(&router, "POST", api::SIGN_LICENSE, item).await;
+            match result {
+                LicenseResult::License(_) => assert_eq!(status, StatusCode::OK, "{single}"),
+                LicenseResult::Error(detail) => {
+                    let single: IssuerErrorBody = serde_json::from_str(&single).expect("error");
+                    assert_eq!(detail.code, single.error.code, "{item}");
+                    assert_eq!(detail.message, single.error.message, "{item}");
+                }
+            }
+        }
+        let codes: Vec<Option<IssuerErrorCode>> = parsed
+            .results
+            .iter()
+            .map(|r| match r {
+                LicenseResult::License(_) => None,
+                LicenseResult::Error(e) => Some(e.code),
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                Some(IssuerErrorCode::EditionNotPaid),
+                Some(IssuerErrorCode::BeyondPolicy),
+                Some(IssuerErrorCode::BadRequest),
+                None
+            ]
+        );
+        // Two from the batch, two from the single route.
+        assert_eq!(
+            crate::signlog::read_dir(dir.path())
+                .expect("log")
+                .records
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_5xx_item_error_carries_no_internal_detail() {
+        let (status, detail) = ApiError::Ops(OpsError::internal("the secret reason")).into_parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(detail.code, IssuerErrorCode::Internal);
+        assert!(!detail.message.contains("secret"), "{}", detail.message);
+    }
+
+    #[tokio::test]
+    async fn join_all_runs_together_and_keeps_the_order() {
+        // Every future waits for all the others: only a concurrent join finishes.
+        let barrier = tokio::sync::Barrier::new(5);
+        let barrier = &barrier;
+        let outputs = tokio::time::timeout(
+            Duration::from_secs(5),
+            join_all((0..5u64).map(|i| async move {
+                tokio::time::sleep(Duration::from_millis(10 * (5 - i))).await;
+                barrier.wait().await;
+                i
+            })),
+        )
+        .await
+        .expect("the futures ran concurrently");
+        assert_eq!(outputs, [0, 1, 2, 3, 4]);
+    }
+
     #[tokio::test]
     async fn requests_are_refused_with_the_issuers_error_body() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -686,6 +895,10 @@ mod tests {
         let unknown_field = LICENSE.replace('{', r#"{"admin":true,"#);
         let huge = format!(r#"{{"pad":"{}"}}"#, "a".repeat(MAX_BODY_BYTES));
         let essentials = LICENSE.replace("pro", "essentials");
+        let empty_batch = batch(0);
+        let oversized_batch = batch(api::MAX_LICENSE_BATCH + 1);
+        let batch_unknown_field = batch(1).replace('{', r#"{"admin":true,"#);
+        let item_unknown_field = format!(r#"{{"licenses":[{unknown_field}]}}"#);
         let cases: Vec<(&str, &str, &str, StatusCode, IssuerErrorCode)> = vec![
             (
                 "POST",
@@ -729,6 +942,48 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 IssuerErrorCode::EditionNotPaid,
             ),
+            (
+                "POST",
+                api::SIGN_LICENSES,
+                &empty_batch,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSES,
+                &oversized_batch,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSES,
+                &batch_unknown_field,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSES,
+                &item_unknown_field,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "POST",
+                api::SIGN_LICENSES,
+                LICENSE,
+                StatusCode::BAD_REQUEST,
+                IssuerErrorCode::BadRequest,
+            ),
+            (
+                "GET",
+                api::SIGN_LICENSES,
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssuerErrorCode::BadRequest,
+            ),
         ];
         for (method, path, body, status, code) in cases {
             let (got, text) = call(&router, method, path, body).await;
@@ -750,6 +1005,7 @@ mod tests {
         let router: Router = Router::new().fallback(forbidden);
         for (method, path) in [
             ("POST", api::SIGN_LICENSE),
+            ("POST", api::SIGN_LICENSES),
             ("GET", api::HEALTH),
             ("GET", "/x"),
         ] {

@@ -10,8 +10,9 @@ use alga_issuer::hsm::Hsm;
 use alga_issuer::server::{self, ServerError};
 use alga_issuer::signlog;
 use alga_protocol::issuer_api::{
-    self as api, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode, MintCodeResponse,
-    PublicKeys, SignedCheckpoint, SignedCredential, SignedLicense, VerifyCodeResponse,
+    self as api, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode, LicenseResult,
+    MintCodeResponse, PublicKeys, SignLicensesResponse, SignedCheckpoint, SignedCredential,
+    SignedLicense, VerifyCodeResponse,
 };
 use alga_protocol::signlog::SignOp;
 use secrecy::ExposeSecret;
@@ -172,6 +173,8 @@ fn only_the_gateway_gets_in() {
                 let c = pki.client(Some(leaf));
                 let r = post(&c, &server.url, api::SIGN_LICENSE, &license).await;
                 assert_eq!(r.status(), 403, "{what}");
+                error(r, 403, IssuerErrorCode::Forbidden).await;
+                let r = post(&c, &server.url, api::SIGN_LICENSES, &json!({"licenses": [license]})).await;
                 error(r, 403, IssuerErrorCode::Forbidden).await;
                 let r = c.get(format!("{}{}", server.url, api::PUBLIC_KEYS)).send().await.expect("request");
                 assert_eq!(r.status(), 403, "{what}: every route");
@@ -422,6 +425,137 @@ fn every_signature_is_logged_before_it_is_returned_and_the_log_holds_no_secret()
             assert!(
                 matches!(started, Err(ServerError::Signlog(_))),
                 "{started:?}"
+            );
+        },
+    );
+}
+
+#[test]
+fn a_batch_signs_each_license_or_answers_the_single_routes_error() {
+    isolated_in(
+        module_path!(),
+        "a_batch_signs_each_license_or_answers_the_single_routes_error",
+        Setup::Keys,
+        |t| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = Pki::new(dir.path());
+            let log_dir = dir.path().join("log");
+            let tenant = Uuid::new_v4();
+            let appliances: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+            let mut signed_jtis: Vec<Uuid> = Vec::new();
+            rt().block_on(async {
+                let server = Running::start(pki.config(t, &log_dir), t, t.open()).await;
+                let c = pki.client(Some(&pki.gateway));
+                let url = &server.url;
+                let item = |i: usize, edition: &str, lifetime: Option<u64>| {
+                    let mut v = json!({"tenant_id": tenant, "appliance_id": appliances[i], "edition": edition});
+                    if let Some(seconds) = lifetime {
+                        v["lifetime_seconds"] = json!(seconds);
+                    }
+                    v
+                };
+                let items = vec![
+                    item(0, "pro", None),
+                    item(1, "essentials", None),
+                    item(2, "pro", Some(3600)),
+                    item(3, "pro", Some(315_360_000)),
+                    item(4, "pro", None),
+                ];
+                let batch: SignLicensesResponse =
+                    ok(post(&c, url, api::SIGN_LICENSES, &json!({"licenses": items})).await).await;
+                assert_eq!(batch.results.len(), 5);
+                let keys: PublicKeys = ok(c.get(format!("{url}{}", api::PUBLIC_KEYS)).send().await.expect("keys")).await;
+                let now = OffsetDateTime::now_utc();
+                for (i, result) in batch.results.iter().enumerate() {
+                    match (i, result) {
+                        (0 | 2 | 4, LicenseResult::License(license)) => {
+                            let claims = alga_issuer::ops::license::verify(license.token.expose(), &keys.jwks, now, "https://license.alga.test")
+                                .expect("a batch license verifies with the published JWKS");
+                            assert_eq!(claims.sub, tenant.to_string());
+                            assert_eq!(claims.appliance_id, appliances[i].to_string(), "in request order");
+                            assert_eq!(claims.jti, license.jti.to_string());
+                            let lifetime = if i == 2 { 3600 } else { 7 * 86_400 };
+                            assert_eq!(claims.exp - claims.iat, lifetime);
+                            signed_jtis.push(license.jti);
+                        }
+                        (1 | 3, LicenseResult::Error(detail)) => {
+                            let expected = if i == 1 { IssuerErrorCode::EditionNotPaid } else { IssuerErrorCode::BeyondPolicy };
+                            assert_eq!(detail.code, expected);
+                            // Exactly what the single route answers for that license alone.
+                            let single = error(post(&c, url, api::SIGN_LICENSE, &items[i]).await, 400, expected).await;
+                            assert_eq!(detail.message, single);
+                        }
+                        (i, other) => panic!("result {i}: {other:?}"),
+                    }
+                }
+                let distinct: std::collections::HashSet<Uuid> = signed_jtis.iter().copied().collect();
+                assert_eq!(distinct.len(), 3, "distinct jti");
+                assert_eq!(signlog::read_dir(&log_dir).expect("log").records.len(), 3, "one record per signed license");
+
+                // The whole request is refused for a bad size or body: nothing signed.
+                let one = item(0, "pro", None);
+                for (what, body) in [
+                    ("empty", json!({"licenses": []})),
+                    ("65 licenses", json!({"licenses": vec![one.clone(); api::MAX_LICENSE_BATCH + 1]})),
+                    ("unknown field", json!({"licenses": [one.clone()], "admin": true})),
+                    ("unknown item field", json!({"licenses": [{"tenant_id": tenant, "appliance_id": appliances[0], "edition": "pro", "admin": true}]})),
+                    ("no list", one.clone()),
+                ] {
+                    let r = post(&c, url, api::SIGN_LICENSES, &body).await;
+                    let message = error(r, 400, IssuerErrorCode::BadRequest).await;
+                    if what == "empty" {
+                        assert_eq!(message, "a batch holds 1 to 64 licenses, got 0");
+                    }
+                    if what == "65 licenses" {
+                        assert_eq!(message, "a batch holds 1 to 64 licenses, got 65");
+                    }
+                }
+                assert_eq!(signlog::read_dir(&log_dir).expect("log").records.len(), 3, "refused batches sign nothing");
+
+                // A full batch: every license signed, logged and distinct.
+                let full: SignLicensesResponse = ok(post(
+                    &c,
+                    url,
+                    api::SIGN_LICENSES,
+                    &json!({"licenses": vec![one; api::MAX_LICENSE_BATCH]}),
+                )
+                .await)
+                .await;
+                assert_eq!(full.results.len(), api::MAX_LICENSE_BATCH);
+                for result in &full.results {
+                    let LicenseResult::License(license) = result else {
+                        panic!("{result:?}");
+                    };
+                    alga_issuer::ops::license::verify(license.token.expose(), &keys.jwks, now, "https://license.alga.test").expect("verifies");
+                    signed_jtis.push(license.jti);
+                }
+                server.stop().await;
+            });
+            let log = signlog::read_dir(&log_dir).expect("the chain verifies");
+            assert_eq!(log.records.len(), 3 + api::MAX_LICENSE_BATCH);
+            assert!(log.records.iter().all(|r| r.op == SignOp::License));
+            let mut logged: Vec<Uuid> = log
+                .records
+                .iter()
+                .map(|r| r.ids.jti.expect("jti"))
+                .collect();
+            let mut delivered = signed_jtis.clone();
+            logged.sort();
+            delivered.sort();
+            delivered.dedup();
+            assert_eq!(delivered.len(), 3 + api::MAX_LICENSE_BATCH, "distinct jti");
+            assert_eq!(
+                logged, delivered,
+                "the log holds exactly the delivered licenses"
+            );
+            let batch_appliances: std::collections::HashSet<Option<Uuid>> = log.records[..3]
+                .iter()
+                .map(|r| r.ids.appliance_id)
+                .collect();
+            assert_eq!(
+                batch_appliances,
+                [0, 2, 4].iter().map(|&i| Some(appliances[i])).collect(),
+                "the refused licenses were not logged"
             );
         },
     );
