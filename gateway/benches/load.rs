@@ -10,6 +10,11 @@
 //!   clients), as appliances check in once a day rather than over keep-alive;
 //! - check-in p99 at an open-loop offered rate of half that maximum (latency counted
 //!   from the scheduled send time, so a stall is not hidden by the load generator);
+//! - P2 as the gateway gets it: licenses per second through the gateway's own issuer
+//!   client (`IssuerClient::sign_license`, which coalesces concurrent requests into
+//!   batch calls) from 32 concurrent tasks, against raw `Hsm::sign_digest` from 32
+//!   tasks on the same token, in alternating 1 s windows (the machine's speed drifts);
+//!   the issuer's signing log is on disk and fsynced before every reply;
 //! - P4: redeem and check-in p99 at a fixed offered rate before and after seeding
 //!   1,000,000 more tenants (codes, appliances, licenses) with generate_series.
 //!
@@ -242,6 +247,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lat.len()
     );
 
+    let (p2_raw, p2_client) = licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }).await?;
+
     // P4: p99 of redeems and check-ins at a fixed offered rate, on the registry as it
     // is (about 3,000 tenants), then again after seeding many more.
     let extra: i32 = if args.smoke { 2_000 } else { 1_000_000 };
@@ -275,7 +282,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "redeems_per_s {redeems_per_s:.1}\ncheckins_per_s {checkins_per_s:.1}\n\
                  half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
                  p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
-                 p4_checkin_small {:.1}\np4_checkin_big {:.1}\n",
+                 p4_checkin_small {:.1}\np4_checkin_big {:.1}\n\
+                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n",
                 small.0, big.0, small.1, big.1
             ),
         )?;
@@ -285,6 +293,74 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => println!("(stack still shared; not stopped cleanly)"),
     }
     Ok(())
+}
+
+/// Concurrent tasks of the P2 measurement (a gateway under load has that many
+/// license requests at once).
+const P2_TASKS: usize = 32;
+
+/// Licenses/s through the gateway's issuer client and raw HSM signatures/s, each from
+/// `P2_TASKS` tasks, in `rounds` pairs of alternating 1 s windows. Prints the per-round
+/// ratios; returns the two rates over all windows.
+async fn licenses_vs_raw(s: &Stack, rounds: u32) -> anyhow::Result<(f64, f64)> {
+    use alga_issuer::keyring::{KeyKind, KeyOps};
+    let hsm = harness::hsm_handle();
+    let version = hsm.active_version(KeyKind::License);
+    let client = s.gateway_issuer_client(Arc::new(alga_gateway::metrics::Metrics::new()));
+    let window = Duration::from_secs(1);
+    let (mut raw, mut lic) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let mut pair = [0f64; 2];
+        // Alternate which goes first.
+        for turn in 0..2 {
+            let is_raw = (turn + round) % 2 == 0;
+            let stop = Instant::now() + window;
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for t in 0..P2_TASKS {
+                let (hsm, client) = (hsm.clone(), client.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0u64;
+                    let mut digest = [t as u8; 32];
+                    let (tenant, appliance) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+                    while Instant::now() < stop {
+                        if is_raw {
+                            digest[31] = digest[31].wrapping_add(1);
+                            hsm.sign_digest(KeyKind::License, version, digest).await?;
+                        } else {
+                            client.sign_license(tenant, appliance, "pro").await?;
+                        }
+                        n += 1;
+                    }
+                    anyhow::Ok(n)
+                }));
+            }
+            let mut n = 0;
+            for t in tasks {
+                n += t.await??;
+            }
+            let elapsed = started.elapsed();
+            let slot = if is_raw { &mut raw } else { &mut lic };
+            slot.0 += n;
+            slot.1 += elapsed;
+            pair[usize::from(!is_raw)] = n as f64 / elapsed.as_secs_f64();
+        }
+        ratios.push(pair[1] / pair[0]);
+    }
+    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
+    let (raw, lic) = (rate(raw), rate(lic));
+    println!(
+        "P2 through the gateway's issuer client, {P2_TASKS} tasks: {lic:.0} licenses/s vs raw HSM {raw:.0} signs/s \
+         = {:.2} (per round: {})",
+        lic / raw,
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok((raw, lic))
 }
 
 /// One check-in over `client`, which keeps no idle connection: a new TCP connection
