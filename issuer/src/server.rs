@@ -433,7 +433,17 @@ async fn sign_license<K: KeyOps + Clone>(
     State(app): State<App<K>>,
     ApiJson(req): ApiJson<SignLicenseRequest>,
 ) -> Result<Json<SignedLicense>, ApiError> {
-    let signed = ops::license::sign(&app.keys, &app.policy, &req, OffsetDateTime::now_utc())
+    let value = license_logged(&app, &req, OffsetDateTime::now_utc()).await?;
+    Ok(Json(value))
+}
+
+/// One license signed and durably logged (both license routes).
+async fn license_logged<K: KeyOps>(
+    app: &App<K>,
+    req: &SignLicenseRequest,
+    now: OffsetDateTime,
+) -> Result<SignedLicense, ApiError> {
+    let signed = ops::license::sign(&app.keys, &app.policy, req, now)
         .await
         .map_err(|e| refused("license", e))?;
     let (value, seq) = app.logged(signed).await?;
@@ -445,7 +455,7 @@ async fn sign_license<K: KeyOps + Clone>(
         signlog.seq = seq,
         "license signed"
     );
-    Ok(Json(value))
+    Ok(value)
 }
 
 /// Signs and logs each license of the batch as [`sign_license`] would, concurrently
@@ -476,21 +486,11 @@ async fn sign_licenses<K: KeyOps + Clone>(
     }
     let now = OffsetDateTime::now_utc();
     let app = &app;
-    let outcomes = join_all(req.licenses.iter().map(|item| async move {
-        let signed = ops::license::sign(&app.keys, &app.policy, item, now)
-            .await
-            .map_err(|e| refused("license", e))?;
-        let (value, seq) = app.logged(signed).await?;
-        tracing::info!(
-            tenant.id = %item.tenant_id,
-            appliance.id = %item.appliance_id,
-            license.jti = %value.jti,
-            license.kid = %value.kid,
-            signlog.seq = seq,
-            "license signed"
-        );
-        Ok::<_, ApiError>(value)
-    }))
+    let outcomes = join_all(
+        req.licenses
+            .iter()
+            .map(|item| license_logged(app, item, now)),
+    )
     .await;
     let mut results = Vec::with_capacity(count);
     for outcome in outcomes {
