@@ -433,19 +433,18 @@ async fn sign_license<K: KeyOps + Clone>(
     State(app): State<App<K>>,
     ApiJson(req): ApiJson<SignLicenseRequest>,
 ) -> Result<Json<SignedLicense>, ApiError> {
-    let value = license_logged(&app, &req, OffsetDateTime::now_utc()).await?;
-    Ok(Json(value))
-}
-
-/// One license signed and durably logged (both license routes).
-async fn license_logged<K: KeyOps>(
-    app: &App<K>,
-    req: &SignLicenseRequest,
-    now: OffsetDateTime,
-) -> Result<SignedLicense, ApiError> {
-    let signed = ops::license::sign(&app.keys, &app.policy, req, now)
+    let signed = ops::license::sign(&app.keys, &app.policy, &req, OffsetDateTime::now_utc())
         .await
         .map_err(|e| refused("license", e))?;
+    Ok(Json(license_logged(&app, &req, signed).await?))
+}
+
+/// Logs a signed license durably, then releases it (both license routes).
+async fn license_logged<K>(
+    app: &App<K>,
+    req: &SignLicenseRequest,
+    signed: Signed<SignedLicense>,
+) -> Result<SignedLicense, ApiError> {
     let (value, seq) = app.logged(signed).await?;
     tracing::info!(
         tenant.id = %req.tenant_id,
@@ -458,10 +457,10 @@ async fn license_logged<K: KeyOps>(
     Ok(value)
 }
 
-/// Signs and logs each license of the batch as [`sign_license`] would, concurrently
-/// (the HSM workers sign in parallel; the appends reach the signing log's writer close
-/// together and share its fsyncs, group commit). One result per license, in request
-/// order.
+/// Signs and logs each license of the batch as [`sign_license`] would: every license
+/// signed first, concurrently (both HSM workers busy), then every record appended at
+/// once, so the signing log's writer finds the whole batch waiting and fsyncs it once
+/// (group commit). One result per license, in request order.
 ///
 /// A signing-log failure for any license fails the whole request with 503 and releases
 /// no license. Licenses of the batch that were logged before it are then in the
@@ -486,10 +485,17 @@ async fn sign_licenses<K: KeyOps + Clone>(
     }
     let now = OffsetDateTime::now_utc();
     let app = &app;
+    let signed = join_all(req.licenses.iter().map(|item| async move {
+        ops::license::sign(&app.keys, &app.policy, item, now)
+            .await
+            .map_err(|e| refused("license", e))
+    }))
+    .await;
     let outcomes = join_all(
-        req.licenses
-            .iter()
-            .map(|item| license_logged(app, item, now)),
+        signed
+            .into_iter()
+            .zip(&req.licenses)
+            .map(|(signed, item)| async move { license_logged(app, item, signed?).await }),
     )
     .await;
     let mut results = Vec::with_capacity(count);
