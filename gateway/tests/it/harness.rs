@@ -560,15 +560,7 @@ impl Stack {
         &self,
         metrics: Arc<alga_gateway::metrics::Metrics>,
     ) -> alga_gateway::issuer_client::IssuerClient {
-        let d = dev();
-        alga_gateway::issuer_client::IssuerClient::new(
-            &format!("https://localhost:{}", self.issuer_addr.port()),
-            std::path::Path::new(&d.path("ALGA_CA_BUNDLE")),
-            std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_CERT")),
-            std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_KEY")),
-            metrics,
-        )
-        .expect("issuer client")
+        gateway_issuer_client_at(&self.issuer_url(), metrics)
     }
 
     /// The directory of this stack's issuer signing log.
@@ -793,8 +785,14 @@ impl Stack {
         }
     }
 
-    fn issuer_client(&self) -> reqwest::Client {
+    /// A plain HTTP client with the gateway's certificate, for calling the issuer.
+    pub fn issuer_client(&self) -> reqwest::Client {
         Self::file_identity("ALGA_GATEWAY_CLIENT_CERT", "ALGA_GATEWAY_CLIENT_KEY")
+    }
+
+    /// The base URL of this stack's issuer.
+    pub fn issuer_url(&self) -> String {
+        format!("https://localhost:{}", self.issuer_addr.port())
     }
 
     /// The install code of `code_id`, as the mail would carry it (re-derived by the issuer).
@@ -1331,4 +1329,20 @@ fn find_code(raw: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// A gateway-side issuer client (the gateway's certificate) of the issuer at `url`.
+pub fn gateway_issuer_client_at(
+    url: &str,
+    metrics: Arc<alga_gateway::metrics::Metrics>,
+) -> alga_gateway::issuer_client::IssuerClient {
+    let d = dev();
+    alga_gateway::issuer_client::IssuerClient::new(
+        url,
+        std::path::Path::new(&d.path("ALGA_CA_BUNDLE")),
+        std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_CERT")),
+        std::path::Path::new(&d.path("ALGA_GATEWAY_CLIENT_KEY")),
+        metrics,
+    )
+    .expect("issuer client")
 }

@@ -105,3 +105,105 @@ async fn a_lone_license_request_is_a_plain_call() {
     assert_eq!(calls(&metrics, "sign_licenses"), 0);
     s.stop().await;
 }
+
+/// An issuer of before the batch route: a TLS front (the issuer's own server
+/// certificate) that answers the batch route as an older issuer does (404,
+/// `bad_request`) and forwards single license calls to this stack's real issuer.
+/// Returns its URL and the number of batch calls it turned away.
+async fn older_issuer(s: &Stack) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use alga_protocol::issuer_api as ia;
+    use axum::http::StatusCode;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let d = crate::harness::dev();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(d.path("ALGA_ISSUER_SERVER_CERT"))
+            .expect("issuer certificate")
+            .collect::<Result<_, _>>()
+            .expect("issuer certificate");
+    let key = PrivateKeyDer::from_pem_file(d.path("ALGA_ISSUER_SERVER_KEY")).expect("issuer key");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+
+    let turned_away = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (http, issuer) = (s.issuer_client(), s.issuer_url());
+    let batch = {
+        let turned_away = turned_away.clone();
+        move || async move {
+            turned_away.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({
+                    "error": {"code": "bad_request", "message": "no such endpoint"}
+                })),
+            )
+        }
+    };
+    let single = move |body: axum::body::Bytes| async move {
+        let r = http
+            .post(format!("{issuer}{}", ia::SIGN_LICENSE))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the real issuer answers");
+        let status = StatusCode::from_u16(r.status().as_u16()).expect("status");
+        (status, r.bytes().await.expect("body"))
+    };
+    let router = axum::Router::new()
+        .route(ia::SIGN_LICENSES, axum::routing::post(batch))
+        .route(ia::SIGN_LICENSE, axum::routing::post(single));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    tokio::spawn(async move {
+        let _ = axum_server::from_tcp_rustls(listener, config)
+            .serve(router.into_make_service())
+            .await;
+    });
+    (format!("https://localhost:{port}"), turned_away)
+}
+
+// Issuers and gateways can be upgraded in either order: against an issuer without the
+// batch route, the queued requests go out as single calls and all succeed.
+#[tokio::test]
+async fn an_issuer_without_the_batch_route_gets_the_licenses_as_single_calls() {
+    let s = Stack::start().await;
+    let (url, turned_away) = older_issuer(&s).await;
+    let metrics = Arc::new(Metrics::new());
+    let client = crate::harness::gateway_issuer_client_at(&url, metrics.clone())
+        .with_license_calls_in_flight(2);
+    let tenant = Uuid::new_v4();
+    let results = futures::future::join_all(
+        (0..20).map(|_| client.sign_license(tenant, Uuid::new_v4(), "pro")),
+    )
+    .await;
+    let jtis: std::collections::HashSet<Uuid> = results
+        .iter()
+        .map(|r| r.as_ref().expect("license through the fallback").jti)
+        .collect();
+    assert_eq!(jtis.len(), 20);
+    assert!(
+        turned_away.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "no batch was tried"
+    );
+    // Every license went out as a single call (the two first alone, the rest after the
+    // refused batch), and each was signed exactly once.
+    assert_eq!(calls(&metrics, "sign_license"), 20);
+    let logged = alga_issuer::signlog::read_dir(s.issuer_log_dir())
+        .expect("signing log")
+        .records
+        .iter()
+        .filter(|r| r.ids.tenant_id == Some(tenant))
+        .count();
+    assert_eq!(logged, 20);
+    s.stop().await;
+}
