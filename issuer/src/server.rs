@@ -26,9 +26,7 @@
 //! attached to each request as a [`Client`] extension.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use alga_policies::{Policy, Role};
@@ -485,13 +483,13 @@ async fn sign_licenses<K: KeyOps + Clone>(
     }
     let now = OffsetDateTime::now_utc();
     let app = &app;
-    let signed = join_all(req.licenses.iter().map(|item| async move {
+    let signed = futures::future::join_all(req.licenses.iter().map(|item| async move {
         ops::license::sign(&app.keys, &app.policy, item, now)
             .await
             .map_err(|e| refused("license", e))
     }))
     .await;
-    let outcomes = join_all(
+    let outcomes = futures::future::join_all(
         signed
             .into_iter()
             .zip(&req.licenses)
@@ -508,28 +506,6 @@ async fn sign_licenses<K: KeyOps + Clone>(
         });
     }
     Ok(Json(SignLicensesResponse { results }))
-}
-
-/// Runs `futures` concurrently on the current task and returns their outputs in their
-/// order (what `futures::future::join_all` does, without the dependency). Each pass
-/// polls every future not yet finished: fine for the few dozen of a batch.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[instrument(skip_all)]
@@ -874,24 +850,6 @@ mod tests {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(detail.code, IssuerErrorCode::Internal);
         assert!(!detail.message.contains("secret"), "{}", detail.message);
-    }
-
-    #[tokio::test]
-    async fn join_all_runs_together_and_keeps_the_order() {
-        // Every future waits for all the others: only a concurrent join finishes.
-        let barrier = tokio::sync::Barrier::new(5);
-        let barrier = &barrier;
-        let outputs = tokio::time::timeout(
-            Duration::from_secs(5),
-            join_all((0..5u64).map(|i| async move {
-                tokio::time::sleep(Duration::from_millis(10 * (5 - i))).await;
-                barrier.wait().await;
-                i
-            })),
-        )
-        .await
-        .expect("the futures ran concurrently");
-        assert_eq!(outputs, [0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]
