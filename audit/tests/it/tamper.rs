@@ -252,7 +252,6 @@ async fn restore_older_than_the_last_checkpoint_is_flagged() {
 async fn rewritten_and_rehashed_chain_is_caught_by_its_checkpoint() {
     let log = build().await;
     // The strongest forger: changes record 17 and recomputes every later hash.
-    let mut prev = log.hash_at(16).await;
     let forged = sample_record(777);
     let r = forged.record();
     let mut sql = format!(
@@ -263,27 +262,7 @@ async fn rewritten_and_rehashed_chain_is_caught_by_its_checkpoint() {
         r.tenant_id.unwrap(),
         alga_audit::canonical::format_time(r.time),
     );
-    for seq in 17..=40i64 {
-        let bytes: Vec<u8> = if seq == 17 {
-            forged.canonical_bytes().to_vec()
-        } else {
-            log.owner
-                .query_one(
-                    "SELECT e.record FROM audit_chain c JOIN audit_events e ON e.id = c.event_id WHERE c.seq = $1",
-                    &[&seq],
-                )
-                .await
-                .unwrap()
-                .get(0)
-        };
-        let h = chain_hash(&prev, seq as u64, &bytes);
-        sql.push_str(&format!(
-            "UPDATE audit_chain SET prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq};",
-            hex::encode(prev),
-            hex::encode(h)
-        ));
-        prev = h;
-    }
+    sql.push_str(&rechain_from_17(&log, forged.canonical_bytes()).await);
     log.tamper(&sql).await;
     // Everything links; the checkpoint at 20 no longer matches: 11..=20 were rewritten.
     log.expect(DamageKind::Rewritten, 11, vec![]).await;
@@ -375,6 +354,28 @@ async fn stored_bytes(owner: &tokio_postgres::Client, seq: i64) -> Vec<u8> {
         .get(0)
 }
 
+/// The SQL a forger runs after replacing record 17's bytes with `bytes_17`: every chain
+/// row from 17 to 40 re-hashed so the chain links again.
+async fn rechain_from_17(log: &Log, bytes_17: &[u8]) -> String {
+    let mut prev = log.hash_at(16).await;
+    let mut sql = String::new();
+    for seq in 17..=40i64 {
+        let bytes = if seq == 17 {
+            bytes_17.to_vec()
+        } else {
+            stored_bytes(&log.owner, seq).await
+        };
+        let h = chain_hash(&prev, seq as u64, &bytes);
+        sql.push_str(&format!(
+            "UPDATE audit_chain SET prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq};",
+            hex::encode(prev),
+            hex::encode(h)
+        ));
+        prev = h;
+    }
+    sql
+}
+
 fn has_not_canonical(r: &VerifyReport, seq: u64) -> bool {
     r.findings.iter().any(|f| {
         f.kind == DamageKind::Malformed
@@ -456,25 +457,11 @@ async fn a_record_no_longer_json_is_exported_in_hex_and_named_offline() {
 async fn a_rechained_record_that_is_not_json_links_and_is_named() {
     let mut log = build().await;
     let odd: &[u8] = b"\x00\xffnot json at all\n";
-    let mut prev = log.hash_at(16).await;
     let mut sql = format!(
         "UPDATE audit_events SET record = '\\x{}' WHERE id = {EVENT_17};",
         hex::encode(odd)
     );
-    for seq in 17..=40i64 {
-        let bytes = if seq == 17 {
-            odd.to_vec()
-        } else {
-            stored_bytes(&log.owner, seq).await
-        };
-        let h = chain_hash(&prev, seq as u64, &bytes);
-        sql.push_str(&format!(
-            "UPDATE audit_chain SET prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq};",
-            hex::encode(prev),
-            hex::encode(h)
-        ));
-        prev = h;
-    }
+    sql.push_str(&rechain_from_17(&log, odd).await);
     log.tamper(&sql).await;
     let opts = verify_options(log.keys.clone());
     let from_db = verify_database(&mut log.owner, &opts).await.unwrap();
