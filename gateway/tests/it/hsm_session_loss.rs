@@ -265,12 +265,7 @@ async fn body() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 while !load_over.load(Ordering::SeqCst) {
-                    let h = hsm.clone();
-                    tokio::task::spawn_blocking(move || h.invalidate_sessions_for_test())
-                        .await
-                        .expect("the hook runs")
-                        .expect("the test hook logs the process out");
-                    pulls.push(Instant::now());
+                    pulls.push(pull_sessions(&hsm).await);
                     tokio::time::sleep(every).await;
                 }
                 return pulls;
@@ -293,12 +288,7 @@ async fn body() {
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                let h = hsm.clone();
-                tokio::task::spawn_blocking(move || h.invalidate_sessions_for_test())
-                    .await
-                    .expect("the hook runs")
-                    .expect("the test hook logs the process out");
-                pulls.push(Instant::now());
+                pulls.push(pull_sessions(&hsm).await);
             }
             pulls
         })
@@ -659,4 +649,15 @@ async fn body() {
     drop(verifier);
     s.stop().await;
     sink.stop().await;
+}
+
+/// Logs the process out of the token under the HSM workers (the test hook); returns
+/// when it happened.
+async fn pull_sessions(hsm: &alga_issuer::hsm::Hsm) -> Instant {
+    let h = hsm.clone();
+    tokio::task::spawn_blocking(move || h.invalidate_sessions_for_test())
+        .await
+        .expect("the hook runs")
+        .expect("the test hook logs the process out");
+    Instant::now()
 }
