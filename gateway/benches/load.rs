@@ -1,6 +1,7 @@
 //! Load benchmark of the gateway's two appliance flows (issue 8: P1, P3, P7).
 //!
-//! `cargo bench -p alga-gateway --bench load -- --bench [--seconds N] [--out FILE] [--smoke]`
+//! `cargo bench -p alga-gateway --bench load -- --bench [--seconds N] [--out FILE] [--smoke]
+//! [--only-p2] [--license-calls N]`
 //! with `.dev/env` exported (`scripts/bench.sh` runs it). It starts its own issuer and
 //! gateway through the test harness (a database cloned from the migrated template, the
 //! `.dev` token), then measures, printing figures and asserting nothing:
@@ -19,7 +20,9 @@
 //!   1,000,000 more tenants (codes, appliances, licenses) with generate_series.
 //!
 //! The results go to stdout and, as `name value` lines, to `--out`. Without `--bench`
-//! (as under `cargo test --all-targets`) it does nothing.
+//! (as under `cargo test --all-targets`) it does nothing. `--only-p2` runs the P2 phase
+//! alone, `--seconds` rounds of it (to profile it); `--license-calls N` sets how many
+//! license calls the issuer client may have in flight during it.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -45,6 +48,11 @@ struct Args {
     seconds: u64,
     out: Option<String>,
     smoke: bool,
+    /// Only the P2 phase (for profiling it): no codes, redeems, check-ins or seeding.
+    only_p2: bool,
+    /// License calls the gateway's issuer client may have in flight in the P2 phase
+    /// (its default when absent).
+    license_calls: Option<usize>,
 }
 
 fn args() -> Option<Args> {
@@ -63,6 +71,8 @@ fn args() -> Option<Args> {
             .unwrap_or(10),
         out: value("--out"),
         smoke: argv.iter().any(|a| a == "--smoke"),
+        only_p2: argv.iter().any(|a| a == "--only-p2"),
+        license_calls: value("--license-calls").and_then(|s| s.parse().ok()),
     })
 }
 
@@ -86,6 +96,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let s = Arc::new(Stack::start().await);
+    if args.only_p2 {
+        licenses_vs_raw(&s, u32::try_from(args.seconds)?, args.license_calls).await?;
+        return stop(s).await;
+    }
     let window = Duration::from_secs(args.seconds);
     let codes_wanted: i32 = if args.smoke { 24 } else { 5000 };
 
@@ -247,7 +261,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lat.len()
     );
 
-    let (p2_raw, p2_client) = licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }).await?;
+    let (p2_raw, p2_client) =
+        licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }, args.license_calls).await?;
 
     // P4: p99 of redeems and check-ins at a fixed offered rate, on the registry as it
     // is (about 3,000 tenants), then again after seeding many more.
@@ -288,6 +303,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ),
         )?;
     }
+    stop(s).await
+}
+
+async fn stop(s: Arc<Stack>) -> anyhow::Result<()> {
     match Arc::try_unwrap(s) {
         Ok(s) => s.stop().await,
         Err(_) => println!("(stack still shared; not stopped cleanly)"),
@@ -301,12 +320,21 @@ const P2_TASKS: usize = 32;
 
 /// Licenses/s through the gateway's issuer client and raw HSM signatures/s, each from
 /// `P2_TASKS` tasks, in `rounds` pairs of alternating 1 s windows. Prints the per-round
-/// ratios; returns the two rates over all windows.
-async fn licenses_vs_raw(s: &Stack, rounds: u32) -> anyhow::Result<(f64, f64)> {
+/// ratios; returns the two rates over all windows. `calls`: license calls in flight
+/// (the client's default when `None`).
+async fn licenses_vs_raw(
+    s: &Stack,
+    rounds: u32,
+    calls: Option<usize>,
+) -> anyhow::Result<(f64, f64)> {
     use alga_issuer::keyring::{KeyKind, KeyOps};
     let hsm = harness::hsm_handle();
     let version = hsm.active_version(KeyKind::License);
     let client = s.gateway_issuer_client(Arc::new(alga_gateway::metrics::Metrics::new()));
+    let client = match calls {
+        Some(calls) => client.with_license_calls_in_flight(calls),
+        None => client,
+    };
     let window = Duration::from_secs(1);
     let (mut raw, mut lic) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
     let mut ratios = Vec::new();
