@@ -134,16 +134,7 @@ pub async fn tail(client: &Client, mut after: u64, follow: bool, json: bool) -> 
             if json {
                 println!("{r}");
             } else {
-                let rec = &r["record"];
-                println!(
-                    "{:>8}  {}  {:<22} {:<8} {}  {}",
-                    r["seq"],
-                    rec["time"].as_str().unwrap_or("-"),
-                    rec["action"].as_str().unwrap_or("-"),
-                    rec["outcome"]["status"].as_str().unwrap_or("-"),
-                    rec["tenant_id"].as_str().unwrap_or("-"),
-                    rec["outcome"]["error_code"].as_str().unwrap_or(""),
-                );
+                println!("{}", tail_line(r));
             }
         }
         if let (Some(next), false) = (page.next_after, page.events.is_empty()) {
@@ -154,5 +145,66 @@ pub async fn tail(client: &Client, mut after: u64, follow: bool, json: bool) -> 
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One event of `audit tail` as a table line: sequence, time, action, status, tenant,
+/// error code. A record whose stored bytes are not JSON (served as `record_hex`: a
+/// damaged row) says so instead of printing empty columns.
+fn tail_line(event: &Value) -> String {
+    // A `Value` ignores width and alignment: format the number itself.
+    let seq = event["seq"]
+        .as_u64()
+        .map_or_else(|| "-".to_owned(), |n| n.to_string());
+    if let Some(hex) = event["record_hex"].as_str() {
+        return format!(
+            "{seq:>8}  DAMAGED: the stored record is not JSON ({} bytes; `audit verify` reports it)",
+            hex.len() / 2
+        );
+    }
+    let rec = &event["record"];
+    format!(
+        "{seq:>8}  {}  {:<22} {:<8} {}  {}",
+        rec["time"].as_str().unwrap_or("-"),
+        rec["action"].as_str().unwrap_or("-"),
+        rec["outcome"]["status"].as_str().unwrap_or("-"),
+        rec["tenant_id"].as_str().unwrap_or("-"),
+        rec["outcome"]["error_code"].as_str().unwrap_or(""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::tail_line;
+
+    #[test]
+    fn a_tail_line_has_the_record_columns() {
+        let event = json!({"seq": 7, "record": {
+            "time": "2026-11-23T06:00:00Z", "action": "redeem",
+            "outcome": {"status": "denied", "error_code": "code_used"},
+            "tenant_id": "9b2f0c1e-0000-4000-8000-000000000001"}});
+        let line = tail_line(&event);
+        assert!(
+            line.starts_with("       7  2026-11-23T06:00:00Z  redeem"),
+            "{line}"
+        );
+        assert!(line.contains("denied"), "{line}");
+        assert!(
+            line.ends_with("9b2f0c1e-0000-4000-8000-000000000001  code_used"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_is_named_not_shown_as_empty_columns() {
+        let event = json!({"seq": 12, "record_hex": "7b2261"});
+        let line = tail_line(&event);
+        assert_eq!(
+            line,
+            "      12  DAMAGED: the stored record is not JSON (3 bytes; `audit verify` reports it)"
+        );
+        assert!(!line.contains(" - "), "{line}");
     }
 }
