@@ -68,10 +68,42 @@ pub struct DatabaseConfig {
     pub migrator_password_file: Option<PathBuf>,
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// Connections opened before the gateway listens and kept open (re-opened within
+    /// [`crate::db::POOL_KEEPER_INTERVAL`] when Postgres drops them), so a burst after a
+    /// start or a database restart does not open the whole pool at once. At most
+    /// `pool_size`; default [`DatabaseConfig::DEFAULT_MIN_CONNECTIONS`] or `pool_size`
+    /// if smaller. Read it through [`DatabaseConfig::min_connections`].
+    #[serde(default)]
+    pub min_connections: Option<usize>,
 }
 
 fn default_pool_size() -> usize {
     16
+}
+
+impl DatabaseConfig {
+    /// `min_connections` when the file does not set it (capped at `pool_size`).
+    pub const DEFAULT_MIN_CONNECTIONS: usize = 4;
+
+    /// Connections the gateway keeps open at least.
+    pub fn min_connections(&self) -> usize {
+        self.min_connections
+            .unwrap_or(Self::DEFAULT_MIN_CONNECTIONS.min(self.pool_size))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.pool_size == 0 {
+            return Err("database.pool_size must be at least 1".into());
+        }
+        if self.min_connections() > self.pool_size {
+            return Err(format!(
+                "database.min_connections ({}) must be at most database.pool_size ({})",
+                self.min_connections(),
+                self.pool_size
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +225,7 @@ impl Config {
     /// Parses configuration text.
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.database.validate()?;
         c.mail.validate()?;
         Ok(c)
     }
@@ -228,6 +261,29 @@ mod tests {
             .replace("${ALGA_S3_PORT}", "9000")
             .replace("${ALGA_ISSUER_PORT}", "9443")
             .replace("${ALGA_DEV_DIR}", "/dev-dir")
+    }
+
+    #[test]
+    fn min_connections_defaults_to_4_or_the_pool_and_may_not_exceed_it() {
+        let c = Config::parse(&sample()).expect("the dev template parses");
+        assert_eq!(
+            (c.database.pool_size, c.database.min_connections()),
+            (16, 4)
+        );
+        let with = |line: &str| sample().replace("pool_size = 16", line);
+        let c = Config::parse(&with("pool_size = 2")).expect("a small pool");
+        assert_eq!(c.database.min_connections(), 2);
+        let c = Config::parse(&with("pool_size = 16\nmin_connections = 16")).expect("equal");
+        assert_eq!(c.database.min_connections(), 16);
+        let c = Config::parse(&with("pool_size = 2\nmin_connections = 0")).expect("none");
+        assert_eq!(c.database.min_connections(), 0);
+        let e = Config::parse(&with("pool_size = 2\nmin_connections = 3")).expect_err("over");
+        assert_eq!(
+            e,
+            "database.min_connections (3) must be at most database.pool_size (2)"
+        );
+        let e = Config::parse(&with("pool_size = 0\nmin_connections = 0")).expect_err("zero");
+        assert_eq!(e, "database.pool_size must be at least 1");
     }
 
     #[test]

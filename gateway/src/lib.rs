@@ -129,6 +129,28 @@ pub fn migrator_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Con
     Ok(db::pg_config(&config.database.migrator_url, pw.as_ref())?)
 }
 
+/// Tops the pool up to `min` connections; a database that cannot be reached is logged
+/// and left to the next attempt (requests open connections on demand meanwhile).
+async fn keep_pool_warm(pool: &deadpool_postgres::Pool, min: usize, when: &'static str) {
+    if min == 0 {
+        return;
+    }
+    match db::warm(pool, min).await {
+        Ok(held) => tracing::debug!(
+            db.pool.held = held,
+            db.pool.size = pool.status().size,
+            when,
+            "database pool warm"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            db.pool.size = pool.status().size,
+            when,
+            "cannot open the pool's minimum connections; opening them on demand"
+        ),
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -139,6 +161,8 @@ pub async fn run(
     let policy = Arc::new(policy);
     let metrics = Arc::new(Metrics::new());
     let pool = db::pool(runtime_pg_config(&config)?, config.database.pool_size)?;
+    let min_connections = config.database.min_connections();
+    keep_pool_warm(&pool, min_connections, "before listening").await;
     let issuer = IssuerClient::new(
         &config.issuer.url,
         &config.issuer.ca,
@@ -219,6 +243,22 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy")
+                    }
+                }
+            }
+        });
+    }
+    // The pool's floor: re-open what Postgres dropped (a restart, an idle timeout).
+    {
+        let pool = pool.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(db::POOL_KEEPER_INTERVAL) => {
+                        keep_pool_warm(&pool, min_connections, "keeper").await;
                     }
                 }
             }

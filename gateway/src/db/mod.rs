@@ -100,6 +100,39 @@ pub fn pool(cfg: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
+/// How often the gateway tops its pool back up to `database.min_connections`.
+pub const POOL_KEEPER_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Brings the pool to at least `min` open connections and returns how many it held.
+///
+/// Checks out `min` connections at once without waiting for any in use (those count as
+/// open), then gives them back: a checkout takes an idle connection if there is one
+/// (a connection Postgres closed is dropped and replaced, as on every checkout) and
+/// opens a new one otherwise. The first error other than "all in use" is returned
+/// after every checkout has ended; the connections that did open stay in the pool.
+pub async fn warm(pool: &Pool, min: usize) -> Result<usize, DbError> {
+    let no_wait = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..pool.timeouts()
+    };
+    let checkouts = (0..min.min(pool.status().max_size)).map(|_| pool.timeout_get(&no_wait));
+    let mut held = 0;
+    let mut first_error = None;
+    for checkout in futures::future::join_all(checkouts).await {
+        match checkout {
+            Ok(_) => held += 1,
+            Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(held),
+    }
+}
+
 /// A stored enum value the schema constrains; anything else is corruption.
 pub(crate) fn corrupt(what: &str, value: &str) -> DbError {
     DbError::Corrupt(format!("{what}: {value:?}"))

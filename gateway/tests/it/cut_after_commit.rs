@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-use crate::harness::{Appliance, Stack, connect, dev, redeem_body, send};
+use crate::harness::{Appliance, Stack, redeem_body, send};
 
 /// Every wait of this test is bounded by one of these.
 const REQUEST_BOUND: Duration = Duration::from_secs(60);
@@ -256,12 +256,7 @@ async fn r3_connection_cut_after_commit_then_same_key_retry_recovers_without_dup
             .next()
             .and_then(|p| p.parse().ok())
             .expect("gateway port");
-    let mut db_cfg: tokio_postgres::Config = dev()
-        .var("DATABASE_URL")
-        .parse()
-        .expect("DATABASE_URL parses");
-    db_cfg.dbname(&s.db);
-    let proxy = CutAfterCommitProxy::start(gw_port, Arc::new(connect(&db_cfg).await)).await;
+    let proxy = CutAfterCommitProxy::start(gw_port, Arc::new(s.another_admin().await)).await;
 
     // The proxy is transparent when not cutting.
     let (st, _, _) = send(s.anon().get(proxy.url("/readyz"))).await;

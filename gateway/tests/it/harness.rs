@@ -283,6 +283,8 @@ pub struct Opts {
     pub mail: Option<String>,
     /// The gateway's database pool size; default 16.
     pub pool_size: Option<usize>,
+    /// The gateway's `database.min_connections`; default: unset (the gateway's default).
+    pub min_connections: Option<usize>,
 }
 
 pub struct Stack {
@@ -354,6 +356,7 @@ password_file = "{secrets}/alga_gateway.pw"
 migrator_url = "postgres://alga_migrator@127.0.0.1:{port}/{db}"
 migrator_password_file = "{secrets}/alga_migrator.pw"
 pool_size = {pool_size}
+{min_connections}
 [issuer]
 url = "https://localhost:{iport}"
 ca = "{ca}"
@@ -388,6 +391,9 @@ path = "{policy}"
             .map_or_else(|| d.var("ALGA_SMTP_PORT"), |p| p.to_string()),
         mail = opts.mail.as_deref().unwrap_or(""),
         pool_size = opts.pool_size.unwrap_or(16),
+        min_connections = opts
+            .min_connections
+            .map_or_else(String::new, |n| format!("min_connections = {n}")),
         s3 = d.var("ALGA_S3_ENDPOINT"),
         region = d.var("ALGA_S3_REGION"),
         bucket = d.var("ALGA_S3_BUCKET"),
@@ -919,6 +925,17 @@ impl Stack {
         )
         .await;
         (s, v)
+    }
+
+    /// The gateway's configuration.
+    pub fn gateway_config(&self) -> &alga_gateway::config::Config {
+        &self.gw_config
+    }
+
+    /// A second superuser connection to the test database (for a transaction of its
+    /// own beside `admin`, or a `&mut` client).
+    pub async fn another_admin(&self) -> tokio_postgres::Client {
+        connect(&admin_config(&self.db)).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

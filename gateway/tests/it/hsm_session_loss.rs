@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::{
-    Appliance, Opts, SmtpSink, Stack, captured_logs, connect, dev, hsm_handle, redeem_body, send,
+    Appliance, Opts, SmtpSink, Stack, captured_logs, hsm_handle, redeem_body, send,
 };
 
 /// Set in the child process that runs the test body.
@@ -584,9 +584,7 @@ async fn body() {
     let (st, keys, _) = send(s.auditor().get(s.url("/audit/keys"))).await;
     assert_eq!(st, 200, "{keys}");
     let keys = alga_audit::AuditKeys::parse(&keys.to_string()).expect("audit keys");
-    let mut cfg: tokio_postgres::Config = dev().var("DATABASE_URL").parse().expect("parses");
-    cfg.dbname(&s.db);
-    let mut verifier = connect(&cfg).await;
+    let mut verifier = s.another_admin().await;
     let report = alga_audit::verify_database(
         &mut verifier,
         &alga_audit::VerifyOptions {

@@ -11,6 +11,7 @@ mod hsm_session_loss;
 mod issuer_batch;
 mod mail;
 mod ops;
+mod pool;
 mod redeem;
 mod register;
 mod reliability;
