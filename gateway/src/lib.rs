@@ -129,6 +129,55 @@ pub fn migrator_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Con
     Ok(db::pg_config(&config.database.migrator_url, pw.as_ref())?)
 }
 
+/// Runs `tick` every `period` (the first time one period from now) until `stop`
+/// resolves; a tick that has started runs to its end.
+fn every<F, T>(period: Duration, stop: impl Future<Output = ()> + Send + 'static, mut tick: F)
+where
+    F: FnMut() -> T + Send + 'static,
+    T: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(period) => tick().await,
+            }
+        }
+    });
+}
+
+/// Fetches the issuer's public keys; when the appliance CA chain changed, rebuilds the
+/// TLS roots that appliance certificates are checked against.
+async fn refresh_issuer_keys(
+    app: &App,
+    live_tls: &server::LiveTls,
+    tls_material: &server::TlsMaterial,
+) {
+    match app.issuer.public_keys().await {
+        Ok(k) => {
+            let cas = keys::appliance_cas(&k);
+            if app.keys.set(k) {
+                match tls_material.server_config(&cas) {
+                    Ok((cfg, trust)) => {
+                        live_tls.replace(cfg, trust);
+                        tracing::info!(
+                            cas = cas.len(),
+                            "appliance CA chain changed: TLS roots rebuilt"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot rebuild the TLS configuration")
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy")
+        }
+    }
+}
+
 /// Tops the pool up to `min` connections; a database that cannot be reached is logged
 /// and left to the next attempt (requests open connections on demand meanwhile).
 async fn keep_pool_warm(pool: &deadpool_postgres::Pool, min: usize, when: &'static str) {
@@ -212,72 +261,30 @@ pub async fn run(
     };
 
     // Issuer keys: refresh, and rebuild the TLS roots when the appliance CA chain changes.
-    {
-        let app = app.clone();
-        let live_tls = live_tls.clone();
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(KEY_REFRESH) => {}
-                }
-                match app.issuer.public_keys().await {
-                    Ok(k) => {
-                        let cas = keys::appliance_cas(&k);
-                        if app.keys.set(k) {
-                            match tls_material.server_config(&cas) {
-                                Ok((cfg, trust)) => {
-                                    live_tls.replace(cfg, trust);
-                                    tracing::info!(
-                                        cas = cas.len(),
-                                        "appliance CA chain changed: TLS roots rebuilt"
-                                    );
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot rebuild the TLS configuration")
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "issuer keys refresh failed; keeping the last good copy")
-                    }
-                }
-            }
-        });
-    }
+    let tls_material = Arc::new(tls_material);
+    every(KEY_REFRESH, stopped(stop_rx.clone()), {
+        let (app, live_tls) = (app.clone(), live_tls.clone());
+        move || {
+            let (app, live_tls, tls) = (app.clone(), live_tls.clone(), tls_material.clone());
+            async move { refresh_issuer_keys(&app, &live_tls, &tls).await }
+        }
+    });
     // The pool's floor: re-open what Postgres dropped (a restart, an idle timeout).
-    {
+    every(db::POOL_KEEPER_INTERVAL, stopped(stop_rx.clone()), {
         let pool = pool.clone();
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(db::POOL_KEEPER_INTERVAL) => {
-                        keep_pool_warm(&pool, min_connections, "keeper").await;
-                    }
-                }
-            }
-        });
-    }
+        move || {
+            let pool = pool.clone();
+            async move { keep_pool_warm(&pool, min_connections, "keeper").await }
+        }
+    });
     // Rate-limit memory sweep.
-    {
+    every(Duration::from_secs(60), stopped(stop_rx.clone()), {
         let app = app.clone();
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => app.limits.sweep(),
-                }
-            }
-        });
-    }
+        move || {
+            app.limits.sweep();
+            std::future::ready(())
+        }
+    });
     // The mail outbox worker.
     let mail_worker = tokio::spawn(mail::run(app.clone(), stopped(stop_rx.clone())));
     // The audit sequencer: chains committed records and has the issuer sign checkpoints.
