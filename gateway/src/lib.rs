@@ -11,7 +11,8 @@
 //!   Each flow runs one transaction and writes its audit record inside it.
 //! - [`db`]: all SQL, one module per table group, generic over
 //!   `deadpool_postgres::GenericClient` (pool connection or transaction alike), every
-//!   statement prepared once per connection (`prepare_cached`).
+//!   statement prepared once per connection (`prepare_cached`); the pool, warmed to
+//!   `database.min_connections` before [`run`] listens and every 30 s after.
 //! - [`auth`]: identity from the verified client certificate; [`server`]: the TLS
 //!   accept loop (ring provider only) and the live root set; [`keys`]: the issuer's
 //!   public keys cache (JWKS, appliance CA chain; refreshed for rotation).
