@@ -1,14 +1,21 @@
 //! Load benchmark of the gateway's two appliance flows (issue 8: P1, P3, P7).
 //!
 //! `cargo bench -p alga-gateway --bench load -- --bench [--seconds N] [--out FILE] [--smoke]
-//! [--only-p2] [--license-calls N]`
+//! [--only-p2] [--license-calls N] [--pgbench-url URL --pgbench-redeem FILE]
+//! [--ab-url URL --ab-client PEM]`
 //! with `.dev/env` exported (`scripts/bench.sh` runs it). It starts its own issuer and
 //! gateway through the test harness (a database cloned from the migrated template, the
 //! `.dev` token), then measures, printing figures and asserting nothing:
 //!
-//! - redeems per second with distinct codes (closed loop, 8 clients);
+//! - redeems per second with distinct codes (closed loop, 8 clients) and, with
+//!   `--pgbench-url URL --pgbench-redeem FILE`, P3's ceiling: pgbench running the
+//!   redeem statements in windows alternating with the redeem windows;
 //! - check-ins per second, a **new TLS connection per check-in** (closed loop, 8
-//!   clients), as appliances check in once a day rather than over keep-alive;
+//!   clients), as appliances check in once a day rather than over keep-alive, and,
+//!   with `--ab-url URL --ab-client PEM`, P1's ceiling: `ab -E` against nginx (8
+//!   concurrent, a new TLS connection per request) in windows alternating with them
+//!   (the machine's speed drifts by ±30 % within minutes: a ceiling measured apart
+//!   from its figure moved P3 from 0.14 to 0.38 between two runs);
 //! - check-in p99 at an open-loop offered rate of half that maximum (latency counted
 //!   from the scheduled send time, so a stall is not hidden by the load generator);
 //! - P2 as the gateway gets it: licenses per second through the gateway's own issuer
@@ -53,6 +60,24 @@ struct Args {
     /// License calls the gateway's issuer client may have in flight in the P2 phase
     /// (its default when absent).
     license_calls: Option<usize>,
+    /// P3's ceiling, run in the windows between the redeem windows.
+    pgbench: Option<Pgbench>,
+    /// P1's ceiling, run in the windows between the check-in windows.
+    ab: Option<Ab>,
+}
+
+/// `pgbench` running the redeem statements against a scratch database (`bench.sh`
+/// seeds it).
+struct Pgbench {
+    url: String,
+    script: String,
+}
+
+/// `ab` against nginx terminating mTLS, a new TLS connection per request.
+struct Ab {
+    url: String,
+    /// Client certificate and key, PEM, for `ab -E`.
+    client_pem: String,
 }
 
 fn args() -> Option<Args> {
@@ -73,6 +98,12 @@ fn args() -> Option<Args> {
         smoke: argv.iter().any(|a| a == "--smoke"),
         only_p2: argv.iter().any(|a| a == "--only-p2"),
         license_calls: value("--license-calls").and_then(|s| s.parse().ok()),
+        pgbench: value("--pgbench-url")
+            .zip(value("--pgbench-redeem"))
+            .map(|(url, script)| Pgbench { url, script }),
+        ab: value("--ab-url")
+            .zip(value("--ab-client"))
+            .map(|(url, client_pem)| Ab { url, client_pem }),
     })
 }
 
@@ -101,7 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return stop(s).await;
     }
     let window = Duration::from_secs(args.seconds);
-    let codes_wanted: i32 = if args.smoke { 24 } else { 5000 };
+    let codes_wanted: i32 = if args.smoke { 24 } else { 7000 };
 
     // Tenants straight into the database, codes minted at the issuer (the HMAC) with
     // their bindings stored, keys and CSRs made before the clock starts.
@@ -149,40 +180,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Codes kept for the P4 measurement (two windows of redeems at P4_RATE / 2).
     let p4_codes = prepared.split_off(prepared.len() - P4_CODES.min(prepared.len() / 2));
 
-    // Redeems, distinct codes, closed loop.
+    // Redeems, distinct codes, closed loop, in windows alternating with pgbench's.
+    let rounds: u32 = if args.smoke { 1 } else { 5 };
+    let slice = window / rounds;
     let queue = Arc::new(std::sync::Mutex::new(prepared));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (s, queue, failures) = (s.clone(), queue.clone(), failures.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut done = Vec::new();
-            while start.elapsed() < window {
-                let Some((code, a)) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let (st, v) = s.redeem_as(&code, &a).await;
-                if st == 200 {
-                    done.push(a.with_response(&v));
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
+    let (mut appliances, mut failed, mut redeem_time) = (Vec::new(), 0, Duration::ZERO);
+    let mut ceiling = Ceiling::default();
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (turn + round) % 2 == 1 {
+                if let Some(p) = &args.pgbench {
+                    ceiling.add(pgbench_window(p, slice).await?, slice);
                 }
+                continue;
             }
-            done
-        }));
+            let started = Instant::now();
+            let (done, f) = redeem_window(&s, &queue, slice).await?;
+            redeem_time += started.elapsed();
+            appliances.extend(done);
+            failed += f;
+        }
     }
-    let mut appliances = Vec::new();
-    for t in tasks {
-        appliances.extend(t.await?);
-    }
-    let redeem_secs = start.elapsed().as_secs_f64();
-    let redeems_per_s = appliances.len() as f64 / redeem_secs;
+    let redeems_per_s = appliances.len() as f64 / redeem_time.as_secs_f64();
     println!(
-        "redeems: {} in {redeem_secs:.1} s = {redeems_per_s:.0}/s ({} failed)",
+        "redeems: {} in {:.1} s = {redeems_per_s:.0}/s ({failed} failed){}",
         appliances.len(),
-        failures.load(Ordering::Relaxed)
+        redeem_time.as_secs_f64(),
+        ceiling.describe("pgbench redeem", "TPS", redeems_per_s)
     );
+    let pgbench_tps = ceiling.rate();
     anyhow::ensure!(!appliances.is_empty(), "no redeem succeeded");
     // One client per appliance (at most 256), made before the clock starts.
     let appliances = Arc::new(
@@ -193,40 +219,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?,
     );
 
-    // Check-ins, a new connection each, closed loop.
-    let count = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let (s, apps, count, failures) = (
-            s.clone(),
-            appliances.clone(),
-            count.clone(),
-            failures.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            while start.elapsed() < window {
-                if check_in(&s, &apps[i % apps.len()]).await {
-                    count.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
+    // Check-ins, a new connection each, closed loop, in windows alternating with ab's
+    // against nginx.
+    let (mut count, mut failed, mut checkin_time) = (0, 0, Duration::ZERO);
+    let mut ceiling = Ceiling::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (turn + round) % 2 == 1 {
+                if let Some(ab) = &args.ab {
+                    ceiling.add(ab_window(ab, slice).await?, slice);
                 }
-                i += CLIENTS;
+                continue;
             }
-        }));
+            let started = Instant::now();
+            let (c, f) = check_in_window(&s, &appliances, &next, slice).await?;
+            checkin_time += started.elapsed();
+            count += c;
+            failed += f;
+        }
     }
-    for t in tasks {
-        t.await?;
-    }
-    let checkin_secs = start.elapsed().as_secs_f64();
-    let checkins_per_s = count.load(Ordering::Relaxed) as f64 / checkin_secs;
+    let checkins_per_s = count as f64 / checkin_time.as_secs_f64();
     println!(
-        "check-ins (new TLS connection each): {} in {checkin_secs:.1} s = {checkins_per_s:.0}/s ({} failed)",
-        count.load(Ordering::Relaxed),
-        failures.load(Ordering::Relaxed)
+        "check-ins (new TLS connection each): {count} in {:.1} s = {checkins_per_s:.0}/s ({failed} failed){}",
+        checkin_time.as_secs_f64(),
+        ceiling.describe("nginx mTLS", "req/s", checkins_per_s)
     );
+    let nginx_per_s = ceiling.rate();
 
     // Open loop at half the maximum; latency from the scheduled send time.
     let half = (checkins_per_s / 2.0).max(1.0);
@@ -298,8 +317,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                  half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
                  p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
                  p4_checkin_small {:.1}\np4_checkin_big {:.1}\n\
-                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n",
-                small.0, big.0, small.1, big.1
+                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n{}{}",
+                small.0,
+                big.0,
+                small.1,
+                big.1,
+                pgbench_tps.map_or_else(String::new, |r| format!("pgbench_redeem_tps {r:.1}\n")),
+                nginx_per_s.map_or_else(String::new, |r| format!("nginx_per_s {r:.1}\n")),
             ),
         )?;
     }
@@ -312,6 +336,171 @@ async fn stop(s: Arc<Stack>) -> anyhow::Result<()> {
         Err(_) => println!("(stack still shared; not stopped cleanly)"),
     }
     Ok(())
+}
+
+/// A ceiling measured in windows between the figure's own.
+#[derive(Default)]
+struct Ceiling {
+    /// Each window's rate.
+    windows: Vec<f64>,
+    total: f64,
+    time: Duration,
+}
+
+impl Ceiling {
+    fn add(&mut self, rate: f64, window: Duration) {
+        self.windows.push(rate);
+        self.total += rate * window.as_secs_f64();
+        self.time += window;
+    }
+
+    /// The rate over all windows; `None` when there were none (no tool given).
+    fn rate(&self) -> Option<f64> {
+        (!self.time.is_zero()).then(|| self.total / self.time.as_secs_f64())
+    }
+
+    /// `; <what> <rate> <unit> in the windows between (per window: …) = ratio` or "".
+    fn describe(&self, what: &str, unit: &str, figure: f64) -> String {
+        let Some(rate) = self.rate() else {
+            return String::new();
+        };
+        let windows: Vec<String> = self.windows.iter().map(|w| format!("{w:.0}")).collect();
+        format!(
+            "; {what} {rate:.0} {unit} in the windows between (per window: {}) = {:.2}",
+            windows.join(" "),
+            figure / rate
+        )
+    }
+}
+
+/// Redeems of the queued codes from `CLIENTS` tasks for `window`: the appliances that
+/// got one, and how many failed.
+async fn redeem_window(
+    s: &Arc<Stack>,
+    queue: &Arc<std::sync::Mutex<Vec<(String, Appliance)>>>,
+    window: Duration,
+) -> anyhow::Result<(Vec<Appliance>, usize)> {
+    let start = Instant::now();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (s, queue, failures) = (s.clone(), queue.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            while start.elapsed() < window {
+                let Some((code, a)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let (st, v) = s.redeem_as(&code, &a).await;
+                if st == 200 {
+                    done.push(a.with_response(&v));
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            done
+        }));
+    }
+    let mut appliances = Vec::new();
+    for t in tasks {
+        appliances.extend(t.await?);
+    }
+    Ok((appliances, failures.load(Ordering::Relaxed)))
+}
+
+/// Check-ins from `CLIENTS` tasks for `window`, each over a new connection, taking
+/// appliances round-robin from `next`: how many succeeded and failed.
+async fn check_in_window(
+    s: &Arc<Stack>,
+    apps: &Arc<Vec<reqwest::Client>>,
+    next: &Arc<AtomicUsize>,
+    window: Duration,
+) -> anyhow::Result<(usize, usize)> {
+    let start = Instant::now();
+    let count = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (s, apps, next, count, failures) = (
+            s.clone(),
+            apps.clone(),
+            next.clone(),
+            count.clone(),
+            failures.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < window {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if check_in(&s, &apps[i % apps.len()]).await {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok((
+        count.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    ))
+}
+
+/// pgbench's redeem transactions per second over `window` (8 clients, 2 threads, as
+/// `bench.sh` ran it before).
+async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<f64> {
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T"])
+        .arg(window.as_secs().max(1).to_string())
+        .arg("-f")
+        .arg(&p.script)
+        .arg(&p.url)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
+}
+
+/// `ab`'s requests per second against nginx over `window`, `CLIENTS` concurrent, a new
+/// TLS connection per request; a failed request fails the measurement.
+async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<f64> {
+    let out = tokio::process::Command::new("ab")
+        .args(["-q", "-n", "10000000", "-c"])
+        .arg(CLIENTS.to_string())
+        .arg("-t")
+        .arg(window.as_secs().max(1).to_string())
+        .arg("-E")
+        .arg(&ab.client_pem)
+        .arg(&ab.url)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "ab failed: {text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let failed = field("Failed requests:");
+    anyhow::ensure!(
+        failed.as_deref() == Some("0"),
+        "ab: {failed:?} failed requests"
+    );
+    field("Requests per second:")
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no rate in ab's output: {text}"))
 }
 
 /// Concurrent tasks of the P2 measurement (a gateway under load has that many
