@@ -23,8 +23,9 @@
 //!   batch calls) from 32 concurrent tasks, against raw `Hsm::sign_digest` from 32
 //!   tasks on the same token, in alternating 1 s windows (the machine's speed drifts);
 //!   the issuer's signing log is on disk and fsynced before every reply;
-//! - P4: redeem and check-in p99 at a fixed offered rate before and after seeding
-//!   1,000,000 more tenants (codes, appliances, licenses) with generate_series.
+//! - P4: redeem and check-in p99 at a fixed offered rate against this stack and
+//!   against a second one whose registry is seeded with 1,000,000 more tenants (codes,
+//!   appliances, licenses; generate_series), in windows alternating between the two.
 //!
 //! The results go to stdout and, as `name value` lines, to `--out`. Without `--bench`
 //! (as under `cargo test --all-targets`) it does nothing. `--only-p2` runs the P2 phase
@@ -47,9 +48,16 @@ use time::OffsetDateTime;
 const CLIENTS: usize = 8;
 /// Offered rate of the P4 measurement (half redeems, half check-ins), per second.
 const P4_RATE: u32 = 60;
-/// Codes set aside for P4: two windows of at most 15 s at `P4_RATE / 2` redeems/s
-/// (450 redeems and 450 check-ins a window, so a p99 is not one stray sample).
-const P4_CODES: usize = 1000;
+/// P4's alternating windows per stack, and their length: 4 × 4 s = 16 s at 60/s is
+/// 480 redeems and 480 check-ins per stack, so a p99 is not one stray sample.
+const P4_ROUNDS: u32 = 4;
+const P4_WINDOW_SECS: u64 = 4;
+/// Redeems in one P4 window (half of `P4_RATE` for its length).
+const P4_REDEEMS_PER_WINDOW: usize = (P4_RATE as usize / 2) * P4_WINDOW_SECS as usize;
+/// Codes set aside for P4 on each stack (its redeems, with some to spare).
+const P4_CODES: usize = 500;
+/// Appliances redeemed on the big stack before P4, for its check-ins.
+const P4_APPLIANCES: usize = 64;
 
 struct Args {
     seconds: u64,
@@ -134,50 +142,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let window = Duration::from_secs(args.seconds);
     let codes_wanted: i32 = if args.smoke { 24 } else { 7000 };
 
-    // Tenants straight into the database, codes minted at the issuer (the HMAC) with
-    // their bindings stored, keys and CSRs made before the clock starts.
     let t = Instant::now();
-    let rows = s
-        .admin
-        .query(
-            "WITH t AS (INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
-               contact_email, contact_email_normalized, edition) \
-             SELECT gen_random_uuid(), 'Bench ' || i, 'bench ' || i, 'Ops', 'ops@bench.test', \
-               'ops@bench.test', 'pro' FROM generate_series(1, $1::int) i RETURNING tenant_id) \
-             INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
-             SELECT tenant_id, 'pro', true, '{}', 10 FROM t RETURNING tenant_id",
-            &[&codes_wanted],
-        )
-        .await?;
-    let tenants: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let expires = OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(7);
-    let queue = Arc::new(std::sync::Mutex::new(tenants));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (s, queue) = (s.clone(), queue.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let Some(tenant) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let (_, code) = s.mint_raw(tenant, "pro", expires).await;
-                out.push((code, Appliance::new()));
-            }
-            out
-        }));
-    }
-    let mut prepared = Vec::new();
-    for t in tasks {
-        prepared.extend(t.await?);
-    }
+    let mut prepared = prepare(&s, codes_wanted).await?;
     println!(
         "prepared {} codes and appliance keys in {:.1} s",
         prepared.len(),
         t.elapsed().as_secs_f64()
     );
 
-    // Codes kept for the P4 measurement (two windows of redeems at P4_RATE / 2).
+    // Codes kept for the P4 measurement on this (small) registry.
     let p4_codes = prepared.split_off(prepared.len() - P4_CODES.min(prepared.len() / 2));
 
     // Redeems, distinct codes, closed loop, in windows alternating with pgbench's.
@@ -283,30 +256,78 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (p2_raw, p2_client) =
         licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }, args.license_calls).await?;
 
-    // P4: p99 of redeems and check-ins at a fixed offered rate, on the registry as it
-    // is (about 3,000 tenants), then again after seeding many more.
+    // P4: p99 of redeems and check-ins at a fixed offered rate against this stack (its
+    // registry holds the few thousand tenants above) and against a second stack whose
+    // registry holds a million more, in windows alternating between the two (so both
+    // see the machine at the same speed).
     let extra: i32 = if args.smoke { 2_000 } else { 1_000_000 };
-    let p4_window = Duration::from_secs(if args.smoke { 1 } else { 15 });
-    let mut p4_codes = p4_codes;
-    let half_codes = p4_codes.split_off(p4_codes.len() / 2);
-    let small = fixed_rate(&s, &appliances, p4_codes, p4_window).await?;
     let t = Instant::now();
-    seed(&s, extra).await?;
+    let big = Arc::new(Stack::start().await);
+    seed(&big, extra).await?;
     // Write the seeded pages out now, so the measurement does not share the disk with
     // the checkpoint they would cause.
     // VACUUM too (statistics and the visibility map), so autovacuum's insert threshold
     // does not start on the seeded tables during the measurement.
-    s.admin.batch_execute("VACUUM ANALYZE").await?;
-    s.admin.batch_execute("CHECKPOINT").await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    big.admin.batch_execute("VACUUM ANALYZE").await?;
+    big.admin.batch_execute("CHECKPOINT").await?;
     println!(
-        "seeded {extra} more tenants, codes, appliances and licenses in {:.1} s",
+        "seeded a second stack with {extra} more tenants, codes, appliances and licenses in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let big = fixed_rate(&s, &appliances, half_codes, p4_window).await?;
+    let (n_codes, n_appliances) = if args.smoke {
+        (16, 8)
+    } else {
+        (P4_CODES, P4_APPLIANCES)
+    };
+    let mut big_codes = prepare(&big, i32::try_from(n_codes + n_appliances)?).await?;
+    let (big_appliances, _) = redeem_window(
+        &big,
+        &Arc::new(std::sync::Mutex::new(big_codes.split_off(n_codes))),
+        Duration::from_secs(60),
+    )
+    .await?;
+    anyhow::ensure!(
+        !big_appliances.is_empty(),
+        "no redeem succeeded on the second stack"
+    );
+    let big_appliances = Arc::new(
+        big_appliances
+            .iter()
+            .map(appliance_client)
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rounds, slice) = if args.smoke {
+        (1, 1)
+    } else {
+        (P4_ROUNDS, P4_WINDOW_SECS)
+    };
+    let slice = Duration::from_secs(slice);
+    let (mut small_codes, mut big_codes) = (p4_codes, big_codes);
+    let (mut small, mut large) = (Latencies::default(), Latencies::default());
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (turn + round) % 2 == 0 {
+                let codes =
+                    small_codes.split_off(small_codes.len().saturating_sub(P4_REDEEMS_PER_WINDOW));
+                small.extend(fixed_rate(&s, &appliances, codes, slice).await?);
+            } else {
+                let codes =
+                    big_codes.split_off(big_codes.len().saturating_sub(P4_REDEEMS_PER_WINDOW));
+                large.extend(fixed_rate(&big, &big_appliances, codes, slice).await?);
+            }
+        }
+    }
+    stop(big).await?;
+    let small = (p99_ms(small.redeem), p99_ms(small.check_in));
+    let big = (p99_ms(large.redeem), p99_ms(large.check_in));
     println!(
-        "P4 at {P4_RATE}/s offered: redeem p99 {:.1} -> {:.1} ms, check-in p99 {:.1} -> {:.1} ms",
-        small.0, big.0, small.1, big.1
+        "P4 at {P4_RATE}/s offered, {rounds} alternating windows of {} s each: redeem p99 {:.1} -> {:.1} ms, check-in p99 {:.1} -> {:.1} ms",
+        slice.as_secs(),
+        small.0,
+        big.0,
+        small.1,
+        big.1
     );
 
     if let Some(path) = args.out {
@@ -336,6 +357,47 @@ async fn stop(s: Arc<Stack>) -> anyhow::Result<()> {
         Err(_) => println!("(stack still shared; not stopped cleanly)"),
     }
     Ok(())
+}
+
+/// `n` tenants of the `pro` edition straight into `s`'s database, a code minted for
+/// each at the issuer (the HMAC) with its binding stored, and an appliance key and CSR
+/// per code: everything a redeem needs, made before any clock starts.
+async fn prepare(s: &Arc<Stack>, n: i32) -> anyhow::Result<Vec<(String, Appliance)>> {
+    let rows = s
+        .admin
+        .query(
+            "WITH t AS (INSERT INTO tenants (tenant_id, company, company_normalized, contact_name, \
+               contact_email, contact_email_normalized, edition) \
+             SELECT gen_random_uuid(), 'Bench ' || i, 'bench ' || i, 'Ops', 'ops@bench.test', \
+               'ops@bench.test', 'pro' FROM generate_series(1, $1::int) i RETURNING tenant_id) \
+             INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
+             SELECT tenant_id, 'pro', true, '{}', 10 FROM t RETURNING tenant_id",
+            &[&n],
+        )
+        .await?;
+    let tenants: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let expires = OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(7);
+    let queue = Arc::new(std::sync::Mutex::new(tenants));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (s, queue) = (s.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let Some(tenant) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let (_, code) = s.mint_raw(tenant, "pro", expires).await;
+                out.push((code, Appliance::new()));
+            }
+            out
+        }));
+    }
+    let mut prepared = Vec::new();
+    for t in tasks {
+        prepared.extend(t.await?);
+    }
+    Ok(prepared)
 }
 
 /// A ceiling measured in windows between the figure's own.
@@ -628,12 +690,26 @@ fn appliance_client(a: &Appliance) -> anyhow::Result<reqwest::Client> {
 }
 
 /// p99 (ms) of redeems and of check-ins offered open loop at `P4_RATE`/s, alternating.
+/// Latencies of one or more P4 windows.
+#[derive(Default)]
+struct Latencies {
+    redeem: Vec<Duration>,
+    check_in: Vec<Duration>,
+}
+
+impl Latencies {
+    fn extend(&mut self, other: Latencies) {
+        self.redeem.extend(other.redeem);
+        self.check_in.extend(other.check_in);
+    }
+}
+
 async fn fixed_rate(
     s: &Arc<Stack>,
     clients: &Arc<Vec<reqwest::Client>>,
     mut codes: Vec<(String, Appliance)>,
     window: Duration,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Latencies> {
     let period = Duration::from_secs(1) / P4_RATE;
     let n = (window.as_secs_f64() * f64::from(P4_RATE)) as usize;
     let t0 = tokio::time::Instant::now();
@@ -656,16 +732,16 @@ async fn fixed_rate(
             }
         }));
     }
-    let (mut redeem, mut check) = (Vec::new(), Vec::new());
+    let mut out = Latencies::default();
     for t in tasks {
         let (is_redeem, _ok, d) = t.await?;
         if is_redeem {
-            redeem.push(d)
+            out.redeem.push(d)
         } else {
-            check.push(d)
+            out.check_in.push(d)
         }
     }
-    Ok((p99_ms(redeem), p99_ms(check)))
+    Ok(out)
 }
 
 fn p99_ms(mut v: Vec<Duration>) -> f64 {
