@@ -305,19 +305,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let slice = Duration::from_secs(slice);
     let (mut small_codes, mut big_codes) = (p4_codes, big_codes);
     let (mut small, mut large) = (Latencies::default(), Latencies::default());
+    let mut windows = Vec::new();
     for round in 0..rounds {
         for turn in 0..2 {
-            if (turn + round) % 2 == 0 {
-                let codes =
-                    small_codes.split_off(small_codes.len().saturating_sub(P4_REDEEMS_PER_WINDOW));
-                small.extend(fixed_rate(&s, &appliances, codes, slice).await?);
+            let (stack, clients, codes, into, name) = if (turn + round) % 2 == 0 {
+                (&s, &appliances, &mut small_codes, &mut small, "small")
             } else {
-                let codes =
-                    big_codes.split_off(big_codes.len().saturating_sub(P4_REDEEMS_PER_WINDOW));
-                large.extend(fixed_rate(&big, &big_appliances, codes, slice).await?);
-            }
+                (&big, &big_appliances, &mut big_codes, &mut large, "big")
+            };
+            let codes = codes.split_off(codes.len().saturating_sub(P4_REDEEMS_PER_WINDOW));
+            let l = fixed_rate(stack, clients, codes, slice).await?;
+            windows.push(format!(
+                "{name} {:.1}/{:.1}",
+                p99_ms(l.redeem.clone()),
+                p99_ms(l.check_in.clone())
+            ));
+            into.extend(l);
         }
     }
+    println!(
+        "P4 windows, redeem/check-in p99 in ms: {}",
+        windows.join(", ")
+    );
     stop(big).await?;
     let small = (p99_ms(small.redeem), p99_ms(small.check_in));
     let big = (p99_ms(large.redeem), p99_ms(large.check_in));
