@@ -157,22 +157,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let rounds: u32 = if args.smoke { 1 } else { 5 };
     let slice = window / rounds;
     let queue = Arc::new(std::sync::Mutex::new(prepared));
-    let (mut appliances, mut failed, mut redeem_time) = (Vec::new(), 0, Duration::ZERO);
-    let mut ceiling = Ceiling::default();
-    for round in 0..rounds {
-        for turn in 0..2 {
-            if (turn + round) % 2 == 1 {
-                if let Some(p) = &args.pgbench {
-                    ceiling.add(pgbench_window(p, slice).await?, slice);
-                }
-                continue;
-            }
-            let started = Instant::now();
-            let (done, f) = redeem_window(&s, &queue, slice).await?;
-            redeem_time += started.elapsed();
-            appliances.extend(done);
-            failed += f;
-        }
+    let (windows, redeem_time, ceiling) = alternate(
+        rounds,
+        || redeem_window(&s, &queue, slice),
+        args.pgbench
+            .as_ref()
+            .map(|p| move || pgbench_window(p, slice)),
+    )
+    .await?;
+    let (mut appliances, mut failed) = (Vec::new(), 0);
+    for (done, f) in windows {
+        appliances.extend(done);
+        failed += f;
     }
     let redeems_per_s = appliances.len() as f64 / redeem_time.as_secs_f64();
     println!(
@@ -194,24 +190,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Check-ins, a new connection each, closed loop, in windows alternating with ab's
     // against nginx.
-    let (mut count, mut failed, mut checkin_time) = (0, 0, Duration::ZERO);
-    let mut ceiling = Ceiling::default();
     let next = Arc::new(AtomicUsize::new(0));
-    for round in 0..rounds {
-        for turn in 0..2 {
-            if (turn + round) % 2 == 1 {
-                if let Some(ab) = &args.ab {
-                    ceiling.add(ab_window(ab, slice).await?, slice);
-                }
-                continue;
-            }
-            let started = Instant::now();
-            let (c, f) = check_in_window(&s, &appliances, &next, slice).await?;
-            checkin_time += started.elapsed();
-            count += c;
-            failed += f;
-        }
-    }
+    let (windows, checkin_time, ceiling) = alternate(
+        rounds,
+        || check_in_window(&s, &appliances, &next, slice),
+        args.ab.as_ref().map(|ab| move || ab_window(ab, slice)),
+    )
+    .await?;
+    let (count, failed) = windows
+        .into_iter()
+        .fold((0, 0), |(c, f), (wc, wf)| (c + wc, f + wf));
     let checkins_per_s = count as f64 / checkin_time.as_secs_f64();
     println!(
         "check-ins (new TLS connection each): {count} in {:.1} s = {checkins_per_s:.0}/s ({failed} failed){}",
@@ -409,6 +397,38 @@ async fn prepare(s: &Arc<Stack>, n: i32) -> anyhow::Result<Vec<(String, Applianc
     Ok(prepared)
 }
 
+/// `rounds` pairs of windows, the figure's (`figure`) and its ceiling's (`ceiling`, a
+/// rate, when there is one), which goes first alternating from round to round: the
+/// figure's window results, the time they took, and the ceiling.
+async fn alternate<T, F, FF, C, CF>(
+    rounds: u32,
+    mut figure: F,
+    mut ceiling: Option<C>,
+) -> anyhow::Result<(Vec<T>, Duration, Ceiling)>
+where
+    F: FnMut() -> FF,
+    FF: std::future::Future<Output = anyhow::Result<T>>,
+    C: FnMut() -> CF,
+    CF: std::future::Future<Output = anyhow::Result<(f64, Duration)>>,
+{
+    let (mut results, mut time, mut measured) = (Vec::new(), Duration::ZERO, Ceiling::default());
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (turn + round) % 2 == 1 {
+                if let Some(ceiling) = ceiling.as_mut() {
+                    let (rate, window) = ceiling().await?;
+                    measured.add(rate, window);
+                }
+                continue;
+            }
+            let started = Instant::now();
+            results.push(figure().await?);
+            time += started.elapsed();
+        }
+    }
+    Ok((results, time, measured))
+}
+
 /// A ceiling measured in windows between the figure's own.
 #[derive(Default)]
 struct Ceiling {
@@ -520,8 +540,8 @@ async fn check_in_window(
 }
 
 /// pgbench's redeem transactions per second over `window` (8 clients, 2 threads, as
-/// `bench.sh` ran it before).
-async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<f64> {
+/// `bench.sh` ran it before), with the window.
+async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<(f64, Duration)> {
     let out = tokio::process::Command::new("pgbench")
         .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T"])
         .arg(window.as_secs().max(1).to_string())
@@ -540,12 +560,13 @@ async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|t| t.parse().ok())
+        .map(|tps| (tps, window))
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
 }
 
 /// `ab`'s requests per second against nginx over `window`, `CLIENTS` concurrent, a new
-/// TLS connection per request; a failed request fails the measurement.
-async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<f64> {
+/// TLS connection per request, with the window; a failed request fails the measurement.
+async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<(f64, Duration)> {
     let out = tokio::process::Command::new("ab")
         .args(["-q", "-n", "10000000", "-c"])
         .arg(CLIENTS.to_string())
@@ -571,6 +592,7 @@ async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<f64> {
     );
     field("Requests per second:")
         .and_then(|r| r.parse().ok())
+        .map(|rate| (rate, window))
         .ok_or_else(|| anyhow::anyhow!("no rate in ab's output: {text}"))
 }
 
