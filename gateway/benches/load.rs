@@ -542,23 +542,16 @@ async fn check_in_window(
 /// pgbench's redeem transactions per second over `window` (8 clients, 2 threads, as
 /// `bench.sh` ran it before), with the window.
 async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<(f64, Duration)> {
-    let out = tokio::process::Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T"])
-        .arg(window.as_secs().max(1).to_string())
-        .arg("-f")
-        .arg(&p.script)
-        .arg(&p.url)
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        out.status.success(),
-        "pgbench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
+    let text = tool_output(
+        tokio::process::Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T"])
+            .arg(window.as_secs().max(1).to_string())
+            .arg("-f")
+            .arg(&p.script)
+            .arg(&p.url),
+    )
+    .await?;
+    word_after(&text, "tps = ")
         .and_then(|t| t.parse().ok())
         .map(|tps| (tps, window))
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
@@ -567,33 +560,44 @@ async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<(f64, D
 /// `ab`'s requests per second against nginx over `window`, `CLIENTS` concurrent, a new
 /// TLS connection per request, with the window; a failed request fails the measurement.
 async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<(f64, Duration)> {
-    let out = tokio::process::Command::new("ab")
-        .args(["-q", "-n", "10000000", "-c"])
-        .arg(CLIENTS.to_string())
-        .arg("-t")
-        .arg(window.as_secs().max(1).to_string())
-        .arg("-E")
-        .arg(&ab.client_pem)
-        .arg(&ab.url)
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "ab failed: {text}");
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_owned)
-    };
-    let failed = field("Failed requests:");
-    anyhow::ensure!(
-        failed.as_deref() == Some("0"),
-        "ab: {failed:?} failed requests"
-    );
-    field("Requests per second:")
+    let text = tool_output(
+        tokio::process::Command::new("ab")
+            .args(["-q", "-n", "10000000", "-c"])
+            .arg(CLIENTS.to_string())
+            .arg("-t")
+            .arg(window.as_secs().max(1).to_string())
+            .arg("-E")
+            .arg(&ab.client_pem)
+            .arg(&ab.url),
+    )
+    .await?;
+    let failed = word_after(&text, "Failed requests:");
+    anyhow::ensure!(failed == Some("0"), "ab: {failed:?} failed requests");
+    word_after(&text, "Requests per second:")
         .and_then(|r| r.parse().ok())
         .map(|rate| (rate, window))
         .ok_or_else(|| anyhow::anyhow!("no rate in ab's output: {text}"))
+}
+
+/// Runs a ceiling tool to its end: its standard output, or an error with both outputs
+/// when it failed.
+async fn tool_output(command: &mut tokio::process::Command) -> anyhow::Result<String> {
+    let out = command.output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?} failed: {stdout}{}",
+        command.as_std().get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// The first word after `prefix` on the first line that starts with it.
+fn word_after<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|l| l.split_whitespace().next())
 }
 
 /// Concurrent tasks of the P2 measurement (a gateway under load has that many
