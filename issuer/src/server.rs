@@ -732,12 +732,19 @@ mod tests {
 
     const LICENSE: &str = r#"{"tenant_id":"00000000-0000-0000-0000-000000000001","appliance_id":"00000000-0000-0000-0000-000000000002","edition":"pro"}"#;
 
-    #[tokio::test]
-    async fn no_signature_leaves_when_the_log_cannot_take_it() {
+    /// A log that takes one record and fails the next: one record per file, and the
+    /// second file's name taken by a directory. Keep the directory alive.
+    fn log_failing_at_the_second_record() -> (tempfile::TempDir, SignLog) {
         let dir = tempfile::tempdir().expect("tempdir");
-        // One record per file; the second file's name is taken, so the second append fails.
         let log = SignLog::open(dir.path(), SignlogOptions { max_file_bytes: 1 }).expect("log");
         std::fs::create_dir(dir.path().join(file_name(2))).expect("mkdir");
+        (dir, log)
+    }
+
+    #[tokio::test]
+    async fn no_signature_leaves_when_the_log_cannot_take_it() {
+        // The second append fails.
+        let (_dir, log) = log_failing_at_the_second_record();
         let router = app(log.clone());
         let (status, body) = call(&router, "POST", api::SIGN_LICENSE, LICENSE).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -761,11 +768,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_releases_no_license_when_the_log_cannot_take_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // One record per file and the second file's name taken: the first license of
-        // the batch is logged, the second cannot be.
-        let log = SignLog::open(dir.path(), SignlogOptions { max_file_bytes: 1 }).expect("log");
-        std::fs::create_dir(dir.path().join(file_name(2))).expect("mkdir");
+        // The first license of the batch is logged, the second cannot be.
+        let (dir, log) = log_failing_at_the_second_record();
         let router = app(log.clone());
         let (status, body) = call(&router, "POST", api::SIGN_LICENSES, &batch(3)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
