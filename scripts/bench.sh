@@ -116,7 +116,9 @@ FROM generate_series(1, $SEED_ROWS) i;
 VACUUM ANALYZE;
 SQL
 # One redeem: look the code up, consume it conditionally, insert the appliance, the
-# license and the audit record. Distinct codes: a shared counter hands them out.
+# license and the audit record. Distinct codes: a shared counter hands them out. The
+# last two go out in one pipeline, as the gateway sends them; so do the check-in's
+# three writes below.
 "${PSQL[@]}" "$SCRATCH_URL" -c "CREATE SEQUENCE bench_next" >/dev/null
 cat >"$WORK/redeem.sql" <<'SQL'
 BEGIN;
@@ -126,24 +128,29 @@ UPDATE install_codes SET state = 'consumed', consumed_at = now(), consumer_key_f
   WHERE code_id = 'B' || lpad(:i::text, 9, '0') AND state = 'unclaimed' AND expires_at > now() RETURNING consumed_at;
 INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, public_key_fingerprint)
   VALUES (('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'B' || lpad(:i::text, 9, '0'), 'appliance', '1.0.0', 'fp');
+\startpipeline
 INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
   VALUES (gen_random_uuid(), 'k1', ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, now(), now() + interval '30 days', 'redeem');
 INSERT INTO audit_events (recorded_at, tenant_id, action, record)
   VALUES (now(), ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'code.redeem', convert_to(repeat('x', 400), 'UTF8'));
+\endpipeline
 COMMIT;
 SQL
-# One check-in: the appliance (locked), its tenant, the update, the license, the audit record.
+# One check-in: the appliance (locked) with its tenant and entitlement, the update, the
+# license, the audit record.
 cat >"$WORK/checkin.sql" <<SQL
 \\set i random(1, $SEED_ROWS)
 BEGIN;
-SELECT * FROM appliances WHERE appliance_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid FOR UPDATE;
-SELECT tenant_id, edition, status FROM tenants WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
-SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
+SELECT a.*, t.status, e.edition, e.paid, e.features, e.seats
+  FROM (SELECT * FROM appliances WHERE appliance_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid FOR UPDATE) a
+  JOIN tenants t ON t.tenant_id = a.tenant_id LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id;
+\\startpipeline
 UPDATE appliances SET last_check_in_at = now(), version = '1.0.1' WHERE appliance_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid;
 INSERT INTO licenses (jti, kid, tenant_id, appliance_id, issued_at, expires_at, reason)
   VALUES (gen_random_uuid(), 'k1', ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-9000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, now(), now() + interval '30 days', 'check_in');
 INSERT INTO audit_events (recorded_at, tenant_id, action, record)
   VALUES (now(), ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'appliance.check_in', convert_to(repeat('x', 400), 'UTF8'));
+\\endpipeline
 COMMIT;
 SQL
 pgb() { # $1 script; prints TPS

@@ -3,6 +3,7 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::tenants::{self, Entitlement};
 use super::{DbError, GenericClient};
 
 /// An appliance to insert at redemption.
@@ -117,6 +118,43 @@ pub async fn get_for_update(
     row.as_ref().map(from_row).transpose()
 }
 
+/// What a check-in reads, in one statement: the appliance, its tenant's status and the
+/// tenant's entitlement.
+#[derive(Debug, Clone)]
+pub struct CheckInSubject {
+    pub appliance: Appliance,
+    pub tenant_suspended: bool,
+    /// `None` only if the registry lost it (every tenant gets one at registration).
+    pub entitlement: Option<Entitlement>,
+}
+
+/// The appliance, locked for the rest of the transaction (check-in vs. revoke), with
+/// its tenant's status and entitlement: one round trip where three reads took three.
+pub async fn for_check_in(
+    c: &impl GenericClient,
+    appliance_id: Uuid,
+) -> Result<Option<CheckInSubject>, DbError> {
+    let row = c
+        .query_opt(
+            &c.prepare_cached(&format!(
+                "SELECT a.*, t.status, e.edition, e.paid, e.features, e.seats \
+                 FROM (SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1 FOR UPDATE) a \
+                 JOIN tenants t ON t.tenant_id = a.tenant_id \
+                 LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id"
+            ))
+            .await?,
+            &[&appliance_id],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let paid: Option<bool> = r.get(14);
+    Ok(Some(CheckInSubject {
+        appliance: from_row(&r)?,
+        tenant_suspended: tenants::suspended(r.get(12))?,
+        entitlement: paid.map(|_| tenants::entitlement_at(&r, 13)),
+    }))
+}
+
 /// The tenant's appliances, oldest first.
 pub async fn list_for_tenant(
     c: &impl GenericClient,
@@ -146,18 +184,23 @@ pub async fn set_credential(
     Ok(())
 }
 
-/// Records a check-in.
+/// Records a check-in, and the credential it renewed (`(serial, expires_at)`) if any.
 pub async fn record_check_in(
     c: &impl GenericClient,
     appliance_id: Uuid,
     version: &str,
+    renewed: Option<(&str, OffsetDateTime)>,
 ) -> Result<(), DbError> {
+    let (serial, expires_at) = renewed.unzip();
     c.execute(
         &c.prepare_cached(
-            "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
+            "UPDATE appliances SET last_check_in_at = now(), version = $2, \
+             credential_serial = coalesce($3, credential_serial), \
+             credential_expires_at = coalesce($4, credential_expires_at) \
+             WHERE appliance_id = $1",
         )
         .await?,
-        &[&appliance_id, &version],
+        &[&appliance_id, &version, &serial, &expires_at],
     )
     .await?;
     Ok(())

@@ -133,23 +133,26 @@ pub async fn get(c: &impl GenericClient, tenant_id: Uuid) -> Result<Option<Tenan
         )
         .await?;
     row.map(|r| {
-        let status: String = r.get(5);
-        let suspended = match status.as_str() {
-            "active" => false,
-            "suspended" => true,
-            other => return Err(super::corrupt("tenants.status", other)),
-        };
         Ok(Tenant {
             tenant_id: r.get(0),
             company: r.get(1),
             contact_name: r.get(2),
             contact_email: r.get(3),
             edition: r.get(4),
-            suspended,
+            suspended: suspended(r.get(5))?,
             created_at: r.get(6),
         })
     })
     .transpose()
+}
+
+/// Whether a stored `tenants.status` is `suspended`.
+pub(super) fn suspended(status: &str) -> Result<bool, DbError> {
+    match status {
+        "active" => Ok(false),
+        "suspended" => Ok(true),
+        other => Err(super::corrupt("tenants.status", other)),
+    }
 }
 
 /// Inserts the tenant's entitlement.
@@ -184,10 +187,15 @@ pub async fn entitlement(
             &[&tenant_id],
         )
         .await?;
-    Ok(row.map(|r| Entitlement {
-        edition: r.get(0),
-        paid: r.get(1),
-        features: r.get(2),
-        seats: r.get(3),
-    }))
+    Ok(row.map(|r| entitlement_at(&r, 0)))
+}
+
+/// The entitlement in columns `at..at + 4` (`edition, paid, features, seats`).
+pub(super) fn entitlement_at(r: &tokio_postgres::Row, at: usize) -> Entitlement {
+    Entitlement {
+        edition: r.get(at),
+        paid: r.get(at + 1),
+        features: r.get(at + 2),
+        seats: r.get(at + 3),
+    }
 }

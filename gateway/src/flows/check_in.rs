@@ -3,18 +3,19 @@
 //! lifetime is left and it sent a CSR.
 
 use alga_protocol::ApplianceIdentity;
-use alga_protocol::api::{CheckInResponse, Credential};
+use alga_protocol::api::{CheckInResponse, Credential, License};
+use futures::future::OptionFuture;
 use time::OffsetDateTime;
 use tracing::instrument;
 
 use super::csr::Csr;
-use super::redeem::sign_license;
+use super::redeem::license_row;
 use super::validate::Name;
 use super::{Ctx, issuer_error};
 use crate::App;
 use crate::audit::{self, actions};
+use crate::db;
 use crate::db::appliances::{self, LicenseReason};
-use crate::db::{self, tenants};
 use crate::error::ApiError;
 
 /// The presented credential's validity.
@@ -70,21 +71,18 @@ async fn check_in_inner(
     let csr = csr_pem.map(Csr::parse).transpose()?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
-    let appliance = appliances::get_for_update(&tx, id.appliance_id)
+    let subject = appliances::for_check_in(&tx, id.appliance_id)
         .await?
-        .filter(|a| a.tenant_id == id.tenant_id)
+        .filter(|s| s.appliance.tenant_id == id.tenant_id)
         .ok_or(ApiError::ApplianceNotFound)?;
-    if appliance.revoked {
+    if subject.appliance.revoked {
         return Err(ApiError::ApplianceRevoked);
     }
-    let tenant = tenants::get(&tx, id.tenant_id)
-        .await?
-        .ok_or(ApiError::ApplianceNotFound)?;
-    if tenant.suspended {
+    if subject.tenant_suspended {
         return Err(ApiError::TenantSuspended);
     }
-    let entitlement = tenants::entitlement(&tx, id.tenant_id)
-        .await?
+    let entitlement = subject
+        .entitlement
         .ok_or_else(|| ApiError::internal("tenant without entitlement"))?;
     let edition = app
         .policy
@@ -96,52 +94,65 @@ async fn check_in_inner(
         return Err(ApiError::Forbidden);
     };
 
-    let (license, jti) = sign_license(
-        app,
-        &tx,
-        id.tenant_id,
-        id.appliance_id,
-        &entitlement.edition,
-        LicenseReason::CheckIn,
-    )
-    .await?;
-    let mut credential = None;
-    let mut serial = None;
-    if let Some(csr) = csr.filter(|_| presented.needs_renewal(ctx.now)) {
-        let c = app
-            .issuer
-            .sign_credential(
+    // License and (when due) credential at once: the issuer answers each only after
+    // its signing log is fsynced, and concurrent appends share one fsync.
+    let renew = csr.filter(|_| presented.needs_renewal(ctx.now));
+    let (signed, renewed) = tokio::join!(
+        app.issuer
+            .sign_license(id.tenant_id, id.appliance_id, &entitlement.edition),
+        OptionFuture::from(renew.as_ref().map(|csr| {
+            app.issuer.sign_credential(
                 id.tenant_id,
                 id.appliance_id,
                 &entitlement.edition,
                 csr.pem(),
             )
-            .await
-            .map_err(issuer_error)?;
-        appliances::set_credential(&tx, id.appliance_id, &c.serial, c.expires_at).await?;
-        serial = Some(c.serial.clone());
-        credential = Some(Credential {
-            certificate: c.certificate_pem,
-            chain: c.chain_pem,
-            expires_at: c.expires_at,
-        });
-    }
-    appliances::record_check_in(&tx, id.appliance_id, version.as_str()).await?;
+        })),
+    );
+    let signed = signed.map_err(issuer_error)?;
+    let renewed = renewed.transpose().map_err(issuer_error)?;
     let mut record = ctx
         .record(actions::APPLIANCE_CHECK_IN)?
         .tenant(id.tenant_id)
         .subject("appliance_id", id.appliance_id)
-        .subject("jti", &jti)
-        .detail("credential_renewed", serial.is_some());
-    if let Some(s) = &serial {
-        record = record.subject("serial", s);
+        .subject("jti", signed.jti)
+        .detail("credential_renewed", renewed.is_some());
+    if let Some(c) = &renewed {
+        record = record.subject("serial", &c.serial);
     }
-    audit::append(&tx, record).await?;
+    // Three independent writes, pipelined on the connection: one round trip.
+    tokio::try_join!(
+        async {
+            let row = license_row(
+                &signed,
+                id.tenant_id,
+                id.appliance_id,
+                LicenseReason::CheckIn,
+            );
+            appliances::insert_license(&tx, &row)
+                .await
+                .map_err(ApiError::from)
+        },
+        async {
+            let credential = renewed.as_ref().map(|c| (c.serial.as_str(), c.expires_at));
+            appliances::record_check_in(&tx, id.appliance_id, version.as_str(), credential)
+                .await
+                .map_err(ApiError::from)
+        },
+        async { audit::append(&tx, record).await.map_err(ApiError::from) },
+    )?;
     tx.commit().await.map_err(db::DbError::from)?;
-    tracing::info!(renewed = serial.is_some(), "appliance checked in");
+    tracing::info!(renewed = renewed.is_some(), "appliance checked in");
     Ok(CheckInResponse {
-        license,
-        credential,
+        license: License {
+            token: signed.token,
+            expires_at: signed.expires_at,
+        },
+        credential: renewed.map(|c| Credential {
+            certificate: c.certificate_pem,
+            chain: c.chain_pem,
+            expires_at: c.expires_at,
+        }),
         next_check_in_after: ctx.now + paid.check_in_interval,
     })
 }

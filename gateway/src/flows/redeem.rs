@@ -13,8 +13,8 @@
 //!    `code_expired`.
 
 use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
+use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
 use alga_protocol::{InstallCode, SecretText};
-use deadpool_postgres::Transaction;
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -193,7 +193,16 @@ async fn consume(
         }
     };
 
+    let signed = if edition.is_paid() {
+        Some(sign_both(app, b.tenant_id, appliance_id, &b.edition, csr.pem()).await?)
+    } else {
+        None
+    };
+    let credential = signed
+        .as_ref()
+        .map(|(_, c)| (c.serial.as_str(), c.expires_at));
     if reason == LicenseReason::Redeem {
+        // After the signing, so the row carries its credential from the start.
         appliances::insert(
             &tx,
             &NewAppliance {
@@ -203,28 +212,12 @@ async fn consume(
                 hostname: appliance.hostname.trim(),
                 version: appliance.version.trim(),
                 public_key_fingerprint: csr.fingerprint(),
-                credential_serial: None,
-                credential_expires_at: None,
+                credential_serial: credential.map(|c| c.0),
+                credential_expires_at: credential.map(|c| c.1),
             },
         )
         .await?;
     }
-    let (license, credential) = if edition.is_paid() {
-        let (l, c) = sign_both(
-            app,
-            &tx,
-            b.tenant_id,
-            appliance_id,
-            &b.edition,
-            csr.pem(),
-            reason,
-        )
-        .await?;
-        appliances::set_credential(&tx, appliance_id, &c.1, c.0.expires_at).await?;
-        (Some(l), Some(c))
-    } else {
-        (None, None)
-    };
     let mut record = ctx
         .record(actions::CODE_REDEEM)?
         .tenant(b.tenant_id)
@@ -232,112 +225,92 @@ async fn consume(
         .subject("appliance_id", appliance_id)
         .detail("retry", reason == LicenseReason::RedeemRetry)
         .detail("edition", b.edition.as_str());
-    if let Some((_, jti)) = &license {
-        record = record.subject("jti", jti);
+    if let Some((l, c)) = &signed {
+        record = record.subject("jti", l.jti).subject("serial", &c.serial);
     }
-    if let Some((_, serial)) = &credential {
-        record = record.subject("serial", serial);
-    }
-    audit::append(&tx, record).await?;
+    // Independent writes (the appliance row exists by now), pipelined on the
+    // connection: one round trip.
+    tokio::try_join!(
+        async {
+            if let Some((l, _)) = &signed {
+                let row = license_row(l, b.tenant_id, appliance_id, reason);
+                appliances::insert_license(&tx, &row).await?;
+            }
+            Ok::<_, ApiError>(())
+        },
+        async {
+            // A fresh appliance got its credential at insert; a retry's replaces the old.
+            if let Some((serial, expires_at)) =
+                credential.filter(|_| reason == LicenseReason::RedeemRetry)
+            {
+                appliances::set_credential(&tx, appliance_id, serial, expires_at).await?;
+            }
+            Ok::<_, ApiError>(())
+        },
+        async { audit::append(&tx, record).await.map_err(ApiError::from) },
+    )?;
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(
         tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,
         retry = reason == LicenseReason::RedeemRetry, "install code redeemed"
     );
+    let (license, credential) = signed
+        .map(|(l, c)| {
+            let license = License {
+                token: l.token,
+                expires_at: l.expires_at,
+            };
+            let credential = Credential {
+                certificate: c.certificate_pem,
+                chain: c.chain_pem,
+                expires_at: c.expires_at,
+            };
+            (license, credential)
+        })
+        .unzip();
     Ok(RedeemResponse {
         tenant_id: b.tenant_id,
         edition: b.edition.clone(),
         appliance_id,
-        license: license.map(|l| l.0),
-        credential: credential.map(|c| c.0),
+        license,
+        credential,
         check_in_url: edition.is_paid().then(|| app.check_in_url.clone()),
     })
 }
 
-/// License and credential from the issuer, recorded in `tx`: `(license, jti)` and
-/// `(credential, serial)`.
-pub(crate) async fn sign_both(
+/// License and credential from the issuer, both requested at once: the issuer answers
+/// each only after its signing log is fsynced, and concurrent appends share one fsync
+/// (group commit), so the redeem (holding its code row and a pooled connection) waits
+/// for one round, not two.
+async fn sign_both(
     app: &App,
-    tx: &Transaction<'_>,
     tenant_id: Uuid,
     appliance_id: Uuid,
     edition: &str,
     csr_pem: &str,
-    reason: LicenseReason,
-) -> Result<((License, String), (Credential, String)), ApiError> {
-    // Both requests at once: the issuer answers each only after its signing log is
-    // fsynced, and concurrent appends share one fsync (group commit), so the redeem
-    // (holding its code row and a pooled connection) waits for one round, not two.
-    let (l, cred) = tokio::join!(
+) -> Result<(SignedLicense, SignedCredential), ApiError> {
+    let (l, c) = tokio::join!(
         app.issuer.sign_license(tenant_id, appliance_id, edition),
         app.issuer
             .sign_credential(tenant_id, appliance_id, edition, csr_pem),
     );
-    let license = record_license(
-        tx,
-        l.map_err(issuer_error)?,
+    Ok((l.map_err(issuer_error)?, c.map_err(issuer_error)?))
+}
+
+/// The `licenses` row of a license the issuer signed (its public facts, never the token).
+pub(crate) fn license_row(
+    l: &SignedLicense,
+    tenant_id: Uuid,
+    appliance_id: Uuid,
+    reason: LicenseReason,
+) -> NewLicense<'_> {
+    NewLicense {
+        jti: l.jti,
+        kid: &l.kid,
         tenant_id,
         appliance_id,
+        issued_at: l.issued_at,
+        expires_at: l.expires_at,
         reason,
-    )
-    .await?;
-    let cred = cred.map_err(issuer_error)?;
-    Ok((
-        license,
-        (
-            Credential {
-                certificate: cred.certificate_pem,
-                chain: cred.chain_pem,
-                expires_at: cred.expires_at,
-            },
-            cred.serial,
-        ),
-    ))
-}
-
-/// A license from the issuer, recorded in `tx`.
-pub(crate) async fn sign_license(
-    app: &App,
-    tx: &Transaction<'_>,
-    tenant_id: Uuid,
-    appliance_id: Uuid,
-    edition: &str,
-    reason: LicenseReason,
-) -> Result<(License, String), ApiError> {
-    let l = app
-        .issuer
-        .sign_license(tenant_id, appliance_id, edition)
-        .await
-        .map_err(issuer_error)?;
-    record_license(tx, l, tenant_id, appliance_id, reason).await
-}
-
-/// Records a license the issuer signed in `tx`.
-async fn record_license(
-    tx: &Transaction<'_>,
-    l: alga_protocol::issuer_api::SignedLicense,
-    tenant_id: Uuid,
-    appliance_id: Uuid,
-    reason: LicenseReason,
-) -> Result<(License, String), ApiError> {
-    appliances::insert_license(
-        tx,
-        &NewLicense {
-            jti: l.jti,
-            kid: &l.kid,
-            tenant_id,
-            appliance_id,
-            issued_at: l.issued_at,
-            expires_at: l.expires_at,
-            reason,
-        },
-    )
-    .await?;
-    Ok((
-        License {
-            token: l.token,
-            expires_at: l.expires_at,
-        },
-        l.jti.to_string(),
-    ))
+    }
 }

@@ -198,5 +198,16 @@ async fn check_in_renews_a_credential_with_less_than_a_third_left() {
             .await,
         3
     );
+    // A check-in that renews nothing keeps the recorded credential.
+    let kept: Option<time::OffsetDateTime> = s
+        .admin
+        .query_one(
+            "SELECT credential_expires_at FROM appliances WHERE appliance_id = $1",
+            &[&appliance_id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(kept, Some(expires));
     s.stop().await;
 }

@@ -52,9 +52,20 @@ const HOT: &[(&str, &str, &str)] = &[
         "('00000000-0000-4000-9000-00000000002a')",
     ),
     (
+        "check-in read",
+        "SELECT a.*, t.status, e.edition, e.paid, e.features, e.seats \
+         FROM (SELECT * FROM appliances WHERE appliance_id = $1 FOR UPDATE) a \
+         JOIN tenants t ON t.tenant_id = a.tenant_id \
+         LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id",
+        "('00000000-0000-4000-9000-00000000002a')",
+    ),
+    (
         "check-in update",
-        "UPDATE appliances SET last_check_in_at = now(), version = $2 WHERE appliance_id = $1",
-        "('00000000-0000-4000-9000-00000000002a', '1.0.1')",
+        "UPDATE appliances SET last_check_in_at = now(), version = $2, \
+         credential_serial = coalesce($3, credential_serial), \
+         credential_expires_at = coalesce($4, credential_expires_at) \
+         WHERE appliance_id = $1",
+        "('00000000-0000-4000-9000-00000000002a', '1.0.1', NULL, NULL)",
     ),
     (
         "tenant by id",
