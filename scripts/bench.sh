@@ -214,6 +214,8 @@ if [ -f "$WORK/load.txt" ]; then
     for k in p4_extra p4_redeem_small p4_redeem_big p4_checkin_small p4_checkin_big p2_raw_per_s p2_client_per_s; do
         VAL[$k]="$(awk -v k="$k" '$1 == k { print $2 }' "$WORK/load.txt")"
     done
+    VAL[healthz]="$(awk '$1 == "healthz_per_s" { print $2 }' "$WORK/load.txt")"
+    VAL[nginx_same]="$(awk '$1 == "nginx_same_client_per_s" { print $2 }' "$WORK/load.txt")"
 fi
 
 # ------------------------------------------------------------ P2 and P5: crate benches
@@ -267,6 +269,8 @@ TABLE="$WORK/table.md"
     printf '| P6 | gateway RSS with %s idle TLS connections (MiB) | %s | | | <= 64 | %s |\n' "$CONNS" "${VAL[p6]:-n/a}" "$(met "${VAL[p6]:-n/a}" '<=' 64)"
     printf '| P7 | check-in p99 (ms), open loop at %s/s (half the max) | %s | | | <= 20 | %s |\n' "${VAL[p7rate]:-n/a}" "${VAL[p7]:-n/a}" "$(met "${VAL[p7]:-n/a}" '<=' 20)"
     printf '| - | ceiling: pgbench check-in TPS | %s | | | | |\n' "${CEIL[pg_checkin]:-n/a}"
+    r="$(ratio "${VAL[healthz]:-}" "${VAL[nginx_same]:-}")"
+    printf '| - | P1 split: gateway `GET /healthz` req/s (its TLS and HTTP stack alone) / nginx req/s, both from the load bench'"'"'s client (new mTLS connection each, alternating windows) | %s | nginx %s req/s | %s | | |\n' "${VAL[healthz]:-n/a}" "${VAL[nginx_same]:-n/a}" "$r"
 } >"$TABLE"
 echo
 cat "$TABLE"
@@ -276,7 +280,7 @@ if [ "$SMOKE" = 1 ]; then
     # The smoke run asserts no timing, only that every part it runs produced a figure.
     missing=""
     for k in nginx pg_redeem pg_checkin; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
-    for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big p2_client_per_s; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
+    for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big p2_client_per_s healthz nginx_same; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
     if [ -n "$missing" ]; then
         echo "ERROR: the benchmark harness produced no figure for:$missing" >&2
         exit 1
@@ -295,6 +299,7 @@ if [ "$SMOKE" = 0 ]; then
         echo "- commands: \`make bench\` = \`bash scripts/bench.sh\`: \`cargo bench -p alga-gateway --bench load\`, which runs"
         echo "  \`ab -E\` against nginx (new TLS connection per request, 8 concurrent) and \`pgbench -M prepared -c 8 -j 2\`"
         echo "  (a scratch database of $SEED_ROWS tenants/codes/appliances) in windows alternating with its check-ins and redeems,"
+        echo "  then its own client against the gateway's \`GET /healthz\` and nginx, alternating (the P1 split row),"
         echo "  \`cargo bench -p alga-issuer --bench sign\`,"
         echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway."
         echo

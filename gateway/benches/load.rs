@@ -30,7 +30,8 @@
 //! The results go to stdout and, as `name value` lines, to `--out`. Without `--bench`
 //! (as under `cargo test --all-targets`) it does nothing. `--only-p2` runs the P2 phase
 //! alone, `--seconds` rounds of it (to profile it); `--license-calls N` sets how many
-//! license calls the issuer client may have in flight during it.
+//! license calls the issuer client may have in flight during it; `--only-p1-p3` stops
+//! after the redeem, check-in and open-loop phases (to compare builds of the gateway).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -65,6 +66,8 @@ struct Args {
     smoke: bool,
     /// Only the P2 phase (for profiling it): no codes, redeems, check-ins or seeding.
     only_p2: bool,
+    /// Stop after P7 (redeems, check-ins, the open loop): no P2, no P4 seeding.
+    only_p1_p3: bool,
     /// License calls the gateway's issuer client may have in flight in the P2 phase
     /// (its default when absent).
     license_calls: Option<usize>,
@@ -105,6 +108,7 @@ fn args() -> Option<Args> {
         out: value("--out"),
         smoke: argv.iter().any(|a| a == "--smoke"),
         only_p2: argv.iter().any(|a| a == "--only-p2"),
+        only_p1_p3: argv.iter().any(|a| a == "--only-p1-p3"),
         license_calls: value("--license-calls").and_then(|s| s.parse().ok()),
         pgbench: value("--pgbench-url")
             .zip(value("--pgbench-redeem"))
@@ -241,6 +245,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lat.len()
     );
 
+    // Where a check-in's time goes, for the record (not a figure of the issue): this
+    // load generator against the gateway's cheapest route (its TLS and HTTP stack
+    // alone) and against nginx (with the store's certificate, as `ab` sends), in
+    // alternating windows.
+    let split = match &args.ab {
+        Some(ab) => {
+            let pem = std::fs::read_to_string(&ab.client_pem)?;
+            let store = Arc::new(vec![fresh_connection_client(&pem, &pem)?]);
+            let healthz = s.url("/healthz");
+            let (windows, time, nginx) = alternate(
+                rounds,
+                || get_window(&healthz, &appliances, &next, slice),
+                Some(|| async {
+                    let t = Instant::now();
+                    let (n, failed) = get_window(&ab.url, &store, &next, slice).await?;
+                    anyhow::ensure!(failed == 0, "{failed} requests to nginx failed");
+                    Ok((n as f64 / t.elapsed().as_secs_f64(), t.elapsed()))
+                }),
+            )
+            .await?;
+            let (count, failed) = windows
+                .into_iter()
+                .fold((0, 0), |(c, f), (wc, wf)| (c + wc, f + wf));
+            let healthz_per_s = count as f64 / time.as_secs_f64();
+            println!(
+                "this load generator, new mTLS connection each: gateway GET /healthz {healthz_per_s:.0}/s \
+                 ({failed} failed){}",
+                nginx.describe("nginx", "req/s", healthz_per_s)
+            );
+            nginx.rate().map(|n| (healthz_per_s, n))
+        }
+        None => None,
+    };
+
+    if args.only_p1_p3 {
+        return stop(s).await;
+    }
+
     let (p2_raw, p2_client) =
         licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }, args.license_calls).await?;
 
@@ -335,13 +377,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                  half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
                  p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
                  p4_checkin_small {:.1}\np4_checkin_big {:.1}\n\
-                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n{}{}",
+                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n{}{}{}",
                 small.0,
                 big.0,
                 small.1,
                 big.1,
                 pgbench_tps.map_or_else(String::new, |r| format!("pgbench_redeem_tps {r:.1}\n")),
                 nginx_per_s.map_or_else(String::new, |r| format!("nginx_per_s {r:.1}\n")),
+                split.map_or_else(String::new, |(h, n)| format!(
+                    "healthz_per_s {h:.1}\nnginx_same_client_per_s {n:.1}\n"
+                )),
             ),
         )?;
     }
@@ -507,14 +552,58 @@ async fn check_in_window(
     next: &Arc<AtomicUsize>,
     window: Duration,
 ) -> anyhow::Result<(usize, usize)> {
+    let (s, apps) = (s.clone(), apps.clone());
+    request_window(next, window, move |i| {
+        let (s, apps) = (s.clone(), apps.clone());
+        async move { check_in(&s, &apps[i % apps.len()]).await }
+    })
+    .await
+}
+
+/// `GET url` from `CLIENTS` tasks for `window`, taking clients round-robin from `next`
+/// (each request a new connection when the clients do not pool): how many succeeded and
+/// failed.
+async fn get_window(
+    url: &str,
+    clients: &Arc<Vec<reqwest::Client>>,
+    next: &Arc<AtomicUsize>,
+    window: Duration,
+) -> anyhow::Result<(usize, usize)> {
+    let (url, clients) = (Arc::new(url.to_owned()), clients.clone());
+    request_window(next, window, move |i| {
+        let (url, clients) = (url.clone(), clients.clone());
+        async move {
+            match clients[i % clients.len()].get(url.as_str()).send().await {
+                Ok(r) => {
+                    let ok = r.status().is_success();
+                    let _ = r.bytes().await;
+                    ok
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// `request(i)` from `CLIENTS` tasks for `window`, `i` counting up from `next`: how many
+/// succeeded and failed.
+async fn request_window<F, R>(
+    next: &Arc<AtomicUsize>,
+    window: Duration,
+    request: F,
+) -> anyhow::Result<(usize, usize)>
+where
+    F: Fn(usize) -> R + Clone + Send + 'static,
+    R: std::future::Future<Output = bool> + Send,
+{
     let start = Instant::now();
     let count = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (s, apps, next, count, failures) = (
-            s.clone(),
-            apps.clone(),
+        let (request, next, count, failures) = (
+            request.clone(),
             next.clone(),
             count.clone(),
             failures.clone(),
@@ -522,7 +611,7 @@ async fn check_in_window(
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < window {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if check_in(&s, &apps[i % apps.len()]).await {
+                if request(i).await {
                     count.fetch_add(1, Ordering::Relaxed);
                 } else {
                     failures.fetch_add(1, Ordering::Relaxed);
@@ -699,19 +788,27 @@ async fn check_in(s: &Stack, client: &reqwest::Client) -> bool {
 /// TLS session resumption (an appliance checks in once a day: every check-in is a
 /// full mTLS handshake, like `ab` against nginx with session caching off).
 fn appliance_client(a: &Appliance) -> anyhow::Result<reqwest::Client> {
+    let chain = format!(
+        "{}\n{}",
+        a.certificate.as_deref().unwrap_or(""),
+        a.chain.as_deref().unwrap_or("")
+    );
+    fresh_connection_client(&chain, &a.key_pem)
+}
+
+/// A client presenting `chain_pem` with `key_pem`, verifying servers against the dev CA
+/// bundle, with no connection pooling and no TLS session resumption: a full mTLS
+/// handshake per request.
+fn fresh_connection_client(chain_pem: &str, key_pem: &str) -> anyhow::Result<reqwest::Client> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(harness::dev().path("ALGA_CA_BUNDLE"))? {
         roots.add(c?)?;
     }
-    let full = format!(
-        "{}\n{}",
-        a.certificate.as_deref().unwrap_or(""),
-        a.chain.as_deref().unwrap_or("")
-    );
-    let chain = CertificateDer::pem_slice_iter(full.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(a.key_pem.as_bytes())?;
+    let chain =
+        CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
     let mut tls = rustls::ClientConfig::builder_with_provider(harness::ring())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
