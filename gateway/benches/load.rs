@@ -884,8 +884,9 @@ fn p99_ms(mut v: Vec<Duration>) -> f64 {
     v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
 }
 
-/// `n` more tenants, codes, appliances and licenses (ids in ranges the bench's own
-/// rows do not use), seeded by one session per core over disjoint halves of the range:
+/// `n` more tenants, codes, appliances and licenses (ids spread over their key spaces
+/// like the API's, see `seed_registry.sql`), seeded by one session per core over
+/// disjoint halves of the range:
 /// each `INSERT … SELECT generate_series` runs on one backend, so two sessions use
 /// both cores. A bench seed, so without waiting for each commit's fsync.
 async fn seed(s: &Stack, n: i32) -> anyhow::Result<()> {
