@@ -31,7 +31,8 @@
 //! (as under `cargo test --all-targets`) it does nothing. `--only-p2` runs the P2 phase
 //! alone, `--seconds` rounds of it (to profile it); `--license-calls N` sets how many
 //! license calls the issuer client may have in flight during it; `--only-p1-p3` stops
-//! after the redeem, check-in and open-loop phases (to compare builds of the gateway).
+//! after the redeem, check-in and open-loop phases (to compare builds of the gateway);
+//! `--p7-rate R` offers R check-ins/s in the open loop instead of half the maximum.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -47,6 +48,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 const CLIENTS: usize = 8;
+/// P7's goal: an open-loop check-in slower than this is counted (and when it was sent).
+const SLOW: Duration = Duration::from_millis(20);
 /// Offered rate of the P4 measurement (half redeems, half check-ins), per second.
 const P4_RATE: u32 = 60;
 /// P4's alternating windows per stack, and their length: 4 × 4 s = 16 s at 60/s is
@@ -68,6 +71,9 @@ struct Args {
     only_p2: bool,
     /// Stop after P7 (redeems, check-ins, the open loop): no P2, no P4 seeding.
     only_p1_p3: bool,
+    /// P7's offered rate instead of half the measured maximum (to compare builds at one
+    /// rate).
+    p7_rate: Option<f64>,
     /// License calls the gateway's issuer client may have in flight in the P2 phase
     /// (its default when absent).
     license_calls: Option<usize>,
@@ -109,6 +115,7 @@ fn args() -> Option<Args> {
         smoke: argv.iter().any(|a| a == "--smoke"),
         only_p2: argv.iter().any(|a| a == "--only-p2"),
         only_p1_p3: argv.iter().any(|a| a == "--only-p1-p3"),
+        p7_rate: value("--p7-rate").and_then(|s| s.parse().ok()),
         license_calls: value("--license-calls").and_then(|s| s.parse().ok()),
         pgbench: value("--pgbench-url")
             .zip(value("--pgbench-redeem"))
@@ -212,8 +219,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let nginx_per_s = ceiling.rate();
 
-    // Open loop at half the maximum; latency from the scheduled send time.
-    let half = (checkins_per_s / 2.0).max(1.0);
+    // Open loop at half the maximum (or `--p7-rate`); latency from the scheduled send
+    // time.
+    let half = args.p7_rate.unwrap_or((checkins_per_s / 2.0).max(1.0));
     let period = Duration::from_secs_f64(1.0 / half);
     let n = ((half * window.as_secs_f64()) as usize).max(10);
     let t0 = tokio::time::Instant::now();
@@ -229,20 +237,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut lat = Vec::with_capacity(n);
     let mut failed = 0;
-    for t in tasks {
+    // When the slow ones were sent: one stall delays every request sent during it.
+    let mut slow_slots = std::collections::BTreeSet::new();
+    for (k, t) in tasks.into_iter().enumerate() {
         let (ok, d) = t.await?;
         if !ok {
             failed += 1;
         }
+        if d > SLOW {
+            slow_slots.insert((period * u32::try_from(k)?).as_millis() / 100);
+        }
         lat.push(d);
     }
     lat.sort();
+    let slow = lat.iter().filter(|d| **d > SLOW).count();
     let pct =
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
     let (p50, p99) = (pct(0.50), pct(0.99));
     println!(
-        "open loop at {half:.0}/s for {} check-ins: p50 {p50:.1} ms, p99 {p99:.1} ms ({failed} failed)",
-        lat.len()
+        "open loop at {half:.0}/s for {} check-ins: p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms \
+         ({failed} failed); {slow} over {} ms, sent in {} of the run's {} 100 ms slots{}",
+        lat.len(),
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        SLOW.as_millis(),
+        slow_slots.len(),
+        window.as_millis().div_ceil(100),
+        match (slow_slots.first(), slow_slots.last()) {
+            (Some(a), Some(b)) => format!(
+                " (from {:.1} s to {:.1} s)",
+                *a as f64 / 10.0,
+                *b as f64 / 10.0
+            ),
+            _ => String::new(),
+        }
     );
 
     // Where a check-in's time goes, for the record (not a figure of the issue): this
