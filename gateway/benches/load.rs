@@ -208,9 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.ab.as_ref().map(|ab| move || ab_window(ab, slice)),
     )
     .await?;
-    let (count, failed) = windows
-        .into_iter()
-        .fold((0, 0), |(c, f), (wc, wf)| (c + wc, f + wf));
+    let (count, failed) = totals(windows);
     let checkins_per_s = count as f64 / checkin_time.as_secs_f64();
     println!(
         "check-ins (new TLS connection each): {count} in {:.1} s = {checkins_per_s:.0}/s ({failed} failed){}",
@@ -292,9 +290,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }),
             )
             .await?;
-            let (count, failed) = windows
-                .into_iter()
-                .fold((0, 0), |(c, f), (wc, wf)| (c + wc, f + wf));
+            let (count, failed) = totals(windows);
             let healthz_per_s = count as f64 / time.as_secs_f64();
             println!(
                 "this load generator, new mTLS connection each: gateway GET /healthz {healthz_per_s:.0}/s \
@@ -611,6 +607,13 @@ async fn get_window(
         }
     })
     .await
+}
+
+/// The windows' `(succeeded, failed)` added up.
+fn totals(windows: Vec<(usize, usize)>) -> (usize, usize) {
+    windows
+        .into_iter()
+        .fold((0, 0), |(c, f), (wc, wf)| (c + wc, f + wf))
 }
 
 /// `request(i)` from `CLIENTS` tasks for `window`, `i` counting up from `next`: how many

@@ -172,16 +172,7 @@ async fn check_in_renews_a_credential_with_less_than_a_third_left() {
     )
     .expect("rfc3339");
     assert!(expires - time::OffsetDateTime::now_utc() > time::Duration::days(29));
-    let stored: Option<time::OffsetDateTime> = s
-        .admin
-        .query_one(
-            "SELECT credential_expires_at FROM appliances WHERE appliance_id = $1",
-            &[&appliance_id],
-        )
-        .await
-        .expect("row")
-        .get(0);
-    assert_eq!(stored, Some(expires));
+    assert_eq!(s.stored_credential(appliance_id).await.1, Some(expires));
     // The renewed credential works for the next check-in.
     let mut renewed = a.clone();
     renewed.certificate = Some(cert.to_owned());
@@ -199,15 +190,6 @@ async fn check_in_renews_a_credential_with_less_than_a_third_left() {
         3
     );
     // A check-in that renews nothing keeps the recorded credential.
-    let kept: Option<time::OffsetDateTime> = s
-        .admin
-        .query_one(
-            "SELECT credential_expires_at FROM appliances WHERE appliance_id = $1",
-            &[&appliance_id],
-        )
-        .await
-        .expect("row")
-        .get(0);
-    assert_eq!(kept, Some(expires));
+    assert_eq!(s.stored_credential(appliance_id).await.1, Some(expires));
     s.stop().await;
 }

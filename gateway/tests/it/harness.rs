@@ -942,6 +942,23 @@ impl Stack {
         self.admin.query_one(sql, &[]).await.expect("count").get(0)
     }
 
+    /// The appliance row's recorded credential: `(credential_serial, credential_expires_at)`.
+    pub async fn stored_credential(
+        &self,
+        appliance_id: Uuid,
+    ) -> (Option<String>, Option<time::OffsetDateTime>) {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT credential_serial, credential_expires_at FROM appliances \
+                 WHERE appliance_id = $1",
+                &[&appliance_id],
+            )
+            .await
+            .expect("appliance row");
+        (row.get(0), row.get(1))
+    }
+
     /// `POST /install-codes/reissue` as the store: status and body.
     pub async fn reissue(&self, body: &Value) -> (StatusCode, Value) {
         let (st, v, _) = send(

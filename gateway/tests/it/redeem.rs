@@ -70,7 +70,7 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
         1
     );
     // The appliance row carries the credential it was given.
-    let (serial, expires) = stored_credential(&s, appliance_id).await;
+    let (serial, expires) = s.stored_credential(appliance_id).await;
     assert!(serial.is_some());
     assert_eq!(expires, Some(rfc3339(&v["credential"]["expires_at"])));
 
@@ -83,7 +83,7 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
     assert_eq!(s.count("SELECT count(*) FROM appliances").await, 1);
     assert_eq!(s.count("SELECT count(*) FROM licenses").await, 2);
     // ...and the fresh credential is the one recorded.
-    let (serial_again, expires_again) = stored_credential(&s, appliance_id).await;
+    let (serial_again, expires_again) = s.stored_credential(appliance_id).await;
     assert!(serial_again.is_some() && serial_again != serial);
     assert_eq!(
         expires_again,
@@ -386,23 +386,6 @@ async fn issuer_down_rolls_back_and_the_code_stays_usable() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["tenant_id"], tenant.to_string());
     s.stop().await;
-}
-
-/// The appliance row's `(credential_serial, credential_expires_at)`.
-async fn stored_credential(
-    s: &Stack,
-    appliance_id: Uuid,
-) -> (Option<String>, Option<time::OffsetDateTime>) {
-    let row = s
-        .admin
-        .query_one(
-            "SELECT credential_serial, credential_expires_at FROM appliances \
-             WHERE appliance_id = $1",
-            &[&appliance_id],
-        )
-        .await
-        .expect("appliance row");
-    (row.get(0), row.get(1))
 }
 
 fn rfc3339(v: &Value) -> time::OffsetDateTime {
