@@ -129,7 +129,7 @@ pub struct CheckInSubject {
 }
 
 /// The appliance, locked for the rest of the transaction (check-in vs. revoke), with
-/// its tenant's status and entitlement: one round trip where three reads took three.
+/// its tenant's status and entitlement: one round trip instead of three.
 pub async fn for_check_in(
     c: &impl GenericClient,
     appliance_id: Uuid,
