@@ -87,6 +87,35 @@ async fn check_in_refreshes_the_license_and_honours_revocation_and_suspension() 
         .await
         .expect("resume");
 
+    // A tenant whose entitlement row is gone (corruption, not an API state) gets an
+    // internal error, not "appliance not found", and no license is recorded.
+    let licenses = s.count("SELECT count(*) FROM licenses").await;
+    let saved = s
+        .admin
+        .query_one(
+            "DELETE FROM entitlements WHERE tenant_id = $1 RETURNING edition, paid, features, seats",
+            &[&tenant],
+        )
+        .await
+        .expect("remove the entitlement");
+    let (st, e, _) = send(me.post(s.url("/check-in")).json(&body)).await;
+    assert_error(st, &e, 500, "internal");
+    assert_eq!(s.count("SELECT count(*) FROM licenses").await, licenses);
+    s.admin
+        .execute(
+            "INSERT INTO entitlements (tenant_id, edition, paid, features, seats) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &tenant,
+                &saved.get::<_, String>(0),
+                &saved.get::<_, bool>(1),
+                &saved.get::<_, Vec<String>>(2),
+                &saved.get::<_, i32>(3),
+            ],
+        )
+        .await
+        .expect("restore the entitlement");
+
     // A body in another media type (even one that starts like JSON's) is refused and
     // changes nothing.
     for ct in ["application/jsonx", "text/plain"] {
