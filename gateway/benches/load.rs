@@ -17,7 +17,9 @@
 //!   (the machine's speed drifts by ±30 % within minutes: a ceiling measured apart
 //!   from its figure moved P3 from 0.14 to 0.38 between two runs);
 //! - check-in p99 at an open-loop offered rate of half that maximum (latency counted
-//!   from the scheduled send time, so a stall is not hidden by the load generator);
+//!   from the scheduled send time, so a stall is not hidden by the load generator),
+//!   with a probe of the disk beside it (`DiskProbe`: the check-ins over 20 ms set
+//!   against the disk's flush stalls);
 //! - P2 as the gateway gets it: licenses per second through the gateway's own issuer
 //!   client (`IssuerClient::sign_license`, which coalesces concurrent requests into
 //!   batch calls) from 32 concurrent tasks, against raw `Hsm::sign_digest` from 32
@@ -40,7 +42,7 @@
 mod harness;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::{Appliance, Stack};
@@ -223,6 +225,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let period = Duration::from_secs_f64(1.0 / half);
     let n = ((half * window.as_secs_f64()) as usize).max(10);
     let t0 = tokio::time::Instant::now();
+    let probe = DiskProbe::start(t0.into_std())?;
     let mut tasks = Vec::with_capacity(n);
     for k in 0..n {
         let due = t0 + period * u32::try_from(k)?;
@@ -237,16 +240,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut failed = 0;
     // When the slow ones were sent: one stall delays every request sent during it.
     let mut slow_slots = std::collections::BTreeSet::new();
+    // The slow ones' time in flight (from their scheduled send), to set beside the
+    // disk's stalls.
+    let mut slow_spans = Vec::new();
     for (k, t) in tasks.into_iter().enumerate() {
         let (ok, d) = t.await?;
         if !ok {
             failed += 1;
         }
+        let sent = period * u32::try_from(k)?;
         if d > SLOW {
-            slow_slots.insert((period * u32::try_from(k)?).as_millis() / 100);
+            slow_slots.insert(sent.as_millis() / 100);
+            slow_spans.push((sent, sent + d));
         }
         lat.push(d);
     }
+    let disk = probe.finish()?;
     lat.sort();
     let slow = lat.iter().filter(|d| **d > SLOW).count();
     let pct =
@@ -269,6 +278,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ => String::new(),
         }
     );
+    let disk = disk.describe(&slow_spans);
+    println!("{}", disk.text);
 
     // Where a check-in's time goes, for the record (not a figure of the issue): this
     // load generator against the gateway's cheapest route (its TLS and HTTP stack
@@ -403,11 +414,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                  half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
                  p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
                  p4_checkin_small {:.1}\np4_checkin_big {:.1}\n\
-                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n{}{}{}",
+                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n\
+                 p7_slow {}\np7_slow_in_disk_stall {}\ndisk_stalls {}\ndisk_probe_max_ms {:.1}\n{}{}{}",
                 small.0,
                 big.0,
                 small.1,
                 big.1,
+                disk.slow,
+                disk.slow_in_stall,
+                disk.stalls,
+                disk.max_ms,
                 pgbench_tps.map_or_else(String::new, |r| format!("pgbench_redeem_tps {r:.1}\n")),
                 nginx_per_s.map_or_else(String::new, |r| format!("nginx_per_s {r:.1}\n")),
                 split.map_or_else(String::new, |(h, n)| format!(
@@ -852,6 +868,116 @@ fn fresh_connection_client(chain_pem: &str, key_pem: &str) -> anyhow::Result<req
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// The disk under the stack (Postgres' WAL and the issuer's signing log share it with
+/// the temporary directory), probed while the open loop runs: a thread appends 256
+/// bytes to a temporary file and `fdatasync`s it every `DiskProbe::EVERY`, timing each.
+/// Every check-in waits for two such flushes (the commit's WAL flush and the signing
+/// log's), so a stall of the disk stalls every check-in in flight.
+struct DiskProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<(Duration, Duration)>>>,
+}
+
+/// The probe's samples: when each flush started (from the open loop's start) and how
+/// long it took.
+struct DiskSamples(Vec<(Duration, Duration)>);
+
+impl DiskProbe {
+    const EVERY: Duration = Duration::from_millis(20);
+    /// A flush slower than this counts as a stall (a healthy one takes 0.3–0.6 ms here).
+    const STALL: Duration = Duration::from_millis(10);
+
+    fn start(t0: Instant) -> anyhow::Result<DiskProbe> {
+        let mut file = tempfile::tempfile()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                file.write_all(&[b'x'; 256])?;
+                file.sync_data()?;
+                samples.push((start - t0, start.elapsed()));
+                std::thread::sleep(Self::EVERY);
+            }
+            Ok(samples)
+        });
+        Ok(DiskProbe { stop, thread })
+    }
+
+    fn finish(self) -> anyhow::Result<DiskSamples> {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the disk probe panicked"))??;
+        Ok(DiskSamples(samples))
+    }
+}
+
+impl DiskSamples {
+    /// The probe's distribution, its stalls, and how many of the slow check-ins
+    /// (`slow`: each one's time in flight) overlapped a stall, beside the share of the
+    /// run the stalls covered (what chance alone would give).
+    fn describe(&self, slow: &[(Duration, Duration)]) -> DiskSummary {
+        let mut lat: Vec<Duration> = self.0.iter().map(|(_, d)| *d).collect();
+        lat.sort();
+        let Some(max) = lat.last() else {
+            return DiskSummary {
+                text: "disk probe: no sample".to_string(),
+                ..DiskSummary::default()
+            };
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let stalls: Vec<(Duration, Duration)> = self
+            .0
+            .iter()
+            .filter(|(_, d)| *d > DiskProbe::STALL)
+            .map(|(at, d)| (*at, *at + *d))
+            .collect();
+        let overlapping = slow
+            .iter()
+            .filter(|(a, b)| stalls.iter().any(|(s, e)| a < e && s < b))
+            .count();
+        let run = self.0.last().map_or(Duration::ZERO, |(at, d)| *at + *d);
+        let covered: Duration = stalls.iter().map(|(s, e)| *e - *s).sum();
+        let text = format!(
+            "disk probe (256-byte append + fdatasync every {} ms, {} flushes): p50 {:.2} ms, \
+             p99 {:.2} ms, max {:.1} ms; {} over {} ms, covering {:.1} % of the run; \
+             {overlapping} of the {} check-ins over {} ms were in flight during one",
+            DiskProbe::EVERY.as_millis(),
+            lat.len(),
+            ms(lat[lat.len() / 2]),
+            ms(lat[(lat.len() * 99 / 100).min(lat.len() - 1)]),
+            ms(*max),
+            stalls.len(),
+            DiskProbe::STALL.as_millis(),
+            100.0 * covered.as_secs_f64() / run.as_secs_f64().max(1e-9),
+            slow.len(),
+            SLOW.as_millis(),
+        );
+        DiskSummary {
+            text,
+            stalls: stalls.len(),
+            max_ms: ms(*max),
+            slow: slow.len(),
+            slow_in_stall: overlapping,
+        }
+    }
+}
+
+#[derive(Default)]
+struct DiskSummary {
+    text: String,
+    stalls: usize,
+    max_ms: f64,
+    /// Open-loop check-ins slower than `SLOW`, and how many of them were in flight
+    /// during a stall of the probe.
+    slow: usize,
+    slow_in_stall: usize,
 }
 
 /// p99 (ms) of redeems and of check-ins offered open loop at `P4_RATE`/s, alternating.
