@@ -226,6 +226,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let n = ((half * window.as_secs_f64()) as usize).max(10);
     let t0 = tokio::time::Instant::now();
     let probe = DiskProbe::start(t0.into_std())?;
+    let metrics_before = metrics_text(&s).await?;
     let mut tasks = Vec::with_capacity(n);
     for k in 0..n {
         let due = t0 + period * u32::try_from(k)?;
@@ -256,6 +257,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lat.push(d);
     }
     let disk = probe.finish()?;
+    let metrics_after = metrics_text(&s).await?;
     lat.sort();
     let slow = lat.iter().filter(|d| **d > SLOW).count();
     let pct =
@@ -280,6 +282,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let disk = disk.describe(&slow_spans);
     println!("{}", disk.text);
+    // The gateway's own histograms over the open loop: the check-in handler (from the
+    // request's arrival, after the TLS handshake) and its license calls to the issuer.
+    let over = |metric: &str, label: &str, secs: f64| {
+        let (n0, o0) = histogram_over(&metrics_before, metric, label, secs);
+        let (n1, o1) = histogram_over(&metrics_after, metric, label, secs);
+        (n1.saturating_sub(n0), o1.saturating_sub(o0))
+    };
+    const ROUTE: &str = "alga_gateway_http_request_duration_seconds";
+    const ISSUER: &str = "alga_gateway_issuer_call_duration_seconds";
+    let (handled, handler_10) = over(ROUTE, "route=\"/check-in\"", 0.01);
+    let (_, handler_25) = over(ROUTE, "route=\"/check-in\"", 0.025);
+    let (calls, calls_10) = over(ISSUER, "op=\"sign_license", 0.01);
+    println!(
+        "the gateway's histograms over the open loop: check-in handler over 10 ms {handler_10} of \
+         {handled} (over 25 ms {handler_25}); license calls to the issuer over 10 ms {calls_10} of {calls}"
+    );
 
     // Where a check-in's time goes, for the record (not a figure of the issue): this
     // load generator against the gateway's cheapest route (its TLS and HTTP stack
@@ -868,6 +886,45 @@ fn fresh_connection_client(chain_pem: &str, key_pem: &str) -> anyhow::Result<req
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// The gateway's Prometheus metrics, as text.
+async fn metrics_text(s: &Stack) -> anyhow::Result<String> {
+    Ok(s.anon()
+        .get(s.url("/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// A histogram of the gateway's metrics, summed over its series whose labels contain
+/// `label`: how many observations, and how many were over `secs` (which must be one of
+/// its bucket bounds).
+fn histogram_over(text: &str, metric: &str, label: &str, secs: f64) -> (u64, u64) {
+    let bound = format!("le=\"{secs}\"");
+    let (mut count, mut within) = (0, 0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let Some((series, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        if !series.contains(label) {
+            continue;
+        }
+        if series.starts_with("_count") {
+            count += value as u64;
+        } else if series.starts_with("_bucket") && series.contains(&bound) {
+            within += value as u64;
+        }
+    }
+    (count, count.saturating_sub(within))
 }
 
 /// The disk under the stack (Postgres' WAL and the issuer's signing log share it with
