@@ -301,7 +301,8 @@ if [ "$SMOKE" = 0 ]; then
         echo "- commands: \`make bench\` = \`bash scripts/bench.sh\`: \`cargo bench -p alga-gateway --bench load\`, which runs"
         echo "  \`ab -E\` against nginx (new TLS connection per request, 8 concurrent) and \`pgbench -M prepared -c 8 -j 2\`"
         echo "  (a scratch database of $SEED_ROWS tenants/codes/appliances) in windows alternating with its check-ins and redeems,"
-        echo "  then its own client against the gateway's \`GET /healthz\` and nginx, alternating (the P1 split row),"
+        echo "  with a probe of the disk beside its open loop (the P7 disk row), then its own client against the gateway's \`GET /healthz\` and nginx,"
+        echo "  alternating (the P1 split row),"
         echo "  \`cargo bench -p alga-issuer --bench sign\`,"
         echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway."
         echo
