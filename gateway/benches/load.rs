@@ -38,6 +38,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+#[path = "../../issuer/benches/support/cpu.rs"]
+mod cpu;
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
@@ -163,6 +165,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    let first_boot = first_boot_clients()?;
+
     // Codes kept for the P4 measurement on this (small) registry.
     let p4_codes = prepared.split_off(prepared.len() - P4_CODES.min(prepared.len() / 2));
 
@@ -170,9 +174,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let rounds: u32 = if args.smoke { 1 } else { 5 };
     let slice = window / rounds;
     let queue = Arc::new(std::sync::Mutex::new(prepared));
-    let (windows, redeem_time, ceiling) = alternate(
+    let (windows, redeem_time, redeem_busy, ceiling) = alternate(
         rounds,
-        || redeem_window(&s, &queue, slice),
+        || redeem_window(&s, &first_boot, &queue, slice),
         args.pgbench
             .as_ref()
             .map(|p| move || pgbench_window(p, slice)),
@@ -191,6 +195,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ceiling.describe("pgbench redeem", "TPS", redeems_per_s)
     );
     let pgbench_tps = ceiling.rate();
+    let redeem_us = cpu::core_us_per_op(redeem_busy, appliances.len() as u64);
+    let pgbench_us = ceiling.core_us();
     anyhow::ensure!(!appliances.is_empty(), "no redeem succeeded");
     // One client per appliance (at most 256), made before the clock starts.
     let appliances = Arc::new(
@@ -204,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Check-ins, a new connection each, closed loop, in windows alternating with ab's
     // against nginx.
     let next = Arc::new(AtomicUsize::new(0));
-    let (windows, checkin_time, ceiling) = alternate(
+    let (windows, checkin_time, checkin_busy, ceiling) = alternate(
         rounds,
         || check_in_window(&s, &appliances, &next, slice),
         args.ab.as_ref().map(|ab| move || ab_window(ab, slice)),
@@ -218,6 +224,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ceiling.describe("nginx mTLS", "req/s", checkins_per_s)
     );
     let nginx_per_s = ceiling.rate();
+    let checkin_us = cpu::core_us_per_op(checkin_busy, count as u64);
+    let ab_us = ceiling.core_us();
 
     // Open loop at half the maximum (or `--p7-rate`); latency from the scheduled send
     // time.
@@ -306,9 +314,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let split = match &args.ab {
         Some(ab) => {
             let pem = std::fs::read_to_string(&ab.client_pem)?;
-            let store = Arc::new(vec![fresh_connection_client(&pem, &pem)?]);
+            let store = Arc::new(vec![fresh_connection_client(Some((&pem, &pem)))?]);
             let healthz = s.url("/healthz");
-            let (windows, time, nginx) = alternate(
+            let (windows, time, busy, nginx) = alternate(
                 rounds,
                 || get_window(&healthz, &appliances, &next, slice),
                 Some(|| async {
@@ -329,17 +337,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
                  ({failed} failed){}",
                 nginx.describe("nginx", "req/s", healthz_per_s)
             );
-            nginx.rate().map(|n| (healthz_per_s, n))
+            let healthz_us = cpu::core_us_per_op(busy, count as u64);
+            nginx
+                .rate()
+                .map(|n| (healthz_per_s, n, healthz_us, nginx.core_us()))
         }
         None => None,
     };
+    // What a redeem's connection costs at least: a new TLS connection without a client
+    // certificate (as at first boot) and a request that does nothing (P3's bound).
+    let mut first_boot_busy = 0.0;
+    let mut first_boot_gets = 0;
+    for _ in 0..rounds {
+        let cpu = cpu::CpuSample::now()?;
+        let (n, _) = get_window(&s.url("/healthz"), &first_boot, &next, slice).await?;
+        first_boot_busy += cpu.busy_until(&cpu::CpuSample::now()?);
+        first_boot_gets += n;
+    }
+    let first_boot_us = cpu::core_us_per_op(first_boot_busy, first_boot_gets as u64);
 
     if args.only_p1_p3 {
         return stop(s).await;
     }
 
-    let (p2_raw, p2_client) =
-        licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }, args.license_calls).await?;
+    let p2 = licenses_vs_raw(&s, if args.smoke { 1 } else { 5 }, args.license_calls).await?;
+    let p3_bound = costs(&Costs {
+        redeem_us,
+        pgbench_us,
+        pgbench_tps,
+        checkin_us,
+        ab_us,
+        healthz_us: split.map(|s| s.2),
+        nginx_same_us: split.and_then(|s| s.3),
+        first_boot_us,
+        p2,
+    });
 
     // P4: p99 of redeems and check-ins at a fixed offered rate against this stack (its
     // registry holds the few thousand tenants above) and against a second stack whose
@@ -367,6 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut big_codes = prepare(&big, i32::try_from(n_codes + n_appliances)?).await?;
     let (big_appliances, _) = redeem_window(
         &big,
+        &first_boot,
         &Arc::new(std::sync::Mutex::new(big_codes.split_off(n_codes))),
         Duration::from_secs(60),
     )
@@ -432,25 +465,103 @@ async fn run(args: Args) -> anyhow::Result<()> {
                  half_rate {half:.0}\ncheckin_p50_ms_half_rate {p50:.1}\ncheckin_p99_ms_half_rate {p99:.1}\n\
                  p4_extra {extra}\np4_redeem_small {:.1}\np4_redeem_big {:.1}\n\
                  p4_checkin_small {:.1}\np4_checkin_big {:.1}\n\
-                 p2_raw_per_s {p2_raw:.0}\np2_client_per_s {p2_client:.0}\n\
-                 p7_slow {}\np7_slow_in_disk_stall {}\ndisk_stalls {}\ndisk_probe_max_ms {:.1}\n{}{}{}",
+                 p2_raw_per_s {:.0}\np2_client_per_s {:.0}\np2_client_core_us {:.1}\np2_raw_core_us {:.1}\n\
+                 p7_slow {}\np7_slow_in_disk_stall {}\ndisk_stalls {}\ndisk_probe_max_ms {:.1}\n{}{}{}{}",
                 small.0,
                 big.0,
                 small.1,
                 big.1,
+                p2.raw_per_s,
+                p2.licenses_per_s,
+                p2.license_us,
+                p2.raw_us,
                 disk.slow,
                 disk.slow_in_stall,
                 disk.stalls,
                 disk.max_ms,
                 pgbench_tps.map_or_else(String::new, |r| format!("pgbench_redeem_tps {r:.1}\n")),
                 nginx_per_s.map_or_else(String::new, |r| format!("nginx_per_s {r:.1}\n")),
-                split.map_or_else(String::new, |(h, n)| format!(
+                split.map_or_else(String::new, |(h, n, _, _)| format!(
                     "healthz_per_s {h:.1}\nnginx_same_client_per_s {n:.1}\n"
+                )),
+                p3_bound.map_or_else(String::new, |b| format!(
+                    "p3_bound_per_s {:.1}\np3_bound_ratio {:.2}\nredeem_core_us {redeem_us:.0}\n\
+                     pgbench_redeem_core_us {:.0}\nfirst_boot_get_core_us {first_boot_us:.0}\n\
+                     raw_sign_core_us {:.0}\n",
+                    b.per_s, b.ratio, b.pgbench_us, p2.raw_us
                 )),
             ),
         )?;
     }
     stop(s).await
+}
+
+/// What one operation of each kind cost the machine (core-µs busy, from `/proc/stat`
+/// over its windows, the load generator included), for the cost lines and P3's bound.
+struct Costs {
+    redeem_us: f64,
+    pgbench_us: Option<f64>,
+    pgbench_tps: Option<f64>,
+    checkin_us: f64,
+    ab_us: Option<f64>,
+    /// `GET /healthz` over a new mTLS connection (an appliance's certificate).
+    healthz_us: Option<f64>,
+    nginx_same_us: Option<f64>,
+    /// `GET /healthz` over a new TLS connection without a client certificate.
+    first_boot_us: f64,
+    p2: P2,
+}
+
+/// P3's bound: the most redeems per second the machine's cores allow if a redeem cost
+/// only what it cannot do without.
+#[derive(Clone, Copy)]
+struct Bound {
+    per_s: f64,
+    ratio: f64,
+    pgbench_us: f64,
+}
+
+/// Prints what each operation cost, and P3's bound (when pgbench ran): a redeem costs at
+/// least pgbench's redeem transaction (the same statements), a new TLS connection with
+/// a request that does nothing, and two raw signatures (license and credential), so the
+/// cores allow at most `cores / (that sum)` redeems per second.
+fn costs(c: &Costs) -> Option<Bound> {
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
+    println!(
+        "cost per operation, machine core-µs busy (/proc/stat over its windows, load generator included): \
+         redeem {:.0}, pgbench redeem transaction {}; check-in {:.0}, ab against nginx {}; \
+         GET /healthz on a new connection: with an appliance certificate {}, without (first boot) {:.0}, \
+         nginx from this client {}; raw HSM sign {:.0}, license through the issuer client {:.0}",
+        c.redeem_us,
+        opt(c.pgbench_us),
+        c.checkin_us,
+        opt(c.ab_us),
+        opt(c.healthz_us),
+        c.first_boot_us,
+        opt(c.nginx_same_us),
+        c.p2.raw_us,
+        c.p2.license_us
+    );
+    let (pgbench_us, tps) = (c.pgbench_us?, c.pgbench_tps?);
+    let cores = f64::from(cpu::CpuSample::now().ok()?.cores());
+    let floor = pgbench_us + c.first_boot_us + 2.0 * c.p2.raw_us;
+    let per_s = cores * 1e6 / floor;
+    let ratio = per_s / tps;
+    println!(
+        "P3 bound: a redeem costs at least pgbench's redeem transaction ({pgbench_us:.0}), a new TLS \
+         connection with a request that does nothing ({:.0}) and two raw signs (2 x {:.0}) = {floor:.0} \
+         core-µs, so {cores} cores allow at most {per_s:.0} redeems/s = {ratio:.2} of pgbench's {tps:.0} TPS; \
+         the redeems measured {:.0} core-µs each, {:.0} above that floor",
+        c.first_boot_us,
+        c.p2.raw_us,
+        c.redeem_us,
+        c.redeem_us - floor
+    );
+    Some(Bound {
+        per_s,
+        ratio,
+        pgbench_us,
+    })
 }
 
 async fn stop(s: Arc<Stack>) -> anyhow::Result<()> {
@@ -504,34 +615,38 @@ async fn prepare(s: &Arc<Stack>, n: i32) -> anyhow::Result<Vec<(String, Applianc
 
 /// `rounds` pairs of windows, the figure's (`figure`) and its ceiling's (`ceiling`, a
 /// rate, when there is one), which goes first alternating from round to round: the
-/// figure's window results, the time they took, and the ceiling.
+/// figure's window results, the time they took, the machine's busy core-seconds over
+/// them (`cpu`), and the ceiling.
 async fn alternate<T, F, FF, C, CF>(
     rounds: u32,
     mut figure: F,
     mut ceiling: Option<C>,
-) -> anyhow::Result<(Vec<T>, Duration, Ceiling)>
+) -> anyhow::Result<(Vec<T>, Duration, f64, Ceiling)>
 where
     F: FnMut() -> FF,
     FF: std::future::Future<Output = anyhow::Result<T>>,
     C: FnMut() -> CF,
     CF: std::future::Future<Output = anyhow::Result<(f64, Duration)>>,
 {
-    let (mut results, mut time, mut measured) = (Vec::new(), Duration::ZERO, Ceiling::default());
+    let (mut results, mut time, mut busy) = (Vec::new(), Duration::ZERO, 0.0);
+    let mut measured = Ceiling::default();
     for round in 0..rounds {
         for turn in 0..2 {
+            let cpu = cpu::CpuSample::now()?;
             if (turn + round) % 2 == 1 {
                 if let Some(ceiling) = ceiling.as_mut() {
                     let (rate, window) = ceiling().await?;
-                    measured.add(rate, window);
+                    measured.add(rate, window, cpu.busy_until(&cpu::CpuSample::now()?));
                 }
                 continue;
             }
             let started = Instant::now();
             results.push(figure().await?);
             time += started.elapsed();
+            busy += cpu.busy_until(&cpu::CpuSample::now()?);
         }
     }
-    Ok((results, time, measured))
+    Ok((results, time, busy, measured))
 }
 
 /// A ceiling measured in windows between the figure's own.
@@ -539,20 +654,29 @@ where
 struct Ceiling {
     /// Each window's rate.
     windows: Vec<f64>,
+    /// Operations over all windows.
     total: f64,
     time: Duration,
+    /// The machine's busy core-seconds over the windows (the tool's start included).
+    busy: f64,
 }
 
 impl Ceiling {
-    fn add(&mut self, rate: f64, window: Duration) {
+    fn add(&mut self, rate: f64, window: Duration, busy: f64) {
         self.windows.push(rate);
         self.total += rate * window.as_secs_f64();
         self.time += window;
+        self.busy += busy;
     }
 
     /// The rate over all windows; `None` when there were none (no tool given).
     fn rate(&self) -> Option<f64> {
         (!self.time.is_zero()).then(|| self.total / self.time.as_secs_f64())
+    }
+
+    /// The machine's core-µs per operation over the windows; `None` without windows.
+    fn core_us(&self) -> Option<f64> {
+        (self.total > 0.0).then(|| self.busy * 1e6 / self.total)
     }
 
     /// `; <what> <rate> <unit> in the windows between (per window: …) = ratio` or "".
@@ -569,29 +693,32 @@ impl Ceiling {
     }
 }
 
-/// Redeems of the queued codes from `CLIENTS` tasks for `window`: the appliances that
-/// got one, and how many failed.
+/// Redeems of the queued codes from `CLIENTS` tasks for `window`, task `k` through
+/// `clients[k]` (a new connection each, see [`first_boot_clients`]): the appliances
+/// that got one, and how many failed.
 async fn redeem_window(
     s: &Arc<Stack>,
+    clients: &Arc<Vec<reqwest::Client>>,
     queue: &Arc<std::sync::Mutex<Vec<(String, Appliance)>>>,
     window: Duration,
 ) -> anyhow::Result<(Vec<Appliance>, usize)> {
     let start = Instant::now();
     let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
+    for k in 0..CLIENTS {
         let (s, queue, failures) = (s.clone(), queue.clone(), failures.clone());
+        let client = clients[k % clients.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut done = Vec::new();
             while start.elapsed() < window {
                 let Some((code, a)) = queue.lock().unwrap().pop() else {
                     break;
                 };
-                let (st, v) = s.redeem_as(&code, &a).await;
-                if st == 200 {
-                    done.push(a.with_response(&v));
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                match redeem(&s, &client, &code, &a).await {
+                    Some(v) => done.push(a.with_response(&v)),
+                    None => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             done
@@ -602,6 +729,26 @@ async fn redeem_window(
         appliances.extend(t.await?);
     }
     Ok((appliances, failures.load(Ordering::Relaxed)))
+}
+
+/// One redeem of `code` by `a` over `client`: the response body if it succeeded.
+async fn redeem(
+    s: &Stack,
+    client: &reqwest::Client,
+    code: &str,
+    a: &Appliance,
+) -> Option<serde_json::Value> {
+    let r = client
+        .post(s.url("/register"))
+        .json(&harness::redeem_body(a, code))
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        let _ = r.bytes().await;
+        return None;
+    }
+    r.json().await.ok()
 }
 
 /// Check-ins from `CLIENTS` tasks for `window`, each over a new connection, taking
@@ -760,15 +907,21 @@ fn word_after<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
 /// license requests at once).
 const P2_TASKS: usize = 32;
 
+/// Raw HSM signatures and licenses through the gateway's issuer client: each one's rate
+/// over all its windows and what one cost the machine (core-µs).
+#[derive(Clone, Copy)]
+struct P2 {
+    raw_per_s: f64,
+    licenses_per_s: f64,
+    raw_us: f64,
+    license_us: f64,
+}
+
 /// Licenses/s through the gateway's issuer client and raw HSM signatures/s, each from
 /// `P2_TASKS` tasks, in `rounds` pairs of alternating 1 s windows. Prints the per-round
-/// ratios; returns the two rates over all windows. `calls`: license calls in flight
-/// (the client's default when `None`).
-async fn licenses_vs_raw(
-    s: &Stack,
-    rounds: u32,
-    calls: Option<usize>,
-) -> anyhow::Result<(f64, f64)> {
+/// ratios; returns the two rates over all windows and their costs. `calls`: license
+/// calls in flight (the client's default when `None`).
+async fn licenses_vs_raw(s: &Stack, rounds: u32, calls: Option<usize>) -> anyhow::Result<P2> {
     use alga_issuer::keyring::{KeyKind, KeyOps};
     let hsm = harness::hsm_handle();
     let version = hsm.active_version(KeyKind::License);
@@ -778,13 +931,14 @@ async fn licenses_vs_raw(
         None => client,
     };
     let window = Duration::from_secs(1);
-    let (mut raw, mut lic) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    let (mut raw, mut lic) = ((0u64, Duration::ZERO, 0.0), (0u64, Duration::ZERO, 0.0));
     let mut ratios = Vec::new();
     for round in 0..rounds {
         let mut pair = [0f64; 2];
         // Alternate which goes first.
         for turn in 0..2 {
             let is_raw = (turn + round) % 2 == 0;
+            let cpu = cpu::CpuSample::now()?;
             let stop = Instant::now() + window;
             let started = Instant::now();
             let mut tasks = Vec::new();
@@ -814,23 +968,34 @@ async fn licenses_vs_raw(
             let slot = if is_raw { &mut raw } else { &mut lic };
             slot.0 += n;
             slot.1 += elapsed;
+            slot.2 += cpu.busy_until(&cpu::CpuSample::now()?);
             pair[usize::from(!is_raw)] = n as f64 / elapsed.as_secs_f64();
         }
         ratios.push(pair[1] / pair[0]);
     }
-    let rate = |(n, d): (u64, Duration)| n as f64 / d.as_secs_f64();
-    let (raw, lic) = (rate(raw), rate(lic));
+    let rate = |(n, d, _): (u64, Duration, f64)| n as f64 / d.as_secs_f64();
+    let cost = |(n, _, busy): (u64, Duration, f64)| cpu::core_us_per_op(busy, n);
+    let p2 = P2 {
+        raw_per_s: rate(raw),
+        licenses_per_s: rate(lic),
+        raw_us: cost(raw),
+        license_us: cost(lic),
+    };
     println!(
-        "P2 through the gateway's issuer client, {P2_TASKS} tasks: {lic:.0} licenses/s vs raw HSM {raw:.0} signs/s \
-         = {:.2} (per round: {})",
-        lic / raw,
+        "P2 through the gateway's issuer client, {P2_TASKS} tasks: {:.0} licenses/s vs raw HSM {:.0} signs/s \
+         = {:.2} (per round: {}); a license cost the machine {:.1} core-µs, a raw sign {:.1}",
+        p2.licenses_per_s,
+        p2.raw_per_s,
+        p2.licenses_per_s / p2.raw_per_s,
         ratios
             .iter()
             .map(|r| format!("{r:.2}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        p2.license_us,
+        p2.raw_us
     );
-    Ok((raw, lic))
+    Ok(p2)
 }
 
 /// One check-in over `client`, which keeps no idle connection: a new TCP connection
@@ -860,26 +1025,43 @@ fn appliance_client(a: &Appliance) -> anyhow::Result<reqwest::Client> {
         a.certificate.as_deref().unwrap_or(""),
         a.chain.as_deref().unwrap_or("")
     );
-    fresh_connection_client(&chain, &a.key_pem)
+    fresh_connection_client(Some((&chain, &a.key_pem)))
 }
 
-/// A client presenting `chain_pem` with `key_pem`, verifying servers against the dev CA
-/// bundle, with no connection pooling and no TLS session resumption: a full mTLS
-/// handshake per request.
-fn fresh_connection_client(chain_pem: &str, key_pem: &str) -> anyhow::Result<reqwest::Client> {
+/// `CLIENTS` clients without a certificate, as an appliance redeems at first boot, each
+/// request a new connection (see [`fresh_connection_client`]); made before any clock
+/// starts, so that a window counts no client set-up (reading the CA bundle, building
+/// the client), only the connection and the request.
+fn first_boot_clients() -> anyhow::Result<Arc<Vec<reqwest::Client>>> {
+    Ok(Arc::new(
+        (0..CLIENTS)
+            .map(|_| fresh_connection_client(None))
+            .collect::<anyhow::Result<_>>()?,
+    ))
+}
+
+/// A client presenting `identity` (a chain and its key, PEM) if any, verifying servers
+/// against the dev CA bundle, with no connection pooling and no TLS session resumption:
+/// a full handshake per request.
+fn fresh_connection_client(identity: Option<(&str, &str)>) -> anyhow::Result<reqwest::Client> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(harness::dev().path("ALGA_CA_BUNDLE"))? {
         roots.add(c?)?;
     }
-    let chain =
-        CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(harness::ring())
+    let builder = rustls::ClientConfig::builder_with_provider(harness::ring())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((chain_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     tls.resumption = rustls::client::Resumption::disabled();
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)

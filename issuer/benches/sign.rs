@@ -13,8 +13,15 @@
 //!   — once with the log on tmpfs (`/dev/shm`: what the issuer itself costs), once on
 //!   the disk of the temp directory (what durability costs here);
 //!
+//! - `mtls, no signature`: `GET /healthz` through the same server and clients: a
+//!   request that signs and logs nothing;
+//!
 //! and prints a table with the ratio `mtls / hsm` (the goal is ≥ 0.85), then the
-//! spread of the per-window rates at 32 threads. For each thread count the paths take
+//! spread of the per-window rates at 32 threads, then what each operation costs the
+//! machine (core-µs per operation, from `/proc/stat` over each path's windows) and the
+//! bound that follows: a license over mTLS costs at least a raw signature plus a
+//! request that does nothing, so the two cores allow at most `cores / (raw + null)`
+//! licenses per second, whatever the issuer does between them. For each thread count the paths take
 //! turns in 1 s windows, `ALGA_BENCH_SECONDS` rounds (default 5, so each path gets that
 //! many seconds), ops and time summed per path; clients connect (one warm-up license
 //! each, logged but not counted) before the first window.
@@ -39,6 +46,9 @@ use anyhow::{Context, Result, bail, ensure};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
+
+#[path = "support/cpu.rs"]
+mod cpu;
 
 const SANDBOX_ENV: &str = "ALGA_BENCH_SANDBOX";
 const GATEWAY: &str = "spiffe://alga.test/service/gateway";
@@ -89,7 +99,8 @@ fn parent() -> Result<()> {
 const RAW: &str = "hsm sign_digest";
 const TMPFS: &str = "mtls, log on tmpfs";
 const DISK: &str = "mtls, log on disk";
-const PATHS: [&str; 3] = [RAW, TMPFS, DISK];
+const NULL: &str = "mtls, no signature";
+const PATHS: [&str; 4] = [RAW, TMPFS, DISK, NULL];
 /// One window of one path; the paths of a thread count take turns, window by window.
 const WINDOW: Duration = Duration::from_secs(1);
 /// The thread count whose per-window spread is printed after the table.
@@ -103,11 +114,17 @@ struct Row {
     elapsed: Duration,
     /// ops/s of each window, one per round.
     windows: Vec<f64>,
+    /// Core-seconds the machine was busy over the windows.
+    busy: f64,
 }
 
 impl Row {
     fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn core_us(&self) -> f64 {
+        cpu::core_us_per_op(self.busy, self.ops)
     }
 }
 
@@ -168,6 +185,10 @@ fn child(dir: &Path) -> Result<()> {
         paths.push(Runner::mtls(
             &hsm, &config, &policy, &pki, &log, DISK, threads,
         )?);
+        let log = dir.join(format!("log-null-{threads}"));
+        paths.push(Runner::mtls(
+            &hsm, &config, &policy, &pki, &log, NULL, threads,
+        )?);
         for round in 0..rounds {
             // Rotate the order, so that no path always follows the same one.
             for k in 0..paths.len() {
@@ -221,7 +242,50 @@ fn child(dir: &Path) -> Result<()> {
             None => println!(),
         }
     }
+    print_costs(&rows);
     Ok(())
+}
+
+/// What each operation cost the machine, and the bound on licenses over mTLS that
+/// follows from the raw and the no-signature costs. Every line starts with "cost" or
+/// "bound" (`scripts/bench.sh` reads the bound at 32 threads).
+fn print_costs(rows: &[Row]) {
+    let cores = cpu::CpuSample::now().map_or(2, |s| s.cores());
+    println!();
+    println!(
+        "cost per operation: machine core-µs busy per op over the path's windows (from /proc/stat; \
+         {cores} cores, so a fully busy machine has {cores} core-s per s)"
+    );
+    for row in rows {
+        println!(
+            "cost {:<22} {:>3} threads {:>8.1} core-µs/op, machine {:>3.0} % busy",
+            row.what,
+            row.threads,
+            row.core_us(),
+            row.busy / (row.elapsed.as_secs_f64() * f64::from(cores)) * 100.0
+        );
+    }
+    // P2's ceiling: the best raw rate at any thread count.
+    let ceiling = rows
+        .iter()
+        .filter(|r| r.what == RAW)
+        .map(Row::rate)
+        .fold(f64::NAN, f64::max);
+    for threads in THREADS {
+        let of = |what| rows.iter().find(|r| r.what == what && r.threads == threads);
+        let (Some(raw), Some(null)) = (of(RAW), of(NULL)) else {
+            continue;
+        };
+        let best = f64::from(cores) * 1e6 / (raw.core_us() + null.core_us());
+        println!(
+            "bound {threads} threads: at most {best:.0} licenses/s = {:.2} of the raw rate at {threads} threads, \
+             {:.2} of the best raw rate ({cores} cores / (a raw sign {:.1} + a request that does nothing {:.1} core-µs))",
+            best / raw.rate(),
+            best / ceiling,
+            raw.core_us(),
+            null.core_us()
+        );
+    }
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -240,6 +304,7 @@ struct Runner {
     ops: u64,
     elapsed: Duration,
     windows: Vec<f64>,
+    busy: f64,
 }
 
 /// A server under measurement and what its signing log must hold afterwards.
@@ -250,6 +315,8 @@ struct Server {
     log_dir: PathBuf,
     /// Licenses signed before the first window (one warm-up request per client).
     warmups: u64,
+    /// Whether the windows' requests sign licenses (each then in the log).
+    signs: bool,
 }
 
 /// A client thread: it sets up (reporting the operations that took), then runs one
@@ -312,6 +379,7 @@ impl Runner {
             ops: 0,
             elapsed: Duration::ZERO,
             windows: Vec::new(),
+            busy: 0.0,
         }
     }
 
@@ -348,8 +416,9 @@ impl Runner {
         Ok(runner)
     }
 
-    /// Licenses through the real server, from `threads` keep-alive clients, each
-    /// connected (one warm-up license) before the first window.
+    /// Licenses through the real server (or, for [`NULL`], health requests), from
+    /// `threads` keep-alive clients, each connected (one warm-up request) before the
+    /// first window.
     #[allow(clippy::too_many_arguments)]
     fn mtls(
         hsm: &Hsm,
@@ -378,10 +447,15 @@ impl Runner {
             },
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let signs = what != NULL;
         let url = format!(
             "https://{}{}",
             listener.local_addr()?,
-            alga_protocol::issuer_api::SIGN_LICENSE
+            if signs {
+                alga_protocol::issuer_api::SIGN_LICENSE
+            } else {
+                alga_protocol::issuer_api::HEALTH
+            }
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -412,12 +486,12 @@ impl Runner {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    rt.block_on(license(&client, &url, &body))?;
-                    Ok((1, move |deadline: Instant| -> Result<u64> {
+                    rt.block_on(request(&client, &url, signs.then_some(&body)))?;
+                    Ok((u64::from(signs), move |deadline: Instant| -> Result<u64> {
                         rt.block_on(async {
                             let mut n = 0u64;
                             while Instant::now() < deadline {
-                                license(&client, &url, &body).await?;
+                                request(&client, &url, signs.then_some(&body)).await?;
                                 n += 1;
                             }
                             Ok(n)
@@ -434,12 +508,14 @@ impl Runner {
             stop,
             log_dir: log_dir.to_owned(),
             warmups,
+            signs,
         });
         Ok(runner)
     }
 
     /// Runs every client for one window.
     fn window(&mut self, length: Duration) -> Result<()> {
+        let cpu = cpu::CpuSample::now()?;
         let start = Instant::now();
         let deadline = start + length;
         for w in &self.workers {
@@ -451,6 +527,7 @@ impl Runner {
             ops += w.report()?;
         }
         let elapsed = start.elapsed();
+        self.busy += cpu.busy_until(&cpu::CpuSample::now()?);
         self.ops += ops;
         self.elapsed += elapsed;
         self.windows.push(ops as f64 / elapsed.as_secs_f64());
@@ -471,7 +548,7 @@ impl Runner {
             let logged = alga_issuer::signlog::read_dir(&server.log_dir)?
                 .records
                 .len() as u64;
-            let signed = self.ops + server.warmups;
+            let signed = if server.signs { self.ops } else { 0 } + server.warmups;
             ensure!(
                 logged == signed,
                 "{}, {} threads: {signed} licenses ({} of them warm-ups) but {logged} signing-log records",
@@ -486,13 +563,24 @@ impl Runner {
             ops: self.ops,
             elapsed: self.elapsed,
             windows: self.windows,
+            busy: self.busy,
         })
     }
 }
 
-/// One license request; fails unless the issuer signs it.
-async fn license(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Result<()> {
-    let r = client.post(url).json(body).send().await?;
+/// One license request (`POST` of `body`), or with no body a `GET`; fails unless the
+/// issuer answers 2xx.
+async fn request(
+    client: &reqwest::Client,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<()> {
+    let r = match body {
+        Some(body) => client.post(url).json(body),
+        None => client.get(url),
+    }
+    .send()
+    .await?;
     if !r.status().is_success() {
         bail!(
             "the issuer answered {}: {}",
