@@ -197,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pgbench_tps = ceiling.rate();
     let redeem_us = cpu::core_us_per_op(redeem_busy, appliances.len() as u64);
     let pgbench_us = ceiling.core_us();
+    let pgbench_server_us = ceiling.core_us_without_tool();
     anyhow::ensure!(!appliances.is_empty(), "no redeem succeeded");
     // One client per appliance (at most 256), made before the clock starts.
     let appliances = Arc::new(
@@ -226,6 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nginx_per_s = ceiling.rate();
     let checkin_us = cpu::core_us_per_op(checkin_busy, count as u64);
     let ab_us = ceiling.core_us();
+    let nginx_us = ceiling.core_us_without_tool();
 
     // Open loop at half the maximum (or `--p7-rate`); latency from the scheduled send
     // time.
@@ -326,7 +328,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         // Informational: say so, and count only what succeeded.
                         println!("nginx window: {failed} requests failed");
                     }
-                    Ok((n as f64 / t.elapsed().as_secs_f64(), t.elapsed()))
+                    Ok(ToolWindow {
+                        rate: n as f64 / t.elapsed().as_secs_f64(),
+                        time: t.elapsed(),
+                        own_cpu: 0.0,
+                    })
                 }),
             )
             .await?;
@@ -364,9 +370,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let p3_bound = costs(&Costs {
         redeem_us,
         pgbench_us,
+        pgbench_server_us,
         pgbench_tps,
         checkin_us,
         ab_us,
+        nginx_us,
         healthz_us: split.map(|s| s.2),
         nginx_same_us: split.and_then(|s| s.3),
         first_boot_us,
@@ -501,9 +509,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 struct Costs {
     redeem_us: f64,
     pgbench_us: Option<f64>,
+    /// The same without pgbench's own process: Postgres and the kernel.
+    pgbench_server_us: Option<f64>,
     pgbench_tps: Option<f64>,
     checkin_us: f64,
     ab_us: Option<f64>,
+    /// The same without ab's own process: nginx and the kernel.
+    nginx_us: Option<f64>,
     /// `GET /healthz` over a new mTLS connection (an appliance's certificate).
     healthz_us: Option<f64>,
     nginx_same_us: Option<f64>,
@@ -522,33 +534,38 @@ struct Bound {
 }
 
 /// Prints what each operation cost, and P3's bound (when pgbench ran): a redeem costs at
-/// least pgbench's redeem transaction (the same statements), a new TLS connection with
-/// a request that does nothing, and two raw signatures (license and credential), so the
-/// cores allow at most `cores / (that sum)` redeems per second.
+/// least what Postgres spends on pgbench's redeem transaction (the same statements;
+/// pgbench's own process left out), a new TLS connection with a request that does
+/// nothing, and two raw signatures (license and credential), so the cores allow at
+/// most `cores / (that sum)` redeems per second.
 fn costs(c: &Costs) -> Option<Bound> {
     let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
     println!(
         "cost per operation, machine core-µs busy (/proc/stat over its windows, load generator included): \
-         redeem {:.0}, pgbench redeem transaction {}; check-in {:.0}, ab against nginx {}; \
+         redeem {:.0}, pgbench redeem transaction {} (without pgbench's own process {}); \
+         check-in {:.0}, ab against nginx {} (without ab's own process {}); \
          GET /healthz on a new connection: with an appliance certificate {}, without (first boot) {:.0}, \
          nginx from this client {}; raw HSM sign {:.0}, license through the issuer client {:.0}",
         c.redeem_us,
         opt(c.pgbench_us),
+        opt(c.pgbench_server_us),
         c.checkin_us,
         opt(c.ab_us),
+        opt(c.nginx_us),
         opt(c.healthz_us),
         c.first_boot_us,
         opt(c.nginx_same_us),
         c.p2.raw_us,
         c.p2.license_us
     );
-    let (pgbench_us, tps) = (c.pgbench_us?, c.pgbench_tps?);
+    let (pgbench_us, tps) = (c.pgbench_server_us?, c.pgbench_tps?);
     let cores = f64::from(cpu::CpuSample::now().ok()?.cores());
     let floor = pgbench_us + c.first_boot_us + 2.0 * c.p2.raw_us;
     let per_s = cores * 1e6 / floor;
     let ratio = per_s / tps;
     println!(
-        "P3 bound: a redeem costs at least pgbench's redeem transaction ({pgbench_us:.0}), a new TLS \
+        "P3 bound: a redeem costs at least what Postgres spends on pgbench's redeem transaction \
+         ({pgbench_us:.0}, pgbench's own process left out), a new TLS \
          connection with a request that does nothing ({:.0}) and two raw signs (2 x {:.0}) = {floor:.0} \
          core-µs, so {cores} cores allow at most {per_s:.0} redeems/s = {ratio:.2} of pgbench's {tps:.0} TPS; \
          the redeems measured {:.0} core-µs each, {:.0} above that floor",
@@ -626,7 +643,7 @@ where
     F: FnMut() -> FF,
     FF: std::future::Future<Output = anyhow::Result<T>>,
     C: FnMut() -> CF,
-    CF: std::future::Future<Output = anyhow::Result<(f64, Duration)>>,
+    CF: std::future::Future<Output = anyhow::Result<ToolWindow>>,
 {
     let (mut results, mut time, mut busy) = (Vec::new(), Duration::ZERO, 0.0);
     let mut measured = Ceiling::default();
@@ -635,8 +652,8 @@ where
             let cpu = cpu::CpuSample::now()?;
             if (turn + round) % 2 == 1 {
                 if let Some(ceiling) = ceiling.as_mut() {
-                    let (rate, window) = ceiling().await?;
-                    measured.add(rate, window, cpu.busy_until(&cpu::CpuSample::now()?));
+                    let w = ceiling().await?;
+                    measured.add(&w, cpu.busy_until(&cpu::CpuSample::now()?));
                 }
                 continue;
             }
@@ -659,14 +676,17 @@ struct Ceiling {
     time: Duration,
     /// The machine's busy core-seconds over the windows (the tool's start included).
     busy: f64,
+    /// Of which the ceiling tool's own process.
+    tool_busy: f64,
 }
 
 impl Ceiling {
-    fn add(&mut self, rate: f64, window: Duration, busy: f64) {
-        self.windows.push(rate);
-        self.total += rate * window.as_secs_f64();
-        self.time += window;
+    fn add(&mut self, w: &ToolWindow, busy: f64) {
+        self.windows.push(w.rate);
+        self.total += w.rate * w.time.as_secs_f64();
+        self.time += w.time;
         self.busy += busy;
+        self.tool_busy += w.own_cpu;
     }
 
     /// The rate over all windows; `None` when there were none (no tool given).
@@ -677,6 +697,11 @@ impl Ceiling {
     /// The machine's core-µs per operation over the windows; `None` without windows.
     fn core_us(&self) -> Option<f64> {
         (self.total > 0.0).then(|| self.busy * 1e6 / self.total)
+    }
+
+    /// The same without the tool's own process (the server's work and the kernel's).
+    fn core_us_without_tool(&self) -> Option<f64> {
+        (self.total > 0.0).then(|| (self.busy - self.tool_busy) * 1e6 / self.total)
     }
 
     /// `; <what> <rate> <unit> in the windows between (per window: …) = ratio` or "".
@@ -843,57 +868,98 @@ where
 }
 
 /// pgbench's redeem transactions per second over `window` (8 clients, 2 threads, as
-/// `bench.sh` ran it before), with the window.
-async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<(f64, Duration)> {
-    let text = tool_output(
-        tokio::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T"])
-            .arg(window.as_secs().max(1).to_string())
-            .arg("-f")
-            .arg(&p.script)
-            .arg(&p.url),
-    )
-    .await?;
+/// `bench.sh` ran it before), with the window and pgbench's own CPU time.
+async fn pgbench_window(p: &Pgbench, window: Duration) -> anyhow::Result<ToolWindow> {
+    let secs = window.as_secs().max(1).to_string();
+    let (script, url) = (p.script.as_str(), p.url.as_str());
+    let args = [
+        "-n", "-M", "prepared", "-c", "8", "-j", "2", "-T", &secs, "-f", script, url,
+    ];
+    let (text, own_cpu) = tool_output("pgbench", &args).await?;
     word_after(&text, "tps = ")
         .and_then(|t| t.parse().ok())
-        .map(|tps| (tps, window))
+        .map(|rate| ToolWindow {
+            rate,
+            time: window,
+            own_cpu,
+        })
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
 }
 
 /// `ab`'s requests per second against nginx over `window`, `CLIENTS` concurrent, a new
-/// TLS connection per request, with the window; a failed request fails the measurement.
-async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<(f64, Duration)> {
-    let text = tool_output(
-        tokio::process::Command::new("ab")
-            .args(["-q", "-n", "10000000", "-c"])
-            .arg(CLIENTS.to_string())
-            .arg("-t")
-            .arg(window.as_secs().max(1).to_string())
-            .arg("-E")
-            .arg(&ab.client_pem)
-            .arg(&ab.url),
-    )
-    .await?;
+/// TLS connection per request, with the window and ab's own CPU time; a failed request
+/// fails the measurement.
+async fn ab_window(ab: &Ab, window: Duration) -> anyhow::Result<ToolWindow> {
+    let (clients, secs) = (CLIENTS.to_string(), window.as_secs().max(1).to_string());
+    let args = [
+        "-q",
+        "-n",
+        "10000000",
+        "-c",
+        &clients,
+        "-t",
+        &secs,
+        "-E",
+        ab.client_pem.as_str(),
+        ab.url.as_str(),
+    ];
+    let (text, own_cpu) = tool_output("ab", &args).await?;
     let failed = word_after(&text, "Failed requests:");
     anyhow::ensure!(failed == Some("0"), "ab: {failed:?} failed requests");
     word_after(&text, "Requests per second:")
         .and_then(|r| r.parse().ok())
-        .map(|rate| (rate, window))
+        .map(|rate| ToolWindow {
+            rate,
+            time: window,
+            own_cpu,
+        })
         .ok_or_else(|| anyhow::anyhow!("no rate in ab's output: {text}"))
 }
 
-/// Runs a ceiling tool to its end: its standard output, or an error with both outputs
-/// when it failed.
-async fn tool_output(command: &mut tokio::process::Command) -> anyhow::Result<String> {
-    let out = command.output().await?;
+/// One window of a ceiling: its rate, its length, and the core-seconds the ceiling's
+/// own client used (the tool's process; 0 for this process's own client, which the
+/// machine's busy time counts either way).
+struct ToolWindow {
+    rate: f64,
+    time: Duration,
+    own_cpu: f64,
+}
+
+/// Runs a ceiling tool to its end, under `bash -c '"$@"; times'` so that bash reports
+/// the tool's CPU time: its standard output and the core-seconds (user + system) it
+/// used, or an error with both outputs when it failed.
+async fn tool_output(program: &str, args: &[&str]) -> anyhow::Result<(String, f64)> {
+    let out = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            r#""$@"; status=$?; times; exit $status"#,
+            "bash",
+            program,
+        ])
+        .args(args)
+        .output()
+        .await?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
         out.status.success(),
-        "{:?} failed: {stdout}{}",
-        command.as_std().get_program(),
+        "{program} failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(stdout)
+    // `times` prints the shell's user and system time, then its children's:
+    // `0m1.234s 0m0.056s`.
+    let children = stdout.lines().last().unwrap_or_default();
+    let own_cpu = children
+        .split_whitespace()
+        .map(minutes_seconds)
+        .sum::<Option<f64>>()
+        .ok_or_else(|| anyhow::anyhow!("no CPU times from bash after {program}: {children:?}"))?;
+    Ok((stdout, own_cpu))
+}
+
+/// `1m2.345s` as seconds.
+fn minutes_seconds(text: &str) -> Option<f64> {
+    let (m, s) = text.strip_suffix('s')?.split_once('m')?;
+    Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
 
 /// The first word after `prefix` on the first line that starts with it.
