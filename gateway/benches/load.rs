@@ -7,7 +7,8 @@
 //! gateway through the test harness (a database cloned from the migrated template, the
 //! `.dev` token), then measures, printing figures and asserting nothing:
 //!
-//! - redeems per second with distinct codes (closed loop, 8 clients) and, with
+//! - redeems per second with distinct codes (closed loop, 8 clients, each redeem a new
+//!   TLS connection without a client certificate, as at first boot) and, with
 //!   `--pgbench-url URL --pgbench-redeem FILE`, P3's ceiling: pgbench running the
 //!   redeem statements in windows alternating with the redeem windows;
 //! - check-ins per second, a **new TLS connection per check-in** (closed loop, 8
@@ -25,6 +26,11 @@
 //!   batch calls) from 32 concurrent tasks, against raw `Hsm::sign_digest` from 32
 //!   tasks on the same token, in alternating 1 s windows (the machine's speed drifts);
 //!   the issuer's signing log is on disk and fsynced before every reply;
+//! - what each operation costs the machine (core-µs busy, from `/proc/stat` over its
+//!   windows; the ceiling tools' own CPU from bash's `times`) and P3's bound: a redeem
+//!   costs at least what Postgres spends on pgbench's redeem transaction, a new TLS
+//!   connection with a request that does nothing, and two raw signs, so the cores allow
+//!   at most `cores / (that sum)` redeems per second;
 //! - P4: redeem and check-in p99 at a fixed offered rate against this stack and
 //!   against a second one whose registry is seeded with 1,000,000 more tenants (codes,
 //!   appliances, licenses; generate_series), in windows alternating between the two.
@@ -633,7 +639,7 @@ async fn prepare(s: &Arc<Stack>, n: i32) -> anyhow::Result<Vec<(String, Applianc
 /// `rounds` pairs of windows, the figure's (`figure`) and its ceiling's (`ceiling`, a
 /// rate, when there is one), which goes first alternating from round to round: the
 /// figure's window results, the time they took, the machine's busy core-seconds over
-/// them (`cpu`), and the ceiling.
+/// them, and the ceiling.
 async fn alternate<T, F, FF, C, CF>(
     rounds: u32,
     mut figure: F,
