@@ -242,15 +242,14 @@ fn child(dir: &Path) -> Result<()> {
             None => println!(),
         }
     }
-    print_costs(&rows);
-    Ok(())
+    print_costs(&rows)
 }
 
 /// What each operation cost the machine, and the bound on licenses over mTLS that
 /// follows from the raw and the no-signature costs. Every line starts with "cost" or
 /// "bound" (`scripts/bench.sh` reads the bound at 32 threads).
-fn print_costs(rows: &[Row]) {
-    let cores = cpu::CpuSample::now().map_or(2, |s| s.cores());
+fn print_costs(rows: &[Row]) -> Result<()> {
+    let cores = cpu::CpuSample::now()?.cores();
     println!();
     println!(
         "cost per operation: machine core-µs busy per op over the path's windows (from /proc/stat; \
@@ -286,6 +285,7 @@ fn print_costs(rows: &[Row]) {
             null.core_us()
         );
     }
+    Ok(())
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {

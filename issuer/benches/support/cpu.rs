@@ -42,7 +42,7 @@ impl CpuSample {
         // is already inside user and nice.
         let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
         let total: u64 = fields[..8].iter().sum();
-        let cores = stat.lines().filter(|l| is_core_line(l)).count();
+        let cores = lines.filter(|l| is_core_line(l)).count();
         Ok(CpuSample {
             busy,
             total,
