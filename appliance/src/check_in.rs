@@ -107,6 +107,9 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
         .await?
         .map_err(check_in_error)?;
 
+    let Some(license) = resp.license.clone() else {
+        return Err(Error::bad("the service sent no license"));
+    };
     let jwks: Jwks = client
         .get_json(&service::endpoint(&base, api::JWKS))
         .await?
@@ -121,10 +124,10 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
         appliance_id: current.identity.appliance_id,
         edition: seed.edition.clone(),
     };
-    crypto::verify_license(&resp.license.token, &jwks, &expected, now)?;
+    crypto::verify_license(&license.token, &jwks, &expected, now)?;
 
     let mut updated = paid.clone();
-    updated.token = resp.license.token.clone();
+    updated.token = license.token.clone();
     let mut rotated = false;
     let mut credential_expires_at = current.not_after;
     if let Some(cred) = &resp.credential {
@@ -154,12 +157,12 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
         fsio::write_atomic(&key_file, k.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
     }
     tracing::info!(
-        license.expires_at = %resp.license.expires_at,
+        license.expires_at = %license.expires_at,
         credential.rotated = rotated,
         "checked in"
     );
     Ok(CheckedIn {
-        license_expires_at: resp.license.expires_at,
+        license_expires_at: license.expires_at,
         next_check_in_after: resp.next_check_in_after,
         rotated,
         credential_expires_at,

@@ -45,6 +45,13 @@ pub mod actions {
     pub const CODE_REVOKE: &str = "code.revoke";
     pub const APPLIANCE_CHECK_IN: &str = "appliance.check_in";
     pub const APPLIANCE_REVOKE: &str = "appliance.revoke";
+    /// A rebuild's redeem retired the appliance (subject `appliance_id`, the old one;
+    /// `replaced_by`, the new one), in the redeem's transaction.
+    pub const APPLIANCE_REPLACE: &str = "appliance.replace";
+    pub const TENANT_SUSPEND: &str = "tenant.suspend";
+    pub const TENANT_RESUME: &str = "tenant.resume";
+    /// The store moved the tenant to another edition (details `from`, `to`).
+    pub const ENTITLEMENT_CHANGE: &str = "entitlement.change";
     pub const MAIL_SENT: &str = "mail.sent";
     pub const MAIL_FAILED: &str = "mail.failed";
     pub const CHECKPOINT_SIGNED: &str = "checkpoint.signed";

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use alga_protocol::api::{
     Contact, IDEMPOTENCY_KEY, REGISTER_TENANT, REISSUE, RegisterTenantRequest,
-    RegisterTenantResponse, ReissueRequest,
+    RegisterTenantResponse, ReissueRequest, ReissueResponse,
 };
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -186,7 +186,7 @@ async fn run(cli: Cli) -> Result<()> {
             let resp: RegisterTenantResponse = client
                 .post(REGISTER_TENANT, &body, &[(IDEMPOTENCY_KEY, key)])
                 .await?;
-            print_registration(&resp, cli.json)
+            print_registration(&resp, None, cli.json)
         }
         Command::Reissue {
             tenant_id,
@@ -196,9 +196,10 @@ async fn run(cli: Cli) -> Result<()> {
             let body = ReissueRequest {
                 tenant_id,
                 contact_email,
+                ..ReissueRequest::default()
             };
-            let resp: RegisterTenantResponse = client.post(REISSUE, &body, &[]).await?;
-            print_registration(&resp, cli.json)
+            let resp: ReissueResponse = client.post(REISSUE, &body, &[]).await?;
+            print_registration(&resp.code, Some(&resp.revoked_code_ids), cli.json)
         }
         Command::Tenant {
             command: TenantCommand::Show { tenant_id },
@@ -321,7 +322,11 @@ fn connect(conn: &ConnArgs, who: As) -> Result<Client> {
     Client::new(&identity)
 }
 
-fn print_registration(resp: &RegisterTenantResponse, json: bool) -> Result<()> {
+fn print_registration(
+    resp: &RegisterTenantResponse,
+    revoked: Option<&Vec<String>>,
+    json: bool,
+) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(resp)?);
         return Ok(());
@@ -338,7 +343,7 @@ fn print_registration(resp: &RegisterTenantResponse, json: bool) -> Result<()> {
         ("download link expires", rfc(resp.download.expires_at)),
         ("email", format!("{:?}", resp.email.status).to_lowercase()),
     ];
-    if let Some(revoked) = &resp.revoked_code_ids {
+    if let Some(revoked) = revoked {
         rows.push((
             "revoked codes",
             if revoked.is_empty() {

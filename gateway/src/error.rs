@@ -91,9 +91,31 @@ pub enum ApiError {
     /// The appliance's credential was revoked.
     #[error("this appliance has been revoked")]
     ApplianceRevoked,
-    /// The appliance's tenant is suspended.
+    /// The appliance's tenant is suspended (check-in, redeem, reissue).
     #[error("this tenant is suspended")]
     TenantSuspended,
+    /// A rebuild's redeem replaced this appliance: it gets no further license.
+    #[error("this appliance was replaced by a rebuild: it is no longer licensed")]
+    ApplianceReplaced,
+    /// The tenant's edition allows no more active appliances; nothing was consumed.
+    #[error(
+        "the tenant has {active} active appliance(s) and its edition allows {max}: replace or revoke one first"
+    )]
+    SeatLimitReached { active: u32, max: u32 },
+    /// A reissue names an appliance that is no longer active.
+    #[error("the appliance to replace is {state}, not active")]
+    ApplianceNotActive { state: &'static str },
+    /// A reissue for a tenant with several active appliances names none.
+    #[error(
+        "the tenant has {active} active appliances: name the one to replace (replaces_appliance_id) or add one (add_appliance: true)"
+    )]
+    ReplacementAmbiguous { active: u32 },
+    /// Suspend of a suspended tenant.
+    #[error("the tenant is already suspended")]
+    TenantAlreadySuspended,
+    /// Resume of a tenant that is not suspended.
+    #[error("the tenant is not suspended")]
+    TenantNotSuspended,
     /// A dependency (database, issuer keys) is not ready.
     #[error("the service is temporarily unavailable")]
     ServiceUnavailable,
@@ -134,6 +156,12 @@ impl ApiError {
             ApiError::ApplianceNotFound => code::APPLIANCE_NOT_FOUND,
             ApiError::ApplianceRevoked => code::APPLIANCE_REVOKED,
             ApiError::TenantSuspended => code::TENANT_SUSPENDED,
+            ApiError::ApplianceReplaced => code::APPLIANCE_REPLACED,
+            ApiError::SeatLimitReached { .. } => code::SEAT_LIMIT_REACHED,
+            ApiError::ApplianceNotActive { .. } => code::APPLIANCE_NOT_ACTIVE,
+            ApiError::ReplacementAmbiguous { .. } => code::REPLACEMENT_AMBIGUOUS,
+            ApiError::TenantAlreadySuspended => code::TENANT_ALREADY_SUSPENDED,
+            ApiError::TenantNotSuspended => code::TENANT_NOT_SUSPENDED,
             ApiError::ServiceUnavailable => code::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => code::INTERNAL,
         }
@@ -151,9 +179,10 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::CredentialRequired | ApiError::CodeInvalid => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::Forbidden | ApiError::ApplianceRevoked | ApiError::TenantSuspended => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::Forbidden
+            | ApiError::ApplianceRevoked
+            | ApiError::ApplianceReplaced
+            | ApiError::TenantSuspended => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::TenantNotFound | ApiError::ApplianceNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -162,7 +191,12 @@ impl ApiError {
             ApiError::CodeAlreadyUsed
             | ApiError::AmbiguousContact
             | ApiError::IdempotencyConflict
-            | ApiError::TenantExists(_) => StatusCode::CONFLICT,
+            | ApiError::TenantExists(_)
+            | ApiError::SeatLimitReached { .. }
+            | ApiError::ApplianceNotActive { .. }
+            | ApiError::ReplacementAmbiguous { .. }
+            | ApiError::TenantAlreadySuspended
+            | ApiError::TenantNotSuspended => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LicenseServiceUnavailable | ApiError::ServiceUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -258,6 +292,28 @@ mod tests {
             (ApiError::CredentialRequired, 401, "credential_required"),
             (ApiError::ApplianceRevoked, 403, "appliance_revoked"),
             (ApiError::TenantSuspended, 403, "tenant_suspended"),
+            (ApiError::ApplianceReplaced, 403, "appliance_replaced"),
+            (
+                ApiError::SeatLimitReached { active: 3, max: 3 },
+                409,
+                "seat_limit_reached",
+            ),
+            (
+                ApiError::ApplianceNotActive { state: "revoked" },
+                409,
+                "appliance_not_active",
+            ),
+            (
+                ApiError::ReplacementAmbiguous { active: 2 },
+                409,
+                "replacement_ambiguous",
+            ),
+            (
+                ApiError::TenantAlreadySuspended,
+                409,
+                "tenant_already_suspended",
+            ),
+            (ApiError::TenantNotSuspended, 409, "tenant_not_suspended"),
             (ApiError::TenantExists(Uuid::nil()), 409, "tenant_exists"),
             (ApiError::Unauthenticated, 401, "unauthenticated"),
             (ApiError::Forbidden, 403, "forbidden"),

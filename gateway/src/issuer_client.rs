@@ -155,6 +155,7 @@ impl IssuerClient {
         tenant_id: Uuid,
         edition: &str,
         expires_at: OffsetDateTime,
+        replaces_appliance_id: Option<Uuid>,
     ) -> Result<MintCodeResponse, IssuerError> {
         self.post(
             "mint_code",
@@ -163,6 +164,7 @@ impl IssuerClient {
                 tenant_id,
                 edition: edition.to_owned(),
                 expires_at,
+                replaces_appliance_id,
             },
         )
         .await

@@ -7,7 +7,8 @@
 //!   per route, JSON bodies with size/content-type/unknown-field checks), the
 //!   request-id/metrics/error-body middleware, thin handlers, `/openapi.json`.
 //! - [`flows`]: the domain: `register` (tenant + code + link + mail), `redeem`,
-//!   `reissue`, `check_in`, `tenants`, `revoke`; input parsing in `validate` and `csr`.
+//!   `reissue`, `check_in`, `tenants`, `revoke`, `lifecycle` (edition changes,
+//!   suspension, appliance health); input parsing in `validate` and `csr`.
 //!   Each flow runs one transaction and writes its audit record inside it.
 //! - [`db`]: all SQL, one module per table group, generic over
 //!   `deadpool_postgres::GenericClient` (pool connection or transaction alike), every
@@ -72,6 +73,8 @@ use crate::ratelimit::RedeemLimits;
 
 /// How often the issuer's public keys are re-fetched (appliance CA rotation).
 pub const KEY_REFRESH: Duration = Duration::from_secs(60);
+/// How often the appliances-by-health gauge is counted again.
+pub const HEALTH_GAUGE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The shared state of every request.
 #[derive(Debug)]
@@ -284,6 +287,16 @@ pub async fn run(
         move || {
             app.limits.sweep();
             std::future::ready(())
+        }
+    });
+    // Active appliances by health, for the metrics' gauge.
+    every(HEALTH_GAUGE_REFRESH, stopped(stop_rx.clone()), {
+        let app = app.clone();
+        move || {
+            let app = app.clone();
+            async move {
+                flows::lifecycle::refresh_health_gauge(&app, time::OffsetDateTime::now_utc()).await
+            }
         }
     });
     // The mail outbox worker.

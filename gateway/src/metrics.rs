@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client): requests by route and outcome, latency
-//! histograms, redeem outcomes by error code, issuer call latency and errors, and
-//! database pool usage (sampled at scrape time).
+//! histograms, redeem outcomes by error code, issuer call latency and errors, active
+//! appliances by health (counted periodically), and database pool usage (sampled at
+//! scrape time). Every label's values come from a fixed set.
 
 use std::time::Duration;
 
@@ -35,6 +36,11 @@ struct MailLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: String,
 }
@@ -62,6 +68,7 @@ pub struct Metrics {
     issuer_latency: Family<OpLabels, Histogram>,
     issuer_errors: Family<OpErrorLabels, Counter>,
     mail: Family<MailLabels, Counter>,
+    appliances: Family<HealthLabels, Gauge<i64, AtomicU64Compat>>,
     pool_size: Gauge<i64, AtomicU64Compat>,
     pool_available: Gauge<i64, AtomicU64Compat>,
     pool_waiting: Gauge<i64, AtomicU64Compat>,
@@ -121,6 +128,14 @@ impl Metrics {
              undeliverable) and path (first: inside the request; worker)",
             mail.clone(),
         );
+        let appliances = Family::<HealthLabels, Gauge<i64, AtomicU64Compat>>::default();
+        registry.register(
+            "appliances",
+            "Active appliances of paid editions by health (ok, overdue: past the next \
+             expected check-in and the edition's grace, stale: no check-in for 30 days), \
+             counted every minute",
+            appliances.clone(),
+        );
         let pool_size = Gauge::<i64, AtomicU64Compat>::default();
         registry.register(
             "db_pool_connections",
@@ -147,6 +162,7 @@ impl Metrics {
             issuer_latency,
             issuer_errors,
             mail,
+            appliances,
             pool_size,
             pool_available,
             pool_waiting,
@@ -202,6 +218,15 @@ impl Metrics {
                 path: path.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets how many active appliances are in `health` (`ok`, `overdue`, `stale`).
+    pub fn appliances_by_health(&self, health: &'static str, count: i64) {
+        self.appliances
+            .get_or_create(&HealthLabels {
+                health: health.to_owned(),
+            })
+            .set(count);
     }
 
     /// Renders the text exposition format, sampling the pool first.

@@ -24,6 +24,10 @@ pub const GATEWAY_MIGRATIONS: &[Migration] = &[
         name: "gateway/0002_outbox_code_index",
         sql: include_str!("../migrations/0002_outbox_code_index.sql"),
     },
+    Migration {
+        name: "gateway/0003_license_lifecycle",
+        sql: include_str!("../migrations/0003_license_lifecycle.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migration runs ("algamigr").

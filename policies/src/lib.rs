@@ -30,6 +30,11 @@ pub const MAX_LICENSE_LIFETIME: Duration = Duration::days(90);
 pub const MAX_CREDENTIAL_LIFETIME: Duration = Duration::days(90);
 /// The least an appliance credential may live (it is renewed at daily check-ins).
 pub const MIN_CREDENTIAL_LIFETIME: Duration = Duration::days(2);
+/// An active appliance whose last check-in (or redeem) is this old is `stale`, whatever
+/// its edition: the interval and grace of every paid edition end before it.
+pub const STALE_AFTER: Duration = Duration::days(30);
+/// The most `max_appliances` an edition may allow.
+pub const MAX_APPLIANCES_LIMIT: u32 = 1_000_000;
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +111,12 @@ pub struct Edition {
     pub name: String,
     /// Feature names the appliance enables.
     pub features: Vec<String>,
-    /// Seats included.
+    /// Seats the license grants (an entitlement carried in the license; the appliance
+    /// enforces it). Not the number of appliances: that is `max_appliances`.
     pub seats: u32,
+    /// How many active appliances a tenant of this edition may have: a redeem past it
+    /// is refused (`seat_limit_reached`).
+    pub max_appliances: u32,
     /// For paid editions: the license terms. `None` means no license token, no
     /// credential and no check-in (the essentials tier).
     pub paid: Option<PaidTerms>,
@@ -120,6 +129,17 @@ pub struct PaidTerms {
     pub license_lifetime: Duration,
     /// How often the appliance checks in to refresh its license.
     pub check_in_interval: Duration,
+    /// How long past its next expected check-in an appliance is still `ok` (whole
+    /// days, `check_in_grace_days`); after that it is `overdue`.
+    pub check_in_grace: Duration,
+}
+
+impl PaidTerms {
+    /// How long after a check-in the appliance becomes `overdue` without another one:
+    /// the interval plus the grace.
+    pub fn overdue_after(&self) -> Duration {
+        self.check_in_interval + self.check_in_grace
+    }
 }
 
 impl Edition {

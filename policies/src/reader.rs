@@ -7,9 +7,9 @@ use time::Duration;
 use toml::{Table, Value};
 
 use crate::{
-    AuditPolicy, Edition, MAX_CREDENTIAL_LIFETIME, MAX_DOWNLOAD_LINK_TTL, MAX_INSTALL_CODE_TTL,
-    MAX_LICENSE_LIFETIME, MIN_CREDENTIAL_LIFETIME, PaidTerms, Policy, PolicyError, Problem, Quota,
-    RateLimits, Role, format_duration, parse_duration,
+    AuditPolicy, Edition, MAX_APPLIANCES_LIMIT, MAX_CREDENTIAL_LIFETIME, MAX_DOWNLOAD_LINK_TTL,
+    MAX_INSTALL_CODE_TTL, MAX_LICENSE_LIFETIME, MIN_CREDENTIAL_LIFETIME, PaidTerms, Policy,
+    PolicyError, Problem, Quota, RateLimits, Role, STALE_AFTER, format_duration, parse_duration,
 };
 
 /// Collects problems while reading.
@@ -128,15 +128,19 @@ impl Reader {
     }
 
     fn positive_int(&mut self, path: &str, parent: &Table, key: &str, max: i64) -> Option<i64> {
+        self.int_in(path, parent, key, 1, max)
+    }
+
+    fn int_in(&mut self, path: &str, parent: &Table, key: &str, min: i64, max: i64) -> Option<i64> {
         let p = join(path, key);
         match parent.get(key) {
             None => {
                 self.problem(&p, "missing");
                 None
             }
-            Some(Value::Integer(n)) if *n >= 1 && *n <= max => Some(*n),
+            Some(Value::Integer(n)) if *n >= min && *n <= max => Some(*n),
             Some(Value::Integer(n)) => {
-                self.problem(&p, format!("{n} is out of range (1 to {max})"));
+                self.problem(&p, format!("{n} is out of range ({min} to {max})"));
                 None
             }
             Some(other) => {
@@ -382,9 +386,11 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
         &[
             "features",
             "seats",
+            "max_appliances",
             "paid",
             "license_lifetime",
             "check_in_interval",
+            "check_in_grace_days",
         ],
     );
     let features = match t.get("features") {
@@ -432,6 +438,9 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
     let seats = r
         .positive_int(path, t, "seats", 1_000_000)
         .and_then(|n| u32::try_from(n).ok());
+    let max_appliances = r
+        .positive_int(path, t, "max_appliances", i64::from(MAX_APPLIANCES_LIMIT))
+        .and_then(|n| u32::try_from(n).ok());
     let paid = r.bool(path, t, "paid")?;
     let terms = if paid {
         let lifetime = r.bounded_duration(
@@ -448,22 +457,50 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
             Duration::minutes(5),
             Duration::days(30),
         );
-        match (lifetime, interval) {
-            (Some(l), Some(i)) if i >= l => {
+        // Whole days under the stale age: an appliance is overdue before it is stale.
+        let grace = r
+            .int_in(
+                path,
+                t,
+                "check_in_grace_days",
+                0,
+                STALE_AFTER.whole_days() - 1,
+            )
+            .map(Duration::days);
+        match (lifetime, interval, grace) {
+            (Some(l), Some(i), _) if i >= l => {
                 r.problem(
                     &join(path, "check_in_interval"),
                     format!("must be shorter than license_lifetime ({}), or licenses lapse between check-ins", format_duration(l)),
                 );
                 None
             }
-            (Some(license_lifetime), Some(check_in_interval)) => Some(Some(PaidTerms {
-                license_lifetime,
-                check_in_interval,
-            })),
+            (Some(_), Some(i), Some(g)) if i + g >= STALE_AFTER => {
+                r.problem(
+                    &join(path, "check_in_grace_days"),
+                    format!(
+                        "check_in_interval ({}) plus the grace must be less than {} (when an appliance is stale), or it is never overdue",
+                        format_duration(i),
+                        format_duration(STALE_AFTER)
+                    ),
+                );
+                None
+            }
+            (Some(license_lifetime), Some(check_in_interval), Some(check_in_grace)) => {
+                Some(Some(PaidTerms {
+                    license_lifetime,
+                    check_in_interval,
+                    check_in_grace,
+                }))
+            }
             _ => None,
         }
     } else {
-        for key in ["license_lifetime", "check_in_interval"] {
+        for key in [
+            "license_lifetime",
+            "check_in_interval",
+            "check_in_grace_days",
+        ] {
             if t.contains_key(key) {
                 r.problem(
                     &join(path, key),
@@ -477,6 +514,7 @@ fn read_edition(r: &mut Reader, path: &str, name: &str, t: &Table) -> Option<Edi
         name: name.to_owned(),
         features: features?,
         seats: seats?,
+        max_appliances: max_appliances?,
         paid: terms?,
     })
 }

@@ -22,6 +22,57 @@ fn sample_policy_loads() {
     );
     assert_eq!(p.role_of("spiffe://alga.test/service/unknown"), None);
     assert_eq!(p.download_link_ttl, Duration::hours(72));
+    assert_eq!(pro.max_appliances, 3);
+    let terms = pro.paid.expect("pro is paid");
+    assert_eq!(terms.check_in_grace, Duration::days(3));
+    assert_eq!(terms.overdue_after(), Duration::days(4));
+    assert_eq!(
+        p.edition("essentials").expect("essentials").max_appliances,
+        1
+    );
+}
+
+#[test]
+fn lifecycle_keys_are_checked() {
+    let text = SAMPLE
+        .replace("max_appliances = 3", "max_appliances = 0")
+        .replace("max_appliances = 1\n", "")
+        .replace("check_in_grace_days = 3", "check_in_grace_days = 30");
+    let got = problems(&text);
+    let expect = [
+        "editions.pro.max_appliances: 0 is out of range (1 to 1000000)",
+        "editions.essentials.max_appliances: missing",
+        "editions.pro.check_in_grace_days: 30 is out of range (0 to 29)",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing {e:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+
+    // Overdue must come before stale.
+    let text = SAMPLE
+        .replace("check_in_interval = \"24h\"", "check_in_interval = \"6d\"")
+        .replace("check_in_grace_days = 3", "check_in_grace_days = 24");
+    assert_eq!(
+        problems(&text),
+        vec![
+            "editions.pro.check_in_grace_days: check_in_interval (6d) plus the grace must be less than 30d (when an appliance is stale), or it is never overdue"
+        ]
+    );
+    // Only paid editions check in.
+    let text = SAMPLE.replace(
+        "max_appliances = 1\npaid = false",
+        "max_appliances = 1\npaid = false\ncheck_in_grace_days = 2",
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "editions.essentials.check_in_grace_days: only paid editions have a license (set paid = true or remove this key)"
+        ]
+    );
 }
 
 fn problems(text: &str) -> Vec<String> {
@@ -61,8 +112,8 @@ fn every_problem_is_reported_with_its_path() {
 #[test]
 fn unpaid_edition_with_license_terms_is_refused() {
     let text = SAMPLE.replace(
-        "seats = 5\npaid = false",
-        "seats = 5\npaid = false\nlicense_lifetime = \"7d\"",
+        "max_appliances = 1\npaid = false",
+        "max_appliances = 1\npaid = false\nlicense_lifetime = \"7d\"",
     );
     assert_eq!(
         problems(&text),

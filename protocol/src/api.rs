@@ -23,6 +23,33 @@ pub const CHECK_IN: &str = "/check-in";
 pub const JWKS: &str = "/.well-known/jwks.json";
 /// `GET /ca.pem`.
 pub const CA_PEM: &str = "/ca.pem";
+/// `GET /appliances` (roles `store`, `auditor`): appliances by health, paged.
+pub const APPLIANCES: &str = "/appliances";
+
+/// `GET /tenants/{tenant_id}` (roles `store`, `auditor`).
+pub fn tenant_path(tenant_id: Uuid) -> String {
+    format!("/tenants/{tenant_id}")
+}
+
+/// `PUT /tenants/{tenant_id}/entitlement` (role `store`).
+pub fn entitlement_path(tenant_id: Uuid) -> String {
+    format!("/tenants/{tenant_id}/entitlement")
+}
+
+/// `POST /tenants/{tenant_id}/suspend` (role `store`).
+pub fn suspend_path(tenant_id: Uuid) -> String {
+    format!("/tenants/{tenant_id}/suspend")
+}
+
+/// `POST /tenants/{tenant_id}/resume` (role `store`).
+pub fn resume_path(tenant_id: Uuid) -> String {
+    format!("/tenants/{tenant_id}/resume")
+}
+
+/// `POST /appliances/{appliance_id}/revoke` (role `store`).
+pub fn revoke_path(appliance_id: Uuid) -> String {
+    format!("/appliances/{appliance_id}/revoke")
+}
 /// Header of idempotent registration.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Header carrying the request id on every response.
@@ -44,7 +71,7 @@ pub struct Contact {
     pub email: String,
 }
 
-/// 201 body of `POST /register-tenant` and (with `revoked_code_ids`) of reissue.
+/// 201 body of `POST /register-tenant` (and the first fields of [`ReissueResponse`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterTenantResponse {
     pub tenant_id: Uuid,
@@ -52,9 +79,16 @@ pub struct RegisterTenantResponse {
     pub install_code: InstallCodeInfo,
     pub download: DownloadLink,
     pub email: EmailStatus,
-    /// Only in reissue responses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_code_ids: Option<Vec<String>>,
+}
+
+/// 201 body of `POST /install-codes/reissue`: the new code as for a registration, the
+/// codes it superseded, and the appliance its redeem will retire (`null`: it adds one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReissueResponse {
+    #[serde(flatten)]
+    pub code: RegisterTenantResponse,
+    pub revoked_code_ids: Vec<String>,
+    pub replaces_appliance_id: Option<Uuid>,
 }
 
 /// The public facts of a code: never the code itself (that goes to the mailbox only).
@@ -87,14 +121,24 @@ pub enum MailState {
     Failed,
 }
 
-/// `POST /install-codes/reissue` body: exactly one of the two.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /install-codes/reissue` body: exactly one of `tenant_id` and `contact_email`;
+/// at most one of `replaces_appliance_id` and `add_appliance`.
+///
+/// Which appliance the new code's redeem retires: the one named; with neither, the
+/// tenant's only active appliance (the rebuild), or none when it has none yet (a
+/// first install's code sent again); with `add_appliance`, none (one more appliance,
+/// within the edition's `max_appliances`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReissueRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_appliance_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub add_appliance: bool,
 }
 
 /// `POST /register` body.
@@ -155,12 +199,218 @@ pub struct CheckInAppliance {
 }
 
 /// 200 body of `POST /check-in`.
+///
+/// `license` is `null` when the tenant's edition has no license any more (a downgrade
+/// to essentials): the appliance falls back to that edition's tier. `edition` is the
+/// tenant's edition now (absent only from gateways older than edition changes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckInResponse {
-    pub license: License,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edition: Option<String>,
+    pub license: Option<License>,
     pub credential: Option<Credential>,
     #[serde(with = "time::serde::rfc3339")]
     pub next_check_in_after: OffsetDateTime,
+}
+
+/// `PUT /tenants/{tenant_id}/entitlement` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementRequest {
+    pub edition: String,
+}
+
+/// 200 body of `PUT /tenants/{tenant_id}/entitlement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementResponse {
+    pub tenant_id: Uuid,
+    pub edition: String,
+    pub previous_edition: String,
+    /// `false` when the tenant already had this edition (nothing changed).
+    pub changed: bool,
+    /// Unclaimed codes bound to the previous edition, revoked: re-issue a code for the
+    /// new one where an install is still pending.
+    pub revoked_code_ids: Vec<String>,
+    /// The tenant's active appliances, and what the new edition allows.
+    pub active_appliances: u32,
+    pub max_appliances: u32,
+}
+
+/// Optional body of `POST /tenants/{tenant_id}/suspend`, `/resume` and
+/// `POST /appliances/{appliance_id}/revoke`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    /// Why, for the audit log (a short sentence; no secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// 200 body of `POST /tenants/{tenant_id}/suspend` and `/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantStatusResponse {
+    pub tenant_id: Uuid,
+    pub status: TenantStatus,
+    /// Since when it is suspended (`null` when active).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub suspended_at: Option<OffsetDateTime>,
+}
+
+/// A tenant's status: a suspended tenant's check-ins and redeems are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+/// An appliance's place in its life: `active` until a rebuild's redeem `replaced` it
+/// or the store `revoked` it; only active appliances check in and take a seat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplianceState {
+    Active,
+    Replaced,
+    Revoked,
+}
+
+/// Whether an active appliance of a paid edition checks in as it should: `ok` until
+/// its next expected check-in plus the edition's grace, then `overdue`, and `stale`
+/// after 30 days without a check-in. Computed at the time of the request from its last
+/// check-in (or its redeem, before the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Overdue,
+    Stale,
+}
+
+impl Health {
+    /// Every value, in order.
+    pub const ALL: [Health; 3] = [Health::Ok, Health::Overdue, Health::Stale];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Overdue => "overdue",
+            Health::Stale => "stale",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// One appliance, as `GET /tenants/{tenant_id}` and `GET /appliances` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplianceView {
+    pub appliance_id: Uuid,
+    pub tenant_id: Uuid,
+    pub state: ApplianceState,
+    /// `null` for an appliance that is not active or whose edition does not check in.
+    pub health: Option<Health>,
+    pub hostname: String,
+    pub version: String,
+    /// The code it was redeemed with.
+    pub code_id: String,
+    pub credential_serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub credential_expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_check_in_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// The appliance whose redeem replaced this one.
+    pub replaced_by: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub replaced_at: Option<OffsetDateTime>,
+}
+
+/// 200 body of `GET /tenants/{tenant_id}`: the tenant, its entitlement, its codes
+/// (public facts only), its appliances and its mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub tenant_id: Uuid,
+    pub company: String,
+    pub contact: Contact,
+    pub edition: String,
+    pub status: TenantStatus,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub suspended_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub entitlement: Option<EntitlementView>,
+    pub install_codes: Vec<CodeView>,
+    pub appliances: Vec<ApplianceView>,
+    pub mail: Vec<MailView>,
+}
+
+/// A tenant's entitlement, and its use of appliances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementView {
+    pub edition: String,
+    pub paid: bool,
+    pub features: Vec<String>,
+    pub seats: i32,
+    /// Active appliances the edition allows (the policy's `max_appliances`).
+    pub max_appliances: u32,
+    pub active_appliances: u32,
+}
+
+/// An install code's public facts (never the code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeView {
+    pub code_id: String,
+    /// `unclaimed`, `consumed` or `revoked`.
+    pub state: String,
+    pub expired: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub consumed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// The appliance its redeem created.
+    pub appliance_id: Option<Uuid>,
+    /// The appliance its redeem retires (a rebuild's code).
+    pub replaces_appliance_id: Option<Uuid>,
+}
+
+/// A mail of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailView {
+    pub mail_id: Uuid,
+    pub code_id: String,
+    /// `registration` or `reissue`.
+    pub kind: String,
+    /// `queued`, `sent` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// The next attempt (queued mail only).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Why the last attempt failed (for a failed mail: why it was given up).
+    pub last_error: Option<String>,
+}
+
+/// 200 body of `GET /appliances`: a page, oldest cursor first; `next` is the `after`
+/// of the next page, `null` on the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliancePage {
+    pub appliances: Vec<ApplianceView>,
+    pub next: Option<String>,
 }
 
 /// Every error response: `{"error": {...}}`.
@@ -198,6 +448,20 @@ pub mod error_code {
     pub const CREDENTIAL_REQUIRED: &str = "credential_required";
     pub const APPLIANCE_REVOKED: &str = "appliance_revoked";
     pub const TENANT_SUSPENDED: &str = "tenant_suspended";
+    /// 403 at check-in: a rebuild's redeem replaced this appliance.
+    pub const APPLIANCE_REPLACED: &str = "appliance_replaced";
+    /// 409: the redeem (or an added code, or an edition change) would take the tenant
+    /// past its edition's `max_appliances` active appliances; nothing was consumed.
+    pub const SEAT_LIMIT_REACHED: &str = "seat_limit_reached";
+    /// 409: a reissue names an appliance that is replaced or revoked.
+    pub const APPLIANCE_NOT_ACTIVE: &str = "appliance_not_active";
+    /// 409: a reissue without `replaces_appliance_id` or `add_appliance` for a tenant
+    /// with several active appliances.
+    pub const REPLACEMENT_AMBIGUOUS: &str = "replacement_ambiguous";
+    /// 409: suspend of a suspended tenant.
+    pub const TENANT_ALREADY_SUSPENDED: &str = "tenant_already_suspended";
+    /// 409: resume of a tenant that is not suspended.
+    pub const TENANT_NOT_SUSPENDED: &str = "tenant_not_suspended";
     /// 409 on a duplicate company + contact, with the existing `tenant_id`.
     pub const TENANT_EXISTS: &str = "tenant_exists";
     /// 400 with `fields`.

@@ -270,27 +270,43 @@ pub struct CodeBinding {
     pub expires_at: OffsetDateTime,
     /// Version of the code key that derived the code.
     pub key_version: u32,
+    /// The appliance a rebuild's code replaces: redeeming it retires that appliance.
+    /// `None`: the code adds an appliance (a first install, or a tenant's extra one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_appliance_id: Option<Uuid>,
 }
 
-/// Domain separation tag of the binding encoding.
+/// Domain separation tag of a binding that replaces nothing (every code minted before
+/// replacements existed has this encoding, and still verifies).
 const BINDING_TAG: &[u8] = b"alga-license/install-code/v1";
+/// Domain separation tag of a binding that replaces an appliance: the v1 fields, then
+/// the replaced appliance's id.
+const BINDING_TAG_REPLACES: &[u8] = b"alga-license/install-code/v2-replaces";
 
 impl CodeBinding {
     /// The exact bytes the HMAC covers: a tag, then each field length-prefixed
-    /// (u32 big-endian) so no two bindings share an encoding.
+    /// (u32 big-endian) so no two bindings share an encoding. A replacement is part of
+    /// the binding: its own tag and one more field, so a row edited to replace another
+    /// appliance, or none, or to replace one when it did not, no longer verifies.
     pub fn mac_input(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
+        let mut out = Vec::with_capacity(160);
         let mut field = |bytes: &[u8]| {
             // Field lengths are bounded (ids, an edition name, integers).
             out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
             out.extend_from_slice(bytes);
         };
-        field(BINDING_TAG);
+        field(match self.replaces_appliance_id {
+            None => BINDING_TAG,
+            Some(_) => BINDING_TAG_REPLACES,
+        });
         field(self.code_id.as_str().as_bytes());
         field(self.tenant_id.as_bytes());
         field(self.edition.as_bytes());
         field(&self.expires_at.unix_timestamp().to_be_bytes());
         field(&self.key_version.to_be_bytes());
+        if let Some(replaced) = &self.replaces_appliance_id {
+            field(replaced.as_bytes());
+        }
         out
     }
 }

@@ -46,6 +46,9 @@ pub struct MintCodeRequest {
     pub edition: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The appliance the code's redeem retires (a rebuild); part of the binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_appliance_id: Option<Uuid>,
 }
 
 /// A minted code: the binding to store (no secret) and the code itself (for the mail only).
@@ -291,6 +294,12 @@ pub struct LicenseClaims {
     pub edition: String,
     pub entitlements: Entitlements,
     pub appliance_id: String,
+    /// NumericDate by which the appliance must have checked in again: after it the
+    /// service counts the appliance `overdue` (the license's `iat` plus the edition's
+    /// check-in interval and grace, never later than `exp`). Appliances warn as it
+    /// nears. Absent from licenses signed before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_in_by: Option<i64>,
 }
 
 /// The `aud` of every license.

@@ -116,6 +116,9 @@ pub struct SignIds {
     /// Public part of an install code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_id: Option<CodeId>,
+    /// The appliance an install code's redeem retires (a rebuild's code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_appliance_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edition: Option<String>,
     /// License `jti`.

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use alga_protocol::api::{
-    CheckInRequest, IDEMPOTENCY_KEY, RedeemRequest, RegisterTenantRequest, ReissueRequest,
+    CheckInRequest, EntitlementRequest, Health, IDEMPOTENCY_KEY, ReasonRequest, RedeemRequest,
+    RegisterTenantRequest, ReissueRequest,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -19,15 +20,57 @@ use super::extract::{
 use crate::audit::actions as audit_actions;
 use crate::error::ApiError;
 use crate::flows::{
-    self, check_in::Presented, register::Idempotency, reissue::TenantRef, validate,
+    self,
+    check_in::Presented,
+    register::Idempotency,
+    reissue::{Replacement, TenantRef},
+    validate::{self, field_error},
 };
+
+use super::views;
 
 /// Audits a request refused before its flow ran (bad body, invalid fields), then
 /// returns the error.
 async fn refused(app: &crate::App, peer: &Peer, action: &str, e: ApiError) -> ApiError {
-    let record = peer.ctx(app).record(action);
+    refused_for(app, peer, action, None, e).await
+}
+
+/// [`refused`], naming the tenant the request was about.
+async fn refused_for(
+    app: &crate::App,
+    peer: &Peer,
+    action: &str,
+    tenant: Option<Uuid>,
+    e: ApiError,
+) -> ApiError {
+    let record = peer.ctx(app).record(action).map(|r| match tenant {
+        Some(t) => r.tenant(t),
+        None => r,
+    });
     crate::audit::append_failure(&app.pool, record, e.code()).await;
     e
+}
+
+/// An optional JSON body (empty: the default), for routes whose body is optional.
+fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    if !super::extract::is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    serde_json::from_slice(body).map_err(json_error)
+}
+
+/// An optional `reason` (a single-line name), as the audit records it.
+fn reason(reason: Option<&str>) -> Result<Option<validate::Name>, ApiError> {
+    reason
+        .map(validate::Name::parse)
+        .transpose()
+        .map_err(|m| field_error("reason", m))
 }
 
 /// `POST /register-tenant` (store).
@@ -74,31 +117,43 @@ pub async fn reissue(
     body: Result<ApiJson<ReissueRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let target = (|| {
-        let body = body?;
-        match (body.value.tenant_id, body.value.contact_email.as_deref()) {
-            (Some(id), None) => Ok(TenantRef::Id(id)),
+    let input = (|| {
+        let body = body?.value;
+        let mut f = BTreeMap::new();
+        let target = match (body.tenant_id, body.contact_email.as_deref()) {
+            (Some(id), None) => Some(TenantRef::Id(id)),
             (None, Some(email)) => validate::ContactEmail::parse(email)
                 .map(TenantRef::ContactEmail)
-                .map_err(|m| {
-                    let mut f = BTreeMap::new();
-                    f.insert("contact_email".to_owned(), m.to_owned());
-                    ApiError::Validation(f)
-                }),
+                .map_err(|m| f.insert("contact_email".to_owned(), m.to_owned()))
+                .ok(),
             _ => {
-                let mut f = BTreeMap::new();
                 let m = "give exactly one of tenant_id and contact_email";
                 f.insert("tenant_id".to_owned(), m.to_owned());
                 f.insert("contact_email".to_owned(), m.to_owned());
-                Err(ApiError::Validation(f))
+                None
             }
+        };
+        let replacement = match (body.replaces_appliance_id, body.add_appliance) {
+            (None, false) => Replacement::Implicit,
+            (Some(id), false) => Replacement::Appliance(id),
+            (None, true) => Replacement::Add,
+            (Some(_), true) => {
+                let m = "give at most one of replaces_appliance_id and add_appliance";
+                f.insert("replaces_appliance_id".to_owned(), m.to_owned());
+                f.insert("add_appliance".to_owned(), m.to_owned());
+                Replacement::Implicit
+            }
+        };
+        match target {
+            Some(t) if f.is_empty() => Ok((t, replacement)),
+            _ => Err(ApiError::Validation(f)),
         }
     })();
-    let target = match target {
-        Ok(t) => t,
+    let (target, replacement) = match input {
+        Ok(i) => i,
         Err(e) => return Err(refused(&app, &peer, audit_actions::CODE_REISSUE, e).await),
     };
-    let r = flows::reissue::reissue(&app, &ctx, target).await?;
+    let r = flows::reissue::reissue(&app, &ctx, target, replacement).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
@@ -145,15 +200,142 @@ pub async fn get_tenant(
     Path(tenant_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant_id = Uuid::try_parse(&tenant_id).map_err(|_| ApiError::TenantNotFound)?;
-    let view = flows::tenants::get(&app, tenant_id).await?;
-    Ok(Json(view).into_response())
+    let details = flows::tenants::get(&app, tenant_id, time::OffsetDateTime::now_utc()).await?;
+    Ok(Json(views::tenant(details)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `PUT /tenants/{tenant_id}/entitlement` (store): body `{"edition": str}`.
+pub async fn change_entitlement(
+    State(app): AppState,
+    StoreCaller(peer): StoreCaller,
+    Path(tenant_id): Path<String>,
+    body: Result<ApiJson<EntitlementRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let ctx = peer.ctx(&app);
+    let tenant_id = Uuid::try_parse(&tenant_id).map_err(|_| ApiError::TenantNotFound)?;
+    let edition = body.and_then(|b| {
+        validate::edition(&app.policy, &b.value.edition).map_err(|m| field_error("edition", m))
+    });
+    let edition = match edition {
+        Ok(e) => e,
+        Err(e) => {
+            let action = audit_actions::ENTITLEMENT_CHANGE;
+            return Err(refused_for(&app, &peer, action, Some(tenant_id), e).await);
+        }
+    };
+    let r = flows::lifecycle::change_edition(&app, &ctx, tenant_id, edition).await?;
+    Ok(Json(views::edition_changed(r)).into_response())
+}
+
+/// `POST /tenants/{tenant_id}/suspend` (store). Optional body `{"reason": str}`.
+pub async fn suspend_tenant(
+    State(app): AppState,
+    StoreCaller(peer): StoreCaller,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_tenant_status(app, peer, tenant_id, headers, body, true).await
+}
+
+/// `POST /tenants/{tenant_id}/resume` (store). Optional body `{"reason": str}`.
+pub async fn resume_tenant(
+    State(app): AppState,
+    StoreCaller(peer): StoreCaller,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_tenant_status(app, peer, tenant_id, headers, body, false).await
+}
+
+async fn set_tenant_status(
+    app: std::sync::Arc<crate::App>,
+    peer: Peer,
+    tenant_id: String,
+    headers: HeaderMap,
+    body: Bytes,
+    suspend: bool,
+) -> Result<Response, ApiError> {
+    let ctx = peer.ctx(&app);
+    let tenant_id = Uuid::try_parse(&tenant_id).map_err(|_| ApiError::TenantNotFound)?;
+    let why =
+        optional_json::<ReasonRequest>(&headers, &body).and_then(|b| reason(b.reason.as_deref()));
+    let why = match why {
+        Ok(r) => r,
+        Err(e) => {
+            let action = if suspend {
+                audit_actions::TENANT_SUSPEND
+            } else {
+                audit_actions::TENANT_RESUME
+            };
+            return Err(refused_for(&app, &peer, action, Some(tenant_id), e).await);
+        }
+    };
+    let r = flows::lifecycle::set_suspended(
+        &app,
+        &ctx,
+        tenant_id,
+        suspend,
+        why.as_ref().map(validate::Name::as_str),
+    )
+    .await?;
+    Ok(Json(views::status_changed(r)).into_response())
+}
+
+/// `GET /appliances` query.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeBody {
+pub struct AppliancesQuery {
+    /// Only active appliances of paid editions in this health.
     #[serde(default)]
-    reason: Option<String>,
+    pub health: Option<String>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// At most this many (1–1000, default 100).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /appliances?health=ok|overdue|stale&after=<cursor>&limit=<n>` (store, auditor).
+pub async fn list_appliances(
+    State(app): AppState,
+    _caller: ReaderCaller,
+    query: Result<Query<AppliancesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(query_error)?;
+    let mut f = BTreeMap::new();
+    let health = q.health.as_deref().map(Health::parse);
+    if health == Some(None) {
+        f.insert(
+            "health".to_owned(),
+            "must be ok, overdue or stale".to_owned(),
+        );
+    }
+    let after = q.after.as_deref().map(Uuid::try_parse);
+    if matches!(after, Some(Err(_))) {
+        f.insert(
+            "after".to_owned(),
+            "must be the `next` of a previous page".to_owned(),
+        );
+    }
+    let limit = q.limit.unwrap_or(flows::lifecycle::DEFAULT_APPLIANCE_PAGE);
+    if !(1..=flows::lifecycle::MAX_APPLIANCE_PAGE).contains(&limit) {
+        f.insert("limit".to_owned(), "must be between 1 and 1000".to_owned());
+    }
+    if !f.is_empty() {
+        return Err(ApiError::Validation(f));
+    }
+    let page = flows::lifecycle::list_appliances(
+        &app,
+        time::OffsetDateTime::now_utc(),
+        health.flatten().map(views::health_filter),
+        after.and_then(Result::ok),
+        limit,
+    )
+    .await?;
+    Ok(Json(views::appliance_page(page)).into_response())
 }
 
 /// `POST /appliances/{appliance_id}/revoke` (store). Optional body `{"reason": str}`.
@@ -166,24 +348,8 @@ pub async fn revoke_appliance(
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
     let appliance_id = Uuid::try_parse(&appliance_id).map_err(|_| ApiError::ApplianceNotFound)?;
-    let parsed: RevokeBody = if body.is_empty() {
-        RevokeBody::default()
-    } else {
-        if !super::extract::is_json(&headers) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        serde_json::from_slice(&body).map_err(json_error)?
-    };
-    let reason = parsed
-        .reason
-        .as_deref()
-        .map(validate::Name::parse)
-        .transpose()
-        .map_err(|m| {
-            let mut f = BTreeMap::new();
-            f.insert("reason".to_owned(), m.to_owned());
-            ApiError::Validation(f)
-        })?;
+    let parsed: ReasonRequest = optional_json(&headers, &body)?;
+    let reason = reason(parsed.reason.as_deref())?;
     let r = flows::revoke::revoke(
         &app,
         &ctx,

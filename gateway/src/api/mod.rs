@@ -6,12 +6,13 @@ pub mod extract;
 mod handlers;
 mod middleware;
 pub mod openapi;
+mod views;
 
 use std::sync::Arc;
 
 use alga_protocol::api as wire;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 pub use extract::RequestId;
 
@@ -28,6 +29,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route(wire::REDEEM, post(handlers::redeem))
         .route(wire::CHECK_IN, post(handlers::check_in))
         .route("/tenants/{tenant_id}", get(handlers::get_tenant))
+        .route(
+            "/tenants/{tenant_id}/entitlement",
+            put(handlers::change_entitlement),
+        )
+        .route(
+            "/tenants/{tenant_id}/suspend",
+            post(handlers::suspend_tenant),
+        )
+        .route("/tenants/{tenant_id}/resume", post(handlers::resume_tenant))
+        .route(wire::APPLIANCES, get(handlers::list_appliances))
         .route(
             "/appliances/{appliance_id}/revoke",
             post(handlers::revoke_appliance),

@@ -19,6 +19,35 @@ pub struct NewAppliance<'a> {
     pub credential_expires_at: Option<OffsetDateTime>,
 }
 
+/// Where an appliance is in its life: only `Active` appliances check in and take a
+/// seat; `Replaced` (by a rebuild's redeem) and `Revoked` (by the store) are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Active,
+    Replaced,
+    Revoked,
+}
+
+impl State {
+    fn parse(s: &str) -> Result<State, DbError> {
+        match s {
+            "active" => Ok(State::Active),
+            "replaced" => Ok(State::Replaced),
+            "revoked" => Ok(State::Revoked),
+            other => Err(super::corrupt("appliances.state", other)),
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Replaced => "replaced",
+            State::Revoked => "revoked",
+        }
+    }
+}
+
 /// A stored appliance.
 #[derive(Debug, Clone)]
 pub struct Appliance {
@@ -27,39 +56,39 @@ pub struct Appliance {
     pub code_id: String,
     pub hostname: String,
     pub version: String,
-    pub revoked: bool,
+    pub state: State,
     pub public_key_fingerprint: String,
     pub credential_serial: Option<String>,
     pub credential_expires_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub last_check_in_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
+    pub replaced_by: Option<Uuid>,
+    pub replaced_at: Option<OffsetDateTime>,
 }
 
 const COLUMNS: &str = "appliance_id, tenant_id, code_id, hostname, version, state, \
      public_key_fingerprint, credential_serial, credential_expires_at, created_at, \
-     last_check_in_at, revoked_at";
+     last_check_in_at, revoked_at, replaced_by, replaced_at";
+/// How many columns [`COLUMNS`] has (what a query selects after them starts here).
+const NCOLUMNS: usize = 14;
 
 fn from_row(r: &tokio_postgres::Row) -> Result<Appliance, DbError> {
-    let state: String = r.get(5);
-    let revoked = match state.as_str() {
-        "active" => false,
-        "revoked" => true,
-        other => return Err(super::corrupt("appliances.state", other)),
-    };
     Ok(Appliance {
         appliance_id: r.get(0),
         tenant_id: r.get(1),
         code_id: r.get(2),
         hostname: r.get(3),
         version: r.get(4),
-        revoked,
+        state: State::parse(r.get(5))?,
         public_key_fingerprint: r.get(6),
         credential_serial: r.get(7),
         credential_expires_at: r.get(8),
         created_at: r.get(9),
         last_check_in_at: r.get(10),
         revoked_at: r.get(11),
+        replaced_by: r.get(12),
+        replaced_at: r.get(13),
     })
 }
 
@@ -128,8 +157,9 @@ pub struct CheckInSubject {
     pub entitlement: Option<Entitlement>,
 }
 
-/// The appliance, locked for the rest of the transaction (check-in vs. revoke), with
-/// its tenant's status and entitlement: one round trip instead of three.
+/// The appliance, locked for the rest of the transaction (check-in vs. revoke and
+/// replacement), with its tenant's status and entitlement: one round trip instead of
+/// three.
 pub async fn for_check_in(
     c: &impl GenericClient,
     appliance_id: Uuid,
@@ -147,26 +177,236 @@ pub async fn for_check_in(
         )
         .await?;
     let Some(r) = row else { return Ok(None) };
-    let paid: Option<bool> = r.get(14);
+    let paid: Option<bool> = r.get(NCOLUMNS + 2);
     Ok(Some(CheckInSubject {
         appliance: from_row(&r)?,
-        tenant_suspended: tenants::suspended(r.get(12))?,
-        entitlement: paid.map(|_| tenants::entitlement_at(&r, 13)),
+        tenant_suspended: tenants::suspended(r.get(NCOLUMNS))?,
+        entitlement: paid.map(|_| tenants::entitlement_at(&r, NCOLUMNS + 1)),
     }))
 }
 
-/// The tenant's appliances, oldest first.
+/// When appliances turn `overdue` and `stale` at some `now`: per paid edition, the
+/// time before which a last check-in makes an appliance overdue, and the time before
+/// which it makes any appliance stale. Built from the policy by the flows; the
+/// queries below only compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCutoffs {
+    /// A last check-in at or before this is `stale`.
+    pub stale_at_or_before: OffsetDateTime,
+    /// `(edition, t)`: a last check-in before `t` is `overdue` for that edition.
+    /// Editions not listed (unpaid) have no health.
+    pub overdue_before: Vec<(String, OffsetDateTime)>,
+}
+
+/// An appliance with its health (`None`: not active, or its edition does not check
+/// in).
+#[derive(Debug, Clone)]
+pub struct WithHealth {
+    pub appliance: Appliance,
+    pub health: Option<Health>,
+}
+
+/// Health as the queries compute it; see [`HealthCutoffs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Health {
+    Ok,
+    Overdue,
+    Stale,
+}
+
+impl Health {
+    /// The name the queries compute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Overdue => "overdue",
+            Health::Stale => "stale",
+        }
+    }
+
+    fn parse(s: Option<&str>) -> Result<Option<Health>, DbError> {
+        match s {
+            None => Ok(None),
+            Some("ok") => Ok(Some(Health::Ok)),
+            Some("overdue") => Ok(Some(Health::Overdue)),
+            Some("stale") => Ok(Some(Health::Stale)),
+            Some(other) => Err(super::corrupt("health", other)),
+        }
+    }
+}
+
+/// `appliances a` (the columns of [`COLUMNS`], then `health`): `$1` the stale cutoff,
+/// `$2`/`$3` the paid editions and their overdue cutoffs. The reference time is the
+/// last check-in, or the redeem before the first one.
+fn with_health() -> String {
+    format!(
+        "SELECT a.*, \
+           CASE WHEN a.state <> 'active' OR c.overdue_before IS NULL THEN NULL \
+                WHEN coalesce(a.last_check_in_at, a.created_at) <= $1 THEN 'stale' \
+                WHEN coalesce(a.last_check_in_at, a.created_at) < c.overdue_before THEN 'overdue' \
+                ELSE 'ok' END AS health \
+         FROM (SELECT {COLUMNS} FROM appliances) a \
+         LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id \
+         LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS c(edition, overdue_before) \
+           ON c.edition = e.edition"
+    )
+}
+
+fn cutoff_params(h: &HealthCutoffs) -> (Vec<&str>, Vec<OffsetDateTime>) {
+    h.overdue_before
+        .iter()
+        .map(|(e, t)| (e.as_str(), *t))
+        .unzip()
+}
+
+fn with_health_row(r: &tokio_postgres::Row) -> Result<WithHealth, DbError> {
+    Ok(WithHealth {
+        appliance: from_row(r)?,
+        health: Health::parse(r.get(NCOLUMNS))?,
+    })
+}
+
+/// The tenant's appliances with their health, oldest first.
 pub async fn list_for_tenant(
     c: &impl GenericClient,
     tenant_id: Uuid,
-) -> Result<Vec<Appliance>, DbError> {
+    cutoffs: &HealthCutoffs,
+) -> Result<Vec<WithHealth>, DbError> {
+    let (editions, overdue) = cutoff_params(cutoffs);
     let rows = c
         .query(
-            &c.prepare_cached(&format!("SELECT {COLUMNS} FROM appliances WHERE tenant_id = $1 ORDER BY created_at, appliance_id")).await?,
-            &[&tenant_id],
+            &c.prepare_cached(&format!(
+                "SELECT * FROM ({} WHERE a.tenant_id = $4) x \
+                 ORDER BY created_at, appliance_id",
+                with_health()
+            ))
+            .await?,
+            &[&cutoffs.stale_at_or_before, &editions, &overdue, &tenant_id],
         )
         .await?;
-    rows.iter().map(from_row).collect()
+    rows.iter().map(with_health_row).collect()
+}
+
+/// A page of appliances in `appliance_id` order after `after`, with their health;
+/// only those of health `health` when it is given (active appliances of paid
+/// editions), every appliance otherwise.
+pub async fn page(
+    c: &impl GenericClient,
+    cutoffs: &HealthCutoffs,
+    health: Option<Health>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<WithHealth>, DbError> {
+    let (editions, overdue) = cutoff_params(cutoffs);
+    let health = health.map(Health::as_str);
+    let rows = c
+        .query(
+            &c.prepare_cached(&format!(
+                "SELECT * FROM ({} \
+                   WHERE ($5::uuid IS NULL OR a.appliance_id > $5) \
+                     AND ($4::text IS NULL OR a.state = 'active')) x \
+                 WHERE $4::text IS NULL OR health = $4 \
+                 ORDER BY appliance_id LIMIT $6",
+                with_health()
+            ))
+            .await?,
+            &[
+                &cutoffs.stale_at_or_before,
+                &editions,
+                &overdue,
+                &health,
+                &after,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(with_health_row).collect()
+}
+
+/// How many active appliances of paid editions are in each health.
+pub async fn count_by_health(
+    c: &impl GenericClient,
+    cutoffs: &HealthCutoffs,
+) -> Result<Vec<(Health, i64)>, DbError> {
+    let (editions, overdue) = cutoff_params(cutoffs);
+    let rows = c
+        .query(
+            &c.prepare_cached(&format!(
+                "SELECT health, count(*) FROM ({} WHERE a.state = 'active') x \
+                 WHERE health IS NOT NULL GROUP BY health",
+                with_health()
+            ))
+            .await?,
+            &[&cutoffs.stale_at_or_before, &editions, &overdue],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let h = Health::parse(r.get(0))?.ok_or_else(|| super::corrupt("health", "NULL"))?;
+            Ok((h, r.get(1)))
+        })
+        .collect()
+}
+
+/// The tenant's active appliances now: how many, and whether `replacing` is one of
+/// them (a replacement frees its seat).
+pub async fn seats_in_use(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    replacing: Option<Uuid>,
+) -> Result<(u32, bool), DbError> {
+    let row = c
+        .query_one(
+            &c.prepare_cached(
+                "SELECT count(*), coalesce(bool_or(appliance_id = $2), false) \
+                 FROM appliances WHERE tenant_id = $1 AND state = 'active'",
+            )
+            .await?,
+            &[&tenant_id, &replacing],
+        )
+        .await?;
+    let n: i64 = row.get(0);
+    Ok((u32::try_from(n).unwrap_or(u32::MAX), row.get(1)))
+}
+
+/// Up to `limit` of the tenant's active appliances, oldest first.
+pub async fn active_ids(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = c
+        .query(
+            &c.prepare_cached(
+                "SELECT appliance_id FROM appliances WHERE tenant_id = $1 AND state = 'active' \
+                 ORDER BY created_at, appliance_id LIMIT $2",
+            )
+            .await?,
+            &[&tenant_id, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Marks the tenant's active appliance `old` replaced by `new`; `false` when it is not
+/// active (revoked or replaced since the code was issued: nothing to retire).
+pub async fn replace(
+    c: &impl GenericClient,
+    old: Uuid,
+    tenant_id: Uuid,
+    new: Uuid,
+) -> Result<bool, DbError> {
+    let n = c
+        .execute(
+            &c.prepare_cached(
+                "UPDATE appliances SET state = 'replaced', replaced_by = $3, replaced_at = now() \
+                 WHERE appliance_id = $1 AND tenant_id = $2 AND state = 'active'",
+            )
+            .await?,
+            &[&old, &tenant_id, &new],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// Records a new credential.

@@ -52,7 +52,7 @@ pub struct CodeRow {
 
 const COLUMNS: &str = "code_id, tenant_id, edition, expires_at, key_version, state, created_at, \
      consumed_at, consumer_key_fingerprint, appliance_id, revoked_at, expires_at <= now(), \
-     coalesce(consumed_at > now() - interval '15 minutes', false)";
+     coalesce(consumed_at > now() - interval '15 minutes', false), replaces_appliance_id";
 
 fn from_row(r: &tokio_postgres::Row) -> Result<CodeRow, DbError> {
     let code_id: String = r.get(0);
@@ -68,6 +68,7 @@ fn from_row(r: &tokio_postgres::Row) -> Result<CodeRow, DbError> {
             key_version: u32::try_from(key_version).map_err(|_| {
                 super::corrupt("install_codes.key_version", &key_version.to_string())
             })?,
+            replaces_appliance_id: r.get(13),
         },
         state: CodeState::parse(&state)?,
         created_at: r.get(6),
@@ -86,8 +87,8 @@ pub async fn insert(c: &impl GenericClient, b: &CodeBinding) -> Result<(), DbErr
         .map_err(|_| DbError::Corrupt(format!("key version {} out of range", b.key_version)))?;
     c.execute(
         &c.prepare_cached(
-            "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version) \
-         VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO install_codes (code_id, tenant_id, edition, expires_at, key_version, \
+             replaces_appliance_id) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .await?,
         &[
@@ -96,6 +97,7 @@ pub async fn insert(c: &impl GenericClient, b: &CodeBinding) -> Result<(), DbErr
             &b.edition,
             &b.expires_at,
             &key_version,
+            &b.replaces_appliance_id,
         ],
     )
     .await?;
@@ -150,7 +152,8 @@ pub async fn consume(
                 "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
              consumer_key_fingerprint = $3, appliance_id = $4 \
              WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
-             AND key_version = $7 AND state = 'unclaimed' AND expires_at > now() \
+             AND key_version = $7 AND replaces_appliance_id IS NOT DISTINCT FROM $8 \
+             AND state = 'unclaimed' AND expires_at > now() \
              RETURNING consumed_at",
             )
             .await?,
@@ -162,25 +165,43 @@ pub async fn consume(
                 &b.edition,
                 &b.expires_at,
                 &key_version,
+                &b.replaces_appliance_id,
             ],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Revokes every unclaimed code of the tenant; returns their ids.
+/// Which of a tenant's unclaimed codes a change supersedes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Superseded {
+    /// Every one (the tenant's edition changed: they are bound to the old one).
+    All,
+    /// Those with this replacement: a new code for the same rebuild (`Some`), or a
+    /// first install's code sent again (`None`; codes that add an appliance).
+    Replacing(Option<Uuid>),
+}
+
+/// Revokes the tenant's unclaimed codes that `which` names; returns their ids, sorted.
 pub async fn revoke_unclaimed(
     c: &impl GenericClient,
     tenant_id: Uuid,
+    which: Superseded,
 ) -> Result<Vec<String>, DbError> {
+    let (all, replacing) = match which {
+        Superseded::All => (true, None),
+        Superseded::Replacing(r) => (false, r),
+    };
     let rows = c
         .query(
             &c.prepare_cached(
                 "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
-             WHERE tenant_id = $1 AND state = 'unclaimed' RETURNING code_id",
+                 WHERE tenant_id = $1 AND state = 'unclaimed' \
+                   AND ($2 OR replaces_appliance_id IS NOT DISTINCT FROM $3) \
+                 RETURNING code_id",
             )
             .await?,
-            &[&tenant_id],
+            &[&tenant_id, &all, &replacing],
         )
         .await?;
     let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();

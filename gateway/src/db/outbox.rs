@@ -132,7 +132,7 @@ pub struct DueMail {
 /// What a claim returns: the mail and what its template needs.
 const CLAIMED: &str = "m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
     t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
-    c.state = 'unclaimed' AND c.expires_at > now()";
+    c.state = 'unclaimed' AND c.expires_at > now(), c.replaces_appliance_id";
 
 /// Claims up to `limit` due mails: each gets `attempts + 1` and a lease (its
 /// `next_attempt_at` moves `lease_secs` ahead), so another worker skips it while this
@@ -230,6 +230,7 @@ fn due_mail(r: &tokio_postgres::Row) -> Result<DueMail, DbError> {
             expires_at: r.get(10),
             key_version: u32::try_from(kv)
                 .map_err(|_| super::corrupt("install_codes.key_version", &kv.to_string()))?,
+            replaces_appliance_id: r.get(13),
         },
         code_usable: r.get(12),
     })

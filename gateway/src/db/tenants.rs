@@ -26,6 +26,8 @@ pub struct Tenant {
     pub contact_email: String,
     pub edition: String,
     pub suspended: bool,
+    /// Since when it is suspended.
+    pub suspended_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
 }
 
@@ -36,6 +38,18 @@ pub struct Entitlement {
     pub paid: bool,
     pub features: Vec<String>,
     pub seats: i32,
+}
+
+impl Entitlement {
+    /// What a tenant of `edition` is entitled to, as the policy says now.
+    pub fn of(edition: &alga_policies::Edition) -> Entitlement {
+        Entitlement {
+            edition: edition.name.clone(),
+            paid: edition.is_paid(),
+            features: edition.features.clone(),
+            seats: i32::try_from(edition.seats).unwrap_or(i32::MAX),
+        }
+    }
 }
 
 /// Inserts a tenant; `None` when one with the same company + contact exists.
@@ -101,34 +115,97 @@ pub async fn ids_by_contact_email(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Serializes reissues of one tenant for the rest of the transaction, so two concurrent
-/// ones cannot both leave an unclaimed code. A transaction-scoped advisory lock: the
-/// runtime role has no UPDATE on `tenants`, which `SELECT … FOR UPDATE` would need.
-/// `false` when there is no such tenant.
-pub async fn lock(c: &impl GenericClient, tenant_id: Uuid) -> Result<bool, DbError> {
-    let key = tenant_id.to_string();
-    c.execute(
-        &c.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .await?,
-        &[&key],
-    )
-    .await?;
+/// A tenant locked for the rest of the transaction: its status and edition as the
+/// last committed change left them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedTenant {
+    pub suspended: bool,
+    pub edition: String,
+}
+
+/// Locks the tenant's row (`FOR NO KEY UPDATE`) for the rest of the transaction and
+/// reads its status and edition; `None` when there is no such tenant.
+///
+/// Every flow that decides on a tenant's appliances or codes takes this lock first
+/// (redeem, reissue, edition change, suspend, resume), so they serialize per tenant:
+/// two redeems cannot both take the last seat, and a suspension cannot slip between a
+/// redeem's check and its commit. The lock does not conflict with the `FOR KEY SHARE`
+/// that inserting rows referencing the tenant takes (licenses at check-in), and
+/// Postgres returns the row as the holder of the lock committed it.
+pub async fn lock(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+) -> Result<Option<LockedTenant>, DbError> {
     let row = c
         .query_opt(
-            &c.prepare_cached("SELECT 1 FROM tenants WHERE tenant_id = $1")
-                .await?,
+            &c.prepare_cached(
+                "SELECT status, edition FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
+            )
+            .await?,
             &[&tenant_id],
         )
         .await?;
-    Ok(row.is_some())
+    row.map(|r| {
+        Ok(LockedTenant {
+            suspended: suspended(r.get(0))?,
+            edition: r.get(1),
+        })
+    })
+    .transpose()
+}
+
+/// Suspends (`true`) or resumes the tenant; returns `suspended_at` after the change.
+/// The caller holds the [`lock`] and has checked the current status.
+pub async fn set_suspended(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    suspend: bool,
+) -> Result<Option<OffsetDateTime>, DbError> {
+    let row = c
+        .query_one(
+            &c.prepare_cached(
+                "UPDATE tenants SET \
+                   status = CASE WHEN $2 THEN 'suspended' ELSE 'active' END, \
+                   suspended_at = CASE WHEN $2 THEN now() END \
+                 WHERE tenant_id = $1 RETURNING suspended_at",
+            )
+            .await?,
+            &[&tenant_id, &suspend],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Moves the tenant to another edition: the tenant's edition and its entitlement,
+/// in one statement. The caller holds the [`lock`].
+pub async fn set_entitlement(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    e: &Entitlement,
+) -> Result<(), DbError> {
+    c.execute(
+        &c.prepare_cached(
+            "WITH t AS (UPDATE tenants SET edition = $2 WHERE tenant_id = $1) \
+             UPDATE entitlements SET edition = $2, paid = $3, features = $4, seats = $5, \
+               updated_at = now() \
+             WHERE tenant_id = $1",
+        )
+        .await?,
+        &[&tenant_id, &e.edition, &e.paid, &e.features, &e.seats],
+    )
+    .await?;
+    Ok(())
 }
 
 /// One tenant.
 pub async fn get(c: &impl GenericClient, tenant_id: Uuid) -> Result<Option<Tenant>, DbError> {
     let row = c
         .query_opt(
-            &c.prepare_cached("SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
-             FROM tenants WHERE tenant_id = $1").await?,
+            &c.prepare_cached(
+                "SELECT tenant_id, company, contact_name, contact_email, edition, status, \
+             suspended_at, created_at FROM tenants WHERE tenant_id = $1",
+            )
+            .await?,
             &[&tenant_id],
         )
         .await?;
@@ -140,7 +217,8 @@ pub async fn get(c: &impl GenericClient, tenant_id: Uuid) -> Result<Option<Tenan
             contact_email: r.get(3),
             edition: r.get(4),
             suspended: suspended(r.get(5))?,
-            created_at: r.get(6),
+            suspended_at: r.get(6),
+            created_at: r.get(7),
         })
     })
     .transpose()

@@ -1,6 +1,12 @@
 //! `POST /check-in`: an appliance, identified by its credential, refreshes its license,
 //! and its credential too when less than a third of the presented certificate's
 //! lifetime is left and it sent a CSR.
+//!
+//! Refused: a revoked appliance (`appliance_revoked`), one a rebuild replaced
+//! (`appliance_replaced`), a suspended tenant's (`tenant_suspended`). The license
+//! carries the tenant's edition now; when that edition has no license (a downgrade to
+//! essentials) the answer is `"license": null` and no credential, and the appliance
+//! falls back to that tier.
 
 use alga_protocol::ApplianceIdentity;
 use alga_protocol::api::{CheckInResponse, Credential, License};
@@ -15,8 +21,12 @@ use super::{Ctx, issuer_error};
 use crate::App;
 use crate::audit::{self, actions};
 use crate::db;
-use crate::db::appliances::{self, LicenseReason};
+use crate::db::appliances::{self, LicenseReason, State};
 use crate::error::ApiError;
+
+/// When an appliance whose edition has no license should ask again (a later upgrade
+/// back to a paid edition licenses it while its credential is still valid).
+pub const UNLICENSED_CHECK_IN_INTERVAL: time::Duration = time::Duration::hours(24);
 
 /// The presented credential's validity.
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +85,10 @@ async fn check_in_inner(
         .await?
         .filter(|s| s.appliance.tenant_id == id.tenant_id)
         .ok_or(ApiError::ApplianceNotFound)?;
-    if subject.appliance.revoked {
-        return Err(ApiError::ApplianceRevoked);
+    match subject.appliance.state {
+        State::Active => {}
+        State::Revoked => return Err(ApiError::ApplianceRevoked),
+        State::Replaced => return Err(ApiError::ApplianceReplaced),
     }
     if subject.tenant_suspended {
         return Err(ApiError::TenantSuspended);
@@ -89,9 +101,30 @@ async fn check_in_inner(
         .edition(&entitlement.edition)
         .ok_or_else(|| ApiError::internal("entitlement edition not in the policy"))?;
     let Some(paid) = edition.paid else {
-        // An essentials appliance has no credential; one that has a certificate anyway
-        // is not entitled to a license.
-        return Err(ApiError::Forbidden);
+        // Only a paid edition's appliance has a credential: this one's tenant moved
+        // to an edition without a license. It is told so, and gets nothing signed.
+        let record = ctx
+            .record(actions::APPLIANCE_CHECK_IN)?
+            .tenant(id.tenant_id)
+            .subject("appliance_id", id.appliance_id)
+            .detail("edition", edition.name.as_str())
+            .detail("license", false);
+        tokio::try_join!(
+            async {
+                appliances::record_check_in(&tx, id.appliance_id, version.as_str(), None)
+                    .await
+                    .map_err(ApiError::from)
+            },
+            async { audit::append(&tx, record).await.map_err(ApiError::from) },
+        )?;
+        tx.commit().await.map_err(db::DbError::from)?;
+        tracing::info!(edition = %edition.name, "appliance checked in: no license for its edition");
+        return Ok(CheckInResponse {
+            edition: Some(edition.name.clone()),
+            license: None,
+            credential: None,
+            next_check_in_after: ctx.now + UNLICENSED_CHECK_IN_INTERVAL,
+        });
     };
 
     // License and (when due) credential at once: the issuer answers each only after
@@ -116,6 +149,7 @@ async fn check_in_inner(
         .tenant(id.tenant_id)
         .subject("appliance_id", id.appliance_id)
         .subject("jti", signed.jti)
+        .detail("edition", edition.name.as_str())
         .detail("credential_renewed", renewed.is_some());
     if let Some(c) = &renewed {
         record = record.subject("serial", &c.serial);
@@ -144,10 +178,11 @@ async fn check_in_inner(
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(renewed = renewed.is_some(), "appliance checked in");
     Ok(CheckInResponse {
-        license: License {
+        edition: Some(edition.name.clone()),
+        license: Some(License {
             token: signed.token,
             expires_at: signed.expires_at,
-        },
+        }),
         credential: renewed.map(|c| Credential {
             certificate: c.certificate_pem,
             chain: c.chain_pem,

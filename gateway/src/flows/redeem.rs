@@ -1,16 +1,24 @@
-//! `POST /register`: redeem an install code (DESIGN §4).
+//! `POST /register`: redeem an install code.
 //!
 //! 1. Parse the code offline (check symbols) → `code_malformed`.
 //! 2. Look the binding up by `code_id`; have the issuer verify the code against it.
 //!    Unknown id and wrong secret give the *same* `code_invalid`.
-//! 3. One transaction: the conditional `UPDATE … WHERE state='unclaimed' AND
-//!    expires_at > now() RETURNING …`, then (paid editions) license + credential from
-//!    the issuer, appliance row, license row, audit. An issuer failure rolls it all
-//!    back: the code stays usable and the caller gets `license_service_unavailable`.
+//! 3. One transaction, under the tenant's row lock (so a tenant's redeems, reissues
+//!    and changes serialize): a suspended tenant is refused (`tenant_suspended`,
+//!    nothing consumed); the conditional `UPDATE … WHERE state='unclaimed' AND
+//!    expires_at > now() RETURNING …`; the seat check (`seat_limit_reached` when the
+//!    edition's `max_appliances` active appliances are taken, the replaced one not
+//!    counted; the rollback leaves the code unclaimed); then (paid editions) license +
+//!    credential from the issuer, the appliance row, the replaced appliance marked
+//!    `replaced`, license row, audit. An issuer failure rolls it all back: the code
+//!    stays usable and the caller gets `license_service_unavailable`.
 //! 4. No row updated: classify, only now that the code verified — consumed by the
-//!    same public key less than 15 minutes ago → the same tenant and appliance with a
-//!    fresh license and credential; otherwise `code_already_used`, `code_revoked` or
-//!    `code_expired`.
+//!    same public key less than 15 minutes ago, for an appliance still active → the
+//!    same tenant and appliance with a fresh license and credential; otherwise
+//!    `code_already_used`, `code_revoked` or `code_expired`.
+//!
+//! What is signed follows the tenant's edition now (a fresh code is bound to it: an
+//! edition change revokes the codes of the old one).
 
 use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
 use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
@@ -23,9 +31,9 @@ use super::validate::Name;
 use super::{Ctx, issuer_error};
 use crate::App;
 use crate::audit::{self, actions};
-use crate::db::appliances::{LicenseReason, NewAppliance, NewLicense};
+use crate::db::appliances::{LicenseReason, NewAppliance, NewLicense, State};
 use crate::db::codes::{CodeRow, CodeState};
-use crate::db::{self, appliances};
+use crate::db::{self, appliances, tenants};
 use crate::error::ApiError;
 
 /// Redeems a code. `install_code` is the operator's input, untouched.
@@ -143,64 +151,52 @@ async fn consume(
     appliance: &ApplianceInfo,
 ) -> Result<RedeemResponse, ApiError> {
     let b = &row.binding;
-    let edition = app.policy.edition(&b.edition).ok_or_else(|| {
-        ApiError::internal(format!(
-            "code bound to edition {:?} not in the policy",
-            b.edition
-        ))
-    })?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
+    let tenant = tenants::lock(&tx, b.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("code of a tenant that does not exist"))?;
+    if tenant.suspended {
+        return Err(ApiError::TenantSuspended);
+    }
+    let edition = app.policy.edition(&tenant.edition).ok_or_else(|| {
+        ApiError::internal(format!(
+            "tenant edition {:?} not in the policy",
+            tenant.edition
+        ))
+    })?;
     let appliance_id = Uuid::new_v4();
     let consumed = db::codes::consume(&tx, b, appliance_id, csr.fingerprint()).await?;
 
     let (appliance_id, reason) = if consumed.is_some() {
+        if b.edition != tenant.edition {
+            // An edition change revokes the unclaimed codes of the old edition, under
+            // this lock: an unclaimed one bound to another edition is superseded.
+            return Err(ApiError::CodeRevoked);
+        }
+        let (active, frees_one) =
+            appliances::seats_in_use(&tx, b.tenant_id, b.replaces_appliance_id).await?;
+        if active - u32::from(frees_one) >= edition.max_appliances {
+            // The rollback leaves the code unclaimed.
+            return Err(ApiError::SeatLimitReached {
+                active,
+                max: edition.max_appliances,
+            });
+        }
         (appliance_id, LicenseReason::Redeem)
     } else {
-        // Classify on the current row (the binding verified, so the caller may know).
-        let now_row = db::codes::get(&tx, &b.code_id)
-            .await?
-            .ok_or(ApiError::CodeInvalid)?;
-        if now_row.binding != *b {
-            // Edited since it verified: it no longer verifies.
-            return Err(ApiError::CodeInvalid);
-        }
-        match now_row.state {
-            CodeState::Consumed
-                if now_row.within_retry_window
-                    && now_row.consumer_key_fingerprint.as_deref() == Some(csr.fingerprint()) =>
-            {
-                let id = now_row
-                    .appliance_id
-                    .ok_or_else(|| ApiError::internal("consumed code without appliance"))?;
-                // A retry re-issues the appliance's license and credential: never for an
-                // appliance revoked since (locked, as check-in does, against a racing
-                // revoke). For that caller the code is simply used.
-                let revoked = appliances::get_for_update(&tx, id)
-                    .await?
-                    .is_none_or(|a| a.revoked);
-                if revoked {
-                    return Err(ApiError::CodeAlreadyUsed);
-                }
-                (id, LicenseReason::RedeemRetry)
-            }
-            CodeState::Consumed => return Err(ApiError::CodeAlreadyUsed),
-            CodeState::Revoked => return Err(ApiError::CodeRevoked),
-            CodeState::Unclaimed if now_row.expired => return Err(ApiError::CodeExpired),
-            CodeState::Unclaimed => {
-                return Err(ApiError::internal("unclaimed, unexpired code not consumed"));
-            }
-        }
+        (retry_of(&tx, b, csr).await?, LicenseReason::RedeemRetry)
     };
 
     let signed = if edition.is_paid() {
-        Some(sign_both(app, b.tenant_id, appliance_id, &b.edition, csr.pem()).await?)
+        Some(sign_both(app, b.tenant_id, appliance_id, &edition.name, csr.pem()).await?)
     } else {
         None
     };
     let credential = signed
         .as_ref()
         .map(|(_, c)| (c.serial.as_str(), c.expires_at));
+    let mut replaced = None;
     if reason == LicenseReason::Redeem {
         // After the signing, so the row carries its credential from the start.
         appliances::insert(
@@ -217,6 +213,13 @@ async fn consume(
             },
         )
         .await?;
+        // The rebuild retires the appliance it names (unless the store revoked it or
+        // another rebuild replaced it since the code was issued).
+        if let Some(old) = b.replaces_appliance_id
+            && appliances::replace(&tx, old, b.tenant_id, appliance_id).await?
+        {
+            replaced = Some(old);
+        }
     }
     let mut record = ctx
         .record(actions::CODE_REDEEM)?
@@ -224,9 +227,12 @@ async fn consume(
         .subject("code_id", b.code_id.as_str())
         .subject("appliance_id", appliance_id)
         .detail("retry", reason == LicenseReason::RedeemRetry)
-        .detail("edition", b.edition.as_str());
+        .detail("edition", edition.name.as_str());
     if let Some((l, c)) = &signed {
         record = record.subject("jti", l.jti).subject("serial", &c.serial);
+    }
+    if let Some(old) = replaced {
+        record = record.subject("replaced_appliance_id", old);
     }
     // Independent writes (the appliance row exists by now), pipelined on the
     // connection: one round trip.
@@ -248,11 +254,24 @@ async fn consume(
             Ok::<_, ApiError>(())
         },
         async { audit::append(&tx, record).await.map_err(ApiError::from) },
+        async {
+            if let Some(old) = replaced {
+                let r = ctx
+                    .record(actions::APPLIANCE_REPLACE)?
+                    .tenant(b.tenant_id)
+                    .subject("appliance_id", old)
+                    .subject("replaced_by", appliance_id)
+                    .subject("code_id", b.code_id.as_str());
+                audit::append(&tx, r).await?;
+            }
+            Ok::<_, ApiError>(())
+        },
     )?;
     tx.commit().await.map_err(db::DbError::from)?;
     tracing::info!(
         tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,
-        retry = reason == LicenseReason::RedeemRetry, "install code redeemed"
+        retry = reason == LicenseReason::RedeemRetry, replaced = ?replaced,
+        "install code redeemed"
     );
     let (license, credential) = signed
         .map(|(l, c)| {
@@ -270,12 +289,54 @@ async fn consume(
         .unzip();
     Ok(RedeemResponse {
         tenant_id: b.tenant_id,
-        edition: b.edition.clone(),
+        edition: edition.name.clone(),
         appliance_id,
         license,
         credential,
         check_in_url: edition.is_paid().then(|| app.check_in_url.clone()),
     })
+}
+
+/// A code that was not consumed now: its appliance when this is the redeem retry
+/// (consumed by the same public key less than 15 minutes ago, the appliance still
+/// active), else why not. Classified on the current row: the binding verified, so the
+/// caller may know.
+async fn retry_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    b: &alga_protocol::CodeBinding,
+    csr: &Csr,
+) -> Result<Uuid, ApiError> {
+    let now_row = db::codes::get(tx, &b.code_id)
+        .await?
+        .ok_or(ApiError::CodeInvalid)?;
+    if now_row.binding != *b {
+        // Edited since it verified: it no longer verifies.
+        return Err(ApiError::CodeInvalid);
+    }
+    match now_row.state {
+        CodeState::Consumed
+            if now_row.within_retry_window
+                && now_row.consumer_key_fingerprint.as_deref() == Some(csr.fingerprint()) =>
+        {
+            let id = now_row
+                .appliance_id
+                .ok_or_else(|| ApiError::internal("consumed code without appliance"))?;
+            // A retry re-issues the appliance's license and credential: never for an
+            // appliance revoked or replaced since (locked, as check-in does, against a
+            // racing revoke). For that caller the code is simply used.
+            let active = appliances::get_for_update(tx, id)
+                .await?
+                .is_some_and(|a| a.state == State::Active);
+            if !active {
+                return Err(ApiError::CodeAlreadyUsed);
+            }
+            Ok(id)
+        }
+        CodeState::Consumed => Err(ApiError::CodeAlreadyUsed),
+        CodeState::Revoked => Err(ApiError::CodeRevoked),
+        CodeState::Unclaimed if now_row.expired => Err(ApiError::CodeExpired),
+        CodeState::Unclaimed => Err(ApiError::internal("unclaimed, unexpired code not consumed")),
+    }
 }
 
 /// License and credential from the issuer, both requested at once: the issuer answers

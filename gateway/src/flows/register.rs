@@ -201,26 +201,19 @@ async fn register_once(
             .ok_or_else(|| ApiError::internal("tenant conflict without a tenant"))?;
         return Err(ApiError::TenantExists(existing));
     }
-    tenants::insert_entitlement(
-        &tx,
-        tenant_id,
-        &tenants::Entitlement {
-            edition: edition.name.clone(),
-            paid: edition.is_paid(),
-            features: edition.features.clone(),
-            seats: i32::try_from(edition.seats).unwrap_or(i32::MAX),
-        },
-    )
-    .await?;
+    tenants::insert_entitlement(&tx, tenant_id, &tenants::Entitlement::of(edition)).await?;
 
     let issued = issue_code(
         app,
         ctx,
         &tx,
-        tenant_id,
-        &edition.name,
-        reg.contact_email.as_str(),
-        MailKind::Registration,
+        &NewCode {
+            tenant_id,
+            edition: &edition.name,
+            replaces: None,
+            recipient: reg.contact_email.as_str(),
+            kind: MailKind::Registration,
+        },
     )
     .await?;
 
@@ -234,7 +227,6 @@ async fn register_once(
         email: EmailStatus {
             status: MailState::Queued,
         },
-        revoked_code_ids: None,
     };
     let body = serde_json::to_value(&body).map_err(ApiError::internal)?;
     audit::append(
@@ -268,6 +260,16 @@ async fn register_once(
     Ok(Replayable { status: 201, body })
 }
 
+/// The code to mint: for whom, and the mail that carries it.
+pub(crate) struct NewCode<'a> {
+    pub tenant_id: Uuid,
+    pub edition: &'a str,
+    /// The appliance its redeem retires (part of the binding).
+    pub replaces: Option<Uuid>,
+    pub recipient: &'a str,
+    pub kind: MailKind,
+}
+
 /// What minting a code produced: its public facts, the link and the queued mail.
 pub(crate) struct IssuedCode {
     pub code_id: String,
@@ -283,20 +285,27 @@ pub(crate) async fn issue_code(
     app: &App,
     ctx: &Ctx,
     tx: &deadpool_postgres::Transaction<'_>,
-    tenant_id: Uuid,
-    edition: &str,
-    recipient: &str,
-    kind: MailKind,
+    code: &NewCode<'_>,
 ) -> Result<IssuedCode, ApiError> {
+    let &NewCode {
+        tenant_id,
+        edition,
+        replaces,
+        recipient,
+        kind,
+    } = code;
     let expires_at = whole_seconds(ctx.now + app.policy.install_code_ttl);
     let minted = app
         .issuer
-        .mint_code(tenant_id, edition, expires_at)
+        .mint_code(tenant_id, edition, expires_at, replaces)
         .await
         .map_err(issuer_error)?;
     let binding = minted.binding;
     drop(minted.code);
-    if binding.tenant_id != tenant_id || binding.edition != edition {
+    if binding.tenant_id != tenant_id
+        || binding.edition != edition
+        || binding.replaces_appliance_id != replaces
+    {
         return Err(ApiError::internal(
             "issuer minted a code for another binding",
         ));
@@ -315,9 +324,13 @@ pub(crate) async fn issue_code(
         app.outbox.reserve_secs(),
     )
     .await?;
+    let mut record = ctx.record(actions::CODE_MINT)?;
+    if let Some(old) = replaces {
+        record = record.subject("replaces_appliance_id", old);
+    }
     audit::append(
         tx,
-        ctx.record(actions::CODE_MINT)?
+        record
             .tenant(tenant_id)
             .subject("code_id", binding.code_id.as_str())
             .detail("expires_at", binding.expires_at.unix_timestamp())

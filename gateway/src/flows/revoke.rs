@@ -1,6 +1,7 @@
 //! `POST /appliances/{id}/revoke`: ban an appliance; its check-ins are refused from now
 //! on (its certificate may still be inside its short validity, but every use of it
-//! goes through check-in, which reads this state).
+//! goes through check-in, which reads this state) and it no longer takes a seat. One a
+//! rebuild replaced stays `replaced`: it is refused at check-in already.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -21,7 +22,8 @@ pub struct Revoked {
     pub state: &'static str,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
-    /// `false` when it was already revoked (the call is idempotent).
+    /// `false` when it was already revoked, or replaced by a rebuild (the call is
+    /// idempotent; `state` says which).
     pub changed: bool,
 }
 
@@ -57,7 +59,7 @@ pub async fn revoke(
         Ok(Revoked {
             appliance_id,
             tenant_id: a.tenant_id,
-            state: "revoked",
+            state: after.state.as_str(),
             revoked_at: after.revoked_at,
             changed,
         })

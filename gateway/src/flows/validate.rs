@@ -100,6 +100,22 @@ impl ContactEmail {
     }
 }
 
+/// The edition of the policy called `name`, or what is wrong with the name (the
+/// editions that exist).
+pub fn edition<'p>(policy: &'p Policy, name: &str) -> Result<&'p Edition, String> {
+    policy.edition(name).ok_or_else(|| {
+        let known: Vec<&str> = policy.editions.keys().map(String::as_str).collect();
+        format!("unknown edition (known: {})", known.join(", "))
+    })
+}
+
+/// A validation error on one field.
+pub fn field_error(field: &str, message: impl Into<String>) -> ApiError {
+    let mut f = BTreeMap::new();
+    f.insert(field.to_owned(), message.into());
+    ApiError::Validation(f)
+}
+
 /// A valid registration.
 #[derive(Debug, Clone)]
 pub struct Registration<'p> {
@@ -120,13 +136,7 @@ pub fn registration<'p>(
         Name::parse(&req.contact.name).map_err(|m| fields.insert("contact.name".into(), m.into()));
     let contact_email = ContactEmail::parse(&req.contact.email)
         .map_err(|m| fields.insert("contact.email".into(), m.into()));
-    let edition = policy.edition(&req.edition).ok_or_else(|| {
-        let known: Vec<&str> = policy.editions.keys().map(String::as_str).collect();
-        fields.insert(
-            "edition".into(),
-            format!("unknown edition (known: {})", known.join(", ")),
-        )
-    });
+    let edition = edition(policy, &req.edition).map_err(|m| fields.insert("edition".into(), m));
     match (company, contact_name, contact_email, edition) {
         (Ok(company), Ok(contact_name), Ok(contact_email), Ok(edition)) => Ok(Registration {
             company,

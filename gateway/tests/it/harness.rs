@@ -776,7 +776,8 @@ impl Stack {
         let row = self
             .admin
             .query_one(
-                "SELECT tenant_id, edition, expires_at, key_version FROM install_codes WHERE code_id = $1",
+                "SELECT tenant_id, edition, expires_at, key_version, replaces_appliance_id \
+                 FROM install_codes WHERE code_id = $1",
                 &[&code_id],
             )
             .await
@@ -788,6 +789,7 @@ impl Stack {
             edition: row.get(1),
             expires_at: row.get(2),
             key_version: u32::try_from(kv).expect("version"),
+            replaces_appliance_id: row.get(4),
         }
     }
 
@@ -873,6 +875,7 @@ impl Stack {
                 tenant_id,
                 edition: edition.to_owned(),
                 expires_at,
+                replaces_appliance_id: None,
             })
             .send()
             .await

@@ -44,6 +44,7 @@ pub async fn mint<K: KeyOps>(
         edition: req.edition.clone(),
         expires_at,
         key_version: keys.active_version(KeyKind::Code),
+        replaces_appliance_id: req.replaces_appliance_id,
     };
     let code = code_of(keys, &binding).await?;
     let event = event(SignOp::CodeMint, &binding, now);
@@ -143,6 +144,7 @@ fn event(op: SignOp, binding: &CodeBinding, now: OffsetDateTime) -> SignEvent {
         ids: SignIds {
             tenant_id: Some(binding.tenant_id),
             code_id: Some(binding.code_id.clone()),
+            replaces_appliance_id: binding.replaces_appliance_id,
             edition: Some(binding.edition.clone()),
             expires_at: Some(binding.expires_at),
             ..SignIds::default()
@@ -166,6 +168,7 @@ mod tests {
             tenant_id: Uuid::from_u128(0x1111),
             edition: "pro".into(),
             expires_at: NOW + Duration::days(days) + Duration::milliseconds(250),
+            replaces_appliance_id: None,
         }
     }
 
@@ -258,6 +261,13 @@ mod tests {
                     ..b.clone()
                 },
             ),
+            (
+                "replaces an appliance",
+                CodeBinding {
+                    replaces_appliance_id: Some(Uuid::from_u128(0x3333)),
+                    ..b.clone()
+                },
+            ),
         ];
         for (what, changed) in changes {
             let r = verify(&keys, &changed, &minted.value.code)
@@ -265,6 +275,38 @@ mod tests {
                 .expect("answers");
             assert!(!r.valid, "{what}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_is_bound() {
+        let keys = SoftwareKeys::new(NOW);
+        let policy = test_policy();
+        let replaced = Uuid::from_u128(0x4444);
+        let req = MintCodeRequest {
+            replaces_appliance_id: Some(replaced),
+            ..request(7)
+        };
+        let minted = mint(&keys, &policy, &req, NOW).await.expect("mints");
+        let b = minted.value.binding.clone();
+        assert_eq!(b.replaces_appliance_id, Some(replaced));
+        assert_eq!(minted.event.ids.replaces_appliance_id, Some(replaced));
+        let code = &minted.value.code;
+        assert!(verify(&keys, &b, code).await.expect("answers").valid);
+        for (what, changed) in [
+            ("another appliance", Some(Uuid::from_u128(0x5555))),
+            ("no replacement", None),
+        ] {
+            let edited = CodeBinding {
+                replaces_appliance_id: changed,
+                ..b.clone()
+            };
+            assert!(
+                !verify(&keys, &edited, code).await.expect("answers").valid,
+                "{what}"
+            );
+        }
+        let derived = derive(&keys, &policy, &b, NOW).await.expect("derives");
+        assert_eq!(derived.value.code, *code);
     }
 
     #[tokio::test]

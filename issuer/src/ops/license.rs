@@ -74,6 +74,11 @@ pub async fn sign<K: KeyOps>(
             check_in_interval_seconds: seconds(terms.check_in_interval),
         },
         appliance_id: req.appliance_id.hyphenated().to_string(),
+        check_in_by: Some(
+            (issued_at + terms.overdue_after())
+                .min(expires_at)
+                .unix_timestamp(),
+        ),
     };
     let header = Header {
         alg: "ES256".into(),
@@ -287,6 +292,8 @@ mod tests {
         assert_eq!(claims.entitlements.features, ["core", "sso"]);
         assert_eq!(claims.entitlements.seats, 100);
         assert_eq!(claims.entitlements.check_in_interval_seconds, 86_400);
+        // The interval (1 day) plus the grace (3 days): overdue after that.
+        assert_eq!(claims.check_in_by, Some(claims.iat + 4 * 86_400));
         assert_eq!(claims.jti, signed.value.jti.to_string());
         assert_eq!(signed.value.kid, "alga-license-v1");
         assert_eq!(signed.value.expires_at.unix_timestamp(), claims.exp);

@@ -212,13 +212,16 @@ lifetime = "30d"
 [editions.essentials]
 features = ["core"]
 seats = 5
+max_appliances = 1
 paid = false
 [editions.pro]
 features = ["core", "sso"]
 seats = 100
+max_appliances = 3
 paid = true
 license_lifetime = "7d"
 check_in_interval = "24h"
+check_in_grace_days = 3
 [rate_limits.redeem_per_source]
 per_minute = 10
 burst = 10

@@ -506,6 +506,7 @@ fn a_minted_code_verifies_only_against_its_own_binding() {
                 tenant_id: Uuid::new_v4(),
                 edition: "pro".into(),
                 expires_at: now + Duration::days(14),
+                replaces_appliance_id: None,
             };
             let minted = rt
                 .block_on(ops::codes::mint(&hsm, &t.policy, &req, now))

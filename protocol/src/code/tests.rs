@@ -163,6 +163,7 @@ fn binding_encoding_separates_every_field() {
         edition: "pro".into(),
         expires_at: OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time"),
         key_version: 1,
+        replaces_appliance_id: None,
     };
     let mut variants = vec![base.clone()];
     let mut v = base.clone();
@@ -180,9 +181,45 @@ fn binding_encoding_separates_every_field() {
     let mut v = base.clone();
     v.key_version = 2;
     variants.push(v);
+    let mut v = base.clone();
+    v.replaces_appliance_id = Some(Uuid::from_u128(7));
+    variants.push(v);
+    let mut v = base.clone();
+    v.replaces_appliance_id = Some(Uuid::from_u128(8));
+    variants.push(v);
     let encodings: std::collections::BTreeSet<Vec<u8>> =
         variants.iter().map(CodeBinding::mac_input).collect();
     assert_eq!(encodings.len(), variants.len());
+}
+
+/// A binding that replaces nothing keeps the v1 encoding byte for byte, so codes minted
+/// before replacements existed still verify after an upgrade.
+#[test]
+fn binding_without_replacement_keeps_the_v1_encoding() {
+    let b = CodeBinding {
+        code_id: CodeId::parse("ABCDE12345").expect("id"),
+        tenant_id: Uuid::from_u128(1),
+        edition: "pro".into(),
+        expires_at: OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time"),
+        key_version: 1,
+        replaces_appliance_id: None,
+    };
+    let mut want = Vec::new();
+    for f in [
+        &b"alga-license/install-code/v1"[..],
+        b"ABCDE12345",
+        Uuid::from_u128(1).as_bytes(),
+        b"pro",
+        &1_900_000_000i64.to_be_bytes(),
+        &1u32.to_be_bytes(),
+    ] {
+        want.extend_from_slice(&u32::try_from(f.len()).expect("short").to_be_bytes());
+        want.extend_from_slice(f);
+    }
+    assert_eq!(b.mac_input(), want);
+    // And its JSON form is the one stored and sent before (no new key).
+    let json = serde_json::to_value(&b).expect("json");
+    assert!(json.get("replaces_appliance_id").is_none(), "{json}");
 }
 
 #[test]
