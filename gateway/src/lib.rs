@@ -73,8 +73,9 @@ use crate::ratelimit::RedeemLimits;
 
 /// How often the issuer's public keys are re-fetched (appliance CA rotation).
 pub const KEY_REFRESH: Duration = Duration::from_secs(60);
-/// How often the appliances-by-health gauge is counted again.
-pub const HEALTH_GAUGE_REFRESH: Duration = Duration::from_secs(60);
+/// How old the appliances-by-health gauge may be when `/metrics` is scraped before it
+/// is counted again (a count reads every active appliance: at most one per this).
+pub const HEALTH_GAUGE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// The shared state of every request.
 #[derive(Debug)]
@@ -287,16 +288,6 @@ pub async fn run(
         move || {
             app.limits.sweep();
             std::future::ready(())
-        }
-    });
-    // Active appliances by health, for the metrics' gauge.
-    every(HEALTH_GAUGE_REFRESH, stopped(stop_rx.clone()), {
-        let app = app.clone();
-        move || {
-            let app = app.clone();
-            async move {
-                flows::lifecycle::refresh_health_gauge(&app, time::OffsetDateTime::now_utc()).await
-            }
         }
     });
     // The mail outbox worker.

@@ -1,7 +1,8 @@
 //! Prometheus metrics (prometheus-client): requests by route and outcome, latency
 //! histograms, redeem outcomes by error code, issuer call latency and errors, active
-//! appliances by health (counted periodically), and database pool usage (sampled at
-//! scrape time). Every label's values come from a fixed set.
+//! appliances by health (counted at a scrape when the last count is older than
+//! `HEALTH_GAUGE_MAX_AGE`), and database pool usage (sampled at scrape time). Every
+//! label's values come from a fixed set.
 
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub struct Metrics {
     issuer_errors: Family<OpErrorLabels, Counter>,
     mail: Family<MailLabels, Counter>,
     appliances: Family<HealthLabels, Gauge<i64, AtomicU64Compat>>,
+    /// When `appliances` was last counted.
+    appliances_counted: std::sync::Mutex<Option<std::time::Instant>>,
     pool_size: Gauge<i64, AtomicU64Compat>,
     pool_available: Gauge<i64, AtomicU64Compat>,
     pool_waiting: Gauge<i64, AtomicU64Compat>,
@@ -133,7 +136,7 @@ impl Metrics {
             "appliances",
             "Active appliances of paid editions by health (ok, overdue: past the next \
              expected check-in and the edition's grace, stale: no check-in for 30 days), \
-             counted every minute",
+             counted when /metrics is scraped and the last count is older than 30 s",
             appliances.clone(),
         );
         let pool_size = Gauge::<i64, AtomicU64Compat>::default();
@@ -163,6 +166,7 @@ impl Metrics {
             issuer_errors,
             mail,
             appliances,
+            appliances_counted: std::sync::Mutex::new(None),
             pool_size,
             pool_available,
             pool_waiting,
@@ -220,13 +224,28 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets how many active appliances are in `health` (`ok`, `overdue`, `stale`).
-    pub fn appliances_by_health(&self, health: &'static str, count: i64) {
-        self.appliances
-            .get_or_create(&HealthLabels {
-                health: health.to_owned(),
-            })
-            .set(count);
+    /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`),
+    /// counted at `at`.
+    pub fn appliances_by_health(&self, counts: &[(&'static str, i64)], at: std::time::Instant) {
+        for (health, count) in counts {
+            self.appliances
+                .get_or_create(&HealthLabels {
+                    health: (*health).to_owned(),
+                })
+                .set(*count);
+        }
+        if let Ok(mut t) = self.appliances_counted.lock() {
+            *t = Some(at);
+        }
+    }
+
+    /// Whether the appliances-by-health gauge is older than `max_age` at `now` (or was
+    /// never counted).
+    pub fn appliances_count_due(&self, now: std::time::Instant, max_age: Duration) -> bool {
+        self.appliances_counted
+            .lock()
+            .map(|t| t.is_none_or(|t| now.saturating_duration_since(t) >= max_age))
+            .unwrap_or(true)
     }
 
     /// Renders the text exposition format, sampling the pool first.

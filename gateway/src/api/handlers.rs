@@ -480,8 +480,15 @@ pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. Counts appliances by health first when the
+/// last count is older than [`crate::HEALTH_GAUGE_MAX_AGE`].
 pub async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
+    if app
+        .metrics
+        .appliances_count_due(std::time::Instant::now(), crate::HEALTH_GAUGE_MAX_AGE)
+    {
+        flows::lifecycle::refresh_health_gauge(&app, time::OffsetDateTime::now_utc()).await;
+    }
     let text = app.metrics.render(&app.pool).map_err(ApiError::internal)?;
     Ok((
         [(

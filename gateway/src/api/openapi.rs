@@ -49,11 +49,26 @@ const ROUTES: &[Route] = &[
         HttpMethod::Post,
         "/install-codes/reissue",
         "store",
-        "Revoke unclaimed codes and mint a new one for the same tenant",
+        "Mint a new code for the same tenant and revoke the unclaimed codes it supersedes. The code names the appliance its redeem retires (replaces_appliance_id; without it, the tenant's only active appliance, or none when it has none); add_appliance: true adds one instead",
         &[
-            ("201", "as /register-tenant plus revoked_code_ids"),
-            ("404", "tenant_not_found"),
-            ("409", "ambiguous_contact"),
+            (
+                "201",
+                "as /register-tenant plus revoked_code_ids and replaces_appliance_id (uuid or null)",
+            ),
+            (
+                "400",
+                "validation_failed (both replaces_appliance_id and add_appliance)",
+            ),
+            ("403", "tenant_suspended"),
+            (
+                "404",
+                "tenant_not_found, appliance_not_found (not an appliance of this tenant)",
+            ),
+            (
+                "409",
+                "ambiguous_contact, appliance_not_active (replaced or revoked), replacement_ambiguous (several active appliances), seat_limit_reached (add_appliance with every seat taken)",
+            ),
+            ("503", "license_service_unavailable"),
         ],
     ),
     (
@@ -68,7 +83,11 @@ const ROUTES: &[Route] = &[
             ),
             ("400", "code_malformed, csr_invalid, validation_failed"),
             ("401", "code_invalid"),
-            ("409", "code_already_used"),
+            ("403", "tenant_suspended (the code is not consumed)"),
+            (
+                "409",
+                "code_already_used, seat_limit_reached (the edition's max_appliances active appliances; the code is not consumed)",
+            ),
             ("410", "code_expired, code_revoked"),
             ("429", "rate_limited (Retry-After)"),
             ("503", "license_service_unavailable"),
@@ -78,19 +97,72 @@ const ROUTES: &[Route] = &[
         HttpMethod::Post,
         "/check-in",
         "appliance credential",
-        "Refresh the license (and the credential near expiry)",
+        "Refresh the license (and the credential near expiry); license is null when the tenant's edition has none",
         &[
-            ("200", "license, credential, next_check_in_after"),
+            (
+                "200",
+                "edition, license (null: the edition has no license), credential, next_check_in_after",
+            ),
             ("401", "credential_required"),
-            ("403", "appliance_revoked, tenant_suspended"),
+            (
+                "403",
+                "appliance_revoked, appliance_replaced, tenant_suspended",
+            ),
         ],
     ),
     (
         HttpMethod::Get,
         "/tenants/{tenant_id}",
         "store, auditor",
-        "Tenant, edition, codes (no secrets), appliances, mail status",
+        "Tenant, status, edition and seats, codes (no secrets), appliances with state and health, mail status",
         &[("200", "the tenant"), ("404", "tenant_not_found")],
+    ),
+    (
+        HttpMethod::Put,
+        "/tenants/{tenant_id}/entitlement",
+        "store",
+        "Move the tenant to another edition: the next check-in's license carries it (none for an edition without a license); unclaimed codes of the old edition are revoked",
+        &[
+            (
+                "200",
+                "tenant_id, edition, previous_edition, changed, revoked_code_ids, active_appliances, max_appliances",
+            ),
+            ("400", "validation_failed (unknown edition)"),
+            ("404", "tenant_not_found"),
+            (
+                "409",
+                "seat_limit_reached (more active appliances than the new edition allows)",
+            ),
+        ],
+    ),
+    (
+        HttpMethod::Post,
+        "/tenants/{tenant_id}/suspend",
+        "store",
+        "Suspend the tenant: its check-ins, redeems and reissues get 403 tenant_suspended",
+        &[
+            ("200", "tenant_id, status, suspended_at"),
+            ("404", "tenant_not_found"),
+            ("409", "tenant_already_suspended"),
+        ],
+    ),
+    (
+        HttpMethod::Post,
+        "/tenants/{tenant_id}/resume",
+        "store",
+        "Resume a suspended tenant",
+        &[
+            ("200", "tenant_id, status, suspended_at"),
+            ("404", "tenant_not_found"),
+            ("409", "tenant_not_suspended"),
+        ],
+    ),
+    (
+        HttpMethod::Get,
+        "/appliances",
+        "store, auditor",
+        "Appliances in id order, with state and health; ?health= keeps the active appliances of paid editions in that health",
+        &[("200", "appliances, next"), ("400", "validation_failed")],
     ),
     (
         HttpMethod::Post,
@@ -98,7 +170,10 @@ const ROUTES: &[Route] = &[
         "store",
         "Ban an appliance credential",
         &[
-            ("200", "the revoked appliance"),
+            (
+                "200",
+                "appliance_id, tenant_id, state (revoked, or replaced when a rebuild retired it), revoked_at, changed",
+            ),
             ("404", "appliance_not_found"),
         ],
     ),
@@ -217,9 +292,12 @@ fn registered_schema(reissue: bool) -> Value {
             "install_code",
             "download",
             "email",
-            "revoked_code_ids"
+            "revoked_code_ids",
+            "replaces_appliance_id"
         ]);
         v["properties"]["revoked_code_ids"] = json!({"type": "array", "items": {"type": "string"}});
+        v["properties"]["replaces_appliance_id"] =
+            json!({"type": ["string", "null"], "format": "uuid"});
     }
     json!({"201": {"content": {"application/json": {"schema": v}}}})
 }
@@ -255,18 +333,30 @@ fn input(path: &str, editions: &[&str]) -> Value {
             })),
             "responses": registered_schema(false),
         }),
-        "/install-codes/reissue" => json!({
-            "requestBody": json_body(true, json!({
-                "description": "Exactly one of tenant_id and contact_email",
-                "oneOf": [
-                    {"type": "object", "required": ["tenant_id"], "additionalProperties": false,
-                     "properties": {"tenant_id": {"type": "string", "format": "uuid"}}},
-                    {"type": "object", "required": ["contact_email"], "additionalProperties": false,
-                     "properties": {"contact_email": email_schema()}},
-                ],
-            })),
-            "responses": registered_schema(true),
-        }),
+        "/install-codes/reissue" => {
+            let replacement = json!({
+                "replaces_appliance_id": {"type": "string", "format": "uuid",
+                    "description": "The appliance the code's redeem retires (an active appliance of this tenant)"},
+                "add_appliance": {"type": "boolean",
+                    "description": "true: the code adds an appliance (within max_appliances) instead of replacing one"},
+            });
+            let by = |key: &str, schema: Value| {
+                let mut properties = replacement.clone();
+                properties[key] = schema;
+                json!({"type": "object", "required": [key], "additionalProperties": false,
+                       "properties": properties})
+            };
+            json!({
+                "requestBody": json_body(true, json!({
+                    "description": "Exactly one of tenant_id and contact_email; at most one of replaces_appliance_id and add_appliance",
+                    "oneOf": [
+                        by("tenant_id", json!({"type": "string", "format": "uuid"})),
+                        by("contact_email", email_schema()),
+                    ],
+                })),
+                "responses": registered_schema(true),
+            })
+        }
         "/register" => json!({
             "requestBody": json_body(true, json!({
                 "type": "object",
@@ -303,6 +393,36 @@ fn input(path: &str, editions: &[&str]) -> Value {
             })),
         }),
         "/tenants/{tenant_id}" => json!({"parameters": [uuid_in_path("tenant_id")]}),
+        "/tenants/{tenant_id}/entitlement" => json!({
+            "parameters": [uuid_in_path("tenant_id")],
+            "requestBody": json_body(true, json!({
+                "type": "object",
+                "required": ["edition"],
+                "additionalProperties": false,
+                "properties": {"edition": edition},
+            })),
+        }),
+        "/tenants/{tenant_id}/suspend" | "/tenants/{tenant_id}/resume" => json!({
+            "parameters": [uuid_in_path("tenant_id")],
+            "requestBody": json_body(false, json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"reason": name_schema()},
+            })),
+        }),
+        "/appliances" => json!({
+            "parameters": [
+                {"name": "health", "in": "query", "required": false,
+                 "description": "Only active appliances of paid editions in this health",
+                 "schema": {"type": "string", "enum": ["ok", "overdue", "stale"]}},
+                {"name": "after", "in": "query", "required": false,
+                 "description": "The next of the previous page",
+                 "schema": {"type": "string", "format": "uuid"}},
+                {"name": "limit", "in": "query", "required": false,
+                 "description": "At most this many (default 100)",
+                 "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000}},
+            ],
+        }),
         "/appliances/{appliance_id}/revoke" => json!({
             "parameters": [uuid_in_path("appliance_id")],
             "requestBody": json_body(false, json!({
@@ -415,7 +535,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(with_body, 5);
+        assert_eq!(with_body, 8);
         let edition = &v["paths"]["/register-tenant"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"]["properties"]["edition"];
         assert_eq!(edition["enum"], serde_json::json!(["essentials", "pro"]));

@@ -221,9 +221,10 @@ pub async fn list_appliances(
     Ok(AppliancePage { appliances, next })
 }
 
-/// Counts active appliances by health at `now` into the metrics' gauge (the
-/// gateway refreshes it periodically; a failure keeps the last figures).
+/// Counts active appliances by health at `now` into the metrics' gauge; a failure
+/// keeps the last figures (and is logged).
 pub async fn refresh_health_gauge(app: &App, now: OffsetDateTime) {
+    let counted_at = std::time::Instant::now();
     let counts = async {
         let conn = app.pool.get().await.map_err(db::DbError::from)?;
         appliances::count_by_health(&conn, &health_cutoffs(&app.policy, now)).await
@@ -231,10 +232,12 @@ pub async fn refresh_health_gauge(app: &App, now: OffsetDateTime) {
     .await;
     match counts {
         Ok(counts) => {
-            for h in [Health::Ok, Health::Overdue, Health::Stale] {
+            let of = |h: Health| {
                 let n = counts.iter().find(|(c, _)| *c == h).map_or(0, |(_, n)| *n);
-                app.metrics.appliances_by_health(h.as_str(), n);
-            }
+                (h.as_str(), n)
+            };
+            let all = [of(Health::Ok), of(Health::Overdue), of(Health::Stale)];
+            app.metrics.appliances_by_health(&all, counted_at);
         }
         Err(e) => tracing::warn!(error = %e, "cannot count appliances by health"),
     }
@@ -254,10 +257,14 @@ mod tests {
         let now = datetime!(2030-06-01 12:00:00 UTC);
         let c = health_cutoffs(&policy, now);
         assert_eq!(c.stale_at_or_before, now - Duration::days(30));
-        // pro: a 24 h interval and 3 days of grace; essentials does not check in.
+        // A 24 h interval and 3 (pro) or 7 (enterprise) days of grace; essentials does
+        // not check in.
         assert_eq!(
             c.overdue_before,
-            vec![("pro".to_owned(), now - Duration::days(4))]
+            vec![
+                ("enterprise".to_owned(), now - Duration::days(8)),
+                ("pro".to_owned(), now - Duration::days(4)),
+            ]
         );
     }
 }

@@ -69,23 +69,13 @@ async fn check_in_refreshes_the_license_and_honours_revocation_and_suspension() 
     let (st, e, _) = send(s.store().post(s.url("/check-in")).json(&body)).await;
     assert_error(st, &e, 403, "forbidden");
 
-    // Suspended tenant.
-    s.admin
-        .execute(
-            "UPDATE tenants SET status = 'suspended' WHERE tenant_id = $1",
-            &[&tenant],
-        )
-        .await
-        .expect("suspend");
+    // Suspended tenant (the store's API; `lifecycle` covers it in full).
+    let (st, v, _) = send(s.store().post(s.url(&format!("/tenants/{tenant}/suspend")))).await;
+    assert_eq!(st, 200, "{v}");
     let (st, e, _) = send(me.post(s.url("/check-in")).json(&body)).await;
     assert_error(st, &e, 403, "tenant_suspended");
-    s.admin
-        .execute(
-            "UPDATE tenants SET status = 'active' WHERE tenant_id = $1",
-            &[&tenant],
-        )
-        .await
-        .expect("resume");
+    let (st, v, _) = send(s.store().post(s.url(&format!("/tenants/{tenant}/resume")))).await;
+    assert_eq!(st, 200, "{v}");
 
     // A tenant whose entitlement row is gone (corruption, not an API state) gets an
     // internal error, not "appliance not found", and no license is recorded.

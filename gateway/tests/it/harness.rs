@@ -973,6 +973,30 @@ impl Stack {
         (st, v)
     }
 
+    /// `GET /tenants/{tenant_id}` as the store; asserts 200.
+    pub async fn tenant(&self, tenant_id: Uuid) -> Value {
+        let (st, v, _) = send(self.store().get(self.url(&format!("/tenants/{tenant_id}")))).await;
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    /// `POST /check-in` with `a`'s credential: status and body.
+    pub async fn check_in(&self, a: &Appliance) -> (StatusCode, Value) {
+        let (st, v, _) = send(
+            self.appliance(a)
+                .post(self.url("/check-in"))
+                .json(&json!({"appliance": {"version": "1.0.0"}})),
+        )
+        .await;
+        (st, v)
+    }
+
+    /// A pool of superuser connections to the test database, for calling the gateway's
+    /// `db` functions directly (with a `now` of the test's choosing).
+    pub fn admin_pool(&self) -> deadpool_postgres::Pool {
+        alga_gateway::db::pool(admin_config(&self.db), 2).expect("admin pool")
+    }
+
     /// The state column of the code `code_id` (`unclaimed`, `consumed`, `revoked`).
     pub async fn code_state(&self, code_id: &str) -> String {
         self.admin

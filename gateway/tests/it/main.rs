@@ -9,6 +9,7 @@ mod cut_after_commit;
 mod explain;
 mod hsm_session_loss;
 mod issuer_batch;
+mod lifecycle;
 mod mail;
 mod ops;
 mod pool;

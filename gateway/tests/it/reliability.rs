@@ -37,11 +37,47 @@ fn env_count(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A code to race: a registration's (`rebuild == false`), or a rebuild's, re-issued
+/// after the tenant's first appliance was redeemed, so that its redeem replaces that
+/// appliance. Returns the tenant, the code id, the code and the appliance it replaces.
+async fn code_to_race(s: &Stack, rebuild: bool) -> (Uuid, String, String, Option<Uuid>) {
+    let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    if !rebuild {
+        return (tenant, code_id, code, None);
+    }
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, r) = s.reissue(&json!({"tenant_id": tenant})).await;
+    assert_eq!(st, 201, "{r}");
+    assert_eq!(r["replaces_appliance_id"], json!(a.appliance_id), "{r}");
+    let code_id = r["install_code"]["code_id"]
+        .as_str()
+        .expect("code_id")
+        .to_owned();
+    let code = s.code(&code_id).await;
+    (tenant, code_id, code, a.appliance_id)
+}
+
+/// `(all, active, replaced)` appliances of the tenant.
+async fn appliance_states(s: &Stack, tenant: Uuid) -> (i64, i64, i64) {
+    let row = s
+        .admin
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'active'), \
+             count(*) FILTER (WHERE state = 'replaced') FROM appliances WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("counts");
+    (row.get(0), row.get(1), row.get(2))
+}
+
 // ------------------------------------------------------------------------------ R1
 
 /// R1: `n` concurrent redeems of one code, split over two gateways (each with its own
 /// issuer), each with its own key: exactly one success, every other answer
-/// `code_already_used`, no 5xx.
+/// `code_already_used`, no 5xx. Each round races a registration's code, then a
+/// rebuild's: its one winner replaces the tenant's appliance, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins() {
     let s = Stack::start().await;
@@ -58,8 +94,9 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
     let rounds = scale().min(100);
     let appliances: Vec<Appliance> = (0..n).map(|_| Appliance::new()).collect();
     let client = s.anon();
-    for round in 0..rounds {
-        let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    for round in 0..rounds * 2 {
+        let rebuild = round % 2 == 1;
+        let (tenant, code_id, code, replaced) = code_to_race(&s, rebuild).await;
         // Warm-up: wrong-secret guesses at this code through both gateways open their
         // database and issuer connections, so the race measures the race, not the
         // start of cold pools (creating 16 Postgres connections at once on a busy
@@ -102,7 +139,12 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
         }
         let elapsed = started.elapsed();
         println!(
-            "R1 round {round}: {n} concurrent redeems over 2 gateways in {elapsed:?}: {statuses:?}"
+            "R1 round {round} ({}): {n} concurrent redeems over 2 gateways in {elapsed:?}: {statuses:?}",
+            if rebuild {
+                "a rebuild's code"
+            } else {
+                "a registration's code"
+            }
         );
         assert_eq!(statuses.get("200 ok"), Some(&1), "exactly one success");
         assert_eq!(
@@ -110,13 +152,21 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
             Some(&(n - 1)),
             "every other answer is code_already_used, no 5xx: {statuses:?}"
         );
-        assert_eq!(
-            s.count(&format!(
-                "SELECT count(*) FROM appliances WHERE tenant_id = '{tenant}'"
-            ))
-            .await,
-            1
-        );
+        // One appliance from the race (beside the one a rebuild replaced), active.
+        let want = if rebuild { (2, 1, 1) } else { (1, 1, 0) };
+        assert_eq!(appliance_states(&s, tenant).await, want);
+        if let Some(old) = replaced {
+            let state: String = s
+                .admin
+                .query_one(
+                    "SELECT state FROM appliances WHERE appliance_id = $1",
+                    &[&old],
+                )
+                .await
+                .expect("row")
+                .get(0);
+            assert_eq!(state, "replaced");
+        }
     }
     pair.stop().await;
     s.stop().await;
@@ -124,17 +174,20 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
 
 // ------------------------------------------------------------------------------ R2
 
-/// R2: a reissue racing a redeem of the old code, `n` trials. Whichever commits first
-/// wins; never both: a redeem that succeeded left the code `consumed` and outside the
-/// reissue's `revoked_code_ids`; a revoked code never redeemed, then or later.
+/// R2: a reissue racing a redeem of the old code, `n` trials, alternately a
+/// registration's code and a rebuild's. Whichever commits first wins; never both: a
+/// redeem that succeeded left the code `consumed` and outside the reissue's
+/// `revoked_code_ids` (and the new code replaces the appliance it made); a revoked
+/// code never redeemed, then or later, and replaced nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
     let s = Stack::start().await;
     let trials = 25 * scale();
     let (mut redeem_won, mut reissue_won) = (0usize, 0usize);
     let started = Instant::now();
-    for _ in 0..trials {
-        let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    for trial in 0..trials {
+        let rebuild = trial % 2 == 1;
+        let (tenant, code_id, code, replaced) = code_to_race(&s, rebuild).await;
         let a = Appliance::new();
         let redeem = send(
             s.anon()
@@ -174,6 +227,8 @@ async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
                     !revoked.contains(&code_id.as_str()),
                     "a redeemed code was reported revoked: {iv}"
                 );
+                // The reissue came second: its code replaces what the redeem made.
+                assert_eq!(iv["replaces_appliance_id"], rv["appliance_id"], "{iv}");
             }
             410 => {
                 reissue_won += 1;
@@ -181,6 +236,7 @@ async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
                 assert_eq!(state, "revoked");
                 assert!(was_revoked && !consumed);
                 assert!(revoked.contains(&code_id.as_str()), "{iv}");
+                assert_eq!(iv["replaces_appliance_id"], json!(replaced), "{iv}");
             }
             other => panic!("R2: redeem answered {other}: {rv}"),
         }
@@ -190,13 +246,15 @@ async fn r2_reissue_racing_redeems_never_lets_a_revoked_code_redeem() {
             st == 409 || st == 410,
             "old code after reissue answered {st}: {v}"
         );
-        assert_eq!(
-            s.count(&format!(
-                "SELECT count(*) FROM appliances WHERE tenant_id = '{tenant}'"
-            ))
-            .await,
-            i64::from(rst == 200)
-        );
+        // A won redeem adds one appliance (replacing the rebuild's old one); a lost one
+        // changes nothing.
+        let won = i64::from(rst == 200);
+        let want = if rebuild {
+            (1 + won, 1, won)
+        } else {
+            (won, won, 0)
+        };
+        assert_eq!(appliance_states(&s, tenant).await, want);
     }
     // Audit order agrees: no code has both a successful redeem and a revocation.
     let both = s
