@@ -124,17 +124,20 @@ SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid,
 FROM generate_series(1, $SEED_ROWS) i;
 VACUUM ANALYZE;
 SQL
-# One redeem: look the code up, consume it conditionally, insert the appliance, the
-# license and the audit record. Distinct codes: a shared counter hands them out. The
-# last two go out in one pipeline, as the gateway sends them; so do the check-in's
-# three writes below.
+# One redeem: look the code up, lock the tenant's row, consume the code conditionally,
+# count the tenant's active appliances (its seats), insert the appliance, the license
+# and the audit record. Distinct codes: a shared counter hands them out. The last two
+# go out in one pipeline, as the gateway sends them; so do the check-in's three writes
+# below.
 "${PSQL[@]}" "$SCRATCH_URL" -c "CREATE SEQUENCE bench_next" >/dev/null
 cat >"$WORK/redeem.sql" <<'SQL'
 BEGIN;
 SELECT nextval('bench_next') AS i \gset
 SELECT tenant_id, edition, expires_at, key_version, state FROM install_codes WHERE code_id = 'B' || lpad(:i::text, 9, '0');
+SELECT status, edition FROM tenants WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid FOR NO KEY UPDATE;
 UPDATE install_codes SET state = 'consumed', consumed_at = now(), consumer_key_fingerprint = 'fp', appliance_id = ('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid
   WHERE code_id = 'B' || lpad(:i::text, 9, '0') AND state = 'unclaimed' AND expires_at > now() RETURNING consumed_at;
+SELECT count(*), coalesce(bool_or(appliance_id = NULL::uuid), false) FROM appliances WHERE tenant_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid AND state = 'active';
 INSERT INTO appliances (appliance_id, tenant_id, code_id, hostname, version, public_key_fingerprint)
   VALUES (('00000000-0000-4000-a000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, ('00000000-0000-4000-8000-' || lpad(to_hex(:i::bigint), 12, '0'))::uuid, 'B' || lpad(:i::text, 9, '0'), 'appliance', '1.0.0', 'fp');
 \startpipeline

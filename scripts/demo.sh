@@ -4,8 +4,10 @@
 # It walks the seed's whole path against the local stack, narrating each step:
 #   register (pro + essentials) -> the mail as the SMTP server received it -> the ISO
 #   through the presigned link -> redeem (Secrets) -> bootstrap adopts the tenant ->
-#   check-in -> rebuild (re-issue, old code refused, new code redeems) -> audit verified
-#   -> summary table.
+#   check-in -> rebuild (re-issue, old code refused, new code redeems) -> the old appliance
+#   retired (its check-in refused, the new one's accepted, `tenant show`: replaced by the new)
+#   -> suspension (check-in refused, resume, accepted again) -> appliances by health
+#   -> audit verified -> summary table.
 #
 # Every run uses fresh company names and contact addresses, so it can be re-run at will.
 # Its files go to .dev/demo/<run>/; the throwaway appliance database is dropped at the end.
@@ -160,6 +162,23 @@ for name in ("appliance-initial-tenant.yaml", "appliance-license-seed.yaml"):
 EOF
 }
 
+# redeem CODE OUT_DIR HOSTNAME LOG: alga-appliance redeem (the code on stdin); returns its exit
+# code. A redeem refused as busy (exit 21) is retried for up to a minute: back-to-back runs can
+# use up the dev policy's redeem rate limit per source address (10 a minute), and a refused
+# attempt consumes nothing.
+redeem() {
+    local code="$1" out="$2" host="$3" log="$4" rc i
+    for ((i = 0; i < 12; i++)); do
+        rc=0
+        printf '%s\n' "$code" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
+            --ca-bundle "$ALGA_CA_BUNDLE" --out "$out" --hostname "$host" >"$log" 2>&1 || rc=$?
+        [ "$rc" = 21 ] || return "$rc"
+        printf '  %s(the service is busy: redeem rate limit of back-to-back runs; retrying in 6s)%s\n' "$D" "$N"
+        sleep 6
+    done
+    return "$rc"
+}
+
 secret_value() { # secret_value DIR FILE KEY
     local v
     v="$(sed -n "s/^  $3: //p" "$1/$2")"
@@ -237,18 +256,16 @@ step "First boot: the appliance redeems its install code" \
     "alga-appliance checks the code offline, makes its own key (it never leaves the appliance)," \
     "posts a CSR to POST /register, verifies the license against the published JWKS and writes two Secrets." \
     "The code goes in on stdin, never on the command line."
-printf '%s\n' "$PRO_CODE" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
-    --ca-bundle "$ALGA_CA_BUNDLE" --out "$WORK/appliance-1" --hostname "acme-appliance-1" \
-    >"$WORK/redeem-1.out" 2>&1 || { cat "$WORK/redeem-1.out" >&2; fail "alga-appliance redeem (pro) failed"; }
+redeem "$PRO_CODE" "$WORK/appliance-1" "acme-appliance-1" "$WORK/redeem-1.out" \
+    || { cat "$WORK/redeem-1.out" >&2; fail "alga-appliance redeem (pro) failed"; }
 show "$(cat "$WORK/redeem-1.out")" ""
 show_secrets "$WORK/appliance-1" | sed 's/^/    /'
 PRO_APPLIANCE="$(sed -n 's/^appliance_id: //p' "$WORK/redeem-1.out")"
 [ "$(secret_value "$WORK/appliance-1" appliance-initial-tenant.yaml INITIAL_TENANT_ID)" = "$PRO_TENANT" ] \
     || fail "INITIAL_TENANT_ID is not the registered tenant"
 ok "pro appliance $PRO_APPLIANCE is bound to tenant $PRO_TENANT, licensed"
-printf '%s\n' "$ESS_CODE" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
-    --ca-bundle "$ALGA_CA_BUNDLE" --out "$WORK/appliance-ess" --hostname "bobcat-appliance" \
-    >"$WORK/redeem-ess.out" 2>&1 || { cat "$WORK/redeem-ess.out" >&2; fail "alga-appliance redeem (essentials) failed"; }
+redeem "$ESS_CODE" "$WORK/appliance-ess" "bobcat-appliance" "$WORK/redeem-ess.out" \
+    || { cat "$WORK/redeem-ess.out" >&2; fail "alga-appliance redeem (essentials) failed"; }
 [ -z "$(secret_value "$WORK/appliance-ess" appliance-license-seed.yaml LICENSE_TOKEN || true)" ] \
     || fail "the essentials appliance received a license token"
 ok "essentials appliance: EDITION=$(secret_value "$WORK/appliance-ess" appliance-license-seed.yaml EDITION), no license, no credential, no check-in URL"
@@ -290,15 +307,20 @@ record "check-in" "license refreshed" "until ${LIC_EXP%%.*}"
 # 7. rebuild
 step "The appliance is rebuilt: re-issue by contact email" \
     "Codes are single-use. The store re-issues by the contact's email: unclaimed codes are revoked and a" \
-    "new code for the same tenant is mailed. The old code is refused; the new one brings the tenant back."
+    "new code for the same tenant is mailed. The tenant has one active appliance, so the new code is its" \
+    "rebuild: its redeem will retire that appliance (--replaces-appliance-id names another one," \
+    "--add-appliance adds one instead). The old code is refused; the new one brings the tenant back."
 "$ALGACTL" --json reissue --contact-email "$PRO_EMAIL" >"$WORK/reissue.json" || fail "algactl reissue failed"
 NEW_CODE_ID="$(jq -r .install_code.code_id "$WORK/reissue.json")"
 [ "$(jq -r .tenant_id "$WORK/reissue.json")" = "$PRO_TENANT" ] || fail "reissue answered another tenant"
-show "re-issued code $NEW_CODE_ID for tenant $PRO_TENANT (revoked unclaimed: $(jq -r '.revoked_code_ids | if length == 0 then "none" else join(", ") end' "$WORK/reissue.json"))"
+REPLACES="$(jq -r '.replaces_appliance_id // "none"' "$WORK/reissue.json")"
+show "re-issued code $NEW_CODE_ID for tenant $PRO_TENANT (revoked unclaimed: $(jq -r '.revoked_code_ids | if length == 0 then "none" else join(", ") end' "$WORK/reissue.json"))" \
+    "its redeem retires appliance: $REPLACES"
+[ "$REPLACES" = "$PRO_APPLIANCE" ] \
+    || fail "the re-issued code replaces '$REPLACES', not the tenant's only appliance $PRO_APPLIANCE"
 OLD_RC=0
-printf '%s\n' "$PRO_CODE" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
-    --ca-bundle "$ALGA_CA_BUNDLE" --out "$WORK/appliance-2-old-code" --hostname "acme-appliance-1" \
-    >"$WORK/redeem-old.out" 2>&1 || OLD_RC=$?
+redeem "$PRO_CODE" "$WORK/appliance-2-old-code" "acme-appliance-1" "$WORK/redeem-old.out" \
+    || OLD_RC=$?
 show "old code -> exit $OLD_RC: $(grep -v '^$' "$WORK/redeem-old.out" | head -n 3)"
 case "$OLD_RC" in
     13|14) ;;
@@ -310,9 +332,8 @@ ok "old code refused (exit $OLD_RC), no Secret written"
 NEW_MAIL="$(wait_mail "$PRO_EMAIL" "$NEW_CODE_ID")"
 NEW_CODE="$(mail_field "$NEW_MAIL" code)"
 show "new mail: $(mail_field "$NEW_MAIL" subject) ($(mail_field "$NEW_MAIL" message-id))"
-printf '%s\n' "$NEW_CODE" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
-    --ca-bundle "$ALGA_CA_BUNDLE" --out "$WORK/appliance-2" --hostname "acme-appliance-1" \
-    >"$WORK/redeem-2.out" 2>&1 || { cat "$WORK/redeem-2.out" >&2; fail "redeeming the re-issued code failed"; }
+redeem "$NEW_CODE" "$WORK/appliance-2" "acme-appliance-1" "$WORK/redeem-2.out" \
+    || { cat "$WORK/redeem-2.out" >&2; fail "redeeming the re-issued code failed"; }
 show "$(cat "$WORK/redeem-2.out")"
 REBUILT_TENANT="$(secret_value "$WORK/appliance-2" appliance-initial-tenant.yaml INITIAL_TENANT_ID)"
 [ "$REBUILT_TENANT" = "$PRO_TENANT" ] || fail "the rebuilt appliance came up under $REBUILT_TENANT, not $PRO_TENANT"
@@ -328,7 +349,99 @@ ok "rebuilt appliance $REBUILT_APPLIANCE is back under tenant $REBUILT_TENANT (b
 record "re-issue" "old code refused (exit $OLD_RC)" "new code $NEW_CODE_ID"
 record "rebuilt redeem" "same tenant" "$REBUILT_TENANT"
 
-# 8. audit
+# 8. the old appliance is retired
+step "The rebuild retired the old appliance" \
+    "Redeeming the rebuild's code replaced appliance $PRO_APPLIANCE by $REBUILT_APPLIANCE: the old one" \
+    "no longer takes a seat and its check-ins are refused (403 appliance_replaced), even though its" \
+    "certificate is still within its validity. The new appliance checks in as usual."
+# Exit 33 is the appliance client's code for appliance_replaced; a client built before it
+# knew that code (its --help lists no 33) exits 1 with the service's code in its message.
+CHECK_IN_HELP="$("$APPLIANCE" check-in --help 2>&1 || true)"
+if grep -qE '^ +33 ' <<<"$CHECK_IN_HELP"; then WANT_REPLACED_RC=33; else WANT_REPLACED_RC=1; fi
+REPLACED_RC=0
+"$APPLIANCE" check-in --seed "$WORK/appliance-1" >"$WORK/check-in-replaced.out" 2>&1 || REPLACED_RC=$?
+show "old appliance's check-in -> exit $REPLACED_RC: $(grep -v '^$' "$WORK/check-in-replaced.out" | head -n 3)"
+case "$REPLACED_RC" in
+    0) fail "the replaced appliance $PRO_APPLIANCE could still check in" ;;
+    "$WANT_REPLACED_RC") ;;
+    *) fail "the replaced appliance's check-in exited $REPLACED_RC, expected $WANT_REPLACED_RC (appliance_replaced)" ;;
+esac
+if [ "$WANT_REPLACED_RC" = 1 ]; then
+    grep -q 'appliance_replaced' "$WORK/check-in-replaced.out" \
+        || fail "the replaced appliance's check-in failed, but not with appliance_replaced"
+    ok "old appliance refused: appliance_replaced (exit 1: this alga-appliance predates exit code 33)"
+else
+    ok "old appliance refused: appliance_replaced (exit $REPLACED_RC)"
+fi
+"$APPLIANCE" check-in --seed "$WORK/appliance-2" >"$WORK/check-in-2.out" 2>&1 \
+    || { cat "$WORK/check-in-2.out" >&2; fail "the rebuilt appliance's check-in failed"; }
+show "new appliance's check-in -> exit 0: $(grep -E '^(license_expires_at|credential_expires_at):' "$WORK/check-in-2.out" | paste -sd ' ')"
+ok "the rebuilt appliance $REBUILT_APPLIANCE checks in"
+printf '    %s$ algactl tenant show %s%s\n' "$D" "$PRO_TENANT" "$N"
+"$ALGACTL" tenant show "$PRO_TENANT" | sed 's/^/    /' || fail "algactl tenant show failed"
+"$ALGACTL" --json tenant show "$PRO_TENANT" >"$WORK/tenant-rebuilt.json" || fail "algactl tenant show --json failed"
+appliance_field() { # appliance_field FILE APPLIANCE_ID FIELD
+    jq -r --arg id "$2" --arg f "$3" '.appliances[] | select(.appliance_id == $id) | .[$f] // "null"' "$1"
+}
+[ "$(appliance_field "$WORK/tenant-rebuilt.json" "$PRO_APPLIANCE" state)" = replaced ] \
+    || fail "tenant show: appliance $PRO_APPLIANCE is '$(appliance_field "$WORK/tenant-rebuilt.json" "$PRO_APPLIANCE" state)', not replaced"
+[ "$(appliance_field "$WORK/tenant-rebuilt.json" "$PRO_APPLIANCE" replaced_by)" = "$REBUILT_APPLIANCE" ] \
+    || fail "tenant show: appliance $PRO_APPLIANCE is not replaced by $REBUILT_APPLIANCE"
+[ "$(appliance_field "$WORK/tenant-rebuilt.json" "$REBUILT_APPLIANCE" state)" = active ] \
+    || fail "tenant show: the rebuilt appliance $REBUILT_APPLIANCE is not active"
+SEATS="$(jq -r '.entitlement | "\(.active_appliances) of \(.max_appliances)"' "$WORK/tenant-rebuilt.json")"
+[ "${SEATS%% *}" = 1 ] || fail "tenant show: $SEATS active appliances after the rebuild, expected 1"
+ok "tenant show: ${PRO_APPLIANCE:0:8}… replaced by ${REBUILT_APPLIANCE:0:8}…, which is active ($SEATS appliances in use)"
+if [ "$WANT_REPLACED_RC" = 1 ]; then REPLACED_NOTE="refused (exit 1, appliance_replaced)"; else REPLACED_NOTE="refused (exit $REPLACED_RC)"; fi
+record "replaced check-in" "$REPLACED_NOTE" "appliance $PRO_APPLIANCE"
+record "rebuilt check-in" "accepted" "appliance $REBUILT_APPLIANCE"
+record "tenant show" "old replaced by new" "${PRO_APPLIANCE:0:8}… -> ${REBUILT_APPLIANCE:0:8}…, $SEATS active"
+
+# 9. suspension
+step "The store suspends the tenant, then resumes it" \
+    "A suspended tenant's appliances are refused at check-in (403 tenant_suspended; alga-appliance exits 31)" \
+    "and its codes cannot be redeemed; nothing is deleted. Resuming makes the same appliance check in again."
+"$ALGACTL" tenant suspend "$PRO_TENANT" --reason "demo: invoice overdue" | sed 's/^/    /' \
+    || fail "algactl tenant suspend failed"
+SUSPENDED_RC=0
+"$APPLIANCE" check-in --seed "$WORK/appliance-2" >"$WORK/check-in-suspended.out" 2>&1 || SUSPENDED_RC=$?
+show "check-in while suspended -> exit $SUSPENDED_RC: $(grep -v '^$' "$WORK/check-in-suspended.out" | head -n 3)"
+case "$SUSPENDED_RC" in
+    31) ;;
+    0) fail "the suspended tenant's appliance could still check in" ;;
+    *) fail "the suspended tenant's check-in exited $SUSPENDED_RC, expected 31 (tenant_suspended)" ;;
+esac
+ok "check-in refused while suspended (exit 31)"
+"$ALGACTL" tenant resume "$PRO_TENANT" --reason "demo: invoice paid" | sed 's/^/    /' \
+    || fail "algactl tenant resume failed"
+"$APPLIANCE" check-in --seed "$WORK/appliance-2" >"$WORK/check-in-resumed.out" 2>&1 \
+    || { cat "$WORK/check-in-resumed.out" >&2; fail "the check-in after resume failed"; }
+show "check-in after resume -> exit 0: $(grep -E '^(license_expires_at|credential_expires_at):' "$WORK/check-in-resumed.out" | paste -sd ' ')"
+[ "$("$ALGACTL" --json tenant show "$PRO_TENANT" | jq -r .status)" = active ] || fail "the tenant is not active after resume"
+RESUMED_EXP="$(sed -n 's/^license_expires_at: //p' "$WORK/check-in-resumed.out")"
+ok "resumed: the appliance checks in again (license until $RESUMED_EXP)"
+record "suspend" "check-in refused (exit 31)" "tenant $PRO_TENANT"
+record "resume" "check-in accepted" "until ${RESUMED_EXP%%.*}"
+
+# 10. appliances by health
+step "Which appliances check in as they should" \
+    "GET /appliances lists the registry's appliances by health (ok, overdue, stale: active appliances" \
+    "of paid editions), page by page; algactl --all follows the pages. Shown: this run's rows and the total."
+"$ALGACTL" appliance list --health ok --all --limit 1000 >"$WORK/appliances-ok.txt" \
+    || fail "algactl appliance list --health ok failed"
+sed -n '1p' "$WORK/appliances-ok.txt" | sed 's/^/    /'
+grep -F -e "$PRO_TENANT" -e "$ESS_TENANT" "$WORK/appliances-ok.txt" | sed 's/^/    /' || true
+tail -n 1 "$WORK/appliances-ok.txt" | sed 's/^/    /'
+"$ALGACTL" --json appliance list --health ok --all --limit 1000 >"$WORK/appliances-ok.json" \
+    || fail "algactl --json appliance list --health ok failed"
+OK_TOTAL="$(jq -r .total "$WORK/appliances-ok.json")"
+in_ok() { jq -e --arg id "$1" 'any(.appliances[]; .appliance_id == $id)' "$WORK/appliances-ok.json" >/dev/null; }
+in_ok "$REBUILT_APPLIANCE" || fail "the rebuilt appliance $REBUILT_APPLIANCE is not listed with health ok"
+! in_ok "$PRO_APPLIANCE" || fail "the replaced appliance $PRO_APPLIANCE is listed with health ok"
+ok "the rebuilt appliance is ok; the replaced one and the essentials one (no check-in) are not listed"
+record "appliances health=ok" "rebuilt listed, old not" "$OK_TOTAL ok in the registry"
+
+# 11. audit
 step "Security staff verify the audit log" \
     "Every action above is one audit record, hash-chained; the issuer signs checkpoints with the audit" \
     "key in the HSM. alga-audit recomputes the chain and checks every checkpoint signature offline."
@@ -350,7 +463,7 @@ AUDIT_CPS="$(jq -r '.report.checkpoints_valid' "$WORK/verify.json")"
 ok "chain intact: $AUDIT_RECORDS records, $AUDIT_CPS signed checkpoints"
 record "audit verify" "INTACT" "$AUDIT_RECORDS records, $AUDIT_CPS checkpoints"
 
-# 9. summary
+# 12. summary
 step "Summary" "Every step of the journey, with what it produced:"
 printf '  %s%-22s %-30s %s%s\n' "$B" STEP RESULT "FIGURE / ID" "$N"
 for row in "${SUMMARY[@]}"; do

@@ -111,6 +111,18 @@ impl Client {
         let resp = req.send().await.map_err(unreachable)?;
         decode(resp).await
     }
+
+    /// PUT `body` as JSON and decode the JSON answer.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        decode(resp).await
+    }
 }
 
 fn unreachable(e: reqwest::Error) -> anyhow::Error {

@@ -3,22 +3,30 @@
 //! Identity files come from flags, the environment (`ALGA_GATEWAY_URL`,
 //! `ALGA_CA_BUNDLE`, `ALGA_STORE_CERT`/`ALGA_STORE_KEY` for store commands,
 //! `ALGA_AUDITOR_CERT`/`ALGA_AUDITOR_KEY` for audit commands), or `.dev/env` of the
-//! local stack. Output is a human table by default and JSON with `--json`. Errors
-//! echo the service's stable error code and message.
+//! local stack. The read-only commands (`tenant show`, `appliance list`) speak as the
+//! store unless given `--as auditor`. Output is a human table by default and JSON with
+//! `--json` (the service's answer as it came; `appliance list --all` joins the pages
+//! into one with a `total`). Errors echo the service's stable error code and message.
+//!
+//! The human output is built in [`render`].
 #![forbid(unsafe_code)]
 
 mod audit;
 mod client;
 mod env_file;
+mod render;
 
 use std::path::PathBuf;
 
 use alga_protocol::api::{
-    Contact, IDEMPOTENCY_KEY, REGISTER_TENANT, REISSUE, RegisterTenantRequest,
-    RegisterTenantResponse, ReissueRequest, ReissueResponse,
+    APPLIANCES, AppliancePage, Contact, EntitlementRequest, EntitlementResponse, Health,
+    IDEMPOTENCY_KEY, REGISTER_TENANT, REISSUE, ReasonRequest, RegisterTenantRequest,
+    RegisterTenantResponse, ReissueRequest, ReissueResponse, RevokeResponse, TenantStatusResponse,
+    TenantView, entitlement_path, resume_path, revoke_path, suspend_path, tenant_path,
 };
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -75,23 +83,38 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
-    /// Re-issue an install code for a tenant (reinstall): unclaimed codes are revoked (store).
+    /// Re-issue an install code for a tenant (rebuild, reinstall, one more appliance);
+    /// the unclaimed codes it supersedes are revoked (store).
+    ///
+    /// Without --replaces-appliance-id or --add-appliance, the new code's redeem retires
+    /// the tenant's only active appliance (a rebuild), or adds one when it has none; a
+    /// tenant with several active appliances must say which (409 replacement_ambiguous).
+    /// Unclaimed codes for the same replacement are revoked; --add-appliance revokes none.
     Reissue {
+        /// The tenant (or --contact-email).
         #[arg(
             long,
             conflicts_with = "contact_email",
             required_unless_present = "contact_email"
         )]
         tenant_id: Option<Uuid>,
+        /// The tenant by its contact's address (409 ambiguous_contact when several share it).
         #[arg(long)]
         contact_email: Option<String>,
+        /// The appliance the new code's redeem retires (it must be active).
+        #[arg(long, conflicts_with = "add_appliance")]
+        replaces_appliance_id: Option<Uuid>,
+        /// The new code adds an appliance (within the edition's max_appliances) instead
+        /// of replacing one.
+        #[arg(long)]
+        add_appliance: bool,
     },
-    /// Tenants (store, auditor).
+    /// Tenants: show (store, auditor), set-edition, suspend, resume (store).
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
     },
-    /// Appliances (store).
+    /// Appliances: list (store, auditor), revoke (store).
     Appliance {
         #[command(subcommand)]
         command: ApplianceCommand,
@@ -135,21 +158,97 @@ enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 enum TenantCommand {
-    /// Show a tenant: edition, codes (no secrets), appliances, mail status.
-    Show { tenant_id: Uuid },
+    /// Show a tenant: status, edition, appliances, codes (no secrets), mail status.
+    Show {
+        tenant_id: Uuid,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
+    /// Change the tenant's edition (PUT /tenants/{id}/entitlement): refused when the
+    /// tenant has more active appliances than the new edition allows.
+    SetEdition {
+        tenant_id: Uuid,
+        /// The new edition, as the policy names it (e.g. pro, essentials).
+        #[arg(long)]
+        edition: String,
+    },
+    /// Suspend a tenant: its appliances' check-ins and its redeems are refused.
+    Suspend {
+        tenant_id: Uuid,
+        /// Why, for the audit log (one line, no secrets).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        tenant_id: Uuid,
+        /// Why, for the audit log (one line, no secrets).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ApplianceCommand {
+    /// List appliances, oldest first, optionally by health (ok, overdue, stale: active
+    /// appliances of paid editions only).
+    List {
+        /// Only active appliances of paid editions in this health.
+        #[arg(long, value_enum)]
+        health: Option<HealthArg>,
+        /// At most this many per page (1–1000; the service's default is 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Start after this cursor (the `next` of a previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Follow the pages to the end and print the total.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
     /// Revoke an appliance's credential: its next check-in is refused.
-    Revoke { appliance_id: Uuid },
+    Revoke {
+        appliance_id: Uuid,
+        /// Why, for the audit log (one line, no secrets).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Read-only commands speak as the store unless told otherwise.
+#[derive(Debug, Args)]
+struct ReaderArgs {
+    /// Whose identity to present: the store's (ALGA_STORE_CERT/KEY) or the auditor's
+    /// (ALGA_AUDITOR_CERT/KEY).
+    #[arg(long = "as", value_enum, default_value_t = As::Store)]
+    identity: As,
 }
 
 /// Which identity a command speaks as.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum As {
     Store,
     Auditor,
+}
+
+/// `--health`: the wire's [`Health`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HealthArg {
+    Ok,
+    Overdue,
+    Stale,
+}
+
+impl From<HealthArg> for Health {
+    fn from(h: HealthArg) -> Health {
+        match h {
+            HealthArg::Ok => Health::Ok,
+            HealthArg::Overdue => Health::Overdue,
+            HealthArg::Stale => Health::Stale,
+        }
+    }
 }
 
 #[tokio::main]
@@ -165,6 +264,7 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Register {
             company,
@@ -186,43 +286,201 @@ async fn run(cli: Cli) -> Result<()> {
             let resp: RegisterTenantResponse = client
                 .post(REGISTER_TENANT, &body, &[(IDEMPOTENCY_KEY, key)])
                 .await?;
-            print_registration(&resp, None, cli.json)
+            output(&resp, json, render::registration)
         }
         Command::Reissue {
             tenant_id,
             contact_email,
+            replaces_appliance_id,
+            add_appliance,
         } => {
             let client = connect(&cli.conn, As::Store)?;
             let body = ReissueRequest {
                 tenant_id,
                 contact_email,
-                ..ReissueRequest::default()
+                replaces_appliance_id,
+                add_appliance,
             };
             let resp: ReissueResponse = client.post(REISSUE, &body, &[]).await?;
-            print_registration(&resp.code, Some(&resp.revoked_code_ids), cli.json)
+            output(&resp, json, render::reissue)
         }
-        Command::Tenant {
-            command: TenantCommand::Show { tenant_id },
-        } => {
-            let client = connect(&cli.conn, As::Store)?;
-            let tenant: Value = client.get(&format!("/tenants/{tenant_id}")).await?;
-            print_value(&tenant, cli.json)
+        Command::Tenant { command } => run_tenant(&cli.conn, command, json).await,
+        Command::Appliance { command } => run_appliance(&cli.conn, command, json).await,
+        Command::Audit { command } => run_audit(&cli.conn, command, json).await,
+    }
+}
+
+async fn run_tenant(conn: &ConnArgs, command: TenantCommand, json: bool) -> Result<()> {
+    match command {
+        TenantCommand::Show { tenant_id, reader } => {
+            let client = connect(conn, reader.identity)?;
+            let body: Value = client.get(&tenant_path(tenant_id)).await?;
+            if json {
+                return print_json(&body);
+            }
+            let tenant: TenantView = serde_json::from_value(body)
+                .context("the service's tenant view is not what this client expects")?;
+            print!(
+                "{}",
+                render::tenant(&tenant, time::OffsetDateTime::now_utc())
+            );
+            Ok(())
         }
-        Command::Appliance {
-            command: ApplianceCommand::Revoke { appliance_id },
-        } => {
-            let client = connect(&cli.conn, As::Store)?;
-            let resp: Value = client
-                .post(
-                    &format!("/appliances/{appliance_id}/revoke"),
-                    &serde_json::json!({}),
-                    &[],
+        TenantCommand::SetEdition { tenant_id, edition } => {
+            let client = connect(conn, As::Store)?;
+            let resp: EntitlementResponse = client
+                .put(
+                    &entitlement_path(tenant_id),
+                    &EntitlementRequest { edition },
                 )
                 .await?;
-            print_value(&resp, cli.json)
+            output(&resp, json, render::entitlement)
         }
-        Command::Audit { command } => run_audit(&cli.conn, command, cli.json).await,
+        TenantCommand::Suspend { tenant_id, reason } => {
+            let client = connect(conn, As::Store)?;
+            let resp: TenantStatusResponse = client
+                .post(&suspend_path(tenant_id), &ReasonRequest { reason }, &[])
+                .await?;
+            output(&resp, json, render::tenant_status)
+        }
+        TenantCommand::Resume { tenant_id, reason } => {
+            let client = connect(conn, As::Store)?;
+            let resp: TenantStatusResponse = client
+                .post(&resume_path(tenant_id), &ReasonRequest { reason }, &[])
+                .await?;
+            output(&resp, json, render::tenant_status)
+        }
     }
+}
+
+async fn run_appliance(conn: &ConnArgs, command: ApplianceCommand, json: bool) -> Result<()> {
+    match command {
+        ApplianceCommand::List {
+            health,
+            limit,
+            after,
+            all,
+            reader,
+        } => {
+            let client = connect(conn, reader.identity)?;
+            list_appliances(&client, health.map(Health::from), limit, after, all, json).await
+        }
+        ApplianceCommand::Revoke {
+            appliance_id,
+            reason,
+        } => {
+            let client = connect(conn, As::Store)?;
+            let body: Value = client
+                .post(&revoke_path(appliance_id), &ReasonRequest { reason }, &[])
+                .await?;
+            if json {
+                return print_json(&body);
+            }
+            // The revocation is done: never fail on how its answer reads.
+            match serde_json::from_value::<RevokeResponse>(body.clone()) {
+                Ok(r) => print!("{}", render::revoked(&r)),
+                Err(_) => print_value(&body),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `GET /appliances`, one page (its `next` printed for the following one) or, with
+/// `all`, every page to the end with the total.
+async fn list_appliances(
+    client: &Client,
+    health: Option<Health>,
+    limit: Option<u32>,
+    mut after: Option<String>,
+    all: bool,
+    json: bool,
+) -> Result<()> {
+    let mut raw: Vec<Value> = Vec::new();
+    let mut typed = Vec::new();
+    let mut pages = 0u32;
+    let next = loop {
+        let body: Value = client
+            .get(&appliances_path(health, after.as_deref(), limit))
+            .await?;
+        let page: AppliancePage = serde_json::from_value(body.clone())
+            .context("the service's appliance page is not what this client expects")?;
+        pages += 1;
+        if !all {
+            if json {
+                return print_json(&body);
+            }
+            typed = page.appliances;
+            break page.next;
+        }
+        let n = page.appliances.len();
+        raw.extend(body["appliances"].as_array().cloned().unwrap_or_default());
+        typed.extend(page.appliances);
+        match page.next {
+            None => break None,
+            Some(next) if n == 0 || after.as_deref() == Some(next.as_str()) => anyhow::bail!(
+                "the service's paging does not advance (page {pages} of {n} appliances, next {next}): stopped"
+            ),
+            Some(next) => after = Some(next),
+        }
+    };
+    if json {
+        return print_json(&serde_json::json!({
+            "appliances": raw,
+            "next": null,
+            "total": typed.len(),
+        }));
+    }
+    print!(
+        "{}",
+        render::appliances(&typed, time::OffsetDateTime::now_utc())
+    );
+    let filter = health.map_or_else(String::new, |h| format!(" with health {}", h.as_str()));
+    match next {
+        Some(next) => println!(
+            "\n{} appliances{filter} on this page; the next page: --after {next} (or --all)",
+            typed.len()
+        ),
+        None if all => println!(
+            "\ntotal: {} appliances{filter} ({pages} page{})",
+            typed.len(),
+            if pages == 1 { "" } else { "s" }
+        ),
+        None => println!("\n{} appliances{filter} (the last page)", typed.len()),
+    }
+    Ok(())
+}
+
+/// `/appliances?health=…&after=…&limit=…` with only the given parameters.
+fn appliances_path(health: Option<Health>, after: Option<&str>, limit: Option<u32>) -> String {
+    let mut query = Vec::new();
+    if let Some(h) = health {
+        query.push(format!("health={}", h.as_str()));
+    }
+    if let Some(a) = after {
+        query.push(format!("after={}", query_escape(a)));
+    }
+    if let Some(l) = limit {
+        query.push(format!("limit={l}"));
+    }
+    if query.is_empty() {
+        APPLIANCES.to_owned()
+    } else {
+        format!("{APPLIANCES}?{}", query.join("&"))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (a cursor is opaque).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn run_audit(conn: &ConnArgs, command: AuditCommand, json: bool) -> Result<()> {
@@ -322,52 +580,27 @@ fn connect(conn: &ConnArgs, who: As) -> Result<Client> {
     Client::new(&identity)
 }
 
-fn print_registration(
-    resp: &RegisterTenantResponse,
-    revoked: Option<&Vec<String>>,
-    json: bool,
-) -> Result<()> {
+/// Prints `value` as pretty JSON, or its human form.
+fn output<T: Serialize>(value: &T, json: bool, human: fn(&T) -> String) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(resp)?);
-        return Ok(());
+        print_json(value)
+    } else {
+        print!("{}", human(value));
+        Ok(())
     }
-    let rfc = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    let mut rows = vec![
-        ("tenant", resp.tenant_id.to_string()),
-        ("edition", resp.edition.clone()),
-        ("code id", resp.install_code.code_id.clone()),
-        ("code expires", rfc(resp.install_code.expires_at)),
-        ("download link expires", rfc(resp.download.expires_at)),
-        ("email", format!("{:?}", resp.email.status).to_lowercase()),
-    ];
-    if let Some(revoked) = revoked {
-        rows.push((
-            "revoked codes",
-            if revoked.is_empty() {
-                "none".to_owned()
-            } else {
-                revoked.join(", ")
-            },
-        ));
-    }
-    print_table(&rows);
-    println!("\nThe install code went to the contact's mailbox only; it is never shown here.");
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-fn print_value(value: &Value, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        return Ok(());
-    }
+/// An answer this client has no typed view of, as `a.b[0].c  value` rows.
+fn print_value(value: &Value) {
     let mut rows = Vec::new();
     flatten("", value, &mut rows);
     let rows: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     print_table(&rows);
-    Ok(())
 }
 
 /// Flattens nested JSON into `a.b[0].c = value` rows for the human table.
@@ -396,8 +629,244 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
 }
 
 fn print_table(rows: &[(&str, String)]) {
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in rows {
-        println!("{k:<width$}  {v}");
+    print!("{}", render::kv(rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    const A: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+    const T: &str = "11111111-1111-4111-8111-111111111111";
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("algactl").chain(args.iter().copied()))
+    }
+
+    fn kind(args: &[&str]) -> clap::error::ErrorKind {
+        match parse(args) {
+            Ok(cli) => panic!("{args:?} parsed: {cli:?}"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reissue_takes_one_replacement_mode_at_most() {
+        let cli = parse(&["reissue", "--tenant-id", T, "--replaces-appliance-id", A])
+            .expect("--replaces-appliance-id");
+        let Command::Reissue {
+            tenant_id,
+            replaces_appliance_id,
+            add_appliance,
+            ..
+        } = cli.command
+        else {
+            panic!("not a reissue: {cli:?}");
+        };
+        assert_eq!(tenant_id.map(|u| u.to_string()).as_deref(), Some(T));
+        assert_eq!(
+            replaces_appliance_id.map(|u| u.to_string()).as_deref(),
+            Some(A)
+        );
+        assert!(!add_appliance);
+
+        let cli = parse(&["reissue", "--contact-email", "a@b.test", "--add-appliance"])
+            .expect("--add-appliance");
+        assert!(matches!(
+            cli.command,
+            Command::Reissue {
+                add_appliance: true,
+                replaces_appliance_id: None,
+                ..
+            }
+        ));
+
+        let cli = parse(&["reissue", "--contact-email", "a@b.test"]).expect("neither");
+        assert!(matches!(
+            cli.command,
+            Command::Reissue {
+                add_appliance: false,
+                replaces_appliance_id: None,
+                ..
+            }
+        ));
+
+        use clap::error::ErrorKind;
+        assert_eq!(
+            kind(&[
+                "reissue",
+                "--tenant-id",
+                T,
+                "--replaces-appliance-id",
+                A,
+                "--add-appliance"
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["reissue", "--tenant-id", T, "--contact-email", "a@b.test"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["reissue", "--add-appliance"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&[
+                "reissue",
+                "--tenant-id",
+                T,
+                "--replaces-appliance-id",
+                "not-a-uuid"
+            ]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn the_health_filter_takes_exactly_the_wire_values() {
+        for h in Health::ALL {
+            let cli = parse(&["appliance", "list", "--health", h.as_str()])
+                .unwrap_or_else(|e| panic!("--health {}: {e}", h.as_str()));
+            let Command::Appliance {
+                command: ApplianceCommand::List { health, .. },
+            } = cli.command
+            else {
+                panic!("not a list: {cli:?}");
+            };
+            assert_eq!(health.map(Health::from), Some(h));
+        }
+        let listed: Vec<String> = HealthArg::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        let wire: Vec<&str> = Health::ALL.iter().map(|h| h.as_str()).collect();
+        assert_eq!(listed, wire);
+        use clap::error::ErrorKind;
+        for bad in ["healthy", "OK ", "late", ""] {
+            assert_eq!(
+                kind(&["appliance", "list", "--health", bad]),
+                ErrorKind::InvalidValue,
+                "--health {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn appliance_list_bounds_its_limit_and_defaults_to_the_store() {
+        let cli = parse(&["appliance", "list"]).expect("no options");
+        let Command::Appliance {
+            command:
+                ApplianceCommand::List {
+                    health,
+                    limit,
+                    after,
+                    all,
+                    reader,
+                },
+        } = cli.command
+        else {
+            panic!("not a list: {cli:?}");
+        };
+        assert_eq!((health, limit, after, all), (None, None, None, false));
+        assert_eq!(reader.identity, As::Store);
+
+        let cli = parse(&[
+            "appliance",
+            "list",
+            "--limit",
+            "1000",
+            "--all",
+            "--as",
+            "auditor",
+        ])
+        .expect("limit 1000");
+        assert!(matches!(
+            cli.command,
+            Command::Appliance {
+                command: ApplianceCommand::List {
+                    limit: Some(1000),
+                    all: true,
+                    reader: ReaderArgs {
+                        identity: As::Auditor
+                    },
+                    ..
+                }
+            }
+        ));
+        use clap::error::ErrorKind;
+        for bad in ["0", "1001", "-1", "ten"] {
+            assert_eq!(
+                kind(&["appliance", "list", &format!("--limit={bad}")]),
+                ErrorKind::ValueValidation,
+                "--limit {bad}"
+            );
+        }
+        assert_eq!(
+            kind(&["appliance", "list", "--as", "gateway"]),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn tenant_subcommands_parse() {
+        let cli =
+            parse(&["tenant", "set-edition", T, "--edition", "essentials"]).expect("set-edition");
+        assert!(matches!(
+            cli.command,
+            Command::Tenant { command: TenantCommand::SetEdition { ref edition, .. } } if edition == "essentials"
+        ));
+        assert_eq!(
+            kind(&["tenant", "set-edition", T]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let cli = parse(&["tenant", "suspend", T, "--reason", "unpaid invoice"]).expect("suspend");
+        assert!(matches!(
+            cli.command,
+            Command::Tenant { command: TenantCommand::Suspend { reason: Some(ref r), .. } } if r == "unpaid invoice"
+        ));
+        let cli = parse(&["tenant", "resume", T]).expect("resume");
+        assert!(matches!(
+            cli.command,
+            Command::Tenant {
+                command: TenantCommand::Resume { reason: None, .. }
+            }
+        ));
+        let cli = parse(&["--json", "tenant", "show", T, "--as", "auditor"]).expect("show");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Tenant {
+                command: TenantCommand::Show {
+                    reader: ReaderArgs {
+                        identity: As::Auditor
+                    },
+                    ..
+                }
+            }
+        ));
+        let cli = parse(&["appliance", "revoke", A, "--json"]).expect("revoke");
+        assert!(cli.json);
+    }
+
+    #[test]
+    fn the_appliances_query_has_only_what_was_given() {
+        assert_eq!(appliances_path(None, None, None), "/appliances");
+        assert_eq!(
+            appliances_path(Some(Health::Overdue), Some(A), Some(50)),
+            format!("/appliances?health=overdue&after={A}&limit=50")
+        );
+        assert_eq!(
+            appliances_path(None, Some("a b&c=d/é"), None),
+            "/appliances?after=a%20b%26c%3Dd%2F%C3%A9"
+        );
     }
 }

@@ -332,6 +332,19 @@ pub struct ApplianceView {
     pub replaced_at: Option<OffsetDateTime>,
 }
 
+/// 200 body of `POST /appliances/{appliance_id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub appliance_id: Uuid,
+    pub tenant_id: Uuid,
+    /// `revoked`, or `replaced` when a rebuild had retired it already.
+    pub state: ApplianceState,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// `false` when it was already revoked or replaced (the call is idempotent).
+    pub changed: bool,
+}
+
 /// 200 body of `GET /tenants/{tenant_id}`: the tenant, its entitlement, its codes
 /// (public facts only), its appliances and its mail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -357,7 +357,7 @@ pub async fn revoke_appliance(
         reason.as_ref().map(|n| n.as_str()),
     )
     .await?;
-    Ok(Json(r).into_response())
+    Ok(Json(views::revoked(r)).into_response())
 }
 
 /// Paging of the audit endpoints.

@@ -4,6 +4,7 @@ use alga_protocol::api as wire;
 
 use crate::db::appliances::{Health, State, WithHealth};
 use crate::flows::lifecycle::{AppliancePage, EditionChanged, StatusChanged};
+use crate::flows::revoke::Revoked;
 use crate::flows::tenants::TenantDetails;
 
 fn state(s: State) -> wire::ApplianceState {
@@ -131,6 +132,16 @@ pub fn edition_changed(c: EditionChanged) -> wire::EntitlementResponse {
         revoked_code_ids: c.revoked_code_ids,
         active_appliances: c.active_appliances,
         max_appliances: c.max_appliances,
+    }
+}
+
+pub fn revoked(r: Revoked) -> wire::RevokeResponse {
+    wire::RevokeResponse {
+        appliance_id: r.appliance_id,
+        tenant_id: r.tenant_id,
+        state: state(r.state),
+        revoked_at: r.revoked_at,
+        changed: r.changed,
     }
 }
 

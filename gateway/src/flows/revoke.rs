@@ -3,7 +3,6 @@
 //! goes through check-in, which reads this state) and it no longer takes a seat. One a
 //! rebuild replaced stays `replaced`: it is refused at check-in already.
 
-use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::instrument;
 use uuid::Uuid;
@@ -11,16 +10,16 @@ use uuid::Uuid;
 use super::Ctx;
 use crate::App;
 use crate::audit::{self, actions};
+use crate::db::appliances::State;
 use crate::db::{self, appliances};
 use crate::error::ApiError;
 
 /// The result of a revocation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Revoked {
     pub appliance_id: Uuid,
     pub tenant_id: Uuid,
-    pub state: &'static str,
-    #[serde(with = "time::serde::rfc3339::option")]
+    pub state: State,
     pub revoked_at: Option<OffsetDateTime>,
     /// `false` when it was already revoked, or replaced by a rebuild (the call is
     /// idempotent; `state` says which).
@@ -59,7 +58,7 @@ pub async fn revoke(
         Ok(Revoked {
             appliance_id,
             tenant_id: a.tenant_id,
-            state: after.state.as_str(),
+            state: after.state,
             revoked_at: after.revoked_at,
             changed,
         })

@@ -1,6 +1,8 @@
 //! Every hot query of the flows uses an index (issue 8): a plan check, not a timing.
 //!
-//! The statements are those of `gateway::db` (copied: the module keeps them private),
+//! The statements are those of `gateway::db` (copied: the module keeps them private;
+//! the count of appliances by health behind the metrics gauge is left out: it reads
+//! every active appliance by design, at most once per 30 s),
 //! prepared and explained with the generic plan (what a prepared statement settles on)
 //! against 20,000 tenants, codes, appliances, idempotency records and outbox rows. A
 //! sequential scan of one of those tables would make the flow's cost grow with the
@@ -29,7 +31,7 @@ const HOT: &[(&str, &str, &str)] = &[
         "code by code_id",
         "SELECT code_id, tenant_id, edition, expires_at, key_version, state, created_at, \
          consumed_at, consumer_key_fingerprint, appliance_id, revoked_at, expires_at <= now(), \
-         coalesce(consumed_at > now() - interval '15 minutes', false) \
+         coalesce(consumed_at > now() - interval '15 minutes', false), replaces_appliance_id \
          FROM install_codes WHERE code_id = $1",
         "('{b}')",
     ),
@@ -38,10 +40,73 @@ const HOT: &[(&str, &str, &str)] = &[
         "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
          consumer_key_fingerprint = $3, appliance_id = $4 \
          WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
-         AND key_version = $7 AND state = 'unclaimed' AND expires_at > now() \
+         AND key_version = $7 AND replaces_appliance_id IS NOT DISTINCT FROM $8 \
+         AND state = 'unclaimed' AND expires_at > now() \
          RETURNING consumed_at",
         "('{b}', '{t}', 'fp', \
-         gen_random_uuid(), 'pro', date_trunc('second', now() + interval '30 days'), 1)",
+         gen_random_uuid(), 'pro', date_trunc('second', now() + interval '30 days'), 1, NULL)",
+    ),
+    (
+        "tenant lock",
+        "SELECT status, edition FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
+        "('{t}')",
+    ),
+    (
+        "seats in use",
+        "SELECT count(*), coalesce(bool_or(appliance_id = $2), false) \
+         FROM appliances WHERE tenant_id = $1 AND state = 'active'",
+        "('{t}', '{a}')",
+    ),
+    (
+        "active appliances of a tenant",
+        "SELECT appliance_id FROM appliances WHERE tenant_id = $1 AND state = 'active' \
+         ORDER BY created_at, appliance_id LIMIT $2",
+        "('{t}', 2)",
+    ),
+    (
+        "replace an appliance",
+        "UPDATE appliances SET state = 'replaced', replaced_by = $3, replaced_at = now() \
+         WHERE appliance_id = $1 AND tenant_id = $2 AND state = 'active'",
+        "('{a}', '{t}', '{a}')",
+    ),
+    (
+        "revoke superseded codes",
+        "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
+         WHERE tenant_id = $1 AND state = 'unclaimed' \
+           AND ($2 OR replaces_appliance_id IS NOT DISTINCT FROM $3) \
+         RETURNING code_id",
+        "('{t}', false, NULL)",
+    ),
+    (
+        "appliances of a tenant with health",
+        "SELECT * FROM (SELECT a.*, \
+           CASE WHEN a.state <> 'active' OR c.overdue_before IS NULL THEN NULL \
+                WHEN coalesce(a.last_check_in_at, a.created_at) <= $1 THEN 'stale' \
+                WHEN coalesce(a.last_check_in_at, a.created_at) < c.overdue_before THEN 'overdue' \
+                ELSE 'ok' END AS health \
+         FROM (SELECT * FROM appliances) a \
+         LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id \
+         LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS c(edition, overdue_before) \
+           ON c.edition = e.edition \
+         WHERE a.tenant_id = $4) x ORDER BY created_at, appliance_id",
+        "(now() - interval '30 days', '{pro}', ARRAY[now() - interval '4 days'], '{t}')",
+    ),
+    (
+        "a page of appliances by health",
+        "SELECT * FROM (SELECT a.*, \
+           CASE WHEN a.state <> 'active' OR c.overdue_before IS NULL THEN NULL \
+                WHEN coalesce(a.last_check_in_at, a.created_at) <= $1 THEN 'stale' \
+                WHEN coalesce(a.last_check_in_at, a.created_at) < c.overdue_before THEN 'overdue' \
+                ELSE 'ok' END AS health \
+         FROM (SELECT * FROM appliances) a \
+         LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id \
+         LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS c(edition, overdue_before) \
+           ON c.edition = e.edition \
+           WHERE ($5::uuid IS NULL OR a.appliance_id > $5) \
+             AND ($4::text IS NULL OR a.state = 'active')) x \
+         WHERE $4::text IS NULL OR health = $4 \
+         ORDER BY appliance_id LIMIT $6",
+        "(now() - interval '30 days', '{pro}', ARRAY[now() - interval '4 days'], 'ok', '{a}', 100)",
     ),
     (
         "appliance by id",
@@ -71,8 +136,8 @@ const HOT: &[(&str, &str, &str)] = &[
     ),
     (
         "tenant by id",
-        "SELECT tenant_id, company, contact_name, contact_email, edition, status, created_at \
-         FROM tenants WHERE tenant_id = $1",
+        "SELECT tenant_id, company, contact_name, contact_email, edition, status, \
+         suspended_at, created_at FROM tenants WHERE tenant_id = $1",
         "('{t}')",
     ),
     (

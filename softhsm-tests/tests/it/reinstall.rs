@@ -1,9 +1,12 @@
 //! Reinstall recovery: re-issue by contact email, the old code refused, the new code
-//! redeems under the same tenant; re-issuing again revokes the unclaimed code.
+//! redeems under the same tenant and retires the old appliance (its check-in refused,
+//! the new one's accepted); re-issuing again revokes the unclaimed code.
 
 use anyhow::{Context, Result, ensure};
 
-use crate::support::{Customer, Stack, algactl, redeem, register, reissue_by_email, wait_mail};
+use crate::support::{
+    Customer, Stack, algactl, appliance_output, redeem, register, reissue_by_email, wait_mail,
+};
 
 #[test]
 fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
@@ -36,6 +39,11 @@ fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
                 .as_array()
                 .is_some_and(|a| a.is_empty()),
             "the consumed code is not 'revoked': {}",
+            re.json
+        );
+        ensure!(
+            re.json["replaces_appliance_id"] == appliance1,
+            "the rebuild's code does not replace the running appliance: {}",
             re.json
         );
 
@@ -76,6 +84,28 @@ fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
         ensure!(
             claims["appliance_id"] != appliance1,
             "the rebuilt appliance reused the old id"
+        );
+
+        // One purchase, one licensed appliance: the old one is refused at check-in
+        // (exit 33, nothing rewritten), the rebuilt one is refreshed.
+        let seed = |dir: &str| s.path(dir).display().to_string();
+        let old_seed = std::fs::read(s.path("install-1").join("appliance-license-seed.yaml"))?;
+        let refused = appliance_output(&["check-in", "--seed", &seed("install-1")], &[])?;
+        ensure!(
+            refused.status.code() == Some(33),
+            "the replaced appliance's check-in: {:?}, {}",
+            refused.status,
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        ensure!(
+            std::fs::read(s.path("install-1").join("appliance-license-seed.yaml"))? == old_seed,
+            "a refused check-in rewrote the seed"
+        );
+        let accepted = appliance_output(&["check-in", "--seed", &seed("install-2")], &[])?;
+        ensure!(
+            accepted.status.success(),
+            "the rebuilt appliance's check-in: {}",
+            String::from_utf8_lossy(&accepted.stderr)
         );
 
         // Re-issuing while a code is unclaimed revokes it; the revoked code is refused.
@@ -120,8 +150,16 @@ fn reissue_by_contact_email_brings_the_same_tenant_back() -> Result<()> {
             states == expected,
             "codes {states:?}, expected {expected:?}"
         );
-        let appliances = t["appliances"].as_array().map(Vec::len);
-        ensure!(appliances == Some(2), "appliances: {}", t["appliances"]);
+        let appliances = t["appliances"].as_array().context("appliances")?;
+        ensure!(appliances.len() == 2, "appliances: {}", t["appliances"]);
+        let old = appliances
+            .iter()
+            .find(|a| a["appliance_id"] == appliance1)
+            .context("the first appliance")?;
+        ensure!(
+            old["state"] == "replaced" && old["replaced_by"] == claims["appliance_id"],
+            "the first appliance is not replaced by the rebuilt one: {old}"
+        );
         for secret in [&code1, &code2, &code3] {
             ensure!(
                 !t.to_string().contains(&secret.replace('-', "")),

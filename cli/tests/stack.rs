@@ -1,0 +1,313 @@
+//! `algactl` against the local stack (`make up`): the store's lifecycle commands end to
+//! end through the real gateway — what the service answers, what the tables show, and
+//! that refusals echo the stable error code. The stack's `.dev/env` is required: without
+//! it (or with the gateway down) these tests fail, they are never skipped.
+//!
+//! Redeems and check-ins (replaced and suspended appliances) are driven by
+//! `scripts/demo.sh` and `softhsm-tests`, which run `alga-appliance` too.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use alga_protocol::api::{
+    AppliancePage, EntitlementResponse, ReissueResponse, TenantStatus, TenantStatusResponse,
+    TenantView,
+};
+use serde_json::Value;
+
+/// The stack's settings file; panics (fails the test) when the stack was never started.
+fn env_file() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dev/env");
+    assert!(
+        path.is_file(),
+        "{} is missing: start the local stack with `make up` (these tests need it; they are not skipped)",
+        path.display()
+    );
+    path
+}
+
+fn algactl(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_algactl"))
+        .arg("--env-file")
+        .arg(env_file())
+        .args(args)
+        .output()
+        .expect("running algactl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("cannot reach the gateway"),
+        "the gateway of .dev/env does not answer (make up; make status): {stderr}"
+    );
+    out
+}
+
+/// `algactl <args>`, which must succeed; its standard output.
+fn ok(args: &[&str]) -> String {
+    let out = algactl(args);
+    assert!(
+        out.status.success(),
+        "algactl {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `algactl --json <args>`, decoded as `T`.
+fn json<T: serde::de::DeserializeOwned>(args: &[&str]) -> T {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = ok(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("algactl {args:?}: {e}: {text}"))
+}
+
+/// `algactl <args>`, which the service must refuse with `status` and `code`.
+fn refused(args: &[&str], status: u16, code: &str) -> String {
+    let out = algactl(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "algactl {args:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("the service answered {status} {code}:")),
+        "algactl {args:?}: expected {status} {code}, got: {stderr}"
+    );
+    stderr
+}
+
+/// A fresh pro customer; its tenant id and registration code id.
+fn register(label: &str) -> (String, String) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let u = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let v: Value = json(&[
+        "register",
+        "--company",
+        &format!("algactl {label} {u}"),
+        "--contact-name",
+        "CLI Tester",
+        "--contact-email",
+        &format!("cli-{label}-{u}@cli.test"),
+        "--edition",
+        "pro",
+    ]);
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{p} missing in {v}"))
+            .to_owned()
+    };
+    (s("/tenant_id"), s("/install_code/code_id"))
+}
+
+/// The value of the `key  value` line of a table.
+fn row<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).filter(|r| r.starts_with("  ")))
+        .unwrap_or_else(|| panic!("no `{key}` row in:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn reissue_prints_the_whole_answer_and_what_it_replaces() {
+    let (tenant, code) = register("reissue");
+    // No appliance yet. --add-appliance: one more, and no pending code is superseded.
+    let added: ReissueResponse = json(&["reissue", "--tenant-id", &tenant, "--add-appliance"]);
+    assert_eq!(added.code.tenant_id.to_string(), tenant);
+    assert_eq!(added.replaces_appliance_id, None);
+    assert_eq!(added.revoked_code_ids, Vec::<String>::new());
+    // Neither flag: the first install's code sent again, superseding the pending ones
+    // (the registration's and the added one: neither replaces an appliance).
+    let raw: Value = json(&["reissue", "--tenant-id", &tenant]);
+    for field in [
+        "tenant_id",
+        "install_code",
+        "download",
+        "email",
+        "replaces_appliance_id",
+        "revoked_code_ids",
+    ] {
+        assert!(
+            raw.get(field).is_some(),
+            "--json reissue lacks {field}: {raw}"
+        );
+    }
+    assert!(raw["replaces_appliance_id"].is_null(), "{raw}");
+    let mut expected = vec![code, added.code.install_code.code_id.clone()];
+    expected.sort();
+    assert_eq!(
+        raw["revoked_code_ids"],
+        serde_json::json!(expected),
+        "{raw}"
+    );
+    let table = ok(&["reissue", "--tenant-id", &tenant]);
+    assert_eq!(
+        row(&table, "replaces appliance"),
+        "none (adds an appliance)"
+    );
+    let previous = raw["install_code"]["code_id"].as_str().expect("code_id");
+    assert_eq!(row(&table, "revoked codes"), previous);
+
+    let missing = "00000000-0000-4000-8000-000000000000";
+    refused(
+        &[
+            "reissue",
+            "--tenant-id",
+            &tenant,
+            "--replaces-appliance-id",
+            missing,
+        ],
+        404,
+        "appliance_not_found",
+    );
+    refused(
+        &["reissue", "--tenant-id", missing, "--add-appliance"],
+        404,
+        "tenant_not_found",
+    );
+    // Both replacement modes: refused by algactl itself (usage, exit 2).
+    let out = algactl(&[
+        "reissue",
+        "--tenant-id",
+        &tenant,
+        "--replaces-appliance-id",
+        missing,
+        "--add-appliance",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn edition_suspension_and_the_tenant_view() {
+    let (tenant, _) = register("lifecycle");
+
+    let show = ok(&["tenant", "show", &tenant]);
+    assert_eq!(row(&show, "status"), "active");
+    assert_eq!(row(&show, "edition"), "pro");
+    assert!(
+        row(&show, "appliances").starts_with("0 active of "),
+        "{show}"
+    );
+    assert!(show.contains("\nappliances (0)\n"), "{show}");
+    // The auditor reads it too; --json is the service's body, which is a TenantView.
+    let view: TenantView = json(&["tenant", "show", &tenant, "--as", "auditor"]);
+    assert_eq!(view.tenant_id.to_string(), tenant);
+    assert_eq!(view.status, TenantStatus::Active);
+
+    let e: EntitlementResponse =
+        json(&["tenant", "set-edition", &tenant, "--edition", "essentials"]);
+    assert!(e.changed, "{e:?}");
+    assert_eq!(
+        (e.previous_edition.as_str(), e.edition.as_str()),
+        ("pro", "essentials")
+    );
+    assert_eq!(e.active_appliances, 0);
+    let again = ok(&["tenant", "set-edition", &tenant, "--edition", "essentials"]);
+    assert_eq!(row(&again, "edition"), "essentials (unchanged)");
+    let bad = refused(
+        &[
+            "tenant",
+            "set-edition",
+            &tenant,
+            "--edition",
+            "no-such-edition",
+        ],
+        400,
+        "validation_failed",
+    );
+    assert!(
+        bad.contains("edition:"),
+        "the field's problem is shown: {bad}"
+    );
+    let back = ok(&["tenant", "set-edition", &tenant, "--edition", "pro"]);
+    assert_eq!(row(&back, "edition"), "pro (was essentials)");
+
+    let s: TenantStatusResponse = json(&["tenant", "suspend", &tenant, "--reason", "cli test"]);
+    assert_eq!(s.status, TenantStatus::Suspended);
+    assert!(s.suspended_at.is_some());
+    refused(
+        &["tenant", "suspend", &tenant],
+        409,
+        "tenant_already_suspended",
+    );
+    let show = ok(&["tenant", "show", &tenant]);
+    assert!(
+        row(&show, "status").starts_with("suspended since "),
+        "{show}"
+    );
+    let r = ok(&["tenant", "resume", &tenant, "--reason", "cli test done"]);
+    assert_eq!(row(&r, "status"), "active");
+    assert_eq!(row(&r, "suspended since"), "-");
+    refused(&["tenant", "resume", &tenant], 409, "tenant_not_suspended");
+
+    let missing = "00000000-0000-4000-8000-000000000000";
+    refused(&["tenant", "show", missing], 404, "tenant_not_found");
+    refused(&["tenant", "suspend", missing], 404, "tenant_not_found");
+    refused(
+        &["appliance", "revoke", missing],
+        404,
+        "appliance_not_found",
+    );
+}
+
+#[test]
+fn appliance_list_pages_and_totals() {
+    let page: AppliancePage = json(&["appliance", "list", "--limit", "1"]);
+    assert!(page.appliances.len() <= 1, "{page:?}");
+    let all: Value = json(&[
+        "appliance",
+        "list",
+        "--all",
+        "--limit",
+        "2",
+        "--as",
+        "auditor",
+    ]);
+    let n = all["appliances"]
+        .as_array()
+        .map(Vec::len)
+        .expect("appliances");
+    assert_eq!(all["total"].as_u64(), Some(n as u64), "{all}");
+    assert!(all["next"].is_null(), "{all}");
+    // Following a first page by hand reaches the same appliances as --all.
+    if let Some(next) = &page.next {
+        let second: AppliancePage = json(&["appliance", "list", "--limit", "1", "--after", next]);
+        assert_ne!(
+            second.appliances.first().map(|a| a.appliance_id),
+            page.appliances.first().map(|a| a.appliance_id)
+        );
+    }
+
+    let ok_only: Value = json(&["appliance", "list", "--health", "ok", "--all"]);
+    for a in ok_only["appliances"].as_array().expect("appliances") {
+        assert_eq!(a["health"], "ok", "{a}");
+        assert_eq!(a["state"], "active", "{a}");
+    }
+    let table = ok(&[
+        "appliance",
+        "list",
+        "--health",
+        "ok",
+        "--all",
+        "--limit",
+        "1000",
+    ]);
+    // (Other tests may add appliances meanwhile: the total line, not its figure.)
+    let last = table.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("total: ") && last.contains(" appliances with health ok ("),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start()
+            .starts_with("APPLIANCE")
+    );
+}
