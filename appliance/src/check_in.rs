@@ -2,14 +2,27 @@
 //! license-seed Secret; a CSR for a fresh local key when the certificate has less than
 //! a third of its lifetime left (or when asked to rotate); the new license (and
 //! credential) verified; the license seed rewritten atomically.
+//!
+//! The license follows the tenant's edition, which the store may change:
+//! - another paid edition: the answer's `edition` names it and the license must carry
+//!   exactly that edition (a gateway older than edition changes sends no `edition`,
+//!   and then the seed's edition is expected, as before);
+//! - an edition without a license (`license: null`): the seed falls back to that
+//!   edition alone, exactly what an essentials redeem writes, and the key copy beside
+//!   the Secrets is removed. The service renews no credential for such an edition, so
+//!   the appliance cannot check in again: a later upgrade is a re-issued code redeemed
+//!   on this appliance.
+//!
+//! A seed without a license has nothing to refresh: that is an answer, not a failure,
+//! so the daily timer of a downgraded appliance does not fail forever.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use alga_protocol::api::{self, CheckInAppliance, CheckInRequest, CheckInResponse, error_code};
 use alga_protocol::issuer_api::Jwks;
 use time::OffsetDateTime;
 
-use crate::crypto::{self, ApplianceKey, LicenseExpectation};
+use crate::crypto::{self, ApplianceKey, LicenseExpectation, LicenseTimes};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::redeem::full_chain;
@@ -34,8 +47,30 @@ pub struct CheckInConfig {
 
 /// What a check-in did (no secrets).
 #[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A new license is in the seed (and a new credential, when one was issued).
+    Refreshed(CheckedIn),
+    /// The tenant's edition has no license any more: the seed now holds that edition
+    /// alone.
+    Unlicensed(Unlicensed),
+    /// The seed's edition has no license: nothing was sent, nothing changed.
+    NothingToRefresh {
+        /// The seed's edition.
+        edition: String,
+    },
+}
+
+/// A refreshed license (no secrets).
+#[derive(Debug, Clone)]
 pub struct CheckedIn {
+    /// The edition of the new license, now the seed's `EDITION`.
+    pub edition: String,
+    /// The seed's edition before, when the license is for another one (the store
+    /// moved the tenant between paid editions).
+    pub previous_edition: Option<String>,
     pub license_expires_at: OffsetDateTime,
+    /// The new license's `check_in_by`: the appliance must check in again before it.
+    pub check_in_by: Option<OffsetDateTime>,
     pub next_check_in_after: OffsetDateTime,
     /// True when a new credential (and key) replaced the old one.
     pub rotated: bool,
@@ -43,24 +78,28 @@ pub struct CheckedIn {
     pub credential_expires_at: OffsetDateTime,
 }
 
+/// A fall-back to an edition without a license (no secrets).
+#[derive(Debug, Clone)]
+pub struct Unlicensed {
+    /// The tenant's edition, now the seed's `EDITION`.
+    pub edition: String,
+    /// The seed's edition before.
+    pub previous_edition: String,
+    /// The license seed, rewritten.
+    pub seed_file: PathBuf,
+    /// The key copy `redeem` keeps beside the Secrets, when there was one to remove.
+    pub removed_key_file: Option<PathBuf>,
+}
+
 /// Checks in and updates the license seed.
 #[tracing::instrument(skip_all, fields(seed = %cfg.seed_dir.display()))]
-pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<CheckedIn> {
-    let manifest =
-        SecretManifest::load(&cfg.seed_dir, secrets::LICENSE_SEED)?.ok_or_else(|| {
-            Error::input(
-                secrets::manifest_path(&cfg.seed_dir, secrets::LICENSE_SEED)
-                    .display()
-                    .to_string(),
-                "the file does not exist (was `redeem` run?)",
-            )
-        })?;
-    let seed = LicenseSeed::from_manifest(&manifest)?;
+pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcome> {
+    let seed = load_seed(&cfg.seed_dir)?;
     let Some(paid) = seed.paid.clone() else {
-        return Err(Error::input(
-            "the license seed",
-            format!("edition {} has no license to refresh", seed.edition),
-        ));
+        tracing::info!(edition = %seed.edition, "no license to refresh");
+        return Ok(Outcome::NothingToRefresh {
+            edition: seed.edition,
+        });
     };
     let current = crypto::cert_facts(&paid.cert_chain_pem)?;
     let current_key = ApplianceKey::from_pem(paid.key_pem.expose())?;
@@ -107,8 +146,22 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
         .await?
         .map_err(check_in_error)?;
 
+    // The tenant's edition now. A gateway older than edition changes does not say:
+    // then it is the seed's, as it always was.
+    let edition = match &resp.edition {
+        Some(e) => checked_edition(e)?,
+        None => seed.edition.clone(),
+    };
     let Some(license) = resp.license.clone() else {
-        return Err(Error::bad("the service sent no license"));
+        if resp.edition.is_none() {
+            return Err(Error::bad(
+                "the answer has neither a license nor the tenant's edition",
+            ));
+        }
+        if resp.credential.is_some() {
+            return Err(Error::bad("the answer has a credential but no license"));
+        }
+        return fall_back(&cfg.seed_dir, &seed.edition, edition).map(Outcome::Unlicensed);
     };
     let jwks: Jwks = client
         .get_json(&service::endpoint(&base, api::JWKS))
@@ -119,12 +172,14 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
                 e.status.as_u16()
             ))
         })?;
+    // The license must be for the edition the answer names, not merely for some
+    // edition: a mismatch is a service fault and installs nothing.
     let expected = LicenseExpectation {
         tenant_id: current.identity.tenant_id,
         appliance_id: current.identity.appliance_id,
-        edition: seed.edition.clone(),
+        edition: edition.clone(),
     };
-    crypto::verify_license(&license.token, &jwks, &expected, now)?;
+    let claims = crypto::verify_license(&license.token, &jwks, &expected, now)?;
 
     let mut updated = paid.clone();
     updated.token = license.token.clone();
@@ -142,7 +197,7 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
         credential_expires_at = facts.not_after;
     }
     let new_seed = LicenseSeed {
-        edition: seed.edition.clone(),
+        edition: edition.clone(),
         paid: Some(updated),
     };
     let seed_path = secrets::manifest_path(&cfg.seed_dir, secrets::LICENSE_SEED);
@@ -156,22 +211,146 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Checke
     if let Some(k) = new_key.as_ref().filter(|_| rotated && key_file.exists()) {
         fsio::write_atomic(&key_file, k.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
     }
+    let previous_edition = (edition != seed.edition).then(|| seed.edition.clone());
+    if let Some(previous) = &previous_edition {
+        tracing::info!(edition.from = %previous, edition.to = %edition, "the tenant's edition changed");
+    }
     tracing::info!(
         license.expires_at = %license.expires_at,
         credential.rotated = rotated,
         "checked in"
     );
-    Ok(CheckedIn {
+    Ok(Outcome::Refreshed(CheckedIn {
+        edition,
+        previous_edition,
         license_expires_at: license.expires_at,
+        check_in_by: LicenseTimes::of(&claims).and_then(|t| t.check_in_by),
         next_check_in_after: resp.next_check_in_after,
         rotated,
         credential_expires_at,
+    }))
+}
+
+/// The license seed of `dir`, which must exist.
+fn load_seed(dir: &Path) -> Result<LicenseSeed> {
+    let manifest = SecretManifest::load(dir, secrets::LICENSE_SEED)?.ok_or_else(|| {
+        Error::input(
+            secrets::manifest_path(dir, secrets::LICENSE_SEED)
+                .display()
+                .to_string(),
+            "the file does not exist (was `redeem` run?)",
+        )
+    })?;
+    LicenseSeed::from_manifest(&manifest)
+}
+
+/// An edition name as the policy allows them (lowercase letters, digits, `_`, `-`,
+/// starting with a letter, at most 64): it goes into a Secret and onto the screen.
+fn checked_edition(name: &str) -> Result<String> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 64;
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::bad(
+            "the tenant's edition in the answer is not an edition name",
+        ))
+    }
+}
+
+/// The tenant's edition has no license: the seed becomes that edition alone (what an
+/// essentials redeem writes), then the key copy beside the Secrets goes. The seed is
+/// written first: it is what the bootstrap acts on, and a key left behind (reported as
+/// an I/O failure naming it) is harmless, whereas a licensed seed for an unlicensed
+/// tenant is not. The tenant Secret does not change.
+fn fall_back(dir: &Path, previous_edition: &str, edition: String) -> Result<Unlicensed> {
+    let seed = LicenseSeed {
+        edition: edition.clone(),
+        paid: None,
+    };
+    let seed_file = secrets::manifest_path(dir, secrets::LICENSE_SEED);
+    fsio::write_atomic(
+        &seed_file,
+        seed.to_manifest().to_yaml().as_bytes(),
+        fsio::SECRET_MODE,
+    )?;
+    let key_file = dir.join(crypto::KEY_FILE);
+    let removed_key_file = match std::fs::remove_file(&key_file) {
+        Ok(()) => Some(key_file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("remove", key_file, e)),
+    };
+    tracing::info!(
+        edition.from = %previous_edition,
+        edition.to = %edition,
+        key_file.removed = removed_key_file.is_some(),
+        "the tenant's edition has no license: fell back to it"
+    );
+    Ok(Unlicensed {
+        edition,
+        previous_edition: previous_edition.to_owned(),
+        seed_file,
+        removed_key_file,
+    })
+}
+
+/// After a failed check-in: by when this appliance must check in before the service
+/// counts it overdue, and when its installed license expires, read from the seed's
+/// (unchanged) license at `now`. Times only, never the token. `None` for a local
+/// failure (the seed may be what failed) or a seed without a license.
+///
+/// After a terminal refusal (revoked, replaced, suspended, credential rejected) a
+/// further check-in cannot help: only the expiry is told.
+pub fn deadline_warning(seed_dir: &Path, err: &Error, now: OffsetDateTime) -> Option<String> {
+    let retrying_helps = match err {
+        Error::Unreachable { .. }
+        | Error::ServiceUnavailable
+        | Error::Tls { .. }
+        | Error::BadResponse(_)
+        | Error::Refused { .. }
+        | Error::Internal(_) => true,
+        Error::ApplianceRevoked
+        | Error::ApplianceReplaced
+        | Error::TenantSuspended
+        | Error::CredentialRejected => false,
+        _ => return None,
+    };
+    let seed = load_seed(seed_dir).ok()?;
+    let claims = crypto::claims_of_verified_token(&seed.paid?.token).ok()?;
+    let times = LicenseTimes::of(&claims)?;
+    let expiry = if times.expires_at <= now {
+        format!(
+            "the installed license expired at {}",
+            crate::rfc3339(times.expires_at)
+        )
+    } else {
+        format!(
+            "the installed license expires at {}",
+            crate::rfc3339(times.expires_at)
+        )
+    };
+    if !retrying_helps || times.expires_at <= now {
+        return Some(format!("{expiry}."));
+    }
+    Some(match times.check_in_by {
+        Some(by) if by <= now => format!(
+            "the license service has counted this appliance overdue since {} (no check-in); {expiry}: check in as soon as possible.",
+            crate::rfc3339(by)
+        ),
+        Some(by) => format!(
+            "this appliance must check in by {} or the license service counts it overdue; {expiry}.",
+            crate::rfc3339(by)
+        ),
+        None => format!("{expiry}: check in before then."),
     })
 }
 
 fn check_in_error(e: ApiError) -> Error {
     match e.code.as_deref() {
         Some(error_code::APPLIANCE_REVOKED) => Error::ApplianceRevoked,
+        Some(error_code::APPLIANCE_REPLACED) => Error::ApplianceReplaced,
         Some(error_code::TENANT_SUSPENDED) => Error::TenantSuspended,
         Some(
             error_code::CREDENTIAL_REQUIRED | error_code::UNAUTHENTICATED | error_code::FORBIDDEN,
@@ -181,5 +360,121 @@ fn check_in_error(e: ApiError) -> Error {
         }
         _ if e.status == reqwest::StatusCode::UNAUTHORIZED => Error::CredentialRejected,
         _ => e.into_generic(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edition_names() {
+        for ok in ["essentials", "pro", "pro-2", "a_b"] {
+            assert_eq!(checked_edition(ok).expect(ok), ok);
+        }
+        let long = "a".repeat(65);
+        for bad in ["", "Pro", "2pro", "pro plus", "pro\n", long.as_str()] {
+            assert_eq!(
+                checked_edition(bad).map_err(|e| e.exit_code()).err(),
+                Some(crate::exit::BAD_RESPONSE),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// A seed holding an unsigned token with these times (the warning reads claims of
+    /// a token verified before it was written; it checks no signature).
+    fn seed_with(dir: &Path, check_in_by: Option<i64>, exp: i64) -> String {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims = serde_json::json!({
+            "iss": "alga-license", "sub": uuid::Uuid::new_v4().to_string(),
+            "aud": "alga-appliance", "jti": "j", "iat": exp - 7 * 86_400,
+            "nbf": exp - 7 * 86_400, "exp": exp, "edition": "pro",
+            "entitlements": {"features": [], "seats": 1, "check_in_interval_seconds": 86_400},
+            "appliance_id": uuid::Uuid::new_v4().to_string(),
+        });
+        if let Some(t) = check_in_by {
+            claims["check_in_by"] = t.into();
+        }
+        let token = format!(
+            "{}.{}.c2ln",
+            b.encode(br#"{"alg":"ES256","kid":"k"}"#),
+            b.encode(serde_json::to_vec(&claims).expect("json"))
+        );
+        let seed = LicenseSeed {
+            edition: "pro".into(),
+            paid: Some(secrets::PaidSeed {
+                token: alga_protocol::SecretText::new(token.clone()),
+                cert_chain_pem: "c".into(),
+                key_pem: alga_protocol::SecretText::new("k".into()),
+                ca_pem: "ca".into(),
+                check_in_url: "https://x/check-in".into(),
+            }),
+        };
+        fsio::write_atomic(
+            &secrets::manifest_path(dir, secrets::LICENSE_SEED),
+            seed.to_manifest().to_yaml().as_bytes(),
+            fsio::SECRET_MODE,
+        )
+        .expect("write seed");
+        token
+    }
+
+    #[test]
+    fn deadline_warning_tells_times_at_now() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("t");
+        let by = now + time::Duration::days(3);
+        let exp = now + time::Duration::days(7);
+        let token = seed_with(dir.path(), Some(by.unix_timestamp()), exp.unix_timestamp());
+        let unreachable = Error::Unreachable {
+            url: "u".into(),
+            detail: "d".into(),
+        };
+        let w = deadline_warning(dir.path(), &unreachable, now).expect("a warning");
+        assert!(
+            w.contains(&format!("check in by {}", crate::rfc3339(by))),
+            "{w}"
+        );
+        assert!(
+            w.contains(&format!("expires at {}", crate::rfc3339(exp))),
+            "{w}"
+        );
+        assert!(!w.contains(&token) && !w.contains(token.split('.').nth(1).expect("payload")));
+        // Past check_in_by: overdue already.
+        let later = by + time::Duration::hours(1);
+        let w = deadline_warning(dir.path(), &Error::ServiceUnavailable, later).expect("w");
+        assert!(
+            w.contains(&format!("overdue since {}", crate::rfc3339(by))),
+            "{w}"
+        );
+        // Past exp: expired, nothing about checking in by a time gone.
+        let w = deadline_warning(dir.path(), &unreachable, exp).expect("w");
+        assert!(
+            w.contains("expired at") && !w.contains("check in by"),
+            "{w}"
+        );
+        // A terminal refusal: the expiry only.
+        let w = deadline_warning(dir.path(), &Error::ApplianceReplaced, now).expect("w");
+        assert!(w.contains("expires at") && !w.contains("check in"), "{w}");
+        // A local failure: nothing (the seed may be what failed).
+        assert!(deadline_warning(dir.path(), &Error::input("x", "y"), now).is_none());
+        // A license from before check_in_by existed: its expiry.
+        seed_with(dir.path(), None, exp.unix_timestamp());
+        let w = deadline_warning(dir.path(), &unreachable, now).expect("w");
+        assert!(w.contains("expires at") && !w.contains("overdue"), "{w}");
+        // A seed without a license: nothing to warn about.
+        let ess = LicenseSeed {
+            edition: "essentials".into(),
+            paid: None,
+        };
+        fsio::write_atomic(
+            &secrets::manifest_path(dir.path(), secrets::LICENSE_SEED),
+            ess.to_manifest().to_yaml().as_bytes(),
+            fsio::SECRET_MODE,
+        )
+        .expect("write");
+        assert!(deadline_warning(dir.path(), &unreachable, now).is_none());
     }
 }

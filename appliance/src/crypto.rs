@@ -332,6 +332,28 @@ pub fn verify_license(
     Ok(c)
 }
 
+/// The times of a license the operator acts on (nothing secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LicenseTimes {
+    /// After it the service counts the appliance `overdue`; absent from licenses
+    /// signed before the claim existed.
+    pub check_in_by: Option<OffsetDateTime>,
+    pub expires_at: OffsetDateTime,
+}
+
+impl LicenseTimes {
+    /// From a license's claims; `None` when `exp` is out of range (a `check_in_by`
+    /// out of range is treated as absent: the warning it feeds is advisory).
+    pub fn of(claims: &LicenseClaims) -> Option<LicenseTimes> {
+        Some(LicenseTimes {
+            check_in_by: claims
+                .check_in_by
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).ok()?,
+        })
+    }
+}
+
 /// The claims of a token *without* checking its signature. Only for a token this
 /// program verified before writing it to the local license seed (the bootstrap has no
 /// network access to the JWKS).

@@ -41,6 +41,9 @@ pub mod exit {
     pub const TENANT_SUSPENDED: i32 = 31;
     /// Check-in: the service did not accept the appliance's credential.
     pub const CREDENTIAL_REJECTED: i32 = 32;
+    /// Check-in: a rebuild (a re-issued code redeemed on another machine) replaced
+    /// this appliance; it never gets another license.
+    pub const APPLIANCE_REPLACED: i32 = 33;
     /// A local file could not be read or written.
     pub const LOCAL_IO: i32 = 40;
     /// A local input (Secret manifest, key, CA bundle) is malformed.
@@ -114,6 +117,13 @@ pub enum Error {
         "the license service did not accept this appliance's credential: if it has expired, reinstall with a re-issued code"
     )]
     CredentialRejected,
+    /// Check-in: a rebuild's redeem retired this appliance. Terminal, like a
+    /// revocation, but no one banned it: the tenant's license moved to the rebuilt
+    /// machine, so the operator is pointed there rather than to a reinstall.
+    #[error(
+        "this appliance was replaced by a rebuild (a re-issued install code was redeemed on another machine): it is no longer licensed and will not get another license; use the rebuilt appliance, or contact support if there was no rebuild"
+    )]
+    ApplianceReplaced,
     /// Reading or writing a local file failed.
     #[error("could not {action} {}: {source}", path.display())]
     Io {
@@ -161,6 +171,7 @@ impl Error {
             Error::ApplianceRevoked => exit::APPLIANCE_REVOKED,
             Error::TenantSuspended => exit::TENANT_SUSPENDED,
             Error::CredentialRejected => exit::CREDENTIAL_REJECTED,
+            Error::ApplianceReplaced => exit::APPLIANCE_REPLACED,
             Error::Io { .. } => exit::LOCAL_IO,
             Error::LocalInput { .. } => exit::LOCAL_INPUT,
             Error::Database(_) => exit::DATABASE,
@@ -230,6 +241,7 @@ mod tests {
             (Error::ApplianceRevoked, 30),
             (Error::TenantSuspended, 31),
             (Error::CredentialRejected, 32),
+            (Error::ApplianceReplaced, 33),
             (Error::input("x", "y"), 41),
         ];
         for (e, code) in cases {

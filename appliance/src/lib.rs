@@ -5,7 +5,8 @@
 //!   license and certificate verified, the two Kubernetes Secrets written
 //!   ([`secrets`]).
 //! - [`check_in`]: the daily license refresh over mTLS, rotating the credential when
-//!   it nears expiry.
+//!   it nears expiry, following the tenant's edition (another paid edition, or none:
+//!   the seed falls back to an unlicensed edition).
 //! - [`bootstrap`]: adopt the tenant id and seed `license_state` in the appliance's
 //!   own Postgres.
 //!
@@ -36,6 +37,7 @@
 //! | 30 | check-in: appliance revoked | reinstall with a re-issued code |
 //! | 31 | check-in: tenant suspended | contact support |
 //! | 32 | check-in: credential not accepted | reinstall with a re-issued code |
+//! | 33 | check-in: appliance replaced by a rebuild | use the rebuilt appliance |
 //! | 40 | a local file could not be read or written | fix the path or permissions |
 //! | 41 | a local input is malformed (Secret, key, CA bundle, URL) | fix the input |
 //! | 50 | the appliance database failed | check the database |
@@ -76,11 +78,21 @@ Exit codes:
   30  check-in: this appliance's credential was revoked
   31  check-in: the tenant is suspended
   32  check-in: the credential was not accepted
+  33  check-in: this appliance was replaced by a rebuild (no longer licensed)
   40  a local file could not be read or written
   41  a local input is malformed (Secret manifest, key, CA bundle, URL)
   50  the appliance database failed
   51  the appliance database belongs to another tenant, or has no tenant yet
-On any failure no Secret is written.";
+On any failure no Secret is written (check-in --database-url: a database failure
+comes after the Secret; `bootstrap seed-license` catches license_state up).";
+
+/// `t` as RFC 3339 (what every new output line uses; machine-readable and unambiguous
+/// about the zone). Falls back to `time`'s own display for a year RFC 3339 cannot
+/// write, rather than failing a command over an output line.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
 
 /// This program's version, reported to the service.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

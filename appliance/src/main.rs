@@ -4,11 +4,12 @@
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use alga_appliance::bootstrap::{self, TenantAction};
-use alga_appliance::check_in::{self, CheckInConfig};
+use alga_appliance::bootstrap::{self, LicenseState, TenantAction};
+use alga_appliance::check_in::{self, CheckInConfig, Outcome};
+use alga_appliance::crypto::{self, LicenseTimes};
 use alga_appliance::redeem::{self, RedeemConfig};
 use alga_appliance::service::Retry;
 use alga_appliance::{EXIT_CODES_HELP, Error, VERSION};
@@ -34,6 +35,11 @@ enum Command {
     #[command(after_long_help = EXIT_CODES_HELP)]
     Redeem(RedeemArgs),
     /// Refresh the license over mTLS and rotate the credential when it nears expiry.
+    ///
+    /// The license follows the tenant's edition: another paid edition replaces EDITION;
+    /// an edition without a license rewrites the seed to that edition alone (and removes
+    /// appliance.key); a seed without a license has nothing to refresh (exit 0).
+    /// license_state changes only with --database-url, else by `bootstrap seed-license`.
     #[command(name = "check-in", after_long_help = EXIT_CODES_HELP)]
     CheckIn(CheckInArgs),
     /// In-cluster bootstrap steps against the appliance's own Postgres.
@@ -78,6 +84,12 @@ struct CheckInArgs {
     /// service may still renew only near expiry; the key changes only if it does).
     #[arg(long)]
     rotate: bool,
+    /// The appliance's own Postgres: when given, license_state is then written from the
+    /// updated seed, as `bootstrap seed-license` does. Without it only the Secret
+    /// changes, and `bootstrap seed-license` applies it. Prefer the environment
+    /// variable: argv is visible to other local users.
+    #[arg(long, env = "ALGA_APPLIANCE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,11 +165,29 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 version: VERSION.to_owned(),
                 retry: Retry::default(),
             };
-            let r = check_in::check_in(&cfg, now).await?;
-            println!("license_expires_at: {}", r.license_expires_at);
-            println!("next_check_in_after: {}", r.next_check_in_after);
-            println!("credential_rotated: {}", r.rotated);
-            println!("credential_expires_at: {}", r.credential_expires_at);
+            let outcome = match check_in::check_in(&cfg, now).await {
+                Ok(o) => o,
+                Err(e) => {
+                    if let Some(w) = check_in::deadline_warning(&cfg.seed_dir, &e, now) {
+                        eprintln!("alga-appliance: warning: {w}");
+                    }
+                    return Err(e);
+                }
+            };
+            print_check_in(&outcome);
+            if let Some(url) = &a.database_url {
+                // The Secret is written: a database failure now leaves license_state
+                // behind it, which `bootstrap seed-license` (or the next check-in) fixes.
+                let (state, check_in_by) = seed_license_state(&cfg.seed_dir, url, now)
+                    .await
+                    .inspect_err(|_| {
+                        eprintln!(
+                            "alga-appliance: the license seed is up to date but license_state is not; once the problem below is fixed, `alga-appliance bootstrap seed-license` applies it"
+                        );
+                    })?;
+                println!("license_state:");
+                print_license_state(&state, check_in_by, "  ");
+            }
         }
         Command::Bootstrap(BootstrapCommand::CreateTenant(a)) => {
             let initial = bootstrap::read_initial_tenant(&a.secrets)?;
@@ -171,21 +201,85 @@ async fn run(cli: Cli) -> Result<(), Error> {
             println!("tenant_id: {} ({what})", r.tenant_id);
         }
         Command::Bootstrap(BootstrapCommand::SeedLicense(a)) => {
-            let seed = bootstrap::read_license_seed(&a.secrets)?;
-            let mut db = bootstrap::connect(&a.database_url).await?;
-            let s = bootstrap::seed_license(&mut db, seed.as_ref(), now).await?;
-            println!("tenant_id: {}", s.tenant_id);
-            println!("edition: {}", s.edition);
-            println!("tier: {}", s.tier);
-            if let Some(t) = s.expires_at {
-                println!("license_expires_at: {t}");
-            }
-            if let Some(t) = s.next_refresh_at {
-                println!("next_refresh_at: {t}");
-            }
+            let (state, check_in_by) = seed_license_state(&a.secrets, &a.database_url, now).await?;
+            print_license_state(&state, check_in_by, "");
         }
     }
     Ok(())
+}
+
+/// `bootstrap seed-license`: license_state from the license seed in `dir`, and the
+/// seed's license's `check_in_by` (not stored: the token in license_state carries it).
+async fn seed_license_state(
+    dir: &Path,
+    database_url: &str,
+    now: OffsetDateTime,
+) -> Result<(LicenseState, Option<OffsetDateTime>), Error> {
+    let seed = bootstrap::read_license_seed(dir)?;
+    let mut db = bootstrap::connect(database_url).await?;
+    let state = bootstrap::seed_license(&mut db, seed.as_ref(), now).await?;
+    let check_in_by = seed
+        .as_ref()
+        .and_then(|s| s.paid.as_ref())
+        .and_then(|p| crypto::claims_of_verified_token(&p.token).ok())
+        .and_then(|c| LicenseTimes::of(&c))
+        .and_then(|t| t.check_in_by);
+    Ok((state, check_in_by))
+}
+
+fn print_license_state(s: &LicenseState, check_in_by: Option<OffsetDateTime>, indent: &str) {
+    println!("{indent}tenant_id: {}", s.tenant_id);
+    println!("{indent}edition: {}", s.edition);
+    println!("{indent}tier: {}", s.tier);
+    if let Some(t) = s.expires_at {
+        println!("{indent}license_expires_at: {t}");
+    }
+    if let Some(t) = check_in_by {
+        println!("{indent}check_in_by: {}", alga_appliance::rfc3339(t));
+    }
+    if let Some(t) = s.next_refresh_at {
+        println!("{indent}next_refresh_at: {t}");
+    }
+}
+
+/// What a check-in did, one `key: value` a line (no code, token or key).
+fn print_check_in(outcome: &Outcome) {
+    match outcome {
+        Outcome::Refreshed(r) => {
+            println!("edition: {}", r.edition);
+            if let Some(p) = &r.previous_edition {
+                println!("previous_edition: {p}");
+            }
+            println!("tier: licensed");
+            println!("license_expires_at: {}", r.license_expires_at);
+            if let Some(t) = r.check_in_by {
+                println!("check_in_by: {}", alga_appliance::rfc3339(t));
+            }
+            println!("next_check_in_after: {}", r.next_check_in_after);
+            println!("credential_rotated: {}", r.rotated);
+            println!("credential_expires_at: {}", r.credential_expires_at);
+        }
+        Outcome::Unlicensed(u) => {
+            println!("edition: {}", u.edition);
+            println!("previous_edition: {}", u.previous_edition);
+            println!("tier: essentials");
+            println!("license: none (the tenant's edition has no license)");
+            println!("wrote: {}", u.seed_file.display());
+            if let Some(k) = &u.removed_key_file {
+                println!("removed: {}", k.display());
+            }
+            println!(
+                "note: this appliance no longer checks in; to license it again, redeem a re-issued install code on it, then run `bootstrap create-tenant` and `bootstrap seed-license`"
+            );
+        }
+        Outcome::NothingToRefresh { edition } => {
+            println!("edition: {edition}");
+            println!("tier: essentials");
+            println!(
+                "license: none (edition {edition} has no license: nothing to refresh, nothing was sent)"
+            );
+        }
+    }
 }
 
 /// The code from --code, --code-file, or standard input (prompting on a terminal).

@@ -48,10 +48,20 @@ pub struct Behaviour {
     pub check_in_error: Option<(u16, &'static str)>,
     /// Edition of redeemed codes.
     pub edition: &'static str,
+    /// The tenant's edition at check-in (the store changed it); default `edition`.
+    pub check_in_edition: Option<&'static str>,
+    /// The `edition` claim of check-in licenses; default the tenant's edition.
+    pub license_edition: Option<&'static str>,
+    /// `/check-in` answers `"license": null` (the tenant's edition has no license).
+    pub unlicensed: bool,
+    /// `/check-in` answers without `edition`, as gateways older than edition changes.
+    pub old_gateway: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Seen {
+    /// Every request, whatever its path (a TLS handshake alone does not count).
+    pub requests: usize,
     pub redeems: usize,
     pub check_ins: usize,
     pub check_in_csrs: usize,
@@ -217,6 +227,7 @@ fn serve(
         .and_then(|c| c.first().cloned())
         .map(|c: CertificateDer<'static>| c.to_vec());
     let b = behaviour.lock().expect("lock").clone();
+    seen.lock().expect("lock").requests += 1;
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, json) = match (method, path) {
@@ -273,6 +284,7 @@ fn license(pki: &Pki, b: &Behaviour, id: ApplianceIdentity, edition: &str) -> Li
         nbf: now,
         exp: now + 7 * 86_400,
         edition: edition.into(),
+        check_in_by: Some(now + 4 * 86_400),
         entitlements: Entitlements {
             features: vec!["core".into()],
             seats: 100,
@@ -404,9 +416,12 @@ fn check_in(
         }
         None => None,
     };
+    let edition = b.check_in_edition.unwrap_or(b.edition);
     let resp = CheckInResponse {
-        license: license(pki, b, id, b.edition),
-        credential,
+        edition: (!b.old_gateway).then(|| edition.to_owned()),
+        license: (!b.unlicensed).then(|| license(pki, b, id, b.license_edition.unwrap_or(edition))),
+        // As the gateway: no credential for an edition without a license.
+        credential: credential.filter(|_| !b.unlicensed),
         next_check_in_after: OffsetDateTime::now_utc() + Duration::days(1),
     };
     (200, serde_json::to_string(&resp).unwrap_or_default())

@@ -11,7 +11,8 @@ use alga_appliance::crypto::{self, ApplianceKey, LicenseExpectation};
 use alga_appliance::exit;
 use alga_appliance::service::{self, ClientIdentity, Retry, ServiceClient};
 use alga_protocol::api::{
-    self, Contact, RegisterTenantRequest, RegisterTenantResponse, ReissueRequest,
+    self, Contact, EntitlementRequest, EntitlementResponse, RegisterTenantRequest,
+    RegisterTenantResponse, ReissueRequest, ReissueResponse,
 };
 use alga_protocol::issuer_api::Jwks;
 use alga_protocol::{InstallCode, SecretText};
@@ -26,41 +27,55 @@ struct Stack {
     url: String,
     ca_bundle: String,
     mail_dir: PathBuf,
-    store: ServiceClient,
-    public: ServiceClient,
+    ca: Vec<u8>,
+    store_cert: String,
+    store_key: SecretText,
 }
 
 fn stack() -> Stack {
-    let url = stack_var("ALGA_GATEWAY_URL");
     let ca_bundle = stack_var("ALGA_CA_BUNDLE");
-    let ca = std::fs::read(&ca_bundle).expect("read ALGA_CA_BUNDLE");
-    let cert = std::fs::read_to_string(stack_var("ALGA_STORE_CERT")).expect("store cert");
-    let key =
-        SecretText::new(std::fs::read_to_string(stack_var("ALGA_STORE_KEY")).expect("store key"));
-    let retry = Retry {
-        attempts: 1,
-        ..Retry::default()
-    };
-    let store = ServiceClient::new(
-        &ca,
-        Some(ClientIdentity {
-            cert_chain_pem: &cert,
-            key_pem: &key,
-        }),
-        retry.clone(),
-    )
-    .expect("store client");
-    let public = ServiceClient::new(&ca, None, retry).expect("client");
     Stack {
-        url,
+        url: stack_var("ALGA_GATEWAY_URL"),
+        ca: std::fs::read(&ca_bundle).expect("read ALGA_CA_BUNDLE"),
         ca_bundle,
         mail_dir: PathBuf::from(stack_var("ALGA_MAIL_DIR")),
-        store,
-        public,
+        store_cert: std::fs::read_to_string(stack_var("ALGA_STORE_CERT")).expect("store cert"),
+        store_key: SecretText::new(
+            std::fs::read_to_string(stack_var("ALGA_STORE_KEY")).expect("store key"),
+        ),
+    }
+}
+
+/// One attempt: a store call is not always safe to repeat (register-tenant).
+fn one_attempt() -> Retry {
+    Retry {
+        attempts: 1,
+        ..Retry::default()
     }
 }
 
 impl Stack {
+    /// A client with the store's identity. A fresh one per call: the gateway closes a
+    /// keep-alive connection idle for 10 s, and a test's runtime, blocked in a child
+    /// process or a sleep, does not notice; a pooled connection would then fail the
+    /// next call ("connection closed before message completed").
+    fn store(&self) -> ServiceClient {
+        ServiceClient::new(
+            &self.ca,
+            Some(ClientIdentity {
+                cert_chain_pem: &self.store_cert,
+                key_pem: &self.store_key,
+            }),
+            one_attempt(),
+        )
+        .expect("store client")
+    }
+
+    /// A client without identity, fresh per call (see [`Stack::store`]).
+    fn public(&self) -> ServiceClient {
+        ServiceClient::new(&self.ca, None, one_attempt()).expect("client")
+    }
+
     fn base(&self) -> reqwest::Url {
         service::parse_service_url(&self.url).expect("ALGA_GATEWAY_URL")
     }
@@ -76,7 +91,7 @@ impl Stack {
             edition: edition.into(),
         };
         let resp: RegisterTenantResponse = self
-            .store
+            .store()
             .post_json(&service::endpoint(&self.base(), api::REGISTER_TENANT), &req)
             .await
             .unwrap_or_else(|e| {
@@ -90,22 +105,71 @@ impl Stack {
         (resp, email)
     }
 
-    async fn reissue(&self, tenant_id: Uuid) -> RegisterTenantResponse {
+    /// A re-issued code for the tenant; with neither a named appliance nor
+    /// `add_appliance`, it replaces the tenant's only active appliance (the rebuild).
+    async fn reissue(&self, tenant_id: Uuid) -> ReissueResponse {
         let req = ReissueRequest {
             tenant_id: Some(tenant_id),
-            contact_email: None,
+            ..ReissueRequest::default()
         };
-        self.store
+        self.store()
             .post_json(&service::endpoint(&self.base(), api::REISSUE), &req)
             .await
             .expect("gateway answers")
             .unwrap_or_else(|e| panic!("reissue failed: {e:?}"))
     }
 
+    /// `PUT /tenants/{id}/entitlement` as the store. The appliance's client has no PUT
+    /// (it never needs one), so this call has its own mTLS client.
+    async fn set_edition(&self, tenant_id: Uuid, edition: &str) -> EntitlementResponse {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca) {
+            roots.add(c.expect("CA certificate")).expect("root");
+        }
+        let certs = CertificateDer::pem_slice_iter(self.store_cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("store cert PEM");
+        let key =
+            PrivateKeyDer::from_pem_slice(self.store_key.expose().as_bytes()).expect("store key");
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("store identity");
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("client");
+        let url = service::endpoint(&self.base(), &format!("/tenants/{tenant_id}/entitlement"));
+        let resp = http
+            .put(url)
+            .json(&EntitlementRequest {
+                edition: edition.into(),
+            })
+            .send()
+            .await
+            .expect("gateway answers");
+        let status = resp.status();
+        let body = resp.bytes().await.expect("body");
+        assert!(
+            status.is_success(),
+            "entitlement change to {edition} failed: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        let r: EntitlementResponse = serde_json::from_slice(&body).expect("EntitlementResponse");
+        assert_eq!((r.tenant_id, r.edition.as_str()), (tenant_id, edition));
+        r
+    }
+
     async fn revoke(&self, appliance_id: Uuid) {
         let url = service::endpoint(&self.base(), &format!("/appliances/{appliance_id}/revoke"));
         let _: serde_json::Value = self
-            .store
+            .store()
             .post_json(
                 &url,
                 &serde_json::json!({"reason": "appliance-it: rebuilt"}),
@@ -116,7 +180,7 @@ impl Stack {
     }
 
     async fn jwks(&self) -> Jwks {
-        self.public
+        self.public()
             .get_json(&service::endpoint(&self.base(), api::JWKS))
             .await
             .expect("gateway answers")
@@ -534,19 +598,21 @@ async fn redeem_failures_write_nothing() {
 }
 
 /// Reinstall: a re-issued code revokes the unclaimed one and brings a new appliance
-/// back under the original tenant id; the old appliance, once revoked, cannot check in.
+/// back under the original tenant id; the old appliance, once replaced, cannot check
+/// in (exit 33) while the rebuilt one can; a revoked appliance cannot either (exit 30).
 #[tokio::test]
 async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
     let st = stack();
     let (reg, email) = st.register("pro").await;
     let first = st.code_from_mail(&email, &reg.install_code.code_id);
     let second = st.reissue(reg.tenant_id).await;
-    assert_eq!(second.tenant_id, reg.tenant_id);
+    assert_eq!(second.code.tenant_id, reg.tenant_id);
     assert_eq!(
-        second.revoked_code_ids.as_deref(),
-        Some(&[reg.install_code.code_id.clone()][..])
+        second.revoked_code_ids,
+        vec![reg.install_code.code_id.clone()]
     );
-    let second_code = st.code_from_mail(&email, &second.install_code.code_id);
+    assert_eq!(second.replaces_appliance_id, None, "no appliance yet");
+    let second_code = st.code_from_mail(&email, &second.code.install_code.code_id);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let r = st.redeem(&first, &dir.path().join("old"));
@@ -563,9 +629,17 @@ async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
     assert_eq!(r.code, 0, "{r:?}");
     let (first_appliance, _) = verify_paid_seed(&st, &a, reg.tenant_id, "pro").await;
 
-    // The appliance is rebuilt: its code is consumed, so a new one is issued.
+    // The appliance is rebuilt: its code is consumed, so a new one is issued, naming
+    // the only active appliance as the one its redeem retires.
     let third = st.reissue(reg.tenant_id).await;
-    let third_code = st.code_from_mail(&email, &third.install_code.code_id);
+    assert_eq!(
+        third.replaces_appliance_id,
+        Some(first_appliance.appliance_id)
+    );
+    let third_code = st.code_from_mail(&email, &third.code.install_code.code_id);
+    // Until that code is redeemed, the old appliance is still the licensed one.
+    let r = run(&["check-in", "--seed", a.to_str().expect("utf8")], None);
+    assert_eq!(r.code, 0, "before the rebuild's redeem: {r:?}");
     let b = dir.path().join("b");
     let r = st.redeem(&third_code, &b);
     assert_eq!(r.code, 0, "{r:?}");
@@ -576,17 +650,179 @@ async fn reissue_revokes_and_reinstall_keeps_the_tenant() {
         "a new appliance"
     );
 
-    // The old appliance's credential is banned: its check-in says so (exit 30) and
-    // leaves its seed alone; the rebuilt one checks in.
-    st.revoke(first_appliance.appliance_id).await;
+    // The old appliance was replaced: its check-in says so (exit 33), with the
+    // installed license's expiry, and leaves its seed and key alone; the rebuilt one
+    // checks in.
     let seed_path = a.join("appliance-license-seed.yaml");
     let before = std::fs::read(&seed_path).expect("seed");
+    let key_before = std::fs::read(a.join("appliance.key")).expect("key");
     let r = run(&["check-in", "--seed", a.to_str().expect("utf8")], None);
+    assert_eq!(r.code, exit::APPLIANCE_REPLACED, "{r:?}");
+    assert!(
+        r.stderr.contains("replaced by a rebuild")
+            && r.stderr.contains("the installed license expires at"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&seed_path).expect("seed"), before);
+    assert_eq!(
+        std::fs::read(a.join("appliance.key")).expect("key"),
+        key_before
+    );
+    let r = run(&["check-in", "--seed", b.to_str().expect("utf8")], None);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("check_in_by: "), "{r:?}");
+
+    // A revoked appliance is refused too, with its own exit code.
+    st.revoke(rebuilt.appliance_id).await;
+    let seed_path = b.join("appliance-license-seed.yaml");
+    let before = std::fs::read(&seed_path).expect("seed");
+    let r = run(&["check-in", "--seed", b.to_str().expect("utf8")], None);
     assert_eq!(r.code, exit::APPLIANCE_REVOKED, "{r:?}");
     assert!(r.stderr.contains("revoked"), "{}", r.stderr);
     assert_eq!(std::fs::read(&seed_path).expect("seed"), before);
-    let r = run(&["check-in", "--seed", b.to_str().expect("utf8")], None);
+}
+
+/// The store downgrades a pro tenant to essentials: the appliance's check-in gets no
+/// license and falls back (seed EDITION=essentials alone, key copy gone,
+/// license_state tier essentials); later check-ins have nothing to refresh. Back to
+/// pro: a re-issued code redeemed on the same appliance directory, then the bootstrap
+/// keeps the tenant (unchanged) and licenses it again.
+#[tokio::test]
+async fn downgrade_to_essentials_then_upgrade_on_the_same_appliance() {
+    let st = stack();
+    let (reg, email) = st.register("pro").await;
+    let code = st.code_from_mail(&email, &reg.install_code.code_id);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("a");
+    let seed = out.to_str().expect("utf8");
+    let r = st.redeem(&code, &out);
     assert_eq!(r.code, 0, "{r:?}");
+    let (identity, token) = verify_paid_seed(&st, &out, reg.tenant_id, "pro").await;
+    let key_pem = std::fs::read_to_string(out.join("appliance.key")).expect("key");
+
+    let db = TestDb::new().await;
+    let bootstrap_run = |cmd: &str| {
+        run(
+            &[
+                "bootstrap",
+                cmd,
+                "--secrets",
+                seed,
+                "--database-url",
+                &db.url,
+            ],
+            None,
+        )
+    };
+    let r = bootstrap_run("create-tenant");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("adopted"), "{r:?}");
+    let r = bootstrap_run("seed-license");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("tier: licensed") && r.stdout.contains("check_in_by: "),
+        "the gateway's licenses carry check_in_by: {r:?}"
+    );
+
+    // The store moves the tenant to essentials.
+    let changed = st.set_edition(reg.tenant_id, "essentials").await;
+    assert!(
+        changed.changed && changed.previous_edition == "pro",
+        "{changed:?}"
+    );
+    let r = run(
+        &["check-in", "--seed", seed, "--database-url", &db.url],
+        None,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("edition: essentials")
+            && r.stdout.contains("license: none")
+            && r.stdout.contains("  tier: essentials"),
+        "{r:?}"
+    );
+    assert_quiet(&r, &[&token, &key_pem]);
+    let (t, s) = read_secrets(&out);
+    assert_eq!(s.keys().collect::<Vec<_>>(), vec!["EDITION"]);
+    assert_eq!(s["EDITION"], b"essentials");
+    assert_eq!(t["INITIAL_TENANT_ID"], reg.tenant_id.to_string().as_bytes());
+    assert!(!out.join("appliance.key").exists(), "the key copy is gone");
+    let c = alga_appliance::bootstrap::connect(&db.url)
+        .await
+        .expect("connect");
+    let state = alga_appliance::bootstrap::license_state(&c)
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(
+        (state.edition.as_str(), state.tier.as_str(), state.has_token),
+        ("essentials", "essentials", false)
+    );
+    // The daily timer on the downgraded appliance: nothing to refresh, exit 0.
+    let r = run(&["check-in", "--seed", seed], None);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("nothing to refresh"), "{r:?}");
+
+    // Back to pro: a re-issued code (replacing this appliance's old identity),
+    // redeemed on the same appliance.
+    let changed = st.set_edition(reg.tenant_id, "pro").await;
+    assert!(changed.changed, "{changed:?}");
+    let again = st.reissue(reg.tenant_id).await;
+    assert_eq!(again.code.tenant_id, reg.tenant_id);
+    assert_eq!(again.code.edition, "pro");
+    assert_eq!(again.replaces_appliance_id, Some(identity.appliance_id));
+    let code = st.code_from_mail(&email, &again.code.install_code.code_id);
+    let r = st.redeem(&code, &out);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (upgraded, new_token) = verify_paid_seed(&st, &out, reg.tenant_id, "pro").await;
+    assert_eq!(upgraded.tenant_id, reg.tenant_id);
+    assert_ne!(
+        upgraded.appliance_id, identity.appliance_id,
+        "a new identity"
+    );
+
+    let r = bootstrap_run("create-tenant");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "tenant_id: {} (already set, unchanged)",
+            reg.tenant_id
+        )),
+        "{r:?}"
+    );
+    let tenants: i64 = c
+        .query_one("SELECT count(*) FROM alga_appliance.appliance_tenant", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(tenants, 1, "no new tenant row");
+    let r = bootstrap_run("seed-license");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("tier: licensed"), "{r:?}");
+    let state = alga_appliance::bootstrap::license_state(&c)
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(
+        (state.edition.as_str(), state.tier.as_str(), state.has_token),
+        ("pro", "licensed", true)
+    );
+    assert_eq!(state.tenant_id, reg.tenant_id);
+    assert_quiet(&r, &[&new_token]);
+
+    // The upgraded appliance checks in as the licensed one.
+    let r = run(
+        &["check-in", "--seed", seed, "--database-url", &db.url],
+        None,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("edition: pro") && r.stdout.contains("  tier: licensed"),
+        "{r:?}"
+    );
+    drop(c);
+    db.drop_db().await;
 }
 
 /// The mail reader finds a code in 7bit, quoted-printable and base64 parts (no stack

@@ -24,8 +24,10 @@ use crate::db;
 use crate::db::appliances::{self, LicenseReason, State};
 use crate::error::ApiError;
 
-/// When an appliance whose edition has no license should ask again (a later upgrade
-/// back to a paid edition licenses it while its credential is still valid).
+/// When an appliance whose edition has no license should ask again. A client that
+/// keeps its credential is licensed again by a later move back to a paid edition while
+/// the credential is valid; `alga-appliance` drops it on `license: null` (it becomes an
+/// essentials appliance) and is upgraded with a re-issued code.
 pub const UNLICENSED_CHECK_IN_INTERVAL: time::Duration = time::Duration::hours(24);
 
 /// The presented credential's validity.

@@ -20,7 +20,7 @@ use super::Ctx;
 use crate::App;
 use crate::audit::{self, actions};
 use crate::db::appliances::{self, Health, HealthCutoffs, WithHealth};
-use crate::db::codes::{self, Superseded};
+use crate::db::codes::Superseded;
 use crate::db::{self, tenants};
 use crate::error::ApiError;
 
@@ -82,17 +82,8 @@ async fn change_edition_inner(
             });
         }
         tenants::set_entitlement(&tx, tenant_id, &tenants::Entitlement::of(edition)).await?;
-        revoked = codes::revoke_unclaimed(&tx, tenant_id, Superseded::All).await?;
-        for code_id in &revoked {
-            audit::append(
-                &tx,
-                ctx.record(actions::CODE_REVOKE)?
-                    .tenant(tenant_id)
-                    .subject("code_id", code_id)
-                    .detail("reason", "entitlement_changed"),
-            )
+        revoked = super::revoke_codes(&tx, ctx, tenant_id, Superseded::All, "entitlement_changed")
             .await?;
-        }
     }
     audit::append(
         &tx,

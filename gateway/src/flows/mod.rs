@@ -44,6 +44,29 @@ pub(crate) fn issuer_error(e: IssuerError) -> ApiError {
     }
 }
 
+/// Revokes the tenant's unclaimed codes that `which` names, each with its `code.revoke`
+/// audit record (`reason`), in `tx`; returns their ids, sorted.
+pub(crate) async fn revoke_codes(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ctx: &Ctx,
+    tenant_id: uuid::Uuid,
+    which: crate::db::codes::Superseded,
+    reason: &str,
+) -> Result<Vec<String>, ApiError> {
+    let revoked = crate::db::codes::revoke_unclaimed(tx, tenant_id, which).await?;
+    for code_id in &revoked {
+        crate::audit::append(
+            tx,
+            ctx.record(crate::audit::actions::CODE_REVOKE)?
+                .tenant(tenant_id)
+                .subject("code_id", code_id)
+                .detail("reason", reason),
+        )
+        .await?;
+    }
+    Ok(revoked)
+}
+
 /// `t` rounded down to whole seconds (code bindings and links carry no finer time).
 pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)

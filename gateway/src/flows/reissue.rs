@@ -156,18 +156,11 @@ async fn reissue_inner(
 
     let revoked = match replacement {
         Replacement::Add => Vec::new(),
-        _ => db::codes::revoke_unclaimed(&tx, tenant_id, Superseded::Replacing(replaces)).await?,
+        _ => {
+            let which = Superseded::Replacing(replaces);
+            super::revoke_codes(&tx, ctx, tenant_id, which, "reissue").await?
+        }
     };
-    for code_id in &revoked {
-        audit::append(
-            &tx,
-            ctx.record(actions::CODE_REVOKE)?
-                .tenant(tenant_id)
-                .subject("code_id", code_id)
-                .detail("reason", "reissue"),
-        )
-        .await?;
-    }
     let issued = issue_code(
         app,
         ctx,
