@@ -52,6 +52,30 @@ async fn role_matrix() {
             [404, 403, 403, 403, 401],
         ),
         (
+            "PUT",
+            format!("/tenants/{unknown}/entitlement"),
+            Some(json!({"edition": "pro"})),
+            [404, 403, 403, 403, 401],
+        ),
+        (
+            "POST",
+            format!("/tenants/{unknown}/suspend"),
+            None,
+            [404, 403, 403, 403, 401],
+        ),
+        (
+            "POST",
+            format!("/tenants/{unknown}/resume"),
+            None,
+            [404, 403, 403, 403, 401],
+        ),
+        (
+            "GET",
+            "/appliances?health=ok".into(),
+            None,
+            [200, 200, 403, 403, 401],
+        ),
+        (
             "GET",
             "/audit/events".into(),
             None,
@@ -90,6 +114,7 @@ async fn role_matrix() {
         for ((name, client), want) in callers.iter().zip(expected) {
             let mut rb = match *method {
                 "GET" => client.get(s.url(path)),
+                "PUT" => client.put(s.url(path)),
                 _ => client.post(s.url(path)),
             };
             if let Some(b) = body {
