@@ -20,7 +20,9 @@
 #
 # Secrets (PINs, passwords, S3 secret) are random, stored in .dev/secrets/ (0600) and
 # passed to programs as files, environment or stdin, never on argv; the one exception
-# is s3s-fs, which only takes its dev-only access key and secret as options.
+# is s3s-fs, which only takes its dev-only access key and secret as options: the S3
+# start hands them over through scripts/s3_launcher.py, which takes the secret off
+# s3s-fs's command line as soon as it listens.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -749,27 +751,52 @@ s3_verify() {
     info "S3: unsigned GET refused (403), signed GET allowed (200)"
 }
 
+# The processes whose command line shows the S3 secret key (none, once started by
+# scripts/s3_launcher.py). The key reaches grep through a pipe, never its argv.
+s3_secret_shown_by() {
+    s3_read_credentials
+    printf '%s\n' "$S3_SECRET_KEY" | grep -l -a -F -f - /proc/[0-9]*/cmdline 2>/dev/null \
+        | sed -n 's|^/proc/\([0-9]*\)/cmdline$|\1|p' || true
+}
+
 cmd_s3_start() {
     ensure_dirs
     s3_credentials
     s3_seed
-    local pid log="$LOGS/s3.log" bin
+    local pid log="$LOGS/s3.log" bin shown
     if pid="$(svc_pid s3 "$s3_marker")"; then
-        if port_open 127.0.0.1 "$S3_PORT"; then
+        if port_open 127.0.0.1 "$S3_PORT" && [ -z "$(s3_secret_shown_by)" ]; then
             say "S3 (s3s-fs) already running on 127.0.0.1:$S3_PORT (pid $pid, reusing)"
             s3_verify
             return 0
         fi
+        # An s3s-fs started before scripts/s3_launcher.py shows its secret in `ps`.
         stop_daemon s3 "$s3_marker"
     fi
     bin="$(s3s_fs_bin)" || die "s3s-fs not installed; run make deps"
     check_port_free "S3 (s3s-fs)" "$S3_PORT" ALGA_S3_PORT
     s3_read_credentials
     say "starting S3 (s3s-fs) on 127.0.0.1:$S3_PORT serving $S3_ROOT (log $log)"
-    # s3s-fs takes its credentials only as options: dev-only, random, loopback-only keys.
-    RUST_LOG="${ALGA_S3_LOG:-info}" start_daemon s3 "$s3_marker" "$log" "$bin" --host 127.0.0.1 --port "$S3_PORT" \
-        --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$S3_ROOT"
+    # s3s-fs 0.14.1 takes its keys only as options (no environment variable, no file:
+    # see its --help). The launcher gets them through its environment, starts s3s-fs,
+    # and overwrites the secret in s3s-fs's argument memory once it listens, so `ps`
+    # never shows it after start-up (issue 18, finding 9).
+    local before
+    before=$(stat -c %s "$log" 2>/dev/null || echo 0)
+    ALGA_S3_ACCESS_KEY="$S3_ACCESS_KEY" ALGA_S3_SECRET_KEY="$S3_SECRET_KEY" RUST_LOG="${ALGA_S3_LOG:-info}" \
+        start_daemon s3 "$s3_marker" "$log" "$SYS_PYTHON" "$ROOT/scripts/s3_launcher.py" \
+        "$bin" 127.0.0.1 "$S3_PORT" "$S3_ROOT"
     wait_port s3 "$s3_marker" "$S3_PORT" "$log" 20
+    # The launcher reports once the key is off s3s-fs's command line (or stops it).
+    local i
+    for ((i = 0; i < 600; i++)); do
+        tail -c +"$((before + 1))" "$log" 2>/dev/null | grep -q 'its secret key is off its command line' && break
+        daemon_alive s3 || { tail_log "$log"; die "S3 (s3s-fs) stopped during start-up (log: $log)"; }
+        sleep 0.1
+    done
+    shown="$(s3_secret_shown_by)"
+    [ -z "$shown" ] || { stop_daemon s3 "$s3_marker"; die "the S3 secret key is on the command line of pid(s) $shown"; }
+    info "S3: the secret key is on no process's command line"
     s3_verify
 }
 

@@ -55,6 +55,26 @@ pub mod actions {
     pub const MAIL_SENT: &str = "mail.sent";
     pub const MAIL_FAILED: &str = "mail.failed";
     pub const CHECKPOINT_SIGNED: &str = "checkpoint.signed";
+    /// Requests refused before a caller was established (no or a wrong client
+    /// certificate, a wrong role, a redeem rate-limited or malformed before its code
+    /// was verified), counted in memory and recorded once per window: one record per
+    /// refused action, error code, route and source network. Such refusals have no
+    /// record of their own.
+    ///
+    /// - `actor`: `anonymous`; `tenant_id`, `request_id`, `source`: `null`;
+    ///   `subjects`: `{}`; `outcome`: failure with the callers' `error_code`;
+    ///   `time`: when the summary was written (after the window, or at shutdown).
+    /// - `details`: `refused_action` (what the requests would have been:
+    ///   `access.denied` for an identity refused by a route, `code.redeem`, …),
+    ///   `error_code` (as in `outcome`), `count` (requests, ≥ 1), `window_start` (RFC
+    ///   3339, UTC, a multiple of the window), `window_seconds` (default 60),
+    ///   `source_network` (`a.b.c.0/24`, an IPv6 `/48`, or `other` once the gateway's
+    ///   bound on keys in memory is reached), and for `access.denied` the `method` and
+    ///   `route` template (`/tenants/{tenant_id}`).
+    ///
+    /// Each gateway process writes its own: with N gateways, up to N records per key
+    /// and window. Counts of a window not yet written are lost if the process dies.
+    pub const REFUSED_SUMMARY: &str = "access.refused_summary";
 }
 
 /// What happened: dotted lowercase words, e.g. `code.redeem`

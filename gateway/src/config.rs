@@ -37,6 +37,15 @@ pub struct Config {
     pub mail: MailConfig,
     pub s3: S3Config,
     pub policy: PolicyConfig,
+    /// Connection limits and timeouts of the listeners (optional section: every key
+    /// has a default).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The operations listener (plain HTTP: `/healthz`, `/readyz`, `/metrics`,
+    /// `/openapi.json`). Absent: the API port serves them, as before; present: the API
+    /// port stops serving `/readyz` and `/metrics`.
+    #[serde(default)]
+    pub ops: Option<OpsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +200,130 @@ impl MailConfig {
     }
 }
 
+/// How long the listeners wait for slow clients, and how many connections one source
+/// may hold. Every timeout is in seconds, more than 0 and at most
+/// [`LimitsConfig::MAX_SECS`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest TLS handshake, from the TCP accept.
+    pub tls_handshake_timeout_secs: f64,
+    /// Longest wait for a request's headers (HTTP/1.1), from the connection's start or
+    /// the previous response (hyper's `header_read_timeout`).
+    pub header_read_timeout_secs: f64,
+    /// Longest wait for a request's whole body, from the end of its headers.
+    pub body_read_timeout_secs: f64,
+    /// A connection without a request in progress for this long is closed: an
+    /// HTTP/1.1 keep-alive, an HTTP/2 connection without an open request, a TLS
+    /// connection that never sends one. (HTTP/1.1 also waits at most
+    /// `header_read_timeout_secs` for the next request's headers, so an idle HTTP/1.1
+    /// connection is closed after the smaller of the two.)
+    pub idle_timeout_secs: f64,
+    /// HTTP/2: a ping after this long without a frame from the client ...
+    pub http2_keep_alive_interval_secs: f64,
+    /// ... and the connection is closed if its answer takes longer than this.
+    pub http2_keep_alive_timeout_secs: f64,
+    /// Concurrent connections on the API port from one source: an IPv4 address, or an
+    /// IPv6 /64. Beyond it a connection is closed at once, before any TLS work, and
+    /// counted in `alga_gateway_connections_refused_total{reason="per_source_limit"}`.
+    /// `0`: no limit (behind a TCP proxy that hides client addresses).
+    pub max_connections_per_source: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            tls_handshake_timeout_secs: 10.0,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
+            idle_timeout_secs: 60.0,
+            http2_keep_alive_interval_secs: 20.0,
+            http2_keep_alive_timeout_secs: 10.0,
+            max_connections_per_source: 256,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Longest accepted timeout, in seconds.
+    pub const MAX_SECS: f64 = 3600.0;
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, v) in [
+            (
+                "tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "http2_keep_alive_interval_secs",
+                self.http2_keep_alive_interval_secs,
+            ),
+            (
+                "http2_keep_alive_timeout_secs",
+                self.http2_keep_alive_timeout_secs,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= Self::MAX_SECS) {
+                return Err(format!(
+                    "limits.{key} must be more than 0 and at most {}",
+                    Self::MAX_SECS
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn secs(v: f64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(v)
+    }
+
+    pub fn tls_handshake_timeout(&self) -> std::time::Duration {
+        Self::secs(self.tls_handshake_timeout_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> std::time::Duration {
+        Self::secs(self.header_read_timeout_secs)
+    }
+
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        Self::secs(self.body_read_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        Self::secs(self.idle_timeout_secs)
+    }
+
+    pub fn http2_keep_alive_interval(&self) -> std::time::Duration {
+        Self::secs(self.http2_keep_alive_interval_secs)
+    }
+
+    pub fn http2_keep_alive_timeout(&self) -> std::time::Duration {
+        Self::secs(self.http2_keep_alive_timeout_secs)
+    }
+}
+
+/// The operations listener: plain HTTP, no client authentication, meant for loopback
+/// or a management network only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Socket address; default [`OpsConfig::DEFAULT_ADDRESS`].
+    #[serde(default = "OpsConfig::default_address")]
+    pub address: SocketAddr,
+}
+
+impl OpsConfig {
+    /// Where the operations listener binds when `[ops]` names no address.
+    pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9464";
+
+    fn default_address() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
@@ -227,6 +360,13 @@ impl Config {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.database.validate()?;
         c.mail.validate()?;
+        c.limits.validate()?;
+        if let Some(ops) = &c.ops
+            && ops.address.port() != 0
+            && ops.address == c.listen.address
+        {
+            return Err("ops.address must differ from listen.address".into());
+        }
         Ok(c)
     }
 }
@@ -336,6 +476,97 @@ mod tests {
         let c = Config::parse(&ok).expect("parses");
         assert_eq!(c.mail.max_attempts, 2);
         assert_eq!(c.mail.retry_initial_secs, 0.2);
+    }
+
+    /// The commented-out `key = value` lines of a template section `# [name]`, up to the
+    /// next blank line or uncommented section, as TOML.
+    fn commented_section(template: &str, name: &str) -> toml::Table {
+        let header = format!("# [{name}]");
+        let text = template
+            .lines()
+            .skip_while(|l| *l != header)
+            .take_while(|l| !l.is_empty() && !l.starts_with('['))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        toml::from_str(&text).expect("the commented section parses")
+    }
+
+    #[test]
+    fn limits_and_ops_default_and_are_documented_at_their_defaults() {
+        let template = include_str!("../../config/dev/gateway.toml.in");
+        let c = Config::parse(&sample()).expect("the dev template parses");
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(
+            c.ops, None,
+            "no ops listener in dev: the single-port default"
+        );
+        let limits: LimitsConfig = commented_section(template, "limits")["limits"]
+            .clone()
+            .try_into()
+            .expect("valid [limits]");
+        assert_eq!(limits, LimitsConfig::default());
+        let ops: OpsConfig = commented_section(template, "ops")["ops"]
+            .clone()
+            .try_into()
+            .expect("valid [ops]");
+        assert_eq!(ops.address.to_string(), OpsConfig::DEFAULT_ADDRESS);
+        // `[ops]` alone takes the default address.
+        let c = Config::parse(&format!("{}\n[ops]\n", sample())).expect("[ops] alone");
+        assert_eq!(
+            c.ops.map(|o| o.address.to_string()).as_deref(),
+            Some(OpsConfig::DEFAULT_ADDRESS)
+        );
+        // The production sample sets every [limits] key at its default, and an ops
+        // listener on loopback.
+        let prod = Config::parse(include_str!("../../deploy/config/gateway.toml"))
+            .expect("production sample");
+        assert_eq!(prod.limits, LimitsConfig::default());
+        assert!(prod.ops.is_some_and(|o| o.address.ip().is_loopback()));
+    }
+
+    #[test]
+    fn limits_keys_are_checked() {
+        let with = |lines: &str| format!("{}\n[limits]\n{lines}\n", sample());
+        let c = Config::parse(&with(
+            "body_read_timeout_secs = 0.5\nidle_timeout_secs = 2\nmax_connections_per_source = 0",
+        ))
+        .expect("parses");
+        assert_eq!(
+            c.limits.body_read_timeout(),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(c.limits.idle_timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(c.limits.max_connections_per_source, 0);
+        assert_eq!(
+            c.limits.tls_handshake_timeout_secs, 10.0,
+            "the others default"
+        );
+        for bad in [
+            "tls_handshake_timeout_secs = 0",
+            "header_read_timeout_secs = -1",
+            "body_read_timeout_secs = 3601",
+            "idle_timeout_secs = nan",
+            "http2_keep_alive_interval_secs = inf",
+            "http2_keep_alive_timeout_secs = 0.0",
+        ] {
+            let err = Config::parse(&with(bad)).expect_err(bad);
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(err.contains(&format!("limits.{key}")), "{bad}: {err}");
+        }
+        let err = Config::parse(&with("max_connections_per_source = -1")).expect_err("negative");
+        assert!(err.contains("max_connections_per_source"), "{err}");
+        let err = Config::parse(&with("bogus = 1")).expect_err("unknown key");
+        assert!(err.contains("bogus"), "{err}");
+        let same = format!("{}\n[ops]\naddress = \"127.0.0.1:8443\"\n", sample());
+        let err = Config::parse(&same).expect_err("same address as the API");
+        assert!(err.contains("ops.address"), "{err}");
     }
 
     #[test]

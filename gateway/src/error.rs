@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The body is larger than the limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// The body did not arrive within `[limits] body_read_timeout_secs`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// The body is not `application/json`.
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
@@ -135,6 +138,7 @@ impl ApiError {
         match self {
             ApiError::Validation(_) | ApiError::BadJson(_) => code::VALIDATION_FAILED,
             ApiError::PayloadTooLarge => code::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => code::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => code::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthenticated => code::UNAUTHENTICATED,
             ApiError::CredentialRequired => code::CREDENTIAL_REQUIRED,
@@ -175,6 +179,7 @@ impl ApiError {
             | ApiError::CodeMalformed(_)
             | ApiError::CsrInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthenticated | ApiError::CredentialRequired | ApiError::CodeInvalid => {
                 StatusCode::UNAUTHORIZED
@@ -316,6 +321,7 @@ mod tests {
             (ApiError::TenantNotSuspended, 409, "tenant_not_suspended"),
             (ApiError::TenantExists(Uuid::nil()), 409, "tenant_exists"),
             (ApiError::Unauthenticated, 401, "unauthenticated"),
+            (ApiError::RequestTimeout, 408, "request_timeout"),
             (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),

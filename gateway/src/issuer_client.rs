@@ -14,6 +14,27 @@
 //! batch. The calls run in their own tasks: a caller that gives up (its client went
 //! away) never cancels the others' licenses. An issuer without the batch route (older
 //! version, 404/405) gets the batch as single calls.
+//!
+//! Kept-alive connections (issue 18, finding 10): the issuer closes a connection that
+//! has waited [`ISSUER_IDLE_CLOSE`] for its next request, and a request written on a
+//! pooled connection just as the issuer closes it fails ("peer closed connection
+//! without sending TLS close_notify"). Two measures:
+//! - the pool drops a connection idle for [`POOL_IDLE_TIMEOUT`], well below the
+//!   issuer's close, so a pooled connection is not one the issuer is about to close;
+//! - the idempotent calls ([`IssuerClient::verify_code`], [`IssuerClient::derive_code`],
+//!   [`IssuerClient::public_keys`], [`IssuerClient::health`]) that still fail because
+//!   their connection was closed under them are sent once more, on a fresh connection
+//!   (a second client that keeps no connection). Verifying and deriving change
+//!   nothing (a derive adds one more `code_derive` line to the issuer's signing log,
+//!   which reconciliation accounts for by the code's mint), reading keys and health
+//!   neither.
+//!
+//! The signing calls (mint, license, batch, credential, checkpoint) are **never**
+//! re-sent: a connection closed under a request does not say whether the issuer
+//! received it, and if it did, it signed and logged: a second request would sign a
+//! second code, license, certificate or checkpoint, the first one delivered to nobody
+//! (and reported by reconciliation as signed but unrecorded). They rely on the idle
+//! ordering above; a failure left is a 503 whose flow rolls back (the code stays usable).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,6 +59,18 @@ use crate::metrics::Metrics;
 
 /// Most license calls in flight at once; requests beyond wait and go out as batches.
 pub const LICENSE_CALLS_IN_FLIGHT: usize = 8;
+
+/// How long the issuer keeps a connection open waiting for its next request:
+/// `alga_issuer::server::HEADER_READ_TIMEOUT` (hyper's header-read timer runs while a
+/// kept-alive connection waits). The gateway does not depend on the issuer crate; a
+/// test checks the two agree.
+pub const ISSUER_IDLE_CLOSE: Duration = Duration::from_secs(10);
+
+/// The gateway closes pooled issuer connections idle this long: well below
+/// [`ISSUER_IDLE_CLOSE`], so that the issuer is not closing a connection the gateway
+/// takes from its pool (the margin covers a busy gateway returning a connection to
+/// its pool seconds after the issuer sent the response).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Why an issuer call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,6 +99,9 @@ pub enum IssuerError {
 #[derive(Clone, Debug)]
 pub struct IssuerClient {
     http: reqwest::Client,
+    /// The same client without a pool: every request on a new connection (the one
+    /// retry of an idempotent call whose pooled connection was closed).
+    fresh: reqwest::Client,
     base: String,
     metrics: Arc<Metrics>,
     licenses: Arc<LicenseQueue>,
@@ -127,15 +163,23 @@ impl IssuerClient {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| cfg(&e))?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
+        let builder = || {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls.clone())
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(10))
+        };
+        let http = builder()
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build()
+            .map_err(|e| cfg(&e))?;
+        let fresh = builder()
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| cfg(&e))?;
         Ok(IssuerClient {
             http,
+            fresh,
             base: base_url.trim_end_matches('/').to_owned(),
             metrics,
             licenses: Arc::new(LicenseQueue::new(LICENSE_CALLS_IN_FLIGHT)),
@@ -170,22 +214,21 @@ impl IssuerClient {
         .await
     }
 
-    /// Whether `code` is the code of `binding`.
+    /// Whether `code` is the code of `binding`. Idempotent: re-sent once on a fresh
+    /// connection when its pooled one was closed (see the module doc).
     #[instrument(skip_all, fields(code.id = %binding.code_id))]
     pub async fn verify_code(
         &self,
         binding: &CodeBinding,
         code: SecretText,
     ) -> Result<bool, IssuerError> {
+        let body = VerifyCodeRequest {
+            binding: binding.clone(),
+            code,
+        };
+        let url = format!("{}{}", self.base, ia::VERIFY_CODE);
         let r: VerifyCodeResponse = self
-            .post(
-                "verify_code",
-                ia::VERIFY_CODE,
-                &VerifyCodeRequest {
-                    binding: binding.clone(),
-                    code,
-                },
-            )
+            .call_idempotent("verify_code", |c| c.post(&url).json(&body))
             .await?;
         Ok(r.valid)
     }
@@ -338,24 +381,26 @@ impl IssuerClient {
         .await
     }
 
-    /// Every public key and certificate the issuer publishes.
+    /// Every public key and certificate the issuer publishes. Idempotent (see
+    /// [`IssuerClient::verify_code`]).
     pub async fn public_keys(&self) -> Result<PublicKeys, IssuerError> {
-        self.call(
-            "public_keys",
-            self.http.get(format!("{}{}", self.base, ia::PUBLIC_KEYS)),
-        )
-        .await
+        let url = format!("{}{}", self.base, ia::PUBLIC_KEYS);
+        self.call_idempotent("public_keys", |c| c.get(&url)).await
     }
 
-    /// Liveness of the issuer (for `/readyz`).
+    /// Liveness of the issuer (for `/readyz`). Idempotent (see
+    /// [`IssuerClient::verify_code`]).
     pub async fn health(&self) -> Result<(), IssuerError> {
-        let resp = self
-            .http
-            .get(format!("{}{}", self.base, ia::HEALTH))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| IssuerError::Unreachable(e.to_string()))?;
+        let url = format!("{}{}", self.base, ia::HEALTH);
+        let request = |c: &reqwest::Client| c.get(&url).timeout(Duration::from_secs(2));
+        let resp = match request(&self.http).send().await {
+            Err(e) if closed_under_us(&e) => {
+                retry_note("health", &e);
+                request(&self.fresh).send().await
+            }
+            other => other,
+        }
+        .map_err(|e| IssuerError::Unreachable(e.to_string()))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -379,17 +424,43 @@ impl IssuerClient {
         .await
     }
 
+    /// An idempotent call: sent on a pooled connection, and once more on a fresh one
+    /// if that connection was closed under the request (see the module doc).
+    async fn call_idempotent<Resp: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Resp, IssuerError> {
+        let started = Instant::now();
+        let sent = match request(&self.http).send().await {
+            Err(e) if closed_under_us(&e) => {
+                retry_note(op, &e);
+                request(&self.fresh).send().await
+            }
+            other => other,
+        };
+        self.finish(op, started, sent).await
+    }
+
     async fn call<Resp: DeserializeOwned>(
         &self,
         op: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<Resp, IssuerError> {
         let started = Instant::now();
+        let sent = req.send().await;
+        self.finish(op, started, sent).await
+    }
+
+    /// Reads the answer of a sent request, maps it, and records the call's metrics.
+    async fn finish<Resp: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Resp, IssuerError> {
         let result = async {
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| IssuerError::Unreachable(error_chain(&e)))?;
+            let resp = sent.map_err(|e| IssuerError::Unreachable(error_chain(&e)))?;
             let status = resp.status();
             let bytes = resp
                 .bytes()
@@ -421,6 +492,47 @@ impl IssuerClient {
             .issuer_call(op, started.elapsed(), result.as_ref().err().map(error_kind));
         result
     }
+}
+
+/// Whether a request failed because its connection was closed under it: the issuer
+/// closed it (an idle close crossing the request, a restart) before any answer. Not a
+/// failure to connect and not a timeout (those are no keep-alive race, and a second
+/// try would only double the wait). Only idempotent calls act on it.
+fn closed_under_us(e: &reqwest::Error) -> bool {
+    if e.is_connect() || e.is_timeout() || !e.is_request() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(h) = inner.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// Logs the one retry of an idempotent call (the error names no secret: the request
+/// body is not part of it).
+fn retry_note(op: &'static str, e: &reqwest::Error) {
+    tracing::info!(
+        issuer.op = op,
+        error = %error_chain(e),
+        "issuer connection closed under the request; sending it once more on a fresh connection"
+    );
 }
 
 /// Whether a batch call failed because the issuer has no batch route (it then signed
@@ -473,17 +585,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl IssuerClient {
-    /// Re-derives the code of a stored binding (the mail worker; the code is never stored).
+    /// Re-derives the code of a stored binding (the mail worker; the code is never
+    /// stored). Idempotent (see [`IssuerClient::verify_code`]).
     #[instrument(skip_all, fields(code.id = %binding.code_id))]
     pub async fn derive_code(&self, binding: &CodeBinding) -> Result<SecretText, IssuerError> {
+        let body = ia::DeriveCodeRequest {
+            binding: binding.clone(),
+        };
+        let url = format!("{}{}", self.base, ia::DERIVE_CODE);
         let r: ia::DeriveCodeResponse = self
-            .post(
-                "derive_code",
-                ia::DERIVE_CODE,
-                &ia::DeriveCodeRequest {
-                    binding: binding.clone(),
-                },
-            )
+            .call_idempotent("derive_code", |c| c.post(&url).json(&body))
             .await?;
         Ok(r.code)
     }

@@ -14,12 +14,16 @@
 //!   `deadpool_postgres::GenericClient` (pool connection or transaction alike), every
 //!   statement prepared once per connection (`prepare_cached`); the pool, warmed to
 //!   `database.min_connections` before [`run`] listens and every 30 s after.
-//! - [`auth`]: identity from the verified client certificate; [`server`]: the TLS
-//!   accept loop (ring provider only) and the live root set; [`keys`]: the issuer's
-//!   public keys cache (JWKS, appliance CA chain; refreshed for rotation).
+//! - [`auth`]: identity from the verified client certificate; [`server`]: the
+//!   listeners: the TLS accept loop (ring provider only), the live root set, the
+//!   slow-client limits of `[limits]` (per-source connection cap, handshake, header,
+//!   body and idle timeouts) and the optional plain-HTTP operations listener
+//!   (`[ops]`); [`keys`]: the issuer's public keys cache (JWKS, appliance CA chain;
+//!   refreshed for rotation).
 //! - [`issuer_client`]: the issuer's mTLS API, typed errors, latency metrics.
 //! - [`audit`]: the one seam to `alga_audit` (append in the caller's transaction,
-//!   failure records, the checkpoint signer for the sequencer, the auditor's pages).
+//!   failure records, the summaries of refusals before a caller was established, the
+//!   checkpoint signer for the sequencer, the auditor's pages).
 //! - [`mail`]: the outbox (first attempt inside the request, then the worker);
 //!   [`presign`]: ISO links (via `alga_delivery`).
 //! - [`ratelimit`], [`metrics`], [`config`], [`migrate`], [`error`].
@@ -36,7 +40,8 @@
 //! - No identity from a CN, and no role from a certificate of the wrong CA.
 //! - No 5xx body carries internal detail: the log has it, keyed by `x-request-id`.
 //!
-//! `main.rs` is thin: it parses arguments and calls [`run`] or [`migrate::migrate`].
+//! `main.rs` is thin: it parses arguments, binds [`Listeners`] and calls [`run_on`]
+//! (or [`migrate::migrate`]); tests call [`run`] or [`run_on`] on `127.0.0.1:0`.
 
 pub mod api;
 pub mod audit;
@@ -91,6 +96,8 @@ pub struct App {
     pub check_in_url: String,
     /// The mail outbox's sender and delivery rules (first attempts and the worker).
     pub outbox: mail::Outbox,
+    /// Counts of refusals before a caller was established, recorded as summaries.
+    pub refusals: audit::Refusals,
 }
 
 impl App {
@@ -205,13 +212,66 @@ async fn keep_pool_warm(pool: &deadpool_postgres::Pool, min: usize, when: &'stat
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// The sockets the gateway serves on, bound by the caller (so a test can bind
+/// `127.0.0.1:0` and know the ports).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The HTTPS API (`[listen] address`).
+    pub api: std::net::TcpListener,
+    /// The operations listener (`[ops] address`): plain HTTP serving
+    /// [`server::OPS_PATHS`]. When present, the API port stops serving
+    /// [`server::OPS_ONLY_PATHS`]; when absent, the API port serves them.
+    pub ops: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `config` names: `[listen] address` and, when `[ops]` is present,
+    /// `[ops] address`.
+    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let api = std::net::TcpListener::bind(config.listen.address)
+            .with_context(|| format!("bind {}", config.listen.address))?;
+        Ok(Listeners {
+            api,
+            ops: bind_ops(config)?,
+        })
+    }
+}
+
+/// Binds `[ops] address` when the section is present.
+fn bind_ops(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+    config
+        .ops
+        .as_ref()
+        .map(|o| {
+            std::net::TcpListener::bind(o.address)
+                .with_context(|| format!("bind the ops listener {}", o.address))
+        })
+        .transpose()
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; when the config has an
+/// `[ops]` section, binds its address and serves the operations routes there (see
+/// [`Listeners`]; its bound address is logged as `ops listening`).
 pub async fn run(
     config: Config,
     policy: Policy,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let ops = bind_ops(&config)?;
+    run_on(config, policy, Listeners { api: listener, ops }, shutdown).await
+}
+
+/// Serves the API on `listeners.api`, and the operations routes on `listeners.ops`
+/// when given, until `shutdown` resolves. (`[listen] address` and `[ops] address`
+/// are not read here: the listeners are.)
+pub async fn run_on(
+    config: Config,
+    policy: Policy,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Listeners { api: listener, ops } = listeners;
     let policy = Arc::new(policy);
     let metrics = Arc::new(Metrics::new());
     let pool = db::pool(runtime_pg_config(&config)?, config.database.pool_size)?;
@@ -258,6 +318,7 @@ pub async fn run(
             alga_protocol::api::CHECK_IN
         ),
         outbox: mail::Outbox::new(mailer, config.mail.clone()),
+        refusals: audit::Refusals::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -290,6 +351,14 @@ pub async fn run(
             std::future::ready(())
         }
     });
+    // Refusal summaries of the windows that have ended.
+    every(audit::REFUSAL_FLUSH_INTERVAL, stopped(stop_rx.clone()), {
+        let app = app.clone();
+        move || {
+            let app = app.clone();
+            async move { app.refusals.flush_closed(&app.pool).await }
+        }
+    });
     // The mail outbox worker.
     let mail_worker = tokio::spawn(mail::run(app.clone(), stopped(stop_rx.clone())));
     // The audit sequencer: chains committed records and has the issuer sign checkpoints.
@@ -302,9 +371,52 @@ pub async fn run(
 
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let ops = match ops {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => None,
+    };
+    let router = api::router(app.clone());
+    // Both listeners stop on `shutdown`.
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = halt_tx.send(true);
+    });
+    let ops_server = match ops {
+        Some(l) => {
+            tracing::info!(address = %l.local_addr()?, "ops listening");
+            Some(tokio::spawn(server::serve_ops(
+                l,
+                router.clone(),
+                config.limits.clone(),
+                app.metrics.clone(),
+                stopped(halt_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    let api_edge = server::ApiEdge {
+        tls: live_tls,
+        policy,
+        router,
+        surface: if ops_server.is_some() {
+            server::Surface::Api
+        } else {
+            server::Surface::Everything
+        },
+        limits: config.limits.clone(),
+        metrics: app.metrics.clone(),
+    };
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    let router = api::router(app);
-    server::serve(listener, live_tls, policy, router, shutdown).await;
+    server::serve(listener, api_edge, stopped(halt_rx)).await;
+    if let Some(t) = ops_server {
+        let _ = t.await;
+    }
+    // Before the sequencer stops, so that it still chains them.
+    app.refusals.flush_all(&app.pool).await;
     let _ = stop_tx.send(true);
     let _ = sequencer.await;
     let _ = mail_worker.await;

@@ -65,9 +65,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = alga_gateway::config::Config::load(&config)?;
             let policy = alga_policies::Policy::load(&config.policy.path)?;
-            let listener = std::net::TcpListener::bind(config.listen.address)
-                .with_context(|| format!("bind {}", config.listen.address))?;
-            alga_gateway::run(config, policy, listener, shutdown_signal()).await?;
+            let listeners = alga_gateway::Listeners::bind(&config)?;
+            alga_gateway::run_on(config, policy, listeners, shutdown_signal()).await?;
         }
         Command::CheckPolicy { policy } => {
             alga_policies::Policy::load(&policy)?;

@@ -1,8 +1,13 @@
 //! Prometheus metrics (prometheus-client): requests by route and outcome, latency
 //! histograms, redeem outcomes by error code, issuer call latency and errors, active
 //! appliances by health (counted at a scrape when the last count is older than
-//! `HEALTH_GAUGE_MAX_AGE`), and database pool usage (sampled at scrape time). Every
-//! label's values come from a fixed set.
+//! `HEALTH_GAUGE_MAX_AGE`), database pool usage (sampled at scrape time), and the
+//! listeners' open, refused and timed-out connections.
+//!
+//! Every label's values come from a fixed set, whatever a client sends: the route is
+//! the router's template (or `unmatched`), the method one of [`METHODS`] or `other`,
+//! the status a number from 100 to 599 (or `other`); every other label is a string
+//! constant of the code (`&'static str`).
 
 use std::time::Duration;
 
@@ -16,8 +21,104 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
-    method: String,
-    status: String,
+    method: &'static str,
+    status: StatusLabel,
+}
+
+/// The methods that get their own `method` label; any other is `other`.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The `method` label of a request method: itself when it is one of [`METHODS`]
+/// (exact, as methods are case-sensitive), else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The `status` label: the code when it is a valid HTTP status (100 to 599), else
+/// `other`; at most 501 values.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct StatusLabel(u16);
+
+impl prometheus_client::encoding::EncodeLabelValue for StatusLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        if (100..=599).contains(&self.0) {
+            write!(encoder, "{}", self.0)
+        } else {
+            encoder.write_str("other")
+        }
+    }
+}
+
+impl StatusLabel {
+    fn new(status: u16) -> StatusLabel {
+        // Every invalid code shares one series.
+        StatusLabel(if (100..=599).contains(&status) {
+            status
+        } else {
+            0
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// Why a connection was closed at accept (`reason` of `connections_refused_total`).
+pub const REFUSED_PER_SOURCE_LIMIT: &str = "per_source_limit";
+
+/// What a slow client was doing when its timeout closed it (`phase` of
+/// `connection_timeouts_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// The TLS handshake did not finish within `limits.tls_handshake_timeout_secs`.
+    TlsHandshake,
+    /// A request's headers did not arrive within `limits.header_read_timeout_secs`.
+    Header,
+    /// A request's body did not arrive within `limits.body_read_timeout_secs`.
+    Body,
+    /// No request in progress for `limits.idle_timeout_secs`.
+    Idle,
+    /// An HTTP/2 ping was not answered within `limits.http2_keep_alive_timeout_secs`.
+    Http2KeepAlive,
+}
+
+impl TimeoutPhase {
+    /// Every phase, in label order.
+    pub const ALL: [TimeoutPhase; 5] = [
+        TimeoutPhase::TlsHandshake,
+        TimeoutPhase::Header,
+        TimeoutPhase::Body,
+        TimeoutPhase::Idle,
+        TimeoutPhase::Http2KeepAlive,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TimeoutPhase::TlsHandshake => "tls_handshake",
+            TimeoutPhase::Header => "header",
+            TimeoutPhase::Body => "body",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Http2KeepAlive => "http2_keep_alive",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,29 +128,29 @@ struct RouteOnly {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MailLabels {
-    outcome: String,
-    path: String,
+    outcome: &'static str,
+    path: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabels {
-    health: String,
+    health: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
-    op: String,
+    op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpErrorLabels {
-    op: String,
-    kind: String,
+    op: &'static str,
+    kind: &'static str,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -75,6 +176,9 @@ pub struct Metrics {
     pool_size: Gauge<i64, AtomicU64Compat>,
     pool_available: Gauge<i64, AtomicU64Compat>,
     pool_waiting: Gauge<i64, AtomicU64Compat>,
+    connections_open: Gauge<i64, AtomicU64Compat>,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connection_timeouts: Family<PhaseLabels, Counter>,
 }
 
 /// The gauge atomic (i64 values).
@@ -157,6 +261,39 @@ impl Metrics {
             "Requests waiting for a database connection",
             pool_waiting.clone(),
         );
+        let connections_open = Gauge::<i64, AtomicU64Compat>::default();
+        registry.register(
+            "connections_open",
+            "Open connections on the API port (TLS handshakes included)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, before any TLS work, by reason (per_source_limit: \
+             the source already holds limits.max_connections_per_source)",
+            connections_refused.clone(),
+        );
+        let connection_timeouts = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections and requests closed by a [limits] timeout, by phase (tls_handshake, \
+             header, body, idle, http2_keep_alive)",
+            connection_timeouts.clone(),
+        );
+        // Present from the start, at 0: a dashboard sees the series before the first event.
+        connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: REFUSED_PER_SOURCE_LIMIT,
+            })
+            .get();
+        for phase in TimeoutPhase::ALL {
+            connection_timeouts
+                .get_or_create(&PhaseLabels {
+                    phase: phase.label(),
+                })
+                .get();
+        }
         Metrics {
             registry,
             requests,
@@ -170,16 +307,22 @@ impl Metrics {
             pool_size,
             pool_available,
             pool_waiting,
+            connections_open,
+            connections_refused,
+            connection_timeouts,
         }
     }
 
-    /// Records one HTTP request.
+    /// Records one HTTP request. `route` is the router's template of the matched route
+    /// (or `unmatched`), never the request's path; `method` is mapped by
+    /// [`method_label`] and `status` to 100..=599 or `other`, so no request can add a
+    /// series of its own.
     pub fn request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RouteLabels {
                 route: route.to_owned(),
-                method: method.to_owned(),
-                status: status.to_string(),
+                method: method_label(method),
+                status: StatusLabel::new(status),
             })
             .inc();
         self.latency
@@ -190,49 +333,40 @@ impl Metrics {
     }
 
     /// Records a redeem outcome: `ok` or the stable error code.
-    pub fn redeem_outcome(&self, outcome: &str) {
-        self.redeem
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+    pub fn redeem_outcome(&self, outcome: &'static str) {
+        self.redeem.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Records one issuer call.
-    pub fn issuer_call(&self, op: &str, elapsed: Duration, error: Option<&str>) {
+    pub fn issuer_call(&self, op: &'static str, elapsed: Duration, error: Option<&'static str>) {
         self.issuer_latency
-            .get_or_create(&OpLabels { op: op.to_owned() })
+            .get_or_create(&OpLabels { op })
             .observe(elapsed.as_secs_f64());
         if let Some(kind) = error {
             self.issuer_errors
-                .get_or_create(&OpErrorLabels {
-                    op: op.to_owned(),
-                    kind: kind.to_owned(),
-                })
+                .get_or_create(&OpErrorLabels { op, kind })
                 .inc();
         }
     }
 
     /// Records one recorded mail attempt: `outcome` is `sent`, `retry` or `failed`,
     /// `path` is `first` (inside the request) or `worker`.
-    pub fn mail_delivery(&self, outcome: &str, path: &str) {
-        self.mail
-            .get_or_create(&MailLabels {
-                outcome: outcome.to_owned(),
-                path: path.to_owned(),
-            })
-            .inc();
+    pub fn mail_delivery(&self, outcome: &'static str, path: &str) {
+        let path = match path {
+            "first" => "first",
+            "worker" => "worker",
+            _ => "other",
+        };
+        self.mail.get_or_create(&MailLabels { outcome, path }).inc();
     }
 
     /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`),
     /// counted at `at`.
     pub fn appliances_by_health(&self, counts: &[(&'static str, i64)], at: std::time::Instant) {
-        for (health, count) in counts {
+        for &(health, count) in counts {
             self.appliances
-                .get_or_create(&HealthLabels {
-                    health: (*health).to_owned(),
-                })
-                .set(*count);
+                .get_or_create(&HealthLabels { health })
+                .set(count);
         }
         if let Ok(mut t) = self.appliances_counted.lock() {
             *t = Some(at);
@@ -248,6 +382,28 @@ impl Metrics {
             .unwrap_or(true)
     }
 
+    /// A connection was opened on the API port; it counts as open until the guard drops.
+    pub fn connection_opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.clone())
+    }
+
+    /// A connection was closed at accept (`reason`: [`REFUSED_PER_SOURCE_LIMIT`]).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A slow client was cut off by a timeout.
+    pub fn connection_timeout(&self, phase: TimeoutPhase) {
+        self.connection_timeouts
+            .get_or_create(&PhaseLabels {
+                phase: phase.label(),
+            })
+            .inc();
+    }
+
     /// Renders the text exposition format, sampling the pool first.
     pub fn render(&self, pool: &deadpool_postgres::Pool) -> Result<String, std::fmt::Error> {
         let s = pool.status();
@@ -260,5 +416,56 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// An open connection in `alga_gateway_connections_open`, until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(std::sync::Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_and_statuses_map_to_a_fixed_set() {
+        for m in METHODS {
+            assert_eq!(method_label(m), m);
+        }
+        for junk in ["get", "FOO", "", "GET ", &"X".repeat(60_000)] {
+            assert_eq!(method_label(junk), "other", "{junk:.10}");
+        }
+        let m = Metrics::new();
+        let series = |m: &Metrics| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encodes");
+            out.lines()
+                .filter(|l| l.starts_with("alga_gateway_http_requests_total{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        for i in 0..500u16 {
+            m.request("unmatched", &format!("JUNK{i}"), 405, Duration::ZERO);
+            m.request("unmatched", "GET", 1000 + i, Duration::ZERO);
+            m.request("unmatched", "GET", i % 100, Duration::ZERO);
+        }
+        let s = series(&m);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(
+            s.iter()
+                .any(|l| l.contains(r#"method="other",status="405""#)),
+            "{s:?}"
+        );
+        assert!(
+            s.iter()
+                .any(|l| l.contains(r#"method="GET",status="other""#)),
+            "{s:?}"
+        );
     }
 }

@@ -9,6 +9,18 @@ use std::fmt;
 use std::future::Future;
 
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// An HMAC-SHA256 output: the secret part of an install code is derived from it. It
+/// lives on the heap (moving it moves a pointer, never the bytes) inside [`Zeroizing`],
+/// from the buffer the PKCS#11 call filled to the code derivation, and is wiped when
+/// dropped. Build one with [`new_mac`].
+pub type Mac = Box<Zeroizing<[u8; 32]>>;
+
+/// A zeroed [`Mac`], allocated where it will stay, to copy a MAC into.
+pub fn new_mac() -> Mac {
+    Box::new(Zeroizing::new([0u8; 32]))
+}
 
 /// The four keys of DESIGN §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +108,13 @@ pub enum KeyOpsError {
     /// The PIN was refused.
     #[error("the HSM refused the PIN")]
     PinIncorrect,
+    /// The HSM refused the PIN when logging in again after a lost session; no further
+    /// login is tried until the issuer is restarted (each refused login spends the
+    /// token's failed-login counter). Callers see it as "HSM unavailable".
+    #[error(
+        "the HSM refused the PIN after a lost session: logins are stopped until the issuer is restarted"
+    )]
+    LoginStopped,
     /// The token named in the configuration is not present in any slot.
     #[error("no token labelled {label:?} is present")]
     TokenNotFound { label: String },
@@ -114,12 +133,20 @@ pub trait KeyOps: Send + Sync + 'static {
         digest: [u8; 32],
     ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
 
-    /// HMAC-SHA256 with the code key of `version`.
+    /// HMAC-SHA256 with the code key of `version` (a secret: see [`Mac`]).
     fn hmac_sha256(
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send;
+    ) -> impl Future<Output = Result<Mac, KeyOpsError>> + Send;
+
+    /// Whether the key store can serve at all, for the issuer's health route: an error
+    /// when it has stopped until an operator acts (the HSM refused the PIN and no
+    /// further login is tried). A transient failure of one operation is not reported
+    /// here. The default says yes.
+    fn health(&self) -> Result<(), KeyOpsError> {
+        Ok(())
+    }
 
     /// The active (highest) version of `kind`.
     fn active_version(&self, kind: KeyKind) -> u32;

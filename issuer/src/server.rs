@@ -552,13 +552,17 @@ async fn public_keys<K: KeyOps + Clone>(
         .map_err(|e| refused("public_keys", e))
 }
 
-/// Liveness, and whether the signing log still takes records.
+/// Liveness, whether the signing log still takes records, and whether the key store
+/// can serve at all (not after the HSM refused the PIN: see `hsm::worker`).
 async fn health<K: KeyOps + Clone>(State(app): State<App<K>>) -> Result<&'static str, ApiError> {
-    if app.signlog.is_healthy() {
-        Ok("ok")
-    } else {
-        Err(ApiError::Signlog)
+    if !app.signlog.is_healthy() {
+        return Err(ApiError::Signlog);
     }
+    if let Err(e) = app.keys.health() {
+        // Logged loudly once where it happened; a health probe only answers.
+        return Err(ApiError::Unhealthy(e.to_string()));
+    }
+    Ok("ok")
 }
 
 async fn forbidden() -> ApiError {
@@ -584,6 +588,9 @@ enum ApiError {
     /// The signing log could not take the record.
     Signlog,
     Forbidden,
+    /// The key store cannot serve until an operator acts (the health route's answer;
+    /// the message names the condition, never a secret).
+    Unhealthy(String),
     /// A request that did not reach an operation (bad JSON, size, route).
     Rejected {
         status: StatusCode,
@@ -623,6 +630,11 @@ impl ApiError {
                 // There is no dedicated code; this one tells the gateway to retry later.
                 IssuerErrorCode::HsmUnavailable,
                 "the signing log cannot be written; retry later".to_owned(),
+            ),
+            ApiError::Unhealthy(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssuerErrorCode::HsmUnavailable,
+                message,
             ),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,

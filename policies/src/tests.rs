@@ -54,7 +54,11 @@ fn lifecycle_keys_are_checked() {
 
     // Overdue must come before stale.
     let text = SAMPLE
-        .replacen("check_in_interval = \"24h\"", "check_in_interval = \"6d\"", 1)
+        .replacen(
+            "check_in_interval = \"24h\"",
+            "check_in_interval = \"6d\"",
+            1,
+        )
         .replace("check_in_grace_days = 3", "check_in_grace_days = 24");
     assert_eq!(
         problems(&text),
@@ -88,7 +92,11 @@ fn every_problem_is_reported_with_its_path() {
         .replace("ttl = \"72h\"", "ttl = \"8d\"")
         .replace("seats = 100\n", "seats = 0\n")
         // The first one is pro's.
-        .replacen("check_in_interval = \"24h\"", "check_in_interval = \"8d\"", 1)
+        .replacen(
+            "check_in_interval = \"24h\"",
+            "check_in_interval = \"8d\"",
+            1,
+        )
         .replace("role = \"auditor\"", "role = \"admin\"")
         .replace("per_minute = 5", "per_minute = \"five\"")
         .replace("[audit]", "[audit]\ncolour = \"blue\"");

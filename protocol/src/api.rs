@@ -488,6 +488,8 @@ pub mod error_code {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const APPLIANCE_NOT_FOUND: &str = "appliance_not_found";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// 408: the body did not arrive within the gateway's body-read timeout.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const INTERNAL: &str = "internal";
     pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";

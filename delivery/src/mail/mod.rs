@@ -8,7 +8,9 @@
 //! Invariants:
 //! - One recipient per mail: the envelope is exactly the `From` and the one `To`.
 //! - Header values come only from [`DisplayName`], [`MailAddress`] and [`Sender`], which
-//!   refuse CR, LF and every other control character before any SMTP traffic.
+//!   refuse CR, LF and every other control character, format characters (bidi
+//!   controls, line separators …) and `=?` before any SMTP traffic. They are also the
+//!   gateway API's rule for names and addresses, so what the API accepts is deliverable.
 //! - The code, the link and the SMTP password are never logged nor in an error.
 //! - With credentials configured, the connection must be encrypted.
 
@@ -31,8 +33,8 @@ use tracing::instrument;
 use zeroize::Zeroizing;
 
 pub use header::{
-    DisplayName, HeaderError, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MailAddress, Sender,
-    validate_header_text,
+    DisplayName, HeaderError, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MAX_LOCAL_PART_LEN,
+    MailAddress, Sender, is_allowed_header_char, refused_bmp_ranges, validate_header_text,
 };
 pub use template::{DeliveryId, MailKind, OutgoingMail, html_escape, message_id};
 

@@ -222,6 +222,20 @@ impl SmtpServer {
         })
     }
 
+    /// How many messages were received so far.
+    pub fn count(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(self.dir.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count())
+    }
+
+    /// The `n`-th message received (1-based; the recorder numbers its files).
+    pub fn message(&self, n: usize) -> Result<serde_json::Value> {
+        let path = self.dir.path().join(format!("{n:06}.json"));
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    }
+
     /// Every message received so far, in arrival order (the recorder's JSON records).
     pub fn messages(&self) -> Result<Vec<serde_json::Value>> {
         let mut names: Vec<_> = std::fs::read_dir(self.dir.path())?

@@ -16,6 +16,7 @@ import email.header
 import email.policy
 import json
 import os
+import re
 import itertools
 
 
@@ -71,12 +72,16 @@ class Recorder:
         headers = []
         for name, value in msg.raw_items():
             # "decoded": the modern parser's view; "rfc2047": RFC 2047 section 6.2 decoding
-            # of the raw value (whitespace between adjacent encoded words ignored).
+            # of the raw value once unfolded (RFC 5322 section 2.2.3: a CRLF followed by
+            # whitespace is removed; the legacy decoder would otherwise strip the
+            # whitespace at the start of each folded line), with whitespace between
+            # adjacent encoded words ignored, as RFC 2047 says and mail programs do.
+            unfolded = re.sub(r"\r?\n(?=[ \t])", "", str(value))
             headers.append({
                 "name": name,
                 "raw": str(value),
                 "decoded": str(msg[name]),
-                "rfc2047": str(email.header.make_header(email.header.decode_header(str(value)))),
+                "rfc2047": str(email.header.make_header(email.header.decode_header(unfolded))),
             })
         parts = []
         defects = [repr(d) for d in msg.defects]

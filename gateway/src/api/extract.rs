@@ -137,10 +137,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
         let raw = axum::body::to_bytes(req.into_body(), super::BODY_LIMIT)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
+            .map_err(body_error)?;
         let value = serde_json::from_slice(&raw).map_err(json_error)?;
         Ok(ApiJson { value, raw })
     }
+}
+
+/// A body that could not be read: cut by the body-read timeout (408), else over the
+/// size limit (413).
+pub fn body_error(e: axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<crate::server::BodyTimeout>() {
+            return ApiError::RequestTimeout;
+        }
+        source = s.source();
+    }
+    ApiError::PayloadTooLarge
 }
 
 /// A serde error as `validation_failed` with a `fields` entry naming the field.

@@ -30,8 +30,10 @@ use crate::flows::{
 use super::views;
 
 /// Audits a request refused before its flow ran (bad body, invalid fields), then
-/// returns the error.
-async fn refused(app: &crate::App, peer: &Peer, action: &str, e: ApiError) -> ApiError {
+/// returns the error: a record of its own when the caller is established (every route
+/// that calls this requires the store's certificate first), else counted in the
+/// refusal summary.
+async fn refused(app: &crate::App, peer: &Peer, action: &'static str, e: ApiError) -> ApiError {
     refused_for(app, peer, action, None, e).await
 }
 
@@ -39,15 +41,23 @@ async fn refused(app: &crate::App, peer: &Peer, action: &str, e: ApiError) -> Ap
 async fn refused_for(
     app: &crate::App,
     peer: &Peer,
-    action: &str,
+    action: &'static str,
     tenant: Option<Uuid>,
     e: ApiError,
 ) -> ApiError {
-    let record = peer.ctx(app).record(action).map(|r| match tenant {
-        Some(t) => r.tenant(t),
-        None => r,
-    });
-    crate::audit::append_failure(&app.pool, record, e.code()).await;
+    let ctx = peer.ctx(app);
+    crate::audit::append_refusal(
+        &app.pool,
+        &app.refusals,
+        &ctx,
+        action,
+        e.code(),
+        |r| match tenant {
+            Some(t) => r.tenant(t),
+            None => r,
+        },
+    )
+    .await;
     e
 }
 
@@ -157,14 +167,27 @@ pub async fn reissue(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-/// `POST /register` (appliance, no client certificate needed).
+/// `POST /register` (appliance, no client certificate needed). A body that is not a
+/// redeem request is refused before the flow, counted in the refusal summary.
 pub async fn redeem(
     State(app): AppState,
     peer: Peer,
-    body: ApiJson<RedeemRequest>,
+    body: Result<ApiJson<RedeemRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let req = body.value;
+    let req = match body {
+        Ok(b) => b.value,
+        Err(e) => {
+            app.refusals.count(
+                audit_actions::CODE_REDEEM,
+                e.code(),
+                None,
+                ctx.source,
+                ctx.now,
+            );
+            return Err(e);
+        }
+    };
     let r = flows::redeem::redeem(&app, &ctx, &req.install_code, &req.csr, &req.appliance).await?;
     Ok((StatusCode::OK, Json(r)).into_response())
 }

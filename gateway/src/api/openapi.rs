@@ -235,18 +235,57 @@ const ROUTES: &[Route] = &[
     ),
 ];
 
-/// A single-line name (`validate::Name`): no control characters, not blank.
+/// A single-line name (`validate::Name`, the mail's rule `alga_delivery::mail::
+/// DisplayName`): not blank, no `=?`, none of the refused characters. The pattern's
+/// class is built from the rule itself (`refused_bmp_ranges`), so the two cannot drift.
 fn name_schema() -> Value {
+    let refused = refused_class();
     json!({
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_NAME_CHARS,
-        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*\\S[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        "pattern": format!("^(?!.*=\\?)[^{refused}]*[^\\s{refused}][^{refused}]*$"),
+        "description": "Letters, marks, numbers, punctuation, symbols and spaces (Unicode \
+            general categories L, M, N, P, S and Zs): no control character, line or paragraph \
+            separator, bidi control or other format character, private-use or unassigned \
+            code point, and no \"=?\". Surrounding whitespace is dropped and runs of spaces \
+            become one. The pattern lists the refused characters up to U+FFFF; the server \
+            also refuses unassigned code points and format or private-use characters above it.",
     })
 }
 
+/// The body of a regular-expression character class of every character up to U+FFFF
+/// that names refuse (unassigned ones aside), as `\uXXXX` escapes.
+fn refused_class() -> String {
+    alga_delivery::mail::refused_bmp_ranges()
+        .iter()
+        .map(|r| {
+            let (a, b) = (u32::from(*r.start()), u32::from(*r.end()));
+            if a == b {
+                format!("\\u{a:04x}")
+            } else {
+                format!("\\u{a:04x}-\\u{b:04x}")
+            }
+        })
+        .collect()
+}
+
+/// A contact address (`validate::ContactEmail`, the mail's rule `alga_delivery::mail::
+/// MailAddress`): an ASCII dot-atom local part, a fully qualified domain of
+/// letter-digit-hyphen labels, no `=?`. (The local part's 64-byte limit is in the
+/// description only: a lookahead for it would stop generators such as schemathesis'.)
 fn email_schema() -> Value {
-    json!({"type": "string", "format": "email", "maxLength": MAX_EMAIL_LEN})
+    const ATEXT: &str = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-";
+    const LABEL: &str = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    json!({
+        "type": "string",
+        "format": "email",
+        "maxLength": MAX_EMAIL_LEN,
+        "pattern": format!("^(?!.*=\\?)[{ATEXT}]+(\\.[{ATEXT}]+)*@({LABEL}\\.)+{LABEL}$"),
+        "description": "An ASCII address: a dot-atom local part of at most 64 bytes, a fully \
+            qualified domain of letter-digit-hyphen labels, no \"=?\"; surrounding spaces are \
+            dropped.",
+    })
 }
 
 fn json_body(required: bool, schema: Value) -> Value {
@@ -499,6 +538,51 @@ pub async fn openapi_json(State(app): AppState) -> Response {
 
 #[cfg(test)]
 mod tests {
+    /// The name pattern refuses what the API refuses (issue 18, finding 6).
+    #[test]
+    fn the_name_pattern_follows_the_mail_rule() {
+        let name = super::name_schema();
+        let pattern = name["pattern"].as_str().expect("pattern");
+        // A negative lookahead only: generators (schemathesis) cannot satisfy positive ones.
+        assert!(
+            pattern.starts_with("^(?!.*=\\?)") && !pattern.contains("(?="),
+            "{pattern}"
+        );
+        let class = super::refused_class();
+        // Parse the class back into ranges and look the finding's characters up.
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        for part in class.split("\\u").filter(|s| !s.is_empty()) {
+            let v = u32::from_str_radix(part.trim_end_matches('-'), 16).expect("hex");
+            match merged.last_mut() {
+                Some(last) if last.1 == u32::MAX => last.1 = v,
+                _ => merged.push((v, if part.ends_with('-') { u32::MAX } else { v })),
+            }
+        }
+        assert!(!merged.is_empty());
+        for c in [
+            0x0au32, 0x7f, 0x85, 0xad, 0x61c, 0x2028, 0x2029, 0x202e, 0x2066, 0xe000, 0xfeff,
+            0xffff,
+        ] {
+            assert!(
+                merged.iter().any(|&(a, b)| a <= c && c <= b),
+                "U+{c:04X} not in {class}"
+            );
+        }
+        for c in [0x41u32, 0x20, 0xe9, 0x3000, 0x5d0, 0x627, 0x4e00] {
+            assert!(
+                !merged.iter().any(|&(a, b)| a <= c && c <= b),
+                "U+{c:04X} in {class}"
+            );
+        }
+        assert!(class.is_ascii() && class.len() < 1000, "{class}");
+        let email = super::email_schema();
+        let pattern = email["pattern"].as_str().expect("pattern");
+        assert!(
+            pattern.starts_with("^(?!.*=\\?)") && !pattern.contains("(?="),
+            "{pattern}"
+        );
+    }
+
     #[test]
     fn is_openapi_3_1_with_every_route() {
         let v = serde_json::to_value(super::document()).expect("serializes");

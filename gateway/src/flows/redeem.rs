@@ -1,8 +1,18 @@
 //! `POST /register`: redeem an install code.
 //!
-//! 1. Parse the code offline (check symbols) → `code_malformed`.
-//! 2. Look the binding up by `code_id`; have the issuer verify the code against it.
-//!    Unknown id and wrong secret give the *same* `code_invalid`.
+//! 1. Before verification, local checks only: the per-source rate limit, the code's
+//!    offline parse (check symbols) → `code_malformed`, the appliance fields, the CSR
+//!    (`csr_invalid`: exactly what the issuer would refuse, so no signature is ever made
+//!    for a CSR it then rejects). No caller is established yet: these refusals are
+//!    counted in the refusal summary ([`crate::audit::Refusals`]), not recorded one by
+//!    one.
+//! 2. Look the binding up by `code_id`; have the issuer verify the code against it, or,
+//!    for an unknown id, against a decoy binding (the presented id, a random tenant):
+//!    unknown id and wrong secret do the same work and give the *same* `code_invalid`,
+//!    with the same audit record. Only a failed verification is charged to the code
+//!    id's budget (`rate_limited` once it is spent): a code that verifies is never
+//!    refused by the per-code limit, whatever others guessed. From here on every
+//!    attempt has an audit record of its own.
 //! 3. One transaction, under the tenant's row lock (so a tenant's redeems, reissues
 //!    and changes serialize): a suspended tenant is refused (`tenant_suspended`,
 //!    nothing consumed); the conditional `UPDATE … WHERE state='unclaimed' AND
@@ -20,9 +30,12 @@
 //! What is signed follows the tenant's edition now (a fresh code is bound to it: an
 //! edition change revokes the codes of the old one).
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
 use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
-use alga_protocol::{InstallCode, SecretText};
+use alga_protocol::{CodeBinding, CodeId, InstallCode, SecretText};
+use time::OffsetDateTime;
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -45,30 +58,20 @@ pub async fn redeem(
     csr_pem: &str,
     appliance: &ApplianceInfo,
 ) -> Result<RedeemResponse, ApiError> {
-    let mut code_id: Option<alga_protocol::CodeId> = None;
-    let result = async {
-        app.limits
-            .check_source(ctx.source_or_unspecified())
-            .map_err(|w| (ApiError::RateLimited(w), None))?;
-        let code = InstallCode::parse(install_code.expose())
-            .map_err(|e| (ApiError::CodeMalformed(e.to_string()), None))?;
-        let id = code.code_id().clone();
-        tracing::Span::current().record("code.id", tracing::field::display(&id));
-        code_id = Some(id.clone());
-        app.limits
-            .check_code(id.as_str())
-            .map_err(|w| (ApiError::RateLimited(w), None))?;
-        Ok((code, id))
-    }
-    .await;
-    let result = match result {
-        Ok((code, code_id)) => {
-            redeem_verified_input(app, ctx, code, code_id, csr_pem, appliance).await
+    let (code, csr) = match checked_input(app, ctx, install_code, csr_pem, appliance) {
+        Ok(input) => input,
+        Err(e) => {
+            // Refused before the code was verified: counted, not recorded one by one.
+            app.metrics.redeem_outcome(e.code());
+            app.refusals
+                .count(actions::CODE_REDEEM, e.code(), None, ctx.source, ctx.now);
+            return Err(e);
         }
-        Err(e) => Err(e),
     };
+    let code_id = code.code_id().clone();
+    tracing::Span::current().record("code.id", tracing::field::display(&code_id));
 
-    match result {
+    match verify_and_consume(app, ctx, code, &csr, appliance).await {
         Ok(resp) => {
             app.metrics.redeem_outcome("ok");
             Ok(resp)
@@ -76,10 +79,7 @@ pub async fn redeem(
         Err((e, tenant)) => {
             app.metrics.redeem_outcome(e.code());
             let record = ctx.record(actions::CODE_REDEEM).map(|r| {
-                let r = match &code_id {
-                    Some(id) => r.subject("code_id", id.as_str()),
-                    None => r,
-                };
+                let r = r.subject("code_id", code_id.as_str());
                 match tenant {
                     Some(t) => r.tenant(t),
                     None => r,
@@ -91,16 +91,20 @@ pub async fn redeem(
     }
 }
 
-/// After parsing and rate limits: the appliance fields, the CSR, the lookup, the
-/// issuer's verdict, then consumption. Errors carry the tenant once the code verified.
-async fn redeem_verified_input(
+/// The checks before verification, all local: the per-source limit, the code's
+/// offline parse, the appliance fields and the CSR.
+fn checked_input(
     app: &App,
     ctx: &Ctx,
-    code: InstallCode,
-    code_id: alga_protocol::CodeId,
+    install_code: &SecretText,
     csr_pem: &str,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, (ApiError, Option<Uuid>)> {
+) -> Result<(InstallCode, Csr), ApiError> {
+    app.limits
+        .check_source(ctx.source_or_unspecified())
+        .map_err(ApiError::RateLimited)?;
+    let code = InstallCode::parse(install_code.expose())
+        .map_err(|e| ApiError::CodeMalformed(e.to_string()))?;
     let mut fields = std::collections::BTreeMap::new();
     if let Err(m) = Name::parse(&appliance.hostname) {
         fields.insert("appliance.hostname".to_owned(), m.to_owned());
@@ -109,9 +113,48 @@ async fn redeem_verified_input(
         fields.insert("appliance.version".to_owned(), m.to_owned());
     }
     if !fields.is_empty() {
-        return Err((ApiError::Validation(fields), None));
+        return Err(ApiError::Validation(fields));
     }
-    let csr = Csr::parse(csr_pem).map_err(|e| (e, None))?;
+    let csr = Csr::parse(csr_pem)?;
+    Ok((code, csr))
+}
+
+/// The code key version of the stored binding looked up last, in this process: a
+/// decoy is verified under it, so its HMAC is made with a key the token holds, as a
+/// stored binding's is (an unknown version would be answered without an HMAC).
+static DECOY_KEY_VERSION: AtomicU32 = AtomicU32::new(1);
+
+/// What an unknown `code_id` is verified against: the presented id with a random
+/// tenant, bound like a fresh code. No stored code has it, and its MAC matches a
+/// presented code with probability 2^-90; the answer is `code_invalid` regardless.
+fn decoy_binding(app: &App, code_id: &CodeId, now: OffsetDateTime) -> CodeBinding {
+    let expires_at = now + app.policy.install_code_ttl;
+    CodeBinding {
+        code_id: code_id.clone(),
+        tenant_id: Uuid::new_v4(),
+        edition: app
+            .policy
+            .editions
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default(),
+        expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
+        key_version: DECOY_KEY_VERSION.load(Ordering::Relaxed),
+        replaces_appliance_id: None,
+    }
+}
+
+/// The lookup, the issuer's verdict (unknown ids against a decoy), the per-code
+/// budget on failure, then consumption. Errors carry the tenant once the code verified.
+async fn verify_and_consume(
+    app: &App,
+    ctx: &Ctx,
+    code: InstallCode,
+    csr: &Csr,
+    appliance: &ApplianceInfo,
+) -> Result<RedeemResponse, (ApiError, Option<Uuid>)> {
+    let code_id = code.code_id().clone();
     let row = {
         let conn = app
             .pool
@@ -122,23 +165,32 @@ async fn redeem_verified_input(
             .await
             .map_err(|e| (e.into(), None))?
     };
-    let Some(row) = row else {
-        return Err((ApiError::CodeInvalid, None));
+    let binding = match &row {
+        Some(r) => {
+            DECOY_KEY_VERSION.store(r.binding.key_version, Ordering::Relaxed);
+            r.binding.clone()
+        }
+        None => decoy_binding(app, &code_id, ctx.now),
     };
     let valid = app
         .issuer
         .verify_code(
-            &row.binding,
+            &binding,
             SecretText::new(code.expose_formatted().to_string()),
         )
         .await
         .map_err(|e| (issuer_error(e), None))?;
-    if !valid {
-        return Err((ApiError::CodeInvalid, None));
-    }
+    let Some(row) = row.filter(|_| valid) else {
+        // Only failures are charged to the code id's budget.
+        let e = match app.limits.code_failure(code_id.as_str()) {
+            Ok(()) => ApiError::CodeInvalid,
+            Err(wait) => ApiError::RateLimited(wait),
+        };
+        return Err((e, None));
+    };
     let tenant_id = row.binding.tenant_id;
     tracing::Span::current().record("tenant.id", tracing::field::display(tenant_id));
-    consume(app, ctx, &row, &csr, appliance)
+    consume(app, ctx, &row, csr, appliance)
         .await
         .map_err(|e| (e, Some(tenant_id)))
 }

@@ -3,34 +3,36 @@
 
 use std::collections::BTreeMap;
 
+use alga_delivery::mail::{DisplayName, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MailAddress};
 use alga_policies::{Edition, Policy};
 use alga_protocol::api::RegisterTenantRequest;
 
 use crate::error::ApiError;
 
-/// Longest company or contact name.
+/// Longest company or contact name (the API's bound; the mail's own is higher).
 pub const MAX_NAME_CHARS: usize = 200;
-/// Longest email address (RFC 5321 path limit).
-pub const MAX_EMAIL_LEN: usize = 254;
+/// Longest email address (RFC 5321 path limit), the mail's own bound.
+pub const MAX_EMAIL_LEN: usize = MAX_ADDRESS_LEN;
 
-/// A single-line human name: trimmed, 1–200 characters, no control characters (CR, LF,
-/// bare LF, TAB, DEL, C1…): it goes into mail headers and bodies.
+const _: () = assert!(MAX_NAME_CHARS <= MAX_HEADER_TEXT_CHARS);
+
+/// A single-line human name: what a mail header can carry, by the one rule of
+/// `alga_delivery::mail` ([`DisplayName`]): letters, marks, numbers, punctuation,
+/// symbols and spaces only (no control character such as CR, LF, TAB, DEL or C1, no
+/// line separator, bidi control or other invisible format character, no unassigned or
+/// private-use code point), no `=?`, trimmed, runs of spaces collapsed, 1–200
+/// characters. Company and contact names go into mail headers and bodies, so anything
+/// accepted here is deliverable; host names, versions and reasons follow the same rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(String);
 
 impl Name {
-    pub fn parse(input: &str) -> Result<Name, &'static str> {
-        if input.chars().any(char::is_control) {
-            return Err("must be a single line without control characters");
-        }
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
-            return Err("must not be empty");
-        }
-        if trimmed.chars().count() > MAX_NAME_CHARS {
-            return Err("is too long (at most 200 characters)");
-        }
-        Ok(Name(trimmed.to_owned()))
+    /// Parses a name; the error is a message for the caller's field (it never echoes
+    /// the value).
+    pub fn parse(input: &str) -> Result<Name, String> {
+        DisplayName::parse_with_limit("name", input, MAX_NAME_CHARS)
+            .map(|n| Name(n.as_str().to_owned()))
+            .map_err(|e| e.reason())
     }
 
     pub fn as_str(&self) -> &str {
@@ -47,47 +49,20 @@ impl Name {
     }
 }
 
-/// A contact email address: `local@domain`, ASCII, no spaces or control characters, a
-/// dotted domain of LDH labels. (Deliberately narrower than RFC 5322: it goes into an
-/// SMTP envelope and a header.)
+/// A contact email address, by the one rule of `alga_delivery::mail`
+/// ([`MailAddress`]): `local@domain`, ASCII, the local part a dot-atom of RFC 5322
+/// `atext` (at most 64 bytes), a fully qualified domain of letter-digit-hyphen labels,
+/// no `=?`, at most 254 bytes; surrounding spaces are dropped. (Deliberately narrower
+/// than RFC 5322: it goes into an SMTP envelope and a header.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactEmail(String);
 
 impl ContactEmail {
-    pub fn parse(input: &str) -> Result<ContactEmail, &'static str> {
-        const MSG: &str = "must be an email address like name@example.com";
-        if input.chars().any(char::is_control) {
-            return Err("must be a single line without control characters");
-        }
-        let s = input.trim();
-        if s.is_empty() || s.len() > MAX_EMAIL_LEN || !s.is_ascii() {
-            return Err(MSG);
-        }
-        let Some((local, domain)) = s.rsplit_once('@') else {
-            return Err(MSG);
-        };
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local.starts_with('.')
-            && !local.ends_with('.')
-            && !local.contains("..")
-            && local
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if local_ok && domain_ok {
-            Ok(ContactEmail(s.to_owned()))
-        } else {
-            Err(MSG)
-        }
+    /// Parses an address; the error is a message for the caller's field.
+    pub fn parse(input: &str) -> Result<ContactEmail, String> {
+        MailAddress::parse_trimmed("email", input)
+            .map(|a| ContactEmail(a.as_str().to_owned()))
+            .map_err(|e| e.reason())
     }
 
     pub fn as_str(&self) -> &str {
@@ -131,11 +106,11 @@ pub fn registration<'p>(
     policy: &'p Policy,
 ) -> Result<Registration<'p>, ApiError> {
     let mut fields = BTreeMap::new();
-    let company = Name::parse(&req.company).map_err(|m| fields.insert("company".into(), m.into()));
+    let company = Name::parse(&req.company).map_err(|m| fields.insert("company".into(), m));
     let contact_name =
-        Name::parse(&req.contact.name).map_err(|m| fields.insert("contact.name".into(), m.into()));
+        Name::parse(&req.contact.name).map_err(|m| fields.insert("contact.name".into(), m));
     let contact_email = ContactEmail::parse(&req.contact.email)
-        .map_err(|m| fields.insert("contact.email".into(), m.into()));
+        .map_err(|m| fields.insert("contact.email".into(), m));
     let edition = edition(policy, &req.edition).map_err(|m| fields.insert("edition".into(), m));
     match (company, contact_name, contact_email, edition) {
         (Ok(company), Ok(contact_name), Ok(contact_email), Ok(edition)) => Ok(Registration {
@@ -164,8 +139,39 @@ mod tests {
             "nul\0",
             "del\u{7f}",
             "c1\u{85}",
+            // Issue 18, finding 6: these got 201 and a code that was never mailed.
+            "Acme\u{2028}GmbH",
+            "Acme\u{2029}GmbH",
+            "Acme \u{202E}HbmG",
+            "Acme =? GmbH",
+            "=?utf-8?q?Acme?=",
+            // Every bidi control and other invisible format characters.
+            "A\u{061C}",
+            "A\u{200E}",
+            "A\u{200F}",
+            "A\u{202A}",
+            "A\u{202B}",
+            "A\u{202C}",
+            "A\u{202D}",
+            "A\u{2066}",
+            "A\u{2067}",
+            "A\u{2068}",
+            "A\u{2069}",
+            "A\u{200B}",
+            "A\u{200D}",
+            "A\u{00AD}",
+            "\u{FEFF}A",
+            "A\u{E0041}",
+            // Unassigned, noncharacter, private use.
+            "A\u{0378}",
+            "A\u{FFFF}",
+            "A\u{E000}",
         ] {
-            assert!(Name::parse(bad).is_err(), "{bad:?}");
+            let err = Name::parse(bad).expect_err(bad);
+            assert!(
+                !err.is_empty() && !err.contains("Acme") && !err.contains("HbmG"),
+                "{err}"
+            );
         }
         assert_eq!(
             Name::parse("  Acme GmbH ").expect("valid").as_str(),
@@ -175,15 +181,35 @@ mod tests {
             Name::parse("Acme   GmbH").expect("valid").normalized(),
             "acme gmbh"
         );
+        assert!(Name::parse(&"x".repeat(200)).is_ok());
         assert!(Name::parse(&"x".repeat(201)).is_err());
         assert!(Name::parse("Zoë Ünal").is_ok());
+        assert!(Name::parse("عبد الله — שלום — 株式会社 ☃").is_ok());
+        assert!(Name::parse("Acme = Beta? yes").is_ok());
+        assert_eq!(
+            Name::parse("Acme\u{2028}").expect_err("refused"),
+            "contains a disallowed formatting character (U+2028) at position 5"
+        );
+        assert_eq!(
+            Name::parse("Acme =?").expect_err("refused"),
+            "contains \"=?\" at position 6, which mail programs decode as encoded text"
+        );
     }
 
     #[test]
     fn emails() {
-        for good in ["a@b.co", "first.last+tag@sub.example.com", "ops@alga.test"] {
+        for good in [
+            "a@b.co",
+            "first.last+tag@sub.example.com",
+            "ops@alga.test",
+            "o'brien@example.com",
+        ] {
             assert!(ContactEmail::parse(good).is_ok(), "{good}");
         }
+        assert_eq!(
+            ContactEmail::parse(" a@b.co ").expect("trimmed").as_str(),
+            "a@b.co"
+        );
         for bad in [
             "",
             "plain",
@@ -199,6 +225,9 @@ mod tests {
             "a@b.co\n",
             "zoë@b.co",
             "a@b_c.co",
+            "=?utf-8?q?a?=@b.co",
+            "a\u{202E}@b.co",
+            "\ta@b.co",
         ] {
             assert!(ContactEmail::parse(bad).is_err(), "{bad:?}");
         }
@@ -213,20 +242,30 @@ mod tests {
 
 #[cfg(test)]
 mod proptests {
+    use alga_delivery::mail::{DisplayName, MailAddress};
     use proptest::prelude::*;
 
     use super::*;
 
     proptest! {
         /// Whatever comes in: no panic, and what is accepted is single-line, trimmed,
-        /// bounded.
+        /// bounded, and exactly what the mail's own types make of it (one rule).
         #[test]
         fn names_accepted_are_clean(input in any::<String>()) {
             if let Ok(n) = Name::parse(&input) {
                 prop_assert!(!n.as_str().chars().any(char::is_control));
                 prop_assert_eq!(n.as_str().trim(), n.as_str());
                 prop_assert!(!n.as_str().is_empty() && n.as_str().chars().count() <= MAX_NAME_CHARS);
+                let mail = DisplayName::parse("company", n.as_str());
+                prop_assert_eq!(mail.as_ref().map(DisplayName::as_str), Ok(n.as_str()));
             }
+        }
+
+        #[test]
+        fn names_from_typed_text_agree_with_the_mail(input in "[ -~\u{a0}-\u{2fff}\u{3000}-\u{30ff}]{0,220}") {
+            let api = Name::parse(&input);
+            let mail = DisplayName::parse_with_limit("name", &input, MAX_NAME_CHARS);
+            prop_assert_eq!(api.as_ref().ok().map(Name::as_str), mail.as_ref().ok().map(DisplayName::as_str));
         }
 
         #[test]
@@ -236,6 +275,7 @@ mod proptests {
                 prop_assert!(!e.as_str().bytes().any(|b| b.is_ascii_control() || b == b' '));
                 prop_assert_eq!(e.as_str().matches('@').count(), 1);
                 prop_assert!(e.as_str().len() <= MAX_EMAIL_LEN);
+                prop_assert!(MailAddress::parse("to", e.as_str()).is_ok());
             }
         }
 

@@ -136,7 +136,7 @@ async fn redeem_essentials_has_no_license_credential_or_check_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeem_error_codes() {
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let (tenant, code_id, code) = s.tenant_with_code("pro").await;
 
     // code_malformed: a typo is caught by the check symbols, before any lookup.
@@ -183,9 +183,8 @@ async fn redeem_error_codes() {
         .await;
         assert_error(st, &e, 400, "csr_invalid");
     }
-    // A CSR that parses here but the issuer refuses (P-384): the refusal comes after the
-    // conditional UPDATE and the license signature, inside the transaction, and rolls
-    // all of it back.
+    // A CSR the issuer would refuse (P-384) is refused here, before the code is
+    // verified and before anything is signed (refusals.rs has the signing log).
     let (st, e) = s
         .redeem_as(&code, &Appliance::with_alg(&rcgen::PKCS_ECDSA_P384_SHA384))
         .await;
@@ -219,11 +218,23 @@ async fn redeem_error_codes() {
     let state = s.code_state(&exp_id).await;
     assert_eq!(state, "unclaimed");
 
-    // Failures are audited, with the code id and never the code.
+    // Failures from the code's verification on are audited one by one, with the code
+    // id and never the code: two code_invalid, one code_expired. Those refused before
+    // (4 code_malformed, 3 csr_invalid, 1 unknown field) are counted in the refusal
+    // summary, written at the latest when the gateway stops.
     let failures = s
         .count("SELECT count(*) FROM audit_events WHERE action = 'code.redeem' AND convert_from(record, 'UTF8') LIKE '%failure%'")
         .await;
-    assert!(failures >= 9, "{failures}");
+    assert_eq!(failures, 3);
+    s.restart_gateway().await;
+    let summarized = s
+        .count(
+            "SELECT coalesce(sum((convert_from(record, 'UTF8')::jsonb#>>'{details,count}')::bigint), 0)::bigint \
+             FROM audit_events WHERE action = 'access.refused_summary' \
+             AND convert_from(record, 'UTF8')::jsonb#>>'{details,refused_action}' = 'code.redeem'",
+        )
+        .await;
+    assert_eq!(summarized, 8);
     let leaked = s
         .count(&format!(
             "SELECT count(*) FROM audit_events WHERE convert_from(record, 'UTF8') LIKE '%{}%'",

@@ -8,7 +8,7 @@ use crate::harness::{Stack, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_matrix() {
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let (tenant, _, code) = s.tenant_with_code("pro").await;
     let (st, _, a) = s.redeem(&code).await;
     assert_eq!(st, 200);
@@ -127,16 +127,38 @@ async fn role_matrix() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // Every refusal of an identity is audited.
+    // Every refusal of an identity is counted in the refusal summaries (flushed at a
+    // graceful stop): one record per route, method, error code and source network per
+    // window, the counts adding up to the refusals.
     let refusals = routes
         .iter()
         .flat_map(|r| r.3)
         .filter(|st| *st == 401 || *st == 403)
         .count();
-    assert_eq!(
-        s.count("SELECT count(*) FROM audit_events WHERE action = 'access.denied'")
-            .await,
-        i64::try_from(refusals).expect("small")
+    let keys: std::collections::BTreeSet<_> = routes
+        .iter()
+        .flat_map(|r| r.3.iter().map(move |st| (r.0, r.1.as_str(), *st)))
+        .filter(|(_, _, st)| *st == 401 || *st == 403)
+        .collect();
+    s.restart_gateway().await;
+    let (rows, counted) = {
+        let r = s
+            .admin
+            .query_one(
+                "SELECT count(*), coalesce(sum((convert_from(record, 'UTF8')::jsonb#>>'{details,count}')::bigint), 0)::bigint \
+                 FROM audit_events WHERE action = 'access.refused_summary' \
+                 AND convert_from(record, 'UTF8')::jsonb#>>'{details,refused_action}' = 'access.denied'",
+                &[],
+            )
+            .await
+            .expect("summaries");
+        (r.get::<_, i64>(0), r.get::<_, i64>(1))
+    };
+    assert_eq!(counted, i64::try_from(refusals).expect("small"));
+    assert!(
+        (1..=2 * i64::try_from(keys.len()).expect("small")).contains(&rows),
+        "{rows} summary records for {} keys (at most two windows)",
+        keys.len()
     );
     // The appliance's id is unaffected by the matrix (the revoke targeted an unknown id).
     assert_eq!(

@@ -47,6 +47,16 @@ pub enum HsmError {
     #[error("the HSM PIN is locked")]
     PinLocked,
 
+    /// The token refused the PIN (incorrect or locked) when a worker logged in again
+    /// after a lost session. The pool latched it: no further `C_Login` until the
+    /// process is restarted (a real HSM counts every refused login and locks the PIN
+    /// at its limit), and every job answers this, which callers see as "HSM
+    /// unavailable".
+    #[error(
+        "the HSM refused the PIN ({rv}) after a lost session: no further login until the issuer is restarted"
+    )]
+    LoginStopped { rv: &'static str },
+
     /// The session, the login or a cached object handle was lost (session closed,
     /// device error, token removed, user logged out). A worker recovers from this by
     /// reopening its session, logging in again and retrying once.
@@ -230,6 +240,7 @@ impl From<HsmError> for KeyOpsError {
     fn from(err: HsmError) -> KeyOpsError {
         match err {
             HsmError::PinIncorrect | HsmError::PinLocked => KeyOpsError::PinIncorrect,
+            HsmError::LoginStopped { .. } => KeyOpsError::LoginStopped,
             HsmError::TokenNotFound { label } => KeyOpsError::TokenNotFound { label },
             HsmError::UnknownKey { kind, version } => KeyOpsError::UnknownKey { kind, version },
             _ => KeyOpsError::Unavailable,

@@ -4,7 +4,9 @@
 //!   complete key set (it never creates keys), caches the public key metadata and CA
 //!   certificates, and runs every signature and MAC on a pool of worker threads, each
 //!   with its own logged-in session, so HSM work never blocks the async runtime. A
-//!   lost session is reopened and the job retried once (see `worker`).
+//!   lost session is reopened and the job retried once (see `worker`); a PIN the token
+//!   refuses on such a re-login stops all further logins until a restart
+//!   ([`Hsm::login_stopped`], reported by [`KeyOps::health`]).
 //! - [`admin`] holds the key ceremonies (`token init`, `keys init|list|rotate`).
 //! - [`CaSigner`] is the rcgen external signer of the appliance CA, over any
 //!   [`KeyOps`].
@@ -39,10 +41,10 @@ pub use objects::{KeyProtection, kid, parse_kid, sha256_hex};
 pub use signer::{CaSigner, der_signature};
 
 use crate::config::HsmConfig;
-use crate::keyring::{CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+use crate::keyring::{self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
 use objects::Inventory;
 use token::Token;
-use worker::{Job, Op, Reply, Worker};
+use worker::{Job, LoginLatch, Op, Output, Reply, Worker};
 
 /// Most worker threads a pool may have (each holds a session; tokens limit sessions).
 const MAX_WORKERS: usize = 64;
@@ -61,6 +63,7 @@ struct Inner {
     token: Token,
     inventory: Inventory,
     recoveries: Arc<AtomicU64>,
+    latch: Arc<LoginLatch>,
 }
 
 impl Drop for Inner {
@@ -127,6 +130,7 @@ impl Hsm {
         }
         let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
         let recoveries = Arc::new(AtomicU64::new(0));
+        let latch = Arc::new(LoginLatch::default());
         let mut threads = Vec::with_capacity(config.workers);
         for (index, session) in sessions.into_iter().enumerate() {
             let worker = Worker {
@@ -136,6 +140,7 @@ impl Hsm {
                 session: Some(session),
                 handles: Default::default(),
                 recoveries: recoveries.clone(),
+                latch: latch.clone(),
             };
             let receiver = receiver.clone();
             let thread = std::thread::Builder::new()
@@ -156,6 +161,7 @@ impl Hsm {
                 token,
                 inventory,
                 recoveries,
+                latch,
             }),
         })
     }
@@ -189,12 +195,26 @@ impl Hsm {
         let out = rx
             .recv()
             .map_err(|_| HsmError::unavailable("the HSM worker stopped"))??;
-        to_array(out, "C_Sign(CKM_ECDSA)")
+        signature(out)
     }
 
     /// How many times a worker has reopened a lost session since `open`.
     pub fn session_recoveries(&self) -> u64 {
         self.inner.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// How many times this pool has called `C_Login` since `open` (its sessions at
+    /// open included), whatever the answer: what a real HSM's failed-login counter
+    /// would have seen of a wrong PIN. For tests and operators' diagnostics.
+    pub fn login_calls(&self) -> u64 {
+        self.inner.token.login_calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether logins are stopped because the token refused the PIN after a lost
+    /// session, with the refusal (`CKR_PIN_INCORRECT`, `CKR_PIN_LOCKED`). Stays set
+    /// until the process ends: restart the issuer with the right PIN.
+    pub fn login_stopped(&self) -> Option<&'static str> {
+        self.inner.latch.stopped()
     }
 
     /// **Test-only hook**: pulls the login out from under the running pool, as an HSM
@@ -239,10 +259,7 @@ impl Hsm {
     }
 
     /// Submits `op` and returns a receiver for its result (async callers).
-    fn submit_async(
-        &self,
-        op: Op,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, HsmError>>, HsmError> {
+    fn submit_async(&self, op: Op) -> Result<Receiver, HsmError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(
             op,
@@ -255,25 +272,52 @@ impl Hsm {
     }
 }
 
-fn to_array<const N: usize>(out: Vec<u8>, operation: &'static str) -> Result<[u8; N], HsmError> {
-    out.try_into()
-        .map_err(|out: Vec<u8>| HsmError::UnexpectedOutput {
-            operation,
-            reason: format!("{} bytes instead of {N}", out.len()),
-        })
+/// The receiving end of one job's reply.
+type Receiver = tokio::sync::oneshot::Receiver<Result<Output, HsmError>>;
+
+/// The signature of a sign job.
+fn signature(out: Output) -> Result<[u8; 64], HsmError> {
+    match out {
+        Output::Signature(signature) => Ok(signature),
+        Output::Mac(_) => Err(HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_ECDSA)",
+            reason: "a MAC instead of a signature".into(),
+        }),
+    }
 }
 
-async fn wait<const N: usize>(
-    rx: Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, HsmError>>, HsmError>,
-    operation: &'static str,
-) -> Result<[u8; N], KeyOpsError> {
+/// The MAC of an HMAC job, copied from the worker's zeroizing buffer straight into a
+/// zeroizing heap array (which the buffer's drop then wipes behind).
+fn mac(out: Output) -> Result<keyring::Mac, HsmError> {
+    match out {
+        Output::Mac(buffer) if buffer.len() == 32 => {
+            let mut mac = keyring::new_mac();
+            mac.copy_from_slice(&buffer);
+            Ok(mac)
+        }
+        Output::Mac(buffer) => Err(HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_SHA256_HMAC)",
+            reason: format!("{} bytes instead of 32", buffer.len()),
+        }),
+        Output::Signature(_) => Err(HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_SHA256_HMAC)",
+            reason: "a signature instead of a MAC".into(),
+        }),
+    }
+}
+
+/// Waits for a job's reply and turns its output into `T`.
+async fn wait<T>(
+    rx: Result<Receiver, HsmError>,
+    output: fn(Output) -> Result<T, HsmError>,
+) -> Result<T, KeyOpsError> {
     let result = match rx {
         Ok(rx) => rx
             .await
             .unwrap_or_else(|_| Err(HsmError::unavailable("the HSM worker stopped"))),
         Err(e) => Err(e),
     };
-    let result = result.and_then(|out| to_array(out, operation));
+    let result = result.and_then(output);
     if let Err(e) = &result {
         tracing::warn!(error = %e, "HSM operation failed");
     }
@@ -294,18 +338,25 @@ impl KeyOps for Hsm {
                 digest,
             })
         });
-        wait(rx, "C_Sign(CKM_ECDSA)")
+        wait(rx, signature)
     }
 
     fn hmac_sha256(
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<keyring::Mac, KeyOpsError>> + Send {
         let rx = self
             .check_known(KeyKind::Code, version, false)
             .and_then(|()| self.submit_async(Op::Hmac { version, data }));
-        wait(rx, "C_Sign(CKM_SHA256_HMAC)")
+        wait(rx, mac)
+    }
+
+    fn health(&self) -> Result<(), KeyOpsError> {
+        match self.login_stopped() {
+            Some(_) => Err(KeyOpsError::LoginStopped),
+            None => Ok(()),
+        }
     }
 
     fn active_version(&self, kind: KeyKind) -> u32 {

@@ -25,6 +25,7 @@ use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
 use crate::keyring::{CaCertificate, KeyInfo, KeyKind};
@@ -122,20 +123,26 @@ pub(crate) fn ecdsa_sign(
         })
 }
 
-/// HMAC-SHA256 (`CKM_SHA256_HMAC`).
+/// HMAC-SHA256 (`CKM_SHA256_HMAC`): the buffer cryptoki filled, wrapped in
+/// [`Zeroizing`] as it comes back (never copied into a plain array or vector), 32
+/// bytes long.
 pub(crate) fn hmac_sha256(
     session: &Session,
     key: ObjectHandle,
     data: &[u8],
-) -> Result<[u8; 32], HsmError> {
-    let mac = session
-        .sign(&Mechanism::Sha256Hmac, key, data)
-        .map_err(map_cryptoki)?;
-    mac.try_into()
-        .map_err(|mac: Vec<u8>| HsmError::UnexpectedOutput {
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let mac = Zeroizing::new(
+        session
+            .sign(&Mechanism::Sha256Hmac, key, data)
+            .map_err(map_cryptoki)?,
+    );
+    if mac.len() != 32 {
+        return Err(HsmError::UnexpectedOutput {
             operation: "C_Sign(CKM_SHA256_HMAC)",
             reason: format!("{} bytes instead of 32", mac.len()),
-        })
+        });
+    }
+    Ok(mac)
 }
 
 /// The protection attributes of a key, as read back from the token.

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::{Session, UserType};
@@ -55,6 +56,9 @@ pub(crate) struct Token {
     pub(crate) pkcs11: Pkcs11,
     pub(crate) slot: Slot,
     pub(crate) label: String,
+    /// `C_Login` calls made through [`Token::user_session`] by this token and its
+    /// clones (an `Hsm`'s open and its workers), whatever the answer.
+    pub(crate) login_calls: Arc<AtomicU64>,
 }
 
 impl Token {
@@ -69,6 +73,7 @@ impl Token {
             pkcs11,
             slot,
             label: config.token_label.clone(),
+            login_calls: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -88,6 +93,7 @@ impl Token {
             .pkcs11
             .open_rw_session(self.slot)
             .map_err(map_cryptoki)?;
+        self.login_calls.fetch_add(1, Ordering::Relaxed);
         login(&session, UserType::User, pin)?;
         Ok(session)
     }

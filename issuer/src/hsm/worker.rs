@@ -11,14 +11,27 @@
 //! session that looked logged in counts as a lost login too (the login can be pulled
 //! between the check and the search). A second failure goes back to the caller;
 //! the next job starts by reopening. The process never needs a restart for it.
+//!
+//! Except for a refused PIN. Logging in again is serialized through the pool's
+//! [`LoginLatch`]: one worker at a time calls `C_Login`. If the token refuses the PIN
+//! (incorrect or locked: someone changed it, the PIN file went stale), the latch closes
+//! for good: that failure is logged once, loudly, and from then on no worker calls
+//! `C_Login` again and every job answers [`HsmError::LoginStopped`] ("HSM unavailable"
+//! to callers, and the issuer's health route says why) until the process is
+//! restarted. A real HSM counts each refused login and locks the PIN at its limit;
+//! retrying on every job would spend that counter in seconds.
+//!
+//! The MAC of a code job stays in `Zeroizing` buffers from cryptoki's output to the
+//! caller (see [`Output::Mac`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState};
 use secrecy::SecretString;
+use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
 use super::objects::{ecdsa_sign, find_signing_key, hmac_sha256, kid};
@@ -38,8 +51,38 @@ pub(crate) enum Op {
     Hmac { version: u32, data: Vec<u8> },
 }
 
+/// What a job produced.
+pub(crate) enum Output {
+    /// An ECDSA signature, raw `r‖s` (public once released).
+    Signature([u8; 64]),
+    /// An HMAC-SHA256 output (32 bytes): the secret of an install code, in the buffer
+    /// cryptoki filled, wiped when dropped.
+    Mac(Zeroizing<Vec<u8>>),
+}
+
 /// Where a job's result goes (a oneshot for async callers, a channel for blocking ones).
-pub(crate) type Reply = Box<dyn FnOnce(Result<Vec<u8>, HsmError>) + Send>;
+pub(crate) type Reply = Box<dyn FnOnce(Result<Output, HsmError>) + Send>;
+
+/// The pool's login state, shared by its workers: logins one at a time, and the latch
+/// that stops them after the token refused the PIN (see the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct LoginLatch {
+    /// Held while a worker opens a session and calls `C_Login`.
+    lock: Mutex<()>,
+    /// Set once, with the refusal's return value, when the token refused the PIN.
+    stopped: OnceLock<&'static str>,
+}
+
+impl LoginLatch {
+    /// The refusal (`CKR_PIN_INCORRECT` or `CKR_PIN_LOCKED`) if logins are stopped.
+    pub(crate) fn stopped(&self) -> Option<&'static str> {
+        self.stopped.get().copied()
+    }
+
+    fn error(&self) -> Option<HsmError> {
+        self.stopped().map(|rv| HsmError::LoginStopped { rv })
+    }
+}
 
 /// A job on the pool's channel.
 pub(crate) struct Job {
@@ -55,6 +98,7 @@ pub(crate) struct Worker {
     pub(crate) session: Option<Session>,
     pub(crate) handles: HashMap<(KeyKind, u32), ObjectHandle>,
     pub(crate) recoveries: Arc<AtomicU64>,
+    pub(crate) latch: Arc<LoginLatch>,
 }
 
 impl Worker {
@@ -68,7 +112,7 @@ impl Worker {
     }
 
     /// Runs one job, reopening the session and retrying once if it was lost.
-    fn execute(&mut self, op: &Op) -> Result<Vec<u8>, HsmError> {
+    fn execute(&mut self, op: &Op) -> Result<Output, HsmError> {
         match self.attempt(op) {
             Err(e) if e.is_session_lost() => {
                 tracing::warn!(hsm.worker = self.index, error = %e, "HSM session lost: reopening and retrying once");
@@ -85,12 +129,15 @@ impl Worker {
         }
     }
 
-    fn attempt(&mut self, op: &Op) -> Result<Vec<u8>, HsmError> {
+    fn attempt(&mut self, op: &Op) -> Result<Output, HsmError> {
+        if let Some(stopped) = self.latch.error() {
+            // No job runs on a pool whose login was refused, not even on a session
+            // that still looks logged in: the answer stays the same until a restart.
+            self.session = None;
+            return Err(stopped);
+        }
         if self.session.is_none() {
-            // The token may have come back in another slot (SoftHSM re-slots tokens,
-            // a network HSM fails over): find it by label again.
-            self.token.refresh_slot()?;
-            self.session = Some(self.token.user_session(&self.pin)?);
+            self.session = Some(self.log_in()?);
             self.handles.clear();
         }
         let Some(session) = self.session.as_ref() else {
@@ -132,8 +179,68 @@ impl Worker {
             }
         };
         match op {
-            Op::Sign { digest, .. } => Ok(ecdsa_sign(session, key, digest)?.to_vec()),
-            Op::Hmac { data, .. } => Ok(hmac_sha256(session, key, data)?.to_vec()),
+            Op::Sign { digest, .. } => Ok(Output::Signature(ecdsa_sign(session, key, digest)?)),
+            Op::Hmac { data, .. } => Ok(Output::Mac(hmac_sha256(session, key, data)?)),
         }
+    }
+
+    /// Opens a session and logs in, one worker at a time; latches a refused PIN.
+    fn log_in(&mut self) -> Result<Session, HsmError> {
+        // A poisoned lock only means another worker panicked while holding it; the
+        // latch's own state is a `OnceLock` and stays consistent.
+        let _one_at_a_time = self.latch.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stopped) = self.latch.error() {
+            return Err(stopped);
+        }
+        // The token may have come back in another slot (SoftHSM re-slots tokens,
+        // a network HSM fails over): find it by label again.
+        self.token.refresh_slot()?;
+        match self.token.user_session(&self.pin) {
+            Ok(session) => Ok(session),
+            Err(e @ (HsmError::PinIncorrect | HsmError::PinLocked)) => {
+                let rv = if matches!(e, HsmError::PinLocked) {
+                    "CKR_PIN_LOCKED"
+                } else {
+                    "CKR_PIN_INCORRECT"
+                };
+                if self.latch.stopped.set(rv).is_ok() {
+                    tracing::error!(
+                        hsm.token = %self.token.label,
+                        hsm.worker = self.index,
+                        hsm.rv = rv,
+                        "HSM LOGIN REFUSED after a lost session: the token refused the PIN. \
+                         No further login will be tried (each refused login spends the token's \
+                         failed-login counter and can lock the PIN): every HSM operation now \
+                         answers 'HSM unavailable' and the issuer's health route reports it. \
+                         Fix the PIN file and restart the issuer."
+                    );
+                }
+                Err(HsmError::LoginStopped { rv })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles only for values that wipe themselves when dropped.
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+
+    /// Issue 18, finding 13: the MAC leaves the worker in the buffer cryptoki filled,
+    /// inside `Zeroizing` (it was copied into a plain array and a plain vector).
+    #[test]
+    fn a_mac_output_wipes_itself() {
+        let out = Output::Mac(Zeroizing::new(vec![7u8; 32]));
+        if let Output::Mac(buffer) = &out {
+            wiped_on_drop(buffer);
+        }
+        let mac = super::super::mac(out).expect("32 bytes");
+        wiped_on_drop(&*mac);
+        assert_eq!(**mac, [7u8; 32]);
+        assert!(super::super::mac(Output::Mac(Zeroizing::new(vec![1u8; 31]))).is_err());
+        assert!(super::super::mac(Output::Signature([0u8; 64])).is_err());
     }
 }

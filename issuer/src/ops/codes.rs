@@ -130,10 +130,10 @@ fn has_version<K: KeyOps>(keys: &K, version: u32) -> bool {
 }
 
 async fn code_of<K: KeyOps>(keys: &K, binding: &CodeBinding) -> Result<InstallCode, OpsError> {
-    let mac = zeroize::Zeroizing::new(
-        keys.hmac_sha256(binding.key_version, binding.mac_input())
-            .await?,
-    );
+    // A `keyring::Mac`: zeroized on drop, on the heap since the PKCS#11 call.
+    let mac = keys
+        .hmac_sha256(binding.key_version, binding.mac_input())
+        .await?;
     Ok(InstallCode::from_mac(binding.code_id.clone(), &mac))
 }
 

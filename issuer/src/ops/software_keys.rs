@@ -12,7 +12,7 @@ use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use crate::keyring::{CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+use crate::keyring::{self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
 
 /// In-memory keys for unit tests. Clones share the keys.
 #[derive(Clone)]
@@ -151,7 +151,7 @@ impl KeyOps for SoftwareKeys {
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 32], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<keyring::Mac, KeyOpsError>> + Send {
         let result = (|| {
             let inner = self.lock();
             if inner.down {
@@ -164,7 +164,11 @@ impl KeyOps for SoftwareKeys {
             let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
                 .map_err(|_| KeyOpsError::Unavailable)?;
             mac.update(&data);
-            Ok(mac.finalize().into_bytes().into())
+            // Test-only keys: the tag's stack copy is not wiped here (the HSM path
+            // keeps its MAC in wiping buffers throughout).
+            let mut out = keyring::new_mac();
+            out.copy_from_slice(&mac.finalize().into_bytes());
+            Ok(out)
         })();
         std::future::ready(result)
     }

@@ -809,6 +809,12 @@ pub(crate) fn isolated_in(module: &str, name: &str, setup: Setup, body: impl FnO
         "child process for {test} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
+    // The child's figures (lines starting "finding "), for `--nocapture` runs.
+    for line in stdout.lines() {
+        if let Some(at) = line.find("finding ") {
+            println!("{}", &line[at..]);
+        }
+    }
 }
 
 /// A throwaway SoftHSM world: tempdir, `softhsm2.conf`, token directory, PIN files,
@@ -953,7 +959,7 @@ impl TestToken {
     }
 
     /// A logged-in session through plain cryptoki, independent of the module under test.
-    fn raw_session(&self) -> Session {
+    pub(crate) fn raw_session(&self) -> Session {
         let pkcs11 = Pkcs11::new(&self.config.module).expect("load module");
         if let Err(e) = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             assert!(

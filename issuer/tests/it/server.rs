@@ -28,14 +28,14 @@ const GATEWAY: &str = "spiffe://alga.test/service/gateway";
 const STORE: &str = "spiffe://alga.test/service/nm-store";
 
 /// The PKI of one test: one CA for the server and its clients, and a stranger CA.
-struct Pki {
+pub(crate) struct Pki {
     ca: TestCa,
-    gateway: Leaf,
+    pub(crate) gateway: Leaf,
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         let ca = TestCa::new("issuer test CA");
         let gateway = ca.leaf("gateway", &[GATEWAY], Eku::ClientAuth);
         Pki {
@@ -46,7 +46,7 @@ impl Pki {
     }
 
     /// An issuer configuration over this PKI, logging to `log_dir`.
-    fn config(&self, t: &TestToken, log_dir: &Path) -> IssuerConfig {
+    pub(crate) fn config(&self, t: &TestToken, log_dir: &Path) -> IssuerConfig {
         let server = self.ca.leaf("issuer", &[], Eku::ServerAuth);
         IssuerConfig {
             listen: ListenConfig {
@@ -67,20 +67,20 @@ impl Pki {
         }
     }
 
-    fn client(&self, identity: Option<&Leaf>) -> reqwest::Client {
+    pub(crate) fn client(&self, identity: Option<&Leaf>) -> reqwest::Client {
         client(&self.ca.cert_pem, identity)
     }
 }
 
 /// A running server and how to stop it.
-struct Running {
-    url: String,
+pub(crate) struct Running {
+    pub(crate) url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
 impl Running {
-    async fn start(config: IssuerConfig, t: &TestToken, hsm: Hsm) -> Running {
+    pub(crate) async fn start(config: IssuerConfig, t: &TestToken, hsm: Hsm) -> Running {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -95,7 +95,7 @@ impl Running {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task
             .await
