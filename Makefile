@@ -1,15 +1,17 @@
 # alga-license: local dev/test stack (DESIGN.md §8). The work is in scripts/stack.sh;
 # everything it creates lives in .dev/ (gitignored). Servers listen on 127.0.0.1 only.
 #
-#   make test        up, then cargo test --workspace with .dev/env exported
+#   make test        up, then cargo test --workspace with .dev/env exported, the API fuzz (fast),
+#                    the bench smoke run and the packages' check (scripts/dist.sh --check)
 #   make up          deps + build + infra + issuer + gateway (ALGA_UP_SERVICES=0: no issuer/gateway)
 #   make infra       deps + PKI, Postgres, SoftHSM2 conf/PINs, SMTP sink, S3, configs, .dev/env
 #   make down        stop everything, keep data;   make clean-dev: down and remove .dev/
 #   make status      what is running
 #   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
 #   make bench       figures against this machine's ceilings (scripts/bench.sh), writes BENCHMARKS.md
-#   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, ≤ 20 min)
+#   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, about 20 min; hang guards 4× each step)
 #   make fuzz        cargo-fuzz targets, FUZZ_SECONDS (300) each (fuzz/run.sh); see RELIABILITY.md
+#   make dist        release builds and the Debian packages, SBOMs and SHA256SUMS in dist/ (scripts/dist.sh)
 #
 # Ports: ALGA_PG_PORT (55432), ALGA_SMTP_PORT (2525), ALGA_S3_PORT (9000),
 #        ALGA_GATEWAY_PORT (8443), ALGA_ISSUER_PORT (9443).
@@ -19,7 +21,7 @@ SHELL := /bin/bash
 STACK := bash scripts/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build up infra services down clean-dev test demo status bench soak fuzz
+.PHONY: help deps build up infra services down clean-dev test demo status bench soak fuzz dist
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
@@ -64,3 +66,6 @@ soak:
 
 fuzz:
 	@bash fuzz/run.sh
+
+dist:
+	@bash scripts/dist.sh

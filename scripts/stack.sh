@@ -1061,6 +1061,8 @@ cmd_test() {
     SCHEMATHESIS_MODE=fast bash "$ROOT/scripts/schemathesis.sh"
     TEST_PHASE="benchmark smoke run (scripts/bench.sh --smoke: the harness runs; no timing asserted)"
     bash "$ROOT/scripts/bench.sh" --smoke
+    TEST_PHASE="the Debian packages (scripts/dist.sh --check: build, lintian, the journey with the packaged binaries, install/upgrade/purge in a chroot)"
+    bash "$ROOT/scripts/dist.sh" --check
 }
 
 cmd_demo() {

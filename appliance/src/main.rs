@@ -14,12 +14,12 @@ use alga_appliance::redeem::{self, RedeemConfig};
 use alga_appliance::service::Retry;
 use alga_appliance::{EXIT_CODES_HELP, Error, VERSION};
 use alga_protocol::SecretText;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 #[derive(Debug, Parser)]
-#[command(name = "alga-appliance", version, about = "The appliance side of alga-license: redeem an install code, check in, bootstrap the tenant.", after_long_help = EXIT_CODES_HELP)]
+#[command(name = "alga-appliance", version = alga_buildinfo::VERSION, about = "The appliance side of alga-license: redeem an install code, check in, bootstrap the tenant.", after_long_help = EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +45,9 @@ enum Command {
     /// In-cluster bootstrap steps against the appliance's own Postgres.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Write this program's man pages or a shell completion script (packaging).
+    #[command(hide = true)]
+    Generate(alga_buildinfo::Generate),
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +138,16 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Error> {
     let now = OffsetDateTime::now_utc();
     match cli.command {
+        Command::Generate(g) => {
+            let written = g.run(Cli::command()).map_err(|source| Error::Io {
+                action: "write",
+                path: g.out.clone(),
+                source,
+            })?;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
         Command::Redeem(a) => {
             let code = read_code(&a)?;
             let cfg = RedeemConfig {

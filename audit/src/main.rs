@@ -17,7 +17,7 @@ use alga_audit::{
     Action, AuditKeys, ChainedRecord, EventQuery, VerifyOptions, VerifyReport, list_events,
 };
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 #[derive(Parser, Debug)]
 #[command(
     name = "alga-audit",
-    version,
+    version = alga_buildinfo::VERSION,
     about = "Export, verify and follow the alga-license audit log"
 )]
 struct Cli {
@@ -118,6 +118,9 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// Write this program's man pages or a shell completion script (packaging).
+    #[command(hide = true)]
+    Generate(alga_buildinfo::Generate),
 }
 
 fn main() -> ExitCode {
@@ -148,6 +151,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Generate(g) => {
+            for path in g.run(Cli::command())? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Export {
             since_seq,
             since,

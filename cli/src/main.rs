@@ -25,7 +25,7 @@ use alga_protocol::api::{
     TenantView, entitlement_path, resume_path, revoke_path, suspend_path, tenant_path,
 };
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ use crate::client::{Client, Identity, ServiceError};
 #[derive(Debug, Parser)]
 #[command(
     name = "algactl",
-    version,
+    version = alga_buildinfo::VERSION,
     about = "The store's and security staff's calls to alga-license"
 )]
 struct Cli {
@@ -124,6 +124,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write this program's man pages or a shell completion script (packaging).
+    #[command(hide = true)]
+    Generate(alga_buildinfo::Generate),
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +269,12 @@ async fn main() {
 async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
+        Command::Generate(g) => {
+            for path in g.run(Cli::command())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Register {
             company,
             contact_name,

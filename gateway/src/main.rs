@@ -1,15 +1,20 @@
 #![forbid(unsafe_code)]
 //! `alga-gateway`: thin binary. `migrate` applies the schema as the migration role;
-//! `serve` runs the API until SIGINT/SIGTERM.
+//! `serve` binds the API port (and the `[ops]` listener when configured) and runs
+//! until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "alga-gateway", version, about = "alga-license gateway")]
+#[command(
+    name = "alga-gateway",
+    version = alga_buildinfo::VERSION,
+    about = "alga-license gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,9 @@ enum Command {
         #[arg(long, env = "ALGA_POLICY")]
         policy: PathBuf,
     },
+    /// Write this program's man pages or a shell completion script (packaging).
+    #[command(hide = true)]
+    Generate(alga_buildinfo::Generate),
 }
 
 #[tokio::main]
@@ -76,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
             let config = alga_gateway::config::Config::load(&config)?;
             alga_policies::Policy::load(&config.policy.path)?;
             println!("configuration and policy are valid");
+        }
+        Command::Generate(g) => {
+            for path in g.run(Cli::command())? {
+                println!("{}", path.display());
+            }
         }
     }
     Ok(())

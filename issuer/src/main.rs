@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use time::OffsetDateTime;
 
 use alga_issuer::config::{IssuerConfig, read_secret};
@@ -17,7 +17,7 @@ use alga_policies::Policy;
 #[derive(Debug, Parser)]
 #[command(
     name = "alga-issuer",
-    version,
+    version = alga_buildinfo::VERSION,
     about = "The isolated issuer: every key in the HSM"
 )]
 struct Cli {
@@ -42,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Write this program's man pages or a shell completion script (packaging).
+    #[command(hide = true)]
+    Generate(alga_buildinfo::Generate),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +88,12 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Generate(g) = &cli.command {
+        for path in g.run(Cli::command())? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let config_path = cli
         .config
         .context("no configuration: pass --config or set ALGA_ISSUER_CONFIG")?;
@@ -134,6 +143,8 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        // Answered above, before any configuration is read.
+        Command::Generate(_) => {}
     }
     Ok(())
 }
