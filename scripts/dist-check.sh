@@ -109,6 +109,13 @@ fi
 grep -q "127.0.0.1:$GPORT" "$WORK/gateway.toml" || die "could not move the gateway to its own port"
 ALGA_LOG=warn "$BIN/alga-issuer" serve --config "$WORK/issuer.toml" >"$WORK/issuer.log" 2>&1 &
 PIDS+=($!)
+# The gateway fetches the appliance CA from the issuer at start (and every 2 s until it
+# has it): start it once the issuer answers, as a unit ordered after it would.
+for _ in $(seq 1 100); do
+    curl -sf -o /dev/null --cacert "$ALGA_CA_BUNDLE" --cert "$ALGA_GATEWAY_CLIENT_CERT" \
+        --key "$ALGA_GATEWAY_CLIENT_KEY" "https://localhost:$IPORT/healthz" && break
+    sleep 0.2
+done
 RUST_LOG=warn "$BIN/alga-gateway" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do

@@ -78,6 +78,9 @@ use crate::ratelimit::RedeemLimits;
 
 /// How often the issuer's public keys are re-fetched (appliance CA rotation).
 pub const KEY_REFRESH: Duration = Duration::from_secs(60);
+/// How often they are fetched while the gateway has none yet (the issuer was not
+/// answering when the gateway started): appliance credentials are refused until then.
+pub const KEY_RETRY: Duration = Duration::from_secs(2);
 /// How old the appliances-by-health gauge may be when `/metrics` is scraped before it
 /// is counted again (a count reads every active appliance: at most one per this).
 pub const HEALTH_GAUGE_MAX_AGE: Duration = Duration::from_secs(30);
@@ -326,13 +329,26 @@ pub async fn run_on(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Issuer keys: refresh, and rebuild the TLS roots when the appliance CA chain changes.
-    let tls_material = Arc::new(tls_material);
-    every(KEY_REFRESH, stopped(stop_rx.clone()), {
-        let (app, live_tls) = (app.clone(), live_tls.clone());
-        move || {
-            let (app, live_tls, tls) = (app.clone(), live_tls.clone(), tls_material.clone());
-            async move { refresh_issuer_keys(&app, &live_tls, &tls).await }
+    // Issuer keys: refresh, and rebuild the TLS roots when the appliance CA chain
+    // changes; every KEY_RETRY while there are none yet (an issuer that came up after
+    // this gateway, as at a host's boot), every KEY_REFRESH after.
+    tokio::spawn({
+        let (app, live_tls, stop) = (app.clone(), live_tls.clone(), stopped(stop_rx.clone()));
+        async move {
+            tokio::pin!(stop);
+            loop {
+                let period = if app.keys.get().is_some() {
+                    KEY_REFRESH
+                } else {
+                    KEY_RETRY
+                };
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(period) => {
+                        refresh_issuer_keys(&app, &live_tls, &tls_material).await;
+                    }
+                }
+            }
         }
     });
     // The pool's floor: re-open what Postgres dropped (a restart, an idle timeout).

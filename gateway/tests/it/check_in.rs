@@ -212,3 +212,49 @@ async fn check_in_renews_a_credential_with_less_than_a_third_left() {
     assert_eq!(s.stored_credential(appliance_id).await.1, Some(expires));
     s.stop().await;
 }
+
+/// A gateway that started while the issuer was down (as at a host's boot) has no
+/// appliance CA to check credentials against; it keeps asking every few seconds, so
+/// appliances check in again soon after the issuer answers, not a key-refresh period
+/// (a minute) later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_issuer_accepts_credentials_once_it_answers() {
+    let mut s = Stack::start().await;
+    let (_, _, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    s.stop_issuer().await;
+    s.restart_gateway_unready().await;
+    // Long enough for the new gateway's first fetch of the keys to fail.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    s.restart_issuer().await;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        if let Ok(r) = s
+            .appliance(&a)
+            .post(s.url("/check-in"))
+            .json(&json!({"appliance": {"version": "1"}}))
+            .send()
+            .await
+        {
+            last = Some(r.status());
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    println!(
+        "check-in accepted {:?} after the issuer came back",
+        started.elapsed()
+    );
+    assert_eq!(
+        last.map(|s| s.as_u16()),
+        Some(200),
+        "the appliance's credential was still refused 20 s after the issuer answered \
+         (the keys are re-fetched every {:?} while the gateway has none)",
+        alga_gateway::KEY_RETRY
+    );
+    s.stop().await;
+}

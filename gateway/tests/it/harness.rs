@@ -532,6 +532,21 @@ impl Stack {
         self.wait_ready().await;
     }
 
+    /// Starts a new gateway (as [`Stack::restart_gateway`]) without waiting for it to
+    /// be ready (its issuer may be down).
+    pub async fn restart_gateway_unready(&mut self) {
+        if let Some(tx) = self.gw_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.gw_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+        let (gw, stop, task) = start_gateway(self.gw_config.clone(), self.policy.clone());
+        self.gw = gw;
+        self.gw_stop = Some(stop);
+        self.gw_task = Some(task);
+    }
+
     /// Another issuer server (on the shared token) and a gateway over it, on this
     /// stack's database: the second half of a two-issuer, two-gateway deployment
     /// (RELIABILITY.md R1, R13). Stop it with [`Pair::stop`].
