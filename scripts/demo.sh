@@ -237,7 +237,7 @@ record "mail delivered" "2 mails via SMTP" "$(mail_field "$PRO_MAIL" message-id)
 
 # 3. the ISO
 step "Download the ISO through the presigned link" \
-    "The link is signed with SigV4 and time-boxed; the local S3 server (s3s-fs) checks the signature." \
+    "The link is signed with SigV4 and time-boxed; the local S3 server (alga-dev-s3) checks the signature." \
     "The ISO is generic: the install code is the only per-customer artifact."
 code="$(curl -sS --max-time 60 -o "$WORK/alga-appliance.iso" -w '%{http_code}' "$PRO_LINK")" \
     || fail "curl could not fetch the presigned link"

@@ -16,7 +16,7 @@
 #                                   (debootstrap). Needs `make up` (run by `make test`).
 #
 # The tools not from Debian (cargo-deb, cargo-cyclonedx) are pinned and installed into
-# $ALGA_TOOLS_ROOT like s3s-fs, checked by their --version, never taken from PATH.
+# $ALGA_TOOLS_ROOT like alga-dev-s3, checked by their --version, never taken from PATH.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

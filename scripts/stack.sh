@@ -4,7 +4,7 @@
 # Everything lives in .dev/ (gitignored), servers listen on 127.0.0.1 only, and every
 # subcommand is idempotent: what is already there and healthy is reused.
 #
-#   deps            install missing Debian packages and s3s-fs
+#   deps            install missing Debian packages, build alga-dev-s3 (devtools/s3)
 #   build           cargo build --workspace --bins
 #   infra           deps + PKI, Postgres, SoftHSM2 conf/PINs, SMTP sink, S3, configs, .dev/env
 #   services        token init, keys init, issuer, gateway migrate + serve (needs build)
@@ -19,10 +19,8 @@
 #   env             rewrite .dev/env
 #
 # Secrets (PINs, passwords, S3 secret) are random, stored in .dev/secrets/ (0600) and
-# passed to programs as files, environment or stdin, never on argv; the one exception
-# is s3s-fs, which only takes its dev-only access key and secret as options: the S3
-# start hands them over through scripts/s3_launcher.py, which takes the secret off
-# s3s-fs's command line as soon as it listens.
+# passed to programs as files, environment or stdin, never on argv (the S3 server,
+# alga-dev-s3 from devtools/s3, reads its keys from .dev/secrets/s3-credentials).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -57,7 +55,6 @@ HSM_TOKEN_LABEL="alga-dev"
 S3_BUCKET="alga-iso"
 S3_KEY="appliance/alga-appliance.iso"
 S3_REGION="us-east-1"
-S3S_FS_VERSION="0.14.1"
 PG_DB="alga"
 SYS_PYTHON="/usr/bin/python3"   # Debian's python, the one with aiosmtpd
 
@@ -283,35 +280,58 @@ install_debs() {
     [ "$rc" -eq 0 ] || die "apt-get failed (rc $rc)"
 }
 
-# s3s-fs lives in its own cargo install root, pinned and checked by its --version, so a
-# different or damaged s3s-fs elsewhere on PATH is never the one started.
+# The S3 server is our own alga-dev-s3 (devtools/s3: s3s and s3s-fs 0.14.1 as libraries,
+# keys from a file, never on argv), its own cargo workspace so `cargo test` never builds
+# it. It is installed into its own cargo install root with its committed Cargo.lock,
+# checked by its --version and by the hash of the devtools/s3 tree it was built from
+# (stored beside it), so a stale build, or an alga-dev-s3 elsewhere on PATH, is never the
+# one started.
 TOOLS_ROOT="${ALGA_TOOLS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/alga-license/tools}"
+DEV_S3_SRC="$ROOT/devtools/s3"
 
-s3s_fs_bin() {
-    local b="$TOOLS_ROOT/bin/s3s-fs" v
+dev_s3_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$DEV_S3_SRC/Cargo.toml" | head -n 1; }
+
+# sha256 over the path and content of every file of devtools/s3 but its target/
+dev_s3_source_hash() {
+    (cd "$DEV_S3_SRC" && find . -path ./target -prune -o -type f -print0 | LC_ALL=C sort -z \
+        | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
+}
+
+dev_s3_bin() {
+    local b="$TOOLS_ROOT/bin/alga-dev-s3" v
     [ -x "$b" ] && [ -s "$b" ] || return 1
     v="$("$b" --version 2>/dev/null </dev/null || true)"
-    [ "$v" = "s3s-fs $S3S_FS_VERSION" ] || return 1
+    [ "$v" = "alga-dev-s3 $(dev_s3_version)" ] || return 1
+    [ "$(cat "$b.source-sha256" 2>/dev/null || true)" = "$(dev_s3_source_hash)" ] || return 1
     printf '%s\n' "$b"
 }
 
-install_s3s_fs() {
-    if s3s_fs_bin >/dev/null; then
-        info "s3s-fs $S3S_FS_VERSION: present ($(s3s_fs_bin))"
+install_dev_s3() {
+    local version hash b="$TOOLS_ROOT/bin/alga-dev-s3"
+    version="$(dev_s3_version)"
+    [ -n "$version" ] || die "no version in $DEV_S3_SRC/Cargo.toml"
+    if dev_s3_bin >/dev/null; then
+        info "alga-dev-s3 $version: present ($b, built from the current devtools/s3)"
         return 0
     fi
-    say "installing s3s-fs@$S3S_FS_VERSION into $TOOLS_ROOT (cargo install, one time, about 2 minutes)"
+    # hashed before the build: a change made during it shows at the next check
+    hash="$(dev_s3_source_hash)"
+    say "building alga-dev-s3 $version from devtools/s3 into $TOOLS_ROOT (cargo install --locked; about 2 minutes the first time)"
     mkdir -p "$TOOLS_ROOT"
-    cargo install --root "$TOOLS_ROOT" --force "s3s-fs@$S3S_FS_VERSION" --locked --features binary
-    s3s_fs_bin >/dev/null \
-        || die "s3s-fs installed in $TOOLS_ROOT/bin but it does not answer --version with 's3s-fs $S3S_FS_VERSION'"
+    rm -f "$b.source-sha256"
+    (cd "$ROOT" && cargo install --path "$DEV_S3_SRC" --root "$TOOLS_ROOT" --locked --force \
+        --target-dir "$TOOLS_ROOT/build/alga-dev-s3") || die "cargo install --path devtools/s3 failed"
+    printf '%s\n' "$hash" >"$b.source-sha256.tmp"
+    mv -f "$b.source-sha256.tmp" "$b.source-sha256"
+    dev_s3_bin >/dev/null \
+        || die "alga-dev-s3 installed in $TOOLS_ROOT/bin but it does not answer --version with 'alga-dev-s3 $version'"
 }
 
 cmd_deps() {
     [ -n "${DEPS_CHECKED:-}" ] && return 0
     say "checking dependencies"
     install_debs
-    install_s3s_fs
+    install_dev_s3
     bash "$ROOT/scripts/schemathesis.sh" --install-only
     DEPS_CHECKED=1
 }
@@ -697,7 +717,9 @@ cmd_smtp_stop() { stop_daemon smtp "$smtp_marker"; }
 
 # --------------------------------------------------------------------------------- S3
 
-s3_marker="s3s-fs"
+s3_marker="alga-dev-s3"
+# What the stack ran before devtools/s3 existed (s3s-fs), to stop it on the way.
+s3_legacy_marker="s3s-fs"
 
 s3_read_credentials() {
     local f="$SECRETS/s3-credentials" k v
@@ -751,56 +773,57 @@ s3_verify() {
     info "S3: unsigned GET refused (403), signed GET allowed (200)"
 }
 
-# The processes whose command line shows the S3 secret key (none, once started by
-# scripts/s3_launcher.py). The key reaches grep through a pipe, never its argv.
+# The processes whose command line shows the S3 secret key (none: alga-dev-s3 reads it
+# from its file). The key reaches grep through a pipe, never its argv.
 s3_secret_shown_by() {
     s3_read_credentials
     printf '%s\n' "$S3_SECRET_KEY" | grep -l -a -F -f - /proc/[0-9]*/cmdline 2>/dev/null \
         | sed -n 's|^/proc/\([0-9]*\)/cmdline$|\1|p' || true
 }
 
+# An S3 server started by a stack.sh from before devtools/s3 (s3s-fs) would hold the
+# port: stop it.
+s3_stop_legacy() {
+    svc_pid s3 "$s3_legacy_marker" >/dev/null || return 0
+    say "stopping the S3 server of an earlier stack.sh (s3s-fs), replaced by alga-dev-s3"
+    stop_daemon s3 "$s3_legacy_marker"
+}
+
 cmd_s3_start() {
     ensure_dirs
     s3_credentials
     s3_seed
+    s3_stop_legacy
     local pid log="$LOGS/s3.log" bin shown
+    bin="$(dev_s3_bin)" || die "alga-dev-s3 is not installed in $TOOLS_ROOT or not built from the current devtools/s3; run make deps"
     if pid="$(svc_pid s3 "$s3_marker")"; then
-        if port_open 127.0.0.1 "$S3_PORT" && [ -z "$(s3_secret_shown_by)" ]; then
-            say "S3 (s3s-fs) already running on 127.0.0.1:$S3_PORT (pid $pid, reusing)"
+        if [ "$bin" -nt "$RUN/s3.pid" ]; then
+            info "S3: alga-dev-s3 rebuilt since start"
+        elif port_open 127.0.0.1 "$S3_PORT" && [ -z "$(s3_secret_shown_by)" ]; then
+            say "S3 (alga-dev-s3) already running on 127.0.0.1:$S3_PORT (pid $pid, reusing)"
             s3_verify
             return 0
         fi
-        # An s3s-fs started before scripts/s3_launcher.py shows its secret in `ps`.
         stop_daemon s3 "$s3_marker"
     fi
-    bin="$(s3s_fs_bin)" || die "s3s-fs not installed; run make deps"
-    check_port_free "S3 (s3s-fs)" "$S3_PORT" ALGA_S3_PORT
-    s3_read_credentials
-    say "starting S3 (s3s-fs) on 127.0.0.1:$S3_PORT serving $S3_ROOT (log $log)"
-    # s3s-fs 0.14.1 takes its keys only as options (no environment variable, no file:
-    # see its --help). The launcher gets them through its environment, starts s3s-fs,
-    # and overwrites the secret in s3s-fs's argument memory once it listens, so `ps`
-    # never shows it after start-up (issue 18, finding 9).
-    local before
-    before=$(stat -c %s "$log" 2>/dev/null || echo 0)
-    ALGA_S3_ACCESS_KEY="$S3_ACCESS_KEY" ALGA_S3_SECRET_KEY="$S3_SECRET_KEY" RUST_LOG="${ALGA_S3_LOG:-info}" \
-        start_daemon s3 "$s3_marker" "$log" "$SYS_PYTHON" "$ROOT/scripts/s3_launcher.py" \
-        "$bin" 127.0.0.1 "$S3_PORT" "$S3_ROOT"
+    check_port_free "S3 (alga-dev-s3)" "$S3_PORT" ALGA_S3_PORT
+    say "starting S3 (alga-dev-s3) on 127.0.0.1:$S3_PORT serving $S3_ROOT (log $log)"
+    # The keys reach it as the 0600 file it reads itself, never as options or through
+    # this shell's environment (issue 18, finding 9).
+    RUST_LOG="${ALGA_S3_LOG:-info}" start_daemon s3 "$s3_marker" "$log" "$bin" \
+        --host 127.0.0.1 --port "$S3_PORT" --root "$S3_ROOT" \
+        --credentials-file "$SECRETS/s3-credentials"
     wait_port s3 "$s3_marker" "$S3_PORT" "$log" 20
-    # The launcher reports once the key is off s3s-fs's command line (or stops it).
-    local i
-    for ((i = 0; i < 600; i++)); do
-        tail -c +"$((before + 1))" "$log" 2>/dev/null | grep -q 'its secret key is off its command line' && break
-        daemon_alive s3 || { tail_log "$log"; die "S3 (s3s-fs) stopped during start-up (log: $log)"; }
-        sleep 0.1
-    done
     shown="$(s3_secret_shown_by)"
     [ -z "$shown" ] || { stop_daemon s3 "$s3_marker"; die "the S3 secret key is on the command line of pid(s) $shown"; }
     info "S3: the secret key is on no process's command line"
     s3_verify
 }
 
-cmd_s3_stop() { stop_daemon s3 "$s3_marker"; }
+cmd_s3_stop() {
+    s3_stop_legacy
+    stop_daemon s3 "$s3_marker"
+}
 
 # ---------------------------------------------------------------------------- configs
 
@@ -884,7 +907,7 @@ cmd_env() {
         env_line ALGA_ISSUER_CONFIG "$DEV/issuer.toml"
         env_line ALGA_GATEWAY_CONFIG "$DEV/gateway.toml"
         env_line ALGA_S3_ENDPOINT "http://127.0.0.1:$S3_PORT"
-        env_line ALGA_S3S_FS_BIN "$(s3s_fs_bin || true)"
+        env_line ALGA_DEV_S3_BIN "$(dev_s3_bin || true)"
         env_line ALGA_S3_REGION "$S3_REGION"
         env_line ALGA_S3_BUCKET "$S3_BUCKET"
         env_line ALGA_S3_KEY "$S3_KEY"

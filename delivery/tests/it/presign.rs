@@ -1,5 +1,5 @@
 //! Presigned links: AWS's published example reproduced exactly, the clamping rules, and
-//! a real S3-compatible server (s3s-fs, which validates SigV4) accepting and refusing.
+//! a real S3-compatible server (alga-dev-s3: s3s, which validates SigV4) accepting and refusing.
 
 use alga_delivery::presign::{MAX_LINK_TTL, PresignError, Presigner, S3Config, S3Credentials};
 use anyhow::{Context, Result};

@@ -22,7 +22,7 @@ impl Drop for ChildGuard {
     }
 }
 
-/// An s3s-fs server over a temporary root directory.
+/// An alga-dev-s3 server (`devtools/s3`) over a temporary root directory.
 pub struct S3Server {
     pub port: u16,
     pub root: tempfile::TempDir,
@@ -30,9 +30,9 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// Starts `s3s-fs` on 127.0.0.1 with a bucket seeded with `objects` (key, bytes).
+    /// Starts `alga-dev-s3` on 127.0.0.1 with a bucket seeded with `objects` (key, bytes).
     pub fn start(bucket: &str, objects: &[(&str, &[u8])]) -> Result<S3Server> {
-        let bin = s3s_fs_bin()?;
+        let bin = dev_s3_bin()?;
         let root = tempfile::tempdir()?;
         for (key, bytes) in objects {
             let path = root.path().join(bucket).join(key);
@@ -40,30 +40,29 @@ impl S3Server {
             std::fs::write(&path, bytes)?;
         }
         std::fs::create_dir_all(root.path().join(bucket))?;
-        // s3s-fs takes the keys only as arguments (no environment variables); these are
-        // throwaway test credentials of this one process.
+        // alga-dev-s3 never takes keys as arguments: these throwaway test credentials of
+        // this one process go through its environment.
         let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .args(["--host", "127.0.0.1", "--port", "0", "--root"])
             .arg(root.path())
+            .env("ALGA_DEV_S3_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("ALGA_DEV_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting s3s-fs")?;
-        let stdout = child.stdout.take().context("s3s-fs stdout")?;
+            .context("starting alga-dev-s3")?;
+        let stdout = child.stdout.take().context("alga-dev-s3 stdout")?;
         let guard = ChildGuard(child);
-        // s3s-fs logs "server is running at http://127.0.0.1:<port>" once it listens.
+        // alga-dev-s3 prints "… listening on http://127.0.0.1:<port>" once it listens.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent
-                    && let Some(rest) = line.split("server is running at http://127.0.0.1:").nth(1)
-                {
+                if !sent && let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
                     let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
                     let _ = tx.send(port.parse::<u16>().ok());
                     sent = true;
@@ -72,8 +71,8 @@ impl S3Server {
         });
         let port = rx
             .recv_timeout(Duration::from_secs(20))
-            .context("s3s-fs did not report its port within 20 s")?
-            .context("s3s-fs reported an unparsable port")?;
+            .context("alga-dev-s3 did not report its port within 20 s")?
+            .context("alga-dev-s3 reported an unparsable port")?;
         wait_for_port(port, Duration::from_secs(10))?;
         Ok(S3Server {
             port,
@@ -113,21 +112,21 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// The pinned s3s-fs that `make deps` installs (`ALGA_S3S_FS_BIN` in `.dev/env`), else
-/// one on PATH.
-fn s3s_fs_bin() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("ALGA_S3S_FS_BIN").filter(|v| !v.is_empty()) {
+/// The alga-dev-s3 that `make deps` builds from `devtools/s3` (`ALGA_DEV_S3_BIN` in
+/// `.dev/env`), else one on PATH.
+fn dev_s3_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ALGA_DEV_S3_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
         anyhow::ensure!(
             bin.is_file(),
-            "ALGA_S3S_FS_BIN names {}, which is not a file: run `make deps`",
+            "ALGA_DEV_S3_BIN names {}, which is not a file: run `make deps`",
             bin.display()
         );
         return Ok(bin);
     }
-    which("s3s-fs").context(
-        "s3s-fs is neither in ALGA_S3S_FS_BIN nor on PATH: run `make deps` and load .dev/env \
-         (it installs s3s-fs@0.14.1 with cargo install)",
+    which("alga-dev-s3").context(
+        "alga-dev-s3 is neither in ALGA_DEV_S3_BIN nor on PATH: run `make deps` and load \
+         .dev/env (it builds devtools/s3 with cargo install --path --locked)",
     )
 }
 

@@ -1,12 +1,14 @@
 //! Issue 18, finding 9 (dev only): the local S3 server's secret key was on its command
-//! line, visible to every local user in `ps`. s3s-fs 0.14.1 takes its keys only as
-//! options, so `scripts/stack.sh` starts it through `scripts/s3_launcher.py`, which
-//! passes the keys through its environment and overwrites the secret in s3s-fs's
-//! argument memory once it listens. This test looks at every process of the machine
-//! (the stack's s3s-fs included): none shows the stack's S3 secret on its command line.
-//! It failed against an s3s-fs started by the previous `stack.sh`.
+//! line, visible to every local user in `ps` (s3s-fs takes its keys only as options).
+//! The stack's S3 server is now `alga-dev-s3` (`devtools/s3`), which has no option for a
+//! key at all and reads them from `.dev/secrets/s3-credentials`. This test looks at every
+//! process of the machine (the stack's alga-dev-s3 included): none shows the stack's S3
+//! secret on its command line. It failed against the s3s-fs of an earlier `stack.sh`.
 
 use crate::harness::dev;
+
+/// What the command line of the stack's S3 server holds (its binary's name).
+const SERVER: &[u8] = b"alga-dev-s3";
 
 #[test]
 fn no_process_shows_the_stack_s3_secret_on_its_command_line() {
@@ -19,12 +21,12 @@ fn no_process_shows_the_stack_s3_secret_on_its_command_line() {
         .trim()
         .to_owned();
     assert!(secret.len() >= 16, "a real secret");
-    // The stack's s3s-fs runs (`make up`): the scan below means something.
-    let s3s_fs: Vec<u32> = processes()
-        .filter(|(_, cmdline)| cmdline.windows(6).any(|w| w == b"s3s-fs"))
+    // The stack's alga-dev-s3 runs (`make up`): the scan below means something.
+    let servers: Vec<u32> = processes()
+        .filter(|(_, cmdline)| cmdline.windows(SERVER.len()).any(|w| w == SERVER))
         .map(|(pid, _)| pid)
         .collect();
-    assert!(!s3s_fs.is_empty(), "no s3s-fs process: run `make up`");
+    assert!(!servers.is_empty(), "no alga-dev-s3 process: run `make up`");
     let showing: Vec<u32> = processes()
         .filter(|(_, cmdline)| {
             cmdline
@@ -36,7 +38,7 @@ fn no_process_shows_the_stack_s3_secret_on_its_command_line() {
     // The pids only: the secret itself never goes into a message.
     assert!(
         showing.is_empty(),
-        "the S3 secret key is on the command line of pid(s) {showing:?} (s3s-fs: {s3s_fs:?})"
+        "the S3 secret key is on the command line of pid(s) {showing:?} (alga-dev-s3: {servers:?})"
     );
 }
 
