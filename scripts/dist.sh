@@ -157,9 +157,15 @@ lint() {
     say "lintian (every error and warning fails, but those overridden with a reason in packaging/lintian/)"
     local deb out rc=0
     for deb in "$DIST"/*.deb; do
-        out="$(lintian --fail-on error,warning --no-tag-display-limit "$deb" 2>&1)" || rc=1
-        if [ -n "$out" ]; then printf '%s\n' "$out" | sed 's/^/    /'; fi
-        info "$(basename "$deb"): lintian ${out:+reported the above}${out:-clean}"
+        # (Lintian notes that it runs as root, as CI does; that line is not a finding.)
+        out="$(lintian --fail-on error,warning --tag-display-limit 0 "$deb" 2>&1)" || rc=1
+        out="$(printf '%s\n' "$out" | grep -v '^running with root privileges' || true)"
+        if [ -n "$out" ]; then
+            printf '%s\n' "$out" | sed 's/^/    /'
+            info "$(basename "$deb"): lintian findings above"
+        else
+            info "$(basename "$deb"): lintian clean"
+        fi
     done
     [ "$rc" = 0 ] || die "lintian failed"
 }
