@@ -1429,3 +1429,34 @@ pub fn gateway_issuer_client_at(
     )
     .expect("issuer client")
 }
+
+/// An anonymous client whose connections come from `source` (any 127/8 address).
+pub fn client_from(source: std::net::IpAddr) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .local_address(source)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// A code with `code_id` (or a random id) and a random secret: well formed, wrong.
+pub fn guess(code_id: Option<&str>) -> String {
+    let mut mac = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut mac);
+    let id = code_id.map_or_else(alga_protocol::CodeId::random, |c| {
+        alga_protocol::CodeId::parse(c).expect("code id")
+    });
+    alga_protocol::InstallCode::from_mac(id, &mac)
+        .expose_formatted()
+        .to_string()
+}

@@ -20,48 +20,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alga_protocol::signlog::SignOp;
-use alga_protocol::{CodeId, InstallCode};
-use rand::RngCore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::harness::{Appliance, Opts, Stack, assert_error, dev, redeem_body, ring, send};
+use crate::harness::{Appliance, Opts, Stack, assert_error, client_from, guess, redeem_body, send};
 
 fn env_count(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(default)
-}
-
-/// An anonymous client whose connections come from `source` (any 127/8 address).
-fn client_from(source: IpAddr) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .local_address(source)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-/// A code with `code_id` (or a random id) and a random secret: well formed, wrong.
-fn guess(code_id: Option<&str>) -> String {
-    let mut mac = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut mac);
-    let id = code_id.map_or_else(CodeId::random, |c| CodeId::parse(c).expect("code id"));
-    InstallCode::from_mac(id, &mac)
-        .expose_formatted()
-        .to_string()
 }
 
 /// The details of every refusal summary record.

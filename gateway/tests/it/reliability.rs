@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use alga_protocol::{CodeId, InstallCode};
-use rand::RngCore;
 use reqwest::StatusCode;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Appliance, Opts, Stack, captured_logs, dev, redeem_body, ring, send};
+use crate::harness::{
+    Appliance, Opts, Stack, captured_logs, client_from, dev, guess, redeem_body, ring, send,
+};
 
 /// The soak multiplier (`ALGA_SOAK`, default 1, at most 1000).
 fn scale() -> usize {
@@ -106,7 +106,7 @@ async fn r1_concurrent_redeems_of_one_code_across_two_gateways_exactly_one_wins(
                 let gw = if i % 2 == 0 { &s.gw } else { &pair.gw };
                 let rb = client
                     .post(format!("{gw}/register"))
-                    .json(&redeem_body(&appliances[0], &random_guess(Some(&code_id))));
+                    .json(&redeem_body(&appliances[0], &guess(Some(&code_id))));
                 tokio::spawn(async move { send(rb).await.0 })
             })
             .collect();
@@ -345,34 +345,6 @@ async fn r4_failing_audit_insert_on_check_in_and_revoke_changes_nothing_returns_
 
 // ------------------------------------------------------------------------------ R8
 
-/// A client whose connections come from `source` (any 127/8 address works on Linux).
-fn client_from(source: IpAddr) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dev().path("ALGA_CA_BUNDLE")).expect("CA bundle") {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(ring())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .local_address(source)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-fn random_guess(code_id: Option<&str>) -> String {
-    let mut mac = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut mac);
-    let id = code_id.map_or_else(CodeId::random, |c| CodeId::parse(c).expect("code id"));
-    InstallCode::from_mac(id, &mac)
-        .expose_formatted()
-        .to_string()
-}
-
 /// The response with its request id blanked: what a guesser can compare.
 async fn comparable(rb: reqwest::RequestBuilder) -> (u16, Vec<(String, String)>, String) {
     let r = rb.send().await.expect("sent");
@@ -434,7 +406,7 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for k in 0..per_source {
-                let guess = random_guess((k % 2 == 0).then_some(code_id.as_str()));
+                let guess = guess((k % 2 == 0).then_some(code_id.as_str()));
                 let (st, _, _) = send(c.post(&url).json(&json!({
                     "install_code": guess, "csr": csr,
                     "appliance": {"hostname": "h", "version": "1"}
@@ -460,8 +432,7 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
         senders.push(tokio::spawn(async move {
             let mut out = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < single {
-                let (st, v, _) =
-                    send(one.post(&url).json(&redeem_body(&a, &random_guess(None)))).await;
+                let (st, v, _) = send(one.post(&url).json(&redeem_body(&a, &guess(None)))).await;
                 out.push((st.as_u16(), v["error"]["code"].as_str().map(str::to_owned)));
             }
             out
@@ -524,12 +495,12 @@ async fn r8_code_guessing_finds_nothing_is_throttled_and_learns_nothing() {
         let cb = client_from(IpAddr::V4(Ipv4Addr::new(127, 2, i, 2)));
         let unknown = comparable(
             ca.post(s.url("/register"))
-                .json(&redeem_body(&a, &random_guess(None))),
+                .json(&redeem_body(&a, &guess(None))),
         )
         .await;
         let wrong = comparable(
             cb.post(s.url("/register"))
-                .json(&redeem_body(&a, &random_guess(Some(&code_id2)))),
+                .json(&redeem_body(&a, &guess(Some(&code_id2)))),
         )
         .await;
         assert_eq!(unknown.0, 401, "{unknown:?}");
