@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
 
-use crate::harness::{Stack, assert_error, dev, ring, send};
+use crate::harness::{Opts, Stack, assert_error, dev, gateway_config_text, ring, send};
 
 // ---------------------------------------------------------------------------------
 // A gateway of the test's own
@@ -605,68 +605,15 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     async fn start(s: &Stack, limits: &str) -> GatewayProcess {
-        let d = dev();
         let dir = tempfile::tempdir().expect("tempdir");
-        let secrets = format!("{}/secrets", d.var("ALGA_DEV_DIR"));
-        let iport = s
-            .issuer_url()
-            .rsplit(':')
-            .next()
-            .expect("issuer port")
-            .trim_end_matches('/')
-            .to_owned();
-        let text = format!(
-            r#"
-[listen]
-address = "127.0.0.1:0"
-public_url = "https://localhost:8443"
-[tls]
-certificate = "{gw_cert}"
-private_key = "{gw_key}"
-client_ca = "{ca}"
-[database]
-url = "postgres://alga_gateway@127.0.0.1:{pg}/{db}"
-password_file = "{secrets}/alga_gateway.pw"
-migrator_url = "postgres://alga_migrator@127.0.0.1:{pg}/{db}"
-migrator_password_file = "{secrets}/alga_migrator.pw"
-[issuer]
-url = "https://localhost:{iport}"
-ca = "{ca}"
-certificate = "{gc_cert}"
-private_key = "{gc_key}"
-[smtp]
-host = "127.0.0.1"
-port = {smtp}
-security = "none"
-from = "alga-license <licenses@alga.test>"
-[s3]
-endpoint = "{s3}"
-region = "{region}"
-bucket = "{bucket}"
-key = "{key}"
-path_style = true
-credentials_file = "{s3cred}"
-[policy]
-path = "{policy}"
-[limits]
-{limits}
-[ops]
-address = "127.0.0.1:0"
-"#,
-            gw_cert = d.path("ALGA_GATEWAY_SERVER_CERT"),
-            gw_key = d.path("ALGA_GATEWAY_SERVER_KEY"),
-            ca = d.path("ALGA_CA_BUNDLE"),
-            pg = d.var("ALGA_PG_PORT"),
-            db = s.db,
-            gc_cert = d.path("ALGA_GATEWAY_CLIENT_CERT"),
-            gc_key = d.path("ALGA_GATEWAY_CLIENT_KEY"),
-            smtp = d.var("ALGA_SMTP_PORT"),
-            s3 = d.var("ALGA_S3_ENDPOINT"),
-            region = d.var("ALGA_S3_REGION"),
-            bucket = d.var("ALGA_S3_BUCKET"),
-            key = d.var("ALGA_S3_KEY"),
-            s3cred = d.path("ALGA_S3_CREDENTIALS_FILE"),
-            policy = d.path("ALGA_POLICY"),
+        let text = gateway_config_text(
+            &s.db,
+            s.issuer_addr,
+            &Opts {
+                limits: Some(limits.to_owned()),
+                extra: Some("[ops]\naddress = \"127.0.0.1:0\"\n".to_owned()),
+                ..Opts::default()
+            },
         );
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).expect("config written");

@@ -285,6 +285,11 @@ pub struct Opts {
     pub pool_size: Option<usize>,
     /// The gateway's `database.min_connections`; default: unset (the gateway's default).
     pub min_connections: Option<usize>,
+    /// Keys of the gateway's `[limits]` section (TOML lines); default: no per-source
+    /// connection limit (every test client is 127.0.0.1).
+    pub limits: Option<String>,
+    /// TOML appended to the gateway's configuration (e.g. an `[ops]` section).
+    pub extra: Option<String>,
 }
 
 pub struct Stack {
@@ -294,7 +299,7 @@ pub struct Stack {
     pub admin: tokio_postgres::Client,
     pub policy: Policy,
     pub gw: String,
-    issuer_addr: std::net::SocketAddr,
+    pub issuer_addr: std::net::SocketAddr,
     issuer_stop: Option<oneshot::Sender<()>>,
     issuer_task: Option<tokio::task::JoinHandle<()>>,
     gw_stop: Option<oneshot::Sender<()>>,
@@ -339,9 +344,15 @@ fn gateway_config(
     issuer: std::net::SocketAddr,
     opts: &Opts,
 ) -> alga_gateway::config::Config {
+    alga_gateway::config::Config::parse(&gateway_config_text(db, issuer, opts))
+        .expect("gateway config")
+}
+
+/// The test gateway's configuration file, as TOML (a process of its own reads it).
+pub fn gateway_config_text(db: &str, issuer: std::net::SocketAddr, opts: &Opts) -> String {
     let d = dev();
     let port = d.var("ALGA_PG_PORT");
-    let text = format!(
+    format!(
         r#"
 [listen]
 address = "127.0.0.1:0"
@@ -370,9 +381,7 @@ from = "alga-license <licenses@alga.test>"
 [mail]
 {mail}
 [limits]
-# Every test client is 127.0.0.1, and R1 opens hundreds of connections at once: no
-# per-source limit here (edge.rs tests it).
-max_connections_per_source = 0
+{limits}
 [s3]
 endpoint = "{s3}"
 region = "{region}"
@@ -382,6 +391,7 @@ path_style = true
 credentials_file = "{s3cred}"
 [policy]
 path = "{policy}"
+{extra}
 "#,
         gw_cert = d.path("ALGA_GATEWAY_SERVER_CERT"),
         gw_key = d.path("ALGA_GATEWAY_SERVER_KEY"),
@@ -404,8 +414,14 @@ path = "{policy}"
         key = d.var("ALGA_S3_KEY"),
         s3cred = d.path("ALGA_S3_CREDENTIALS_FILE"),
         policy = d.path("ALGA_POLICY"),
-    );
-    alga_gateway::config::Config::parse(&text).expect("gateway config")
+        // Every test client is 127.0.0.1, and R1 opens hundreds of connections at once:
+        // no per-source limit unless a test asks for one (edge.rs tests it).
+        limits = opts
+            .limits
+            .as_deref()
+            .unwrap_or("max_connections_per_source = 0"),
+        extra = opts.extra.as_deref().unwrap_or(""),
+    )
 }
 
 async fn start_issuer(
