@@ -171,7 +171,8 @@ lint() {
 }
 
 main() {
-    install_debs dpkg-dev binutils fakeroot
+    # (liblzma-dev and pkg-config: cargo-deb links the system liblzma.)
+    install_debs dpkg-dev binutils fakeroot liblzma-dev pkg-config
     cargo_tool cargo-deb "$CARGO_DEB_VERSION" "cargo-deb $CARGO_DEB_VERSION"
     cargo_tool cargo-cyclonedx "$CYCLONEDX_VERSION" "cargo-cyclonedx-cyclonedx $CYCLONEDX_VERSION"
     build
