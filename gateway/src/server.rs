@@ -204,32 +204,13 @@ const NOT_SERVED_HERE: &str = "/.not-served-on-this-listener";
 // Connections per source
 // ---------------------------------------------------------------------------------
 
-/// The unit a per-source limit counts: an IPv4 address (IPv4-mapped IPv6 included) or
-/// an IPv6 /64 (one subscriber's prefix).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SourceKey {
-    V4(std::net::Ipv4Addr),
-    /// The upper 64 bits of the address.
-    V6Prefix(u64),
-}
-
-impl SourceKey {
-    pub fn of(ip: IpAddr) -> SourceKey {
-        match ip {
-            IpAddr::V4(a) => SourceKey::V4(a),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => SourceKey::V4(v4),
-                None => SourceKey::V6Prefix((u128::from(a) >> 64) as u64),
-            },
-        }
-    }
-}
-
-/// Counts open connections per [`SourceKey`] and refuses those beyond the limit.
+/// Counts open connections per source (an IPv4 address or an IPv6 /64, as the redeem
+/// rate limit counts them: [`crate::ratelimit::source_key`]) and refuses those beyond
+/// the limit.
 #[derive(Debug)]
 pub struct SourceLimiter {
     max: usize,
-    open: Mutex<HashMap<SourceKey, usize>>,
+    open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl SourceLimiter {
@@ -247,7 +228,7 @@ impl SourceLimiter {
         if self.max == 0 {
             return Some(SourceSlot(None));
         }
-        let key = SourceKey::of(ip);
+        let key = crate::ratelimit::source_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
@@ -260,13 +241,15 @@ impl SourceLimiter {
     /// Connections `ip`'s source holds.
     pub fn open(&self, ip: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&SourceKey::of(ip)).copied().unwrap_or(0)
+        open.get(&crate::ratelimit::source_key(ip))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
 /// One connection counted by a [`SourceLimiter`], released when dropped.
 #[derive(Debug)]
-pub struct SourceSlot(Option<(Arc<SourceLimiter>, SourceKey)>);
+pub struct SourceSlot(Option<(Arc<SourceLimiter>, IpAddr)>);
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
@@ -723,27 +706,6 @@ pub async fn serve_ops(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sources_are_addresses_and_ipv6_slash_64s() {
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert_eq!(
-            SourceKey::of(ip("192.0.2.1")),
-            SourceKey::of(ip("::ffff:192.0.2.1"))
-        );
-        assert_ne!(
-            SourceKey::of(ip("192.0.2.1")),
-            SourceKey::of(ip("192.0.2.2"))
-        );
-        assert_eq!(
-            SourceKey::of(ip("2001:db8:1:2::1")),
-            SourceKey::of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
-        );
-        assert_ne!(
-            SourceKey::of(ip("2001:db8:1:2::1")),
-            SourceKey::of(ip("2001:db8:1:3::1"))
-        );
-    }
 
     #[test]
     fn the_limiter_refuses_beyond_max_and_releases_on_drop() {

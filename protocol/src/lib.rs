@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod code;
+pub mod csr;
 mod gf32;
 pub mod issuer_api;
 pub mod secret;

@@ -452,7 +452,7 @@ async fn csrs_the_issuer_refuses_never_reach_signing() {
     let cases = [
         (
             "RSA-2048",
-            include_str!("../../../issuer/src/ops/testdata/rsa2048.csr.pem").to_owned(),
+            include_str!("../../../protocol/testdata/rsa2048.csr.pem").to_owned(),
         ),
         (
             "P-384",

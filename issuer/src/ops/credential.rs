@@ -28,6 +28,7 @@
 
 use alga_policies::Policy;
 use alga_protocol::ApplianceIdentity;
+use alga_protocol::csr::{CsrKeyType, check_csr};
 use alga_protocol::issuer_api::{SignCredentialRequest, SignedCredential};
 use alga_protocol::signlog::{SignEvent, SignIds, SignOp};
 use rcgen::{
@@ -35,8 +36,6 @@ use rcgen::{
     PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
 };
 use time::{Duration, OffsetDateTime};
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::license::bounded_lifetime;
@@ -48,8 +47,7 @@ use crate::keyring::{KeyKind, KeyOps, KeyOpsError};
 /// How far `not_before` is back-dated, for appliances whose clock runs a little slow.
 pub const BACKDATE: Duration = Duration::minutes(5);
 
-/// Largest CSR accepted (PEM text). A P-256 or Ed25519 CSR is well under 2 KiB.
-pub const MAX_CSR_PEM: usize = 16 * 1024;
+pub use alga_protocol::csr::MAX_CSR_PEM;
 
 /// Signs a credential for the key in `req.csr_pem`.
 pub async fn sign<K: KeyOps + Clone>(
@@ -180,65 +178,19 @@ impl PublicKeyData for CsrKey {
     }
 }
 
-/// Parses a PEM CSR, checks its key type and its self-signature; returns its key.
+/// Checks a PEM CSR (`alga_protocol::csr::check_csr`, the check the gateway makes
+/// too) and returns its verified key.
 pub fn csr_public_key(csr_pem: &str) -> Result<CsrKey, OpsError> {
-    let invalid = |reason: &str| OpsError::CsrInvalid {
-        reason: reason.to_owned(),
-    };
-    if csr_pem.len() > MAX_CSR_PEM {
-        return Err(invalid("the CSR is too large"));
-    }
-    let blocks = pem::parse_many(csr_pem).map_err(|_| invalid("not PEM"))?;
-    let [block] = blocks.as_slice() else {
-        return Err(invalid("expected exactly one PEM block"));
-    };
-    if !matches!(
-        block.tag(),
-        "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
-    ) {
-        return Err(invalid("the PEM block is not a CERTIFICATE REQUEST"));
-    }
-    let (rest, csr) = X509CertificationRequest::from_der(block.contents())
-        .map_err(|_| invalid("not a PKCS#10 request"))?;
-    if !rest.is_empty() {
-        return Err(invalid("trailing bytes after the request"));
-    }
-    let spki = &csr.certification_request_info.subject_pki;
-    let key = spki.subject_public_key.data.to_vec();
-    let alg = if spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok());
-        if curve.as_ref() != Some(&OID_EC_P256) {
-            return Err(invalid("EC keys must be on P-256"));
-        }
-        if p256::PublicKey::from_sec1_bytes(&key).is_err() {
-            return Err(invalid("the P-256 point is not on the curve"));
-        }
-        &rcgen::PKCS_ECDSA_P256_SHA256
-    } else if spki.algorithm.algorithm == OID_SIG_ED25519 {
-        if spki.algorithm.parameters.is_some() {
-            return Err(invalid("Ed25519 keys take no parameters"));
-        }
-        let bytes: [u8; 32] = key
-            .as_slice()
-            .try_into()
-            .map_err(|_| invalid("an Ed25519 key is 32 bytes"))?;
-        if ed25519_dalek::VerifyingKey::from_bytes(&bytes).is_err() {
-            return Err(invalid("not an Ed25519 public key"));
-        }
-        &rcgen::PKCS_ED25519
-    } else {
-        return Err(invalid("the key must be EC P-256 or Ed25519"));
-    };
-    csr.verify_signature()
-        .map_err(|_| invalid("the request's self-signature does not verify"))?;
+    let c = check_csr(csr_pem).map_err(|e| OpsError::CsrInvalid {
+        reason: e.to_string(),
+    })?;
     Ok(CsrKey {
-        spki: spki.raw.to_vec(),
-        key,
-        alg,
+        spki: c.spki_der,
+        key: c.key,
+        alg: match c.key_type {
+            CsrKeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            CsrKeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        },
     })
 }
 
@@ -317,7 +269,7 @@ mod tests {
 
     /// RSA-2048 CSR made with `openssl req -newkey rsa:2048 -nodes -subj /CN=rsa` (rcgen
     /// with ring cannot generate RSA keys).
-    const RSA_CSR: &str = include_str!("testdata/rsa2048.csr.pem");
+    const RSA_CSR: &str = include_str!("../../../protocol/testdata/rsa2048.csr.pem");
 
     #[tokio::test]
     async fn the_certificate_has_the_issuers_profile_not_the_csrs() {
