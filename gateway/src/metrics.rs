@@ -171,7 +171,7 @@ pub struct Metrics {
     issuer_errors: Family<OpErrorLabels, Counter>,
     mail: Family<MailLabels, Counter>,
     appliances: Family<HealthLabels, Gauge<i64, AtomicU64Compat>>,
-    /// When `appliances` was last counted.
+    /// When a count of `appliances` was last claimed.
     appliances_counted: std::sync::Mutex<Option<std::time::Instant>>,
     pool_size: Gauge<i64, AtomicU64Compat>,
     pool_available: Gauge<i64, AtomicU64Compat>,
@@ -360,26 +360,29 @@ impl Metrics {
         self.mail.get_or_create(&MailLabels { outcome, path }).inc();
     }
 
-    /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`),
-    /// counted at `at`.
-    pub fn appliances_by_health(&self, counts: &[(&'static str, i64)], at: std::time::Instant) {
+    /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`).
+    pub fn appliances_by_health(&self, counts: &[(&'static str, i64)]) {
         for &(health, count) in counts {
             self.appliances
                 .get_or_create(&HealthLabels { health })
                 .set(count);
         }
-        if let Ok(mut t) = self.appliances_counted.lock() {
-            *t = Some(at);
-        }
     }
 
-    /// Whether the appliances-by-health gauge is older than `max_age` at `now` (or was
-    /// never counted).
-    pub fn appliances_count_due(&self, now: std::time::Instant, max_age: Duration) -> bool {
-        self.appliances_counted
+    /// Claims the next count of the appliances-by-health gauge: `true` (and the claim
+    /// is recorded at `now`) when the last claim is older than `max_age` or there was
+    /// none. Concurrent scrapes at the due moment get one `true` between them, so a
+    /// burst of anonymous scrapes costs one count, not one each.
+    pub fn claim_appliances_count(&self, now: std::time::Instant, max_age: Duration) -> bool {
+        let mut last = self
+            .appliances_counted
             .lock()
-            .map(|t| t.is_none_or(|t| now.saturating_duration_since(t) >= max_age))
-            .unwrap_or(true)
+            .unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| now.saturating_duration_since(t) >= max_age);
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 
     /// A connection was opened on the API port; it counts as open until the guard drops.
@@ -467,5 +470,21 @@ mod tests {
                 .any(|l| l.contains(r#"method="GET",status="other""#)),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn one_count_per_max_age_whatever_the_scrapes() {
+        let m = Metrics::new();
+        let t0 = std::time::Instant::now();
+        let age = Duration::from_secs(30);
+        assert!(m.claim_appliances_count(t0, age), "never counted: due");
+        for s in 0..30 {
+            assert!(
+                !m.claim_appliances_count(t0 + Duration::from_secs(s), age),
+                "{s}"
+            );
+        }
+        assert!(m.claim_appliances_count(t0 + age, age));
+        assert!(!m.claim_appliances_count(t0 + age, age), "claimed once");
     }
 }

@@ -508,7 +508,7 @@ pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
 pub async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
     if app
         .metrics
-        .appliances_count_due(std::time::Instant::now(), crate::HEALTH_GAUGE_MAX_AGE)
+        .claim_appliances_count(std::time::Instant::now(), crate::HEALTH_GAUGE_MAX_AGE)
     {
         flows::lifecycle::refresh_health_gauge(&app, time::OffsetDateTime::now_utc()).await;
     }

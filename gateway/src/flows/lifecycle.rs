@@ -215,7 +215,6 @@ pub async fn list_appliances(
 /// Counts active appliances by health at `now` into the metrics' gauge; a failure
 /// keeps the last figures (and is logged).
 pub async fn refresh_health_gauge(app: &App, now: OffsetDateTime) {
-    let counted_at = std::time::Instant::now();
     let counts = async {
         let conn = app.pool.get().await.map_err(db::DbError::from)?;
         appliances::count_by_health(&conn, &health_cutoffs(&app.policy, now)).await
@@ -228,7 +227,7 @@ pub async fn refresh_health_gauge(app: &App, now: OffsetDateTime) {
                 (h.as_str(), n)
             };
             let all = [of(Health::Ok), of(Health::Overdue), of(Health::Stale)];
-            app.metrics.appliances_by_health(&all, counted_at);
+            app.metrics.appliances_by_health(&all);
         }
         Err(e) => tracing::warn!(error = %e, "cannot count appliances by health"),
     }
