@@ -12,50 +12,13 @@
 //! PIN on the HSM without updating the issuer's PIN file would), then the test hook
 //! pulls the login, as an HSM restart would.
 
-use std::sync::{Arc, Mutex};
-
 use alga_issuer::hsm::{Hsm, HsmError};
 use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
 use alga_protocol::issuer_api::{self as api, IssuerErrorBody, IssuerErrorCode};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::hsm::{Setup, TestToken, isolated_in};
-use crate::server::{Pki, Running};
-
-/// Everything this child process logs.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn install() -> Logs {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        logs
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::server::{CapturedLogs, Pki, Running};
 
 /// One MAC and one signature per job index, all at once; every result.
 async fn jobs(hsm: &Hsm, n: usize) -> Vec<Result<(), KeyOpsError>> {
@@ -87,7 +50,7 @@ fn a_pin_refused_after_a_lost_session_stops_logins_and_says_so() {
         "a_pin_refused_after_a_lost_session_stops_logins_and_says_so",
         Setup::Keys,
         |t: &TestToken| {
-            let logs = Logs::install();
+            let logs = CapturedLogs::install();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(4)
                 .enable_all()

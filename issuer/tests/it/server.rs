@@ -594,10 +594,10 @@ fn a_pulled_hsm_session_does_not_fail_the_next_request() {
 
 /// A global tracing subscriber (debug and up, every crate) writing into memory.
 #[derive(Clone, Default)]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    fn install() -> CapturedLogs {
+    pub fn install() -> CapturedLogs {
         let logs = CapturedLogs::default();
         let writer = logs.clone();
         tracing_subscriber::fmt()
@@ -608,7 +608,7 @@ impl CapturedLogs {
         logs
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 }
