@@ -60,6 +60,14 @@ async fn reissue_and_redeem(
     (r, st, v)
 }
 
+/// Redeems a code re-issued with `add_appliance` on a new appliance; its id.
+async fn add_appliance(s: &Stack, tenant: Uuid) -> Uuid {
+    let (_, st, v) =
+        reissue_and_redeem(s, tenant, json!({"add_appliance": true}), &Appliance::new()).await;
+    assert_eq!(st, 200, "{v}");
+    uuid(&v["appliance_id"])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_retires_the_appliance_it_replaces() {
     let s = Stack::start().await;
@@ -191,14 +199,7 @@ async fn a_rebuild_retires_the_appliance_it_replaces() {
 
     // A revoked appliance cannot be replaced either; a second active one makes the
     // implicit replacement ambiguous.
-    let (_, st, v) = reissue_and_redeem(
-        &s,
-        tenant,
-        json!({"add_appliance": true}),
-        &Appliance::new(),
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
+    add_appliance(&s, tenant).await;
     let (st, e) = s.reissue(&json!({"tenant_id": tenant})).await;
     assert_error(st, &e, 409, "replacement_ambiguous");
     let (st, rv, _) = send(
@@ -233,15 +234,7 @@ async fn a_replacement_edited_in_the_database_no_longer_verifies() {
     assert_eq!(st, 200, "{v}");
     let a_id = a.appliance_id.expect("A");
     // A second appliance, so that the edit can name a real one of the tenant.
-    let (_, st, v) = reissue_and_redeem(
-        &s,
-        tenant,
-        json!({"add_appliance": true}),
-        &Appliance::new(),
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    let other_id = uuid(&v["appliance_id"]);
+    let other_id = add_appliance(&s, tenant).await;
 
     let (st, r) = s
         .reissue(&json!({"tenant_id": tenant, "replaces_appliance_id": a_id}))
@@ -467,14 +460,7 @@ async fn edition_changes_reach_the_next_check_in() {
     assert_eq!(st, 200, "{r}");
 
     // Down to essentials (one appliance at most) with two active: refused, unchanged.
-    let (_, st, v) = reissue_and_redeem(
-        &s,
-        tenant,
-        json!({"add_appliance": true}),
-        &Appliance::new(),
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
+    add_appliance(&s, tenant).await;
     let (st, e, _) = send(put("essentials")).await;
     assert_error(st, &e, 409, "seat_limit_reached");
     assert_eq!(s.tenant(tenant).await["edition"], "pro");
@@ -630,15 +616,7 @@ async fn health_is_computed_from_the_now_passed_in() {
     assert_eq!(st, 200, "{v}");
     let mut ids = vec![uuid(&v["appliance_id"])];
     for _ in 0..2 {
-        let (_, st, v) = reissue_and_redeem(
-            &s,
-            tenant,
-            json!({"add_appliance": true}),
-            &Appliance::new(),
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-        ids.push(uuid(&v["appliance_id"]));
+        ids.push(add_appliance(&s, tenant).await);
     }
     // pro: a 24 h interval and 3 days of grace, so overdue 4 days after a check-in;
     // stale after 30 days.
@@ -753,15 +731,7 @@ async fn appliances_are_listed_by_health_and_counted_in_the_metrics() {
     let fresh = uuid(&v["appliance_id"]);
     let mut stale = Vec::new();
     for _ in 0..2 {
-        let (_, st, v) = reissue_and_redeem(
-            &s,
-            tenant,
-            json!({"add_appliance": true}),
-            &Appliance::new(),
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-        let id = uuid(&v["appliance_id"]);
+        let id = add_appliance(&s, tenant).await;
         let then = OffsetDateTime::now_utc() - Duration::days(45);
         checked_in_at(&s, id, Some(then), then).await;
         stale.push(id);
