@@ -221,9 +221,9 @@ async fn keep_pool_warm(pool: &deadpool_postgres::Pool, min: usize, when: &'stat
 pub struct Listeners {
     /// The HTTPS API (`[listen] address`).
     pub api: std::net::TcpListener,
-    /// The operations listener (`[ops] address`): plain HTTP serving
-    /// [`server::OPS_PATHS`]. When present, the API port stops serving
-    /// [`server::OPS_ONLY_PATHS`]; when absent, the API port serves them.
+    /// The operations listener (`[ops] address`): plain HTTP serving the routes of
+    /// [`api::Surface::Ops`]. When present, the API port serves [`api::Surface::Api`]
+    /// (no `/readyz`, no `/metrics`); when absent, everything.
     pub ops: Option<std::net::TcpListener>,
 }
 
@@ -394,7 +394,6 @@ pub async fn run_on(
         }
         None => None,
     };
-    let router = api::router(app.clone());
     // Both listeners stop on `shutdown`.
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -406,7 +405,7 @@ pub async fn run_on(
             tracing::info!(address = %l.local_addr()?, "ops listening");
             Some(tokio::spawn(server::serve_ops(
                 l,
-                router.clone(),
+                api::router(app.clone(), api::Surface::Ops),
                 config.limits.clone(),
                 app.metrics.clone(),
                 stopped(halt_rx.clone()),
@@ -417,12 +416,15 @@ pub async fn run_on(
     let api_edge = server::ApiEdge {
         tls: live_tls,
         policy,
-        router,
-        surface: if ops_server.is_some() {
-            server::Surface::Api
-        } else {
-            server::Surface::Everything
-        },
+        // The API port drops /readyz and /metrics when the ops listener serves them.
+        router: api::router(
+            app.clone(),
+            if ops_server.is_some() {
+                api::Surface::Api
+            } else {
+                api::Surface::Everything
+            },
+        ),
         limits: config.limits.clone(),
         metrics: app.metrics.clone(),
     };

@@ -1,8 +1,8 @@
 //! The listeners. The API port: rustls (ring provider only) with client certificates
 //! optional at the handshake and required per route; one accept loop feeding hyper with
 //! the axum router, each request carrying its connection's [`ConnInfo`]. The optional
-//! operations port ([`serve_ops`]): plain HTTP/1.1, the same router restricted to
-//! [`OPS_PATHS`].
+//! operations port ([`serve_ops`]): plain HTTP/1.1, the operational routes only
+//! (`api::Surface::Ops`).
 //!
 //! The client verifier trusts the service CA *and* every appliance CA the issuer
 //! publishes; which one a certificate chains to is decided afterwards in `auth`. The
@@ -160,45 +160,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-// ---------------------------------------------------------------------------------
-// Which routes a listener answers
-// ---------------------------------------------------------------------------------
-
-/// Paths the operations listener serves (everything else is 404 there).
-pub const OPS_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
-/// Paths the API port stops serving when an operations listener runs: they tell
-/// anyone the database's and the issuer's state and the traffic's shape.
-/// `/healthz` and `/openapi.json` stay (a load balancer's probe; the API's contract).
-pub const OPS_ONLY_PATHS: [&str; 2] = ["/readyz", "/metrics"];
-
-/// The routes one listener answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Surface {
-    /// The API port without an operations listener: every route (the single-port
-    /// default).
-    Everything,
-    /// The API port beside an operations listener: every route but [`OPS_ONLY_PATHS`].
-    Api,
-    /// The operations listener: [`OPS_PATHS`] only.
-    Ops,
-}
-
-impl Surface {
-    /// Whether a request for `path` (as sent, not decoded) reaches its route.
-    pub fn serves(self, path: &str) -> bool {
-        match self {
-            Surface::Everything => true,
-            Surface::Api => !OPS_ONLY_PATHS.contains(&path),
-            Surface::Ops => OPS_PATHS.contains(&path),
-        }
-    }
-}
-
-/// Where a request for a path its listener does not serve is sent: no route has it,
-/// so it gets exactly what any unknown path gets (404 `not_found` with a request id,
-/// logged and counted as `unmatched`).
-const NOT_SERVED_HERE: &str = "/.not-served-on-this-listener";
 
 // ---------------------------------------------------------------------------------
 // Connections per source
@@ -408,14 +369,13 @@ impl hyper::body::Body for DeadlineBody {
 #[derive(Debug, Clone)]
 struct Edge {
     router: Router,
-    surface: Surface,
     limits: Arc<LimitsConfig>,
     metrics: Arc<Metrics>,
 }
 
 impl Edge {
     /// The hyper service of one connection: marks each request busy until its handler
-    /// returns, hides what the listener does not serve, bounds the body, attaches the
+    /// returns, bounds the body, attaches the
     /// connection's facts.
     fn service(
         &self,
@@ -434,9 +394,6 @@ impl Edge {
         let edge = self.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let busy = activity.begin();
-            if !edge.surface.serves(req.uri().path()) {
-                *req.uri_mut() = axum::http::Uri::from_static(NOT_SERVED_HERE);
-            }
             req.extensions_mut().insert(info.clone());
             let (limit, metrics) = (edge.limits.body_read_timeout(), edge.metrics.clone());
             let req = req.map(|b| axum::body::Body::new(DeadlineBody::new(b, limit, metrics)));
@@ -540,7 +497,6 @@ pub struct ApiEdge {
     pub tls: Arc<LiveTls>,
     pub policy: Arc<Policy>,
     pub router: Router,
-    pub surface: Surface,
     pub limits: LimitsConfig,
     pub metrics: Arc<Metrics>,
 }
@@ -556,7 +512,6 @@ pub async fn serve(
     let limits = Arc::new(api.limits);
     let edge = Edge {
         router: api.router,
-        surface: api.surface,
         limits: limits.clone(),
         metrics: api.metrics.clone(),
     };
@@ -654,7 +609,7 @@ pub async fn serve(
     drain(stop, "api").await;
 }
 
-/// Serves the operations routes ([`OPS_PATHS`]) over plain HTTP/1.1 on `listener`
+/// Serves the operations routes (`api::Surface::Ops`) over plain HTTP/1.1 on `listener`
 /// until `shutdown` resolves. Every caller is anonymous; the `[limits]` timeouts
 /// apply, the per-source limit does not (the listener is meant for loopback or a
 /// management network).
@@ -668,7 +623,6 @@ pub async fn serve_ops(
     tokio::pin!(shutdown);
     let edge = Edge {
         router,
-        surface: Surface::Ops,
         limits: Arc::new(limits),
         metrics,
     };
@@ -724,16 +678,5 @@ mod tests {
         let held: Vec<_> = (0..1000).map(|_| unlimited.try_acquire(a)).collect();
         assert!(held.iter().all(Option::is_some));
         assert_eq!(unlimited.open(a), 0, "no limit: nothing counted");
-    }
-
-    #[test]
-    fn surfaces() {
-        for p in OPS_PATHS {
-            assert!(Surface::Everything.serves(p) && Surface::Ops.serves(p));
-        }
-        assert!(!Surface::Api.serves("/metrics") && !Surface::Api.serves("/readyz"));
-        assert!(Surface::Api.serves("/healthz") && Surface::Api.serves("/openapi.json"));
-        assert!(Surface::Api.serves("/register") && !Surface::Ops.serves("/register"));
-        assert!(!Surface::Ops.serves("/tenants/x") && !Surface::Ops.serves("/metrics/"));
     }
 }

@@ -21,8 +21,47 @@ use crate::App;
 /// Largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// The whole API.
-pub fn router(app: Arc<App>) -> Router {
+/// The routes one listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The API port without an operations listener: every route (the single-port
+    /// default).
+    Everything,
+    /// The API port beside an operations listener: every route but `/readyz` and
+    /// `/metrics` (they tell anyone the database's and the issuer's state and the
+    /// traffic's shape); `/healthz` (a load balancer's probe) and `/openapi.json` (the
+    /// API's contract) stay.
+    Api,
+    /// The operations listener: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+    Ops,
+}
+
+/// The routes of `surface`; any other path is the fallback's 404 `not_found`, logged
+/// and counted as `unmatched` like every unknown path.
+pub fn router(app: Arc<App>, surface: Surface) -> Router {
+    let public_ops = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/openapi.json", get(openapi::openapi_json));
+    let private_ops = Router::new()
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics));
+    let routes = match surface {
+        Surface::Everything => business().merge(public_ops).merge(private_ops),
+        Surface::Api => business().merge(public_ops),
+        Surface::Ops => public_ops.merge(private_ops),
+    };
+    routes
+        .fallback(handlers::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::request_context,
+        ))
+        .with_state(app)
+}
+
+/// Every route but the operational ones.
+fn business() -> Router<Arc<App>> {
     Router::new()
         .route(wire::REGISTER_TENANT, post(handlers::register_tenant))
         .route(wire::REISSUE, post(handlers::reissue))
@@ -48,15 +87,4 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/audit/keys", get(handlers::audit_keys))
         .route(wire::JWKS, get(handlers::jwks))
         .route(wire::CA_PEM, get(handlers::ca_pem))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .fallback(handlers::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            middleware::request_context,
-        ))
-        .with_state(app)
 }
