@@ -93,6 +93,19 @@ pub async fn append(
     Ok(())
 }
 
+/// Appends built records in a transaction of their own (all or none).
+async fn append_alone(pool: &Pool, records: &[NewRecord]) -> Result<(), AuditError> {
+    let append_error = |e: &dyn std::fmt::Display| AuditError::Append(e.to_string());
+    let mut conn = pool.get().await.map_err(|e| append_error(&e))?;
+    let tx = conn.transaction().await.map_err(|e| append_error(&e))?;
+    for r in records {
+        alga_audit::append_cached(&tx, r)
+            .await
+            .map_err(|e| append_error(&e))?;
+    }
+    tx.commit().await.map_err(|e| append_error(&e))
+}
+
 /// Records a failed request in its own transaction; logs when even that fails.
 pub async fn append_failure(
     pool: &Pool,
@@ -100,19 +113,11 @@ pub async fn append_failure(
     error_code: &str,
 ) {
     let result = async {
-        let record = record?.failure(error_code);
-        let mut conn = pool
-            .get()
-            .await
-            .map_err(|e| AuditError::Append(e.to_string()))?;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(|e| AuditError::Append(e.to_string()))?;
-        append(&tx, record).await?;
-        tx.commit()
-            .await
-            .map_err(|e| AuditError::Append(e.to_string()))
+        let record = record?
+            .failure(error_code)
+            .build()
+            .map_err(|e| AuditError::Record(e.to_string()))?;
+        append_alone(pool, &[record]).await
     }
     .await;
     if let Err(e) = result {
@@ -436,26 +441,7 @@ impl Refusals {
                 Err(e) => tracing::error!(error = %e, "invalid refusal summary record"),
             }
         }
-        let result = async {
-            let mut conn = pool
-                .get()
-                .await
-                .map_err(|e| AuditError::Append(e.to_string()))?;
-            let tx = conn
-                .transaction()
-                .await
-                .map_err(|e| AuditError::Append(e.to_string()))?;
-            for r in &records {
-                alga_audit::append_cached(&tx, r)
-                    .await
-                    .map_err(|e| AuditError::Append(e.to_string()))?;
-            }
-            tx.commit()
-                .await
-                .map_err(|e| AuditError::Append(e.to_string()))
-        }
-        .await;
-        match result {
+        match append_alone(pool, &records).await {
             Ok(()) => tracing::debug!(records = records.len(), "refusal summaries recorded"),
             Err(e) => {
                 tracing::warn!(error = %e, records = records.len(), "refusal summaries not recorded; kept for the next flush");
