@@ -101,6 +101,10 @@ pub struct App {
     pub outbox: mail::Outbox,
     /// Counts of refusals before a caller was established, recorded as summaries.
     pub refusals: audit::Refusals,
+    /// The code key version of the stored binding a redeem looked up last: an unknown
+    /// `code_id` is verified under it (`flows::redeem`), so its HMAC is made with a key
+    /// the token holds, as a stored binding's is.
+    pub decoy_key_version: std::sync::atomic::AtomicU32,
 }
 
 impl App {
@@ -322,6 +326,7 @@ pub async fn run_on(
         ),
         outbox: mail::Outbox::new(mailer, config.mail.clone()),
         refusals: audit::Refusals::default(),
+        decoy_key_version: std::sync::atomic::AtomicU32::new(1),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

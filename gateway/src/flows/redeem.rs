@@ -30,7 +30,7 @@
 //! What is signed follows the tenant's edition now (a fresh code is bound to it: an
 //! edition change revokes the codes of the old one).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
 use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
@@ -119,11 +119,6 @@ fn checked_input(
     Ok((code, csr))
 }
 
-/// The code key version of the stored binding looked up last, in this process: a
-/// decoy is verified under it, so its HMAC is made with a key the token holds, as a
-/// stored binding's is (an unknown version would be answered without an HMAC).
-static DECOY_KEY_VERSION: AtomicU32 = AtomicU32::new(1);
-
 /// What an unknown `code_id` is verified against: the presented id with a random
 /// tenant, bound like a fresh code. No stored code has it, and its MAC matches a
 /// presented code with probability 2^-90; the answer is `code_invalid` regardless.
@@ -140,7 +135,7 @@ fn decoy_binding(app: &App, code_id: &CodeId, now: OffsetDateTime) -> CodeBindin
             .cloned()
             .unwrap_or_default(),
         expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
-        key_version: DECOY_KEY_VERSION.load(Ordering::Relaxed),
+        key_version: app.decoy_key_version.load(Ordering::Relaxed),
         replaces_appliance_id: None,
     }
 }
@@ -167,7 +162,8 @@ async fn verify_and_consume(
     };
     let binding = match &row {
         Some(r) => {
-            DECOY_KEY_VERSION.store(r.binding.key_version, Ordering::Relaxed);
+            app.decoy_key_version
+                .store(r.binding.key_version, Ordering::Relaxed);
             r.binding.clone()
         }
         None => decoy_binding(app, &code_id, ctx.now),
