@@ -666,7 +666,9 @@ pub fn status_of(code: IssuerErrorCode) -> StatusCode {
         | IssuerErrorCode::CsrInvalid
         | IssuerErrorCode::CodeMalformed => StatusCode::BAD_REQUEST,
         IssuerErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        IssuerErrorCode::HsmUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        IssuerErrorCode::HsmUnavailable | IssuerErrorCode::CaExpiring => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         IssuerErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

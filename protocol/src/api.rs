@@ -463,6 +463,10 @@ pub mod error_code {
     pub const TENANT_SUSPENDED: &str = "tenant_suspended";
     /// 403 at check-in: a rebuild's redeem replaced this appliance.
     pub const APPLIANCE_REPLACED: &str = "appliance_replaced";
+    /// 403 at check-in: the client certificate is not the appliance's current
+    /// credential (a rotation or a redeem retry issued a newer one), nor its previous
+    /// one within the overlap after a rotation.
+    pub const CREDENTIAL_SUPERSEDED: &str = "credential_superseded";
     /// 409: the redeem (or an added code, or an edition change) would take the tenant
     /// past its edition's `max_appliances` active appliances; nothing was consumed.
     pub const SEAT_LIMIT_REACHED: &str = "seat_limit_reached";

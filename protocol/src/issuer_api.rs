@@ -276,6 +276,9 @@ pub enum IssuerErrorCode {
     Forbidden,
     /// The HSM is unavailable; retry (503).
     HsmUnavailable,
+    /// The appliance CA has expired or expires too soon to issue a useful
+    /// credential: nothing was signed; an operator must rotate the CA (503).
+    CaExpiring,
     /// Something else failed (500); the issuer's log has the detail.
     Internal,
 }
