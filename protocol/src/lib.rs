@@ -10,6 +10,7 @@ pub mod issuer_api;
 pub mod secret;
 pub mod signlog;
 pub mod spiffe;
+pub mod trust;
 
 pub use code::{CodeBinding, CodeFormatError, CodeId, InstallCode};
 pub use secret::SecretText;
