@@ -269,7 +269,7 @@ impl TrustRoots {
             .and_then(|b| Signature::from_slice(&b).ok())
             .ok_or(TrustError::NotEndorsed)?;
         root.key
-            .verify(jws[..h.len() + 1 + p.len()].as_bytes(), &signature)
+            .verify(&jws.as_bytes()[..h.len() + 1 + p.len()], &signature)
             .map_err(|_| TrustError::NotEndorsed)?;
         let e: KeyEndorsement = decode_json(p).ok_or(TrustError::EndorsementMalformed)?;
         if e.key.kty != "EC" || e.key.crv != "P-256" || e.key.alg != "ES256" {
@@ -319,7 +319,7 @@ impl TrustRoots {
             .ok()
             .and_then(|b| Signature::from_slice(&b).ok())
             .ok_or(TrustError::BadSignature)?;
-        key.verify(token[..h.len() + 1 + c.len()].as_bytes(), &signature)
+        key.verify(&token.as_bytes()[..h.len() + 1 + c.len()], &signature)
             .map_err(|_| TrustError::BadSignature)?;
         let claims: LicenseClaims = decode_json(c).ok_or(TrustError::LicenseMalformed)?;
         if claims.iss != e.iss {

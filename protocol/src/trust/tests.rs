@@ -1,6 +1,7 @@
 //! The trust chain against forgeries: each test builds a root, an endorsed license key
 //! and an appliance CA in software, then changes one thing.
 
+use ::time::{Duration, OffsetDateTime};
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::EncodePrivateKey;
@@ -8,7 +9,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use ::time::{Duration, OffsetDateTime};
 
 use super::*;
 use crate::issuer_api::Entitlements;
