@@ -22,9 +22,13 @@ pub fn new_mac() -> Mac {
     Box::new(Zeroizing::new([0u8; 32]))
 }
 
-/// The four keys of DESIGN §3.
+/// The keys of DESIGN §3, and the trust root above them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyKind {
+    /// EC P-256, the trust root appliances pin: it certifies the appliance CA and
+    /// endorses each license key, in key ceremonies only (a serving issuer refuses
+    /// to sign with it). See `alga_protocol::trust`.
+    Root,
     /// EC P-256, signs license JWTs (ES256), published as JWKS.
     License,
     /// EC P-256, signs per-appliance client certificates.
@@ -37,16 +41,19 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// Every kind, in the order `keys init` creates them.
-    pub const ALL: [KeyKind; 4] = [
+    pub const ALL: [KeyKind; 5] = [
+        KeyKind::Root,
         KeyKind::License,
         KeyKind::ApplianceCa,
         KeyKind::Code,
         KeyKind::Audit,
     ];
 
-    /// The stable short name used on the command line and in labels (`license`, `ca`, `code`, `audit`).
+    /// The stable short name used on the command line and in labels (`root`,
+    /// `license`, `ca`, `code`, `audit`).
     pub fn as_str(self) -> &'static str {
         match self {
+            KeyKind::Root => "root",
             KeyKind::License => "license",
             KeyKind::ApplianceCa => "ca",
             KeyKind::Code => "code",
@@ -92,7 +99,30 @@ pub struct KeyInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaCertificate {
     pub version: u32,
+    /// Self-signed: the gateway's trust anchor for appliance client certificates.
     pub der: Vec<u8>,
+    /// The same subject and key, issued by the trust root: the chain appliances
+    /// verify (leaf → this → pinned root). `None` only on a token made before the
+    /// root existed, until `keys init --if-missing` completes it (the issuer does not
+    /// serve until then).
+    pub certified: Option<Vec<u8>>,
+}
+
+/// The trust root's certificate (DER, self-signed), stored on the token beside its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootCertificate {
+    pub version: u32,
+    pub der: Vec<u8>,
+}
+
+/// The trust root's endorsement of one license key version: a compact JWS
+/// (`alga_protocol::trust`) that every license signed by the key carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseEndorsement {
+    pub version: u32,
+    pub jws: String,
+    /// Its payload, read back when the token was loaded.
+    pub endorsement: alga_protocol::trust::KeyEndorsement,
 }
 
 /// Why a key operation failed. Every PKCS#11 return value maps to one of these in
@@ -156,4 +186,10 @@ pub trait KeyOps: Send + Sync + 'static {
 
     /// Every appliance CA certificate on the token, oldest first.
     fn ca_certificates(&self) -> Vec<CaCertificate>;
+
+    /// The trust root's certificates, oldest first.
+    fn root_certificates(&self) -> Vec<RootCertificate>;
+
+    /// The root's endorsement of license key `version`, if it has one.
+    fn license_endorsement(&self, version: u32) -> Option<LicenseEndorsement>;
 }

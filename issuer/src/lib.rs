@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod endorse;
 pub mod hsm;
 pub mod keyring;
 pub mod ops;

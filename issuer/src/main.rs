@@ -59,11 +59,23 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create the four keys (license, ca, code, audit) and the appliance CA certificate.
+    /// Create the keys (root, license, ca, code, audit), the root's and the appliance
+    /// CA's certificates, and the root's certificate of the CA and endorsement of the
+    /// license key.
     Init {
-        /// Do nothing (exit 0) when the complete key set already exists.
+        /// Do nothing (exit 0) when the complete key set already exists; on a token
+        /// made before the trust root existed, add the root and what it signs.
         #[arg(long)]
         if_missing: bool,
+    },
+    /// Have the trust root endorse the active license key again for the policy's
+    /// editions (after an edition's features, seats or license lifetime grew).
+    Certify,
+    /// Print the trust root's certificate (PEM): the file every appliance pins.
+    TrustRoot {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List every key version: kid, type, public fingerprint, created.
     List {
@@ -73,7 +85,7 @@ enum KeysCommand {
     },
     /// Create a new version of one key kind; old public keys stay published.
     Rotate {
-        /// One of: license, ca, code, audit.
+        /// One of: license, ca, code, audit (the root is not rotated this way).
         kind: String,
     },
 }
@@ -130,6 +142,23 @@ async fn main() -> Result<()> {
                     let outcome = admin::keys_init(&config.hsm, pin, &policy, now, if_missing)?;
                     println!("{outcome}");
                 }
+                KeysCommand::Certify => {
+                    let e = admin::keys_certify(&config.hsm, pin, &policy, now)?;
+                    println!(
+                        "endorsed {} for {} (editions: {})",
+                        e.key.kid,
+                        e.iss,
+                        e.editions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                KeysCommand::TrustRoot { out } => {
+                    let pem = admin::keys_trust_root(&config.hsm, pin)?;
+                    match out {
+                        Some(path) => std::fs::write(&path, pem)
+                            .with_context(|| format!("writing {}", path.display()))?,
+                        None => print!("{pem}"),
+                    }
+                }
                 KeysCommand::List { json } => {
                     let keys = admin::keys_list(&config.hsm, pin)?;
                     admin::print_key_list(&keys, json)?;
@@ -137,6 +166,9 @@ async fn main() -> Result<()> {
                 KeysCommand::Rotate { kind } => {
                     let kind = KeyKind::parse(&kind).with_context(|| {
                         format!("unknown key kind {kind:?}: use license, ca, code or audit")
+                    })?;
+                    let kind = Some(kind).filter(|k| *k != KeyKind::Root).with_context(|| {
+                        "the trust root is not rotated by `keys rotate` (SECURITY.md: changing the trust root)"
                     })?;
                     let info = admin::keys_rotate(&config.hsm, pin, kind, &policy, now)?;
                     println!("created {} ({})", info.kid, info.kind);

@@ -105,14 +105,56 @@ pub async fn run<K: KeyOps + Clone>(
         .set_nonblocking(true)
         .map_err(ServerError::Listener)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listener)?;
+    // Never sign a license the appliances would refuse: the policy must be within
+    // what the trust root endorsed the active license key for.
+    crate::endorse::check_policy_covered(&keys, &policy).map_err(ServerError::Startup)?;
     let policy = Arc::new(policy);
+    let watcher = tokio::spawn(watch_ca(keys.clone(), policy.clone()));
     let app = App {
         keys,
         policy: policy.clone(),
         signlog,
     };
     serve(listener, TlsAcceptor::from(tls), policy, app, shutdown).await;
+    watcher.abort();
     Ok(())
+}
+
+/// How long before the active appliance CA ends the issuer starts warning.
+pub const CA_WARN_BEFORE: time::Duration = time::Duration::days(90);
+
+/// How often the CA's remaining lifetime is logged once it is within
+/// [`CA_WARN_BEFORE`].
+const CA_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Logs, at start and every few hours, how long the active appliance CA has left:
+/// a warning within [`CA_WARN_BEFORE`], an error once credentials are refused.
+async fn watch_ca<K: KeyOps>(keys: K, policy: Arc<Policy>) {
+    let mut tick = tokio::time::interval(CA_WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let now = time::OffsetDateTime::now_utc();
+        match crate::ops::credential::active_ca(&keys) {
+            Ok(ca) => {
+                let left = ca.not_after - now;
+                if crate::ops::credential::check_ca_usable(&ca, &policy, now).is_err() {
+                    tracing::error!(
+                        ca.version = ca.version,
+                        ca.not_after = %ca.not_after,
+                        "the appliance CA expires too soon: credentials are refused until it is rotated (`alga-issuer keys rotate ca`)"
+                    );
+                } else if left < CA_WARN_BEFORE {
+                    tracing::warn!(
+                        ca.version = ca.version,
+                        ca.not_after = %ca.not_after,
+                        ca.days_left = left.whole_days(),
+                        "the appliance CA expires soon: rotate it (`alga-issuer keys rotate ca`)"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the appliance CA cannot be read"),
+        }
+    }
 }
 
 /// The accept loop.
@@ -573,7 +615,9 @@ async fn forbidden() -> ApiError {
 fn refused(op: &'static str, e: OpsError) -> ApiError {
     let code = e.code();
     match code {
-        IssuerErrorCode::Internal | IssuerErrorCode::HsmUnavailable => {
+        IssuerErrorCode::Internal
+        | IssuerErrorCode::HsmUnavailable
+        | IssuerErrorCode::CaExpiring => {
             tracing::error!(op, error.code = ?code, error = %e, "operation failed");
         }
         _ => tracing::info!(op, error.code = ?code, error = %e, "operation refused"),

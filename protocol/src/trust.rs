@@ -99,6 +99,13 @@ impl KeyEndorsement {
         format!("{}.{}", B64URL.encode(h), B64URL.encode(p))
     }
 
+    /// The payload of an endorsement JWS, **without** checking its signature: for the
+    /// issuer reading back what its own ceremony stored on the token.
+    pub fn from_jws_unverified(jws: &str) -> Option<KeyEndorsement> {
+        let (_, p, _) = three_parts(jws)?;
+        decode_json(p)
+    }
+
     /// Whether this endorsement lets the key sign every license `wanted` describes
     /// (the issuer checks its policy against the active key's endorsement at start).
     /// Returns what is not covered, empty when everything is.

@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::instrument;
 
 use super::error::{HsmError, map_cryptoki};
-use super::objects::{Created, Inventory, create_key, kind_order};
+use super::objects::{Created, Inventory, RootSigner, create_key, kind_order};
 use super::token::{Token, find_slot, login, module};
 use crate::config::HsmConfig;
 use crate::keyring::{KeyInfo, KeyKind};
@@ -94,8 +94,11 @@ pub fn token_init(
 /// What `keys init` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeysInitOutcome {
-    /// The four v1 keys (and the CA certificate) were created.
+    /// The v1 keys (with the root's and the CA's certificates, and the root's
+    /// certificate of the CA and endorsement of the license key) were created.
     Created { label: String, keys: Vec<KeyInfo> },
+    /// `--if-missing` on a token made before the trust root existed: what was added.
+    Completed { label: String, added: Vec<String> },
     /// `--if-missing` and the complete set was already there: nothing changed.
     AlreadyComplete { label: String },
 }
@@ -106,10 +109,11 @@ impl fmt::Display for KeysInitOutcome {
             KeysInitOutcome::Created { label, keys } => {
                 write!(f, "created on token {label}:")?;
                 for key in keys {
-                    let extra = if key.kind == KeyKind::ApplianceCa {
-                        " (with CA certificate)"
-                    } else {
-                        ""
+                    let extra = match key.kind {
+                        KeyKind::Root => " (with root certificate)",
+                        KeyKind::ApplianceCa => " (with CA certificate, certified by the root)",
+                        KeyKind::License => " (endorsed by the root)",
+                        _ => "",
                     };
                     write!(
                         f,
@@ -120,6 +124,13 @@ impl fmt::Display for KeysInitOutcome {
                 }
                 Ok(())
             }
+            KeysInitOutcome::Completed { label, added } => {
+                write!(f, "completed on token {label}:")?;
+                for a in added {
+                    write!(f, "\n  {a}")?;
+                }
+                Ok(())
+            }
             KeysInitOutcome::AlreadyComplete { label } => {
                 write!(f, "keys already initialized on token {label}")
             }
@@ -127,12 +138,15 @@ impl fmt::Display for KeysInitOutcome {
     }
 }
 
-/// Creates version 1 of every key kind, and the appliance CA certificate.
+/// Creates version 1 of every key kind, the root's and the appliance CA's
+/// certificates, the root's certificate of the CA and its endorsement of the license
+/// key (from `policy`).
 ///
-/// On a token that already holds alga keys: with `if_missing` and the complete set
-/// present, nothing happens; a partial set is an error naming what is missing;
-/// without `if_missing` any existing key is an error. `policy` is accepted for the
-/// ceremony's record; the CA certificate carries no name constraints (see `ca`).
+/// On a token that already holds alga keys: without `if_missing` that is an error;
+/// with it, a token made before the trust root existed is completed (the root, its
+/// certificate of every CA version, its endorsement of the active license key), a
+/// complete one is left alone, and one lacking any other key is an error naming what
+/// is missing.
 #[instrument(skip_all, fields(hsm.token = %config.token_label))]
 pub fn keys_init(
     config: &HsmConfig,
@@ -153,14 +167,31 @@ pub fn keys_init(
                 present: present.join(", "),
             });
         }
-        let missing = inventory.missing();
-        if missing.is_empty() {
+        if inventory.missing().is_empty() {
             return Ok(KeysInitOutcome::AlreadyComplete { label });
         }
-        return Err(HsmError::PartialKeySet {
-            label,
-            missing: missing.join(", "),
-        });
+        let lacking: Vec<String> = KeyKind::ALL
+            .into_iter()
+            .filter(|k| *k != KeyKind::Root && inventory.max_version(*k).is_none())
+            .map(|k| format!("{k} key"))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(HsmError::PartialKeySet {
+                label,
+                missing: lacking.join(", "),
+            });
+        }
+        let mut created = Created::default();
+        return match complete(&session, inventory, policy, now, &mut created) {
+            Ok(added) => {
+                tracing::info!(added = added.len(), "key set completed");
+                Ok(KeysInitOutcome::Completed { label, added })
+            }
+            Err(e) => {
+                created.roll_back(&session);
+                Err(e)
+            }
+        };
     }
 
     let mut created = Created::default();
@@ -174,8 +205,155 @@ pub fn keys_init(
             }
         }
     }
+    let certified = Inventory::load(&session)
+        .and_then(|inventory| complete(&session, inventory, policy, now, &mut created));
+    if let Err(e) = certified {
+        created.roll_back(&session);
+        return Err(e);
+    }
     tracing::info!(policy.trust_domain = %policy.trust_domain, "keys initialized");
     Ok(KeysInitOutcome::Created { label, keys })
+}
+
+/// Adds what the trust root lacks on a token that has every other key: the root
+/// itself, its certificate of each CA version, its endorsement of the active license
+/// key. Returns a line per object added.
+fn complete(
+    session: &cryptoki::session::Session,
+    mut inventory: Inventory,
+    policy: &alga_policies::Policy,
+    now: OffsetDateTime,
+    created: &mut Created,
+) -> Result<Vec<String>, HsmError> {
+    let mut added = Vec::new();
+    if inventory.max_version(KeyKind::Root).is_none() {
+        let root = create_key(session, KeyKind::Root, 1, now, created)?;
+        added.push(format!("{} (with root certificate)", root.kid));
+        inventory = Inventory::load(session)?;
+    }
+    let root = RootSigner::newest(session, &inventory)?.ok_or_else(|| HsmError::KeysMissing {
+        label: super::kid(KeyKind::Root, 1),
+        missing: "the root's certificate".into(),
+    })?;
+    for ca in &inventory.ca_certificates {
+        if ca.certified.is_none() {
+            root.certify_ca(session, ca.version, &ca.der, created)?;
+            added.push(format!(
+                "the root's certificate of {}",
+                super::kid(KeyKind::ApplianceCa, ca.version)
+            ));
+        }
+    }
+    if let Some(active) = inventory.max_version(KeyKind::License)
+        && !inventory.endorsements.iter().any(|e| e.version == active)
+    {
+        endorse(session, &root, &inventory, active, policy, now, created)?;
+        added.push(format!(
+            "the root's endorsement of {}",
+            super::kid(KeyKind::License, active)
+        ));
+    }
+    Ok(added)
+}
+
+/// The root endorses license key `version` for `policy`, from `now` until the root
+/// expires.
+fn endorse(
+    session: &cryptoki::session::Session,
+    root: &RootSigner,
+    inventory: &Inventory,
+    version: u32,
+    policy: &alga_policies::Policy,
+    now: OffsetDateTime,
+    created: &mut Created,
+) -> Result<alga_protocol::trust::KeyEndorsement, HsmError> {
+    let info = inventory
+        .versions(KeyKind::License)
+        .find(|k| k.version == version)
+        .ok_or(HsmError::UnknownKey {
+            kind: KeyKind::License,
+            version,
+        })?;
+    let jwk = crate::ops::jwks::jwk(info).map_err(|e| HsmError::InvalidObject {
+        label: info.kid.clone(),
+        reason: e.to_string(),
+    })?;
+    let root_until = root_not_after(&root.der)?;
+    let endorsement = crate::endorse::endorsement(policy, jwk, now.unix_timestamp(), root_until);
+    root.endorse(session, version, &endorsement, created)?;
+    Ok(endorsement)
+}
+
+/// The root certificate's `notAfter` (NumericDate).
+fn root_not_after(der: &[u8]) -> Result<i64, HsmError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| HsmError::Certificate {
+        reason: "the root certificate does not parse".into(),
+    })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// `keys certify`: the root endorses the active license key again, from the policy
+/// given (after its editions changed), replacing the earlier endorsement. Licenses
+/// already signed keep the endorsement they carry. Returns the new endorsement.
+#[instrument(skip_all, fields(hsm.token = %config.token_label))]
+pub fn keys_certify(
+    config: &HsmConfig,
+    pin: SecretString,
+    policy: &alga_policies::Policy,
+    now: OffsetDateTime,
+) -> Result<alga_protocol::trust::KeyEndorsement, HsmError> {
+    let token = Token::find(config)?;
+    let session = token.user_session(&pin)?;
+    let inventory = Inventory::load(&session)?;
+    let root = RootSigner::newest(&session, &inventory)?.ok_or_else(|| HsmError::KeysMissing {
+        label: token.label.clone(),
+        missing: "missing: root key (run `keys init --if-missing`)".into(),
+    })?;
+    let version = inventory
+        .max_version(KeyKind::License)
+        .ok_or_else(|| HsmError::KeysMissing {
+            label: token.label.clone(),
+            missing: "missing: license key".into(),
+        })?;
+    let mut created = Created::default();
+    match endorse(
+        &session,
+        &root,
+        &inventory,
+        version,
+        policy,
+        now,
+        &mut created,
+    ) {
+        Ok(e) => {
+            tracing::info!(key.kid = %e.key.kid, "license key endorsed");
+            Ok(e)
+        }
+        Err(e) => {
+            created.roll_back(&session);
+            Err(e)
+        }
+    }
+}
+
+/// `keys trust-root`: the trust root's certificates (PEM), the file appliances pin.
+#[instrument(skip_all, fields(hsm.token = %config.token_label))]
+pub fn keys_trust_root(config: &HsmConfig, pin: SecretString) -> Result<String, HsmError> {
+    let token = Token::find(config)?;
+    let session = token.user_session(&pin)?;
+    let inventory = Inventory::load(&session)?;
+    if inventory.roots.is_empty() {
+        return Err(HsmError::KeysMissing {
+            label: token.label.clone(),
+            missing: "missing: root key (run `keys init --if-missing`)".into(),
+        });
+    }
+    Ok(inventory
+        .roots
+        .iter()
+        .map(|r| alga_protocol::trust::pem_of(&r.der))
+        .collect())
 }
 
 /// Every version of every key kind on the token, ordered by kind then version.
@@ -188,8 +366,10 @@ pub fn keys_list(config: &HsmConfig, pin: SecretString) -> Result<Vec<KeyInfo>, 
     Ok(keys)
 }
 
-/// Creates version max+1 of `kind` (for `ca`, with a new CA certificate). Old
-/// versions stay on the token and stay published.
+/// Creates version max+1 of `kind` (for `ca`, with a new CA certificate and the
+/// root's certificate of it; for `license`, with the root's endorsement from
+/// `policy`). Old versions stay on the token and stay published. The root itself is
+/// not rotated here: appliances pin it (SECURITY.md, "Changing the trust root").
 #[instrument(skip_all, fields(hsm.token = %config.token_label, key.kind = %kind))]
 pub fn keys_rotate(
     config: &HsmConfig,
@@ -198,6 +378,11 @@ pub fn keys_rotate(
     policy: &alga_policies::Policy,
     now: OffsetDateTime,
 ) -> Result<KeyInfo, HsmError> {
+    if kind == KeyKind::Root {
+        return Err(HsmError::Config {
+            reason: "the trust root is pinned by every appliance and is not rotated by `keys rotate` (SECURITY.md: changing the trust root)".into(),
+        });
+    }
     let token = Token::find(config)?;
     let session = token.user_session(&pin)?;
     let inventory = Inventory::load(&session)?;
@@ -216,7 +401,40 @@ pub fn keys_rotate(
             reason: format!("no version left for {kind}"),
         })?;
     let mut created = Created::default();
-    match create_key(&session, kind, version, now, &mut created) {
+    let rotated = create_key(&session, kind, version, now, &mut created).and_then(|info| {
+        let root =
+            RootSigner::newest(&session, &inventory)?.ok_or_else(|| HsmError::KeysMissing {
+                label: token.label.clone(),
+                missing: "missing: root key".into(),
+            })?;
+        let inventory = Inventory::load(&session)?;
+        match kind {
+            KeyKind::ApplianceCa => {
+                let ca = inventory
+                    .ca_certificates
+                    .iter()
+                    .find(|c| c.version == version)
+                    .ok_or_else(|| HsmError::Certificate {
+                        reason: format!("no certificate for CA key version {version}"),
+                    })?;
+                root.certify_ca(&session, version, &ca.der, &mut created)?;
+            }
+            KeyKind::License => {
+                endorse(
+                    &session,
+                    &root,
+                    &inventory,
+                    version,
+                    policy,
+                    now,
+                    &mut created,
+                )?;
+            }
+            _ => {}
+        }
+        Ok(info)
+    });
+    match rotated {
         Ok(info) => {
             tracing::info!(key.kid = %info.kid, policy.trust_domain = %policy.trust_domain, "key rotated");
             Ok(info)

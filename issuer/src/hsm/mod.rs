@@ -41,7 +41,9 @@ pub use objects::{KeyProtection, kid, parse_kid, sha256_hex};
 pub use signer::{CaSigner, der_signature};
 
 use crate::config::HsmConfig;
-use crate::keyring::{self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+use crate::keyring::{
+    self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement, RootCertificate,
+};
 use objects::Inventory;
 use token::Token;
 use worker::{Job, LoginLatch, Op, Output, Reply, Worker};
@@ -234,8 +236,11 @@ impl Hsm {
         session.logout().map_err(error::map_cryptoki)
     }
 
+    /// A serving issuer signs with every kind but the root, which signs in key
+    /// ceremonies only: a request for it is answered as for an unknown key.
     fn check_known(&self, kind: KeyKind, version: u32, ec: bool) -> Result<(), HsmError> {
-        let known = kind.is_ec() == ec
+        let known = kind != KeyKind::Root
+            && kind.is_ec() == ec
             && self
                 .inner
                 .inventory
@@ -366,6 +371,19 @@ impl KeyOps for Hsm {
 
     fn keys(&self, kind: KeyKind) -> Vec<KeyInfo> {
         self.inner.inventory.versions(kind).cloned().collect()
+    }
+
+    fn root_certificates(&self) -> Vec<RootCertificate> {
+        self.inner.inventory.roots.clone()
+    }
+
+    fn license_endorsement(&self, version: u32) -> Option<LicenseEndorsement> {
+        self.inner
+            .inventory
+            .endorsements
+            .iter()
+            .find(|e| e.version == version)
+            .cloned()
     }
 
     fn ca_certificates(&self) -> Vec<CaCertificate> {

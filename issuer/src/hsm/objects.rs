@@ -10,6 +10,14 @@
 //! `CKA_APPLICATION` `alga-license`, `CKA_LABEL` the kid and `CKA_VALUE`
 //! `{"created":"<rfc3339>"}`. `keys list` and `KeyInfo::created` read it.
 //!
+//! Trust root: the root key `alga-root-v<r>` has its self-signed certificate
+//! (`CKO_CERTIFICATE`, label and id the kid). What it signs is stored under the label
+//! `<kid>/<root kid>`: the appliance CA certificate it issued (`CKO_CERTIFICATE`,
+//! `alga-ca-v<v>/alga-root-v<r>`) and its endorsement of a license key (`CKO_DATA`,
+//! `CKA_APPLICATION` `alga-license`, `CKA_VALUE` the compact JWS,
+//! `alga-license-v<v>/alga-root-v<r>`). Public objects all; the root's private key
+//! signs them in ceremonies only.
+//!
 //! Code key fingerprint: a secret key has no public part, so its fingerprint is
 //! SHA-256 over the HMAC of a fixed, domain-separated label under the key. It
 //! identifies the key (the same key always gives the same value, another key a
@@ -28,7 +36,7 @@ use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
-use crate::keyring::{CaCertificate, KeyInfo, KeyKind};
+use crate::keyring::{CaCertificate, KeyInfo, KeyKind, LicenseEndorsement, RootCertificate};
 
 /// `CKA_APPLICATION` of the creation records.
 pub(crate) const APPLICATION: &str = "alga-license";
@@ -43,6 +51,12 @@ const CODE_FINGERPRINT_INPUT: &[u8] = b"alga-license\0key-fingerprint\0code";
 /// `alga-<kind>-v<version>`: label, id and JWKS `kid` of one key version.
 pub fn kid(kind: KeyKind, version: u32) -> String {
     format!("alga-{}-v{version}", kind.as_str())
+}
+
+/// The label of what root version `root` signed about key `kid` (see the module
+/// documentation).
+pub fn certified_label(kid: &str, root: u32) -> String {
+    format!("{kid}/{}", self::kid(KeyKind::Root, root))
 }
 
 /// Parses a label made by [`kid`]; anything else is not ours.
@@ -346,22 +360,167 @@ pub(crate) fn read_created(session: &Session, kid: &str) -> Result<OffsetDateTim
         .map_err(|e| invalid(format!("creation time: {e}")))
 }
 
-/// The appliance CA certificate of a CA key version (DER).
-pub(crate) fn read_certificate(
+/// The `CKA_VALUE` of the object of `class` labelled `label`, if there is one.
+pub(crate) fn read_value(
     session: &Session,
-    version: u32,
+    class: ObjectClass,
+    label: &str,
 ) -> Result<Option<Vec<u8>>, HsmError> {
-    let kid = kid(KeyKind::ApplianceCa, version);
-    let Some(cert) = find_object(session, ObjectClass::CERTIFICATE, &kid)? else {
+    let Some(object) = find_object(session, class, label)? else {
         return Ok(None);
     };
     let attrs = session
-        .get_attributes(cert, &[AttributeType::Value])
+        .get_attributes(object, &[AttributeType::Value])
         .map_err(map_cryptoki)?;
     Ok(attrs.into_iter().find_map(|a| match a {
         Attribute::Value(v) => Some(v),
         _ => None,
     }))
+}
+
+/// Stores a public certificate object (DER) labelled `label`.
+pub(crate) fn store_certificate(
+    session: &Session,
+    label: &str,
+    der: Vec<u8>,
+    created: &mut Created,
+) -> Result<(), HsmError> {
+    let subject = super::ca::subject_der(&der)?;
+    let cert = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(label.as_bytes().to_vec()),
+            Attribute::Subject(subject),
+            Attribute::Value(der),
+        ])
+        .map_err(map_cryptoki)?;
+    created.push(cert);
+    Ok(())
+}
+
+/// Stores a public data object of this application labelled `label`.
+fn store_data(
+    session: &Session,
+    label: &str,
+    value: Vec<u8>,
+    created: &mut Created,
+) -> Result<ObjectHandle, HsmError> {
+    let data = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Application(APPLICATION.as_bytes().to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value),
+        ])
+        .map_err(map_cryptoki)?;
+    created.push(data);
+    Ok(data)
+}
+
+/// The newest trust root on the token, ready to sign in a ceremony.
+pub(crate) struct RootSigner {
+    pub(crate) version: u32,
+    pub(crate) der: Vec<u8>,
+    handle: ObjectHandle,
+    spki: Vec<u8>,
+}
+
+impl RootSigner {
+    /// The newest root of `inventory`, or `None` when the token has none yet.
+    pub(crate) fn newest(
+        session: &Session,
+        inventory: &Inventory,
+    ) -> Result<Option<RootSigner>, HsmError> {
+        let Some(root) = inventory.roots.last() else {
+            return Ok(None);
+        };
+        let key = inventory
+            .versions(KeyKind::Root)
+            .find(|k| k.version == root.version)
+            .and_then(|k| k.public_key_spki.clone())
+            .ok_or_else(|| HsmError::InvalidObject {
+                label: kid(KeyKind::Root, root.version),
+                reason: "the root key has no public key".into(),
+            })?;
+        Ok(Some(RootSigner {
+            version: root.version,
+            der: root.der.clone(),
+            handle: find_signing_key(session, KeyKind::Root, root.version)?,
+            spki: key,
+        }))
+    }
+
+    /// Certifies CA key `version` (whose self-signed certificate is `ca_der`) and
+    /// stores the certificate.
+    pub(crate) fn certify_ca(
+        &self,
+        session: &Session,
+        version: u32,
+        ca_der: &[u8],
+        created: &mut Created,
+    ) -> Result<Vec<u8>, HsmError> {
+        let signer = super::signer::SessionSigner::new(session, self.handle, &self.spki)?;
+        let der = super::ca::certify_ca(&signer, &self.der, ca_der, version)?;
+        let label = certified_label(&kid(KeyKind::ApplianceCa, version), self.version);
+        store_certificate(session, &label, der.clone(), created)?;
+        Ok(der)
+    }
+
+    /// Signs `endorsement` of license key `version` and stores it, replacing an
+    /// earlier endorsement of the same key by this root (that one is destroyed only
+    /// after the new one exists; on failure the caller's roll-back removes the new).
+    pub(crate) fn endorse(
+        &self,
+        session: &Session,
+        version: u32,
+        endorsement: &alga_protocol::trust::KeyEndorsement,
+        created: &mut Created,
+    ) -> Result<String, HsmError> {
+        let input = endorsement.signing_input(&self.der);
+        let digest: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+        let signature = ecdsa_sign(session, self.handle, &digest)?;
+        let jws = alga_protocol::trust::compact_jws(&input, &signature);
+        let label = certified_label(&kid(KeyKind::License, version), self.version);
+        let old = find_object(session, ObjectClass::DATA, &label)?;
+        store_data(session, &label, jws.clone().into_bytes(), created)?;
+        if let Some(old) = old {
+            session.destroy_object(old).map_err(map_cryptoki)?;
+        }
+        Ok(jws)
+    }
+}
+
+/// An endorsement read from the token: its payload must decode and name the key's
+/// own public point (the signature is the root's; appliances verify it).
+fn read_endorsement(
+    kid: &str,
+    version: u32,
+    jws: Vec<u8>,
+    spki: &[u8],
+) -> Result<LicenseEndorsement, HsmError> {
+    let invalid = |reason: &str| HsmError::InvalidObject {
+        label: kid.to_owned(),
+        reason: format!("its endorsement {reason}"),
+    };
+    let jws = String::from_utf8(jws).map_err(|_| invalid("is not text"))?;
+    let endorsement = alga_protocol::trust::KeyEndorsement::from_jws_unverified(&jws)
+        .ok_or_else(|| invalid("does not decode"))?;
+    let point = alga_protocol::trust::verifying_key(&endorsement.key)
+        .map(|k| k.to_encoded_point(false).as_bytes().to_vec());
+    if endorsement.key.kid != kid || point != sec1_from_spki(spki) {
+        return Err(invalid("names another key"));
+    }
+    Ok(LicenseEndorsement {
+        version,
+        jws,
+        endorsement,
+    })
 }
 
 /// Fingerprint of a code key (see the module documentation).
@@ -380,6 +539,10 @@ pub(crate) struct Inventory {
     pub(crate) keys: Vec<KeyInfo>,
     /// Every appliance CA certificate, oldest first.
     pub(crate) ca_certificates: Vec<CaCertificate>,
+    /// Every trust root certificate, oldest first.
+    pub(crate) roots: Vec<RootCertificate>,
+    /// The newest root's endorsements of license keys, oldest first.
+    pub(crate) endorsements: Vec<LicenseEndorsement>,
 }
 
 impl Inventory {
@@ -449,13 +612,43 @@ impl Inventory {
             } else {
                 (None, Some(code_fingerprint(session, handle)?))
             };
-            if kind == KeyKind::ApplianceCa
-                && let Some(der) = read_certificate(session, version)?
+            if kind == KeyKind::Root
+                && let Some(der) = read_value(session, ObjectClass::CERTIFICATE, &kid)?
             {
                 super::ca::check_certificate(&der, public_key_spki.as_deref().unwrap_or_default())?;
+                inventory.roots.push(RootCertificate { version, der });
+            }
+            if kind == KeyKind::ApplianceCa
+                && let Some(der) = read_value(session, ObjectClass::CERTIFICATE, &kid)?
+            {
+                super::ca::check_certificate(&der, public_key_spki.as_deref().unwrap_or_default())?;
+                // Roots come first in the scan order, so the newest is known here.
+                let certified = match inventory.roots.last() {
+                    Some(root) => read_value(
+                        session,
+                        ObjectClass::CERTIFICATE,
+                        &certified_label(&kid, root.version),
+                    )?,
+                    None => None,
+                };
+                inventory.ca_certificates.push(CaCertificate {
+                    version,
+                    der,
+                    certified,
+                });
+            }
+            if kind == KeyKind::License
+                && let Some(root) = inventory.roots.last()
+                && let Some(jws) = read_value(
+                    session,
+                    ObjectClass::DATA,
+                    &certified_label(&kid, root.version),
+                )?
+            {
+                let spki = public_key_spki.as_deref().unwrap_or_default();
                 inventory
-                    .ca_certificates
-                    .push(CaCertificate { version, der });
+                    .endorsements
+                    .push(read_endorsement(&kid, version, jws, spki)?);
             }
             inventory.keys.push(KeyInfo {
                 kind,
@@ -479,8 +672,9 @@ impl Inventory {
         self.versions(kind).map(|k| k.version).max()
     }
 
-    /// What a complete key set lacks: a kind without any version, or a CA key version
-    /// without its certificate. Empty when complete.
+    /// What a complete key set lacks: a kind without any version, the root's or a CA
+    /// key version's certificate, the root's certificate of a CA version, or the
+    /// root's endorsement of the active license key. Empty when complete.
     pub(crate) fn missing(&self) -> Vec<String> {
         let mut missing = Vec::new();
         for kind in KeyKind::ALL {
@@ -488,14 +682,31 @@ impl Inventory {
                 missing.push(format!("{kind} key"));
             }
         }
-        for key in self.versions(KeyKind::ApplianceCa) {
-            if !self
-                .ca_certificates
-                .iter()
-                .any(|c| c.version == key.version)
-            {
+        for key in self.versions(KeyKind::Root) {
+            if !self.roots.iter().any(|c| c.version == key.version) {
                 missing.push(format!("certificate of {}", key.kid));
             }
+        }
+        for key in self.versions(KeyKind::ApplianceCa) {
+            match self
+                .ca_certificates
+                .iter()
+                .find(|c| c.version == key.version)
+            {
+                None => missing.push(format!("certificate of {}", key.kid)),
+                Some(c) if c.certified.is_none() => {
+                    missing.push(format!("the root's certificate of {}", key.kid));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(active) = self.max_version(KeyKind::License)
+            && !self.endorsements.iter().any(|e| e.version == active)
+        {
+            missing.push(format!(
+                "the root's endorsement of {}",
+                kid(KeyKind::License, active)
+            ));
         }
         missing
     }
@@ -634,24 +845,15 @@ pub(crate) fn create_key(
         (key, None, Some(fingerprint))
     };
 
-    if kind == KeyKind::ApplianceCa {
+    if matches!(kind, KeyKind::ApplianceCa | KeyKind::Root) {
         let spki = public_key_spki.as_deref().unwrap_or_default();
         let signer = super::signer::SessionSigner::new(session, handle, spki)?;
-        let der = super::ca::self_signed(&signer, spki, version, now)?;
-        let subject = super::ca::subject_der(&der)?;
-        let cert = session
-            .create_object(&[
-                Attribute::Class(ObjectClass::CERTIFICATE),
-                Attribute::CertificateType(CertificateType::X_509),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Label(kid.as_bytes().to_vec()),
-                Attribute::Id(kid.as_bytes().to_vec()),
-                Attribute::Subject(subject),
-                Attribute::Value(der),
-            ])
-            .map_err(map_cryptoki)?;
-        created.push(cert);
+        let der = if kind == KeyKind::Root {
+            super::ca::root_self_signed(&signer, spki, version, now)?
+        } else {
+            super::ca::self_signed(&signer, spki, version, now)?
+        };
+        store_certificate(session, &kid, der, created)?;
     }
 
     // Whole seconds: the certificate's notBefore has no more, and listings read better.
@@ -661,17 +863,7 @@ pub(crate) fn create_key(
         reason: format!("creation time: {e}"),
     })?;
     let record = serde_json::json!({ "created": created_text }).to_string();
-    let data = session
-        .create_object(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Application(APPLICATION.as_bytes().to_vec()),
-            Attribute::Label(kid.as_bytes().to_vec()),
-            Attribute::Value(record.into_bytes()),
-        ])
-        .map_err(map_cryptoki)?;
-    created.push(data);
+    store_data(session, &kid, record.into_bytes(), created)?;
 
     Ok(KeyInfo {
         kind,

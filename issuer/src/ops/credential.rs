@@ -12,7 +12,16 @@
 //! - EKU clientAuth only, KU digitalSignature, CA:FALSE, AKI of the CA, SKI;
 //! - a random positive 127-bit serial;
 //! - not before `now − 5 min` (clock skew), not after `now + lifetime`, the lifetime
-//!   being the policy's or a shorter one the request asks for.
+//!   being the policy's or a shorter one the request asks for, and never after the
+//!   CA's own `notAfter` (a leaf must not outlive its CA);
+//! - the chain returned is the CA certificate the trust root issued, so the appliance
+//!   checks leaf → CA → its pinned root (`alga_protocol::trust`).
+//!
+//! Under a CA that has expired, or has less than [`CA_MIN_REMAINING_FRACTION`] of a
+//! credential lifetime left, nothing is signed ([`OpsError::CaExpiring`]): such a
+//! credential would be due for renewal as it is issued, and renewal would be refused
+//! too. The issuer warns in its log long before (see `server`), and the gateway
+//! exports the CA's remaining lifetime as a metric.
 //!
 //! Signing: rcgen builds the TBS certificate itself and calls a synchronous
 //! [`rcgen::SigningKey::sign`]. The HSM engineer's [`CaSigner`] adapts any
@@ -47,6 +56,67 @@ use crate::keyring::{KeyKind, KeyOps, KeyOpsError};
 /// How far `not_before` is back-dated, for appliances whose clock runs a little slow.
 pub const BACKDATE: Duration = Duration::minutes(5);
 
+/// The least a CA must have left, as a fraction (1/n) of the policy's credential
+/// lifetime, to issue under it: the appliance renews a credential when less than a
+/// third of its lifetime is left.
+pub const CA_MIN_REMAINING_FRACTION: i32 = 3;
+
+/// The active appliance CA as credentials are issued under it: its version, the
+/// certificate the root issued (the chain appliances verify), and when it ends (the
+/// earlier of its two certificates' `notAfter`).
+#[derive(Debug, Clone)]
+pub struct ActiveCa {
+    pub version: u32,
+    pub certified_der: Vec<u8>,
+    pub not_after: OffsetDateTime,
+}
+
+/// The active CA of `keys`.
+pub fn active_ca<K: KeyOps>(keys: &K) -> Result<ActiveCa, OpsError> {
+    let version = keys.active_version(KeyKind::ApplianceCa);
+    let ca = keys
+        .ca_certificates()
+        .into_iter()
+        .find(|c| c.version == version)
+        .ok_or_else(|| {
+            OpsError::internal(format!("no certificate for CA key version {version}"))
+        })?;
+    let certified = ca.certified.ok_or_else(|| {
+        OpsError::internal(format!(
+            "CA key version {version} has no certificate by the root"
+        ))
+    })?;
+    let not_after = |der: &[u8]| {
+        X509Certificate::from_der(der)
+            .ok()
+            .and_then(|(_, c)| {
+                OffsetDateTime::from_unix_timestamp(c.validity().not_after.timestamp()).ok()
+            })
+            .ok_or_else(|| OpsError::internal("a CA certificate does not parse"))
+    };
+    Ok(ActiveCa {
+        version,
+        not_after: not_after(&ca.der)?.min(not_after(&certified)?),
+        certified_der: certified,
+    })
+}
+
+/// Refuses to issue under `ca` at `now` when it has less left than a credential
+/// needs (see [`CA_MIN_REMAINING_FRACTION`]).
+pub fn check_ca_usable(
+    ca: &ActiveCa,
+    policy: &Policy,
+    now: OffsetDateTime,
+) -> Result<(), OpsError> {
+    if ca.not_after - now < policy.credential_lifetime / CA_MIN_REMAINING_FRACTION {
+        return Err(OpsError::CaExpiring {
+            version: ca.version,
+            not_after: ca.not_after,
+        });
+    }
+    Ok(())
+}
+
 pub use alga_protocol::csr::MAX_CSR_PEM;
 
 /// Signs a credential for the key in `req.csr_pem`.
@@ -69,8 +139,10 @@ pub async fn sign<K: KeyOps + Clone>(
     )?;
     let key = csr_public_key(&req.csr_pem)?;
     let now = whole_seconds(now);
+    let ca = active_ca(keys)?;
+    check_ca_usable(&ca, policy, now)?;
     let not_before = now - BACKDATE;
-    let not_after = now + lifetime;
+    let not_after = (now + lifetime).min(ca.not_after);
     let identity = ApplianceIdentity {
         tenant_id: req.tenant_id,
         appliance_id: req.appliance_id,
@@ -104,8 +176,9 @@ pub async fn sign<K: KeyOps + Clone>(
 
     let signer_keys = keys.clone();
     let spki_sha256 = sha256_hex(&key.spki);
+    let ca_version = ca.version;
     let (cert_der, ca_der, ca_version) = tokio::task::spawn_blocking(move || {
-        let signer = CaSigner::active(signer_keys)
+        let signer = CaSigner::new(signer_keys, ca_version)
             .map_err(|e| OpsError::internal(format!("CA signer: {e}")))?;
         let ca_version = signer.version();
         let ca_der = signer
@@ -129,7 +202,7 @@ pub async fn sign<K: KeyOps + Clone>(
     Ok(Signed {
         value: SignedCredential {
             certificate_pem: certificate_pem(&cert_der),
-            chain_pem: certificate_pem(&ca_der),
+            chain_pem: certificate_pem(&ca.certified_der),
             serial: serial_hex.clone(),
             not_before,
             expires_at: not_after,
@@ -340,9 +413,62 @@ mod tests {
                 Some(signed.value.serial.as_str())
             );
             assert_eq!(signed.event.kid, "alga-ca-v1");
+            // The chain is the CA as the root certified it: leaf → CA → root verifies.
             let chain = pem::parse(&signed.value.chain_pem).expect("chain PEM");
-            assert_eq!(chain.contents(), keys.ca_certificates()[0].der);
+            assert_eq!(
+                Some(chain.contents()),
+                keys.ca_certificates()[0].certified.as_deref()
+            );
+            let roots = alga_protocol::trust::TrustRoots::from_pem(
+                alga_protocol::trust::pem_of(&keys.root_certificates()[0].der).as_bytes(),
+            )
+            .expect("root");
+            roots
+                .verify_credential_chain(pem.contents(), chain.contents(), NOW.unix_timestamp(), 0)
+                .expect("chains to the root");
         }
+    }
+
+    #[tokio::test]
+    async fn credentials_never_outlive_their_ca_and_a_dying_ca_issues_none() {
+        let keys = SoftwareKeys::new(NOW);
+        let policy = test_policy();
+        let csr = || request(greedy_csr(&rcgen::PKCS_ECDSA_P256_SHA256));
+        // 20 days left of a 30-day credential lifetime: clamped to the CA's end.
+        let ca_end = NOW + Duration::days(20);
+        keys.expire_ca_at(ca_end);
+        let signed = sign(&keys, &policy, &csr(), NOW).await.expect("signs");
+        assert_eq!(signed.value.expires_at, ca_end);
+        let leaf = pem::parse(&signed.value.certificate_pem).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(leaf.contents()).expect("x509");
+        assert_eq!(
+            cert.validity().not_after.timestamp(),
+            ca_end.unix_timestamp()
+        );
+        // Exactly a third of the lifetime (10 days) left: still issued; one second
+        // less: refused, with the CA's version and end.
+        let third = NOW + Duration::days(10);
+        keys.expire_ca_at(third);
+        let at_a_third = sign(&keys, &policy, &csr(), NOW)
+            .await
+            .expect("a third left");
+        assert_eq!(at_a_third.value.expires_at, third);
+        let e = sign(&keys, &policy, &csr(), NOW + Duration::seconds(1))
+            .await
+            .expect_err("less than a third left");
+        assert!(
+            matches!(e, OpsError::CaExpiring { version: 1, not_after } if not_after == third),
+            "{e}"
+        );
+        assert_eq!(
+            e.code(),
+            alga_protocol::issuer_api::IssuerErrorCode::CaExpiring
+        );
+        // Past its end: refused too.
+        let e = sign(&keys, &policy, &csr(), third + Duration::days(1))
+            .await
+            .expect_err("expired");
+        assert!(matches!(e, OpsError::CaExpiring { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -447,6 +573,9 @@ mod tests {
         .expect("signs");
         assert_eq!(signed.event.kid, "alga-ca-v2");
         let chain = pem::parse(&signed.value.chain_pem).expect("PEM");
-        assert_eq!(chain.contents(), keys.ca_certificates()[1].der);
+        assert_eq!(
+            Some(chain.contents()),
+            keys.ca_certificates()[1].certified.as_deref()
+        );
     }
 }

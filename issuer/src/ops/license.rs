@@ -35,12 +35,15 @@ use uuid::Uuid;
 use super::{OpsError, Signed, active_key, edition, whole_seconds};
 use crate::keyring::{KeyKind, KeyOps};
 
-/// The JOSE header of every license.
+/// The JOSE header of every license: with the trust root's endorsement of the key,
+/// so that an appliance verifies the license with nothing but its pinned root.
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     alg: String,
     kid: String,
     typ: String,
+    #[serde(rename = "alga_key_endorsement")]
+    endorsement: String,
 }
 
 /// Signs a license for `req.appliance_id` of `req.tenant_id`, valid from `now`.
@@ -80,10 +83,14 @@ pub async fn sign<K: KeyOps>(
                 .unix_timestamp(),
         ),
     };
+    let endorsement = keys
+        .license_endorsement(key.version)
+        .ok_or_else(|| OpsError::internal(format!("{} has no endorsement by the root", key.kid)))?;
     let header = Header {
         alg: "ES256".into(),
         kid: key.kid.clone(),
         typ: "JWT".into(),
+        endorsement: endorsement.jws,
     };
     let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(&claims)?);
     let digest: [u8; 32] = Sha256::digest(signing_input.as_bytes()).into();
@@ -306,10 +313,32 @@ mod tests {
             .split('.')
             .next()
             .expect("header");
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(header).expect("b64")).expect("json");
+        let endorsement = keys.license_endorsement(1).expect("endorsed").jws;
         assert_eq!(
-            B64.decode(header).expect("b64"),
-            br#"{"alg":"ES256","kid":"alga-license-v1","typ":"JWT"}"#
+            header,
+            serde_json::json!({"alg": "ES256", "kid": "alga-license-v1", "typ": "JWT",
+                "alga_key_endorsement": endorsement})
         );
+        // What an appliance checks: nothing but the root.
+        let roots = alga_protocol::trust::TrustRoots::from_pem(
+            alga_protocol::trust::pem_of(&keys.root_certificates()[0].der).as_bytes(),
+        )
+        .expect("root");
+        let expected = alga_protocol::trust::LicenseExpectation {
+            tenant_id: Uuid::parse_str(&claims.sub).expect("uuid"),
+            appliance_id: Uuid::parse_str(&claims.appliance_id).expect("uuid"),
+            edition: "pro".into(),
+        };
+        roots
+            .verify_license(
+                signed.value.token.expose(),
+                &expected,
+                NOW.unix_timestamp(),
+                0,
+            )
+            .expect("verifies against the root");
         let shorter = sign(&keys, &test_policy(), &request("pro", Some(3600)), NOW)
             .await
             .expect("signs");

@@ -77,6 +77,17 @@ pub enum OpsError {
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
 
+    /// The active appliance CA has expired, or has less left than a credential must
+    /// have (a third of the policy's credential lifetime): nothing is signed until an
+    /// operator rotates the CA (`alga-issuer keys rotate ca`).
+    #[error(
+        "the appliance CA v{version} expires at {not_after}: rotate it (`alga-issuer keys rotate ca`)"
+    )]
+    CaExpiring {
+        version: u32,
+        not_after: OffsetDateTime,
+    },
+
     /// The key store failed (HSM unavailable, PIN refused, token missing).
     #[error("key store: {0}")]
     Keys(#[from] KeyOpsError),
@@ -98,6 +109,7 @@ impl OpsError {
             OpsError::CsrInvalid { .. } => IssuerErrorCode::CsrInvalid,
             OpsError::CodeMalformed(_) => IssuerErrorCode::CodeMalformed,
             OpsError::BadRequest { .. } => IssuerErrorCode::BadRequest,
+            OpsError::CaExpiring { .. } => IssuerErrorCode::CaExpiring,
             // A key that should exist but does not is our problem, not the HSM's mood.
             OpsError::Keys(KeyOpsError::UnknownKey { .. }) => IssuerErrorCode::Internal,
             OpsError::Keys(_) => IssuerErrorCode::HsmUnavailable,

@@ -12,7 +12,9 @@ use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use crate::keyring::{self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError};
+use crate::keyring::{
+    self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement, RootCertificate,
+};
 
 /// In-memory keys for unit tests. Clones share the keys.
 #[derive(Clone)]
@@ -32,6 +34,8 @@ struct Inner {
     hmac: BTreeMap<u32, [u8; 32]>,
     info: Vec<KeyInfo>,
     certs: Vec<CaCertificate>,
+    roots: Vec<RootCertificate>,
+    endorsements: Vec<LicenseEndorsement>,
     /// When set, every operation fails as an unreachable HSM would.
     down: bool,
 }
@@ -66,9 +70,55 @@ impl SoftwareKeys {
                 .expect("P-256 SPKI encodes")
                 .as_bytes()
                 .to_vec();
+            if kind == KeyKind::Root {
+                let der = certificate(&key, None, "test root", version, 1, now);
+                inner.roots.push(RootCertificate { version, der });
+            }
             if kind == KeyKind::ApplianceCa {
-                let der = ca_certificate(&key, version, now);
-                inner.certs.push(CaCertificate { version, der });
+                let der = certificate(&key, None, "test appliance CA", version, 0, now);
+                let certified = inner.newest_root().map(|(root_key, root_der)| {
+                    certificate(
+                        &key,
+                        Some((root_key, root_der)),
+                        "test appliance CA",
+                        version,
+                        0,
+                        now,
+                    )
+                });
+                inner.certs.push(CaCertificate {
+                    version,
+                    der,
+                    certified,
+                });
+            }
+            if kind == KeyKind::License
+                && let Some((root_key, root_der)) = inner.newest_root()
+            {
+                let info = KeyInfo {
+                    kind,
+                    version,
+                    kid: kid.clone(),
+                    public_key_spki: Some(spki.clone()),
+                    fingerprint: None,
+                    created: now,
+                };
+                let endorsement = crate::endorse::endorsement(
+                    &test_policy(),
+                    super::jwks::jwk(&info).expect("a P-256 JWK"),
+                    now.unix_timestamp(),
+                    (now + time::Duration::days(3650)).unix_timestamp(),
+                );
+                let input = endorsement.signing_input(root_der);
+                let digest: [u8; 32] = <Sha256 as sha2::Digest>::digest(input.as_bytes()).into();
+                let sig: Signature = root_key.sign_prehash(&digest).expect("signs");
+                let jws = alga_protocol::trust::compact_jws(&input, &sig.to_bytes().into());
+                let e = LicenseEndorsement {
+                    version,
+                    jws,
+                    endorsement,
+                };
+                inner.endorsements.push(e);
             }
             inner.ec.insert((kind, version), key);
             let fp = super::sha256_hex(&spki);
@@ -96,30 +146,109 @@ impl SoftwareKeys {
     }
 }
 
-/// A self-signed CA certificate for `key`, profile like the HSM's.
-fn ca_certificate(key: &SigningKey, version: u32, now: OffsetDateTime) -> Vec<u8> {
+impl Inner {
+    /// The newest root's key and certificate.
+    fn newest_root(&self) -> Option<(&SigningKey, &[u8])> {
+        let root = self.roots.last()?;
+        let key = self.ec.get(&(KeyKind::Root, root.version))?;
+        Some((key, &root.der))
+    }
+}
+
+fn rcgen_pair(key: &SigningKey) -> rcgen::KeyPair {
     let pkcs8 = key.to_pkcs8_der().expect("P-256 PKCS#8 encodes");
-    let pair = rcgen::KeyPair::try_from(pkcs8.as_bytes()).expect("rcgen takes P-256 PKCS#8");
+    rcgen::KeyPair::try_from(pkcs8.as_bytes()).expect("rcgen takes P-256 PKCS#8")
+}
+
+/// A CA certificate for `key` (profile like the HSM's), self-signed or issued by
+/// `issuer` (its key and certificate).
+fn certificate(
+    key: &SigningKey,
+    issuer: Option<(&SigningKey, &[u8])>,
+    name: &str,
+    version: u32,
+    pathlen: u8,
+    now: OffsetDateTime,
+) -> Vec<u8> {
+    let pair = rcgen_pair(key);
     let mut params = rcgen::CertificateParams::default();
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(
-        rcgen::DnType::CommonName,
-        format!("test appliance CA v{version}"),
-    );
+    dn.push(rcgen::DnType::CommonName, format!("{name} v{version}"));
     dn.push(rcgen::DnType::OrganizationName, "alga-license tests");
     params.distinguished_name = dn;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(pathlen));
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + time::Duration::days(3650);
-    params
-        .self_signed(&pair)
-        .expect("CA self-signs")
-        .der()
-        .to_vec()
+    let cert = match issuer {
+        None => params.self_signed(&pair),
+        Some((issuer_key, issuer_der)) => {
+            let issuer = rcgen::Issuer::from_ca_cert_der(
+                &rustls_pki_types::CertificateDer::from(issuer_der.to_vec()),
+                rcgen_pair(issuer_key),
+            )
+            .expect("an issuer");
+            params.signed_by(&pair, &issuer)
+        }
+    };
+    cert.expect("certificate").der().to_vec()
+}
+
+impl SoftwareKeys {
+    /// Shortens the active CA's certificates to end at `not_after` (to test what
+    /// happens as the CA nears its expiry).
+    pub(crate) fn expire_ca_at(&self, not_after: OffsetDateTime) {
+        let mut inner = self.lock();
+        let Some(version) = inner.certs.last().map(|c| c.version) else {
+            return;
+        };
+        let key = inner.ec[&(KeyKind::ApplianceCa, version)].clone();
+        let (root_key, root_der) = inner
+            .newest_root()
+            .map(|(k, d)| (k.clone(), d.to_vec()))
+            .expect("a root");
+        let at = |der: Option<&SigningKey>| {
+            let pair = rcgen_pair(&key);
+            let mut params = rcgen::CertificateParams::default();
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(
+                rcgen::DnType::CommonName,
+                format!("test appliance CA v{version}"),
+            );
+            dn.push(rcgen::DnType::OrganizationName, "alga-license tests");
+            params.distinguished_name = dn;
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            params.not_before = not_after - time::Duration::days(3650);
+            params.not_after = not_after;
+            match der {
+                None => params.self_signed(&pair),
+                Some(root) => {
+                    let issuer = rcgen::Issuer::from_ca_cert_der(
+                        &rustls_pki_types::CertificateDer::from(root_der.clone()),
+                        rcgen_pair(root),
+                    )
+                    .expect("an issuer");
+                    params.signed_by(&pair, &issuer)
+                }
+            }
+            .expect("certificate")
+            .der()
+            .to_vec()
+        };
+        let der = at(None);
+        let certified = Some(at(Some(&root_key)));
+        if let Some(c) = inner.certs.last_mut() {
+            c.der = der;
+            c.certified = certified;
+        }
+    }
 }
 
 impl KeyOps for SoftwareKeys {
@@ -134,9 +263,11 @@ impl KeyOps for SoftwareKeys {
             if inner.down {
                 return Err(KeyOpsError::Unavailable);
             }
+            // As the HSM: the root signs in ceremonies only, never for an operation.
             let key = inner
                 .ec
                 .get(&(kind, version))
+                .filter(|_| kind != KeyKind::Root)
                 .ok_or(KeyOpsError::UnknownKey { kind, version })?;
             let sig: Signature = key
                 .sign_prehash(&digest)
@@ -194,6 +325,18 @@ impl KeyOps for SoftwareKeys {
 
     fn ca_certificates(&self) -> Vec<CaCertificate> {
         self.lock().certs.clone()
+    }
+
+    fn root_certificates(&self) -> Vec<RootCertificate> {
+        self.lock().roots.clone()
+    }
+
+    fn license_endorsement(&self, version: u32) -> Option<LicenseEndorsement> {
+        self.lock()
+            .endorsements
+            .iter()
+            .find(|e| e.version == version)
+            .cloned()
     }
 }
 

@@ -47,9 +47,9 @@ const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 // ---------------------------------------------------------------------------------
 
 #[test]
-fn keys_init_creates_four_sensitive_never_extractable_keys() {
+fn keys_init_creates_five_sensitive_never_extractable_keys() {
     isolated(
-        "keys_init_creates_four_sensitive_never_extractable_keys",
+        "keys_init_creates_five_sensitive_never_extractable_keys",
         Setup::Keys,
         |t| {
             let keys = admin::keys_list(&t.config, t.pin()).expect("keys list");
@@ -57,6 +57,7 @@ fn keys_init_creates_four_sensitive_never_extractable_keys() {
             assert_eq!(
                 kids,
                 [
+                    "alga-root-v1",
                     "alga-license-v1",
                     "alga-ca-v1",
                     "alga-code-v1",
@@ -225,7 +226,8 @@ fn pkcs11_tool_sees_the_keys_as_sensitive_and_never_extractable() {
                     "alga-audit-v1",
                     "alga-ca-v1",
                     "alga-code-v1",
-                    "alga-license-v1"
+                    "alga-license-v1",
+                    "alga-root-v1"
                 ],
                 "{stdout}"
             );
@@ -432,6 +434,7 @@ fn rotation_adds_a_version_and_keeps_the_old_one() {
             assert_eq!(
                 kids,
                 [
+                    "alga-root-v1",
                     "alga-license-v1",
                     "alga-license-v2",
                     "alga-ca-v1",
@@ -725,6 +728,7 @@ fn cli_initializes_lists_and_rotates_keys() {
     assert_eq!(
         kids,
         [
+            "alga-root-v1",
             "alga-license-v1",
             "alga-license-v2",
             "alga-ca-v1",
@@ -732,9 +736,33 @@ fn cli_initializes_lists_and_rotates_keys() {
             "alga-audit-v1"
         ]
     );
-    assert_eq!(rows[0]["active"], false);
-    assert_eq!(rows[1]["active"], true);
-    assert_eq!(rows[3]["type"], "hmac-sha256");
+    assert_eq!(rows[0]["kind"], "root");
+    assert_eq!(rows[1]["active"], false);
+    assert_eq!(rows[2]["active"], true);
+    assert_eq!(rows[4]["type"], "hmac-sha256");
+    // The file appliances pin, and a re-endorsement of the active license key.
+    let root = ok(&["keys", "trust-root"]);
+    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
+    let out_file = sandbox.dir().join("trust-root.pem");
+    ok(&[
+        "keys",
+        "trust-root",
+        "--out",
+        out_file.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(read(&out_file).trim_end(), root.trim_end());
+    let certified = ok(&["keys", "certify"]);
+    assert!(
+        certified.contains("endorsed alga-license-v2"),
+        "{certified}"
+    );
+    let out = run(&["keys", "rotate", "root"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not rotated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         rows.iter()
             .all(|r| r["fingerprint"].as_str().is_some_and(|f| f.len() == 64))
@@ -748,7 +776,7 @@ fn cli_initializes_lists_and_rotates_keys() {
     }));
 
     let table = ok(&["keys", "list"]);
-    assert_eq!(table.lines().count(), 6, "{table}");
+    assert_eq!(table.lines().count(), 7, "{table}");
     assert!(
         table.lines().next().is_some_and(|h| h.starts_with("KID")),
         "{table}"
@@ -939,7 +967,7 @@ impl TestToken {
             let outcome = admin::keys_init(&token.config, token.pin(), &token.policy, now(), false)
                 .expect("keys init");
             assert!(
-                matches!(&outcome, KeysInitOutcome::Created { keys, .. } if keys.len() == 4),
+                matches!(&outcome, KeysInitOutcome::Created { keys, .. } if keys.len() == 5),
                 "{outcome:?}"
             );
         }

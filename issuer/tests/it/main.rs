@@ -6,3 +6,4 @@ mod ops;
 mod pin_latch;
 mod pki;
 mod server;
+mod trust_root;

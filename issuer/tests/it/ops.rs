@@ -307,16 +307,18 @@ fn a_credential_chains_to_the_hsm_ca_for_webpki_and_openssl() {
                     .into_contents();
                 let ca_der = pem::parse(&signed.chain_pem).expect("PEM").into_contents();
                 assert_eq!(
-                    ca_der,
-                    hsm.ca_certificates()[0].der,
-                    "the chain is the HSM's CA"
+                    Some(&ca_der),
+                    hsm.ca_certificates()[0].certified.as_ref(),
+                    "the chain is the HSM's CA as the root certified it"
                 );
 
-                // rustls-webpki, for client authentication.
+                // rustls-webpki, for client authentication: as the gateway sees it
+                // (the self-signed CA its trust anchor, the certified one sent along)…
                 let cert = CertificateDer::from(cert_der.clone());
                 let ee = webpki::EndEntityCert::try_from(&cert).expect("end entity");
                 let ca = CertificateDer::from(ca_der.clone());
-                let anchors = [webpki::anchor_from_trusted_cert(&ca)
+                let self_signed = CertificateDer::from(hsm.ca_certificates()[0].der.clone());
+                let anchors = [webpki::anchor_from_trusted_cert(&self_signed)
                     .expect("anchor")
                     .to_owned()];
                 let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
@@ -325,17 +327,32 @@ fn a_credential_chains_to_the_hsm_ca_for_webpki_and_openssl() {
                 ee.verify_for_usage(
                     webpki::ALL_VERIFICATION_ALGS,
                     &anchors,
-                    &[],
+                    std::slice::from_ref(&ca),
                     at,
                     webpki::KeyUsage::client_auth(),
                     None,
                     None,
                 )
-                .expect("webpki: chains for clientAuth");
+                .expect("webpki: chains to the self-signed CA");
+                // …and as an appliance sees it: the root its only anchor.
+                let root = CertificateDer::from(hsm.root_certificates()[0].der.clone());
+                let anchors = [webpki::anchor_from_trusted_cert(&root)
+                    .expect("anchor")
+                    .to_owned()];
+                ee.verify_for_usage(
+                    webpki::ALL_VERIFICATION_ALGS,
+                    &anchors,
+                    std::slice::from_ref(&ca),
+                    at,
+                    webpki::KeyUsage::client_auth(),
+                    None,
+                    None,
+                )
+                .expect("webpki: chains through the certified CA to the root");
                 let server = ee.verify_for_usage(
                     webpki::ALL_VERIFICATION_ALGS,
                     &anchors,
-                    &[],
+                    std::slice::from_ref(&ca),
                     at,
                     webpki::KeyUsage::server_auth(),
                     None,
@@ -352,12 +369,19 @@ fn a_credential_chains_to_the_hsm_ca_for_webpki_and_openssl() {
                 // openssl verify -purpose sslclient.
                 let dir = tempfile::tempdir().expect("tempdir");
                 std::fs::write(dir.path().join("ca.pem"), &signed.chain_pem).expect("write");
+                std::fs::write(
+                    dir.path().join("root.pem"),
+                    alga_protocol::trust::pem_of(&hsm.root_certificates()[0].der),
+                )
+                .expect("write");
                 std::fs::write(dir.path().join("cert.pem"), &signed.certificate_pem)
                     .expect("write");
                 let out = Command::new("openssl")
                     .args([
                         "verify",
                         "-CAfile",
+                        "root.pem",
+                        "-untrusted",
                         "ca.pem",
                         "-purpose",
                         "sslclient",
@@ -376,6 +400,8 @@ fn a_credential_chains_to_the_hsm_ca_for_webpki_and_openssl() {
                     .args([
                         "verify",
                         "-CAfile",
+                        "root.pem",
+                        "-untrusted",
                         "ca.pem",
                         "-purpose",
                         "sslserver",

@@ -19,6 +19,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::hsm::{Setup, TestToken, isolated_in};
 use crate::ops::{csr, csr_with_bad_signature, openssl_csr};
@@ -272,7 +273,14 @@ fn every_signature_is_logged_before_it_is_returned_and_the_log_holds_no_secret()
                 )
                 .await)
                 .await;
-                assert_eq!(pem::parse(&credential.chain_pem).expect("PEM").contents(), pem::parse(&keys.ca_chain_pem).expect("PEM").contents());
+                // The chain is the published CA (same subject and key) as the root issued it.
+                let chain = pem::parse(&credential.chain_pem).expect("PEM");
+                let published = pem::parse(&keys.ca_chain_pem).expect("PEM");
+                let (_, chain) = X509Certificate::from_der(chain.contents()).expect("x509");
+                let (_, published) = X509Certificate::from_der(published.contents()).expect("x509");
+                assert_eq!(chain.subject().as_raw(), published.subject().as_raw());
+                assert_eq!(chain.public_key().raw, published.public_key().raw);
+                assert!(chain.issuer().to_string().contains("alga-license root v1"), "{}", chain.issuer());
 
                 let checkpoint: SignedCheckpoint =
                     ok(post(&c, url, api::SIGN_CHECKPOINT, &json!({"sequence": 7, "head_hash": "ab".repeat(32)})).await).await;
