@@ -58,7 +58,7 @@ set -a
 # shellcheck source=/dev/null
 . "$ENV_FILE"
 set +a
-for v in ALGA_GATEWAY_URL ALGA_ISSUER_URL ALGA_CA_BUNDLE ALGA_BIN_DIR ALGA_MAIL_DIR DATABASE_URL \
+for v in ALGA_GATEWAY_URL ALGA_ISSUER_URL ALGA_CA_BUNDLE ALGA_TRUST_ROOT ALGA_BIN_DIR ALGA_MAIL_DIR DATABASE_URL \
     ALGA_GATEWAY_CLIENT_CERT ALGA_GATEWAY_CLIENT_KEY ALGA_S3_OBJECT_SHA256; do
     [ -n "${!v:-}" ] || fail "$v is not set in $ENV_FILE (re-run make up)"
 done
@@ -171,7 +171,8 @@ redeem() {
     for ((i = 0; i < 12; i++)); do
         rc=0
         printf '%s\n' "$code" | "$APPLIANCE" redeem --service-url "$ALGA_GATEWAY_URL" \
-            --ca-bundle "$ALGA_CA_BUNDLE" --out "$out" --hostname "$host" >"$log" 2>&1 || rc=$?
+            --ca-bundle "$ALGA_CA_BUNDLE" --trust-root "$ALGA_TRUST_ROOT" --out "$out" \
+            --hostname "$host" >"$log" 2>&1 || rc=$?
         [ "$rc" = 21 ] || return "$rc"
         printf '  %s(the service is busy: redeem rate limit of back-to-back runs; retrying in 6s)%s\n' "$D" "$N"
         sleep 6
@@ -254,7 +255,9 @@ record "ISO download" "sha256 matches" "${ISO_SHA:0:16}…"
 # 4. redeem
 step "First boot: the appliance redeems its install code" \
     "alga-appliance checks the code offline, makes its own key (it never leaves the appliance)," \
-    "posts a CSR to POST /register, verifies the license against the published JWKS and writes two Secrets." \
+    "posts a CSR to POST /register, and writes two Secrets only once the license and the certificate" \
+    "chain to the trust root it was installed with (the HSM's root: alga-issuer keys trust-root)," \
+    "whatever the service says." \
     "The code goes in on stdin, never on the command line."
 redeem "$PRO_CODE" "$WORK/appliance-1" "acme-appliance-1" "$WORK/redeem-1.out" \
     || { cat "$WORK/redeem-1.out" >&2; fail "alga-appliance redeem (pro) failed"; }

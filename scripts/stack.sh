@@ -880,6 +880,7 @@ cmd_env() {
         env_line ALGA_GATEWAY_URL "https://localhost:$GATEWAY_PORT"
         env_line ALGA_ISSUER_URL "https://localhost:$ISSUER_PORT"
         env_line ALGA_CA_BUNDLE "$PKI/service-ca.crt"
+        env_line ALGA_TRUST_ROOT "$PKI/trust-root.pem"
         env_line ALGA_STORE_CERT "$PKI/store.crt"
         env_line ALGA_STORE_KEY "$PKI/store.key"
         env_line ALGA_AUDITOR_CERT "$PKI/auditor.crt"
@@ -974,6 +975,9 @@ cmd_issuer_start() {
         say "starting the issuer on 127.0.0.1:$ISSUER_PORT (log $log)"
         start_daemon issuer alga-issuer "$log" "$bin" serve --config "$conf"
     fi
+    # The file every appliance pins (what an operator bakes into the appliance image).
+    "$bin" keys trust-root --config "$conf" --out "$PKI/trust-root.pem" </dev/null 9>&- \
+        || die "alga-issuer keys trust-root failed"
     wait_https issuer alga-issuer "$ISSUER_PORT" "$log" "https://localhost:$ISSUER_PORT/healthz" \
         --cert "$PKI/gateway-client.crt" --key "$PKI/gateway-client.key"
 }

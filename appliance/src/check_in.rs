@@ -19,10 +19,9 @@
 use std::path::{Path, PathBuf};
 
 use alga_protocol::api::{self, CheckInAppliance, CheckInRequest, CheckInResponse, error_code};
-use alga_protocol::issuer_api::Jwks;
 use time::OffsetDateTime;
 
-use crate::crypto::{self, ApplianceKey, LicenseExpectation, LicenseTimes};
+use crate::crypto::{self, ApplianceKey, LicenseExpectation, LicenseTimes, TrustRoots};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::redeem::full_chain;
@@ -34,10 +33,14 @@ use crate::service::{self, ApiError, ClientIdentity, Retry, ServiceClient};
 pub struct CheckInConfig {
     /// The directory holding `appliance-license-seed.yaml`.
     pub seed_dir: PathBuf,
-    /// Base URL for the JWKS; default: the origin of the seed's `CHECK_IN_URL`.
+    /// Base URL of the service to check in with (`<url>/check-in`); default: the
+    /// seed's `CHECK_IN_URL`.
     pub service_url: Option<String>,
     /// Overrides the seed's `CA_CERT` as the trust for the service.
     pub ca_bundle: Option<PathBuf>,
+    /// Overrides the seed's `TRUST_ROOT` (required for a seed written before it
+    /// existed; it is then written into the seed).
+    pub trust_root: Option<PathBuf>,
     /// Rotate the key now, whatever the certificate's remaining lifetime.
     pub force_rotate: bool,
     /// Reported to the service.
@@ -104,11 +107,21 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
     let current = crypto::cert_facts(&paid.cert_chain_pem)?;
     let current_key = ApplianceKey::from_pem(paid.key_pem.expose())?;
 
-    let check_in_url = service::parse_service_url(&paid.check_in_url)
-        .map_err(|_| Error::input("the license seed", "CHECK_IN_URL is not an https URL"))?;
-    let base = match &cfg.service_url {
-        Some(s) => service::parse_service_url(s)?,
-        None => service::parse_service_url(&check_in_url.origin().ascii_serialization())?,
+    let check_in_url = match &cfg.service_url {
+        Some(s) => service::endpoint(&service::parse_service_url(s)?, api::CHECK_IN),
+        None => service::parse_service_url(&paid.check_in_url)
+            .map_err(|_| Error::input("the license seed", "CHECK_IN_URL is not an https URL"))?,
+    };
+    let roots = match (&cfg.trust_root, &paid.trust_root_pem) {
+        (Some(path), _) => crypto::load_trust_roots(path)?,
+        (None, Some(pem)) => TrustRoots::from_pem(pem.as_bytes())
+            .map_err(|e| Error::input("the license seed's TRUST_ROOT", e))?,
+        (None, None) => {
+            return Err(Error::input(
+                "the license seed",
+                "it has no TRUST_ROOT (it was written before alga-appliance pinned one): pass --trust-root with the trust root file this appliance was installed with",
+            ));
+        }
     };
     let ca_pem = match &cfg.ca_bundle {
         Some(p) => fsio::read(p)?,
@@ -163,15 +176,6 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         }
         return fall_back(&cfg.seed_dir, &seed.edition, edition).map(Outcome::Unlicensed);
     };
-    let jwks: Jwks = client
-        .get_json(&service::endpoint(&base, api::JWKS))
-        .await?
-        .map_err(|e| {
-            Error::bad(format!(
-                "the license keys could not be fetched (HTTP {})",
-                e.status.as_u16()
-            ))
-        })?;
     // The license must be for the edition the answer names, not merely for some
     // edition: a mismatch is a service fault and installs nothing.
     let expected = LicenseExpectation {
@@ -179,18 +183,25 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         appliance_id: current.identity.appliance_id,
         edition: edition.clone(),
     };
-    let claims = crypto::verify_license(&license.token, &jwks, &expected, now)?;
+    let claims = crypto::verify_license(&license.token, &roots, &expected, now)?;
 
     let mut updated = paid.clone();
     updated.token = license.token.clone();
+    updated.trust_root_pem = Some(roots.to_pem());
     let mut rotated = false;
     let mut credential_expires_at = current.not_after;
     if let Some(cred) = &resp.credential {
         // A credential for the key we sent a CSR for, or (a renewal without CSR) for
         // the current key: anything else is refused.
         let key = new_key.as_ref().unwrap_or(&current_key);
-        let facts =
-            crypto::verify_certificate(&cred.certificate, &cred.chain, key, current.identity, now)?;
+        let facts = crypto::verify_certificate(
+            &cred.certificate,
+            &cred.chain,
+            key,
+            current.identity,
+            &roots,
+            now,
+        )?;
         updated.cert_chain_pem = full_chain(&cred.certificate, &cred.chain);
         updated.key_pem = key.to_pem();
         rotated = new_key.is_some();
@@ -301,8 +312,9 @@ fn fall_back(dir: &Path, previous_edition: &str, edition: String) -> Result<Unli
 /// (unchanged) license at `now`. Times only, never the token. `None` for a local
 /// failure (the seed may be what failed) or a seed without a license.
 ///
-/// After a terminal refusal (revoked, replaced, suspended, credential rejected) a
-/// further check-in cannot help: only the expiry is told.
+/// After a terminal refusal (revoked, replaced, suspended, credential rejected) or an
+/// answer the trust root did not sign, a further check-in cannot help: only the
+/// expiry is told.
 pub fn deadline_warning(seed_dir: &Path, err: &Error, now: OffsetDateTime) -> Option<String> {
     let retrying_helps = match err {
         Error::Unreachable { .. }
@@ -314,7 +326,8 @@ pub fn deadline_warning(seed_dir: &Path, err: &Error, now: OffsetDateTime) -> Op
         Error::ApplianceRevoked
         | Error::ApplianceReplaced
         | Error::TenantSuspended
-        | Error::CredentialRejected => false,
+        | Error::CredentialRejected
+        | Error::Untrusted(_) => false,
         _ => return None,
     };
     let seed = load_seed(seed_dir).ok()?;
@@ -351,6 +364,7 @@ fn check_in_error(e: ApiError) -> Error {
     match e.code.as_deref() {
         Some(error_code::APPLIANCE_REVOKED) => Error::ApplianceRevoked,
         Some(error_code::APPLIANCE_REPLACED) => Error::ApplianceReplaced,
+        Some(error_code::CREDENTIAL_SUPERSEDED) => Error::CredentialRejected,
         Some(error_code::TENANT_SUSPENDED) => Error::TenantSuspended,
         Some(
             error_code::CREDENTIAL_REQUIRED | error_code::UNAUTHENTICATED | error_code::FORBIDDEN,
@@ -410,6 +424,7 @@ mod tests {
                 key_pem: alga_protocol::SecretText::new("k".into()),
                 ca_pem: "ca".into(),
                 check_in_url: "https://x/check-in".into(),
+                trust_root_pem: None,
             }),
         };
         fsio::write_atomic(

@@ -1,18 +1,19 @@
-//! The appliance's key, its CSR, and the checks on what the service returns: the
-//! license JWT (against the published JWKS, algorithm fixed by the key) and the
-//! certificate (URI SAN, EKU, public key, issuer signature).
+//! The appliance's key, its CSR, and the checks on what the service returns, each
+//! against the pinned trust root (`alga_protocol::trust`), never against anything the
+//! service itself hands over: the license JWT (its key's endorsement by the root, the
+//! ES256 signature, `iss`, `aud`, subject, edition, and the bounds the root set) and
+//! the certificate (URI SAN, EKU, public key, signed by a CA the root certified, not
+//! outliving it).
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use ::time::OffsetDateTime;
-use alga_protocol::issuer_api::{Jwks, LICENSE_AUDIENCE, LicenseClaims};
+use alga_protocol::issuer_api::LicenseClaims;
+pub use alga_protocol::trust::{LicenseExpectation, TrustRoots};
 use alga_protocol::{ApplianceIdentity, SecretText};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use uuid::Uuid;
 use x509_parser::prelude::*;
 
 use crate::error::{Error, Result};
@@ -163,15 +164,22 @@ pub fn cert_facts(chain_pem: &str) -> Result<CertFacts> {
     })
 }
 
+/// Reads the pinned trust root file (PEM, one or more root certificates).
+pub fn load_trust_roots(path: &Path) -> Result<TrustRoots> {
+    let pem = fsio::read(path)?;
+    TrustRoots::from_pem(&pem).map_err(|e| Error::input(path.display().to_string(), e))
+}
+
 /// Checks a certificate the service issued to this appliance:
 /// exactly one URI SAN naming `expected` (any trust domain), EKU clientAuth, the
 /// public key is `key`'s, it is valid at `now`, and the first certificate of `chain_pem`
-/// signed it.
+/// is a CA the pinned `roots` certified, which signed it and which it does not outlive.
 pub fn verify_certificate(
     cert_pem: &str,
     chain_pem: &str,
     key: &ApplianceKey,
     expected: ApplianceIdentity,
+    roots: &TrustRoots,
     now: OffsetDateTime,
 ) -> Result<CertFacts> {
     let leaf_der = pem_certs(cert_pem.as_bytes())?
@@ -215,13 +223,12 @@ pub fn verify_certificate(
         ));
     }
     let chain = pem_certs(chain_pem.as_bytes())?;
-    let issuer_der = chain
+    let ca_der = chain
         .first()
         .ok_or_else(|| Error::bad("the credential has no CA chain"))?;
-    let (_, issuer) =
-        parse_x509_certificate(issuer_der).map_err(|_| Error::bad("the CA chain is not X.509"))?;
-    leaf.verify_signature(Some(issuer.public_key()))
-        .map_err(|_| Error::bad("the certificate is not signed by its CA chain"))?;
+    roots
+        .verify_credential_chain(&leaf_der, ca_der, now.unix_timestamp(), CLOCK_SKEW_SECONDS)
+        .map_err(Error::trust)?;
     Ok(facts)
 }
 
@@ -258,78 +265,23 @@ fn identity_of(cert: &X509Certificate<'_>) -> Result<ApplianceIdentity> {
         .ok_or_else(|| Error::bad("the URI SAN is not an appliance id"))
 }
 
-/// What a license must say besides being validly signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LicenseExpectation {
-    pub tenant_id: Uuid,
-    pub appliance_id: Uuid,
-    pub edition: String,
-}
-
-/// Verifies a license JWT: the JWKS key named by `kid` must be an EC P-256 ES256 key,
-/// the token's algorithm is ES256 (fixed by the key, never taken from the token),
-/// `aud` is `alga-appliance`, `sub` the tenant, `appliance_id` and `edition` match,
-/// and it is valid at `now` (with [`CLOCK_SKEW_SECONDS`] for `nbf`).
+/// Verifies a license JWT against the pinned trust root (`TrustRoots::verify_license`:
+/// the key's endorsement, the ES256 signature, `iss`, `aud`, `sub`, `appliance_id`,
+/// `edition`, the endorsed bounds, and validity at `now` with [`CLOCK_SKEW_SECONDS`]).
 pub fn verify_license(
     token: &SecretText,
-    jwks: &Jwks,
+    roots: &TrustRoots,
     expected: &LicenseExpectation,
     now: OffsetDateTime,
 ) -> Result<LicenseClaims> {
-    let header = jsonwebtoken::decode_header(token.expose())
-        .map_err(|_| Error::bad("the license is not a JWT"))?;
-    let kid = header
-        .kid
-        .ok_or_else(|| Error::bad("the license names no signing key"))?;
-    let jwk = jwks
-        .keys
-        .iter()
-        .find(|k| k.kid == kid)
-        .ok_or_else(|| Error::bad("the license's signing key is not published"))?;
-    if jwk.kty != "EC" || jwk.crv != "P-256" || jwk.alg != "ES256" {
-        return Err(Error::bad("the license's signing key is not an ES256 key"));
-    }
-    let key = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
-        .map_err(|_| Error::bad("the published signing key is malformed"))?;
-    let mut v = Validation::new(Algorithm::ES256);
-    v.set_audience(&[LICENSE_AUDIENCE]);
-    v.sub = Some(expected.tenant_id.hyphenated().to_string());
-    v.required_spec_claims = ["exp", "nbf", "aud", "sub"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<HashSet<_>>();
-    // Time is checked below against `now`, not the system clock.
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    let data = jsonwebtoken::decode::<LicenseClaims>(token.expose(), &key, &v).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind as K;
-        Error::bad(match e.kind() {
-            K::InvalidSignature => "the license signature does not verify",
-            K::InvalidAlgorithm => "the license is not signed with ES256",
-            K::InvalidAudience => "the license is not for an appliance",
-            K::InvalidSubject => "the license is for another tenant",
-            _ => "the license is malformed",
-        })
-    })?;
-    let c = data.claims;
-    if c.appliance_id != expected.appliance_id.hyphenated().to_string()
-        && Uuid::try_parse(&c.appliance_id).ok() != Some(expected.appliance_id)
-    {
-        return Err(Error::bad("the license is for another appliance"));
-    }
-    if c.edition != expected.edition {
-        return Err(Error::bad("the license is for another edition"));
-    }
-    let t = now.unix_timestamp();
-    if c.nbf > t + CLOCK_SKEW_SECONDS {
-        return Err(Error::bad(
-            "the license is not valid yet (check this appliance's clock)",
-        ));
-    }
-    if c.exp <= t {
-        return Err(Error::bad("the license has already expired"));
-    }
-    Ok(c)
+    roots
+        .verify_license(
+            token.expose(),
+            expected,
+            now.unix_timestamp(),
+            CLOCK_SKEW_SECONDS,
+        )
+        .map_err(Error::trust)
 }
 
 /// The times of a license the operator acts on (nothing secret).
@@ -355,8 +307,7 @@ impl LicenseTimes {
 }
 
 /// The claims of a token *without* checking its signature. Only for a token this
-/// program verified before writing it to the local license seed (the bootstrap has no
-/// network access to the JWKS).
+/// program verified before writing it to the local license seed.
 pub fn claims_of_verified_token(token: &SecretText) -> Result<LicenseClaims> {
     let payload = token
         .expose()
@@ -390,8 +341,8 @@ mod tests {
         let nb = OffsetDateTime::from_unix_timestamp(0).expect("t");
         let facts = CertFacts {
             identity: ApplianceIdentity {
-                tenant_id: Uuid::nil(),
-                appliance_id: Uuid::nil(),
+                tenant_id: uuid::Uuid::nil(),
+                appliance_id: uuid::Uuid::nil(),
             },
             not_before: nb,
             not_after: nb + ::time::Duration::days(30),

@@ -35,6 +35,9 @@ pub mod exit {
     pub const TLS: i32 = 22;
     /// The service's answer is malformed or does not verify (license, certificate).
     pub const BAD_RESPONSE: i32 = 23;
+    /// The answer does not chain to the pinned trust root, or grants more than the
+    /// root allows: not signed by the license authority's HSM.
+    pub const UNTRUSTED: i32 = 24;
     /// Check-in: this appliance's credential was revoked.
     pub const APPLIANCE_REVOKED: i32 = 30;
     /// Check-in: the tenant is suspended.
@@ -101,6 +104,12 @@ pub enum Error {
         "the license service's answer could not be verified ({0}): nothing was installed; try again, and contact support if it persists"
     )]
     BadResponse(String),
+    /// The license or credential does not chain to the pinned trust root, or says
+    /// more than the root allows. Not a transient failure: a security event.
+    #[error(
+        "the license service's answer is not from the license authority this appliance trusts ({0}): nothing was installed; do not retry with another trust root file, and report this to support"
+    )]
+    Untrusted(alga_protocol::trust::TrustError),
     /// The service refused our own request (CSR), or another unexpected error status.
     #[error("the license service refused the request ({code}: {message}): contact support")]
     Refused { code: String, message: String },
@@ -167,6 +176,7 @@ impl Error {
             Error::ServiceUnavailable => exit::SERVICE_UNAVAILABLE,
             Error::Tls { .. } => exit::TLS,
             Error::BadResponse(_) => exit::BAD_RESPONSE,
+            Error::Untrusted(_) => exit::UNTRUSTED,
             Error::Refused { .. } | Error::Internal(_) => exit::INTERNAL,
             Error::ApplianceRevoked => exit::APPLIANCE_REVOKED,
             Error::TenantSuspended => exit::TENANT_SUSPENDED,
@@ -200,6 +210,25 @@ impl Error {
 
     pub(crate) fn bad(detail: impl Into<String>) -> Error {
         Error::BadResponse(detail.into())
+    }
+
+    /// A verification failure against the trust root. Malformed input, times (a clock
+    /// or retry matter) and a license naming another tenant, appliance or edition than
+    /// the answer (a service fault) are [`Error::BadResponse`]; whatever the root did
+    /// not sign or allow is [`Error::Untrusted`].
+    pub(crate) fn trust(e: alga_protocol::trust::TrustError) -> Error {
+        use alga_protocol::trust::TrustError as T;
+        match e {
+            T::NotYetValid
+            | T::Expired
+            | T::LicenseMalformed
+            | T::ChainMalformed
+            | T::WrongTenant
+            | T::WrongAppliance
+            | T::WrongEdition => Error::BadResponse(e.to_string()),
+            T::Roots(why) => Error::input("the trust root file", why),
+            other => Error::Untrusted(other),
+        }
     }
 }
 
@@ -238,6 +267,10 @@ mod tests {
                 22,
             ),
             (Error::bad("x"), 23),
+            (
+                Error::Untrusted(alga_protocol::trust::TrustError::NotEndorsed),
+                24,
+            ),
             (Error::ApplianceRevoked, 30),
             (Error::TenantSuspended, 31),
             (Error::CredentialRejected, 32),

@@ -34,12 +34,13 @@
 //! | 21 | the service is busy or unavailable | retry later |
 //! | 22 | TLS failure (not the service the CA bundle trusts) | check URL and CA bundle |
 //! | 23 | the answer does not verify (license, certificate, format) | retry; contact support |
+//! | 24 | the answer is not from the trusted license authority (trust root) | report to support |
 //! | 30 | check-in: appliance revoked | reinstall with a re-issued code |
 //! | 31 | check-in: tenant suspended | contact support |
 //! | 32 | check-in: credential not accepted | reinstall with a re-issued code |
 //! | 33 | check-in: appliance replaced by a rebuild | use the rebuilt appliance |
 //! | 40 | a local file could not be read or written | fix the path or permissions |
-//! | 41 | a local input is malformed (Secret, key, CA bundle, URL) | fix the input |
+//! | 41 | a local input is malformed (Secret, key, CA bundle, trust root, URL) | fix the input |
 //! | 50 | the appliance database failed | check the database |
 //! | 51 | the database holds another tenant, or no tenant yet | see the message |
 //!
@@ -75,12 +76,13 @@ Exit codes:
   21  the license service is busy or unavailable: try again later
   22  TLS failure: the service is not the one the CA bundle trusts
   23  the service's answer does not verify (license, certificate or format)
+  24  the answer does not chain to the pinned trust root, or grants more than it allows
   30  check-in: this appliance's credential was revoked
   31  check-in: the tenant is suspended
   32  check-in: the credential was not accepted
   33  check-in: this appliance was replaced by a rebuild (no longer licensed)
   40  a local file could not be read or written
-  41  a local input is malformed (Secret manifest, key, CA bundle, URL)
+  41  a local input is malformed (Secret manifest, key, CA bundle, trust root, URL)
   50  the appliance database failed
   51  the appliance database belongs to another tenant, or has no tenant yet
 On any failure no Secret is written (check-in --database-url: a database failure

@@ -61,9 +61,14 @@ struct RedeemArgs {
     /// Base URL of the license service.
     #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
     service_url: String,
-    /// The CA bundle (PEM) that authenticates the license service: the only trust used.
+    /// The CA bundle (PEM) that authenticates the license service's TLS: the only TLS
+    /// trust used.
     #[arg(long)]
     ca_bundle: PathBuf,
+    /// The trust root (PEM) of the license authority, shipped with the appliance: every
+    /// license and credential must chain to it (`alga-issuer keys trust-root`).
+    #[arg(long, env = "ALGA_TRUST_ROOT")]
+    trust_root: PathBuf,
     /// Output directory for appliance.key and the Secret manifests (created 0700).
     #[arg(long)]
     out: PathBuf,
@@ -77,12 +82,17 @@ struct CheckInArgs {
     /// Directory holding appliance-license-seed.yaml (updated in place, atomically).
     #[arg(long)]
     seed: PathBuf,
-    /// Base URL of the license service for the JWKS (default: the check-in URL's origin).
+    /// Base URL of the license service to check in with (default: CHECK_IN_URL of the
+    /// license seed).
     #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
     service_url: Option<String>,
     /// CA bundle for the service (default: CA_CERT of the license seed).
     #[arg(long)]
     ca_bundle: Option<PathBuf>,
+    /// Trust root of the license authority (default: TRUST_ROOT of the license seed;
+    /// required for a seed written before alga-appliance pinned one).
+    #[arg(long, env = "ALGA_TRUST_ROOT")]
+    trust_root: Option<PathBuf>,
     /// Send a CSR for a new key now, whatever the certificate's remaining lifetime (the
     /// service may still renew only near expiry; the key changes only if it does).
     #[arg(long)]
@@ -153,6 +163,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let cfg = RedeemConfig {
                 service_url: a.service_url,
                 ca_bundle: a.ca_bundle,
+                trust_root: a.trust_root,
                 out_dir: a.out,
                 hostname: a.hostname.unwrap_or_else(alga_appliance::hostname),
                 version: VERSION.to_owned(),
@@ -174,6 +185,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 seed_dir: a.seed,
                 service_url: a.service_url,
                 ca_bundle: a.ca_bundle,
+                trust_root: a.trust_root,
                 force_rotate: a.rotate,
                 version: VERSION.to_owned(),
                 retry: Retry::default(),

@@ -5,8 +5,9 @@
 //! 2. the key is loaded from, or generated into, the output directory *before* the
 //!    call, so a retry (of this run or a re-run) presents the same key;
 //! 3. `POST /register` over TLS pinned to the given CA bundle;
-//! 4. for paid editions the license is verified against the JWKS fetched over the same
-//!    pinned trust, and the certificate against the key and the answer;
+//! 4. for paid editions the license and the certificate are verified against the
+//!    pinned trust root (given with `--trust-root`; never anything the service sends),
+//!    the certificate also against the key and the answer;
 //! 5. only then both Secrets are written, each atomically, the tenant Secret last.
 //!
 //! Any failure before step 5 leaves no Secret: no tenant is ever made up.
@@ -14,7 +15,6 @@
 use std::path::{Path, PathBuf};
 
 use alga_protocol::api::{self, ApplianceInfo, RedeemRequest, RedeemResponse, error_code};
-use alga_protocol::issuer_api::Jwks;
 use alga_protocol::{InstallCode, SecretText};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -32,6 +32,8 @@ pub struct RedeemConfig {
     pub service_url: String,
     /// The only CA trusted for the service's TLS certificate.
     pub ca_bundle: PathBuf,
+    /// The pinned trust root: every license and credential must chain to it.
+    pub trust_root: PathBuf,
     /// Where the key and the two Secret manifests go.
     pub out_dir: PathBuf,
     /// Reported to the service (`appliance.hostname`).
@@ -68,6 +70,7 @@ pub async fn redeem(
     let code = parse_code(code.expose())?;
     let base = service::parse_service_url(&cfg.service_url)?;
     let ca_pem = fsio::read(&cfg.ca_bundle)?;
+    let roots = crypto::load_trust_roots(&cfg.trust_root)?;
     let client = ServiceClient::new(&ca_pem, None, cfg.retry.clone())?;
 
     fsio::ensure_dir(&cfg.out_dir)?;
@@ -98,26 +101,24 @@ pub async fn redeem(
             }
         }
         (Some(license), Some(cred), Some(check_in_url)) => {
-            let jwks: Jwks = client
-                .get_json(&service::endpoint(&base, api::JWKS))
-                .await?
-                .map_err(|e| {
-                    Error::bad(format!(
-                        "the license keys could not be fetched (HTTP {})",
-                        e.status.as_u16()
-                    ))
-                })?;
             let expected = LicenseExpectation {
                 tenant_id: resp.tenant_id,
                 appliance_id: resp.appliance_id,
                 edition: resp.edition.clone(),
             };
-            crypto::verify_license(&license.token, &jwks, &expected, now)?;
+            crypto::verify_license(&license.token, &roots, &expected, now)?;
             let identity = alga_protocol::ApplianceIdentity {
                 tenant_id: resp.tenant_id,
                 appliance_id: resp.appliance_id,
             };
-            crypto::verify_certificate(&cred.certificate, &cred.chain, &key, identity, now)?;
+            crypto::verify_certificate(
+                &cred.certificate,
+                &cred.chain,
+                &key,
+                identity,
+                &roots,
+                now,
+            )?;
             service::parse_service_url(check_in_url)
                 .map_err(|_| Error::bad("the check-in URL is not an https URL"))?;
             LicenseSeed {
@@ -129,6 +130,7 @@ pub async fn redeem(
                     ca_pem: String::from_utf8(ca_pem.clone())
                         .map_err(|_| Error::input("the CA bundle", "it is not text"))?,
                     check_in_url: check_in_url.clone(),
+                    trust_root_pem: Some(roots.to_pem()),
                 }),
             }
         }

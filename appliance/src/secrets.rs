@@ -4,8 +4,10 @@
 //! - `appliance-license-seed`: `EDITION`, and for paid editions `LICENSE_TOKEN`,
 //!   `APPLIANCE_CERT` (the appliance's certificate followed by its CA chain, PEM),
 //!   `APPLIANCE_KEY` (its PKCS#8 private key, PEM), `CA_CERT` (the CA bundle that
-//!   authenticates the license service, the one `redeem` was given) and
-//!   `CHECK_IN_URL`.
+//!   authenticates the license service, the one `redeem` was given),
+//!   `CHECK_IN_URL`, and `TRUST_ROOT` (the trust root `redeem` was given: every later
+//!   license and credential must chain to it; absent from seeds written before it
+//!   existed, which then need `check-in --trust-root`).
 //!
 //! Both are `apiVersion: v1`, `kind: Secret`, `type: Opaque`, values base64 in `data`,
 //! and are written with mode 0600 (the license seed holds a key and a token).
@@ -35,6 +37,7 @@ pub const KEY_APPLIANCE_CERT: &str = "APPLIANCE_CERT";
 pub const KEY_APPLIANCE_KEY: &str = "APPLIANCE_KEY";
 pub const KEY_CA_CERT: &str = "CA_CERT";
 pub const KEY_CHECK_IN_URL: &str = "CHECK_IN_URL";
+pub const KEY_TRUST_ROOT: &str = "TRUST_ROOT";
 
 /// The edition without a license (DESIGN §2).
 pub const ESSENTIALS: &str = "essentials";
@@ -208,6 +211,8 @@ pub struct PaidSeed {
     /// The CA bundle that authenticates the license service (PEM).
     pub ca_pem: String,
     pub check_in_url: String,
+    /// The pinned trust root (PEM), carried forward unchanged by every check-in.
+    pub trust_root_pem: Option<String>,
 }
 
 /// The typed content of `appliance-license-seed`.
@@ -229,11 +234,15 @@ impl LicenseSeed {
             m.set(KEY_APPLIANCE_KEY, p.key_pem.expose().as_bytes());
             m.set(KEY_CA_CERT, p.ca_pem.as_bytes());
             m.set(KEY_CHECK_IN_URL, p.check_in_url.as_bytes());
+            if let Some(root) = &p.trust_root_pem {
+                m.set(KEY_TRUST_ROOT, root.as_bytes());
+            }
         }
         m
     }
 
-    /// From a Secret manifest: `EDITION` is required; a paid seed needs all five others.
+    /// From a Secret manifest: `EDITION` is required; a paid seed needs the five others
+    /// (`TRUST_ROOT` is optional, see the module documentation).
     pub fn from_manifest(m: &SecretManifest) -> Result<LicenseSeed> {
         let edition = m.require_str(KEY_EDITION)?.trim().to_owned();
         if edition.is_empty() {
@@ -251,6 +260,10 @@ impl LicenseSeed {
             key_pem: SecretText::new(m.require_str(KEY_APPLIANCE_KEY)?.to_owned()),
             ca_pem: m.require_str(KEY_CA_CERT)?.to_owned(),
             check_in_url: m.require_str(KEY_CHECK_IN_URL)?.trim().to_owned(),
+            trust_root_pem: match m.get(KEY_TRUST_ROOT) {
+                None => None,
+                Some(_) => Some(m.require_str(KEY_TRUST_ROOT)?.to_owned()),
+            },
         };
         Ok(LicenseSeed {
             edition,

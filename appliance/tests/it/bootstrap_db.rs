@@ -190,6 +190,7 @@ fn paid_seed(token: SecretText) -> LicenseSeed {
             key_pem: SecretText::new("k".into()),
             ca_pem: "ca".into(),
             check_in_url: "https://x/check-in".into(),
+            trust_root_pem: None,
         }),
     }
 }

@@ -2,7 +2,9 @@
 //! cannot show on demand: every error answer's exit code (expired codes, busy), a
 //! forged license or certificate, a credential near expiry (rotation), a revoked or
 //! suspended appliance. Same wire types as the gateway (alga-protocol), real
-//! signatures (ES256 license, X.509 from the CSR's key), mTLS on check-in.
+//! signatures (ES256 license, X.509 from the CSR's key), mTLS on check-in, and a trust
+//! root of its own that certifies its appliance CA and endorses its license key, as the
+//! HSM's root does (`Fake::trust_root_pem` is the file an appliance pins).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -13,9 +15,12 @@ use alga_protocol::api::{
     CheckInRequest, CheckInResponse, Credential, ErrorBody, ErrorDetail, License, RedeemRequest,
     RedeemResponse,
 };
-use alga_protocol::issuer_api::{Entitlements, Jwk, Jwks, LicenseClaims};
+use alga_protocol::issuer_api::{Entitlements, Jwk, LicenseClaims};
+use alga_protocol::trust::{self, EditionBounds, KeyEndorsement};
 use alga_protocol::{InstallCode, SecretText};
 use base64::Engine as _;
+use p256::ecdsa::signature::Signer as _;
+use p256::pkcs8::EncodePrivateKey as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyPair, SanType,
@@ -28,14 +33,32 @@ use uuid::Uuid;
 
 pub const TRUST_DOMAIN: &str = "fake.test";
 const KID: &str = "fake-license-1";
+/// The `iss` the fake's license key is endorsed for.
+pub const ISS: &str = "https://license.fake.test";
 
 /// What the fake does wrong (or answers) on purpose.
 #[derive(Debug, Clone, Default)]
 pub struct Behaviour {
     /// `/register` answers this error (status, code) instead of redeeming.
     pub redeem_error: Option<(u16, &'static str)>,
-    /// The license is signed by a key that is not in the JWKS (same kid).
+    /// The license is signed by another key than the endorsed one (same kid).
     pub forge_license: bool,
+    /// The review's experiment: a random key endorsed by a root the appliance does not
+    /// pin, another `iss`, ten years, a million seats.
+    pub rogue_root: bool,
+    /// The license header carries no endorsement.
+    pub no_endorsement: bool,
+    /// The license's `iss` (default: the endorsed one).
+    pub license_iss: Option<&'static str>,
+    /// The license's lifetime in days (default 7; the root allows 7).
+    pub license_days: Option<i64>,
+    /// The license's seats (default 100; the root allows 100).
+    pub license_seats: Option<u32>,
+    /// The license lists a feature the root did not endorse.
+    pub license_extra_feature: bool,
+    /// The credential's chain is a self-signed CA of the same name, not the one the
+    /// root certified.
+    pub ca_not_certified: bool,
     /// The license names another appliance.
     pub license_other_appliance: bool,
     /// The certificate names another appliance.
@@ -72,6 +95,8 @@ pub struct Seen {
 pub struct Fake {
     pub url: String,
     pub ca_pem: String,
+    /// The fake's trust root (PEM): what an appliance installed for it pins.
+    pub trust_root_pem: String,
     pub tenant_id: Uuid,
     pub behaviour: Arc<Mutex<Behaviour>>,
     pub seen: Arc<Mutex<Seen>>,
@@ -80,15 +105,84 @@ pub struct Fake {
 struct Pki {
     check_in_url: String,
     appliance_ca: Issuer<'static, KeyPair>,
+    /// The appliance CA as the root certified it (the chain sent).
     appliance_ca_pem: String,
-    license_key: jsonwebtoken::EncodingKey,
-    forged_key: jsonwebtoken::EncodingKey,
-    jwks: Jwks,
+    /// A self-signed CA of the same name and key (what a rogue service could make).
+    uncertified_ca_pem: String,
+    license_key: p256::ecdsa::SigningKey,
+    endorsement: String,
+    forged_key: p256::ecdsa::SigningKey,
+    rogue_key: p256::ecdsa::SigningKey,
+    rogue_endorsement: String,
+}
+
+/// An rcgen key pair of a p256 signing key.
+fn rcgen_key(k: &p256::ecdsa::SigningKey) -> KeyPair {
+    let der = k.to_pkcs8_der().expect("pkcs8");
+    KeyPair::try_from(der.as_bytes()).expect("rcgen key")
+}
+
+/// A root (self-signed, pathlen 1) and its key.
+fn root(
+    cn: &str,
+) -> (
+    p256::ecdsa::SigningKey,
+    rcgen::Certificate,
+    Issuer<'static, KeyPair>,
+) {
+    let key = p256::ecdsa::SigningKey::random(&mut rand_core());
+    let mut p = ca_params(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    let kp = rcgen_key(&key);
+    let cert = p.self_signed(&kp).expect("root");
+    (key, cert, Issuer::new(p, kp))
+}
+
+fn rand_core() -> p256::elliptic_curve::rand_core::OsRng {
+    p256::elliptic_curve::rand_core::OsRng
+}
+
+/// `root`'s endorsement of `key` for the fake's edition bounds.
+fn endorse(
+    root_key: &p256::ecdsa::SigningKey,
+    root_der: &[u8],
+    key: &p256::ecdsa::SigningKey,
+    iss: &str,
+    bounds: EditionBounds,
+) -> String {
+    let point = key.verifying_key().to_encoded_point(false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let e = KeyEndorsement {
+        key: Jwk {
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            x: b64.encode(point.x().expect("x")),
+            y: b64.encode(point.y().expect("y")),
+            kid: KID.into(),
+            alg: "ES256".into(),
+            use_: "sig".into(),
+        },
+        iss: iss.into(),
+        nbf: now - 3600,
+        exp: now + 3650 * 86_400,
+        editions: ["pro", "enterprise"]
+            .into_iter()
+            .map(|e| (e.to_owned(), bounds.clone()))
+            .collect(),
+    };
+    let input = e.signing_input(root_der);
+    let sig: p256::ecdsa::Signature = root_key.sign(input.as_bytes());
+    trust::compact_jws(&input, &sig.to_bytes().into())
 }
 
 fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p
 }
@@ -112,31 +206,39 @@ impl Fake {
             .signed_by(&server_key, &server_ca)
             .expect("server cert");
         // Appliance CA.
+        // The trust root, and the appliance CA it certifies.
+        let (root_key, root_cert, root_issuer) = root("fake trust root");
         let app_ca_key = KeyPair::generate().expect("key");
         let app_ca_params = ca_params("fake appliance CA");
-        let app_ca_cert = app_ca_params.self_signed(&app_ca_key).expect("ca");
+        let uncertified = app_ca_params.self_signed(&app_ca_key).expect("ca");
+        let app_ca_cert = app_ca_params
+            .signed_by(&app_ca_key, &root_issuer)
+            .expect("certified ca");
         let mut client_roots = RootCertStore::empty();
         client_roots.add(app_ca_cert.der().clone()).expect("root");
-        // License keys.
-        let lic = KeyPair::generate().expect("key");
-        let point = lic.public_key_raw();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let jwks = Jwks {
-            keys: vec![Jwk {
-                kty: "EC".into(),
-                crv: "P-256".into(),
-                x: b64.encode(&point[1..33]),
-                y: b64.encode(&point[33..65]),
-                kid: KID.into(),
-                alg: "ES256".into(),
-                use_: "sig".into(),
-            }],
+        // License keys: the endorsed one, a forger's, and the review's rogue key with
+        // its own root.
+        let license_key = p256::ecdsa::SigningKey::random(&mut rand_core());
+        let bounds = EditionBounds {
+            features: vec!["core".into(), "sso".into()],
+            seats: 100,
+            license_lifetime_seconds: 7 * 86_400,
         };
-        let license_key =
-            jsonwebtoken::EncodingKey::from_ec_pem(lic.serialize_pem().as_bytes()).expect("key");
-        let forged = KeyPair::generate().expect("key");
-        let forged_key =
-            jsonwebtoken::EncodingKey::from_ec_pem(forged.serialize_pem().as_bytes()).expect("key");
+        let endorsement = endorse(&root_key, root_cert.der(), &license_key, ISS, bounds);
+        let forged_key = p256::ecdsa::SigningKey::random(&mut rand_core());
+        let rogue_key = p256::ecdsa::SigningKey::random(&mut rand_core());
+        let (rogue_root_key, rogue_root_cert, _) = root("fake trust root");
+        let rogue_endorsement = endorse(
+            &rogue_root_key,
+            rogue_root_cert.der(),
+            &rogue_key,
+            "https://rogue.example",
+            EditionBounds {
+                features: vec!["core".into()],
+                seats: u32::MAX,
+                license_lifetime_seconds: u64::MAX,
+            },
+        );
 
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
@@ -160,9 +262,12 @@ impl Fake {
             check_in_url: format!("https://127.0.0.1:{port}/check-in"),
             appliance_ca: Issuer::new(app_ca_params, app_ca_key),
             appliance_ca_pem: app_ca_cert.pem(),
+            uncertified_ca_pem: uncertified.pem(),
             license_key,
+            endorsement,
             forged_key,
-            jwks,
+            rogue_key,
+            rogue_endorsement,
         });
         let config = Arc::new(server_config);
         {
@@ -182,6 +287,7 @@ impl Fake {
         Fake {
             url: format!("https://127.0.0.1:{port}"),
             ca_pem: server_ca_cert.pem(),
+            trust_root_pem: root_cert.pem(),
             tenant_id,
             behaviour,
             seen,
@@ -231,7 +337,6 @@ fn serve(
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, json) = match (method, path) {
-        ("GET", "/.well-known/jwks.json") => (200, serde_json::to_string(&pki.jwks)?),
         ("POST", "/register") => {
             seen.lock().expect("lock").redeems += 1;
             redeem(&body, pki, tenant_id, &b)
@@ -275,31 +380,48 @@ fn license(pki: &Pki, b: &Behaviour, id: ApplianceIdentity, edition: &str) -> Li
     } else {
         id.appliance_id
     };
-    let claims = LicenseClaims {
-        iss: "https://license.fake.test".into(),
+    let mut claims = LicenseClaims {
+        iss: b.license_iss.unwrap_or(ISS).into(),
         sub: id.tenant_id.to_string(),
         aud: "alga-appliance".into(),
         jti: Uuid::new_v4().to_string(),
         iat: now,
         nbf: now,
-        exp: now + 7 * 86_400,
+        exp: now + b.license_days.unwrap_or(7) * 86_400,
         edition: edition.into(),
         check_in_by: Some(now + 4 * 86_400),
         entitlements: Entitlements {
             features: vec!["core".into()],
-            seats: 100,
+            seats: b.license_seats.unwrap_or(100),
             check_in_interval_seconds: 86_400,
         },
         appliance_id: appliance.to_string(),
     };
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(KID.into());
-    let key = if b.forge_license {
-        &pki.forged_key
+    if b.license_extra_feature {
+        claims.entitlements.features.push("multi-site".into());
+    }
+    let (key, endorsement) = if b.rogue_root {
+        claims.iss = "https://rogue.example".into();
+        claims.exp = now + 3650 * 86_400;
+        claims.entitlements.seats = 1_000_000;
+        (&pki.rogue_key, Some(&pki.rogue_endorsement))
+    } else if b.forge_license {
+        (&pki.forged_key, Some(&pki.endorsement))
     } else {
-        &pki.license_key
+        (&pki.license_key, Some(&pki.endorsement))
     };
-    let token = jsonwebtoken::encode(&header, &claims, key).expect("sign");
+    let mut header = serde_json::json!({"alg": "ES256", "kid": KID, "typ": "JWT"});
+    if let Some(e) = endorsement.filter(|_| !b.no_endorsement) {
+        header[trust::ENDORSEMENT_HEADER] = e.as_str().into();
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(serde_json::to_vec(&header).expect("json")),
+        b64.encode(serde_json::to_vec(&claims).expect("json"))
+    );
+    let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    let token = format!("{input}.{}", b64.encode(sig.to_bytes()));
     License {
         token: SecretText::new(token),
         expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).expect("t"),
@@ -337,7 +459,11 @@ fn credential(
     };
     Some(Credential {
         certificate: cert.pem(),
-        chain: pki.appliance_ca_pem.clone(),
+        chain: if b.ca_not_certified {
+            pki.uncertified_ca_pem.clone()
+        } else {
+            pki.appliance_ca_pem.clone()
+        },
         expires_at: p.not_after,
     })
 }

@@ -23,6 +23,9 @@ fn redeem_args<'a>(out: &'a str, ca: &'a str) -> Vec<&'a str> {
         DEAD_URL,
         "--ca-bundle",
         ca,
+        // Any self-signed CA certificate is a usable trust root file.
+        "--trust-root",
+        ca,
         "--out",
         out,
     ]
@@ -115,6 +118,51 @@ fn code_sources_and_unreachable_service() {
     }
 }
 
+/// A trust root file that is not one (no certificate, or not a CA) stops the redeem
+/// before any network call (exit 41), and nothing is written but the key.
+#[test]
+fn an_unusable_trust_root_is_a_local_input_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, test_ca_pem()).expect("write ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["x.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("leaf")
+        .pem();
+    for (name, content, says) in [
+        ("empty", String::new(), "holds no certificate"),
+        ("leaf", leaf, "not a CA"),
+    ] {
+        let root = dir.path().join(format!("{name}.pem"));
+        fs::write(&root, content).expect("write root");
+        let out = dir.path().join(name);
+        let r = run(
+            &[
+                "redeem",
+                "--service-url",
+                DEAD_URL,
+                "--ca-bundle",
+                ca.to_str().expect("utf8"),
+                "--trust-root",
+                root.to_str().expect("utf8"),
+                "--out",
+                out.to_str().expect("utf8"),
+            ],
+            Some(&random_wellformed_code()),
+        );
+        assert_eq!(r.code, exit::LOCAL_INPUT, "{name}: {r:?}");
+        assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("could not be reached"),
+            "no network: {}",
+            r.stderr
+        );
+        assert_no_secrets(&out);
+    }
+}
+
 /// The --help text documents the exit codes and the advice about argv.
 #[test]
 fn help_documents_exit_codes_and_stdin() {
@@ -148,6 +196,7 @@ fn secret_manifests_format() {
             ),
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
             check_in_url: "https://license.example/check-in".into(),
+            trust_root_pem: None,
         }),
     };
     let files = write_secrets(dir.path(), tenant, &paid).expect("write");

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use alga_appliance::crypto::TrustRoots;
 use alga_appliance::crypto::{self, ApplianceKey, LicenseExpectation};
 use alga_appliance::exit;
 use alga_appliance::service::{self, ClientIdentity, Retry, ServiceClient};
@@ -14,7 +15,6 @@ use alga_protocol::api::{
     self, Contact, EntitlementRequest, EntitlementResponse, RegisterTenantRequest,
     RegisterTenantResponse, ReissueRequest, ReissueResponse,
 };
-use alga_protocol::issuer_api::Jwks;
 use alga_protocol::{InstallCode, SecretText};
 use base64::Engine as _;
 use time::OffsetDateTime;
@@ -26,6 +26,8 @@ use crate::common::*;
 struct Stack {
     url: String,
     ca_bundle: String,
+    /// The issuer's trust root (`alga-issuer keys trust-root`), what appliances pin.
+    trust_root: String,
     mail_dir: PathBuf,
     ca: Vec<u8>,
     store_cert: String,
@@ -38,6 +40,7 @@ fn stack() -> Stack {
         url: stack_var("ALGA_GATEWAY_URL"),
         ca: std::fs::read(&ca_bundle).expect("read ALGA_CA_BUNDLE"),
         ca_bundle,
+        trust_root: stack_var("ALGA_TRUST_ROOT"),
         mail_dir: PathBuf::from(stack_var("ALGA_MAIL_DIR")),
         store_cert: std::fs::read_to_string(stack_var("ALGA_STORE_CERT")).expect("store cert"),
         store_key: SecretText::new(
@@ -69,11 +72,6 @@ impl Stack {
             one_attempt(),
         )
         .expect("store client")
-    }
-
-    /// A client without identity, fresh per call (see [`Stack::store`]).
-    fn public(&self) -> ServiceClient {
-        ServiceClient::new(&self.ca, None, one_attempt()).expect("client")
     }
 
     fn base(&self) -> reqwest::Url {
@@ -179,12 +177,8 @@ impl Stack {
             .unwrap_or_else(|e| panic!("revoke failed: {e:?}"));
     }
 
-    async fn jwks(&self) -> Jwks {
-        self.public()
-            .get_json(&service::endpoint(&self.base(), api::JWKS))
-            .await
-            .expect("gateway answers")
-            .expect("jwks")
+    fn trust_roots(&self) -> TrustRoots {
+        crypto::load_trust_roots(Path::new(&self.trust_root)).expect("ALGA_TRUST_ROOT is usable")
     }
 
     /// Waits for the mail to `email` carrying the code `code_id` and returns the code.
@@ -231,6 +225,8 @@ impl Stack {
             url,
             "--ca-bundle",
             ca,
+            "--trust-root",
+            &self.trust_root,
             "--out",
             out.to_str().expect("utf8"),
         ];
@@ -314,7 +310,7 @@ fn split_chain(pem: &str) -> (String, String) {
     (pem[..i].to_owned(), pem[i..].trim().to_owned())
 }
 
-/// Decodes and verifies a paid license seed: the token against the JWKS, the
+/// Decodes and verifies a paid license seed: the token against the trust root, the
 /// certificate against the key, the chain and the identity. Returns the identity and
 /// the token.
 async fn verify_paid_seed(
@@ -333,12 +329,12 @@ async fn verify_paid_seed(
     assert_eq!(facts.identity.tenant_id, tenant_id);
     let (leaf, chain) = split_chain(&cert);
     let now = OffsetDateTime::now_utc();
-    crypto::verify_certificate(&leaf, &chain, &key, facts.identity, now)
+    crypto::verify_certificate(&leaf, &chain, &key, facts.identity, &st.trust_roots(), now)
         .expect("certificate verifies");
     let token = text("LICENSE_TOKEN");
     let claims = crypto::verify_license(
         &SecretText::new(token.clone()),
-        &st.jwks().await,
+        &st.trust_roots(),
         &LicenseExpectation {
             tenant_id,
             appliance_id: facts.identity.appliance_id,

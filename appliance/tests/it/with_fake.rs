@@ -27,6 +27,7 @@ struct Setup {
     fake: Fake,
     dir: tempfile::TempDir,
     ca: PathBuf,
+    root: PathBuf,
 }
 
 fn setup(b: Behaviour) -> Setup {
@@ -34,7 +35,14 @@ fn setup(b: Behaviour) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &fake.ca_pem).expect("write ca");
-    Setup { fake, dir, ca }
+    let root = dir.path().join("trust-root.pem");
+    std::fs::write(&root, &fake.trust_root_pem).expect("write root");
+    Setup {
+        fake,
+        dir,
+        ca,
+        root,
+    }
 }
 
 impl Setup {
@@ -50,6 +58,8 @@ impl Setup {
                 &self.fake.url,
                 "--ca-bundle",
                 ca.to_str().expect("utf8"),
+                "--trust-root",
+                self.root.to_str().expect("utf8"),
                 "--out",
                 out.to_str().expect("utf8"),
             ],
@@ -71,6 +81,8 @@ impl Setup {
                 &self.fake.url,
                 "--ca-bundle",
                 self.ca.to_str().expect("utf8"),
+                "--trust-root",
+                self.root.to_str().expect("utf8"),
                 "--out",
                 out.to_str().expect("utf8"),
             ],
@@ -128,17 +140,12 @@ fn redeem_error_answers_map_to_exit_codes() {
     assert_eq!(s.fake.seen.lock().expect("lock").redeems, cases.len());
 }
 
-/// A forged or mismatched answer is refused (exit 23) and writes nothing.
+/// A mismatched answer is refused (exit 23) and writes nothing.
 #[test]
-fn forged_or_mismatched_answers_write_nothing() {
+fn mismatched_answers_write_nothing() {
     let s = setup(pro());
     type Case = (&'static str, fn(&mut Behaviour), &'static str);
     let cases: Vec<Case> = vec![
-        (
-            "forged",
-            |b| b.forge_license = true,
-            "signature does not verify",
-        ),
         (
             "other-appliance",
             |b| b.license_other_appliance = true,
@@ -164,6 +171,161 @@ fn forged_or_mismatched_answers_write_nothing() {
         assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
         assert_no_secrets(&out);
     }
+}
+
+type TrustCase = (&'static str, fn(&mut Behaviour), &'static str);
+
+/// What a service (a compromised gateway) could make up without the HSM's root: each
+/// refused with exit 24 and its reason.
+fn untrusted_answers() -> Vec<TrustCase> {
+    vec![
+        (
+            // The review's experiment: a random key with a one-key "endorsement" by a
+            // root the appliance does not pin, another iss, ten years, a million seats.
+            "rogue-root",
+            |b| b.rogue_root = true,
+            "not endorsed by the pinned trust root",
+        ),
+        (
+            "no-endorsement",
+            |b| b.no_endorsement = true,
+            "carries no endorsement",
+        ),
+        (
+            "forged",
+            |b| b.forge_license = true,
+            "signature does not verify",
+        ),
+        (
+            "other-iss",
+            |b| b.license_iss = Some("https://other.example"),
+            "another issuer",
+        ),
+        (
+            "ten-years",
+            |b| b.license_days = Some(3650),
+            "grants more than its key is endorsed for: a lifetime",
+        ),
+        (
+            "million-seats",
+            |b| b.license_seats = Some(1_000_000),
+            "grants more than its key is endorsed for: 1000000 seats",
+        ),
+        (
+            "extra-feature",
+            |b| b.license_extra_feature = true,
+            "grants more than its key is endorsed for: feature multi-site",
+        ),
+        (
+            "uncertified-ca",
+            |b| b.ca_not_certified = true,
+            "not certified by the pinned trust root",
+        ),
+    ]
+}
+
+/// Redeem: whatever the root did not sign or allow is refused with exit 24, and
+/// nothing is written (no Secret; the key, made before the call, stays for a retry).
+#[test]
+fn redeem_refuses_what_the_root_did_not_sign() {
+    let s = setup(pro());
+    for (name, set, says) in untrusted_answers() {
+        s.fake.set(|b| *b = pro());
+        s.fake.set(set);
+        let out = s.dir.path().join(name);
+        let r = s.redeem(&out);
+        assert_eq!(r.code, exit::UNTRUSTED, "{name}: {r:?}");
+        assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("do not retry with another trust root"),
+            "{name}: {}",
+            r.stderr
+        );
+        assert_no_secrets(&out);
+    }
+    // The same fake, honest again: the same appliance redeems.
+    s.fake.set(|b| *b = pro());
+    let out = s.dir.path().join("honest");
+    assert_eq!(s.redeem(&out).code, 0);
+}
+
+/// Check-in: the same answers are refused with exit 24 and the seed stays as it was,
+/// byte for byte (the pinned root carried in it included).
+#[test]
+fn check_in_refuses_what_the_root_did_not_sign() {
+    let s = setup(pro());
+    let out = s.dir.path().join("out");
+    assert_eq!(s.redeem(&out).code, 0);
+    let seed_path = secrets::manifest_path(&out, secrets::LICENSE_SEED);
+    let original = std::fs::read(&seed_path).expect("seed");
+    assert_eq!(
+        seed_of(&out).paid.expect("paid").trust_root_pem.as_deref(),
+        Some(s.fake.trust_root_pem.as_str()),
+        "the seed pins the root redeem was given"
+    );
+    for (name, set, says) in untrusted_answers() {
+        s.fake.set(|b| *b = pro());
+        s.fake.set(set);
+        // A CSR every time, so that a credential comes back for the CA case.
+        let r = run(
+            &[
+                "check-in",
+                "--seed",
+                out.to_str().expect("utf8"),
+                "--rotate",
+            ],
+            None,
+        );
+        assert_eq!(r.code, exit::UNTRUSTED, "{name}: {r:?}");
+        assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
+        assert_eq!(std::fs::read(&seed_path).expect("seed"), original, "{name}");
+    }
+    s.fake.set(|b| *b = pro());
+    assert_eq!(s.check_in(&out).code, 0);
+}
+
+/// A seed written before the trust root existed names none: check-in asks for one
+/// (exit 41, nothing sent), and with `--trust-root` checks in and pins it.
+#[test]
+fn a_seed_without_a_trust_root_needs_one_given() {
+    let s = setup(pro());
+    let out = s.dir.path().join("out");
+    assert_eq!(s.redeem(&out).code, 0);
+    let mut old = seed_of(&out);
+    if let Some(p) = old.paid.as_mut() {
+        p.trust_root_pem = None;
+    }
+    let seed_path = secrets::manifest_path(&out, secrets::LICENSE_SEED);
+    fsio::write_atomic(
+        &seed_path,
+        old.to_manifest().to_yaml().as_bytes(),
+        fsio::SECRET_MODE,
+    )
+    .expect("write");
+    let sent = s.fake.seen.lock().expect("lock").requests;
+    let r = s.check_in(&out);
+    assert_eq!(r.code, exit::LOCAL_INPUT, "{r:?}");
+    assert!(r.stderr.contains("--trust-root"), "{}", r.stderr);
+    assert_eq!(
+        s.fake.seen.lock().expect("lock").requests,
+        sent,
+        "nothing sent"
+    );
+    let r = run(
+        &[
+            "check-in",
+            "--seed",
+            out.to_str().expect("utf8"),
+            "--trust-root",
+            s.root.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        seed_of(&out).paid.expect("paid").trust_root_pem.as_deref(),
+        Some(s.fake.trust_root_pem.as_str())
+    );
 }
 
 /// The service's certificate is checked against the given bundle only.
@@ -253,6 +415,7 @@ fn check_in_rotates_a_credential_near_expiry() {
         &chain,
         &new_key,
         facts.identity,
+        &crypto::load_trust_roots(&s.root).expect("root"),
         OffsetDateTime::now_utc(),
     )
     .expect("the new certificate is for the new key");
@@ -363,10 +526,17 @@ fn check_in_failures_keep_the_seed() {
     assert!(r.stderr.contains(&by), "{}", r.stderr);
     assert_eq!(std::fs::read(&seed_path).expect("seed"), original);
     s.fake.set(|b| b.check_in_error = None);
-    s.fake.set(|b| b.forge_license = true);
+    s.fake.set(|b| b.license_other_appliance = true);
     let r = s.check_in(&out);
     assert_eq!(r.code, exit::BAD_RESPONSE, "{r:?}");
     assert_eq!(std::fs::read(&seed_path).expect("seed"), original);
+    s.fake.set(|b| *b = pro());
+    s.fake.set(|b| b.forge_license = true);
+    let r = s.check_in(&out);
+    assert_eq!(r.code, exit::UNTRUSTED, "{r:?}");
+    assert!(r.stderr.contains("expires at"), "the expiry is told: {}", r.stderr);
+    assert_eq!(std::fs::read(&seed_path).expect("seed"), original);
+    s.fake.set(|b| *b = pro());
 
     // A check-in URL where nothing listens.
     let mut seed = seed_of(&out);
@@ -700,6 +870,7 @@ async fn check_in_on_an_essentials_seed_sends_nothing() {
         seed_dir: out.clone(),
         service_url: Some(s.fake.url.clone()),
         ca_bundle: Some(s.ca.clone()),
+        trust_root: None,
         force_rotate: true,
         version: "it".into(),
         retry: Retry::default(),

@@ -1225,6 +1225,8 @@ pub fn redeem(service_url: &str, code: &str, out: &Path) -> Result<Redeem> {
             ])
             .arg("--ca-bundle")
             .arg(env("ALGA_CA_BUNDLE"))
+            .arg("--trust-root")
+            .arg(env("ALGA_TRUST_ROOT"))
             .arg("--out")
             .arg(out),
         Some(format!("{code}\n").as_bytes()),
