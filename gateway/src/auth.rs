@@ -48,6 +48,22 @@ impl TrustSets {
     }
 }
 
+/// A verified appliance credential: whose it is, which certificate, and its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplianceCredential {
+    /// From the certificate's URI SAN.
+    pub id: ApplianceIdentity,
+    /// The certificate's serial: lower-case hex of the DER INTEGER's content bytes,
+    /// exactly as the issuer reports it (`SignedCredential.serial`, stored as
+    /// `appliances.credential_serial`). The issuer's serials are 16 bytes whose first
+    /// byte is 0x40..=0x7f, so their DER encoding needs no leading zero byte and the
+    /// content bytes are the issuer's bytes; nothing is normalised here, so a
+    /// certificate whose serial is encoded differently simply matches no stored one.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
 /// The identity of a connection's client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientIdentity {
@@ -58,12 +74,9 @@ pub enum ClientIdentity {
     Refused(String),
     /// A service client of the policy.
     Service { uri: String, role: Role },
-    /// An appliance credential.
-    Appliance {
-        id: ApplianceIdentity,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    },
+    /// An appliance credential (which check-in still compares with the appliance's
+    /// recorded one: the CA signing it is not enough once it was superseded).
+    Appliance(ApplianceCredential),
 }
 
 impl ClientIdentity {
@@ -89,7 +102,7 @@ impl ClientIdentity {
             ClientIdentity::Anonymous => "anonymous",
             ClientIdentity::Refused(_) => "refused",
             ClientIdentity::Service { role, .. } => role.as_str(),
-            ClientIdentity::Appliance { .. } => "appliance",
+            ClientIdentity::Appliance(_) => "appliance",
         }
     }
 
@@ -97,7 +110,7 @@ impl ClientIdentity {
     pub fn actor_id(&self, policy: &Policy) -> Option<String> {
         match self {
             ClientIdentity::Service { uri, .. } => Some(uri.clone()),
-            ClientIdentity::Appliance { id, .. } => Some(id.uri(&policy.trust_domain)),
+            ClientIdentity::Appliance(c) => Some(c.id.uri(&policy.trust_domain)),
             _ => None,
         }
     }
@@ -113,16 +126,10 @@ impl ClientIdentity {
 
     /// Requires an appliance credential: none → 401 `credential_required`, another
     /// identity → 403.
-    pub fn require_appliance(
-        &self,
-    ) -> Result<(ApplianceIdentity, OffsetDateTime, OffsetDateTime), ApiError> {
+    pub fn require_appliance(&self) -> Result<&ApplianceCredential, ApiError> {
         match self {
             ClientIdentity::Anonymous => Err(ApiError::CredentialRequired),
-            ClientIdentity::Appliance {
-                id,
-                not_before,
-                not_after,
-            } => Ok((*id, *not_before, *not_after)),
+            ClientIdentity::Appliance(c) => Ok(c),
             _ => Err(ApiError::Forbidden),
         }
     }
@@ -191,13 +198,12 @@ fn classify_inner(
     if verifies(&trust.appliance) {
         let id = ApplianceIdentity::parse(uri, &policy.trust_domain)
             .ok_or_else(|| format!("{uri} is not an appliance identity of this trust domain"))?;
-        let not_before = x509.validity().not_before.to_datetime();
-        let not_after = x509.validity().not_after.to_datetime();
-        return Ok(ClientIdentity::Appliance {
+        return Ok(ClientIdentity::Appliance(ApplianceCredential {
             id,
-            not_before,
-            not_after,
-        });
+            serial: hex::encode(x509.raw_serial()),
+            not_before: x509.validity().not_before.to_datetime(),
+            not_after: x509.validity().not_after.to_datetime(),
+        }));
     }
     Err("certificate chains to neither the service CA nor an appliance CA".into())
 }

@@ -100,6 +100,13 @@ pub enum ApiError {
     /// A rebuild's redeem replaced this appliance: it gets no further license.
     #[error("this appliance was replaced by a rebuild: it is no longer licensed")]
     ApplianceReplaced,
+    /// Check-in with a certificate of the appliance that is not its current credential
+    /// (nor the one a rotation replaced, within the overlap and before the new one was
+    /// used): a newer one was issued.
+    #[error(
+        "this certificate is no longer the appliance's credential: check in with the newest one"
+    )]
+    CredentialSuperseded,
     /// The tenant's edition allows no more active appliances; nothing was consumed.
     #[error(
         "the tenant has {active} active appliance(s) and its edition allows {max}: replace or revoke one first"
@@ -161,6 +168,7 @@ impl ApiError {
             ApiError::ApplianceRevoked => code::APPLIANCE_REVOKED,
             ApiError::TenantSuspended => code::TENANT_SUSPENDED,
             ApiError::ApplianceReplaced => code::APPLIANCE_REPLACED,
+            ApiError::CredentialSuperseded => code::CREDENTIAL_SUPERSEDED,
             ApiError::SeatLimitReached { .. } => code::SEAT_LIMIT_REACHED,
             ApiError::ApplianceNotActive { .. } => code::APPLIANCE_NOT_ACTIVE,
             ApiError::ReplacementAmbiguous { .. } => code::REPLACEMENT_AMBIGUOUS,
@@ -187,6 +195,7 @@ impl ApiError {
             ApiError::Forbidden
             | ApiError::ApplianceRevoked
             | ApiError::ApplianceReplaced
+            | ApiError::CredentialSuperseded
             | ApiError::TenantSuspended => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::TenantNotFound | ApiError::ApplianceNotFound => {
                 StatusCode::NOT_FOUND
@@ -298,6 +307,7 @@ mod tests {
             (ApiError::ApplianceRevoked, 403, "appliance_revoked"),
             (ApiError::TenantSuspended, 403, "tenant_suspended"),
             (ApiError::ApplianceReplaced, 403, "appliance_replaced"),
+            (ApiError::CredentialSuperseded, 403, "credential_superseded"),
             (
                 ApiError::SeatLimitReached { active: 3, max: 3 },
                 409,

@@ -3,7 +3,10 @@
 //!
 //! Errors are typed so the flows can tell "the issuer is down" (redeem answers 503
 //! `license_service_unavailable`, nothing changed) from "the issuer refused this input"
-//! (a CSR it will not sign is the caller's `csr_invalid`).
+//! (a CSR it will not sign is the caller's `csr_invalid`), and both from "the issuer
+//! will not sign until an operator acts" (its appliance CA expired or expires too soon:
+//! [`IssuerError::CaExpiring`], also a 503 for the caller, but counted apart as
+//! `kind="ca_expiring"` and logged by the flows as an operator's task).
 //!
 //! License requests are coalesced under load: at most [`LICENSE_CALLS_IN_FLIGHT`]
 //! license calls are in flight; a request that finds them all busy waits in a queue,
@@ -81,6 +84,12 @@ pub enum IssuerError {
     /// The issuer answered 5xx (HSM unavailable, internal).
     #[error("issuer unavailable ({status}): {message}")]
     Unavailable { status: u16, message: String },
+    /// The issuer refused to sign because its active appliance CA has expired or
+    /// expires too soon (its 503 `ca_expiring`): nothing was signed, and nothing will
+    /// be until an operator rotates the CA. Unlike [`IssuerError::Unavailable`], it
+    /// does not pass by itself.
+    #[error("issuer refuses to sign, its appliance CA has expired or expires too soon: {message}")]
+    CaExpiring { message: String },
     /// The issuer refused the request (4xx) with a stable code.
     #[error("issuer refused ({code:?}): {message}")]
     Refused {
@@ -305,7 +314,13 @@ impl IssuerClient {
                 for (reply, result) in replies.into_iter().zip(r.results) {
                     let _ = reply.send(match result {
                         ia::LicenseResult::License(l) => Ok(l),
-                        ia::LicenseResult::Error(e) => Err(refusal(e)),
+                        ia::LicenseResult::Error(e) => {
+                            // The batch call succeeded; its item failed as the single
+                            // call would have, and is counted as that call's failure.
+                            let e = refusal(e);
+                            self.metrics.issuer_error("sign_license", error_kind(&e));
+                            Err(e)
+                        }
                     });
                 }
             }
@@ -470,27 +485,37 @@ impl IssuerClient {
                 return serde_json::from_slice(&bytes)
                     .map_err(|e| IssuerError::Protocol(e.to_string()));
             }
-            let detail = serde_json::from_slice::<IssuerErrorBody>(&bytes).ok();
-            let message = detail
-                .as_ref()
-                .map(|d| d.error.message.clone())
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            match detail {
-                Some(d) if status.is_client_error() => Err(IssuerError::Refused {
-                    code: d.error.code,
-                    message,
-                }),
-                _ if status.is_server_error() => Err(IssuerError::Unavailable {
-                    status: status.as_u16(),
-                    message,
-                }),
-                _ => Err(IssuerError::Protocol(format!("HTTP {status}: {message}"))),
-            }
+            Err(answer_error(status, &bytes))
         }
         .await;
         self.metrics
             .issuer_call(op, started.elapsed(), result.as_ref().err().map(error_kind));
         result
+    }
+}
+
+/// The error an answer other than 2xx stands for. The issuer's body carries a stable
+/// code: a 4xx is a refusal of this input; a 5xx is an issuer that is failing (and may
+/// recover), except `ca_expiring`, which stays until its CA is rotated.
+fn answer_error(status: reqwest::StatusCode, body: &[u8]) -> IssuerError {
+    let detail = serde_json::from_slice::<IssuerErrorBody>(body).ok();
+    let message = detail
+        .as_ref()
+        .map(|d| d.error.message.clone())
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    match detail {
+        Some(d) if d.error.code == IssuerErrorCode::CaExpiring => {
+            IssuerError::CaExpiring { message }
+        }
+        Some(d) if status.is_client_error() => IssuerError::Refused {
+            code: d.error.code,
+            message,
+        },
+        _ if status.is_server_error() => IssuerError::Unavailable {
+            status: status.as_u16(),
+            message,
+        },
+        _ => IssuerError::Protocol(format!("HTTP {status}: {message}")),
     }
 }
 
@@ -556,6 +581,7 @@ fn refusal(e: ia::IssuerErrorDetail) -> IssuerError {
             status: 500,
             message: e.message,
         },
+        IssuerErrorCode::CaExpiring => IssuerError::CaExpiring { message: e.message },
         code => IssuerError::Refused {
             code,
             message: e.message,
@@ -567,6 +593,7 @@ fn error_kind(e: &IssuerError) -> &'static str {
     match e {
         IssuerError::Unreachable(_) => "unreachable",
         IssuerError::Unavailable { .. } => "unavailable",
+        IssuerError::CaExpiring { .. } => "ca_expiring",
         IssuerError::Refused { .. } => "refused",
         IssuerError::Protocol(_) => "protocol",
         IssuerError::Config(_) => "config",
@@ -652,6 +679,47 @@ mod tests {
                 code: IssuerErrorCode::EditionNotPaid,
                 ..
             }
+        ));
+        let e = refusal(detail(IssuerErrorCode::CaExpiring));
+        assert!(matches!(e, IssuerError::CaExpiring { .. }), "{e:?}");
+        assert_eq!(error_kind(&e), "ca_expiring");
+    }
+
+    #[test]
+    fn the_issuers_answers_map_to_typed_errors() {
+        let body = |code: &str| {
+            format!(
+                r#"{{"error":{{"code":"{code}","message":"appliance CA ca-2 expires 2027-01-01"}}}}"#
+            )
+        };
+        let status = |n| reqwest::StatusCode::from_u16(n).expect("status");
+        // The CA refusal: its own kind, whatever status carries it.
+        for n in [503, 400] {
+            let e = answer_error(status(n), body("ca_expiring").as_bytes());
+            assert!(
+                matches!(&e, IssuerError::CaExpiring { message } if message.contains("ca-2")),
+                "{n}: {e:?}"
+            );
+            assert_eq!(error_kind(&e), "ca_expiring");
+        }
+        assert!(matches!(
+            answer_error(status(503), body("hsm_unavailable").as_bytes()),
+            IssuerError::Unavailable { status: 503, .. }
+        ));
+        assert!(matches!(
+            answer_error(status(400), body("csr_invalid").as_bytes()),
+            IssuerError::Refused {
+                code: IssuerErrorCode::CsrInvalid,
+                ..
+            }
+        ));
+        assert!(matches!(
+            answer_error(status(502), b"<html>bad gateway</html>"),
+            IssuerError::Unavailable { status: 502, .. }
+        ));
+        assert!(matches!(
+            answer_error(status(404), b"not found"),
+            IssuerError::Protocol(_)
         ));
     }
 }

@@ -19,7 +19,7 @@
 //!   slow-client limits of `[limits]` (per-source connection cap, handshake, header,
 //!   body and idle timeouts) and the optional plain-HTTP operations listener
 //!   (`[ops]`); [`keys`]: the issuer's public keys cache (JWKS, appliance CA chain;
-//!   refreshed for rotation).
+//!   refreshed for rotation; the CA expiry gauge and warning).
 //! - [`issuer_client`]: the issuer's mTLS API, typed errors, latency metrics.
 //! - [`audit`]: the one seam to `alga_audit` (append in the caller's transaction,
 //!   failure records, the summaries of refusals before a caller was established, the
@@ -115,7 +115,8 @@ impl App {
         }
         match self.issuer.public_keys().await {
             Ok(k) => {
-                self.keys.set(k);
+                self.keys
+                    .load(k, &self.metrics, time::OffsetDateTime::now_utc());
                 self.keys.get().ok_or(ApiError::ServiceUnavailable)
             }
             Err(e) => {
@@ -167,7 +168,8 @@ where
 }
 
 /// Fetches the issuer's public keys; when the appliance CA chain changed, rebuilds the
-/// TLS roots that appliance certificates are checked against.
+/// TLS roots that appliance certificates are checked against. (Loading them also
+/// updates the CA expiry gauge and warns when the CA expires soon: [`KeyCache::load`].)
 async fn refresh_issuer_keys(
     app: &App,
     live_tls: &server::LiveTls,
@@ -176,7 +178,10 @@ async fn refresh_issuer_keys(
     match app.issuer.public_keys().await {
         Ok(k) => {
             let cas = keys::appliance_cas(&k);
-            if app.keys.set(k) {
+            if app
+                .keys
+                .load(k, &app.metrics, time::OffsetDateTime::now_utc())
+            {
                 match tls_material.server_config(&cas) {
                     Ok((cfg, trust)) => {
                         live_tls.replace(cfg, trust);
@@ -300,7 +305,7 @@ pub async fn run_on(
     let appliance_cas = match issuer.public_keys().await {
         Ok(k) => {
             let cas = keys::appliance_cas(&k);
-            keys.set(k);
+            keys.load(k, &metrics, time::OffsetDateTime::now_utc());
             cas
         }
         Err(e) => {

@@ -1,22 +1,27 @@
 //! Prometheus metrics (prometheus-client): requests by route and outcome, latency
 //! histograms, redeem outcomes by error code, issuer call latency and errors, active
 //! appliances by health (counted at a scrape when the last count is older than
-//! `HEALTH_GAUGE_MAX_AGE`), database pool usage (sampled at scrape time), and the
-//! listeners' open, refused and timed-out connections.
+//! `HEALTH_GAUGE_MAX_AGE`), database pool usage (sampled at scrape time), the
+//! listeners' open, refused and timed-out connections, and the seconds left until the
+//! newest appliance CA expires (computed at scrape time).
 //!
 //! Every label's values come from a fixed set, whatever a client sends: the route is
 //! the router's template (or `unmatched`), the method one of [`METHODS`] or `other`,
 //! the status a number from 100 to 599 (or `other`); every other label is a string
 //! constant of the code (`&'static str`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -153,6 +158,41 @@ struct OpErrorLabels {
     kind: &'static str,
 }
 
+/// [`CaExpiry`]'s value while no appliance CA is known.
+const NO_CA: i64 = i64::MIN;
+
+/// `appliance_ca_expiry_seconds`: seconds from the scrape until the newest appliance
+/// CA certificate's notAfter (negative once it has passed), from the chain last
+/// fetched from the issuer; absent while there is none. Computed at each scrape, so it
+/// counts down between key refreshes and never shows a stale value.
+#[derive(Debug)]
+struct CaExpiry {
+    /// The newest CA's notAfter, Unix seconds, or [`NO_CA`].
+    not_after: Arc<AtomicI64>,
+}
+
+impl Collector for CaExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let not_after = self.not_after.load(Ordering::Relaxed);
+        let Ok(not_after) = OffsetDateTime::from_unix_timestamp(not_after) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(crate::keys::seconds_until(
+            not_after,
+            OffsetDateTime::now_utc(),
+        ));
+        let metric = encoder.encode_descriptor(
+            "appliance_ca_expiry_seconds",
+            "Seconds until the newest appliance CA certificate expires (negative: expired); \
+             the issuer refuses to sign credentials before then: rotate it \
+             (alga-issuer keys rotate ca) well ahead",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -179,6 +219,8 @@ pub struct Metrics {
     connections_open: Gauge<i64, AtomicU64Compat>,
     connections_refused: Family<ReasonLabels, Counter>,
     connection_timeouts: Family<PhaseLabels, Counter>,
+    /// What `appliance_ca_expiry_seconds` is computed from (see [`CaExpiry`]).
+    appliance_ca_not_after: Arc<AtomicI64>,
 }
 
 /// The gauge atomic (i64 values).
@@ -225,7 +267,9 @@ impl Metrics {
         let issuer_errors = Family::<OpErrorLabels, Counter>::default();
         registry.register(
             "issuer_call_errors",
-            "Issuer call failures by operation and kind",
+            "Issuer call failures by operation and kind (unreachable, unavailable, \
+             ca_expiring: the issuer refuses to sign until its appliance CA is rotated, \
+             refused, protocol, config)",
             issuer_errors.clone(),
         );
         let mail = Family::<MailLabels, Counter>::default();
@@ -281,6 +325,10 @@ impl Metrics {
              header, body, idle, http2_keep_alive)",
             connection_timeouts.clone(),
         );
+        let appliance_ca_not_after = Arc::new(AtomicI64::new(NO_CA));
+        registry.register_collector(Box::new(CaExpiry {
+            not_after: appliance_ca_not_after.clone(),
+        }));
         // Present from the start, at 0: a dashboard sees the series before the first event.
         connections_refused
             .get_or_create(&ReasonLabels {
@@ -310,6 +358,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             connection_timeouts,
+            appliance_ca_not_after,
         }
     }
 
@@ -347,6 +396,24 @@ impl Metrics {
                 .get_or_create(&OpErrorLabels { op, kind })
                 .inc();
         }
+    }
+
+    /// Records an issuer failure that was not a call's own: a license refused inside a
+    /// batch the issuer answered (`op` the single call's, `kind` as
+    /// [`Metrics::issuer_call`]'s).
+    pub fn issuer_error(&self, op: &'static str, kind: &'static str) {
+        self.issuer_errors
+            .get_or_create(&OpErrorLabels { op, kind })
+            .inc();
+    }
+
+    /// Sets the notAfter of the newest appliance CA (`None`: no chain fetched yet), from
+    /// which each scrape computes `appliance_ca_expiry_seconds`.
+    pub fn set_appliance_ca_not_after(&self, not_after: Option<OffsetDateTime>) {
+        self.appliance_ca_not_after.store(
+            not_after.map_or(NO_CA, OffsetDateTime::unix_timestamp),
+            Ordering::Relaxed,
+        );
     }
 
     /// Records one recorded mail attempt: `outcome` is `sent`, `retry` or `failed`,
@@ -470,6 +537,38 @@ mod tests {
                 .any(|l| l.contains(r#"method="GET",status="other""#)),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn the_ca_expiry_gauge_counts_down_from_the_newest_ca_and_is_absent_without_one() {
+        let m = Metrics::new();
+        let text = |m: &Metrics| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encodes");
+            out
+        };
+        let value = |m: &Metrics| -> Option<i64> {
+            text(m)
+                .lines()
+                .find_map(|l| l.strip_prefix("alga_gateway_appliance_ca_expiry_seconds "))
+                .map(|v| v.parse().expect("an integer"))
+        };
+        assert_eq!(value(&m), None, "no CA known yet: no series");
+        let now = OffsetDateTime::now_utc();
+        m.set_appliance_ca_not_after(Some(now + time::Duration::days(30)));
+        let v = value(&m).expect("a value");
+        let expect = time::Duration::days(30).whole_seconds();
+        assert!((expect - 5..=expect).contains(&v), "{v}");
+        assert!(
+            text(&m).contains("# TYPE alga_gateway_appliance_ca_expiry_seconds gauge"),
+            "{}",
+            text(&m)
+        );
+        m.set_appliance_ca_not_after(Some(now - time::Duration::hours(1)));
+        let v = value(&m).expect("a value");
+        assert!((-3605..=-3600).contains(&v), "expired: negative ({v})");
+        m.set_appliance_ca_not_after(None);
+        assert_eq!(value(&m), None);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const GATEWAY_MIGRATIONS: &[Migration] = &[
         name: "gateway/0003_license_lifecycle",
         sql: include_str!("../migrations/0003_license_lifecycle.sql"),
     },
+    Migration {
+        name: "gateway/0004_credential_rotation",
+        sql: include_str!("../migrations/0004_credential_rotation.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migration runs ("algamigr").

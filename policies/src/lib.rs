@@ -30,6 +30,13 @@ pub const MAX_LICENSE_LIFETIME: Duration = Duration::days(90);
 pub const MAX_CREDENTIAL_LIFETIME: Duration = Duration::days(90);
 /// The least an appliance credential may live (it is renewed at daily check-ins).
 pub const MIN_CREDENTIAL_LIFETIME: Duration = Duration::days(2);
+/// How long check-in still accepts the credential a rotation replaced, when the policy
+/// does not say (`credentials.rotation_overlap`): one daily check-in interval, so an
+/// appliance that crashed before it saved its new credential retries with the old one
+/// at its next scheduled check-in.
+pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::hours(24);
+/// The least `credentials.rotation_overlap` may be: a retry needs some time to happen.
+pub const MIN_ROTATION_OVERLAP: Duration = Duration::minutes(5);
 /// An active appliance whose last check-in (or redeem) is this old is `stale`, whatever
 /// its edition: the interval and grace of every paid edition end before it.
 pub const STALE_AFTER: Duration = Duration::days(30);
@@ -95,6 +102,10 @@ pub struct Policy {
     pub download_link_ttl: Duration,
     /// How long an appliance credential is valid.
     pub credential_lifetime: Duration,
+    /// How long after a rotation check-in still accepts the replaced credential, unless
+    /// the new one is used first (`credentials.rotation_overlap`; at most
+    /// `credential_lifetime`, [`DEFAULT_ROTATION_OVERLAP`] when absent).
+    pub credential_rotation_overlap: Duration,
     /// Editions by name.
     pub editions: BTreeMap<String, Edition>,
     /// Client identities (exact URI SAN) and their roles.

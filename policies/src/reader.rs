@@ -7,9 +7,10 @@ use time::Duration;
 use toml::{Table, Value};
 
 use crate::{
-    AuditPolicy, Edition, MAX_APPLIANCES_LIMIT, MAX_CREDENTIAL_LIFETIME, MAX_DOWNLOAD_LINK_TTL,
-    MAX_INSTALL_CODE_TTL, MAX_LICENSE_LIFETIME, MIN_CREDENTIAL_LIFETIME, PaidTerms, Policy,
-    PolicyError, Problem, Quota, RateLimits, Role, STALE_AFTER, format_duration, parse_duration,
+    AuditPolicy, DEFAULT_ROTATION_OVERLAP, Edition, MAX_APPLIANCES_LIMIT, MAX_CREDENTIAL_LIFETIME,
+    MAX_DOWNLOAD_LINK_TTL, MAX_INSTALL_CODE_TTL, MAX_LICENSE_LIFETIME, MIN_CREDENTIAL_LIFETIME,
+    MIN_ROTATION_OVERLAP, PaidTerms, Policy, PolicyError, Problem, Quota, RateLimits, Role,
+    STALE_AFTER, format_duration, parse_duration,
 };
 
 /// Collects problems while reading.
@@ -255,13 +256,9 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         Duration::minutes(1),
         MAX_DOWNLOAD_LINK_TTL,
     );
-    let credential_lifetime = r.section_duration(
-        root,
-        "credentials",
-        "lifetime",
-        MIN_CREDENTIAL_LIFETIME,
-        MAX_CREDENTIAL_LIFETIME,
-    );
+    let (credential_lifetime, credential_rotation_overlap) = r
+        .table("", root, "credentials")
+        .map_or((None, None), |t| read_credentials(&mut r, t));
 
     let editions = r
         .table("", root, "editions")
@@ -314,6 +311,7 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
         install_code_ttl,
         download_link_ttl,
         credential_lifetime,
+        credential_rotation_overlap,
         editions,
         clients,
         rate_limits,
@@ -325,6 +323,7 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
             Some(install_code_ttl),
             Some(download_link_ttl),
             Some(credential_lifetime),
+            Some(credential_rotation_overlap),
             Some(editions),
             Some(clients),
             Some(rate_limits),
@@ -335,12 +334,53 @@ pub(crate) fn read_policy(root: &Table) -> Result<Policy, PolicyError> {
             install_code_ttl,
             download_link_ttl,
             credential_lifetime,
+            credential_rotation_overlap,
             editions,
             clients,
             rate_limits,
             audit,
         }),
         _ => Err(PolicyError::Invalid(r.problems)),
+    }
+}
+
+/// `[credentials]`: `lifetime` (required) and `rotation_overlap` (optional, so that
+/// policy files written before it keep loading; [`DEFAULT_ROTATION_OVERLAP`] when
+/// absent). The overlap is bounded by the lifetime: it only ever shortens how long a
+/// replaced credential stays usable, never lengthens it past what a fresh one gets.
+fn read_credentials(r: &mut Reader, t: &Table) -> (Option<Duration>, Option<Duration>) {
+    r.unknown_keys("credentials", t, &["lifetime", "rotation_overlap"]);
+    let lifetime = r.bounded_duration(
+        "credentials",
+        t,
+        "lifetime",
+        MIN_CREDENTIAL_LIFETIME,
+        MAX_CREDENTIAL_LIFETIME,
+    );
+    let overlap = if t.contains_key("rotation_overlap") {
+        r.bounded_duration(
+            "credentials",
+            t,
+            "rotation_overlap",
+            MIN_ROTATION_OVERLAP,
+            MAX_CREDENTIAL_LIFETIME,
+        )
+    } else {
+        Some(DEFAULT_ROTATION_OVERLAP)
+    };
+    match (lifetime, overlap) {
+        (Some(l), Some(o)) if o > l => {
+            r.problem(
+                "credentials.rotation_overlap",
+                format!(
+                    "{} is more than credentials.lifetime ({})",
+                    format_duration(o),
+                    format_duration(l)
+                ),
+            );
+            (Some(l), None)
+        }
+        other => other,
     }
 }
 

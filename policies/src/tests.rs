@@ -195,3 +195,58 @@ fn appliance_spiffe_id_format() {
         "spiffe://alga.test/tenant/T/appliance/A"
     );
 }
+
+#[test]
+fn rotation_overlap_defaults_and_is_bounded_by_the_lifetime() {
+    assert_eq!(
+        Policy::from_toml(SAMPLE)
+            .expect("valid")
+            .credential_rotation_overlap,
+        Duration::hours(24)
+    );
+    // Absent (a policy file written before the key existed): the default.
+    let text = SAMPLE.replace("rotation_overlap = \"24h\"\n", "");
+    assert_ne!(text, SAMPLE);
+    assert_eq!(
+        Policy::from_toml(&text)
+            .expect("valid without it")
+            .credential_rotation_overlap,
+        DEFAULT_ROTATION_OVERLAP
+    );
+    let text = SAMPLE.replace("rotation_overlap = \"24h\"", "rotation_overlap = \"2d\"");
+    assert_eq!(
+        Policy::from_toml(&text)
+            .expect("valid")
+            .credential_rotation_overlap,
+        Duration::days(2)
+    );
+    // Never longer than a credential lives, never too short for a retry.
+    let text = SAMPLE.replace("rotation_overlap = \"24h\"", "rotation_overlap = \"31d\"");
+    assert_eq!(
+        problems(&text),
+        vec!["credentials.rotation_overlap: 31d is more than credentials.lifetime (30d)"]
+    );
+    let text = SAMPLE.replace("rotation_overlap = \"24h\"", "rotation_overlap = \"1m\"");
+    assert_eq!(
+        problems(&text),
+        vec!["credentials.rotation_overlap: 1m is less than the minimum 5m"]
+    );
+    let text = SAMPLE.replace("rotation_overlap = \"24h\"", "rotation_overlap = 24");
+    assert_eq!(
+        problems(&text),
+        vec!["credentials.rotation_overlap: expected a string, found integer"]
+    );
+    // Other keys of the section are still refused.
+    let text = SAMPLE.replace(
+        "lifetime = \"30d\"",
+        "lifetime = \"30d\"\nlifespan = \"1d\"",
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "credentials.lifespan: unknown key (expected one of: lifetime, rotation_overlap)"
+        ),
+        "{got:#?}"
+    );
+}

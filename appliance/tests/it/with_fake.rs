@@ -534,7 +534,11 @@ fn check_in_failures_keep_the_seed() {
     s.fake.set(|b| b.forge_license = true);
     let r = s.check_in(&out);
     assert_eq!(r.code, exit::UNTRUSTED, "{r:?}");
-    assert!(r.stderr.contains("expires at"), "the expiry is told: {}", r.stderr);
+    assert!(
+        r.stderr.contains("expires at"),
+        "the expiry is told: {}",
+        r.stderr
+    );
     assert_eq!(std::fs::read(&seed_path).expect("seed"), original);
     s.fake.set(|b| *b = pro());
 

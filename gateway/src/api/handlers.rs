@@ -199,15 +199,16 @@ pub async fn check_in(
     body: ApiJson<CheckInRequest>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let (id, not_before, not_after) = peer.identity().require_appliance()?;
+    let credential = peer.identity().require_appliance()?;
     let req = body.value;
     let r = flows::check_in::check_in(
         &app,
         &ctx,
-        id,
+        credential.id,
         Presented {
-            not_before,
-            not_after,
+            serial: credential.serial.clone(),
+            not_before: credential.not_before,
+            not_after: credential.not_after,
         },
         &req.appliance.version,
         req.csr.as_deref(),

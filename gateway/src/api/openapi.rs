@@ -97,7 +97,7 @@ const ROUTES: &[Route] = &[
         HttpMethod::Post,
         "/check-in",
         "appliance credential",
-        "Refresh the license (and the credential near expiry); license is null when the tenant's edition has none",
+        "Refresh the license (and the credential near expiry); license is null when the tenant's edition has none. Only the appliance's current credential is accepted, and after a rotation the replaced one until the new one is first used or the policy's credentials.rotation_overlap ends",
         &[
             (
                 "200",
@@ -106,7 +106,11 @@ const ROUTES: &[Route] = &[
             ("401", "credential_required"),
             (
                 "403",
-                "appliance_revoked, appliance_replaced, tenant_suspended",
+                "credential_superseded (the certificate is not the appliance's current credential: a rotation or a redeem retry issued a newer one; nothing is signed), appliance_revoked, appliance_replaced, tenant_suspended",
+            ),
+            (
+                "503",
+                "license_service_unavailable (the issuer is down, or refuses to sign until its appliance CA is rotated)",
             ),
         ],
     ),

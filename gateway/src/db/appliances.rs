@@ -60,6 +60,10 @@ pub struct Appliance {
     pub public_key_fingerprint: String,
     pub credential_serial: Option<String>,
     pub credential_expires_at: Option<OffsetDateTime>,
+    /// The credential a rotation replaced, still accepted at check-in until
+    /// `previous_credential_until` unless the current one has been used since.
+    pub previous_credential_serial: Option<String>,
+    pub previous_credential_until: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub last_check_in_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
@@ -69,9 +73,10 @@ pub struct Appliance {
 
 const COLUMNS: &str = "appliance_id, tenant_id, code_id, hostname, version, state, \
      public_key_fingerprint, credential_serial, credential_expires_at, created_at, \
-     last_check_in_at, revoked_at, replaced_by, replaced_at";
+     last_check_in_at, revoked_at, replaced_by, replaced_at, previous_credential_serial, \
+     previous_credential_until";
 /// How many columns [`COLUMNS`] has (what a query selects after them starts here).
-const NCOLUMNS: usize = 14;
+const NCOLUMNS: usize = 16;
 
 fn from_row(r: &tokio_postgres::Row) -> Result<Appliance, DbError> {
     Ok(Appliance {
@@ -89,6 +94,8 @@ fn from_row(r: &tokio_postgres::Row) -> Result<Appliance, DbError> {
         revoked_at: r.get(11),
         replaced_by: r.get(12),
         replaced_at: r.get(13),
+        previous_credential_serial: r.get(14),
+        previous_credential_until: r.get(15),
     })
 }
 
@@ -409,7 +416,9 @@ pub async fn replace(
     Ok(n == 1)
 }
 
-/// Records a new credential.
+/// Records the credential a redeem retry issued as the only one: the current
+/// credential it replaces is not kept as the previous one, and a previous one is
+/// dropped (see `flows::redeem` for why a retry needs no overlap).
 pub async fn set_credential(
     c: &impl GenericClient,
     appliance_id: Uuid,
@@ -417,30 +426,66 @@ pub async fn set_credential(
     expires_at: OffsetDateTime,
 ) -> Result<(), DbError> {
     c.execute(
-        &c.prepare_cached("UPDATE appliances SET credential_serial = $2, credential_expires_at = $3 WHERE appliance_id = $1").await?,
+        &c.prepare_cached(
+            "UPDATE appliances SET credential_serial = $2, credential_expires_at = $3, \
+             previous_credential_serial = NULL, previous_credential_until = NULL \
+             WHERE appliance_id = $1",
+        )
+        .await?,
         &[&appliance_id, &serial, &expires_at],
     )
     .await?;
     Ok(())
 }
 
-/// Records a check-in, and the credential it renewed (`(serial, expires_at)`) if any.
+/// An appliance's accepted credentials, as a check-in leaves them: the current one and
+/// the one a rotation replaced with the end of its overlap. Written as a whole by
+/// [`record_check_in`], computed by the flow from the row it locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub serial: Option<String>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub previous_serial: Option<String>,
+    pub previous_until: Option<OffsetDateTime>,
+}
+
+impl Credentials {
+    /// The credential columns of a stored appliance.
+    pub fn of(a: &Appliance) -> Credentials {
+        Credentials {
+            serial: a.credential_serial.clone(),
+            expires_at: a.credential_expires_at,
+            previous_serial: a.previous_credential_serial.clone(),
+            previous_until: a.previous_credential_until,
+        }
+    }
+}
+
+/// Records a check-in and the appliance's credentials after it. The caller holds the
+/// row's lock ([`for_check_in`]) and computed `credentials` from what it read, so the
+/// columns are set, not merged.
 pub async fn record_check_in(
     c: &impl GenericClient,
     appliance_id: Uuid,
     version: &str,
-    renewed: Option<(&str, OffsetDateTime)>,
+    credentials: &Credentials,
 ) -> Result<(), DbError> {
-    let (serial, expires_at) = renewed.unzip();
     c.execute(
         &c.prepare_cached(
             "UPDATE appliances SET last_check_in_at = now(), version = $2, \
-             credential_serial = coalesce($3, credential_serial), \
-             credential_expires_at = coalesce($4, credential_expires_at) \
+             credential_serial = $3, credential_expires_at = $4, \
+             previous_credential_serial = $5, previous_credential_until = $6 \
              WHERE appliance_id = $1",
         )
         .await?,
-        &[&appliance_id, &version, &serial, &expires_at],
+        &[
+            &appliance_id,
+            &version,
+            &credentials.serial,
+            &credentials.expires_at,
+            &credentials.previous_serial,
+            &credentials.previous_until,
+        ],
     )
     .await?;
     Ok(())

@@ -20,11 +20,21 @@ use crate::issuer_client::IssuerError;
 
 pub use crate::audit::Ctx;
 
-/// An issuer failure as the API reports it: down or failing → 503
-/// `license_service_unavailable`; a CSR it refuses → `csr_invalid`; anything else is
-/// a bug on our side (we sent something the issuer's policy refuses) → 500.
+/// An issuer failure as the API reports it: down or failing, or refusing to sign with
+/// an expired or expiring appliance CA → 503 `license_service_unavailable`; a CSR it
+/// refuses → `csr_invalid`; anything else is a bug on our side (we sent something the
+/// issuer's policy refuses) → 500. Each call logs the failure once.
 pub(crate) fn issuer_error(e: IssuerError) -> ApiError {
     match e {
+        IssuerError::CaExpiring { .. } => {
+            // Not transient: every credential is refused until an operator acts.
+            tracing::error!(
+                error = %e,
+                "the issuer refuses to sign credentials: the appliance CA has expired or \
+                 expires too soon; rotate it (`alga-issuer keys rotate ca`)"
+            );
+            ApiError::LicenseServiceUnavailable
+        }
         IssuerError::Unreachable(_) | IssuerError::Unavailable { .. } => {
             tracing::error!(error = %e, "issuer unavailable");
             ApiError::LicenseServiceUnavailable
@@ -70,4 +80,25 @@ pub(crate) async fn revoke_codes(
 /// `t` rounded down to whole seconds (code bindings and links carry no finer time).
 pub(crate) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiring_ca_is_the_callers_503_not_a_500_nor_a_400() {
+        let e = issuer_error(IssuerError::CaExpiring {
+            message: "appliance CA expires in 2 days".into(),
+        });
+        assert!(matches!(e, ApiError::LicenseServiceUnavailable), "{e:?}");
+        assert_eq!(e.status().as_u16(), 503);
+        assert_eq!(e.code(), "license_service_unavailable");
+        // As a refusal of another kind would not be.
+        let e = issuer_error(IssuerError::Refused {
+            code: IssuerErrorCode::BeyondPolicy,
+            message: "m".into(),
+        });
+        assert_eq!(e.status().as_u16(), 500);
+    }
 }

@@ -24,7 +24,8 @@
 //!    stays usable and the caller gets `license_service_unavailable`.
 //! 4. No row updated: classify, only now that the code verified — consumed by the
 //!    same public key less than 15 minutes ago, for an appliance still active → the
-//!    same tenant and appliance with a fresh license and credential; otherwise
+//!    same tenant and appliance with a fresh license and credential, which becomes
+//!    the appliance's only accepted credential (`flows::check_in`); otherwise
 //!    `code_already_used`, `code_revoked` or `code_expired`.
 //!
 //! What is signed follows the tenant's edition now (a fresh code is bound to it: an
@@ -293,7 +294,12 @@ async fn consume(
             Ok::<_, ApiError>(())
         },
         async {
-            // A fresh appliance got its credential at insert; a retry's replaces the old.
+            // A fresh appliance got its credential at insert; a retry's replaces the old
+            // one, which check-in refuses from now on (`credential_superseded`), and
+            // drops any previous one. No overlap as after a rotation: the retry is made
+            // with the key the new certificate certifies, by an appliance that has no
+            // saved credential (or it would check in, not redeem); should this answer
+            // be lost too, it retries the redeem again within the window.
             if let Some((serial, expires_at)) =
                 credential.filter(|_| reason == LicenseReason::RedeemRetry)
             {

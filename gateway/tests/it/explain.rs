@@ -129,10 +129,10 @@ const HOT: &[(&str, &str, &str)] = &[
     (
         "check-in update",
         "UPDATE appliances SET last_check_in_at = now(), version = $2, \
-         credential_serial = coalesce($3, credential_serial), \
-         credential_expires_at = coalesce($4, credential_expires_at) \
+         credential_serial = $3, credential_expires_at = $4, \
+         previous_credential_serial = $5, previous_credential_until = $6 \
          WHERE appliance_id = $1",
-        "('{a}', '1.0.1', NULL, NULL)",
+        "('{a}', '1.0.1', 'ab', now() + interval '30 days', NULL, NULL)",
     ),
     (
         "tenant by id",

@@ -862,13 +862,42 @@ impl Stack {
     }
 
     /// A credential for `a` signed by the issuer directly with a short lifetime (the
-    /// gateway never asks for one), so that check-in sees it near its end.
+    /// gateway never asks for one), so that check-in sees it near its end, and recorded
+    /// as the appliance's current credential, as the rotation that issued it would
+    /// have.
     pub async fn short_credential(
         &self,
         tenant_id: Uuid,
         a: &Appliance,
         lifetime_seconds: u64,
     ) -> Appliance {
+        let (short, signed) = self
+            .unrecorded_credential(tenant_id, a, lifetime_seconds)
+            .await;
+        self.admin
+            .execute(
+                "UPDATE appliances SET credential_serial = $2, credential_expires_at = $3 \
+                 WHERE appliance_id = $1",
+                &[
+                    &a.appliance_id.expect("redeemed"),
+                    &signed.serial,
+                    &signed.expires_at,
+                ],
+            )
+            .await
+            .expect("record the credential");
+        short
+    }
+
+    /// A credential for `a` signed by the issuer directly (lifetime in seconds) and not
+    /// recorded anywhere: a certificate of the appliance that was never its credential.
+    /// Returns `a` with it, and what the issuer answered.
+    pub async fn unrecorded_credential(
+        &self,
+        tenant_id: Uuid,
+        a: &Appliance,
+        lifetime_seconds: u64,
+    ) -> (Appliance, ia::SignedCredential) {
         let r: ia::SignedCredential = self
             .issuer_client()
             .post(format!(
@@ -890,9 +919,9 @@ impl Stack {
             .await
             .expect("credential");
         let mut short = a.clone();
-        short.certificate = Some(r.certificate_pem);
-        short.chain = Some(r.chain_pem);
-        short
+        short.certificate = Some(r.certificate_pem.clone());
+        short.chain = Some(r.chain_pem.clone());
+        (short, r)
     }
 
     /// Mints a code at the issuer directly and stores its binding (for expiry tests).

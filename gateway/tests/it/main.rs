@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod check_in;
+mod credentials;
 mod cut_after_commit;
 mod deliverable;
 mod edge;

@@ -1,6 +1,8 @@
 //! Public and operational endpoints: JWKS, CA chain, health, readiness, metrics,
 //! OpenAPI, unknown routes.
 
+use rustls_pki_types::pem::PemObject;
+
 use crate::harness::{Stack, assert_error, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +43,29 @@ async fn public_and_ops_endpoints() {
     ] {
         assert!(m.contains(needle), "{needle} missing in\n{m}");
     }
+    // Seconds until the newest appliance CA of the published chain expires.
+    let newest_not_after =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_str().expect("text").as_bytes())
+            .map(|der| {
+                let der = der.expect("PEM");
+                let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+                let v = cert.validity();
+                (v.not_before.timestamp(), v.not_after.timestamp())
+            })
+            .max()
+            .expect("a CA")
+            .1;
+    let gauge: i64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("alga_gateway_appliance_ca_expiry_seconds "))
+        .unwrap_or_else(|| panic!("no CA expiry gauge in\n{m}"))
+        .parse()
+        .expect("an integer");
+    let expected = newest_not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        gauge > 0 && (expected - 2..=expected + 60).contains(&gauge),
+        "gauge {gauge}, expected about {expected}"
+    );
     let (st, doc, _) = send(c.get(s.url("/openapi.json"))).await;
     assert_eq!(st, 200);
     assert_eq!(doc["openapi"], "3.1.0");

@@ -591,14 +591,20 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
                 }
                 out.push((st.as_u16(), v));
             }
-            // The winner retries through the other gateway (lost response).
-            if let Some((a, _)) = &winner {
+            // The winner retries through the other gateway (lost response), and keeps
+            // what the retry answered: its credential replaces the first one.
+            if let Some((a, first)) = winner.take() {
                 let (st, v, _) = send(
                     client
                         .post(format!("{}/register", gws[1]))
-                        .json(&redeem_body(a, &code)),
+                        .json(&redeem_body(&a, &code)),
                 )
                 .await;
+                winner = Some(if st == StatusCode::OK {
+                    (a.with_response(&v), v.clone())
+                } else {
+                    (a, first)
+                });
                 out.push((st.as_u16() + 1000, v));
             }
             (tenant, out, winner)
