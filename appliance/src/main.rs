@@ -90,8 +90,10 @@ struct CheckInArgs {
     #[arg(long)]
     ca_bundle: Option<PathBuf>,
     /// Trust root of the license authority (default: TRUST_ROOT of the license seed;
-    /// required for a seed written before alga-appliance pinned one).
-    #[arg(long, env = "ALGA_TRUST_ROOT")]
+    /// required for a seed written before alga-appliance pinned one). Deliberately not
+    /// read from ALGA_TRUST_ROOT: the root pinned at redeem stays the one in force
+    /// unless replaced on purpose.
+    #[arg(long)]
     trust_root: Option<PathBuf>,
     /// Send a CSR for a new key now, whatever the certificate's remaining lifetime (the
     /// service may still renew only near expiry; the key changes only if it does).
