@@ -41,19 +41,9 @@ pub fn jwks<K: KeyOps>(keys: &K) -> Result<Jwks, OpsError> {
     Ok(Jwks { keys })
 }
 
-/// The P-256 verifying key of a JWK, if it is one (point on the curve).
-pub(crate) fn verifying_key(jwk: &Jwk) -> Option<p256::ecdsa::VerifyingKey> {
-    let x = B64.decode(&jwk.x).ok()?;
-    let y = B64.decode(&jwk.y).ok()?;
-    if x.len() != 32 || y.len() != 32 {
-        return None;
-    }
-    let mut sec1 = Vec::with_capacity(65);
-    sec1.push(0x04);
-    sec1.extend_from_slice(&x);
-    sec1.extend_from_slice(&y);
-    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()
-}
+/// The P-256 verifying key of a JWK, if it is one (point on the curve): the check the
+/// appliance makes too (`alga_protocol::trust::verifying_key`).
+pub(crate) use alga_protocol::trust::verifying_key;
 
 #[cfg(test)]
 mod tests {

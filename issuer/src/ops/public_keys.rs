@@ -40,10 +40,7 @@ pub fn public_keys<K: KeyOps>(keys: &K) -> Result<PublicKeys, OpsError> {
 
 /// PEM of a DER certificate.
 pub(crate) fn certificate_pem(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+    alga_protocol::trust::pem_of(der)
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ fn rcgen_pair(key: &SigningKey) -> rcgen::KeyPair {
 }
 
 /// A CA certificate for `key` (profile like the HSM's), self-signed or issued by
-/// `issuer` (its key and certificate).
+/// `issuer` (its key and certificate), valid from a day before `now` for ten years.
 fn certificate(
     key: &SigningKey,
     issuer: Option<(&SigningKey, &[u8])>,
@@ -169,6 +169,28 @@ fn certificate(
     version: u32,
     pathlen: u8,
     now: OffsetDateTime,
+) -> Vec<u8> {
+    let from = now - time::Duration::days(1);
+    certificate_valid(
+        key,
+        issuer,
+        name,
+        version,
+        pathlen,
+        from,
+        from + time::Duration::days(3651),
+    )
+}
+
+/// [`certificate`] with the validity given.
+fn certificate_valid(
+    key: &SigningKey,
+    issuer: Option<(&SigningKey, &[u8])>,
+    name: &str,
+    version: u32,
+    pathlen: u8,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
 ) -> Vec<u8> {
     let pair = rcgen_pair(key);
     let mut params = rcgen::CertificateParams::default();
@@ -181,8 +203,8 @@ fn certificate(
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    params.not_before = now - time::Duration::days(1);
-    params.not_after = now + time::Duration::days(3650);
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = match issuer {
         None => params.self_signed(&pair),
         Some((issuer_key, issuer_der)) => {
@@ -210,40 +232,13 @@ impl SoftwareKeys {
             .newest_root()
             .map(|(k, d)| (k.clone(), d.to_vec()))
             .expect("a root");
-        let at = |der: Option<&SigningKey>| {
-            let pair = rcgen_pair(&key);
-            let mut params = rcgen::CertificateParams::default();
-            let mut dn = rcgen::DistinguishedName::new();
-            dn.push(
-                rcgen::DnType::CommonName,
-                format!("test appliance CA v{version}"),
-            );
-            dn.push(rcgen::DnType::OrganizationName, "alga-license tests");
-            params.distinguished_name = dn;
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-            params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            params.not_before = not_after - time::Duration::days(3650);
-            params.not_after = not_after;
-            match der {
-                None => params.self_signed(&pair),
-                Some(root) => {
-                    let issuer = rcgen::Issuer::from_ca_cert_der(
-                        &rustls_pki_types::CertificateDer::from(root_der.clone()),
-                        rcgen_pair(root),
-                    )
-                    .expect("an issuer");
-                    params.signed_by(&pair, &issuer)
-                }
-            }
-            .expect("certificate")
-            .der()
-            .to_vec()
+        let not_before = not_after - time::Duration::days(3650);
+        let at = |issuer: Option<(&SigningKey, &[u8])>| {
+            let name = "test appliance CA";
+            certificate_valid(&key, issuer, name, version, 0, not_before, not_after)
         };
         let der = at(None);
-        let certified = Some(at(Some(&root_key)));
+        let certified = Some(at(Some((&root_key, &root_der))));
         if let Some(c) = inner.certs.last_mut() {
             c.der = der;
             c.certified = certified;

@@ -8,7 +8,7 @@ use alga_issuer::hsm::{Hsm, HsmError};
 use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
 use alga_issuer::ops;
 use alga_protocol::issuer_api::SignLicenseRequest;
-use alga_protocol::trust::{LicenseExpectation, TrustError, TrustRoots};
+use alga_protocol::trust::{LicenseExpectation, TrustRoots};
 use cryptoki::object::ObjectClass;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -130,8 +130,6 @@ fn rotated_keys_verify_through_the_same_root() {
             roots
                 .verify_license(&old, &old_expected, at, 300)
                 .expect("a license of the old key still verifies");
-            let claims_header = new.split('.').next().expect("header");
-            assert!(!claims_header.is_empty());
             roots
                 .verify_license(&new, &new_expected, at, 300)
                 .expect("a license of the new key verifies through its endorsement");
@@ -281,7 +279,6 @@ fn a_grown_policy_is_refused_until_the_key_is_endorsed_again() {
                 )
                 .expect("verifies");
             assert_eq!(claims.entitlements.seats, grown.editions["pro"].seats);
-            let _ = TrustError::NotEndorsed;
         },
     );
 }
