@@ -153,6 +153,7 @@ mod tests {
             jwks: Jwks { keys: Vec::new() },
             ca_chain_pem: chain.concat(),
             audit_keys: Vec::new(),
+            log_keys: Vec::new(),
         }
     }
 

@@ -32,6 +32,10 @@ pub const MAX_LICENSE_BATCH: usize = 64;
 pub const SIGN_CREDENTIAL: &str = "/v1/credentials";
 /// `POST`: sign an audit checkpoint. [`SignCheckpointRequest`] → [`SignedCheckpoint`].
 pub const SIGN_CHECKPOINT: &str = "/v1/audit/checkpoints";
+/// `POST`: sign a checkpoint of the audit log's Merkle tree, as a c2sp.org/signed-note
+/// note in c2sp.org/tlog-checkpoint form, with the log key (Ed25519) under the origin
+/// the issuer is configured with. [`SignLogCheckpointRequest`] → [`SignedLogCheckpoint`].
+pub const SIGN_LOG_CHECKPOINT: &str = "/v1/audit/log/checkpoints";
 /// `GET`: every public key and certificate the issuer publishes. → [`PublicKeys`].
 pub const PUBLIC_KEYS: &str = "/v1/keys";
 /// `GET`: liveness (also behind mTLS).
@@ -203,6 +207,27 @@ impl CheckpointStatement<'_> {
     }
 }
 
+/// Sign the audit log's tree head. The issuer writes the checkpoint body itself
+/// (origin line from its own configuration, size, root hash), so the gateway can obtain
+/// a log-key signature over nothing but a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignLogCheckpointRequest {
+    /// Number of leaves in the tree.
+    pub size: u64,
+    /// The RFC 6962 root hash of the tree of `size` leaves, standard base64 (32 bytes).
+    pub root_hash: String,
+}
+
+/// A signed tree head: the whole signed note, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedLogCheckpoint {
+    /// The note: checkpoint body, blank line, one signature line by the log key.
+    pub note: String,
+    /// `kid` of the log key that signed (its token label).
+    pub kid: String,
+}
+
 /// Everything public the issuer publishes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublicKeys {
@@ -212,6 +237,21 @@ pub struct PublicKeys {
     pub ca_chain_pem: String,
     /// Every audit checkpoint key.
     pub audit_keys: Vec<AuditKey>,
+    /// Every transparency-log key (Ed25519), the active one first.
+    #[serde(default)]
+    pub log_keys: Vec<LogKey>,
+}
+
+/// A transparency-log key: the Ed25519 key that signs the audit log's checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogKey {
+    /// Token label (`alga-log-vN`).
+    pub kid: String,
+    pub version: u32,
+    /// The c2sp.org/signed-note verifier key: `<origin>+<hex key id>+<base64(0x01 ‖ key)>`.
+    pub vkey: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
 }
 
 /// A JWK Set.

@@ -35,6 +35,7 @@ pub fn public_keys<K: KeyOps>(keys: &K) -> Result<PublicKeys, OpsError> {
         jwks: jwks(keys)?,
         ca_chain_pem,
         audit_keys,
+        log_keys: Vec::new(),
     })
 }
 
