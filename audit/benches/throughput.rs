@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use alga_audit::export::ExportFilter;
 use alga_audit::{Action, Actor, NewRecord, Sequencer, SequencerConfig, VerifyOptions};
 use alga_policies::AuditPolicy;
-use alga_protocol::issuer_api::SignedCheckpoint;
+use alga_protocol::issuer_api::{SignedCheckpoint, SignedLogCheckpoint};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;
 use tokio_postgres::{Config, NoTls};
@@ -36,6 +36,9 @@ struct NoCheckpoints;
 impl alga_audit::CheckpointSigner for NoCheckpoints {
     type Error = &'static str;
     async fn sign(&self, _: u64, _: &str) -> Result<SignedCheckpoint, &'static str> {
+        Err("no checkpoints in the benchmark")
+    }
+    async fn sign_log(&self, _: u64, _: [u8; 32]) -> Result<SignedLogCheckpoint, &'static str> {
         Err("no checkpoints in the benchmark")
     }
 }

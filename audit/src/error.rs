@@ -43,6 +43,15 @@ pub enum AuditError {
     #[error("export I/O: {0}")]
     Io(#[from] std::io::Error),
 
+    /// The transparency log refused something: a tile or proof beyond the tree, a
+    /// checkpoint that does not verify, a tree that does not match its checkpoint.
+    #[error("transparency log: {0}")]
+    Log(#[from] alga_tlog::TlogError),
+
+    /// There is no signed checkpoint of the tree yet (or none covering the request).
+    #[error("no checkpoint of the audit log covers {0} yet")]
+    NoCheckpoint(String),
+
     /// An export file line is not in the export format.
     #[error("export line {line}: {reason}")]
     Export { line: u64, reason: String },

@@ -15,6 +15,10 @@
 //!   and `GET /audit/checkpoints`.
 //! - [`verify_database`], [`verify_export`]: recompute the chain, check every
 //!   checkpoint, and name the first damaged record and the kind of damage.
+//! - [`tree`]: the same records as an RFC 6962 Merkle tree (a transparency log):
+//!   stored nodes, signed c2sp.org/tlog-checkpoint notes, witnesses' cosignatures,
+//!   tiles, inclusion and consistency proofs, `publish` to a directory. Readers and
+//!   witnesses check all of it with `alga_tlog`, which needs none of this crate.
 //! - [`reconcile`](mod@reconcile): match the issuer's signing logs against the records
 //!   (what was signed and never recorded, what was recorded and never signed).
 //!
@@ -33,6 +37,7 @@ pub mod record;
 mod schema;
 pub mod sequencer;
 pub mod store;
+pub mod tree;
 pub mod verify;
 
 pub use canonical::{GENESIS_PREV_HASH, HASH_DOMAIN, chain_hash};
@@ -45,4 +50,5 @@ pub use sequencer::{CheckpointSigner, Progress, Sequencer, SequencerConfig};
 pub use store::{
     ChainedRecord, EventId, EventQuery, append, append_cached, list_checkpoints, list_events,
 };
+pub use tree::LogCheckpoint;
 pub use verify::{DamageKind, Finding, VerifyOptions, VerifyReport, verify_database};

@@ -17,10 +17,16 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    name: "audit/0001_audit_log",
-    sql: include_str!("../migrations/0001_audit_log.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "audit/0001_audit_log",
+        sql: include_str!("../migrations/0001_audit_log.sql"),
+    },
+    Migration {
+        name: "audit/0002_audit_tree",
+        sql: include_str!("../migrations/0002_audit_tree.sql"),
+    },
+];
 
 /// The audit migrations, oldest first.
 pub fn migrations() -> &'static [Migration] {

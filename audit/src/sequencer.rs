@@ -11,9 +11,13 @@
 //!    chaining in this order leaves no gap;
 //! 2. computes their hashes ([`chain_hash`](crate::chain_hash)) and inserts the chain
 //!    rows in one statement;
+//!    In the same statement it stores the Merkle tree's new nodes (every subtree of
+//!    height 8, 16, … the batch completed; [`tree`](crate::tree)), from the right
+//!    edge it keeps in memory while it leads;
 //! 3. every `checkpoint_every_records` new records or `checkpoint_interval` (policy),
 //!    has the head signed by a [`CheckpointSigner`] (the issuer's audit key) and
-//!    stores the checkpoint.
+//!    stores the checkpoint; at the same time it has the tree's head signed as a
+//!    c2sp.org/tlog-checkpoint note (the issuer's log key) and stores that.
 //!
 //! Between polls that find less than a full batch it pauses `idle_poll` (5 ms); each
 //! poll that finds nothing doubles the pause up to `idle_poll_max` (50 ms), so an idle
@@ -37,7 +41,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alga_policies::AuditPolicy;
-use alga_protocol::issuer_api::SignedCheckpoint;
+use alga_protocol::issuer_api::{SignedCheckpoint, SignedLogCheckpoint};
+use alga_tlog::{TreeEdge, entry_of, leaf_hash};
 use deadpool_postgres::{Object, Pool};
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -48,6 +53,7 @@ use tracing::{debug, info, warn};
 use crate::canonical::chain_hash;
 use crate::error::AuditError;
 use crate::store::{self, Head};
+use crate::tree;
 
 /// Signs a checkpoint: the audit chain's head `(sequence, head hash)`.
 ///
@@ -63,6 +69,20 @@ pub trait CheckpointSigner: Send + Sync + 'static {
         sequence: u64,
         head_hash_hex: &str,
     ) -> impl Future<Output = Result<SignedCheckpoint, Self::Error>> + Send;
+
+    /// Signs the tree head `(size, root)` as a c2sp.org/tlog-checkpoint note with the
+    /// log key ([`SIGN_LOG_CHECKPOINT`](alga_protocol::issuer_api::SIGN_LOG_CHECKPOINT)).
+    fn sign_log(
+        &self,
+        size: u64,
+        root: [u8; 32],
+    ) -> impl Future<Output = Result<SignedLogCheckpoint, Self::Error>> + Send;
+}
+
+/// What one round of checkpoint signing produced.
+struct Signed {
+    chain: Result<SignedCheckpoint, String>,
+    tree: Result<(u64, [u8; 32], SignedLogCheckpoint), String>,
 }
 
 /// How the sequencer runs. [`SequencerConfig::new`] has the production defaults.
@@ -119,6 +139,8 @@ pub struct Progress {
     pub checkpoints: u64,
     /// Polls that found nothing to chain since it started.
     pub empty_polls: u64,
+    /// Tree checkpoints (signed notes) this sequencer stored since it started.
+    pub log_checkpoints: u64,
 }
 
 /// The advisory lock key of the sequencer leadership ("algaaudt").
@@ -242,6 +264,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
         let batch = i64::from(self.config.batch_size.max(1));
 
         let mut head = store::head(client).await?;
+        let mut edge = tree::load_edge(client, head.seq).await?;
         let (mut cp_seq, mut last_cp_at) = match store::last_checkpoint(client).await? {
             Some((seq, age)) => {
                 let age = Duration::try_from_secs_f64(age.max(0.0)).unwrap_or(Duration::ZERO);
@@ -253,7 +276,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
             None => (0, Instant::now()),
         };
         self.publish(&head, 0, 0);
-        let mut signing: Option<JoinHandle<Result<SignedCheckpoint, String>>> = None;
+        let mut signing: Option<JoinHandle<Signed>> = None;
         let mut sign_not_before = Instant::now();
         let mut pause = self.config.idle_poll;
 
@@ -265,11 +288,11 @@ impl<S: CheckpointSigner> Sequencer<S> {
             if signing.as_ref().is_some_and(JoinHandle::is_finished)
                 && let Some(task) = signing.take()
             {
-                let result = task
-                    .await
-                    .map_err(|e| format!("signer task: {e}"))
-                    .and_then(|r| r);
-                match result {
+                let signed = task.await.unwrap_or_else(|e| Signed {
+                    chain: Err(format!("signer task: {e}")),
+                    tree: Err(format!("signer task: {e}")),
+                });
+                match signed.chain {
                     Ok(cp) => {
                         if store::insert_checkpoint(client, &cp).await? {
                             info!(checkpoint.seq = cp.sequence, checkpoint.kid = %cp.kid, "audit checkpoint stored");
@@ -283,6 +306,15 @@ impl<S: CheckpointSigner> Sequencer<S> {
                         sign_not_before = Instant::now() + self.config.signer_retry;
                     }
                 }
+                match signed.tree {
+                    Ok((size, root, cp)) => {
+                        if tree::insert_checkpoint(client, size, &root, &cp.kid, &cp.note).await? {
+                            info!(log.size = size, log.kid = %cp.kid, "audit log checkpoint stored");
+                            self.progress.send_modify(|p| p.log_checkpoints += 1);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "audit log checkpoint signing failed; will retry"),
+                }
             }
 
             let events = store::final_events_after(conn, head.xid, head.event_id, batch).await?;
@@ -291,8 +323,10 @@ impl<S: CheckpointSigner> Sequencer<S> {
                 self.progress.send_modify(|p| p.empty_polls += 1);
             } else {
                 pause = self.config.idle_poll;
-                match self.chain(conn, &head, &events).await {
+                let mut next_edge = edge.clone();
+                match self.chain(conn, &head, &mut next_edge, &events).await {
                     Ok(new_head) => {
+                        edge = next_edge;
                         debug!(
                             audit.head = new_head.seq,
                             audit.batch = events.len(),
@@ -304,6 +338,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
                     Err(AuditError::Database(e)) if is_conflict(&e) => {
                         warn!(error = %e, "audit sequencer: another sequencer chained first; re-reading the head");
                         head = store::head(client).await?;
+                        edge = tree::load_edge(client, head.seq).await?;
                         self.publish(&head, 0, 0);
                         continue;
                     }
@@ -316,15 +351,33 @@ impl<S: CheckpointSigner> Sequencer<S> {
             if due && signing.is_none() && Instant::now() >= sign_not_before {
                 let signer = Arc::clone(&self.signer);
                 let (seq, hash) = (head.seq, hex::encode(head.hash));
+                let root = edge.root().0;
                 signing = Some(tokio::spawn(async move {
-                    let cp = signer.sign(seq, &hash).await.map_err(|e| e.to_string())?;
-                    if cp.sequence != seq || !cp.head_hash.eq_ignore_ascii_case(&hash) {
-                        return Err(format!(
-                            "signer returned a checkpoint for {} instead of {seq}",
-                            cp.sequence
-                        ));
-                    }
-                    Ok(cp)
+                    let chain = match signer.sign(seq, &hash).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(cp)
+                            if cp.sequence != seq || !cp.head_hash.eq_ignore_ascii_case(&hash) =>
+                        {
+                            Err(format!(
+                                "signer returned a checkpoint for {} instead of {seq}",
+                                cp.sequence
+                            ))
+                        }
+                        Ok(cp) => Ok(cp),
+                    };
+                    let tree = match signer.sign_log(seq, root).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(cp) => match alga_tlog::note::unverified_body(&cp.note) {
+                            Ok((_, size, signed_root)) if size == seq && signed_root.0 == root => {
+                                Ok((seq, root, cp))
+                            }
+                            Ok((_, size, _)) => Err(format!(
+                                "signer returned a tree checkpoint for size {size} instead of {seq}, or another root"
+                            )),
+                            Err(e) => Err(format!("signer returned an unreadable checkpoint: {e}")),
+                        },
+                    };
+                    Signed { chain, tree }
                 }));
             }
 
@@ -346,12 +399,14 @@ impl<S: CheckpointSigner> Sequencer<S> {
         &self,
         conn: &Object,
         head: &Head,
+        edge: &mut TreeEdge,
         events: &[store::FinalEvent],
     ) -> Result<Head, AuditError> {
         let n = events.len();
         let mut seqs = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
         let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(n + 1);
+        let mut nodes = Vec::new();
         hashes.push(head.hash);
         for (i, e) in events.iter().enumerate() {
             let seq = head.seq + 1 + i as u64;
@@ -359,10 +414,12 @@ impl<S: CheckpointSigner> Sequencer<S> {
             ids.push(e.id);
             let h = chain_hash(&hashes[i], seq, &e.record);
             hashes.push(h);
+            edge.push(leaf_hash(&entry_of(&e.record)), &mut nodes);
         }
         let prev: Vec<&[u8]> = hashes[..n].iter().map(|h| h.as_slice()).collect();
         let own: Vec<&[u8]> = hashes[1..].iter().map(|h| h.as_slice()).collect();
-        store::insert_chain(conn, &seqs, &ids, &prev, &own).await?;
+        let nodes = tree::NodeColumns::of(&nodes)?;
+        store::insert_chain(conn, &seqs, &ids, &prev, &own, &nodes).await?;
         let last = &events[n - 1];
         Ok(Head {
             seq: head.seq + n as u64,

@@ -363,29 +363,48 @@ pub(crate) async fn final_events_after<C: deadpool_postgres::GenericClient>(
         .collect()
 }
 
-/// Inserts chain rows in one statement (atomic). A conflict on `seq` or `event_id`
-/// means another sequencer got there first.
+/// Inserts chain rows, and the tree nodes they complete, in one statement (atomic):
+/// the chain and the tree never disagree on how far they go. A conflict on `seq`,
+/// `event_id` or a node means another sequencer got there first.
 pub(crate) async fn insert_chain<C: deadpool_postgres::GenericClient>(
     client: &C,
     seqs: &[i64],
     event_ids: &[i64],
     prev_hashes: &[&[u8]],
     hashes: &[&[u8]],
+    nodes: &crate::tree::NodeColumns,
 ) -> Result<(), AuditError> {
     let statement = client
         .prepare_typed_cached(
-            "INSERT INTO audit_chain (seq, event_id, prev_hash, hash) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[])",
+            "WITH chained AS ( \
+                 INSERT INTO audit_chain (seq, event_id, prev_hash, hash) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[])) \
+             INSERT INTO audit_tree_nodes (level, idx, hash) \
+             SELECT * FROM unnest($5::smallint[], $6::bigint[], $7::bytea[])",
             &[
                 Type::INT8_ARRAY,
                 Type::INT8_ARRAY,
                 Type::BYTEA_ARRAY,
                 Type::BYTEA_ARRAY,
+                Type::INT2_ARRAY,
+                Type::INT8_ARRAY,
+                Type::BYTEA_ARRAY,
             ],
         )
         .await?;
     client
-        .execute(&statement, &[&seqs, &event_ids, &prev_hashes, &hashes])
+        .execute(
+            &statement,
+            &[
+                &seqs,
+                &event_ids,
+                &prev_hashes,
+                &hashes,
+                &nodes.levels,
+                &nodes.idxs,
+                &nodes.hashes,
+            ],
+        )
         .await?;
     Ok(())
 }

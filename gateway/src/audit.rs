@@ -545,6 +545,17 @@ impl alga_audit::CheckpointSigner for IssuerCheckpointSigner {
         let head = head_hash_hex.to_owned();
         async move { client.sign_checkpoint(sequence, &head).await }
     }
+
+    fn sign_log(
+        &self,
+        size: u64,
+        root: [u8; 32],
+    ) -> impl std::future::Future<
+        Output = Result<alga_protocol::issuer_api::SignedLogCheckpoint, Self::Error>,
+    > + Send {
+        let client = self.0.clone();
+        async move { client.sign_log_checkpoint(size, root).await }
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,15 @@ impl Checkpoint {
     }
 }
 
+/// The origin, size and root a note's checkpoint body states, **without** checking
+/// any signature: for the log's own writer, to check what its signer returned.
+pub fn unverified_body(note: &str) -> Result<(String, u64, Hash), TlogError> {
+    let parsed = Note::from_bytes(note.as_bytes())
+        .map_err(|e| TlogError::malformed("checkpoint note", e.to_string()))?;
+    let cp = Checkpoint::parse_body(parsed.text(), note)?;
+    Ok((cp.origin, cp.size, cp.root))
+}
+
 /// The checkpoint body for a tree: `<origin>\n<size>\n<base64 root>\n`.
 pub fn checkpoint_body(origin: &str, size: u64, root: &Hash) -> String {
     format!("{origin}\n{size}\n{}\n", STANDARD.encode(root.0))

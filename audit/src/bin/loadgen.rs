@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use alga_audit::{Action, Actor, NewRecord, Sequencer, SequencerConfig};
 use alga_policies::AuditPolicy;
-use alga_protocol::issuer_api::SignedCheckpoint;
+use alga_protocol::issuer_api::{SignedCheckpoint, SignedLogCheckpoint};
 use anyhow::Context;
 use clap::Parser;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -43,6 +43,9 @@ struct NoCheckpoints;
 impl alga_audit::CheckpointSigner for NoCheckpoints {
     type Error = &'static str;
     async fn sign(&self, _: u64, _: &str) -> Result<SignedCheckpoint, &'static str> {
+        Err("the load generator does not sign checkpoints")
+    }
+    async fn sign_log(&self, _: u64, _: [u8; 32]) -> Result<SignedLogCheckpoint, &'static str> {
         Err("the load generator does not sign checkpoints")
     }
 }

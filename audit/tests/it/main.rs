@@ -13,3 +13,4 @@ mod secrets;
 mod support;
 mod tamper;
 mod tamper_random;
+mod tree;

@@ -9,7 +9,7 @@ use alga_audit::{
     VerifyOptions,
 };
 use alga_policies::AuditPolicy;
-use alga_protocol::issuer_api::{CheckpointStatement, SignedCheckpoint};
+use alga_protocol::issuer_api::{CheckpointStatement, SignedCheckpoint, SignedLogCheckpoint};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -155,7 +155,13 @@ pub async fn connect(config: &Config) -> Client {
 pub struct InsecureTestSigner {
     pub kid: String,
     key: SigningKey,
+    /// The tree's log key (Ed25519, signed-note private key form) and its verifier key.
+    log_skey: String,
+    pub log_vkey: String,
 }
+
+/// The origin the test log signs under.
+pub const TEST_ORIGIN: &str = "audit.test/log";
 
 impl InsecureTestSigner {
     pub fn new(kid: &str) -> InsecureTestSigner {
@@ -164,9 +170,30 @@ impl InsecureTestSigner {
                 break k;
             }
         };
+        let (skey, log_vkey) = signed_note::generate_key(&mut rand::rngs::OsRng, TEST_ORIGIN);
         InsecureTestSigner {
             kid: kid.to_owned(),
             key,
+            log_skey: skey,
+            log_vkey,
+        }
+    }
+
+    /// The log keys a reader of this test log trusts.
+    pub fn log_keys(&self) -> alga_tlog::LogKeys {
+        alga_tlog::LogKeys::parse(&self.log_vkey).expect("vkey")
+    }
+
+    /// A checkpoint note of the tree `(size, root)` signed with the log key.
+    pub fn sign_log_now(&self, size: u64, root: [u8; 32]) -> SignedLogCheckpoint {
+        let body = alga_tlog::checkpoint_body(TEST_ORIGIN, size, &alga_tlog::Hash(root));
+        let mut note = signed_note::Note::new(body.as_bytes(), &[]).expect("note");
+        let signer = signed_note::StandardSigner::new(&self.log_skey).expect("skey");
+        note.add_sigs(&[&signer as &dyn signed_note::Signer])
+            .expect("sign");
+        SignedLogCheckpoint {
+            note: String::from_utf8(note.to_bytes()).expect("utf-8"),
+            kid: "test-log-v1".into(),
         }
     }
 
@@ -227,6 +254,9 @@ impl CheckpointSigner for InsecureTestSigner {
     type Error = String;
     async fn sign(&self, sequence: u64, head_hash_hex: &str) -> Result<SignedCheckpoint, String> {
         Ok(self.sign_now(sequence, head_hash_hex))
+    }
+    async fn sign_log(&self, size: u64, root: [u8; 32]) -> Result<SignedLogCheckpoint, String> {
+        Ok(self.sign_log_now(size, root))
     }
 }
 
