@@ -151,6 +151,23 @@ impl SoftwareKeys {
         version
     }
 
+    /// Replaces the Ed25519 key of (`kind`, `version`) by the one of `seed` (a known
+    /// test vector).
+    pub(crate) fn set_ed25519_key(&self, kind: KeyKind, version: u32, seed: [u8; 32]) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let spki = keyring::ed25519_spki(&key.verifying_key().to_bytes());
+        let mut inner = self.lock();
+        inner.ed25519.insert((kind, version), key);
+        for info in inner
+            .info
+            .iter_mut()
+            .filter(|k| k.kind == kind && k.version == version)
+        {
+            info.fingerprint = Some(super::sha256_hex(&spki));
+            info.public_key_spki = Some(spki.clone());
+        }
+    }
+
     /// Makes every later operation fail with [`KeyOpsError::Unavailable`] (or not).
     pub(crate) fn set_down(&self, down: bool) {
         self.lock().down = down;

@@ -952,6 +952,9 @@ path = "{policy}"
 
 [log]
 directory = "{d}/log"
+
+[audit_log]
+origin = "alga-license.test/audit-log"
 "#,
             d = d.display(),
             module = module_path().display(),
