@@ -47,9 +47,12 @@ use alga_protocol::CodeBinding;
 use alga_protocol::SecretText;
 use alga_protocol::issuer_api::{
     self as ia, IssuerErrorBody, IssuerErrorCode, MintCodeRequest, MintCodeResponse, PublicKeys,
-    SignCheckpointRequest, SignCredentialRequest, SignLicenseRequest, SignedCheckpoint,
-    SignedCredential, SignedLicense, VerifyCodeRequest, VerifyCodeResponse,
+    SignCheckpointRequest, SignCredentialRequest, SignLicenseRequest, SignLogCheckpointRequest,
+    SignedCheckpoint, SignedCredential, SignedLicense, SignedLogCheckpoint, VerifyCodeRequest,
+    VerifyCodeResponse,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
@@ -391,6 +394,25 @@ impl IssuerClient {
             &SignCheckpointRequest {
                 sequence,
                 head_hash: head_hash.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Signs a checkpoint of the audit log's Merkle tree: `size` leaves, RFC 6962
+    /// root hash `root_hash`. The issuer writes the checkpoint body under its own
+    /// origin and returns the whole signed note (verify it with `PublicKeys::log_keys`).
+    pub async fn sign_log_checkpoint(
+        &self,
+        size: u64,
+        root_hash: [u8; 32],
+    ) -> Result<SignedLogCheckpoint, IssuerError> {
+        self.post(
+            "sign_log_checkpoint",
+            ia::SIGN_LOG_CHECKPOINT,
+            &SignLogCheckpointRequest {
+                size,
+                root_hash: STANDARD.encode(root_hash),
             },
         )
         .await
