@@ -617,7 +617,8 @@ fn natural_id(r: &SignlogRecord) -> Option<String> {
         SignOp::CodeMint | SignOp::CodeDerive => r.ids.code_id.as_ref().map(|c| c.to_string()),
         SignOp::License => r.ids.jti.map(|j| j.to_string()),
         SignOp::Credential => r.ids.serial.as_ref().map(|s| s.to_ascii_lowercase()),
-        SignOp::Checkpoint => r.ids.sequence.map(|s| s.to_string()),
+        // reconciled against audit_log_checkpoints by the audit crate
+        SignOp::Checkpoint | SignOp::LogCheckpoint => r.ids.sequence.map(|s| s.to_string()),
     }
 }
 
@@ -737,6 +738,10 @@ pub fn reconcile(
                 continue;
             };
             let matched = match r.op {
+                // reconciled against audit_log_checkpoints by the audit crate; until
+                // then not compared with the chain's checkpoints (a tree size is not
+                // an audit sequence, a root hash not a head hash).
+                SignOp::LogCheckpoint => continue,
                 SignOp::Checkpoint => {
                     let seq = r.ids.sequence.unwrap_or_default();
                     match stored.get(&seq) {

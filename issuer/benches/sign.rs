@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alga_issuer::config::{
-    HsmConfig, IssuerConfig, ListenConfig, LogConfig, PolicyConfig, TlsConfig,
+    AuditLogConfig, HsmConfig, IssuerConfig, ListenConfig, LogConfig, LogOrigin, PolicyConfig,
+    TlsConfig,
 };
 use alga_issuer::hsm::{Hsm, admin};
 use alga_issuer::keyring::{KeyKind, KeyOps};
@@ -444,6 +445,9 @@ impl Runner {
             },
             log: LogConfig {
                 directory: log_dir.to_owned(),
+            },
+            audit_log: AuditLogConfig {
+                origin: LogOrigin::new("alga-license.bench/audit-log")?,
             },
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

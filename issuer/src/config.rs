@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// The PIN could not be found: neither `ALGA_HSM_PIN` nor a readable `hsm.pin_file`.
     #[error("no HSM PIN: set hsm.pin_file or ALGA_HSM_PIN ({reason})")]
     Pin { reason: String },
+    /// A value parses but cannot be used (the message names the key).
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
 }
 
 /// The whole configuration (see `config/dev/issuer.toml.in` for every key, commented).
@@ -32,6 +35,7 @@ pub struct IssuerConfig {
     pub hsm: HsmConfig,
     pub policy: PolicyConfig,
     pub log: LogConfig,
+    pub audit_log: AuditLogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +86,67 @@ pub struct PolicyConfig {
 pub struct LogConfig {
     /// Directory of the issuer's own hash-chained signing log.
     pub directory: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogConfig {
+    /// The transparency log's origin: the first line of every checkpoint the log key
+    /// signs, and that key's name in the signed notes and verifier keys. Required.
+    pub origin: LogOrigin,
+}
+
+/// A transparency log's origin (c2sp.org/tlog-checkpoint), which is also the log
+/// key's name in c2sp.org/signed-note: not empty, no Unicode whitespace, no `+`.
+/// Witnesses and verifiers identify the log by it, so it stays the same for the life
+/// of a deployment (conventionally a schema-less URL, `example.com/audit-log`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LogOrigin(String);
+
+impl LogOrigin {
+    /// Checks `origin` (see the type).
+    pub fn new(origin: impl Into<String>) -> Result<LogOrigin, ConfigError> {
+        let origin = origin.into();
+        let invalid = |reason: &str| ConfigError::Invalid {
+            key: "audit_log.origin",
+            reason: format!(
+                "{reason}; it is the log's signed-note key name (c2sp.org/signed-note)"
+            ),
+        };
+        if origin.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if origin.chars().any(char::is_whitespace) {
+            return Err(invalid("must not contain whitespace"));
+        }
+        if origin.contains('+') {
+            return Err(invalid("must not contain '+'"));
+        }
+        // A checkpoint's lines are text: no control character either.
+        if origin.chars().any(char::is_control) {
+            return Err(invalid("must not contain control characters"));
+        }
+        Ok(LogOrigin(origin))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogOrigin {
+    type Error = ConfigError;
+
+    fn try_from(origin: String) -> Result<LogOrigin, ConfigError> {
+        LogOrigin::new(origin)
+    }
+}
+
+impl std::fmt::Display for LogOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl IssuerConfig {
@@ -139,6 +204,10 @@ mod tests {
             .expect("deploy/config/issuer.toml parses");
         assert_eq!(c.hsm.workers, 2);
         assert_eq!(c.listen.address.port(), 9443);
+        assert_eq!(
+            c.audit_log.origin.as_str(),
+            "licensing.example.com/audit-log"
+        );
     }
 
     #[test]
@@ -150,6 +219,52 @@ mod tests {
             .replace("${ALGA_HSM_TOKEN_LABEL}", "alga-dev");
         let c: IssuerConfig = toml::from_str(&text).expect("the dev template parses");
         assert_eq!(c.hsm.token_label, "alga-dev");
+        assert_eq!(c.audit_log.origin.as_str(), "alga-license.dev/audit-log");
+    }
+
+    fn with_audit_log(section: &str) -> String {
+        let text = include_str!("../../config/dev/issuer.toml.in")
+            .replace("${ALGA_ISSUER_PORT}", "9443")
+            .replace("${ALGA_DEV_DIR}", "/dev-dir")
+            .replace("${ALGA_HSM_MODULE}", "/usr/lib/softhsm/libsofthsm2.so")
+            .replace("${ALGA_HSM_TOKEN_LABEL}", "alga-dev");
+        let (before, _) = text.split_once("[audit_log]").expect("the template has it");
+        format!("{before}{section}")
+    }
+
+    #[test]
+    fn the_log_origin_is_required_and_must_be_a_key_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("issuer.toml");
+        std::fs::write(&path, with_audit_log("")).expect("write");
+        let err = IssuerConfig::load(&path).expect_err("no [audit_log]");
+        assert!(err.to_string().contains("audit_log"), "{err}");
+
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("example.com/audit log", "whitespace"),
+            ("example.com/audit\tlog", "whitespace"),
+            ("example.com/audit\\u00A0log", "whitespace"),
+            ("example.com/a+b", "'+'"),
+        ] {
+            std::fs::write(
+                &path,
+                with_audit_log(&format!("[audit_log]\norigin = \"{bad}\"\n")),
+            )
+            .expect("write");
+            let err = IssuerConfig::load(&path).expect_err(bad).to_string();
+            assert!(
+                err.contains("audit_log.origin") && err.contains(why),
+                "{bad:?}: {err}"
+            );
+        }
+        std::fs::write(
+            &path,
+            with_audit_log("[audit_log]\norigin = \"example.com/log\"\n"),
+        )
+        .expect("write");
+        let c = IssuerConfig::load(&path).expect("a good origin");
+        assert_eq!(c.audit_log.origin.to_string(), "example.com/log");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn new_mac() -> Mac {
     Box::new(Zeroizing::new([0u8; 32]))
 }
 
-/// The keys of DESIGN §3, and the trust root above them.
+/// The keys of DESIGN §3, the trust root above them, and the transparency-log key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyKind {
     /// EC P-256, the trust root appliances pin: it certifies the appliance CA and
@@ -37,20 +37,51 @@ pub enum KeyKind {
     Code,
     /// EC P-256, signs audit checkpoints.
     Audit,
+    /// Ed25519, signs the checkpoints of the audit log's Merkle tree (the transparency
+    /// log) as c2sp.org/signed-note notes, under the configured log origin.
+    Log,
+}
+
+/// What a key kind is, on the token and in signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlgorithm {
+    /// An EC P-256 key pair (`CKK_EC`): ECDSA over a SHA-256 digest.
+    EcP256,
+    /// An Ed25519 key pair (`CKK_EC_EDWARDS`): pure EdDSA over the message.
+    Ed25519,
+    /// A 32-byte generic secret (`CKK_GENERIC_SECRET`): HMAC-SHA256.
+    HmacSha256,
+}
+
+impl KeyAlgorithm {
+    /// The stable name in `keys list` (`ec-p256`, `ed25519`, `hmac-sha256`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcP256 => "ec-p256",
+            KeyAlgorithm::Ed25519 => "ed25519",
+            KeyAlgorithm::HmacSha256 => "hmac-sha256",
+        }
+    }
 }
 
 impl KeyKind {
     /// Every kind, in the order `keys init` creates them.
-    pub const ALL: [KeyKind; 5] = [
+    pub const ALL: [KeyKind; 6] = [
         KeyKind::Root,
         KeyKind::License,
         KeyKind::ApplianceCa,
         KeyKind::Code,
         KeyKind::Audit,
+        KeyKind::Log,
     ];
 
+    /// The kinds that came after the first key set: `keys init --if-missing` adds them
+    /// to a token made before them (the other kinds it never creates on a token that
+    /// holds keys).
+    pub const ADDED_LATER: [KeyKind; 2] = [KeyKind::Root, KeyKind::Log];
+
     /// The stable short name used on the command line and in labels (`root`,
-    /// `license`, `ca`, `code`, `audit`).
+    /// `license`, `ca`, `code`, `audit`, `log`).
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Root => "root",
@@ -58,6 +89,7 @@ impl KeyKind {
             KeyKind::ApplianceCa => "ca",
             KeyKind::Code => "code",
             KeyKind::Audit => "audit",
+            KeyKind::Log => "log",
         }
     }
 
@@ -66,9 +98,22 @@ impl KeyKind {
         KeyKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// Whether this kind is an EC P-256 key pair (everything but the code key).
-    pub fn is_ec(self) -> bool {
-        !matches!(self, KeyKind::Code)
+    /// What this kind is: P-256 (root, license, CA, audit), Ed25519 (log) or HMAC
+    /// (code).
+    pub fn algorithm(self) -> KeyAlgorithm {
+        match self {
+            KeyKind::Root | KeyKind::License | KeyKind::ApplianceCa | KeyKind::Audit => {
+                KeyAlgorithm::EcP256
+            }
+            KeyKind::Log => KeyAlgorithm::Ed25519,
+            KeyKind::Code => KeyAlgorithm::HmacSha256,
+        }
+    }
+
+    /// Whether this kind is a key pair (private key on the token, public key
+    /// published): every kind but the code key.
+    pub fn is_key_pair(self) -> bool {
+        self.algorithm() != KeyAlgorithm::HmacSha256
     }
 }
 
@@ -86,13 +131,46 @@ pub struct KeyInfo {
     pub version: u32,
     /// Stable identifier, `alga-<kind>-v<version>` (the JWKS `kid` for license keys).
     pub kid: String,
-    /// DER SubjectPublicKeyInfo for EC keys; `None` for the code key.
+    /// DER SubjectPublicKeyInfo for key pairs (id-ecPublicKey with prime256v1, or
+    /// id-Ed25519 per RFC 8410); `None` for the code key.
     pub public_key_spki: Option<Vec<u8>>,
-    /// SHA-256 of the SPKI (hex) for EC keys; for the code key, SHA-256 of its
+    /// SHA-256 of the SPKI (hex) for key pairs; for the code key, SHA-256 of its
     /// PKCS#11 `CKA_CHECK_VALUE`-like public identity, or `None` when there is none.
     pub fingerprint: Option<String>,
     /// When the key was created (as recorded on the token).
     pub created: OffsetDateTime,
+}
+
+impl KeyInfo {
+    /// The raw 32-byte public key of an Ed25519 key (from its SPKI); `None` for any
+    /// other key.
+    pub fn ed25519_public_key(&self) -> Option<[u8; 32]> {
+        if self.kind.algorithm() != KeyAlgorithm::Ed25519 {
+            return None;
+        }
+        ed25519_from_spki(self.public_key_spki.as_deref()?)
+    }
+}
+
+/// The fixed DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE {
+/// SEQUENCE { OID 1.3.101.112 }, BIT STRING (no unused bits) }, before the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// The DER SubjectPublicKeyInfo of a raw Ed25519 public key (RFC 8410).
+pub fn ed25519_spki(public_key: &[u8; 32]) -> Vec<u8> {
+    let mut spki = ED25519_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(public_key);
+    spki
+}
+
+/// The raw public key of an Ed25519 SubjectPublicKeyInfo, if `spki` is exactly one
+/// (RFC 8410 form, 44 bytes) and the key is a valid curve point.
+pub fn ed25519_from_spki(spki: &[u8]) -> Option<[u8; 32]> {
+    let key: [u8; 32] = spki.strip_prefix(&ED25519_SPKI_PREFIX)?.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&key).ok()?;
+    Some(key)
 }
 
 /// One version of the appliance CA certificate (DER), stored on the token beside its key.
@@ -155,12 +233,22 @@ pub enum KeyOpsError {
 /// Implementations do blocking HSM work off the async runtime.
 pub trait KeyOps: Send + Sync + 'static {
     /// ECDSA P-256 over a SHA-256 digest the caller computed; returns raw `r‖s`
-    /// (64 bytes, the JWS ES256 form). `kind` must be an EC kind.
+    /// (64 bytes, the JWS ES256 form). `kind` must be a P-256 kind.
     fn sign_digest(
         &self,
         kind: KeyKind,
         version: u32,
         digest: [u8; 32],
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
+
+    /// Ed25519 (pure EdDSA, RFC 8032: no pre-hash, no context) over `message`;
+    /// returns the 64-byte signature `R‖S`. `kind` must be an Ed25519 kind (the log
+    /// key); any other kind is [`KeyOpsError::UnknownKey`].
+    fn sign_ed25519(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        message: Vec<u8>,
     ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
 
     /// HMAC-SHA256 with the code key of `version` (a secret: see [`Mac`]).

@@ -59,12 +59,13 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create the keys (root, license, ca, code, audit), the root's and the appliance
-    /// CA's certificates, and the root's certificate of the CA and endorsement of the
-    /// license key.
+    /// Create the keys (root, license, ca, code, audit, log), the root's and the
+    /// appliance CA's certificates, and the root's certificate of the CA and
+    /// endorsement of the license key.
     Init {
         /// Do nothing (exit 0) when the complete key set already exists; on a token
-        /// made before the trust root existed, add the root and what it signs.
+        /// made before the trust root or the log key existed, add the root and what it
+        /// signs, and the log key.
         #[arg(long)]
         if_missing: bool,
     },
@@ -85,7 +86,7 @@ enum KeysCommand {
     },
     /// Create a new version of one key kind; old public keys stay published.
     Rotate {
-        /// One of: license, ca, code, audit (the root is not rotated this way).
+        /// One of: license, ca, code, audit, log (the root is not rotated this way).
         kind: String,
     },
 }
@@ -165,7 +166,7 @@ async fn main() -> Result<()> {
                 }
                 KeysCommand::Rotate { kind } => {
                     let kind = KeyKind::parse(&kind).with_context(|| {
-                        format!("unknown key kind {kind:?}: use license, ca, code or audit")
+                        format!("unknown key kind {kind:?}: use license, ca, code, audit or log")
                     })?;
                     let kind = Some(kind).filter(|k| *k != KeyKind::Root).with_context(|| {
                         "the trust root is not rotated by `keys rotate` (SECURITY.md: changing the trust root)"

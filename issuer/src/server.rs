@@ -34,8 +34,8 @@ use alga_protocol::issuer_api::{
     self as api, DeriveCodeRequest, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode,
     IssuerErrorDetail, LicenseResult, MintCodeRequest, MintCodeResponse, PublicKeys,
     SignCheckpointRequest, SignCredentialRequest, SignLicenseRequest, SignLicensesRequest,
-    SignLicensesResponse, SignedCheckpoint, SignedCredential, SignedLicense, VerifyCodeRequest,
-    VerifyCodeResponse,
+    SignLicensesResponse, SignLogCheckpointRequest, SignedCheckpoint, SignedCredential,
+    SignedLicense, SignedLogCheckpoint, VerifyCodeRequest, VerifyCodeResponse,
 };
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -52,7 +52,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{Instrument, instrument};
 
-use crate::config::{IssuerConfig, TlsConfig};
+use crate::config::{IssuerConfig, LogOrigin, TlsConfig};
 use crate::keyring::KeyOps;
 use crate::ops::{self, OpsError, Signed};
 use crate::signlog::{SignLog, SignlogError, SignlogOptions};
@@ -114,6 +114,7 @@ pub async fn run<K: KeyOps + Clone>(
         keys,
         policy: policy.clone(),
         signlog,
+        origin: Arc::new(config.audit_log.origin),
     };
     serve(listener, TlsAcceptor::from(tls), policy, app, shutdown).await;
     watcher.abort();
@@ -352,6 +353,9 @@ struct App<K> {
     keys: K,
     policy: Arc<Policy>,
     signlog: SignLog,
+    /// The transparency log's origin (`audit_log.origin`): checkpoint origin line and
+    /// log key name.
+    origin: Arc<LogOrigin>,
 }
 
 impl<K> App<K> {
@@ -375,6 +379,7 @@ fn router<K: KeyOps + Clone>(app: App<K>) -> Router {
         .route(api::SIGN_LICENSES, post(sign_licenses::<K>))
         .route(api::SIGN_CREDENTIAL, post(sign_credential::<K>))
         .route(api::SIGN_CHECKPOINT, post(sign_checkpoint::<K>))
+        .route(api::SIGN_LOG_CHECKPOINT, post(sign_log_checkpoint::<K>))
         .route(api::PUBLIC_KEYS, get(public_keys::<K>))
         .route(api::HEALTH, get(health::<K>))
         .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -586,10 +591,28 @@ async fn sign_checkpoint<K: KeyOps + Clone>(
     Ok(Json(value))
 }
 
+#[instrument(skip_all)]
+async fn sign_log_checkpoint<K: KeyOps + Clone>(
+    State(app): State<App<K>>,
+    ApiJson(req): ApiJson<SignLogCheckpointRequest>,
+) -> Result<Json<SignedLogCheckpoint>, ApiError> {
+    let signed = ops::log_checkpoint::sign(&app.keys, &app.origin, &req, OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused("log_checkpoint", e))?;
+    let (value, seq) = app.logged(signed).await?;
+    tracing::info!(
+        log.size = req.size,
+        log.kid = %value.kid,
+        signlog.seq = seq,
+        "log checkpoint signed"
+    );
+    Ok(Json(value))
+}
+
 async fn public_keys<K: KeyOps + Clone>(
     State(app): State<App<K>>,
 ) -> Result<Json<PublicKeys>, ApiError> {
-    ops::public_keys::public_keys(&app.keys)
+    ops::public_keys::public_keys(&app.keys, &app.origin)
         .map(Json)
         .map_err(|e| refused("public_keys", e))
 }
@@ -762,8 +785,11 @@ mod tests {
             keys: SoftwareKeys::new(OffsetDateTime::now_utc()),
             policy: Arc::new(test_policy()),
             signlog: log,
+            origin: Arc::new(LogOrigin::new(ORIGIN).expect("origin")),
         })
     }
+
+    const ORIGIN: &str = "alga.test/audit-log";
 
     async fn call(router: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
         let req = axum::http::Request::builder()
@@ -906,6 +932,56 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_log_checkpoint_is_a_note_the_published_key_verifies_and_is_logged() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let router = app(SignLog::open(dir.path(), SignlogOptions::default()).expect("log"));
+        let root = base64::engine::general_purpose::STANDARD.encode([0xabu8; 32]);
+        let body = format!(r#"{{"size":42,"root_hash":"{root}"}}"#);
+        let (status, text) = call(&router, "POST", api::SIGN_LOG_CHECKPOINT, &body).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let signed: SignedLogCheckpoint = serde_json::from_str(&text).expect("body");
+        assert_eq!(signed.kid, "alga-log-v1");
+        assert!(
+            signed
+                .note
+                .starts_with(&format!("{ORIGIN}\n42\n{root}\n\n\u{2014} {ORIGIN} ")),
+            "{}",
+            signed.note
+        );
+        let (status, text) = call(&router, "GET", api::PUBLIC_KEYS, "").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let keys: PublicKeys = serde_json::from_str(&text).expect("keys");
+        assert_eq!(keys.log_keys.len(), 1);
+        assert_eq!(keys.log_keys[0].kid, signed.kid);
+        let verifier = signed_note::StandardVerifier::new(&keys.log_keys[0].vkey).expect("vkey");
+        let known = signed_note::VerifierList::new(vec![Box::new(verifier)]);
+        signed_note::Note::from_bytes(signed.note.as_bytes())
+            .expect("a note")
+            .verify(&known)
+            .expect("verifies with the published key");
+
+        for bad in [
+            r#"{"size":42,"root_hash":"AAAA"}"#.to_owned(),
+            format!(r#"{{"size":42,"root_hash":"{}"}}"#, "ab".repeat(32)),
+            format!(r#"{{"size":-1,"root_hash":"{root}"}}"#),
+            format!(r#"{{"size":42,"root_hash":"{root}","origin":"evil"}}"#),
+            r#"{"size":42}"#.to_owned(),
+        ] {
+            let (status, text) = call(&router, "POST", api::SIGN_LOG_CHECKPOINT, &bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {text}");
+            let parsed: IssuerErrorBody = serde_json::from_str(&text).expect("error body");
+            assert_eq!(parsed.error.code, IssuerErrorCode::BadRequest, "{bad}");
+        }
+        let records = crate::signlog::read_dir(dir.path()).expect("log").records;
+        assert_eq!(records.len(), 1, "refusals sign nothing");
+        assert_eq!(records[0].op, alga_protocol::signlog::SignOp::LogCheckpoint);
+        assert_eq!(records[0].kid, "alga-log-v1");
+        assert_eq!(records[0].ids.sequence, Some(42));
+        assert_eq!(records[0].ids.head_hash, Some("ab".repeat(32)));
+    }
+
     #[test]
     fn a_5xx_item_error_carries_no_internal_detail() {
         let (status, detail) = ApiError::Ops(OpsError::internal("the secret reason")).into_parts();
@@ -1032,6 +1108,7 @@ mod tests {
         for (method, path) in [
             ("POST", api::SIGN_LICENSE),
             ("POST", api::SIGN_LICENSES),
+            ("POST", api::SIGN_LOG_CHECKPOINT),
             ("GET", api::HEALTH),
             ("GET", "/x"),
         ] {

@@ -1,9 +1,10 @@
 //! The issuer's signing log: one hash-chained JSON line per signing operation.
 //!
 //! The issuer appends a record for every code it mints or re-derives, every license,
-//! every credential and every audit checkpoint it signs, *before* it returns the
-//! result. The format lives here, beside the other wire types, so that the audit tool
-//! can read and verify the log without depending on the issuer.
+//! every credential, every audit checkpoint and every transparency-log checkpoint it
+//! signs, *before* it returns the result. The format lives here, beside the other wire
+//! types, so that the audit tool can read and verify the log without depending on the
+//! issuer.
 //!
 //! # Format
 //!
@@ -29,8 +30,9 @@
 //! # What is never in it
 //!
 //! No code, token, PIN or key: the record types have no field that could hold one.
-//! Identifiers only (tenant, appliance, `code_id`, `jti`, serial, audit sequence) and
-//! public facts (edition, expiry, the SHA-256 of an appliance's public key).
+//! Identifiers only (tenant, appliance, `code_id`, `jti`, serial, audit sequence or
+//! tree size) and public facts (edition, expiry, the SHA-256 of an appliance's public
+//! key, a head or root hash).
 
 use std::fmt;
 
@@ -83,6 +85,10 @@ pub enum SignOp {
     Credential,
     /// An audit checkpoint was signed.
     Checkpoint,
+    /// A checkpoint of the audit log's Merkle tree (the transparency log) was signed
+    /// with the log key: `sequence` is the tree size, `head_hash` the lower-case hex
+    /// of its root hash.
+    LogCheckpoint,
 }
 
 impl SignOp {
@@ -94,6 +100,7 @@ impl SignOp {
             SignOp::License => "license",
             SignOp::Credential => "credential",
             SignOp::Checkpoint => "checkpoint",
+            SignOp::LogCheckpoint => "log_checkpoint",
         }
     }
 }
@@ -130,10 +137,10 @@ pub struct SignIds {
     /// Hex SHA-256 of the appliance's SubjectPublicKeyInfo (DER) a credential binds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_sha256: Option<String>,
-    /// Audit sequence number a checkpoint covers.
+    /// Audit sequence number a checkpoint covers; the tree size of a log checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
-    /// Audit head hash a checkpoint covers.
+    /// Audit head hash a checkpoint covers; the root hash (hex) of a log checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_hash: Option<String>,
     /// Expiry of what was signed (code, license or certificate).
@@ -507,6 +514,23 @@ mod tests {
         }
         assert_eq!(v.head().last_seq, 6);
         assert_eq!(v.head().records, 3);
+    }
+
+    #[test]
+    fn op_names_on_the_wire_are_their_log_names() {
+        for op in [
+            SignOp::CodeMint,
+            SignOp::CodeDerive,
+            SignOp::License,
+            SignOp::Credential,
+            SignOp::Checkpoint,
+            SignOp::LogCheckpoint,
+        ] {
+            let wire = serde_json::to_string(&op).expect("encodes");
+            assert_eq!(wire, format!("\"{op}\""));
+            assert_eq!(serde_json::from_str::<SignOp>(&wire).expect("decodes"), op);
+        }
+        assert_eq!(SignOp::LogCheckpoint.as_str(), "log_checkpoint");
     }
 
     #[test]

@@ -326,6 +326,8 @@ workers = 2
 path = "{}"
 [log]
 directory = "{}"
+[audit_log]
+origin = "alga-license.test/audit-log"
 "#,
         d.path("ALGA_ISSUER_SERVER_CERT"),
         d.path("ALGA_ISSUER_SERVER_KEY"),

@@ -97,7 +97,8 @@ pub enum KeysInitOutcome {
     /// The v1 keys (with the root's and the CA's certificates, and the root's
     /// certificate of the CA and endorsement of the license key) were created.
     Created { label: String, keys: Vec<KeyInfo> },
-    /// `--if-missing` on a token made before the trust root existed: what was added.
+    /// `--if-missing` on a token made before the trust root or the log key existed:
+    /// what was added.
     Completed { label: String, added: Vec<String> },
     /// `--if-missing` and the complete set was already there: nothing changed.
     AlreadyComplete { label: String },
@@ -143,10 +144,10 @@ impl fmt::Display for KeysInitOutcome {
 /// key (from `policy`).
 ///
 /// On a token that already holds alga keys: without `if_missing` that is an error;
-/// with it, a token made before the trust root existed is completed (the root, its
-/// certificate of every CA version, its endorsement of the active license key), a
-/// complete one is left alone, and one lacking any other key is an error naming what
-/// is missing.
+/// with it, a token made before the trust root or the log key existed is completed
+/// (the root, its certificate of every CA version, its endorsement of the active
+/// license key; the log key), a complete one is left alone, and one lacking any other
+/// key is an error naming what is missing.
 #[instrument(skip_all, fields(hsm.token = %config.token_label))]
 pub fn keys_init(
     config: &HsmConfig,
@@ -170,9 +171,10 @@ pub fn keys_init(
         if inventory.missing().is_empty() {
             return Ok(KeysInitOutcome::AlreadyComplete { label });
         }
-        let lacking: Vec<String> = KeyKind::ALL
+        let lacking: Vec<String> = inventory
+            .lacking()
             .into_iter()
-            .filter(|k| *k != KeyKind::Root && inventory.max_version(*k).is_none())
+            .filter(|k| !KeyKind::ADDED_LATER.contains(k))
             .map(|k| format!("{k} key"))
             .collect();
         if !lacking.is_empty() {
@@ -215,9 +217,10 @@ pub fn keys_init(
     Ok(KeysInitOutcome::Created { label, keys })
 }
 
-/// Adds what the trust root lacks on a token that has every other key: the root
-/// itself, its certificate of each CA version, its endorsement of the active license
-/// key. Returns a line per object added.
+/// Adds what a token made before the trust root or the log key lacks, when it has
+/// every other key: the root itself, its certificate of each CA version, its
+/// endorsement of the active license key, then the log key. Returns a line per object
+/// added.
 fn complete(
     session: &cryptoki::session::Session,
     mut inventory: Inventory,
@@ -252,6 +255,10 @@ fn complete(
             "the root's endorsement of {}",
             super::kid(KeyKind::License, active)
         ));
+    }
+    if inventory.max_version(KeyKind::Log).is_none() {
+        let log = create_key(session, KeyKind::Log, 1, now, created)?;
+        added.push(log.kid);
     }
     Ok(added)
 }
@@ -368,8 +375,10 @@ pub fn keys_list(config: &HsmConfig, pin: SecretString) -> Result<Vec<KeyInfo>, 
 
 /// Creates version max+1 of `kind` (for `ca`, with a new CA certificate and the
 /// root's certificate of it; for `license`, with the root's endorsement from
-/// `policy`). Old versions stay on the token and stay published. The root itself is
-/// not rotated here: appliances pin it (SECURITY.md, "Changing the trust root").
+/// `policy`; for `log`, a new Ed25519 key, hence a new signed-note key id that
+/// witnesses and verifiers must be given). Old versions stay on the token and stay
+/// published. The root itself is not rotated here: appliances pin it (SECURITY.md,
+/// "Changing the trust root").
 #[instrument(skip_all, fields(hsm.token = %config.token_label, key.kind = %kind))]
 pub fn keys_rotate(
     config: &HsmConfig,
@@ -386,13 +395,7 @@ pub fn keys_rotate(
     let token = Token::find(config)?;
     let session = token.user_session(&pin)?;
     let inventory = Inventory::load(&session)?;
-    let missing = inventory.missing();
-    if !missing.is_empty() {
-        return Err(HsmError::KeysMissing {
-            label: token.label.clone(),
-            missing: format!("missing: {}", missing.join(", ")),
-        });
-    }
+    inventory.check_complete(&token.label)?;
     let version = inventory
         .max_version(kind)
         .unwrap_or(0)
@@ -452,13 +455,13 @@ struct KeyRow<'a> {
     kid: &'a str,
     kind: &'a str,
     version: u32,
-    /// `ec-p256` or `hmac-sha256`.
+    /// `ec-p256`, `ed25519` or `hmac-sha256`.
     r#type: &'static str,
     /// Whether this is the highest version of its kind.
     active: bool,
     fingerprint: Option<&'a str>,
     created: String,
-    /// DER SubjectPublicKeyInfo, base64 (EC keys only).
+    /// DER SubjectPublicKeyInfo, base64 (key pairs only).
     public_key: Option<String>,
 }
 
@@ -468,11 +471,7 @@ fn rows(keys: &[KeyInfo]) -> Vec<KeyRow<'_>> {
             kid: &k.kid,
             kind: k.kind.as_str(),
             version: k.version,
-            r#type: if k.kind.is_ec() {
-                "ec-p256"
-            } else {
-                "hmac-sha256"
-            },
+            r#type: k.kind.algorithm().as_str(),
             active: keys
                 .iter()
                 .filter(|o| o.kind == k.kind)
@@ -538,7 +537,7 @@ mod tests {
             kind,
             version,
             kid: super::super::kid(kind, version),
-            public_key_spki: kind.is_ec().then(|| vec![1, 2, 3]),
+            public_key_spki: kind.is_key_pair().then(|| vec![1, 2, 3]),
             fingerprint: Some(format!("{:064}", version)),
             created: datetime!(2026-01-02 03:04:05 UTC),
         }
@@ -550,6 +549,7 @@ mod tests {
             key(KeyKind::License, 1),
             key(KeyKind::License, 2),
             key(KeyKind::Code, 1),
+            key(KeyKind::Log, 1),
         ];
         let mut out = Vec::new();
         write_key_list(&mut out, &keys, true).expect("writes");
@@ -561,6 +561,10 @@ mod tests {
         assert_eq!(v[2]["public_key"], serde_json::Value::Null);
         assert_eq!(v[0]["public_key"], "AQID");
         assert_eq!(v[0]["created"], "2026-01-02T03:04:05Z");
+        assert_eq!(v[0]["type"], "ec-p256");
+        assert_eq!(v[3]["kind"], "log");
+        assert_eq!(v[3]["type"], "ed25519");
+        assert_eq!(v[3]["active"], true);
     }
 
     #[test]

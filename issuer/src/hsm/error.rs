@@ -81,6 +81,12 @@ pub enum HsmError {
     #[error("no keys on token {label:?} ({missing}): run `alga-issuer keys init`")]
     KeysMissing { label: String, missing: String },
 
+    /// The token holds the first key set but lacks what later releases added (the
+    /// trust root and what it signs, the log key): serving never creates keys, and
+    /// `keys init --if-missing` adds exactly these.
+    #[error("token {label:?} lacks {missing}: run `alga-issuer keys init --if-missing` to add it")]
+    KeysIncomplete { label: String, missing: String },
+
     /// `keys init` on a token that already holds alga keys (without `--if-missing`).
     #[error(
         "keys already initialized on token {label:?} ({present}); use `keys rotate` for new versions"

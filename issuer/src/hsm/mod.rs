@@ -12,10 +12,11 @@
 //!   [`KeyOps`].
 //! - [`error`] maps every PKCS#11 return value, in one place.
 //!
-//! Objects on the token, per key version `v` of kind `k` (`license`, `ca`, `code`,
-//! `audit`): label and id `alga-<k>-v<v>` on the private key (EC P-256; the code key
-//! is a 32-byte generic secret), the public key (EC kinds), a `CKO_DATA` creation
-//! record, and for `ca` the X.509 certificate. See `objects` for the details.
+//! Objects on the token, per key version `v` of kind `k` (`root`, `license`, `ca`,
+//! `code`, `audit`, `log`): label and id `alga-<k>-v<v>` on the private key (EC P-256;
+//! Ed25519 for `log`; the code key is a 32-byte generic secret), the public key (key
+//! pairs), a `CKO_DATA` creation record, and for `root` and `ca` the X.509
+//! certificate. See `objects` for the details.
 //!
 //! Invariants: no private or secret key is ever created extractable or
 //! non-sensitive, and one found on the token that is gets refused at open; no PIN or
@@ -42,7 +43,8 @@ pub use signer::{CaSigner, der_signature};
 
 use crate::config::HsmConfig;
 use crate::keyring::{
-    self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement, RootCertificate,
+    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement,
+    RootCertificate,
 };
 use objects::Inventory;
 use token::Token;
@@ -116,13 +118,7 @@ impl Hsm {
         let token = Token::find(config)?;
         let session = token.user_session(&pin)?;
         let inventory = Inventory::load(&session)?;
-        let missing = inventory.missing();
-        if !missing.is_empty() {
-            return Err(HsmError::KeysMissing {
-                label: token.label.clone(),
-                missing: format!("missing: {}", missing.join(", ")),
-            });
-        }
+        inventory.check_complete(&token.label)?;
 
         // Sessions are opened and logged in here, so that a bad PIN or an exhausted
         // token fails `open` instead of the first request.
@@ -182,7 +178,7 @@ impl Hsm {
         version: u32,
         digest: [u8; 32],
     ) -> Result<[u8; 64], HsmError> {
-        self.check_known(kind, version, true)?;
+        self.check_known(kind, version, KeyAlgorithm::EcP256)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(
             Op::Sign {
@@ -237,10 +233,16 @@ impl Hsm {
     }
 
     /// A serving issuer signs with every kind but the root, which signs in key
-    /// ceremonies only: a request for it is answered as for an unknown key.
-    fn check_known(&self, kind: KeyKind, version: u32, ec: bool) -> Result<(), HsmError> {
+    /// ceremonies only: a request for it is answered as for an unknown key, and so is
+    /// a request for a kind of another algorithm than the operation's.
+    fn check_known(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        algorithm: KeyAlgorithm,
+    ) -> Result<(), HsmError> {
         let known = kind != KeyKind::Root
-            && kind.is_ec() == ec
+            && kind.algorithm() == algorithm
             && self
                 .inner
                 .inventory
@@ -280,12 +282,21 @@ impl Hsm {
 /// The receiving end of one job's reply.
 type Receiver = tokio::sync::oneshot::Receiver<Result<Output, HsmError>>;
 
-/// The signature of a sign job.
+/// The signature of an ECDSA sign job.
 fn signature(out: Output) -> Result<[u8; 64], HsmError> {
+    signature_of(out, "C_Sign(CKM_ECDSA)")
+}
+
+/// The signature of an Ed25519 sign job.
+fn ed25519_signature(out: Output) -> Result<[u8; 64], HsmError> {
+    signature_of(out, "C_Sign(CKM_EDDSA)")
+}
+
+fn signature_of(out: Output, operation: &'static str) -> Result<[u8; 64], HsmError> {
     match out {
         Output::Signature(signature) => Ok(signature),
         Output::Mac(_) => Err(HsmError::UnexpectedOutput {
-            operation: "C_Sign(CKM_ECDSA)",
+            operation,
             reason: "a MAC instead of a signature".into(),
         }),
     }
@@ -336,14 +347,34 @@ impl KeyOps for Hsm {
         version: u32,
         digest: [u8; 32],
     ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
-        let rx = self.check_known(kind, version, true).and_then(|()| {
-            self.submit_async(Op::Sign {
-                kind,
-                version,
-                digest,
-            })
-        });
+        let rx = self
+            .check_known(kind, version, KeyAlgorithm::EcP256)
+            .and_then(|()| {
+                self.submit_async(Op::Sign {
+                    kind,
+                    version,
+                    digest,
+                })
+            });
         wait(rx, signature)
+    }
+
+    fn sign_ed25519(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+        let rx = self
+            .check_known(kind, version, KeyAlgorithm::Ed25519)
+            .and_then(|()| {
+                self.submit_async(Op::SignEd25519 {
+                    kind,
+                    version,
+                    message,
+                })
+            });
+        wait(rx, ed25519_signature)
     }
 
     fn hmac_sha256(
@@ -352,7 +383,7 @@ impl KeyOps for Hsm {
         data: Vec<u8>,
     ) -> impl Future<Output = Result<keyring::Mac, KeyOpsError>> + Send {
         let rx = self
-            .check_known(KeyKind::Code, version, false)
+            .check_known(KeyKind::Code, version, KeyAlgorithm::HmacSha256)
             .and_then(|()| self.submit_async(Op::Hmac { version, data }));
         wait(rx, mac)
     }

@@ -1,9 +1,17 @@
 //! Key objects on the token: names, templates, creation with read-back, and the inventory.
 //!
 //! Naming: key version `v` of kind `k` has `CKA_LABEL` and `CKA_ID` both
-//! `alga-<k>-v<v>` (`k` from [`KeyKind::as_str`]). The EC private and public key share
-//! them; so do the code (secret) key, the appliance CA certificate (`CKO_CERTIFICATE`)
-//! and the creation record.
+//! `alga-<k>-v<v>` (`k` from [`KeyKind::as_str`]). The private and public key of a key
+//! pair share them; so do the code (secret) key, the appliance CA certificate
+//! (`CKO_CERTIFICATE`) and the creation record.
+//!
+//! Key types: P-256 key pairs (`CKK_EC`, `CKA_EC_PARAMS` the prime256v1 OID) for the
+//! root, license, CA and audit keys; an Ed25519 key pair (`CKK_EC_EDWARDS`,
+//! `CKA_EC_PARAMS` the id-Ed25519 OID 1.3.101.112, generated with
+//! `CKM_EC_EDWARDS_KEY_PAIR_GEN`, signing with `CKM_EDDSA`) for the log key; a 32-byte
+//! `CKK_GENERIC_SECRET` for the code key. Each public key is read back as
+//! `CKA_EC_POINT` (a DER OCTET STRING around the SEC1 point, or around the 32-byte
+//! Ed25519 key) and kept as a DER SubjectPublicKeyInfo.
 //!
 //! Creation record: PKCS#11 keys have no creation time (`CKA_START_DATE` is a date and
 //! means "usable from"), so each key version gets a public `CKO_DATA` object with
@@ -25,6 +33,7 @@
 //! a hash of a PRF output, never a raw MAC.
 
 use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{
     Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
 };
@@ -36,13 +45,21 @@ use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
-use crate::keyring::{CaCertificate, KeyInfo, KeyKind, LicenseEndorsement, RootCertificate};
+use crate::keyring::{
+    CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, LicenseEndorsement, RootCertificate,
+    ed25519_from_spki, ed25519_spki,
+};
 
 /// `CKA_APPLICATION` of the creation records.
 pub(crate) const APPLICATION: &str = "alga-license";
 
-/// DER of the prime256v1 (P-256) OID, the `CKA_EC_PARAMS` of every EC key.
+/// DER of the prime256v1 (P-256) OID, the `CKA_EC_PARAMS` of every P-256 key.
 const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// DER of the id-Ed25519 OID (1.3.101.112, RFC 8410), the `CKA_EC_PARAMS` of the log
+/// key. PKCS#11 3.0 allows it or the printable string `edwards25519`; the OID is the
+/// form SoftHSM 2.6.1 takes here (`issuer/tests/it/log_key.rs` reads it back).
+const ED25519_OID_DER: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// Input of the code key's fingerprint MAC. The NUL and the prefix keep it apart
 /// from any install-code binding.
@@ -107,13 +124,13 @@ pub(crate) fn find_object(
     }
 }
 
-/// The private (EC) or secret (code) key of a version.
+/// The private (key pair) or secret (code) key of a version.
 pub(crate) fn find_signing_key(
     session: &Session,
     kind: KeyKind,
     version: u32,
 ) -> Result<ObjectHandle, HsmError> {
-    let class = if kind.is_ec() {
+    let class = if kind.is_key_pair() {
         ObjectClass::PRIVATE_KEY
     } else {
         ObjectClass::SECRET_KEY
@@ -133,6 +150,24 @@ pub(crate) fn ecdsa_sign(
     sig.try_into()
         .map_err(|sig: Vec<u8>| HsmError::UnexpectedOutput {
             operation: "C_Sign(CKM_ECDSA)",
+            reason: format!("{} bytes instead of 64", sig.len()),
+        })
+}
+
+/// Ed25519 over the whole message (`CKM_EDDSA` without parameters: pure Ed25519, no
+/// pre-hash, no context): the 64-byte `R‖S`.
+pub(crate) fn eddsa_sign(
+    session: &Session,
+    key: ObjectHandle,
+    message: &[u8],
+) -> Result<[u8; 64], HsmError> {
+    let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    let sig = session
+        .sign(&mechanism, key, message)
+        .map_err(map_cryptoki)?;
+    sig.try_into()
+        .map_err(|sig: Vec<u8>| HsmError::UnexpectedOutput {
+            operation: "C_Sign(CKM_EDDSA)",
             reason: format!("{} bytes instead of 64", sig.len()),
         })
 }
@@ -279,6 +314,19 @@ pub fn sec1_point_from_ec_point(ec_point: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The 32-byte Ed25519 public key inside a `CKA_EC_POINT`: a DER OCTET STRING
+/// (`04 20` and the 32 bytes) per PKCS#11 3.0, which SoftHSM returns; a bare 32-byte
+/// value is accepted too, as for P-256 points. Anything else (another length, a
+/// longer DER length form, trailing bytes) is refused.
+pub fn ed25519_key_from_ec_point(ec_point: &[u8]) -> Option<[u8; 32]> {
+    let raw = match ec_point {
+        [0x04, 0x20, key @ ..] if key.len() == 32 => key,
+        key if key.len() == 32 => key,
+        _ => return None,
+    };
+    raw.try_into().ok()
+}
+
 /// DER SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) of a SEC1 point, checking
 /// that the point is on the curve.
 pub fn spki_from_sec1(point: &[u8]) -> Option<Vec<u8>> {
@@ -297,7 +345,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The public key of an EC key version, as DER SPKI.
+/// The public key of a key pair version (P-256 or Ed25519), as DER SPKI.
 pub(crate) fn read_spki(
     session: &Session,
     kind: KeyKind,
@@ -320,9 +368,23 @@ pub(crate) fn read_spki(
             _ => None,
         })
         .ok_or_else(|| invalid("CKA_EC_POINT unreadable"))?;
-    let point = sec1_point_from_ec_point(&ec_point)
-        .ok_or_else(|| invalid("CKA_EC_POINT is not a P-256 point"))?;
-    spki_from_sec1(point).ok_or_else(|| invalid("CKA_EC_POINT is not on P-256"))
+    match kind.algorithm() {
+        KeyAlgorithm::EcP256 => {
+            let point = sec1_point_from_ec_point(&ec_point)
+                .ok_or_else(|| invalid("CKA_EC_POINT is not a P-256 point"))?;
+            spki_from_sec1(point).ok_or_else(|| invalid("CKA_EC_POINT is not on P-256"))
+        }
+        KeyAlgorithm::Ed25519 => {
+            let key = ed25519_key_from_ec_point(&ec_point)
+                .ok_or_else(|| invalid("CKA_EC_POINT is not a 32-byte Ed25519 key"))?;
+            let spki = ed25519_spki(&key);
+            // Decodes the point: refuses 32 bytes that are not an Ed25519 public key.
+            ed25519_from_spki(&spki)
+                .ok_or_else(|| invalid("CKA_EC_POINT is not an Ed25519 point"))?;
+            Ok(spki)
+        }
+        KeyAlgorithm::HmacSha256 => Err(invalid("a secret key has no public key")),
+    }
 }
 
 /// The creation time recorded for a key version.
@@ -576,10 +638,10 @@ impl Inventory {
                 else {
                     continue;
                 };
-                let (want_class, want_type) = if kind.is_ec() {
-                    (ObjectClass::PRIVATE_KEY, KeyType::EC)
-                } else {
-                    (ObjectClass::SECRET_KEY, KeyType::GENERIC_SECRET)
+                let (want_class, want_type) = match kind.algorithm() {
+                    KeyAlgorithm::EcP256 => (ObjectClass::PRIVATE_KEY, KeyType::EC),
+                    KeyAlgorithm::Ed25519 => (ObjectClass::PRIVATE_KEY, KeyType::EC_EDWARDS),
+                    KeyAlgorithm::HmacSha256 => (ObjectClass::SECRET_KEY, KeyType::GENERIC_SECRET),
                 };
                 if class != want_class || key_type != Some(want_type) {
                     return Err(HsmError::InvalidObject {
@@ -605,7 +667,7 @@ impl Inventory {
         for (kind, version, handle) in found {
             let kid = kid(kind, version);
             check_protection(session, handle, &kid)?;
-            let (public_key_spki, fingerprint) = if kind.is_ec() {
+            let (public_key_spki, fingerprint) = if kind.is_key_pair() {
                 let spki = read_spki(session, kind, version)?;
                 let fingerprint = sha256_hex(&spki);
                 (Some(spki), Some(fingerprint))
@@ -672,15 +734,48 @@ impl Inventory {
         self.versions(kind).map(|k| k.version).max()
     }
 
+    /// The kinds without any version on the token.
+    pub(crate) fn lacking(&self) -> Vec<KeyKind> {
+        KeyKind::ALL
+            .into_iter()
+            .filter(|k| self.max_version(*k).is_none())
+            .collect()
+    }
+
+    /// Refuses an incomplete key set (serving, rotation). When everything lacking is
+    /// what `keys init --if-missing` adds to a token made before it (the root and
+    /// what it signs, the log key), the error says to run that; otherwise the set is
+    /// [`HsmError::KeysMissing`].
+    pub(crate) fn check_complete(&self, label: &str) -> Result<(), HsmError> {
+        let missing = self.missing();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let completable = !self.keys.is_empty()
+            && self
+                .lacking()
+                .iter()
+                .all(|k| KeyKind::ADDED_LATER.contains(k));
+        if completable {
+            Err(HsmError::KeysIncomplete {
+                label: label.to_owned(),
+                missing: missing.join(", "),
+            })
+        } else {
+            Err(HsmError::KeysMissing {
+                label: label.to_owned(),
+                missing: format!("missing: {}", missing.join(", ")),
+            })
+        }
+    }
+
     /// What a complete key set lacks: a kind without any version, the root's or a CA
     /// key version's certificate, the root's certificate of a CA version, or the
     /// root's endorsement of the active license key. Empty when complete.
     pub(crate) fn missing(&self) -> Vec<String> {
         let mut missing = Vec::new();
-        for kind in KeyKind::ALL {
-            if self.max_version(kind).is_none() {
-                missing.push(format!("{kind} key"));
-            }
+        for kind in self.lacking() {
+            missing.push(format!("{kind} key"));
         }
         for key in self.versions(KeyKind::Root) {
             if !self.roots.iter().any(|c| c.version == key.version) {
@@ -742,6 +837,49 @@ impl Created {
     }
 }
 
+/// The public and private templates of a new key pair of `kind` (P-256 or Ed25519):
+/// token objects, the private key sensitive, never extractable, private and sign-only.
+fn key_pair_templates(
+    kind: KeyKind,
+    label: Attribute,
+    id: Attribute,
+) -> Result<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>), HsmError> {
+    let (mechanism, params) = match kind.algorithm() {
+        KeyAlgorithm::EcP256 => (Mechanism::EccKeyPairGen, P256_OID_DER.to_vec()),
+        KeyAlgorithm::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, ED25519_OID_DER.to_vec()),
+        KeyAlgorithm::HmacSha256 => {
+            return Err(HsmError::Config {
+                reason: format!("{kind} is not a key pair"),
+            });
+        }
+    };
+    let public_template = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::EcParams(params),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        label.clone(),
+        id.clone(),
+    ];
+    let private_template = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::SignRecover(false),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        label,
+        id,
+    ];
+    Ok((mechanism, public_template, private_template))
+}
+
 /// Creates key version `version` of `kind` (and, for the CA, its certificate): keys,
 /// read-back of their protection, creation record. Objects are recorded in `created`
 /// as they appear, so the caller can roll the whole ceremony back.
@@ -770,37 +908,10 @@ pub(crate) fn create_key(
     let label = Attribute::Label(kid.as_bytes().to_vec());
     let id = Attribute::Id(kid.as_bytes().to_vec());
 
-    let (handle, public_key_spki, fingerprint) = if kind.is_ec() {
-        let public_template = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::EcParams(P256_OID_DER.to_vec()),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Derive(false),
-            label.clone(),
-            id.clone(),
-        ];
-        let private_template = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::SignRecover(false),
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            label,
-            id,
-        ];
+    let (handle, public_key_spki, fingerprint) = if kind.is_key_pair() {
+        let (mechanism, public_template, private_template) = key_pair_templates(kind, label, id)?;
         let (public, private) = session
-            .generate_key_pair(
-                &Mechanism::EccKeyPairGen,
-                &public_template,
-                &private_template,
-            )
+            .generate_key_pair(&mechanism, &public_template, &private_template)
             .map_err(map_cryptoki)?;
         created.push(public);
         created.push(private);
@@ -955,5 +1066,30 @@ mod tests {
             "{problems}"
         );
         assert!(problems.contains("CKA_DERIVE is true"), "{problems}");
+    }
+
+    #[test]
+    fn ed25519_keys_are_unwrapped_from_their_octet_string_and_must_be_32_bytes() {
+        let key = [0x42u8; 32];
+        let mut wrapped = vec![0x04, 0x20];
+        wrapped.extend_from_slice(&key);
+        assert_eq!(ed25519_key_from_ec_point(&wrapped), Some(key));
+        assert_eq!(ed25519_key_from_ec_point(&key), Some(key), "bare");
+        for bad in [
+            &wrapped[..33],
+            &[wrapped.as_slice(), &[0]].concat()[..],
+            &[&[0x04, 0x21][..], &key, &[0]].concat()[..],
+            &[&[0x04, 0x81, 0x20][..], &key].concat()[..],
+            &[&[0x03, 0x20][..], &key].concat()[..],
+            &key[..31],
+            &[],
+        ] {
+            assert_eq!(ed25519_key_from_ec_point(bad), None, "{bad:02x?}");
+        }
+        // A P-256 point is not an Ed25519 key, and the other way round.
+        let p256 = p256::SecretKey::from_slice(&[7u8; 32]).expect("a valid scalar");
+        let point = p256::EncodedPoint::from(p256.public_key());
+        assert_eq!(ed25519_key_from_ec_point(point.as_bytes()), None);
+        assert_eq!(sec1_point_from_ec_point(&wrapped), None);
     }
 }

@@ -34,18 +34,24 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
-use super::objects::{ecdsa_sign, find_signing_key, hmac_sha256, kid};
+use super::objects::{ecdsa_sign, eddsa_sign, find_signing_key, hmac_sha256, kid};
 use super::token::Token;
 use crate::keyring::KeyKind;
 
 /// One unit of HSM work.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    /// ECDSA over a digest with an EC key.
+    /// ECDSA over a digest with a P-256 key.
     Sign {
         kind: KeyKind,
         version: u32,
         digest: [u8; 32],
+    },
+    /// Ed25519 over a whole message with an Ed25519 key (the log key).
+    SignEd25519 {
+        kind: KeyKind,
+        version: u32,
+        message: Vec<u8>,
     },
     /// HMAC-SHA256 with a code key.
     Hmac { version: u32, data: Vec<u8> },
@@ -53,7 +59,7 @@ pub(crate) enum Op {
 
 /// What a job produced.
 pub(crate) enum Output {
-    /// An ECDSA signature, raw `r‖s` (public once released).
+    /// A signature: ECDSA raw `r‖s` or Ed25519 `R‖S` (public once released).
     Signature([u8; 64]),
     /// An HMAC-SHA256 output (32 bytes): the secret of an install code, in the buffer
     /// cryptoki filled, wiped when dropped.
@@ -144,7 +150,9 @@ impl Worker {
             return Err(HsmError::unavailable("no session"));
         };
         let (kind, version) = match op {
-            Op::Sign { kind, version, .. } => (*kind, *version),
+            Op::Sign { kind, version, .. } | Op::SignEd25519 { kind, version, .. } => {
+                (*kind, *version)
+            }
             Op::Hmac { version, .. } => (KeyKind::Code, *version),
         };
         let key = match self.handles.get(&(kind, version)) {
@@ -180,6 +188,9 @@ impl Worker {
         };
         match op {
             Op::Sign { digest, .. } => Ok(Output::Signature(ecdsa_sign(session, key, digest)?)),
+            Op::SignEd25519 { message, .. } => {
+                Ok(Output::Signature(eddsa_sign(session, key, message)?))
+            }
             Op::Hmac { data, .. } => Ok(Output::Mac(hmac_sha256(session, key, data)?)),
         }
     }

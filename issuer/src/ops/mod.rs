@@ -11,6 +11,7 @@
 //!   and a strict verifier.
 //! - [`credential`]: appliance client certificates from a verified CSR.
 //! - [`checkpoint`]: audit checkpoint signatures.
+//! - [`log_checkpoint`]: transparency-log checkpoints (signed notes, Ed25519 log key).
 //! - [`jwks`] and [`public_keys`]: what the issuer publishes.
 //!
 //! Error policy: one [`OpsError`], every variant mapped to a stable
@@ -21,6 +22,7 @@ pub mod codes;
 pub mod credential;
 pub mod jwks;
 pub mod license;
+pub mod log_checkpoint;
 pub mod public_keys;
 
 #[cfg(test)]
@@ -73,7 +75,8 @@ pub enum OpsError {
     CodeMalformed(#[source] CodeFormatError),
 
     /// The request is well-formed JSON but a value is unusable (a head hash that is not
-    /// 64 hex characters, a code key version that does not exist, a zero lifetime).
+    /// 64 hex characters, a root hash that is not the base64 of 32 bytes, a code key
+    /// version that does not exist, a zero lifetime).
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
 

@@ -1,16 +1,20 @@
 //! Everything public the issuer publishes: license JWKS, the appliance CA chain,
-//! the audit checkpoint keys. Old versions stay published until retired from the token.
+//! the audit checkpoint keys, the transparency-log keys (signed-note verifier keys
+//! named by the log's origin). Old versions stay published until retired from the
+//! token.
 
-use alga_protocol::issuer_api::{AuditKey, PublicKeys};
+use alga_protocol::issuer_api::{AuditKey, LogKey, PublicKeys};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::OpsError;
 use super::jwks::jwks;
+use super::log_checkpoint::verifier_key;
+use crate::config::LogOrigin;
 use crate::keyring::{KeyKind, KeyOps};
 
-/// The [`PublicKeys`] document.
-pub fn public_keys<K: KeyOps>(keys: &K) -> Result<PublicKeys, OpsError> {
+/// The [`PublicKeys`] document; the log keys are named `origin`.
+pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys, OpsError> {
     let ca_chain_pem = keys
         .ca_certificates()
         .iter()
@@ -31,12 +35,34 @@ pub fn public_keys<K: KeyOps>(keys: &K) -> Result<PublicKeys, OpsError> {
             })
         })
         .collect::<Result<Vec<_>, OpsError>>()?;
+    let log_keys = log_keys(keys, origin)?;
     Ok(PublicKeys {
         jwks: jwks(keys)?,
         ca_chain_pem,
         audit_keys,
-        log_keys: Vec::new(),
+        log_keys,
     })
+}
+
+/// Every log key version, the active (highest) one first.
+fn log_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<Vec<LogKey>, OpsError> {
+    let mut log_keys = keys
+        .keys(KeyKind::Log)
+        .into_iter()
+        .map(|k| {
+            let public_key = k.ed25519_public_key().ok_or_else(|| {
+                OpsError::internal(format!("{} has no Ed25519 public key", k.kid))
+            })?;
+            Ok(LogKey {
+                vkey: verifier_key(origin.as_str(), &public_key),
+                kid: k.kid,
+                version: k.version,
+                created: k.created,
+            })
+        })
+        .collect::<Result<Vec<_>, OpsError>>()?;
+    log_keys.sort_by_key(|k| std::cmp::Reverse(k.version));
+    Ok(log_keys)
 }
 
 /// PEM of a DER certificate.
@@ -57,7 +83,9 @@ mod tests {
         let keys = SoftwareKeys::new(now);
         keys.rotate(KeyKind::ApplianceCa, now);
         keys.rotate(KeyKind::Audit, now);
-        let published = public_keys(&keys).expect("publishes");
+        keys.rotate(KeyKind::Log, now);
+        let origin = LogOrigin::new("example.com/log").expect("origin");
+        let published = public_keys(&keys, &origin).expect("publishes");
         assert_eq!(published.jwks.keys.len(), 1);
         let certs = pem::parse_many(&published.ca_chain_pem).expect("PEM");
         assert_eq!(certs.len(), 2);
@@ -68,6 +96,30 @@ mod tests {
             .map(|k| k.kid.as_str())
             .collect();
         assert_eq!(kids, ["alga-audit-v1", "alga-audit-v2"]);
+        let log: Vec<(&str, u32)> = published
+            .log_keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.version))
+            .collect();
+        assert_eq!(
+            log,
+            [("alga-log-v2", 2), ("alga-log-v1", 1)],
+            "active first"
+        );
+        for (published, info) in published
+            .log_keys
+            .iter()
+            .zip(keys.keys(KeyKind::Log).iter().rev())
+        {
+            let public_key = info.ed25519_public_key().expect("Ed25519");
+            assert_eq!(published.vkey, verifier_key("example.com/log", &public_key));
+            assert!(
+                published.vkey.starts_with("example.com/log+"),
+                "{}",
+                published.vkey
+            );
+            signed_note::StandardVerifier::new(&published.vkey).expect("a valid verifier key");
+        }
         let json = serde_json::to_string(&published).expect("json");
         assert!(!json.contains("PRIVATE"), "public material only");
     }

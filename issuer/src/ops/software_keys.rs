@@ -1,5 +1,6 @@
-//! Test-only [`KeyOps`] with keys in memory: P-256 signing keys (RustCrypto), HMAC
-//! secrets, and an rcgen-made CA certificate per CA version. Never compiled outside
+//! Test-only [`KeyOps`] with keys in memory: P-256 signing keys (RustCrypto), Ed25519
+//! log keys (ed25519-dalek), HMAC secrets, and an rcgen-made CA certificate per CA
+//! version. Never compiled outside
 //! `cfg(test)`: the issuer's keys live in the HSM.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::keyring::{
-    self, CaCertificate, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement, RootCertificate,
+    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement,
+    RootCertificate,
 };
 
 /// In-memory keys for unit tests. Clones share the keys.
@@ -31,6 +33,7 @@ impl std::fmt::Debug for SoftwareKeys {
 #[derive(Default)]
 struct Inner {
     ec: BTreeMap<(KeyKind, u32), SigningKey>,
+    ed25519: BTreeMap<(KeyKind, u32), ed25519_dalek::SigningKey>,
     hmac: BTreeMap<u32, [u8; 32]>,
     info: Vec<KeyInfo>,
     certs: Vec<CaCertificate>,
@@ -62,7 +65,15 @@ impl SoftwareKeys {
         let mut inner = self.lock();
         let version = inner.info.iter().filter(|k| k.kind == kind).count() as u32 + 1;
         let kid = format!("alga-{}-v{version}", kind.as_str());
-        let (spki, fingerprint) = if kind.is_ec() {
+        let (spki, fingerprint) = if kind.algorithm() == KeyAlgorithm::Ed25519 {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let spki = keyring::ed25519_spki(&key.verifying_key().to_bytes());
+            inner.ed25519.insert((kind, version), key);
+            let fp = super::sha256_hex(&spki);
+            (Some(spki), Some(fp))
+        } else if kind.algorithm() == KeyAlgorithm::EcP256 {
             let key = SigningKey::random(&mut rand::rngs::OsRng);
             let spki = key
                 .verifying_key()
@@ -138,6 +149,23 @@ impl SoftwareKeys {
             created: now,
         });
         version
+    }
+
+    /// Replaces the Ed25519 key of (`kind`, `version`) by the one of `seed` (a known
+    /// test vector).
+    pub(crate) fn set_ed25519_key(&self, kind: KeyKind, version: u32, seed: [u8; 32]) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let spki = keyring::ed25519_spki(&key.verifying_key().to_bytes());
+        let mut inner = self.lock();
+        inner.ed25519.insert((kind, version), key);
+        for info in inner
+            .info
+            .iter_mut()
+            .filter(|k| k.kind == kind && k.version == version)
+        {
+            info.fingerprint = Some(super::sha256_hex(&spki));
+            info.public_key_spki = Some(spki.clone());
+        }
     }
 
     /// Makes every later operation fail with [`KeyOpsError::Unavailable`] (or not).
@@ -269,6 +297,26 @@ impl KeyOps for SoftwareKeys {
                 .map_err(|_| KeyOpsError::Unavailable)?;
             let bytes: [u8; 64] = sig.to_bytes().into();
             Ok(bytes)
+        })();
+        std::future::ready(result)
+    }
+
+    fn sign_ed25519(
+        &self,
+        kind: KeyKind,
+        version: u32,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+        let result = (|| {
+            let inner = self.lock();
+            if inner.down {
+                return Err(KeyOpsError::Unavailable);
+            }
+            let key = inner
+                .ed25519
+                .get(&(kind, version))
+                .ok_or(KeyOpsError::UnknownKey { kind, version })?;
+            Ok(ed25519_dalek::Signer::sign(key, &message).to_bytes())
         })();
         std::future::ready(result)
     }

@@ -24,10 +24,10 @@ use std::process::{Command, Output, Stdio};
 use alga_issuer::config::HsmConfig;
 use alga_issuer::hsm::admin::{self, KeysInitOutcome, TokenInitOutcome};
 use alga_issuer::hsm::{CaSigner, Hsm, HsmError};
-use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
+use alga_issuer::keyring::{KeyAlgorithm, KeyKind, KeyOps, KeyOpsError};
 use alga_policies::Policy;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use p256::ecdsa::signature::Verifier;
 use p256::pkcs8::DecodePublicKey;
@@ -47,9 +47,9 @@ const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 // ---------------------------------------------------------------------------------
 
 #[test]
-fn keys_init_creates_five_sensitive_never_extractable_keys() {
+fn keys_init_creates_six_sensitive_never_extractable_keys() {
     isolated(
-        "keys_init_creates_five_sensitive_never_extractable_keys",
+        "keys_init_creates_six_sensitive_never_extractable_keys",
         Setup::Keys,
         |t| {
             let keys = admin::keys_list(&t.config, t.pin()).expect("keys list");
@@ -61,7 +61,8 @@ fn keys_init_creates_five_sensitive_never_extractable_keys() {
                     "alga-license-v1",
                     "alga-ca-v1",
                     "alga-code-v1",
-                    "alga-audit-v1"
+                    "alga-audit-v1",
+                    "alga-log-v1"
                 ]
             );
             for key in &keys {
@@ -70,7 +71,11 @@ fn keys_init_creates_five_sensitive_never_extractable_keys() {
                     key.fingerprint.as_deref().is_some_and(|f| f.len() == 64),
                     "{key:?}"
                 );
-                assert_eq!(key.public_key_spki.is_some(), key.kind.is_ec(), "{key:?}");
+                assert_eq!(
+                    key.public_key_spki.is_some(),
+                    key.kind.is_key_pair(),
+                    "{key:?}"
+                );
                 assert!(
                     (OffsetDateTime::now_utc() - key.created)
                         .whole_minutes()
@@ -83,16 +88,17 @@ fn keys_init_creates_five_sensitive_never_extractable_keys() {
             // Checked independently of the module under test, with plain cryptoki.
             let session = t.raw_session();
             for key in &keys {
-                let class = if key.kind.is_ec() {
-                    ObjectClass::PRIVATE_KEY
-                } else {
-                    ObjectClass::SECRET_KEY
+                let (class, key_type) = match key.kind.algorithm() {
+                    KeyAlgorithm::EcP256 => (ObjectClass::PRIVATE_KEY, KeyType::EC),
+                    KeyAlgorithm::Ed25519 => (ObjectClass::PRIVATE_KEY, KeyType::EC_EDWARDS),
+                    KeyAlgorithm::HmacSha256 => (ObjectClass::SECRET_KEY, KeyType::GENERIC_SECRET),
                 };
                 let handle = find_one(&session, class, &key.kid);
                 let attrs = session
                     .get_attributes(
                         handle,
                         &[
+                            AttributeType::KeyType,
                             AttributeType::Token,
                             AttributeType::Private,
                             AttributeType::Sensitive,
@@ -107,6 +113,7 @@ fn keys_init_creates_five_sensitive_never_extractable_keys() {
                     )
                     .expect("attributes");
                 for want in [
+                    Attribute::KeyType(key_type),
                     Attribute::Token(true),
                     Attribute::Private(true),
                     Attribute::Sensitive(true),
@@ -143,17 +150,22 @@ fn keys_init_creates_five_sensitive_never_extractable_keys() {
                     }
                 }
 
-                if key.kind.is_ec() {
+                if key.kind.is_key_pair() {
                     let public = find_one(&session, ObjectClass::PUBLIC_KEY, &key.kid);
                     let attrs = session
                         .get_attributes(public, &[AttributeType::Token, AttributeType::EcParams])
                         .expect("public attributes");
                     assert!(attrs.contains(&Attribute::Token(true)), "{}", key.kid);
+                    let (params, curve) = match key.kind.algorithm() {
+                        KeyAlgorithm::Ed25519 => (vec![0x06, 0x03, 0x2b, 0x65, 0x70], "Ed25519"),
+                        _ => (
+                            vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+                            "P-256",
+                        ),
+                    };
                     assert!(
-                        attrs.contains(&Attribute::EcParams(vec![
-                            0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07
-                        ])),
-                        "{}: not P-256",
+                        attrs.contains(&Attribute::EcParams(params)),
+                        "{}: not {curve}",
                         key.kid
                     );
                 }
@@ -227,6 +239,7 @@ fn pkcs11_tool_sees_the_keys_as_sensitive_and_never_extractable() {
                     "alga-ca-v1",
                     "alga-code-v1",
                     "alga-license-v1",
+                    "alga-log-v1",
                     "alga-root-v1"
                 ],
                 "{stdout}"
@@ -441,7 +454,8 @@ fn rotation_adds_a_version_and_keeps_the_old_one() {
                     "alga-ca-v2",
                     "alga-code-v1",
                     "alga-code-v2",
-                    "alga-audit-v1"
+                    "alga-audit-v1",
+                    "alga-log-v1"
                 ]
             );
 
@@ -704,6 +718,7 @@ fn cli_initializes_lists_and_rotates_keys() {
         "alga-ca-v1",
         "alga-code-v1",
         "alga-audit-v1",
+        "alga-log-v1",
     ] {
         assert!(out.contains(kid), "{out}");
     }
@@ -715,6 +730,8 @@ fn cli_initializes_lists_and_rotates_keys() {
 
     let out = ok(&["keys", "rotate", "license"]);
     assert!(out.contains("alga-license-v2"), "{out}");
+    let out = ok(&["keys", "rotate", "log"]);
+    assert!(out.contains("created alga-log-v2 (log)"), "{out}");
     let out = run(&["keys", "rotate", "nonsense"]);
     assert!(!out.status.success());
 
@@ -733,10 +750,24 @@ fn cli_initializes_lists_and_rotates_keys() {
             "alga-license-v2",
             "alga-ca-v1",
             "alga-code-v1",
-            "alga-audit-v1"
+            "alga-audit-v1",
+            "alga-log-v1",
+            "alga-log-v2"
         ]
     );
     assert_eq!(rows[0]["kind"], "root");
+    assert_eq!(rows[6]["kind"], "log");
+    assert_eq!(rows[6]["type"], "ed25519");
+    assert_eq!(rows[6]["active"], false);
+    assert_eq!(rows[7]["active"], true);
+    // The published form of an Ed25519 key: its RFC 8410 SubjectPublicKeyInfo.
+    assert!(
+        rows[7]["public_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("MCowBQYDK2VwAyEA")),
+        "{}",
+        rows[7]
+    );
     assert_eq!(rows[1]["active"], false);
     assert_eq!(rows[2]["active"], true);
     assert_eq!(rows[4]["type"], "hmac-sha256");
@@ -776,7 +807,7 @@ fn cli_initializes_lists_and_rotates_keys() {
     }));
 
     let table = ok(&["keys", "list"]);
-    assert_eq!(table.lines().count(), 7, "{table}");
+    assert_eq!(table.lines().count(), 9, "{table}");
     assert!(
         table.lines().next().is_some_and(|h| h.starts_with("KID")),
         "{table}"
@@ -921,6 +952,9 @@ path = "{policy}"
 
 [log]
 directory = "{d}/log"
+
+[audit_log]
+origin = "alga-license.test/audit-log"
 "#,
             d = d.display(),
             module = module_path().display(),
@@ -967,7 +1001,7 @@ impl TestToken {
             let outcome = admin::keys_init(&token.config, token.pin(), &token.policy, now(), false)
                 .expect("keys init");
             assert!(
-                matches!(&outcome, KeysInitOutcome::Created { keys, .. } if keys.len() == 5),
+                matches!(&outcome, KeysInitOutcome::Created { keys, .. } if keys.len() == 6),
                 "{outcome:?}"
             );
         }

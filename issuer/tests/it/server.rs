@@ -5,16 +5,20 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use alga_issuer::config::{IssuerConfig, ListenConfig, LogConfig, PolicyConfig, TlsConfig};
+use alga_issuer::config::{
+    AuditLogConfig, IssuerConfig, ListenConfig, LogConfig, LogOrigin, PolicyConfig, TlsConfig,
+};
 use alga_issuer::hsm::Hsm;
 use alga_issuer::server::{self, ServerError};
 use alga_issuer::signlog;
 use alga_protocol::issuer_api::{
     self as api, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode, LicenseResult,
     MintCodeResponse, PublicKeys, SignLicensesResponse, SignedCheckpoint, SignedCredential,
-    SignedLicense, VerifyCodeResponse,
+    SignedLicense, SignedLogCheckpoint, VerifyCodeResponse,
 };
 use alga_protocol::signlog::SignOp;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use secrecy::ExposeSecret;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -27,6 +31,8 @@ use crate::pki::{Eku, Leaf, TestCa, client, write};
 
 const GATEWAY: &str = "spiffe://alga.test/service/gateway";
 const STORE: &str = "spiffe://alga.test/service/nm-store";
+/// The transparency log's origin in these tests.
+pub(crate) const ORIGIN: &str = "alga-license.test/audit-log";
 
 /// The PKI of one test: one CA for the server and its clients, and a stranger CA.
 pub(crate) struct Pki {
@@ -64,6 +70,9 @@ impl Pki {
             },
             log: LogConfig {
                 directory: log_dir.to_owned(),
+            },
+            audit_log: AuditLogConfig {
+                origin: LogOrigin::new(ORIGIN).expect("a valid origin"),
             },
         }
     }
@@ -176,6 +185,8 @@ fn only_the_gateway_gets_in() {
                 assert_eq!(r.status(), 403, "{what}");
                 error(r, 403, IssuerErrorCode::Forbidden).await;
                 let r = post(&c, &server.url, api::SIGN_LICENSES, &json!({"licenses": [license]})).await;
+                error(r, 403, IssuerErrorCode::Forbidden).await;
+                let r = post(&c, &server.url, api::SIGN_LOG_CHECKPOINT, &json!({"size": 1, "root_hash": STANDARD.encode([1u8; 32])})).await;
                 error(r, 403, IssuerErrorCode::Forbidden).await;
                 let r = c.get(format!("{}{}", server.url, api::PUBLIC_KEYS)).send().await.expect("request");
                 assert_eq!(r.status(), 403, "{what}: every route");
@@ -596,6 +607,74 @@ fn a_pulled_hsm_session_does_not_fail_the_next_request() {
                 }
                 server.stop().await;
             });
+        },
+    );
+}
+
+#[test]
+fn log_checkpoints_are_signed_notes_logged_before_they_are_returned() {
+    isolated_in(
+        module_path!(),
+        "log_checkpoints_are_signed_notes_logged_before_they_are_returned",
+        Setup::Keys,
+        |t| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = Pki::new(dir.path());
+            let log_dir = dir.path().join("log");
+            let root = [0x5au8; 32];
+            rt().block_on(async {
+                let server = Running::start(pki.config(t, &log_dir), t, t.open()).await;
+                let c = pki.client(Some(&pki.gateway));
+                let url = &server.url;
+                let signed: SignedLogCheckpoint = ok(post(
+                    &c,
+                    url,
+                    api::SIGN_LOG_CHECKPOINT,
+                    &json!({"size": 77, "root_hash": STANDARD.encode(root)}),
+                )
+                .await)
+                .await;
+                assert_eq!(signed.kid, "alga-log-v1");
+                assert!(
+                    signed.note.starts_with(&format!("{ORIGIN}\n77\n{}\n\n\u{2014} {ORIGIN} ", STANDARD.encode(root))),
+                    "{}",
+                    signed.note
+                );
+                let keys: PublicKeys = ok(c.get(format!("{url}{}", api::PUBLIC_KEYS)).send().await.expect("keys")).await;
+                assert_eq!(keys.log_keys.len(), 1);
+                assert_eq!(keys.log_keys[0].kid, signed.kid);
+                let verifier = signed_note::StandardVerifier::new(&keys.log_keys[0].vkey).expect("vkey");
+                let known = signed_note::VerifierList::new(vec![Box::new(verifier)]);
+                signed_note::Note::from_bytes(signed.note.as_bytes())
+                    .expect("a note")
+                    .verify(&known)
+                    .expect("verifies with the published verifier key");
+
+                // A root hash that is not the standard base64 of 32 bytes: 400, nothing signed.
+                for bad in [
+                    json!({"size": 78, "root_hash": hex::encode(root)}),
+                    json!({"size": 78, "root_hash": STANDARD.encode([0u8; 31])}),
+                    json!({"size": 78, "root_hash": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(root)}),
+                    json!({"size": 78, "root_hash": ""}),
+                    json!({"size": 78, "root_hash": STANDARD.encode(root), "origin": "another.example/log"}),
+                ] {
+                    let message = error(post(&c, url, api::SIGN_LOG_CHECKPOINT, &bad).await, 400, IssuerErrorCode::BadRequest).await;
+                    assert!(!message.is_empty(), "{bad}");
+                }
+                server.stop().await;
+            });
+            let log = signlog::read_dir(&log_dir).expect("the chain verifies");
+            assert_eq!(log.records.len(), 1, "refusals sign nothing");
+            let record = &log.records[0];
+            assert_eq!(record.op, SignOp::LogCheckpoint);
+            assert_eq!(record.kid, "alga-log-v1");
+            assert_eq!(record.ids.sequence, Some(77));
+            assert_eq!(record.ids.head_hash, Some(hex::encode(root)));
+            let line = std::fs::read_dir(&log_dir)
+                .expect("log dir")
+                .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("log file"))
+                .collect::<String>();
+            assert!(line.contains(r#""op":"log_checkpoint""#), "{line}");
         },
     );
 }

@@ -153,7 +153,8 @@ fn a_token_from_before_the_root_is_completed_by_keys_init_if_missing() {
         "a_token_from_before_the_root_is_completed_by_keys_init_if_missing",
         Setup::Keys,
         |t| {
-            // Make the token what an earlier version left: no root, nothing it signed.
+            // Make the token what an earlier version left: no root, nothing it signed,
+            // and no log key (which came later still).
             let session = t.raw_session();
             for (class, label) in [
                 (ObjectClass::PRIVATE_KEY, "alga-root-v1"),
@@ -162,6 +163,9 @@ fn a_token_from_before_the_root_is_completed_by_keys_init_if_missing() {
                 (ObjectClass::DATA, "alga-root-v1"),
                 (ObjectClass::CERTIFICATE, "alga-ca-v1/alga-root-v1"),
                 (ObjectClass::DATA, "alga-license-v1/alga-root-v1"),
+                (ObjectClass::PRIVATE_KEY, "alga-log-v1"),
+                (ObjectClass::PUBLIC_KEY, "alga-log-v1"),
+                (ObjectClass::DATA, "alga-log-v1"),
             ] {
                 let found = session
                     .find_objects(&[
@@ -175,8 +179,14 @@ fn a_token_from_before_the_root_is_completed_by_keys_init_if_missing() {
             drop(session);
 
             let err = Hsm::open(&t.config, t.pin()).expect_err("an incomplete set is not served");
-            assert!(matches!(err, HsmError::KeysMissing { .. }), "{err:?}");
-            assert!(err.to_string().contains("root key"), "{err}");
+            assert!(matches!(err, HsmError::KeysIncomplete { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("root key")
+                    && text.contains("log key")
+                    && text.contains("run `alga-issuer keys init --if-missing`"),
+                "{text}"
+            );
 
             let outcome = admin::keys_init(
                 &t.config,
@@ -195,6 +205,7 @@ fn a_token_from_before_the_root_is_completed_by_keys_init_if_missing() {
                     "alga-root-v1 (with root certificate)",
                     "the root's certificate of alga-ca-v1",
                     "the root's endorsement of alga-license-v1",
+                    "alga-log-v1",
                 ]
             );
             let hsm = t.open();
