@@ -34,8 +34,21 @@ pub struct LogCheckpoint {
     pub size: u64,
     pub root: [u8; 32],
     pub kid: String,
-    /// The signed note, with every witness cosignature collected for it appended.
+    /// The note as the log key signed it.
     pub note: String,
+    /// The witnesses' cosignature lines collected for it, by witness name.
+    pub cosignatures: Vec<String>,
+}
+
+impl LogCheckpoint {
+    /// The note with every cosignature appended: what readers are served.
+    pub fn cosigned(&self) -> String {
+        let mut out = self.note.clone();
+        for line in &self.cosignatures {
+            out.push_str(line);
+        }
+        out
+    }
 }
 
 /// Most records per page of [`tenant_audit`].
@@ -241,21 +254,21 @@ async fn checkpoint_where<C: GenericClient + Sync>(
     };
     let Some(row) = row else { return Ok(None) };
     let size: i64 = row.try_get(0)?;
-    let mut note: String = row.try_get(3)?;
-    let lines = client
+    let cosignatures = client
         .query_typed(
             "SELECT line FROM audit_log_cosignatures WHERE size = $1 ORDER BY witness",
             &[(&size, Type::INT8)],
         )
-        .await?;
-    for line in lines {
-        note.push_str(line.try_get::<_, &str>(0)?);
-    }
+        .await?
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<Result<_, _>>()?;
     Ok(Some(LogCheckpoint {
         size: to_u64(size)?,
         root: hash32(row.try_get(1)?)?,
         kid: row.try_get(2)?,
-        note,
+        note: row.try_get(3)?,
+        cosignatures,
     }))
 }
 
@@ -400,7 +413,7 @@ pub async fn inclusion_proof<C: GenericClient + Sync>(
         size: cp.size,
         entry: hex::encode(entry[0]),
         proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
-        checkpoint: cp.note,
+        checkpoint: cp.cosigned(),
     })
 }
 
@@ -450,7 +463,7 @@ pub async fn tenant_audit<C: GenericClient + Sync>(
     };
     Ok(TenantAudit {
         tenant_id: tenant.to_string(),
-        checkpoint: cp.note,
+        checkpoint: cp.cosigned(),
         records,
         next_after,
     })
@@ -515,6 +528,6 @@ pub async fn publish<C: GenericClient + Sync>(
         progress(i as u64 + 1, total);
     }
     // The checkpoint last: a reader who sees it finds every tile it names.
-    alga_tlog::witness::write_atomically(&dir.join("checkpoint"), cp.note.as_bytes())?;
+    alga_tlog::witness::write_atomically(&dir.join("checkpoint"), cp.cosigned().as_bytes())?;
     Ok(out)
 }

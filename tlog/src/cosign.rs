@@ -173,6 +173,28 @@ impl CosignatureVerifier {
         })
     }
 
+    /// The witness's name (its key name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks that `line` (`— <name> <base64>`, with or without its newline) is this
+    /// witness's valid cosignature on the checkpoint `note`; returns its time.
+    pub fn check(&self, note: &str, line: &str) -> Result<u64, TlogError> {
+        let line = line.trim_end_matches('\n');
+        let with = format!("{note}{line}\n");
+        let parsed = signed_note::Note::from_bytes(with.as_bytes())
+            .map_err(|e| TlogError::malformed("cosigned checkpoint", e.to_string()))?;
+        let list = signed_note::VerifierList::new(vec![
+            Box::new(self.clone()) as Box<dyn signed_note::Verifier>
+        ]);
+        parsed
+            .verify(&list)
+            .map_err(|e| TlogError::Signature(format!("cosignature of {}: {e}", self.name)))?;
+        self.timestamp_of(&with)
+            .ok_or_else(|| TlogError::Signature(format!("no cosignature of {}", self.name)))
+    }
+
     /// The time in a cosignature this verifier accepts, from its signature line.
     pub fn timestamp_of(&self, note: &str) -> Option<u64> {
         let prefix = format!("— {} ", self.name);

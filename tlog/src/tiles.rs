@@ -12,9 +12,9 @@
 //! tiles it fetched, so a changed leaf tile was accepted (size 600, leaf 300: see
 //! `tiles_are_authenticated_against_the_checkpoint` in `tests/log.rs`).
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tlog_tiles::{
     Hash, HashReader, RecordProof, Tile, TileReader, TreeProof, node_hash, stored_hash_index,
@@ -83,10 +83,17 @@ pub fn decode_entries(data: &[u8]) -> Result<Vec<[u8; 32]>, TlogError> {
 /// Tiles on hand for one computation. As a `TileReader` it answers from what it has
 /// and notes what it lacks, so the same computation can run again once the caller
 /// fetched the rest (in one round, from async code, or from [`TileFetch`]).
+///
+/// Thread-safe (`Sync`), so async code can hold it across awaits while it fetches.
 #[derive(Debug, Default)]
 pub struct TileSet {
-    have: RefCell<HashMap<TilePath, Vec<u8>>>,
-    wanted: RefCell<BTreeSet<TilePath>>,
+    have: Mutex<HashMap<TilePath, Vec<u8>>>,
+    wanted: Mutex<BTreeSet<TilePath>>,
+}
+
+/// A lock that a panic elsewhere never poisons for good: the maps stay usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TileSet {
@@ -96,12 +103,12 @@ impl TileSet {
 
     /// Adds a tile's bytes (checked for length when read).
     pub fn insert(&self, path: TilePath, data: Vec<u8>) {
-        self.have.borrow_mut().insert(path, data);
+        lock(&self.have).insert(path, data);
     }
 
     /// The tiles the last computation lacked (and forgets them).
     pub fn take_wanted(&self) -> Vec<TilePath> {
-        std::mem::take(&mut *self.wanted.borrow_mut())
+        std::mem::take(&mut *lock(&self.wanted))
             .into_iter()
             .collect()
     }
@@ -136,7 +143,7 @@ impl TileReader for TileSet {
     }
 
     fn read_tiles(&self, tiles: &[Tile]) -> Result<Vec<Vec<u8>>, tlog_tiles::Error> {
-        let have = self.have.borrow();
+        let have = lock(&self.have);
         let mut out = Vec::with_capacity(tiles.len());
         let mut missing = false;
         for tile in tiles {
@@ -144,7 +151,7 @@ impl TileReader for TileSet {
             match have.get(&path) {
                 Some(data) => out.push(data.clone()),
                 None => {
-                    self.wanted.borrow_mut().insert(path);
+                    lock(&self.wanted).insert(path);
                     missing = true;
                 }
             }
@@ -263,7 +270,7 @@ impl HashReader for AuthReader<'_> {
 
 /// Maps an error of the tree arithmetic to ours, unless tiles were only missing.
 fn tree_error(set: &TileSet, e: tlog_tiles::Error) -> TlogError {
-    if !set.wanted.borrow().is_empty() {
+    if !lock(&set.wanted).is_empty() {
         return TlogError::Tile {
             path: String::new(),
             detail: "not fetched yet".into(),

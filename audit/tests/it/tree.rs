@@ -45,11 +45,103 @@ async fn record_bytes(client: &Client) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The published log checked by `scripts/tlog_verify.py`, a verifier written in
+/// Python from RFC 6962, RFC 8032 and the C2SP texts alone: the note's Ed25519
+/// signature, every hash tile recomputed from the entry bundles, the root, and
+/// inclusion proofs. Then one byte changed in a tile, in the checkpoint, and in a
+/// proof: each is refused.
+async fn independent_check(client: &Client, dir: &std::path::Path, vkey: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let vkey_file = work.path().join("vkey");
+    std::fs::write(&vkey_file, format!("{vkey}\n")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/tlog_verify.py");
+    let run = |dir: &std::path::Path, proofs: &[std::path::PathBuf]| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(script)
+            .arg("--vkey")
+            .arg(&vkey_file)
+            .arg("--dir")
+            .arg(dir);
+        for p in proofs {
+            cmd.arg("--proof").arg(p);
+        }
+        let out = cmd.output().expect("python3 runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let mut proofs = Vec::new();
+    for seq in [1u64, 256, 257, 513, 700] {
+        let path = work.path().join(format!("proof-{seq}.json"));
+        let bundle = tree::inclusion_proof(client, seq).await.unwrap();
+        std::fs::write(&path, serde_json::to_vec(&bundle).unwrap()).unwrap();
+        proofs.push(path);
+    }
+    let (code, out) = run(dir, &proofs);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("root recomputed: OK"), "{out}");
+    assert_eq!(out.matches("proof: record").count(), 5, "{out}");
+
+    // Damaged copies: one byte of a full hash tile; one character of the root; one of
+    // a proof's hashes.
+    let copy = |name: &str| {
+        let to = work.path().join(name);
+        let ok = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(dir)
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        to
+    };
+    let tiles = copy("tile-changed");
+    let mut bytes = std::fs::read(tiles.join("tile/0/001")).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(tiles.join("tile/0/001"), bytes).unwrap();
+    let (code, out) = run(&tiles, &[]);
+    assert_eq!(code, Some(1), "a changed tile accepted: {out}");
+
+    let signed = copy("checkpoint-changed");
+    let note = std::fs::read_to_string(signed.join("checkpoint")).unwrap();
+    let body_end = note.find("\n\n").unwrap();
+    let mut chars: Vec<char> = note.chars().collect();
+    let at = note[..body_end]
+        .rfind(|c: char| c.is_ascii_alphanumeric())
+        .unwrap();
+    chars[at] = if chars[at] == 'A' { 'B' } else { 'A' };
+    std::fs::write(
+        signed.join("checkpoint"),
+        chars.into_iter().collect::<String>(),
+    )
+    .unwrap();
+    let (code, out) = run(&signed, &[]);
+    assert_eq!(code, Some(1), "a changed checkpoint accepted: {out}");
+    assert!(out.contains("does not verify"), "{out}");
+
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&proofs[2]).unwrap()).unwrap();
+    let h = bundle["proof"][0].as_str().unwrap().to_owned();
+    let flipped = match h.split_at(1) {
+        ("0", rest) => format!("1{rest}"),
+        (_, rest) => format!("0{rest}"),
+    };
+    bundle["proof"][0] = serde_json::Value::String(flipped);
+    let bad = work.path().join("proof-bad.json");
+    std::fs::write(&bad, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let (code, out) = run(dir, &[bad]);
+    assert_eq!(code, Some(1), "a changed proof accepted: {out}");
+    assert!(out.contains("not proven"), "{out}");
+}
+
 #[tokio::test]
 async fn the_tree_proves_every_record_and_a_witness_follows_it() {
     let db = TestDb::new().await;
     let signer = InsecureTestSigner::new("audit-1");
     let keys = signer.log_keys();
+    let keys_text = signer.log_vkey.clone();
     let signer2 = signer.clone();
     let seq = RunningSequencer::start(db.pool(4), signer, fast_config(1));
     let mut rt = db.runtime().await;
@@ -135,6 +227,7 @@ async fn the_tree_proves_every_record_and_a_witness_follows_it() {
         .observe(&note, &fetch, 1_800_000_000)
         .expect("first checkpoint accepted");
     assert_eq!(first_seen.checkpoint.size, 700);
+    independent_check(&rt, dir.path(), &keys_text).await;
 
     // A new leader rebuilds the tree's edge from the database and goes on.
     seq.stop().await;
