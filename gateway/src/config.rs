@@ -46,6 +46,24 @@ pub struct Config {
     /// port stops serving `/readyz` and `/metrics`.
     #[serde(default)]
     pub ops: Option<OpsConfig>,
+    /// Witnesses the sequencer's leader submits each audit log checkpoint to
+    /// (c2sp.org/tlog-witness); their cosignatures are served with the checkpoint.
+    /// None: checkpoints are served with the log's signature only.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// A witness of the audit log (`[[witnesses]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Its submission prefix: `add-checkpoint` is POSTed to `<url>/add-checkpoint`.
+    pub url: String,
+    /// Its cosignature verifier key (`<name>+<key id>+<base64(0x04 ‖ key)>`).
+    pub vkey: String,
+    /// CA bundle (PEM) for an `https` URL.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -49,6 +49,11 @@ pub enum ApiError {
     /// No such route.
     #[error("no such resource")]
     NotFound,
+    /// Not in the transparency log (yet): a tile or record beyond the newest signed
+    /// checkpoint, or no checkpoint at all. The message says which; it holds nothing
+    /// secret (sizes and tile paths).
+    #[error("{0}")]
+    NotInLog(String),
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -150,7 +155,7 @@ impl ApiError {
             ApiError::Unauthenticated => code::UNAUTHENTICATED,
             ApiError::CredentialRequired => code::CREDENTIAL_REQUIRED,
             ApiError::Forbidden => code::FORBIDDEN,
-            ApiError::NotFound => code::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotInLog(_) => code::NOT_FOUND,
             ApiError::MethodNotAllowed => code::METHOD_NOT_ALLOWED,
             ApiError::CodeMalformed(_) => code::CODE_MALFORMED,
             ApiError::CodeInvalid => code::CODE_INVALID,
@@ -197,9 +202,10 @@ impl ApiError {
             | ApiError::ApplianceReplaced
             | ApiError::CredentialSuperseded
             | ApiError::TenantSuspended => StatusCode::FORBIDDEN,
-            ApiError::NotFound | ApiError::TenantNotFound | ApiError::ApplianceNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::NotInLog(_)
+            | ApiError::TenantNotFound
+            | ApiError::ApplianceNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::CodeExpired | ApiError::CodeRevoked => StatusCode::GONE,
             ApiError::CodeAlreadyUsed
@@ -334,6 +340,7 @@ mod tests {
             (ApiError::RequestTimeout, 408, "request_timeout"),
             (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::NotFound, 404, "not_found"),
+            (ApiError::NotInLog("beyond".into()), 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("secret detail".into()), 500, "internal"),
         ];

@@ -58,6 +58,7 @@ pub mod migrate;
 pub mod presign;
 pub mod ratelimit;
 pub mod server;
+pub mod witnesses;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,6 +106,8 @@ pub struct App {
     /// `code_id` is verified under it (`flows::redeem`), so its HMAC is made with a key
     /// the token holds, as a stored binding's is.
     pub decoy_key_version: std::sync::atomic::AtomicU32,
+    /// Full transparency-log tiles already served (immutable).
+    pub tiles: api::log::TileCache,
 }
 
 impl App {
@@ -300,6 +303,8 @@ pub async fn run_on(
     let presigner = presign::from_config(&config.s3).context("S3 presigner")?;
     let tls_material = server::TlsMaterial::load(&config.tls).context("TLS")?;
     let mailer = mail::mailer(&config.smtp).context("SMTP")?;
+    let witness_targets = witnesses::from_config(&config.witnesses).map_err(anyhow::Error::msg)?;
+    let witness_roots = witnesses::roots(&config.witnesses).map_err(anyhow::Error::msg)?;
 
     let keys = KeyCache::default();
     let appliance_cas = match issuer.public_keys().await {
@@ -332,6 +337,7 @@ pub async fn run_on(
         outbox: mail::Outbox::new(mailer, config.mail.clone()),
         refusals: audit::Refusals::default(),
         decoy_key_version: std::sync::atomic::AtomicU32::new(1),
+        tiles: api::log::TileCache::default(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -392,8 +398,17 @@ pub async fn run_on(
         pool.clone(),
         audit::IssuerCheckpointSigner(issuer.clone()),
         alga_audit::SequencerConfig::new(policy.audit),
-    )
-    .spawn(stopped(stop_rx.clone()));
+    );
+    let sequencer_progress = sequencer.progress();
+    let sequencer = sequencer.spawn(stopped(stop_rx.clone()));
+    // Witnesses: the sequencer's leader collects their cosignatures.
+    let witness_collector = tokio::spawn(witnesses::run(
+        app.clone(),
+        witness_targets,
+        witness_roots,
+        sequencer_progress,
+        stop_rx.clone(),
+    ));
 
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -447,6 +462,7 @@ pub async fn run_on(
     app.refusals.flush_all(&app.pool).await;
     let _ = stop_tx.send(true);
     let _ = sequencer.await;
+    let _ = witness_collector.await;
     let _ = mail_worker.await;
     Ok(())
 }

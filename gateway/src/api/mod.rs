@@ -4,6 +4,7 @@
 
 pub mod extract;
 mod handlers;
+pub mod log;
 mod middleware;
 pub mod openapi;
 mod views;
@@ -85,6 +86,11 @@ fn business() -> Router<Arc<App>> {
         .route("/audit/events", get(handlers::audit_events))
         .route("/audit/checkpoints", get(handlers::audit_checkpoints))
         .route("/audit/keys", get(handlers::audit_keys))
+        .route("/audit/log/checkpoint", get(log::checkpoint))
+        .route("/audit/log/vkey", get(log::vkey))
+        .route("/audit/log/tile/{*path}", get(log::tile))
+        .route("/audit/log/proof/{seq}", get(log::proof))
+        .route("/tenants/{tenant_id}/audit", get(log::tenant_audit))
         .route(wire::JWKS, get(handlers::jwks))
         .route(wire::CA_PEM, get(handlers::ca_pem))
 }

@@ -204,6 +204,56 @@ const ROUTES: &[Route] = &[
     ),
     (
         HttpMethod::Get,
+        "/tenants/{tenant_id}/audit",
+        "store, auditor",
+        "The tenant's audit records after ?after= (at most ?limit=, default 100), each with its inclusion proof in one signed checkpoint: {tenant_id, checkpoint, records [{seq, record, proof}], next_after}; records chained after the newest checkpoint are not listed yet",
+        &[
+            ("200", "TenantAudit bundle"),
+            ("400", "validation_failed"),
+            ("404", "tenant_not_found, not_found (no checkpoint yet)"),
+        ],
+    ),
+    (
+        HttpMethod::Get,
+        "/audit/log/checkpoint",
+        "anyone",
+        "The newest signed checkpoint of the audit log's Merkle tree (c2sp.org/tlog-checkpoint in a c2sp.org/signed-note note), with the witnesses' cosignatures",
+        &[
+            ("200", "text/plain note"),
+            ("404", "not_found (no checkpoint yet)"),
+        ],
+    ),
+    (
+        HttpMethod::Get,
+        "/audit/log/vkey",
+        "anyone",
+        "The log's signed-note verifier keys, one per line, the active one first",
+        &[("200", "text/plain"), ("503", "service_unavailable")],
+    ),
+    (
+        HttpMethod::Get,
+        "/audit/log/tile/{tile_path}",
+        "anyone",
+        "A c2sp.org/tlog-tiles tile of the newest checkpoint's tree: <L>/<N>[.p/<W>] (32-byte hashes) or entries/<N>[.p/<W>] (entry bundle of 32-byte digests); immutable",
+        &[
+            ("200", "application/octet-stream"),
+            ("400", "validation_failed (not a canonical tile path)"),
+            ("404", "not_found (beyond the tree)"),
+        ],
+    ),
+    (
+        HttpMethod::Get,
+        "/audit/log/proof/{seq}",
+        "anyone",
+        "Record seq's inclusion in the newest checkpoint: {index, size, entry, proof, checkpoint}",
+        &[
+            ("200", "InclusionProof"),
+            ("400", "validation_failed"),
+            ("404", "not_found (not in a checkpoint yet)"),
+        ],
+    ),
+    (
+        HttpMethod::Get,
         "/.well-known/jwks.json",
         "anyone",
         "License verification keys",
@@ -486,6 +536,18 @@ fn input(path: &str, editions: &[&str]) -> Value {
             json!({"parameters": p})
         }
         "/audit/checkpoints" => json!({"parameters": paging()}),
+        "/tenants/{tenant_id}/audit" => {
+            let mut p = paging();
+            p.insert(0, uuid_in_path("tenant_id"));
+            json!({"parameters": p})
+        }
+        "/audit/log/tile/{tile_path}" => json!({"parameters": [
+            {"name": "tile_path", "in": "path", "required": true,
+             "description": "The rest of the tile path, e.g. 0/x001/234.p/7 or entries/000",
+             "schema": {"type": "string"}}]}),
+        "/audit/log/proof/{seq}" => json!({"parameters": [
+            {"name": "seq", "in": "path", "required": true,
+             "schema": {"type": "integer", "format": "int64", "minimum": 1}}]}),
         _ => Value::Null,
     }
 }

@@ -290,6 +290,8 @@ pub struct Opts {
     pub limits: Option<String>,
     /// TOML appended to the gateway's configuration (e.g. an `[ops]` section).
     pub extra: Option<String>,
+    /// The policy's `audit.checkpoint_every_records` (default: the dev policy's).
+    pub checkpoint_every: Option<u64>,
 }
 
 pub struct Stack {
@@ -496,6 +498,9 @@ impl Stack {
             };
             policy.rate_limits.redeem_per_source = many;
             policy.rate_limits.redeem_per_code = many;
+        }
+        if let Some(every) = opts.checkpoint_every {
+            policy.audit.checkpoint_every_records = every;
         }
         let gw_config = gateway_config(&db, issuer_addr, &opts);
         let (gw, gw_stop, gw_task) = start_gateway(gw_config.clone(), policy.clone());

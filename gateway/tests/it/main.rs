@@ -24,3 +24,4 @@ mod reliability;
 mod roles;
 mod s3_secret;
 mod soak_bounds;
+mod transparency;
