@@ -1,7 +1,7 @@
 //! `alga-audit`: the security staff's tool to export, verify and follow the audit log,
 //! and to reconcile it with the issuer's signing logs; and the transparency log's
 //! tool: publish its tiles, verify it incrementally from a kept checkpoint, check
-//! proof bundles offline.
+//! proof bundles offline, and run a witness.
 //!
 //! Thin: parses arguments, connects, calls the library, prints. Exit codes: 0 intact
 //! or reconciled (or command done), 1 damage or discrepancies found (or a proof or
@@ -10,6 +10,8 @@
 
 #[path = "cli/transparency.rs"]
 mod transparency;
+#[path = "cli/witness.rs"]
+mod witness;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -166,9 +168,77 @@ enum Command {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// Witness the transparency log: cosign only consistent growth, refuse forks and
+    /// rollbacks.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
     /// Write this program's man pages or a shell completion script (packaging).
     #[command(hide = true)]
     Generate(alga_buildinfo::Generate),
+}
+
+#[derive(Subcommand, Debug)]
+enum WitnessCommand {
+    /// Make a witness key: writes it to FILE (mode 0600, never overwritten), prints
+    /// its public verifier key.
+    Init {
+        /// The witness's name (its cosignatures' key name), e.g. witness.example.com/w1.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Follow the log: fetch its checkpoint and tiles, accept and cosign consistent
+    /// growth; on a fork or rollback say so, keep the state, exit 1 (--once).
+    Poll {
+        /// The log: an https:// URL (the gateway's …/audit/log) or a directory written
+        /// by `alga-audit publish`.
+        #[arg(long)]
+        log: String,
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long)]
+        log_keys: PathBuf,
+        /// The witness key (`witness init`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The witness's state: the last accepted checkpoint (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+        /// Time between polls.
+        #[arg(long, default_value = "30s")]
+        interval: String,
+        /// Poll once and exit.
+        #[arg(long)]
+        once: bool,
+        /// PEM root certificate(s) of an https log's server (required for https).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Also write each accepted checkpoint, with this witness's cosignature
+        /// appended, to DIR/<size>.
+        #[arg(long)]
+        cosignatures: Option<PathBuf>,
+    },
+    /// Answer c2sp.org/tlog-witness `POST /add-checkpoint` over plain HTTP/1.1.
+    Serve {
+        /// Address to listen on (loopback unless --public).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (put TLS in front).
+        #[arg(long)]
+        public: bool,
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long)]
+        log_keys: PathBuf,
+        /// The witness key (`witness init`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The witness's state: the last cosigned checkpoint (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -252,6 +322,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bundle,
             record,
         } => transparency::verify_proof(log_keys, bundle, record.as_deref(), cli.json),
+        Command::Witness { command } => match command {
+            WitnessCommand::Init { name, key } => witness::init(name, key),
+            WitnessCommand::Poll {
+                log,
+                log_keys,
+                key,
+                state,
+                interval,
+                once,
+                ca,
+                cosignatures,
+            } => {
+                witness::poll(&witness::PollArgs {
+                    log: log.clone(),
+                    log_keys: log_keys.clone(),
+                    key: key.clone(),
+                    state: state.clone(),
+                    interval: interval.clone(),
+                    once: *once,
+                    ca: ca.clone(),
+                    cosignatures: cosignatures.clone(),
+                })
+                .await
+            }
+            WitnessCommand::Serve {
+                listen,
+                public,
+                log_keys,
+                key,
+                state,
+            } => witness::serve(*listen, *public, log_keys, key, state).await,
+        },
         Command::Verify {
             from_checkpoint: Some(from),
             log_keys,
