@@ -688,12 +688,9 @@ pub async fn verify_from<C: GenericClient + Sync>(
     }
 
     // The newest tree contains the trusted one.
-    let cp = LogCheckpoint {
-        size: new_size,
-        root: root.0,
-        kid: stored.kid.clone(),
-        note: stored.note.clone(),
-    };
+    // The size and root as signed (not as stored beside the note).
+    let mut cp = stored.clone();
+    (cp.size, cp.root) = (new_size, root.0);
     let unauthenticated = match consistency_proof(client, old_size, &cp).await {
         Ok(proof) => {
             if tiles::check_consistency(&proof, new_size, root, old_size, trusted.root).is_err() {
