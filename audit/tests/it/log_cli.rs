@@ -402,6 +402,16 @@ async fn verify_incrementally_from_a_kept_checkpoint() {
         ),
         (Some(650), Some("record"))
     );
+    // Record 299 shares its tile with records after the trusted size: the tree
+    // between the two sizes no longer matches, and the tile is named.
+    tamper(&db, 299).await;
+    let out = verify(&kept, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        stdout(&out).contains("DAMAGED: tile/0/001 (records 257..=512, shared with records up to the trusted size 300)"),
+        "{}",
+        both(&out)
+    );
     db.drop_db().await;
 }
 
