@@ -325,6 +325,47 @@ mod tests {
         );
     }
 
+    /// The tree vectors of `FORMAT.md`: entries, leaf hashes and the root of the tree
+    /// of the two records (computed independently with Python's `hashlib`).
+    #[test]
+    fn tree_vectors() {
+        use alga_tlog::{TreeEdge, entry_of, leaf_hash};
+        let (r1, r2) = (vector_1(), vector_2());
+        let (e1, e2) = (
+            entry_of(r1.canonical_bytes()),
+            entry_of(r2.canonical_bytes()),
+        );
+        assert_eq!(
+            hex::encode(e1),
+            "9a0f56b291e46e155ab9924b43ed75c907db987a9fbcc15dfb6fc43d99d358c0"
+        );
+        assert_eq!(
+            hex::encode(leaf_hash(&e1).0),
+            "a582c5fc9bc1cf2cbd5d98e044228c5762f792fcfa1b86a1d2c6beb7fc1f02d2"
+        );
+        assert_eq!(
+            hex::encode(e2),
+            "0fab3bfa7e086da43dd657e45d9355c70e78301064a3c98d33b4e76e7a9a409d"
+        );
+        assert_eq!(
+            hex::encode(leaf_hash(&e2).0),
+            "af516cef236c13378b2b0d73720c91e328d8a8f5abec169cf6e1623f99358e89"
+        );
+        let mut edge = TreeEdge::new();
+        let mut nodes = Vec::new();
+        edge.push(leaf_hash(&e1), &mut nodes);
+        assert_eq!(edge.root(), leaf_hash(&e1), "a tree of one leaf");
+        edge.push(leaf_hash(&e2), &mut nodes);
+        assert_eq!(
+            hex::encode(edge.root().0),
+            "952c073aab5e115b044fc2ac5c3d670161a5914e144f1e181a56efa341ef8fb7"
+        );
+        assert_eq!(
+            alga_tlog::checkpoint_body("example.test/audit-log", 2, &edge.root()),
+            "example.test/audit-log\n2\nlSwHOqteEVsET8KsXD1nAWGlkU4UTx4YGlbvo0Hvj7c=\n"
+        );
+    }
+
     #[test]
     fn control_characters_escape_per_rfc_8785() {
         let mut out = Vec::new();

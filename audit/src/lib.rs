@@ -17,7 +17,8 @@
 //!   checkpoint, and name the first damaged record and the kind of damage.
 //! - [`tree`]: the same records as an RFC 6962 Merkle tree (a transparency log):
 //!   stored nodes, signed c2sp.org/tlog-checkpoint notes, witnesses' cosignatures,
-//!   tiles, inclusion and consistency proofs, `publish` to a directory. Readers and
+//!   tiles, inclusion and consistency proofs, `publish` to a directory, and
+//!   `verify_from`, the incremental verify from a kept checkpoint. Readers and
 //!   witnesses check all of it with `alga_tlog`, which needs none of this crate.
 //! - [`reconcile`](mod@reconcile): match the issuer's signing logs against the records
 //!   (what was signed and never recorded, what was recorded and never signed).

@@ -1,9 +1,17 @@
 //! `alga-audit`: the security staff's tool to export, verify and follow the audit log,
-//! and to reconcile it with the issuer's signing logs.
+//! and to reconcile it with the issuer's signing logs; and the transparency log's
+//! tool: publish its tiles, verify it incrementally from a kept checkpoint, check
+//! proof bundles offline, and run a witness.
 //!
 //! Thin: parses arguments, connects, calls the library, prints. Exit codes: 0 intact
-//! or reconciled (or command done), 1 damage or discrepancies found, 2 could not run.
+//! or reconciled (or command done), 1 damage or discrepancies found (or a proof or
+//! checkpoint refused), 2 could not run.
 #![forbid(unsafe_code)]
+
+#[path = "cli/transparency.rs"]
+mod transparency;
+#[path = "cli/witness.rs"]
+mod witness;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,13 +71,34 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Recompute the chain and check every checkpoint; exit 0 only when intact.
+    ///
+    /// With --from-checkpoint: verify incrementally instead, from a checkpoint of the
+    /// transparency log kept from an earlier run (only the records after it are read).
     Verify {
         /// Verify this export file instead of the database.
         #[arg(long)]
         export: Option<PathBuf>,
-        /// Audit public keys: the issuer's `GET /v1/keys` JSON, or PEM SPKI.
-        #[arg(long)]
-        audit_keys: PathBuf,
+        /// Audit public keys: the issuer's `GET /v1/keys` JSON, or PEM SPKI (the full
+        /// verify).
+        #[arg(long, required_unless_present = "from_checkpoint")]
+        audit_keys: Option<PathBuf>,
+        /// Incremental: a signed checkpoint note of the transparency log you kept (from
+        /// `GET /audit/log/checkpoint` or an earlier --update). The database's newest
+        /// checkpoint must extend its tree, and every record after it must be in the
+        /// newest tree.
+        #[arg(
+            long,
+            requires = "log_keys",
+            conflicts_with_all = ["export", "audit_keys", "checkpoints", "policy", "unchained_alarm_after"]
+        )]
+        from_checkpoint: Option<PathBuf>,
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long, requires = "from_checkpoint")]
+        log_keys: Option<PathBuf>,
+        /// After a successful incremental verify, replace the --from-checkpoint file
+        /// (atomically) with the newest checkpoint, for next time.
+        #[arg(long, requires = "from_checkpoint")]
+        update: bool,
         /// Checkpoints kept elsewhere (an earlier export, or JSON lines of checkpoints):
         /// a log shorter than any of them was restored from an old backup.
         #[arg(long)]
@@ -118,9 +147,98 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
+    /// Write the newest checkpoint and every tile of the transparency log under DIR,
+    /// as the gateway serves them at /audit/log/ (to serve as static files). Full
+    /// tiles already there are kept.
+    Publish {
+        /// The directory (created if absent).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Check a proof bundle offline, without any database: an inclusion proof
+    /// (`GET /audit/log/proof/{seq}`) or a tenant's records (`GET /tenants/{id}/audit`).
+    /// Exit 0 proven, 1 refused, 2 could not run.
+    VerifyProof {
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long)]
+        log_keys: PathBuf,
+        /// The bundle (JSON).
+        bundle: PathBuf,
+        /// For an inclusion proof: the record's bytes, checked against the proven entry.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Witness the transparency log: cosign only consistent growth, refuse forks and
+    /// rollbacks.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
     /// Write this program's man pages or a shell completion script (packaging).
     #[command(hide = true)]
     Generate(alga_buildinfo::Generate),
+}
+
+#[derive(Subcommand, Debug)]
+enum WitnessCommand {
+    /// Make a witness key: writes it to FILE (mode 0600, never overwritten), prints
+    /// its public verifier key.
+    Init {
+        /// The witness's name (its cosignatures' key name), e.g. witness.example.com/w1.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Follow the log: fetch its checkpoint and tiles, accept and cosign consistent
+    /// growth; on a fork or rollback say so, keep the state, exit 1 (--once).
+    Poll {
+        /// The log: an https:// URL (the gateway's …/audit/log) or a directory written
+        /// by `alga-audit publish`.
+        #[arg(long)]
+        log: String,
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long)]
+        log_keys: PathBuf,
+        /// The witness key (`witness init`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The witness's state: the last accepted checkpoint (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+        /// Time between polls.
+        #[arg(long, default_value = "30s")]
+        interval: String,
+        /// Poll once and exit.
+        #[arg(long)]
+        once: bool,
+        /// PEM root certificate(s) of an https log's server (required for https).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Also write each accepted checkpoint, with this witness's cosignature
+        /// appended, to DIR/<size>.
+        #[arg(long)]
+        cosignatures: Option<PathBuf>,
+    },
+    /// Answer c2sp.org/tlog-witness `POST /add-checkpoint` over plain HTTP/1.1.
+    Serve {
+        /// Address to listen on (loopback unless --public).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (put TLS in front).
+        #[arg(long)]
+        public: bool,
+        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+        #[arg(long)]
+        log_keys: PathBuf,
+        /// The witness key (`witness init`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The witness's state: the last cosigned checkpoint (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -195,13 +313,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Publish { to } => {
+            let client = connect(&cli).await?;
+            transparency::publish(&client, to, cli.json).await
+        }
+        Command::VerifyProof {
+            log_keys,
+            bundle,
+            record,
+        } => transparency::verify_proof(log_keys, bundle, record.as_deref(), cli.json),
+        Command::Witness { command } => match command {
+            WitnessCommand::Init { name, key } => witness::init(name, key),
+            WitnessCommand::Poll {
+                log,
+                log_keys,
+                key,
+                state,
+                interval,
+                once,
+                ca,
+                cosignatures,
+            } => {
+                witness::poll(&witness::PollArgs {
+                    log: log.clone(),
+                    log_keys: log_keys.clone(),
+                    key: key.clone(),
+                    state: state.clone(),
+                    interval: interval.clone(),
+                    once: *once,
+                    ca: ca.clone(),
+                    cosignatures: cosignatures.clone(),
+                })
+                .await
+            }
+            WitnessCommand::Serve {
+                listen,
+                public,
+                log_keys,
+                key,
+                state,
+            } => witness::serve(*listen, *public, log_keys, key, state).await,
+        },
+        Command::Verify {
+            from_checkpoint: Some(from),
+            log_keys,
+            update,
+            ..
+        } => {
+            let Some(log_keys) = log_keys else {
+                bail!("--from-checkpoint needs --log-keys");
+            };
+            let client = connect(&cli).await?;
+            transparency::verify_incremental(&client, from, log_keys, *update, cli.json).await
+        }
         Command::Verify {
             export,
             audit_keys,
             checkpoints,
             policy,
             unchained_alarm_after,
+            ..
         } => {
+            let Some(audit_keys) = audit_keys else {
+                bail!("--audit-keys is required");
+            };
             let text = std::fs::read_to_string(audit_keys)
                 .with_context(|| format!("cannot read {}", audit_keys.display()))?;
             let keys = AuditKeys::parse(&text)?;

@@ -17,9 +17,10 @@ use std::path::Path;
 
 use alga_tlog::tiles::{self, encode_entries};
 use alga_tlog::{
-    Hash, InclusionProof, Node, ProvenRecord, TILE_WIDTH, TenantAudit, TilePath, TileSet,
+    Hash, InclusionProof, LogKeys, Node, ProvenRecord, TILE_WIDTH, TenantAudit, TilePath, TileSet,
     TlogError, TreeEdge, entry_of, leaf_hash,
 };
+use serde::Serialize;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use tracing::info;
@@ -530,4 +531,331 @@ pub async fn publish<C: GenericClient + Sync>(
     // The checkpoint last: a reader who sees it finds every tile it names.
     alga_tlog::witness::write_atomically(&dir.join("checkpoint"), cp.cosigned().as_bytes())?;
     Ok(out)
+}
+
+/// Records read per round of [`verify_from`] (16 level-0 tiles).
+pub const VERIFY_CHUNK: u64 = 4096;
+
+/// What [`verify_from`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IncrementalOutcome {
+    /// The newest checkpoint's tree extends the trusted one, and every record after
+    /// the trusted size is the leaf the newest tree holds for it.
+    Consistent,
+    /// The database's newest checkpoint is smaller than the trusted one (or there is
+    /// none): the database was restored from an older state, or rolled back.
+    Rollback,
+    /// The newest checkpoint's tree does not contain the trusted one: the log's
+    /// history was rewritten, or the trusted checkpoint is of another tree.
+    Fork,
+    /// The database's newest checkpoint does not verify with the log keys.
+    BadCheckpoint { detail: String },
+    /// A record after the trusted size does not match the signed tree (changed or
+    /// missing).
+    Record { seq: u64, detail: String },
+    /// The database's tree does not hash to its newest checkpoint, and no record after
+    /// the trusted size could be named (stored nodes, or records up to the trusted
+    /// size, changed: run the full verify).
+    Tree { detail: String },
+}
+
+/// What [`verify_from`] checked and found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IncrementalReport {
+    /// The log's origin line.
+    pub origin: String,
+    /// Size of the trusted checkpoint.
+    pub old_size: u64,
+    /// Size of the database's newest checkpoint (0: none).
+    pub new_size: u64,
+    /// Records read from the database and checked against the newest tree: only
+    /// those after the trusted size, `first_checked ..`.
+    pub records_checked: u64,
+    /// The first record checked (`old_size + 1`), if any was.
+    pub first_checked: Option<u64>,
+    pub outcome: IncrementalOutcome,
+    /// The newest checkpoint note (verified), to keep in place of the trusted one once
+    /// the outcome is [`Consistent`](IncrementalOutcome::Consistent).
+    #[serde(skip)]
+    pub checkpoint: Option<String>,
+}
+
+impl IncrementalReport {
+    /// Whether the log passed: consistent growth, every new record in the tree.
+    pub fn intact(&self) -> bool {
+        self.outcome == IncrementalOutcome::Consistent
+    }
+}
+
+/// One chained record as [`verify_from`] reads it.
+struct ChainRow {
+    seq: u64,
+    record: Vec<u8>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl ChainRow {
+    /// Whether the record's bytes still hash to its chain link.
+    fn link_holds(&self) -> bool {
+        <[u8; 32]>::try_from(self.prev_hash.as_slice())
+            .map(|prev| crate::canonical::chain_hash(&prev, self.seq, &self.record))
+            .is_ok_and(|h| h.as_slice() == self.hash.as_slice())
+    }
+}
+
+async fn chain_rows<C: GenericClient + Sync>(
+    client: &C,
+    first_seq: u64,
+    last_seq: u64,
+) -> Result<Vec<ChainRow>, AuditError> {
+    let rows = client
+        .query_typed(
+            "SELECT c.seq, e.record, c.prev_hash, c.hash FROM audit_chain c \
+             JOIN audit_events e ON e.id = c.event_id \
+             WHERE c.seq BETWEEN $1 AND $2 ORDER BY c.seq",
+            &[
+                (&to_i64(first_seq)?, Type::INT8),
+                (&to_i64(last_seq)?, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ChainRow {
+                seq: to_u64(row.try_get(0)?)?,
+                record: row.try_get(1)?,
+                prev_hash: row.try_get(2)?,
+                hash: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Damage found while reading the tree (as opposed to a failure to read it).
+fn tree_damage(e: AuditError) -> Result<String, AuditError> {
+    match e {
+        AuditError::Log(TlogError::Proof(detail)) | AuditError::Corrupt(detail) => Ok(detail),
+        other => Err(other),
+    }
+}
+
+/// Incremental verification from a trusted checkpoint (a signed note kept from an
+/// earlier verification): the database's newest checkpoint must verify with `keys`,
+/// be no smaller, and its tree must contain the trusted one (a consistency proof
+/// computed from the database's tiles, which are authenticated against the newest
+/// root, checked against the trusted root); then every record **after** the trusted
+/// size is read, in rounds of [`VERIFY_CHUNK`], and its leaf hash compared with the
+/// level-0 hashes authenticated against the newest root. The first record that does
+/// not match is named.
+///
+/// Records up to the trusted size are not read (the trusted checkpoint vouches for
+/// them); beyond the new records, the cost is the few tiles on the path from the
+/// trusted size to the newest root. The level-0 hashes of records after the trusted
+/// size are computed from those records, so a changed record shows as a tile that no
+/// longer hashes to the signed root; the record is then named within that tile by its
+/// chain link (the record's bytes against its `audit_chain` hash), and if that link
+/// still holds the tile's range is reported instead.
+///
+/// Errors are failures to run (the trusted note does not verify with `keys`, a
+/// database error); what is wrong with the log is the report's outcome.
+pub async fn verify_from<C: GenericClient + Sync>(
+    client: &C,
+    trusted_note: &str,
+    keys: &LogKeys,
+) -> Result<IncrementalReport, AuditError> {
+    let trusted = keys.verify(trusted_note)?;
+    let old_size = trusted.size;
+    let mut report = IncrementalReport {
+        origin: trusted.origin.clone(),
+        old_size,
+        new_size: 0,
+        records_checked: 0,
+        first_checked: None,
+        outcome: IncrementalOutcome::Consistent,
+        checkpoint: None,
+    };
+    let Some(stored) = latest_checkpoint(client).await? else {
+        if old_size == 0 {
+            return Err(AuditError::NoCheckpoint("the trusted checkpoint".into()));
+        }
+        report.outcome = IncrementalOutcome::Rollback;
+        return Ok(report);
+    };
+    report.new_size = stored.size;
+    let newest = match keys.verify(&stored.note) {
+        Ok(cp) => cp,
+        Err(e) => {
+            report.outcome = IncrementalOutcome::BadCheckpoint {
+                detail: format!("the checkpoint of size {}: {e}", stored.size),
+            };
+            return Ok(report);
+        }
+    };
+    let (new_size, root) = (newest.size, newest.root);
+    report.new_size = new_size;
+    if new_size < old_size {
+        report.outcome = IncrementalOutcome::Rollback;
+        return Ok(report);
+    }
+
+    // The newest tree contains the trusted one.
+    // The size and root as signed (not as stored beside the note).
+    let mut cp = stored.clone();
+    (cp.size, cp.root) = (new_size, root.0);
+    let unauthenticated = match consistency_proof(client, old_size, &cp).await {
+        Ok(proof) => {
+            if tiles::check_consistency(&proof, new_size, root, old_size, trusted.root).is_err() {
+                report.outcome = IncrementalOutcome::Fork;
+                return Ok(report);
+            }
+            None
+        }
+        // The tiles do not hash to the newest root: look for the record at fault
+        // among the new ones before blaming the tree.
+        Err(e) => Some(tree_damage(e)?),
+    };
+
+    // Every new record is the leaf the newest tree holds.
+    let mut seq = old_size + 1;
+    while seq <= new_size {
+        let last = ((seq - 1) / VERIFY_CHUNK + 1)
+            .saturating_mul(VERIFY_CHUNK)
+            .min(new_size);
+        report.first_checked.get_or_insert(seq);
+        if let Some(outcome) = check_records(client, new_size, root, old_size, seq, last).await? {
+            report.records_checked += match &outcome {
+                IncrementalOutcome::Record { seq: at, .. } => at + 1 - seq,
+                _ => last + 1 - seq,
+            };
+            report.outcome = outcome;
+            return Ok(report);
+        }
+        report.records_checked += last + 1 - seq;
+        seq = last + 1;
+    }
+    if let Some(detail) = unauthenticated {
+        report.outcome = IncrementalOutcome::Tree {
+            detail: format!(
+                "the database's tiles between the trusted size {old_size} and {new_size} \
+                 do not hash to the newest checkpoint's root ({detail})"
+            ),
+        };
+        return Ok(report);
+    }
+    report.checkpoint = Some(stored.note);
+    Ok(report)
+}
+
+/// Checks records `first ..= last` (after `old_size`) against the tree `(size, root)`;
+/// `None` when they all match.
+async fn check_records<C: GenericClient + Sync>(
+    client: &C,
+    size: u64,
+    root: Hash,
+    old_size: u64,
+    first: u64,
+    last: u64,
+) -> Result<Option<IncrementalOutcome>, AuditError> {
+    let rows = chain_rows(client, first, last).await?;
+    let count = last + 1 - first;
+    // Sequence numbers are unique: the first one out of place is the first missing.
+    let missing = rows
+        .iter()
+        .enumerate()
+        .find(|(i, r)| r.seq != first + *i as u64)
+        .map(|(i, _)| first + i as u64)
+        .or_else(|| ((rows.len() as u64) < count).then(|| first + rows.len() as u64));
+    if let Some(seq) = missing {
+        return Ok(Some(IncrementalOutcome::Record {
+            seq,
+            detail: format!("record {seq} is missing from the chain"),
+        }));
+    }
+    let ours: Vec<Hash> = rows
+        .iter()
+        .map(|r| leaf_hash(&entry_of(&r.record)))
+        .collect();
+    // The level-0 tiles of the new records are ours; the one shared with records up
+    // to the trusted size, and the tiles above, come from the database.
+    let set = TileSet::new();
+    let width = TILE_WIDTH as u64;
+    let tiles_in = || ((first - 1) / width)..=((last - 1) / width);
+    for t in tiles_in() {
+        let (start, end) = (t * width, ((t + 1) * width).min(size));
+        if start >= first - 1 {
+            let from = (start - (first - 1)) as usize;
+            let to = (end - (first - 1)) as usize;
+            let bytes: Vec<u8> = ours[from..to].iter().flat_map(|h| h.0).collect();
+            set.insert(TilePath::hashes(0, t, (end - start) as usize), bytes);
+        }
+    }
+    match with_tiles(client, &set, size, |set| {
+        tiles::leaf_hashes(set, size, root, first - 1, count)
+    })
+    .await
+    {
+        Ok(signed) => {
+            Ok(rows
+                .iter()
+                .zip(ours.iter().zip(&signed))
+                .find_map(|(row, (ours, signed))| {
+                    (ours != signed).then(|| IncrementalOutcome::Record {
+                        seq: row.seq,
+                        detail: format!("record {} does not match the signed tree", row.seq),
+                    })
+                }))
+        }
+        Err(e) => {
+            let detail = tree_damage(e)?;
+            // Which tile: authenticate them one by one.
+            for t in tiles_in() {
+                let a = (t * width).max(first - 1);
+                let b = ((t + 1) * width).min(size).min(last);
+                let one = with_tiles(client, &set, size, |set| {
+                    tiles::leaf_hashes(set, size, root, a, b - a)
+                })
+                .await;
+                let Err(e) = one else { continue };
+                let tile_detail = tree_damage(e)?;
+                let path =
+                    TilePath::hashes(0, t, (((t + 1) * width).min(size) - t * width) as usize);
+                let named = rows
+                    .iter()
+                    .filter(|r| r.seq > a && r.seq <= b)
+                    .find(|r| !r.link_holds());
+                return Ok(Some(match named {
+                    Some(r) => IncrementalOutcome::Record {
+                        seq: r.seq,
+                        detail: format!(
+                            "record {} does not match the signed tree: {path}, which holds \
+                             its leaf, does not hash to the root of size {size}, and the \
+                             record no longer matches its chain hash",
+                            r.seq
+                        ),
+                    },
+                    None if old_size > t * width => IncrementalOutcome::Tree {
+                        detail: format!(
+                            "{path} (records {}..={}, shared with records up to the \
+                             trusted size {old_size}) does not hash to the root of size \
+                             {size}: {tile_detail}",
+                            t * width + 1,
+                            ((t + 1) * width).min(size)
+                        ),
+                    },
+                    None => IncrementalOutcome::Tree {
+                        detail: format!(
+                            "records {}..={} do not match the signed tree ({path} does \
+                             not hash to the root of size {size}), though each still \
+                             matches its chain hash",
+                            a + 1,
+                            b
+                        ),
+                    },
+                }));
+            }
+            Ok(Some(IncrementalOutcome::Tree { detail }))
+        }
+    }
 }

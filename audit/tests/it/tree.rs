@@ -16,7 +16,7 @@ use crate::support::{
 };
 
 /// Waits until a tree checkpoint of exactly `size` records is stored.
-async fn wait_log_checkpoint(client: &Client, size: u64) -> alga_audit::LogCheckpoint {
+pub(crate) async fn wait_log_checkpoint(client: &Client, size: u64) -> alga_audit::LogCheckpoint {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(cp) = tree::latest_checkpoint(client).await.unwrap()
