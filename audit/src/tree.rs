@@ -744,7 +744,7 @@ pub async fn verify_from<C: GenericClient + Sync>(
         };
         return Ok(report);
     }
-    report.checkpoint = Some(stored.note);
+    report.checkpoint = Some(stored.cosigned());
     Ok(report)
 }
 
