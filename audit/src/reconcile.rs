@@ -15,6 +15,7 @@
 //! | `license` | `jti` | `code.redeem` or `appliance.check_in` with subject `jti` |
 //! | `credential` | `serial` | `code.redeem` or `appliance.check_in` with subject `serial` |
 //! | `checkpoint` | `sequence` | a stored checkpoint (`audit_checkpoints`, or the export's checkpoint lines) with that sequence |
+//! | `log_checkpoint` | `sequence` (the tree size) | a stored tree checkpoint (`audit_log_checkpoints`) of that size, whose root is the signed one (database only: exports carry no tree checkpoints) |
 //! | `code_derive` | `code_id` | see below |
 //!
 //! The table is explicit on purpose: a future action that carries a `jti` without
@@ -291,6 +292,9 @@ pub struct GatewayView {
     pub checkpoints: Vec<SignedCheckpoint>,
     /// Chain hashes (hex) at the sequence numbers the issuer's checkpoints name.
     pub chain_hashes: HashMap<u64, String>,
+    /// Every stored tree checkpoint (`None`: the source has none to compare, e.g. an
+    /// export, whose format carries only the chain's checkpoints).
+    pub log_checkpoints: Option<Vec<crate::tree::StoredLogCheckpoint>>,
     /// The export was filtered (by time, sequence, tenant or action): records may be
     /// missing from it, so "signed, never recorded" may be wrong for signatures
     /// outside what it holds.
@@ -359,6 +363,7 @@ pub async fn load_database(
         after = last.sequence;
         view.checkpoints.extend(page);
     }
+    view.log_checkpoints = Some(crate::tree::list_checkpoints(&tx).await?);
     // Only signed checkpoints that were not stored need the chain's hash.
     let stored: HashSet<u64> = view.checkpoints.iter().map(|c| c.sequence).collect();
     let unstored: HashSet<u64> = checkpoint_seqs
@@ -704,6 +709,10 @@ pub fn reconcile(
         .iter()
         .map(|c| (c.sequence, c))
         .collect();
+    let stored_log: Option<HashMap<u64, &crate::tree::StoredLogCheckpoint>> = gateway
+        .log_checkpoints
+        .as_ref()
+        .map(|all| all.iter().map(|c| (c.size, c)).collect());
 
     // The issuers' signatures, by (op, id) (all of them, not only the window's).
     let mut signed: HashSet<(SignOp, String)> = HashSet::new();
@@ -738,10 +747,49 @@ pub fn reconcile(
                 continue;
             };
             let matched = match r.op {
-                // reconciled against audit_log_checkpoints by the audit crate; until
-                // then not compared with the chain's checkpoints (a tree size is not
+                // Tree checkpoints: by size against the stored ones (a tree size is not
                 // an audit sequence, a root hash not a head hash).
-                SignOp::LogCheckpoint => continue,
+                SignOp::LogCheckpoint => {
+                    let Some(stored_log) = &stored_log else {
+                        continue;
+                    };
+                    let size = r.ids.sequence.unwrap_or_default();
+                    match stored_log.get(&size) {
+                        Some(cp) => {
+                            if r.ids.head_hash.as_deref() != Some(cp.root_hex.as_str()) {
+                                report.mismatched.push(Mismatch {
+                                    log: log.dir.clone(),
+                                    log_seq: r.seq,
+                                    audit_seq: size,
+                                    op: r.op,
+                                    id: id.clone(),
+                                    detail: format!(
+                                        "root: issuer {} stored {}",
+                                        r.ids.head_hash.as_deref().unwrap_or("-"),
+                                        cp.root_hex
+                                    ),
+                                });
+                            }
+                            true
+                        }
+                        None => {
+                            // Signed and never stored: the sequencer's call timed out
+                            // or it lost its leadership first. Listed for review.
+                            report.failed_request.push(FailedRequestSignature {
+                                signature: signature(
+                                    log,
+                                    r,
+                                    id,
+                                    Some("tree checkpoint signed, not stored".into()),
+                                ),
+                                failure_seq: None,
+                                failure_action: None,
+                                error_code: None,
+                            });
+                            continue;
+                        }
+                    }
+                }
                 SignOp::Checkpoint => {
                     let seq = r.ids.sequence.unwrap_or_default();
                     match stored.get(&seq) {
@@ -875,6 +923,25 @@ pub fn reconcile(
                 time: cp.signed_at,
                 action: "checkpoint".into(),
                 op: SignOp::Checkpoint,
+                id,
+                tenant_id: None,
+            });
+        }
+    }
+    for cp in gateway
+        .log_checkpoints
+        .iter()
+        .flatten()
+        .filter(|c| opts.in_window(c.stored_at))
+    {
+        report.claims_checked += 1;
+        let id = cp.size.to_string();
+        if !signed.contains(&(SignOp::LogCheckpoint, id.clone())) {
+            report.absent.push(Claim {
+                audit_seq: cp.size,
+                time: cp.stored_at,
+                action: "log_checkpoint".into(),
+                op: SignOp::LogCheckpoint,
                 id,
                 tenant_id: None,
             });

@@ -309,7 +309,7 @@ impl<S: CheckpointSigner> Sequencer<S> {
                 match signed.tree {
                     Ok((size, root, cp)) => {
                         if tree::insert_checkpoint(client, size, &root, &cp.kid, &cp.note).await? {
-                            info!(log.size = size, log.kid = %cp.kid, "audit log checkpoint stored");
+                            info!(tree.size = size, tree.kid = %cp.kid, "audit log checkpoint stored");
                             self.progress.send_modify(|p| p.log_checkpoints += 1);
                         }
                     }

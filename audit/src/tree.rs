@@ -273,6 +273,36 @@ async fn checkpoint_where<C: GenericClient + Sync>(
     }))
 }
 
+/// A stored tree checkpoint as reconcile compares it with the issuer's signing log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLogCheckpoint {
+    pub size: u64,
+    /// Root hash, lowercase hex (as the signing log records it).
+    pub root_hex: String,
+    pub stored_at: time::OffsetDateTime,
+}
+
+/// Every stored tree checkpoint, smallest first.
+pub async fn list_checkpoints<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<Vec<StoredLogCheckpoint>, AuditError> {
+    client
+        .query_typed(
+            "SELECT size, root, stored_at FROM audit_log_checkpoints ORDER BY size",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StoredLogCheckpoint {
+                size: to_u64(row.try_get(0)?)?,
+                root_hex: hex::encode(hash32(row.try_get(1)?)?),
+                stored_at: row.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
 /// Stores a signed checkpoint (`false`: one of that size was stored already).
 pub(crate) async fn insert_checkpoint<C: GenericClient + Sync>(
     client: &C,

@@ -165,7 +165,7 @@ async fn submit(app: &App, http: &reqwest::Client, w: &Witness) -> Result<(), St
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    tracing::info!(witness = %w.name, log.size = cp.size, "witness cosigned the audit log checkpoint");
+                    tracing::info!(witness = %w.name, tree.size = cp.size, "witness cosigned the audit log checkpoint");
                 }
                 return Ok(());
             }
@@ -175,14 +175,14 @@ async fn submit(app: &App, http: &reqwest::Client, w: &Witness) -> Result<(), St
                     .parse()
                     .map_err(|_| "409 without a size".to_owned())?;
                 if theirs > cp.size {
-                    tracing::error!(witness = %w.name, witness.size = theirs, log.size = cp.size,
+                    tracing::error!(witness = %w.name, witness.size = theirs, tree.size = cp.size,
                         "witness cosigned a larger tree than this log's newest checkpoint: a fork or a rollback of this database");
                     return Err("the witness is ahead of this log".into());
                 }
                 old = theirs;
             }
             422 | 403 => {
-                tracing::error!(witness = %w.name, status, log.size = cp.size, answer = %answer.trim(),
+                tracing::error!(witness = %w.name, status, tree.size = cp.size, answer = %answer.trim(),
                     "witness refused the audit log checkpoint");
                 return Err(format!("refused with {status}"));
             }

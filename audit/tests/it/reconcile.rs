@@ -220,6 +220,17 @@ impl Scenario {
                 },
             ));
         }
+        for cp in alga_audit::tree::list_checkpoints(&rt).await.unwrap() {
+            self.events.push(event(
+                cp.stored_at,
+                SignOp::LogCheckpoint,
+                SignIds {
+                    sequence: Some(cp.size),
+                    head_hash: Some(cp.root_hex.clone()),
+                    ..SignIds::default()
+                },
+            ));
+        }
         self.events.sort_by_key(|e| e.time);
         write_signlog(dir, &self.events, 4);
     }
@@ -561,5 +572,71 @@ async fn a_checkpoint_signed_but_not_stored_is_reviewed_if_true_and_unrecorded_i
     assert_eq!(ids(&v, "unrecorded"), vec![bad.to_string()], "{v:#}");
     let failed = ids(&v, "failed_request");
     assert!(failed.contains(&good.to_string()), "{v:#}");
+    s.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn tree_checkpoints_are_reconciled_by_size_and_root() {
+    let mut s = Scenario::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    s.commit(dir.path()).await;
+    let rt = s.db.runtime().await;
+    let stored = alga_audit::tree::list_checkpoints(&rt).await.unwrap();
+    assert!(!stored.is_empty(), "the sequencer stored tree checkpoints");
+    let (out, v) = s.reconcile(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+
+    // The issuer's log says another root for a stored size: a mismatch.
+    let size = stored[0].size;
+    let original = s.events.clone();
+    for e in s.events.iter_mut() {
+        if e.op == SignOp::LogCheckpoint && e.ids.sequence == Some(size) {
+            e.ids.head_hash = Some("cd".repeat(32));
+        }
+    }
+    let rewrite = |events: &[SignEvent]| {
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        write_signlog(dir.path(), events, 4);
+    };
+    rewrite(&s.events);
+    let (out, v) = s.reconcile(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    let mismatched: Vec<&str> = v["report"]["mismatched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(mismatched, vec![size.to_string().as_str()], "{v:#}");
+
+    // The stored one missing from the issuer's log is absent; one signed and never
+    // stored is listed for review.
+    s.events = original;
+    s.events
+        .retain(|e| !(e.op == SignOp::LogCheckpoint && e.ids.sequence == Some(size)));
+    s.events.push(event(
+        OffsetDateTime::now_utc(),
+        SignOp::LogCheckpoint,
+        SignIds {
+            sequence: Some(size + 1000),
+            head_hash: Some("ef".repeat(32)),
+            ..SignIds::default()
+        },
+    ));
+    rewrite(&s.events);
+    let (out, v) = s.reconcile(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    let absent: Vec<String> = v["report"]["absent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(absent.contains(&size.to_string()), "{v:#}");
+    assert!(
+        ids(&v, "failed_request").contains(&(size + 1000).to_string()),
+        "{v:#}"
+    );
     s.db.drop_db().await;
 }
