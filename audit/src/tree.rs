@@ -459,6 +459,8 @@ pub async fn tenant_audit<C: GenericClient + Sync>(
 ) -> Result<TenantAudit, AuditError> {
     let cp = require_checkpoint(latest_checkpoint(client).await?, "any record")?;
     let limit = i64::from(limit.clamp(1, MAX_TENANT_PAGE));
+    // Sequence numbers fit in i64; any larger `after` is past every record.
+    let after = after.min(i64::MAX as u64);
     let rows = client
         .query_typed(
             "SELECT c.seq, e.record FROM audit_events e JOIN audit_chain c ON c.event_id = e.id \
