@@ -12,7 +12,8 @@
 //!   verified with the log's Ed25519 keys ([`LogKeys`]).
 //! - [`cosign`]: c2sp.org/tlog-cosignature v1 (Ed25519): a witness's key and the
 //!   check of its cosignatures.
-//! - [`proof`]: the proof bundles of the gateway's API, checked offline.
+//! - [`proof`]: the proof bundles of the gateway's API, checked offline (a tenant's
+//!   records page by page: [`verify_pages`]).
 //! - [`witness`]: the witness's rule: accept only consistent growth, persist
 //!   atomically, cosign, refuse forks and rollbacks.
 //!
@@ -36,7 +37,7 @@ pub use error::TlogError;
 pub use merkle::{MAX_TREE_SIZE, Node, TILE_WIDTH, TreeEdge, entry_of, leaf_hash};
 pub use note::{Checkpoint, LogKeys, checkpoint_body, log_vkey};
 pub use path::TilePath;
-pub use proof::{InclusionProof, ProvenRecord, TenantAudit, TenantAuditReport};
+pub use proof::{InclusionProof, ProvenRecord, TenantAudit, TenantAuditReport, verify_pages};
 pub use tiles::{DirFetch, TileFetch, TileSet};
 pub use tlog_tiles::Hash;
 pub use witness::{Accepted, Witness, WitnessState};

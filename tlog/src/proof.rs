@@ -1,6 +1,7 @@
 //! Proof bundles a customer checks offline: one record's inclusion
 //! (`GET /audit/log/proof/{seq}`) and a tenant's records with theirs
-//! (`GET /tenants/{tenant_id}/audit`), each against one signed checkpoint.
+//! (`GET /tenants/{tenant_id}/audit`), each against one signed checkpoint, and a
+//! tenant's pages of those together ([`verify_pages`]).
 
 use serde::{Deserialize, Serialize};
 use tlog_tiles::Hash;
@@ -151,4 +152,74 @@ impl TenantAudit {
             checkpoint,
         })
     }
+}
+
+/// Prefixes an error about one page of [`verify_pages`] with the page's number (a
+/// record's error already names its `seq`).
+fn on_page(page: usize, e: TlogError) -> TlogError {
+    match e {
+        TlogError::Signature(m) => TlogError::Signature(format!("page {page}: {m}")),
+        TlogError::Proof(m) => TlogError::Proof(format!("page {page}: {m}")),
+        TlogError::Malformed { what, detail } => TlogError::Malformed {
+            what,
+            detail: format!("page {page}: {detail}"),
+        },
+        other => other,
+    }
+}
+
+/// Verifies a tenant's records fetched page by page (each page a
+/// `GET /tenants/{tenant_id}/audit` answer, the next one asked for with the previous
+/// one's `next_after`), as `algactl audit tenant --out` keeps them. Every page is
+/// checked ([`TenantAudit::verify`]), and the pages must belong together: one tenant,
+/// records in increasing `seq` across pages, and checkpoints that never go back (the
+/// log grows between two pages, so each may be proven in a newer checkpoint, never in
+/// an older one, and two pages proven in trees of the same size must name the same
+/// root: otherwise the log forked). The first failure is the error, naming the page
+/// or the record. Returns one report per page, in order.
+pub fn verify_pages(
+    pages: &[TenantAudit],
+    keys: &LogKeys,
+) -> Result<Vec<TenantAuditReport>, TlogError> {
+    let Some(first) = pages.first() else {
+        return Err(TlogError::malformed("tenant audit pages", "no page"));
+    };
+    let mut reports: Vec<TenantAuditReport> = Vec::with_capacity(pages.len());
+    let mut last_seq = 0u64;
+    for (i, page) in pages.iter().enumerate() {
+        let n = i + 1;
+        if page.tenant_id != first.tenant_id {
+            return Err(TlogError::malformed(
+                "tenant audit pages",
+                format!(
+                    "page {n} is of tenant {} but page 1 of tenant {}",
+                    page.tenant_id, first.tenant_id
+                ),
+            ));
+        }
+        if let Some(r) = page.records.first()
+            && r.seq <= last_seq
+        {
+            return Err(TlogError::Record {
+                seq: r.seq,
+                detail: format!(
+                    "page {n} does not follow page {}: its records do not come after seq {last_seq}",
+                    n - 1
+                ),
+            });
+        }
+        let report = page.verify(keys).map_err(|e| on_page(n, e))?;
+        if let Some(previous) = reports.last().map(|r| &r.checkpoint) {
+            let (old_size, new_size) = (previous.size, report.checkpoint.size);
+            if new_size < old_size {
+                return Err(TlogError::Rollback { old_size, new_size });
+            }
+            if new_size == old_size && report.checkpoint.root != previous.root {
+                return Err(TlogError::Fork { old_size, new_size });
+            }
+        }
+        last_seq = page.records.last().map_or(last_seq, |r| r.seq);
+        reports.push(report);
+    }
+    Ok(reports)
 }

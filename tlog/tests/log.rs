@@ -412,6 +412,126 @@ fn a_tenant_bundle_verifies_and_names_the_first_bad_record() {
     assert!(swapped.verify(&log.keys()).is_err());
 }
 
+/// A page of `tenant`'s records among the first `size` of `log`, after seq `after`, at
+/// most `limit` of them, proven in the checkpoint of that size.
+fn tenant_page(log: &MemLog, size: u64, tenant: &str, after: u64, limit: usize) -> TenantAudit {
+    let mut prefix = MemLog::with_key(&log.skey, log.vkey.clone());
+    for r in &log.records[..size as usize] {
+        prefix.append(r.clone());
+    }
+    let note = prefix.checkpoint();
+    let cp = prefix.keys().verify(&note).expect("cp");
+    let set = TileSet::new();
+    let mut records: Vec<ProvenRecord> = (after..size)
+        .filter(|i| String::from_utf8_lossy(&prefix.records[*i as usize]).contains(tenant))
+        .take(limit + 1)
+        .map(|i| ProvenRecord {
+            seq: i + 1,
+            record: String::from_utf8(prefix.records[i as usize].clone()).expect("utf-8"),
+            proof: set
+                .run(&prefix, |set| inclusion_proof(set, cp.size, cp.root, i))
+                .expect("proof")
+                .iter()
+                .map(|h| hex::encode(h.0))
+                .collect(),
+        })
+        .collect();
+    let more = records.len() > limit;
+    records.truncate(limit);
+    TenantAudit {
+        tenant_id: tenant.into(),
+        checkpoint: note,
+        next_after: more.then(|| records.last().map(|r| r.seq)).flatten(),
+        records,
+    }
+}
+
+#[test]
+fn a_tenants_pages_verify_together_and_only_in_order() {
+    let tenant = "11111111-2222-4333-8444-555555555555";
+    let other = "99999999-2222-4333-8444-555555555555";
+    let mut log = MemLog::new();
+    for i in 0..600u64 {
+        log.append(MemLog::record(i, if i % 2 == 0 { tenant } else { other }));
+    }
+    // Three pages of 100 records, the log growing between them (400, 500, 600).
+    let p1 = tenant_page(&log, 400, tenant, 0, 100);
+    let p2 = tenant_page(&log, 500, tenant, p1.next_after.expect("more"), 100);
+    let p3 = tenant_page(&log, 600, tenant, p2.next_after.expect("more"), 100);
+    assert_eq!(p3.next_after, None);
+    let pages = vec![p1.clone(), p2.clone(), p3.clone()];
+    let reports = alga_tlog::verify_pages(&pages, &log.keys()).expect("verifies");
+    let proven: Vec<(u64, u64)> = reports
+        .iter()
+        .map(|r| (r.records, r.checkpoint.size))
+        .collect();
+    assert_eq!(proven, [(100, 400), (100, 500), (100, 600)]);
+    // One page alone is a file of one page.
+    assert_eq!(
+        alga_tlog::verify_pages(&pages[..1], &log.keys())
+            .expect("one")
+            .len(),
+        1
+    );
+
+    // Out of order, or the same page twice: refused, naming the record.
+    let swapped = vec![p2.clone(), p1.clone()];
+    assert!(matches!(
+        alga_tlog::verify_pages(&swapped, &log.keys()),
+        Err(TlogError::Record { seq: 1, .. })
+    ));
+    let twice = vec![p1.clone(), p1.clone()];
+    assert!(alga_tlog::verify_pages(&twice, &log.keys()).is_err());
+    // A later page proven in an older checkpoint: the log rolled back.
+    let old_p2 = tenant_page(&log, 350, tenant, p1.next_after.expect("more"), 100);
+    assert!(matches!(
+        alga_tlog::verify_pages(&[p1.clone(), old_p2], &log.keys()),
+        Err(TlogError::Rollback {
+            old_size: 400,
+            new_size: 350
+        })
+    ));
+    // The same size, another tree (same key): the log forked.
+    let mut forked = MemLog::with_key(&log.skey, log.vkey.clone());
+    for i in 0..500u64 {
+        forked.append(MemLog::record(
+            i + 7,
+            if i % 2 == 0 { tenant } else { other },
+        ));
+    }
+    let fork_p2 = tenant_page(&forked, 400, tenant, p1.next_after.expect("more"), 100);
+    assert!(matches!(
+        alga_tlog::verify_pages(&[p1.clone(), fork_p2], &log.keys()),
+        Err(TlogError::Fork {
+            old_size: 400,
+            new_size: 400
+        })
+    ));
+    // Another tenant's page among them.
+    let theirs = tenant_page(&log, 600, other, 400, 100);
+    assert!(matches!(
+        alga_tlog::verify_pages(&[p1.clone(), theirs], &log.keys()),
+        Err(TlogError::Malformed { .. })
+    ));
+    // A bad page is named; no page at all proves nothing.
+    let mut unsigned = p2.clone();
+    unsigned.checkpoint = p1.checkpoint.replace("\n400\n", "\n401\n");
+    let e = alga_tlog::verify_pages(&[p1.clone(), unsigned], &log.keys()).expect_err("page 2");
+    assert!(e.to_string().contains("page 2"), "{e}");
+    let mut edited = p3.clone();
+    edited.records[5].record = edited.records[5]
+        .record
+        .replace("code.redeem", "code.reissue");
+    assert!(matches!(
+        alga_tlog::verify_pages(&[p1, p2, edited], &log.keys()),
+        Err(TlogError::Record { seq: 411, .. })
+    ));
+    assert!(matches!(
+        alga_tlog::verify_pages(&[], &log.keys()),
+        Err(TlogError::Malformed { .. })
+    ));
+}
+
 fn witness(log: &MemLog, dir: &tempfile::TempDir) -> Witness {
     Witness::new(
         WitnessKey::generate("witness.example/w1").expect("key"),
