@@ -156,8 +156,9 @@ enum Command {
         to: PathBuf,
     },
     /// Check a proof bundle offline, without any database: an inclusion proof
-    /// (`GET /audit/log/proof/{seq}`) or a tenant's records (`GET /tenants/{id}/audit`).
-    /// Exit 0 proven, 1 refused, 2 could not run.
+    /// (`GET /audit/log/proof/{seq}`), a tenant's records (`GET /tenants/{id}/audit`),
+    /// or a JSON list of a tenant's pages in the order fetched (`algactl audit tenant
+    /// --out`). Exit 0 proven, 1 refused, 2 could not run.
     VerifyProof {
         /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
         #[arg(long)]

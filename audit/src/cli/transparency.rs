@@ -6,13 +6,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use alga_audit::tree::{self, IncrementalOutcome, IncrementalReport};
-use alga_tlog::{InclusionProof, LogKeys, TenantAudit, TlogError};
+use alga_tlog::{InclusionProof, LogKeys, TenantAudit, TenantAuditReport, TlogError};
 use anyhow::Context;
 
 /// Below this many tiles, `publish` prints no progress.
 const PROGRESS_MIN_TILES: u64 = 100;
 /// Largest proof bundle `verify-proof` reads (a tenant page of 1000 records, each
-/// with its proof and record bytes, is well under this).
+/// with its proof and record bytes, is well under this; so are a few dozen of them).
 const MAX_BUNDLE: u64 = 64 << 20;
 
 /// Reads the log's verifier keys (one per line, as `GET /audit/log/vkey` serves them).
@@ -167,11 +167,17 @@ enum Proven {
     },
     Tenant {
         origin: String,
+        /// The newest checkpoint's size (the pages' checkpoints never go back).
         size: u64,
         tenant: String,
         records: u64,
         seqs: Option<(u64, u64)>,
         next_after: Option<u64>,
+        /// Pages: 1 for one `GET /tenants/{id}/audit` answer, more for a file of
+        /// them (`algactl audit tenant --out`).
+        pages: usize,
+        /// The sizes of the checkpoints the pages are proven in, each once, ascending.
+        sizes: Vec<u64>,
     },
 }
 
@@ -245,36 +251,37 @@ impl From<TlogError> for Refusal {
 fn check_bundle(text: &[u8], keys: &LogKeys, record: Option<&[u8]>) -> Result<Proven, Refusal> {
     let value: serde_json::Value = serde_json::from_slice(text)
         .map_err(|e| Refusal::Refused(format!("not a proof bundle: not JSON ({e})")))?;
-    let Some(fields) = value.as_object() else {
-        return Err(Refusal::Refused(
-            "not a proof bundle: not a JSON object".into(),
-        ));
-    };
     let bundle_error = |what: &str, e: serde_json::Error| {
         Refusal::Refused(format!("not a well-formed {what}: {e}"))
     };
+    if let Some(items) = value.as_array() {
+        // A tenant's pages, in the order fetched (`algactl audit tenant --out`).
+        if items.is_empty() {
+            return Err(Refusal::Refused(
+                "not a proof bundle: an empty list of tenant pages".into(),
+            ));
+        }
+        if record.is_some() {
+            return Err(Refusal::Usage(TENANT_RECORD_USAGE.into()));
+        }
+        let pages: Vec<TenantAudit> =
+            serde_json::from_value(value).map_err(|e| bundle_error("list of tenant pages", e))?;
+        let reports = alga_tlog::verify_pages(&pages, keys)?;
+        return Ok(tenant_proven(&pages, reports));
+    }
+    let Some(fields) = value.as_object() else {
+        return Err(Refusal::Refused(
+            "not a proof bundle: not a JSON object or list".into(),
+        ));
+    };
     if fields.contains_key("tenant_id") && fields.contains_key("records") {
         if record.is_some() {
-            return Err(Refusal::Usage(
-                "--record applies to an inclusion proof; a tenant bundle carries its records"
-                    .into(),
-            ));
+            return Err(Refusal::Usage(TENANT_RECORD_USAGE.into()));
         }
         let bundle: TenantAudit =
             serde_json::from_value(value).map_err(|e| bundle_error("tenant bundle", e))?;
         let report = bundle.verify(keys)?;
-        Ok(Proven::Tenant {
-            origin: report.checkpoint.origin,
-            size: report.checkpoint.size,
-            tenant: bundle.tenant_id.clone(),
-            records: report.records,
-            seqs: bundle
-                .records
-                .first()
-                .zip(bundle.records.last())
-                .map(|(a, b)| (a.seq, b.seq)),
-            next_after: bundle.next_after,
-        })
+        Ok(tenant_proven(std::slice::from_ref(&bundle), vec![report]))
     } else if fields.contains_key("index") && fields.contains_key("entry") {
         let bundle: InclusionProof =
             serde_json::from_value(value).map_err(|e| bundle_error("inclusion proof", e))?;
@@ -295,6 +302,35 @@ fn check_bundle(text: &[u8], keys: &LogKeys, record: Option<&[u8]>) -> Result<Pr
              checkpoint) nor a tenant bundle (tenant_id, checkpoint, records)"
                 .into(),
         ))
+    }
+}
+
+const TENANT_RECORD_USAGE: &str =
+    "--record applies to an inclusion proof; a tenant bundle carries its records";
+
+/// What a tenant's verified pages (one or more) proved.
+fn tenant_proven(pages: &[TenantAudit], reports: Vec<TenantAuditReport>) -> Proven {
+    let mut sizes: Vec<u64> = reports.iter().map(|r| r.checkpoint.size).collect();
+    sizes.dedup();
+    let newest = reports.last().map(|r| &r.checkpoint);
+    let first = pages.iter().find_map(|p| p.records.first()).map(|r| r.seq);
+    let last = pages
+        .iter()
+        .rev()
+        .find_map(|p| p.records.last())
+        .map(|r| r.seq);
+    Proven::Tenant {
+        origin: newest.map(|c| c.origin.clone()).unwrap_or_default(),
+        size: newest.map_or(0, |c| c.size),
+        tenant: pages
+            .first()
+            .map(|p| p.tenant_id.clone())
+            .unwrap_or_default(),
+        records: reports.iter().map(|r| r.records).sum(),
+        seqs: first.zip(last),
+        next_after: pages.last().and_then(|p| p.next_after),
+        pages: pages.len(),
+        sizes,
     }
 }
 
@@ -325,9 +361,24 @@ fn print_proven(out: &mut impl Write, p: &Proven) -> anyhow::Result<()> {
             records,
             seqs,
             next_after,
+            pages,
+            sizes,
         } => {
-            writeln!(out, "bundle:      tenant audit of {tenant}")?;
-            writeln!(out, "checkpoint:  {origin}, size {size}")?;
+            if *pages == 1 {
+                writeln!(out, "bundle:      tenant audit of {tenant}")?;
+            } else {
+                writeln!(out, "bundle:      tenant audit of {tenant}, {pages} pages")?;
+            }
+            if sizes.len() > 1 {
+                let all: Vec<String> = sizes.iter().map(u64::to_string).collect();
+                writeln!(
+                    out,
+                    "checkpoint:  {origin}, size {size} (the pages in sizes {})",
+                    all.join(", ")
+                )?;
+            } else {
+                writeln!(out, "checkpoint:  {origin}, size {size}")?;
+            }
             let range = seqs
                 .map(|(a, b)| format!(" (seq {a}..={b})"))
                 .unwrap_or_default();
@@ -371,6 +422,8 @@ fn proven_json(p: &Proven) -> serde_json::Value {
             records,
             seqs,
             next_after,
+            pages,
+            sizes,
         } => serde_json::json!({
             "proven": true,
             "bundle": "tenant",
@@ -381,6 +434,8 @@ fn proven_json(p: &Proven) -> serde_json::Value {
             "first_seq": seqs.map(|s| s.0),
             "last_seq": seqs.map(|s| s.1),
             "next_after": next_after,
+            "pages": pages,
+            "sizes": sizes,
         }),
     }
 }

@@ -193,6 +193,55 @@ async fn publish_and_verify_proof_bundles_offline() {
         (Some("tenant"), Some(43), Some(1), Some(295), Some(300))
     );
 
+    // The same records in pages, as `algactl audit tenant --out` keeps them: a JSON
+    // list of the answers in the order fetched.
+    let first = tree::tenant_audit(&rt, tenant, 0, 20).await.unwrap();
+    let after = first.next_after.expect("a second page");
+    let second = tree::tenant_audit(&rt, tenant, after, 1000).await.unwrap();
+    let pages_file = dir.path().join("tenant-pages.json");
+    std::fs::write(
+        &pages_file,
+        serde_json::to_vec_pretty(&[&first, &second]).unwrap(),
+    )
+    .unwrap();
+    let out = audit(
+        NO_DATABASE,
+        &["verify-proof", "--log-keys", keys, s(&pages_file)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        stdout(&out).contains(", 2 pages")
+            && stdout(&out).contains("audit.test/log, size 300\n")
+            && stdout(&out).contains("43 records (seq 1..=295)"),
+        "{}",
+        both(&out)
+    );
+    let out = audit(
+        NO_DATABASE,
+        &["verify-proof", "--log-keys", keys, s(&pages_file), "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["pages"].as_u64(),
+            v["records"].as_u64(),
+            v["sizes"].clone()
+        ),
+        (Some(2), Some(43), serde_json::json!([300]))
+    );
+    // Pages out of order: refused, naming the first record out of place.
+    std::fs::write(&pages_file, serde_json::to_vec(&[&second, &first]).unwrap()).unwrap();
+    let out = audit(
+        NO_DATABASE,
+        &["verify-proof", "--log-keys", keys, s(&pages_file)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        stdout(&out).contains("REFUSED: record 1: page 2 does not follow page 1"),
+        "{}",
+        both(&out)
+    );
+
     // One byte changed: refused (exit 1), the record named.
     let inclusion_json = serde_json::to_string(&inclusion).unwrap();
     let at = inclusion_json.find("\"entry\":\"").unwrap() + 20;
@@ -240,6 +289,7 @@ async fn publish_and_verify_proof_bundles_offline() {
         ("text", b"this is not a proof".to_vec()),
         ("object", br#"{"hello": "world"}"#.to_vec()),
         ("array", b"[1, 2, 3]".to_vec()),
+        ("empty array", b"[]".to_vec()),
         (
             "extra",
             inclusion_json.replacen('{', r#"{"x":1,"#, 1).into_bytes(),
