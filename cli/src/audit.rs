@@ -5,6 +5,13 @@
 //! checkpoints, records), so `verify` — and `alga-audit verify --export` on another
 //! machine — checks it offline: the chain is recomputed and every checkpoint signature
 //! is checked against the HSM's audit keys.
+//!
+//! `audit tenant` and `audit log-keys` read the audit log as a transparency log (store
+//! and auditor): a tenant's records, each with its inclusion proof in a signed
+//! checkpoint (`GET /tenants/{id}/audit`, every page), checked offline with
+//! `alga_tlog` against log keys kept from before (`GET /audit/log/vkey`). No database
+//! and no key of the service is needed to check them: the file `--out` writes (a JSON
+//! list of the pages as they came) is what `alga-audit verify-proof` reads.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,10 +19,12 @@ use std::time::Duration;
 
 use alga_audit::export::ExportHeader;
 use alga_audit::{AuditKeys, ExportFilter, VerifyOptions, VerifyReport, verify_export};
+use alga_tlog::{LogKeys, TenantAudit};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::client::Client;
 
@@ -122,6 +131,70 @@ pub fn verify(path: &Path, keys: AuditKeys) -> Result<VerifyReport> {
         unchained_alarm_after: time::Duration::seconds(30),
     };
     verify_export(path, &opts).context("verifying the export")
+}
+
+/// Records per page of `GET /tenants/{id}/audit` (the gateway's maximum).
+const TENANT_PAGE: u32 = 1000;
+
+/// The transparency log's verifier keys route (anyone).
+const LOG_VKEY: &str = "/audit/log/vkey";
+
+/// A tenant's pages of `GET /tenants/{id}/audit`: as they came (for `--out` and
+/// `--json`) and typed (for the table and the verification).
+#[derive(Debug)]
+pub struct TenantPages {
+    pub raw: Vec<Value>,
+    pub pages: Vec<TenantAudit>,
+}
+
+/// Every page of the tenant's proven records, following `next_after`.
+pub async fn tenant_pages(client: &Client, tenant: Uuid) -> Result<TenantPages> {
+    let mut out = TenantPages {
+        raw: Vec::new(),
+        pages: Vec::new(),
+    };
+    let mut after = 0u64;
+    loop {
+        let raw: Value = client
+            .get(&format!(
+                "/tenants/{tenant}/audit?after={after}&limit={TENANT_PAGE}"
+            ))
+            .await?;
+        let page: TenantAudit = serde_json::from_value(raw.clone())
+            .context("the service's tenant audit page is not what this client expects")?;
+        let next = page.next_after;
+        let n = page.records.len();
+        out.raw.push(raw);
+        out.pages.push(page);
+        match next {
+            None => return Ok(out),
+            Some(next) if n > 0 && next > after => after = next,
+            Some(next) => anyhow::bail!(
+                "the service's page after seq {after} points back to after={next}: stopping"
+            ),
+        }
+    }
+}
+
+/// `GET /audit/log/vkey` as served, and the keys it holds.
+pub async fn fetch_log_keys(client: &Client) -> Result<(String, LogKeys)> {
+    let text = client.get_text(LOG_VKEY).await?;
+    let keys = LogKeys::parse(&text)
+        .context("the log's verifier keys served by the gateway do not parse")?;
+    Ok((text, keys))
+}
+
+/// Log keys kept in a file (one verifier key per line, as `GET /audit/log/vkey`).
+pub fn read_log_keys(path: &Path) -> Result<LogKeys> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading log keys {}", path.display()))?;
+    LogKeys::parse(&text).with_context(|| format!("log keys {}", path.display()))
+}
+
+/// The pages as `--out` writes them: a JSON list of the answers as they came, in the
+/// order fetched (what `alga-audit verify-proof` reads).
+pub fn pages_json(pages: &TenantPages) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&pages.raw)? + "\n")
 }
 
 /// Prints new records as they are chained, one line each, until interrupted.

@@ -97,6 +97,23 @@ impl Client {
         decode(resp).await
     }
 
+    /// GET `path`, a text answer (e.g. the log's verifier keys), as it came.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the response")?;
+        if status.is_success() {
+            return String::from_utf8(bytes.to_vec())
+                .context("the service's answer is not UTF-8 text");
+        }
+        Err(error_of(status, &bytes))
+    }
+
     /// POST `body` as JSON (with optional extra headers) and decode the JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -136,13 +153,18 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
         return serde_json::from_slice(&bytes)
             .context("the service's answer is not what this client expects");
     }
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(body) => Err(ServiceError {
+    Err(error_of(status, &bytes))
+}
+
+/// The service's stable error body of a failed answer.
+fn error_of(status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ServiceError {
             status: status.as_u16(),
             body,
         }
-        .into()),
-        Err(_) => bail!("the service answered {status} without an error body"),
+        .into(),
+        Err(_) => anyhow::anyhow!("the service answered {status} without an error body"),
     }
 }
 

@@ -119,7 +119,8 @@ enum Command {
         #[command(subcommand)]
         command: ApplianceCommand,
     },
-    /// The audit log (auditor): export, verify offline, tail.
+    /// The audit log: export, verify offline, tail (auditor); a tenant's records proven
+    /// in the transparency log, and the log's keys (store, auditor).
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -156,6 +157,33 @@ enum AuditCommand {
         /// Keep waiting for new records.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// A tenant's records, each with its inclusion proof in a signed checkpoint of the
+    /// transparency log (GET /tenants/{id}/audit, every page): printed as a table,
+    /// kept with --out, checked offline with --log-keys (exit 1 if a page does not
+    /// verify). Records newer than the newest checkpoint are in the next one.
+    Tenant {
+        tenant_id: Uuid,
+        /// Write the pages as they came to FILE: a JSON list, one element per page
+        /// (`alga-audit verify-proof --log-keys KEYS FILE` checks it anywhere).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The log's verifier keys, kept from before (`algactl audit log-keys`): check
+        /// every page's checkpoint signature and every record's proof against them.
+        #[arg(long, value_name = "FILE")]
+        log_keys: Option<PathBuf>,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
+    /// The transparency log's verifier keys (GET /audit/log/vkey), one per line, the
+    /// active one first: keep them (and compare them with a copy from another channel)
+    /// to check records and proofs offline.
+    LogKeys {
+        /// Write them to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        reader: ReaderArgs,
     },
 }
 
@@ -493,9 +521,11 @@ fn query_escape(s: &str) -> String {
 }
 
 async fn run_audit(conn: &ConnArgs, command: AuditCommand, json: bool) -> Result<()> {
-    let client = connect(conn, As::Auditor)?;
+    // Export, verify and tail read the whole log: the auditor's routes.
+    let auditor = || connect(conn, As::Auditor);
     match command {
         AuditCommand::Export { after, output } => {
+            let client = auditor()?;
             let summary = match &output {
                 Some(path) => {
                     let file = std::fs::File::create(path)
@@ -511,6 +541,7 @@ async fn run_audit(conn: &ConnArgs, command: AuditCommand, json: bool) -> Result
             Ok(())
         }
         AuditCommand::Verify { export } => {
+            let client = auditor()?;
             let keys = audit::keys(&client).await?;
             let report = match export {
                 Some(path) => audit::verify(&path, keys)?,
@@ -554,8 +585,104 @@ async fn run_audit(conn: &ConnArgs, command: AuditCommand, json: bool) -> Result
                 None => anyhow::bail!("the audit log is not intact"),
             }
         }
-        AuditCommand::Tail { after, follow } => audit::tail(&client, after, follow, json).await,
+        AuditCommand::Tail { after, follow } => audit::tail(&auditor()?, after, follow, json).await,
+        AuditCommand::Tenant {
+            tenant_id,
+            out,
+            log_keys,
+            reader,
+        } => {
+            let client = connect(conn, reader.identity)?;
+            audit_tenant(
+                &client,
+                tenant_id,
+                out.as_deref(),
+                log_keys.as_deref(),
+                json,
+            )
+            .await
+        }
+        AuditCommand::LogKeys { out, reader } => {
+            let client = connect(conn, reader.identity)?;
+            audit_log_keys(&client, out.as_deref(), json).await
+        }
     }
+}
+
+/// `algactl audit tenant`: every page, the file, the table, then the verification.
+/// The file is written and the table printed before anything is verified, so that a
+/// bundle that does not verify is kept as evidence.
+async fn audit_tenant(
+    client: &Client,
+    tenant: Uuid,
+    out: Option<&std::path::Path>,
+    log_keys: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    // Read the keys first: a wrong path fails before any request.
+    let keys = log_keys.map(audit::read_log_keys).transpose()?;
+    let pages = audit::tenant_pages(client, tenant).await?;
+    let text = audit::pages_json(&pages)?;
+    if let Some(path) = out {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if json {
+        print!("{text}");
+    } else {
+        print!("{}", render::tenant_audit(&pages.pages));
+    }
+    if let Some(path) = out {
+        let n = pages.pages.len();
+        eprintln!(
+            "wrote {} ({n} page{}; check it offline: alga-audit verify-proof --log-keys <log keys> {})",
+            path.display(),
+            if n == 1 { "" } else { "s" },
+            path.display()
+        );
+    }
+    let Some(keys) = keys else {
+        eprintln!(
+            "not verified: pass --log-keys FILE (the log's verifier keys, kept from `algactl audit log-keys`)"
+        );
+        return Ok(());
+    };
+    let reports = alga_tlog::verify_pages(&pages.pages, &keys)
+        .map_err(|e| anyhow::anyhow!("the tenant's records do NOT verify: {e}"))?;
+    let proven = render::tenant_audit_proven(&reports);
+    if json {
+        eprint!("{proven}");
+    } else {
+        print!("{proven}");
+    }
+    Ok(())
+}
+
+/// `algactl audit log-keys`: `GET /audit/log/vkey`, checked to parse, as served.
+async fn audit_log_keys(client: &Client, out: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let (text, keys) = audit::fetch_log_keys(client).await?;
+    let vkeys: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {} verifier key{} of the log {} to {}",
+                vkeys.len(),
+                if vkeys.len() == 1 { "" } else { "s" },
+                keys.origin(),
+                path.display()
+            );
+        }
+        None if json => print_json(&serde_json::json!({
+            "origin": keys.origin(),
+            "vkeys": vkeys,
+        }))?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 fn connect(conn: &ConnArgs, who: As) -> Result<Client> {
@@ -864,6 +991,66 @@ mod tests {
         ));
         let cli = parse(&["appliance", "revoke", A, "--json"]).expect("revoke");
         assert!(cli.json);
+    }
+
+    #[test]
+    fn audit_tenant_and_log_keys_parse() {
+        let cli = parse(&[
+            "audit",
+            "tenant",
+            T,
+            "--out",
+            "t.json",
+            "--log-keys",
+            "log.vkey",
+        ])
+        .expect("audit tenant");
+        let Command::Audit {
+            command:
+                AuditCommand::Tenant {
+                    tenant_id,
+                    out,
+                    log_keys,
+                    reader,
+                },
+        } = cli.command
+        else {
+            panic!("not audit tenant: {cli:?}");
+        };
+        assert_eq!(tenant_id.to_string(), T);
+        assert_eq!(out, Some(PathBuf::from("t.json")));
+        assert_eq!(log_keys, Some(PathBuf::from("log.vkey")));
+        assert_eq!(reader.identity, As::Store);
+        let cli = parse(&["audit", "tenant", T, "--as", "auditor"]).expect("as auditor");
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: AuditCommand::Tenant {
+                    out: None,
+                    log_keys: None,
+                    reader: ReaderArgs {
+                        identity: As::Auditor
+                    },
+                    ..
+                }
+            }
+        ));
+        use clap::error::ErrorKind;
+        assert_eq!(
+            kind(&["audit", "tenant"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["audit", "tenant", "not-a-uuid"]),
+            ErrorKind::ValueValidation
+        );
+        let cli = parse(&["audit", "log-keys", "--out", "log.vkey"]).expect("log-keys");
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: AuditCommand::LogKeys { out: Some(ref p), .. }
+            } if p == &PathBuf::from("log.vkey")
+        ));
     }
 
     #[test]

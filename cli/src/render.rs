@@ -1,5 +1,6 @@
 //! The human output of the store's commands: key–value tables and column tables, built
-//! as strings (printed by `main`) so that tests can read them.
+//! as strings (printed by `main`) so that tests can read them (`audit tenant`'s records
+//! and what their verification proved included).
 //!
 //! `--json` never comes here: it prints the service's body as it came.
 
@@ -8,6 +9,7 @@ use alga_protocol::api::{
     RegisterTenantResponse, ReissueResponse, RevokeResponse, TenantStatus, TenantStatusResponse,
     TenantView,
 };
+use alga_tlog::{ProvenRecord, TenantAudit, TenantAuditReport};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -382,6 +384,85 @@ pub fn revoked(r: &RevokeResponse) -> String {
     ])
 }
 
+/// One proven record of `algactl audit tenant` as table cells: sequence, time (to the
+/// second), action, outcome (`success`, or `failure` and the error code). The record
+/// is its stored JSON text; one that is not JSON (a damaged record, which then also
+/// fails verification) says so instead of showing empty cells.
+fn proven_record_row(r: &ProvenRecord) -> Vec<String> {
+    let seq = r.seq.to_string();
+    let Ok(rec) = serde_json::from_str::<serde_json::Value>(&r.record) else {
+        return vec![
+            seq,
+            NONE.to_owned(),
+            format!("DAMAGED: not JSON ({} bytes)", r.record.len()),
+            NONE.to_owned(),
+        ];
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or(NONE).to_owned();
+    let time = match rec["time"].as_str() {
+        Some(t) => OffsetDateTime::parse(t, &Rfc3339).map_or_else(|_| t.to_owned(), when),
+        None => NONE.to_owned(),
+    };
+    let outcome = match (
+        rec["outcome"]["status"].as_str(),
+        rec["outcome"]["error_code"].as_str(),
+    ) {
+        (Some(status), Some(code)) => format!("{status} ({code})"),
+        (Some(status), None) => status.to_owned(),
+        (None, _) => NONE.to_owned(),
+    };
+    vec![seq, time, text(&rec["action"]), outcome]
+}
+
+/// `algactl audit tenant`: the records of every page under one header, then what they
+/// are: how many, of which tenant, over how many pages.
+pub fn tenant_audit(pages: &[TenantAudit]) -> String {
+    let rows: Vec<Vec<String>> = pages
+        .iter()
+        .flat_map(|p| &p.records)
+        .map(proven_record_row)
+        .collect();
+    let tenant = pages.first().map_or(NONE, |p| p.tenant_id.as_str());
+    let mut out = columns(&["SEQ", "TIME", "ACTION", "OUTCOME"], &rows);
+    let n = rows.len();
+    let pages_note = match pages.len() {
+        1 => String::new(),
+        p => format!(" ({p} pages)"),
+    };
+    out.push_str(&format!(
+        "\n{n} record{} of tenant {tenant}, each with its inclusion proof{pages_note}\n",
+        if n == 1 { "" } else { "s" },
+    ));
+    out
+}
+
+/// What verifying every page of `algactl audit tenant` established, as one line:
+/// `N records proven in the checkpoint of size S signed by <origin>` (or in several
+/// checkpoints, the log having grown between pages).
+pub fn tenant_audit_proven(reports: &[TenantAuditReport]) -> String {
+    let records: u64 = reports.iter().map(|r| r.records).sum();
+    let origin = reports
+        .first()
+        .map_or(NONE, |r| r.checkpoint.origin.as_str());
+    let mut sizes: Vec<String> = Vec::new();
+    for r in reports {
+        let size = r.checkpoint.size.to_string();
+        if sizes.last() != Some(&size) {
+            sizes.push(size);
+        }
+    }
+    let plural = if records == 1 { "" } else { "s" };
+    let checkpoints = match sizes.as_slice() {
+        [one] => format!("the checkpoint of size {one}"),
+        many => format!("{} checkpoints (sizes {})", many.len(), many.join(", ")),
+    };
+    let mut line = format!("{records} record{plural} proven in {checkpoints} signed by {origin}");
+    if records == 0 {
+        line.push_str(" (records newer than a checkpoint are proven in the next one)");
+    }
+    line + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use alga_protocol::api::{
@@ -686,5 +767,106 @@ mod tests {
         });
         let r: RevokeResponse = serde_json::from_value(body).expect("the gateway's revoke body");
         assert_eq!(value_of(&revoked(&r), "revoked at"), "2026-12-07T12:00:00Z");
+    }
+
+    fn proven(seq: u64, record: &str) -> ProvenRecord {
+        ProvenRecord {
+            seq,
+            record: record.to_owned(),
+            proof: Vec::new(),
+        }
+    }
+
+    fn page(records: Vec<ProvenRecord>) -> TenantAudit {
+        TenantAudit {
+            tenant_id: T.to_string(),
+            checkpoint: String::new(),
+            records,
+            next_after: None,
+        }
+    }
+
+    #[test]
+    fn a_tenants_audit_records_show_seq_time_action_and_outcome() {
+        let ok = r#"{"action":"tenant.register","actor":{"identity":"spiffe://alga.test/service/store","role":"store"},"details":{},"outcome":{"status":"success"},"request_id":null,"source":null,"subjects":{},"tenant_id":"11111111-1111-4111-8111-111111111111","time":"2026-12-07T05:50:01.123456Z","v":1}"#;
+        let refused = r#"{"action":"check_in","outcome":{"error_code":"tenant_suspended","status":"failure"},"time":"2026-12-07T05:51:00.000000Z"}"#;
+        let first = page(vec![proven(7, ok), proven(4090, refused)]);
+        let second = page(vec![proven(12001, "not json at all"), proven(12002, "{}")]);
+        let out = tenant_audit(&[first.clone(), second]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "  SEQ    TIME                  ACTION                        OUTCOME"
+        );
+        assert_eq!(
+            lines[1],
+            "  7      2026-12-07T05:50:01Z  tenant.register               success"
+        );
+        assert_eq!(
+            lines[2],
+            "  4090   2026-12-07T05:51:00Z  check_in                      failure (tenant_suspended)"
+        );
+        // A record that is not JSON is named, never shown as empty cells.
+        assert_eq!(
+            lines[3],
+            "  12001  -                     DAMAGED: not JSON (15 bytes)  -"
+        );
+        assert_eq!(
+            lines[4],
+            "  12002  -                     -                             -"
+        );
+        assert_eq!(
+            lines[6],
+            format!("4 records of tenant {T}, each with its inclusion proof (2 pages)")
+        );
+        let one = tenant_audit(&[page(vec![proven(7, ok)])]);
+        assert!(
+            one.ends_with(&format!(
+                "\n1 record of tenant {T}, each with its inclusion proof\n"
+            )),
+            "{one}"
+        );
+        let none = tenant_audit(&[page(Vec::new())]);
+        assert_eq!(
+            none,
+            format!(
+                "  SEQ  TIME  ACTION  OUTCOME\n\n0 records of tenant {T}, each with its inclusion proof\n"
+            )
+        );
+    }
+
+    fn report(records: u64, size: u64) -> TenantAuditReport {
+        TenantAuditReport {
+            checkpoint: alga_tlog::Checkpoint {
+                origin: "alga-license.dev/audit-log".to_owned(),
+                size,
+                root: alga_tlog::Hash([7; 32]),
+                body: String::new(),
+                note: String::new(),
+            },
+            records,
+        }
+    }
+
+    #[test]
+    fn the_proof_line_names_the_checkpoints_and_their_signer() {
+        assert_eq!(
+            tenant_audit_proven(&[report(3, 4545)]),
+            "3 records proven in the checkpoint of size 4545 signed by alga-license.dev/audit-log\n"
+        );
+        assert_eq!(
+            tenant_audit_proven(&[report(1000, 9000), report(1000, 9000), report(1, 9100)]),
+            "2001 records proven in 2 checkpoints (sizes 9000, 9100) signed by alga-license.dev/audit-log\n"
+        );
+        assert_eq!(
+            tenant_audit_proven(&[report(1, 12)]),
+            "1 record proven in the checkpoint of size 12 signed by alga-license.dev/audit-log\n"
+        );
+        let none = tenant_audit_proven(&[report(0, 12)]);
+        assert!(
+            none.starts_with("0 records proven in the checkpoint of size 12 signed by ")
+                && none.contains("proven in the next one"),
+            "{none}"
+        );
     }
 }

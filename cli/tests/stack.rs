@@ -6,14 +6,16 @@
 //! Redeems and check-ins (replaced and suspended appliances) are driven by
 //! `scripts/demo.sh` and `softhsm-tests`, which run `alga-appliance` too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use alga_protocol::api::{
     AppliancePage, EntitlementResponse, ReissueResponse, TenantStatus, TenantStatusResponse,
     TenantView,
 };
+use alga_tlog::{LogKeys, TenantAudit};
 use serde_json::Value;
 
 /// The stack's settings file; panics (fails the test) when the stack was never started.
@@ -310,4 +312,140 @@ fn appliance_list_pages_and_totals() {
             .trim_start()
             .starts_with("APPLIANCE")
     );
+}
+
+/// How long a tenant's new records may take to be in a signed checkpoint of the
+/// transparency log. The stack's gateway signs one every `[audit] checkpoint_interval`
+/// (60 s in the dev policy, `config/policy.sample.toml`) or 1000 records, whichever
+/// comes first, and at once after a quiet minute. Only the one sequencer of the
+/// stack's database (the holder of its advisory lock) signs: a test cannot lower the
+/// cadence without a database of its own, so it waits, bounded.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(90);
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `N records proven in the checkpoint of size S signed by O`: (N, S, O).
+fn proven_line(out: &str) -> (u64, u64, String) {
+    let line = out
+        .lines()
+        .find(|l| l.contains(" proven in the checkpoint of size "))
+        .unwrap_or_else(|| panic!("no proof line in:\n{out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> u64 {
+        words
+            .get(i)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("word {i} of {line:?}"))
+    };
+    let origin = line
+        .split(" signed by ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no signer in {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (num(0), num(8), origin)
+}
+
+#[test]
+fn a_tenants_records_are_fetched_with_their_proofs_and_verified_offline() {
+    let (tenant, _) = register("tlog");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let keys = dir.path().join("log.vkey");
+    let file = dir.path().join("tenant-audit.json");
+    ok(&["audit", "log-keys", "--out", s(&keys)]);
+    let log_keys = LogKeys::parse(&std::fs::read_to_string(&keys).expect("log keys written"))
+        .expect("the log keys parse");
+
+    // The registration's records are proven once a checkpoint covers them: within the
+    // cadence, so ask again until then.
+    let start = Instant::now();
+    let table = loop {
+        let table = ok(&[
+            "audit",
+            "tenant",
+            &tenant,
+            "--out",
+            s(&file),
+            "--log-keys",
+            s(&keys),
+        ]);
+        if table.contains(" tenant.register ") && table.contains(" code.mint ") {
+            break table;
+        }
+        assert!(
+            start.elapsed() < CHECKPOINT_WAIT,
+            "no checkpoint covered the registration of {tenant} within {CHECKPOINT_WAIT:?}:\n{table}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .eq(["SEQ", "TIME", "ACTION", "OUTCOME"]),
+        "the table's header: {table}"
+    );
+    let (records, size, origin) = proven_line(&table);
+    assert!(records >= 2, "{table}");
+    assert!(table.contains(&format!(
+        "\n{records} records of tenant {tenant}, each with its inclusion proof\n"
+    )));
+    assert_eq!(origin, log_keys.origin(), "{table}");
+
+    // The file is a JSON list of the pages, which verifies on its own, offline, to the
+    // same figures.
+    let pages: Vec<TenantAudit> =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("--out written"))
+            .expect("--out is a JSON list of tenant pages");
+    let reports = alga_tlog::verify_pages(&pages, &log_keys).expect("the file verifies");
+    assert_eq!(reports.iter().map(|r| r.records).sum::<u64>(), records);
+    assert_eq!(reports.last().map(|r| r.checkpoint.size), Some(size));
+    assert!(pages.iter().all(|p| p.tenant_id == tenant));
+    assert!(
+        pages.iter().flat_map(|p| &p.records).all(|r| r.seq <= size),
+        "a record beyond the checkpoint"
+    );
+
+    // --json: the same list, as the service answered; the auditor reads it too.
+    let v: Value = json(&["audit", "tenant", &tenant, "--as", "auditor"]);
+    assert_eq!(v[0]["tenant_id"], Value::from(tenant.as_str()), "{v}");
+    assert!(v[0]["checkpoint"].is_string(), "{v}");
+
+    // Keys the log never signed with (same origin): refused, exit 1, the file still
+    // written (evidence).
+    let stranger = dir.path().join("stranger.vkey");
+    // The Ed25519 base point: a valid public key whose private key nobody uses.
+    let mut point = [0x66u8; 32];
+    point[0] = 0x58;
+    std::fs::write(
+        &stranger,
+        alga_tlog::log_vkey(log_keys.origin(), &point) + "\n",
+    )
+    .expect("write");
+    std::fs::remove_file(&file).expect("remove");
+    let out = algactl(&[
+        "audit",
+        "tenant",
+        &tenant,
+        "--out",
+        s(&file),
+        "--log-keys",
+        s(&stranger),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("do NOT verify") && stderr.contains("signature refused"),
+        "{stderr}"
+    );
+    assert!(file.is_file(), "the refused pages are kept");
+
+    let missing = "00000000-0000-4000-8000-000000000000";
+    refused(&["audit", "tenant", missing], 404, "tenant_not_found");
 }
