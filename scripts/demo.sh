@@ -7,7 +7,14 @@
 #   check-in -> rebuild (re-issue, old code refused, new code redeems) -> the old appliance
 #   retired (its check-in refused, the new one's accepted, `tenant show`: replaced by the new)
 #   -> suspension (check-in refused, resume, accepted again) -> appliances by health
-#   -> audit verified -> summary table.
+#   -> audit verified -> an outside witness follows the transparency log (accepts and
+#   cosigns a first checkpoint, then the next one once new records are signed) -> the
+#   customer's own records proven offline (algactl audit tenant, alga-audit verify-proof,
+#   no database) -> an independent verifier agrees (scripts/tlog_verify.py) -> summary table.
+#
+# The transparency-log steps wait for the sequencer's next signed checkpoint (every 60 s or
+# 1000 records in the dev policy): at most ALGA_DEMO_CHECKPOINT_TIMEOUT (75) seconds, once;
+# the witness comes first so that the checkpoint it waits for also covers the customer's records.
 #
 # Every run uses fresh company names and contact addresses, so it can be re-run at will.
 # Its files go to .dev/demo/<run>/; the throwaway appliance database is dropped at the end.
@@ -18,6 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 ENV_FILE="${ALGA_ENV_FILE:-$ROOT/.dev/env}"
 PY=/usr/bin/python3
 MAIL_TIMEOUT="${ALGA_DEMO_MAIL_TIMEOUT:-30}"
+CHECKPOINT_TIMEOUT="${ALGA_DEMO_CHECKPOINT_TIMEOUT:-75}"
 
 # ------------------------------------------------------------------------- narration
 
@@ -178,6 +186,33 @@ redeem() {
         sleep 6
     done
     return "$rc"
+}
+
+# The size of the transparency log's newest signed checkpoint (0 before the first one).
+checkpoint_size() {
+    local size
+    size="$(curl -sS --fail --max-time 5 --cacert "$ALGA_CA_BUNDLE" "$ALGA_GATEWAY_URL/audit/log/checkpoint" 2>/dev/null \
+        | sed -n 2p)" || true
+    [[ "$size" =~ ^[0-9]+$ ]] && printf '%s\n' "$size" || printf '0\n'
+}
+
+# wait_checkpoint MIN_SIZE WHY: waits until the newest checkpoint has at least MIN_SIZE records
+# (bounded by CHECKPOINT_TIMEOUT, saying so while it waits); sets CP_SIZE.
+wait_checkpoint() {
+    local want="$1" why="$2" start=$SECONDS
+    CP_SIZE="$(checkpoint_size)"
+    [ "$CP_SIZE" -ge "$want" ] && return 0
+    printf '  %s(waiting up to %ss for %s, size %s or more (the newest: %s); the sequencer has the\n   log key sign one every 60 s or 1000 records)%s\n' \
+        "$D" "$CHECKPOINT_TIMEOUT" "$why" "$want" "$CP_SIZE" "$N"
+    while [ $((SECONDS - start)) -lt "$CHECKPOINT_TIMEOUT" ]; do
+        sleep 0.5
+        CP_SIZE="$(checkpoint_size)"
+        if [ "$CP_SIZE" -ge "$want" ]; then
+            printf '  %s(the checkpoint of size %s was signed after %ss)%s\n' "$D" "$CP_SIZE" "$((SECONDS - start))" "$N"
+            return 0
+        fi
+    done
+    fail "no checkpoint of size $want or more within ${CHECKPOINT_TIMEOUT}s (the newest has size $CP_SIZE; see .dev/logs/gateway.log: 'audit log checkpoint')"
 }
 
 secret_value() { # secret_value DIR FILE KEY
@@ -466,7 +501,101 @@ AUDIT_CPS="$(jq -r '.report.checkpoints_valid' "$WORK/verify.json")"
 ok "chain intact: $AUDIT_RECORDS records, $AUDIT_CPS signed checkpoints"
 record "audit verify" "INTACT" "$AUDIT_RECORDS records, $AUDIT_CPS checkpoints"
 
-# 12. summary
+# 12. the witness
+step "An outside witness follows the log" \
+    "The audit log is also a transparency log: an RFC 6962 Merkle tree over the same records, whose" \
+    "checkpoints the issuer signs with the Ed25519 log key in the HSM (c2sp.org/tlog-checkpoint), served" \
+    "with its tiles to anyone at /audit/log/ (digests only, no record content). A witness is someone else" \
+    "with a key of their own: it cosigns a checkpoint only when the tree it describes contains the one it" \
+    "accepted before (a consistency proof it computes from the tiles), so the log cannot fork or rewind" \
+    "unnoticed. It needs no account and no database, only the log's verifier key, fetched once and pinned."
+"$ALGACTL" audit log-keys --out "$WORK/log.vkey" 2>"$WORK/log-keys.err" \
+    || { cat "$WORK/log-keys.err" >&2; fail "algactl audit log-keys failed"; }
+show "log key (GET /audit/log/vkey): $(head -n 1 "$WORK/log.vkey")"
+WITNESS_NAME="witness.demo/$RUN_ID"
+"$AUDIT" witness init --name "$WITNESS_NAME" --key "$WORK/witness.key" >"$WORK/witness.vkey" 2>"$WORK/witness-init.err" \
+    || { cat "$WORK/witness-init.err" >&2; fail "alga-audit witness init failed"; }
+show "witness key: $(cat "$WORK/witness.vkey") (private half in witness.key, mode 0600)"
+witness_poll() {
+    env -u DATABASE_URL "$AUDIT" witness poll --once --log "$ALGA_GATEWAY_URL/audit/log" --ca "$ALGA_CA_BUNDLE" \
+        --log-keys "$WORK/log.vkey" --key "$WORK/witness.key" --state "$WORK/witness-state.json" \
+        --cosignatures "$WORK/cosigned"
+}
+printf '    %s$ alga-audit witness poll --once --log %s/audit/log …%s\n' "$D" "$ALGA_GATEWAY_URL" "$N"
+witness_poll >"$WORK/witness-poll-1.out" 2>&1 || { cat "$WORK/witness-poll-1.out" >&2; fail "the witness's first poll failed"; }
+show "$(sed 's/\(^— [^ ]* .\{16\}\).*/\1…/' "$WORK/witness-poll-1.out")"
+W1="$(sed -n 's/^accepted size \([0-9]*\) .*/\1/p' "$WORK/witness-poll-1.out")"
+[ -n "$W1" ] || fail "the witness's first poll accepted no checkpoint"
+ok "the witness accepted the checkpoint of size $W1 and cosigned it"
+CEDAR_EMAIL="office-$RUN_ID@cedar.test"
+"$ALGACTL" --json register --company "Cedar Clinic $RUN_ID" --contact-name "Cy Cedar" \
+    --contact-email "$CEDAR_EMAIL" --edition essentials >"$WORK/register-cedar.json" \
+    || fail "algactl register (the witness's new records) failed"
+show "new records: the store registers one more customer (tenant $(jq -r .tenant_id "$WORK/register-cedar.json"))"
+wait_checkpoint $((W1 + 1)) "the log's next checkpoint"
+witness_poll >"$WORK/witness-poll-2.out" 2>&1 || { cat "$WORK/witness-poll-2.out" >&2; fail "the witness's second poll failed (a fork or a rollback is refused, exit 1)"; }
+show "$(sed 's/\(^— [^ ]* .\{16\}\).*/\1…/' "$WORK/witness-poll-2.out")"
+W2="$(sed -n 's/^accepted size \([0-9]*\) .*/\1/p' "$WORK/witness-poll-2.out")"
+[ -n "$W2" ] && [ "$W2" -gt "$W1" ] || fail "the witness's second poll did not accept a larger checkpoint"
+grep -qF -- "— $WITNESS_NAME " "$WORK/cosigned/$W2" || fail "no cosignature of $WITNESS_NAME on the checkpoint of size $W2"
+[ "$(jq -r .size "$WORK/witness-state.json")" = "$W2" ] || fail "the witness's state does not hold the checkpoint of size $W2"
+ok "the tree of size $W2 contains the tree of size $W1: accepted, cosigned, kept in witness-state.json"
+record "witness" "accepted $W1 -> $W2" "$WITNESS_NAME"
+
+# 13. the customer's records
+step "A customer checks its own records offline" \
+    "The store fetches the pro customer's audit records for it (GET /tenants/{id}/audit, the store's" \
+    "certificate): each record comes with its inclusion proof in a signed checkpoint, and algactl follows" \
+    "next_after over the pages into one file. The customer then needs nothing of ours but the pinned log" \
+    "key: alga-audit verify-proof checks the file with no database and no network. Records newer than the" \
+    "newest checkpoint are in the next one, so the demo (as the auditor) first makes sure it covers them."
+CP_SIZE="$(checkpoint_size)"
+"$ALGACTL" --json audit tail --after "$CP_SIZE" >"$WORK/after-checkpoint.jsonl" || fail "algactl audit tail failed"
+PRO_NEWEST="$(jq -s --arg t "$PRO_TENANT" '[.[] | select(.record.tenant_id? == $t) | .seq] | max // 0' "$WORK/after-checkpoint.jsonl")"
+[ "$PRO_NEWEST" = 0 ] || wait_checkpoint "$PRO_NEWEST" "a checkpoint covering the tenant's newest record"
+printf '    %s$ algactl audit tenant %s --out tenant-audit.json --log-keys log.vkey%s\n' "$D" "$PRO_TENANT" "$N"
+"$ALGACTL" audit tenant "$PRO_TENANT" --out "$WORK/tenant-audit.json" --log-keys "$WORK/log.vkey" \
+    >"$WORK/tenant-audit.txt" 2>"$WORK/tenant-audit.err" \
+    || { cat "$WORK/tenant-audit.txt" "$WORK/tenant-audit.err" >&2; fail "algactl audit tenant failed (exit 1: a page does not verify)"; }
+sed 's/^/    /; s/^ *$//' "$WORK/tenant-audit.txt"
+printf '    %s$ env -u DATABASE_URL alga-audit verify-proof --log-keys log.vkey tenant-audit.json%s\n' "$D" "$N"
+env -u DATABASE_URL "$AUDIT" verify-proof --log-keys "$WORK/log.vkey" "$WORK/tenant-audit.json" >"$WORK/verify-proof.txt" 2>&1 \
+    || { cat "$WORK/verify-proof.txt" >&2; fail "alga-audit verify-proof refused the customer's file"; }
+show "$(cat "$WORK/verify-proof.txt")"
+env -u DATABASE_URL "$AUDIT" --json verify-proof --log-keys "$WORK/log.vkey" "$WORK/tenant-audit.json" >"$WORK/verify-proof.json" \
+    || fail "alga-audit --json verify-proof refused the customer's file"
+TA_RECORDS="$(jq -r .records "$WORK/verify-proof.json")"
+TA_SIZE="$(jq -r .size "$WORK/verify-proof.json")"
+TA_LAST="$(jq -r .last_seq "$WORK/verify-proof.json")"
+[ "$TA_RECORDS" -gt 0 ] && [ "$TA_LAST" -ge "$PRO_NEWEST" ] \
+    || fail "the file proves $TA_RECORDS records up to seq $TA_LAST, not the tenant's records up to seq $PRO_NEWEST"
+ok "$TA_RECORDS records of tenant $PRO_TENANT proven offline in the checkpoint of size $TA_SIZE signed by $(jq -r .origin "$WORK/verify-proof.json")"
+record "tenant records proven" "$TA_RECORDS records, offline" "checkpoint size $TA_SIZE"
+
+# 14. an independent verifier
+step "An independent implementation agrees" \
+    "scripts/tlog_verify.py was written from the specifications alone (RFC 6962; c2sp.org signed-note," \
+    "tlog-checkpoint, tlog-tiles), with Python's standard library and its own Ed25519: it fetches the" \
+    "checkpoint and every tile over HTTPS, recomputes the whole tree, checks the log key's signature and" \
+    "one inclusion proof: the customer's newest record, from the public GET /audit/log/proof/{seq}."
+curl -sS --fail --max-time 10 --cacert "$ALGA_CA_BUNDLE" "$ALGA_GATEWAY_URL/audit/log/proof/$TA_LAST" \
+    -o "$WORK/proof-$TA_LAST.json" || fail "GET /audit/log/proof/$TA_LAST failed"
+printf '    %s$ python3 scripts/tlog_verify.py --vkey log.vkey --url %s/audit/log --ca … --proof proof-%s.json%s\n' \
+    "$D" "$ALGA_GATEWAY_URL" "$TA_LAST" "$N"
+"$PY" -B "$ROOT/scripts/tlog_verify.py" --vkey "$WORK/log.vkey" --url "$ALGA_GATEWAY_URL/audit/log" \
+    --ca "$ALGA_CA_BUNDLE" --proof "$WORK/proof-$TA_LAST.json" >"$WORK/tlog-verify.out" 2>&1 \
+    || { cat "$WORK/tlog-verify.out" >&2; fail "the independent verifier refused the log or the proof"; }
+show "$(cat "$WORK/tlog-verify.out")"
+PROOF_ENTRY="$(jq -r .entry "$WORK/proof-$TA_LAST.json")"
+PROOF_SIZE="$(jq -r .size "$WORK/proof-$TA_LAST.json")"
+HELD_SHA="$(jq -j --argjson s "$TA_LAST" '.[].records[] | select(.seq == $s) | .record' "$WORK/tenant-audit.json" | sha256sum | cut -d' ' -f1)"
+HELD_ACTION="$(jq -r --argjson s "$TA_LAST" '.[].records[] | select(.seq == $s) | .record | fromjson | .action' "$WORK/tenant-audit.json")"
+[ "$PROOF_ENTRY" = "$HELD_SHA" ] || fail "record $TA_LAST as the customer holds it does not hash to the entry proven ($PROOF_ENTRY)"
+TREE_SIZE="$(sed -n 's/^checkpoint: .*, size \([0-9]*\),.*/\1/p' "$WORK/tlog-verify.out")"
+ok "record $TA_LAST ($HELD_ACTION) as the customer holds it hashes to the entry proven in the tree of size $PROOF_SIZE (sha256 ${HELD_SHA:0:16}…)"
+record "independent verifier" "tree and proof OK" "record $TA_LAST, tree of size ${TREE_SIZE:-$PROOF_SIZE}"
+
+# 15. summary
 step "Summary" "Every step of the journey, with what it produced:"
 printf '  %s%-22s %-30s %s%s\n' "$B" STEP RESULT "FIGURE / ID" "$N"
 for row in "${SUMMARY[@]}"; do
