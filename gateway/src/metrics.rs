@@ -210,6 +210,7 @@ pub struct Metrics {
     issuer_latency: Family<OpLabels, Histogram>,
     issuer_errors: Family<OpErrorLabels, Counter>,
     mail: Family<MailLabels, Counter>,
+    witness: Family<OutcomeLabels, Counter>,
     appliances: Family<HealthLabels, Gauge<i64, AtomicU64Compat>>,
     /// When a count of `appliances` was last claimed.
     appliances_counted: std::sync::Mutex<Option<std::time::Instant>>,
@@ -278,6 +279,14 @@ impl Metrics {
             "Mail delivery attempts by outcome (sent, retry, failed: retry budget spent or \
              undeliverable) and path (first: inside the request; worker)",
             mail.clone(),
+        );
+        let witness = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "witness_submissions",
+            "Audit log checkpoints submitted to witnesses by outcome (cosigned, conflict: \
+             the witness named another size and the submission was redone, refused: the \
+             witness refused the checkpoint, look at the error log, unreachable, error)",
+            witness.clone(),
         );
         let appliances = Family::<HealthLabels, Gauge<i64, AtomicU64Compat>>::default();
         registry.register(
@@ -350,6 +359,7 @@ impl Metrics {
             issuer_latency,
             issuer_errors,
             mail,
+            witness,
             appliances,
             appliances_counted: std::sync::Mutex::new(None),
             pool_size,
@@ -425,6 +435,12 @@ impl Metrics {
             _ => "other",
         };
         self.mail.get_or_create(&MailLabels { outcome, path }).inc();
+    }
+
+    /// Records one checkpoint submission to a witness: `cosigned`, `conflict`,
+    /// `refused`, `unreachable` or `error`.
+    pub fn witness_submission(&self, outcome: &'static str) {
+        self.witness.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`).

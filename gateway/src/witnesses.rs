@@ -154,13 +154,19 @@ async fn submit(app: &App, http: &reqwest::Client, w: &Witness) -> Result<(), St
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("unreachable: {e}"))?;
+            .map_err(|e| {
+                app.metrics.witness_submission("unreachable");
+                format!("unreachable: {e}")
+            })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
         let answer = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ANSWER)]).into_owned();
         match status {
             200 => {
-                let line = cosignature_from(w, &cp.note, &answer)?;
+                let line = cosignature_from(w, &cp.note, &answer).inspect_err(|_| {
+                    app.metrics.witness_submission("error");
+                })?;
+                app.metrics.witness_submission("cosigned");
                 if tree::insert_cosignature(&**conn, cp.size, &w.name, &line)
                     .await
                     .map_err(|e| e.to_string())?
@@ -170,6 +176,7 @@ async fn submit(app: &App, http: &reqwest::Client, w: &Witness) -> Result<(), St
                 return Ok(());
             }
             409 => {
+                app.metrics.witness_submission("conflict");
                 let theirs: u64 = answer
                     .trim_end()
                     .parse()
@@ -182,11 +189,15 @@ async fn submit(app: &App, http: &reqwest::Client, w: &Witness) -> Result<(), St
                 old = theirs;
             }
             422 | 403 => {
+                app.metrics.witness_submission("refused");
                 tracing::error!(witness = %w.name, status, tree.size = cp.size, answer = %answer.trim(),
                     "witness refused the audit log checkpoint");
                 return Err(format!("refused with {status}"));
             }
-            other => return Err(format!("answered {other}: {}", answer.trim())),
+            other => {
+                app.metrics.witness_submission("error");
+                return Err(format!("answered {other}: {}", answer.trim()));
+            }
         }
     }
     Ok(())

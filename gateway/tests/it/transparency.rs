@@ -256,6 +256,21 @@ async fn the_gateway_collects_a_witness_cosignature_and_serves_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cp = cosigned.expect("a cosigned checkpoint within 30 s");
+    let metrics = s
+        .anon()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("alga_gateway_witness_submissions_total{outcome=\"cosigned\"}")),
+        "{metrics}"
+    );
     let state: alga_tlog::WitnessState =
         serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).expect("state"))
             .expect("json");
