@@ -56,6 +56,12 @@ impl LogCheckpoint {
 pub const MAX_TENANT_PAGE: u32 = 1000;
 
 /// The leaf hashes of records `first_seq ..= last_seq` (and their entries).
+///
+/// Each record is fetched by its event id (`LATERAL … OFFSET 0` keeps Postgres from
+/// turning the lookups into a join), so that reading a range costs what the range
+/// holds, whatever the log's size. As a plain join, a range of 4,096 records of a log
+/// of 110,000 was planned as a hash join over the whole of `audit_events` (33 ms
+/// instead of 13). [`chain_rows`] reads the same way.
 async fn leaves<C: GenericClient + Sync>(
     client: &C,
     first_seq: u64,
@@ -66,7 +72,8 @@ async fn leaves<C: GenericClient + Sync>(
     }
     let rows = client
         .query_typed(
-            "SELECT c.seq, e.record FROM audit_chain c JOIN audit_events e ON e.id = c.event_id \
+            "SELECT c.seq, e.record FROM audit_chain c CROSS JOIN LATERAL (SELECT record \
+             FROM audit_events WHERE id = c.event_id OFFSET 0) e \
              WHERE c.seq BETWEEN $1 AND $2 ORDER BY c.seq",
             &[
                 (&to_i64(first_seq)?, Type::INT8),
@@ -645,7 +652,8 @@ async fn chain_rows<C: GenericClient + Sync>(
     let rows = client
         .query_typed(
             "SELECT c.seq, e.record, c.prev_hash, c.hash FROM audit_chain c \
-             JOIN audit_events e ON e.id = c.event_id \
+             CROSS JOIN LATERAL (SELECT record FROM audit_events WHERE id = c.event_id \
+             OFFSET 0) e \
              WHERE c.seq BETWEEN $1 AND $2 ORDER BY c.seq",
             &[
                 (&to_i64(first_seq)?, Type::INT8),
