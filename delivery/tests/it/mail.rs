@@ -182,7 +182,12 @@ fn check_delivered(m: &Value, mail: &OutgoingMail) -> Result<()> {
         None => mail.to.as_str().to_owned(),
     };
     let quoted = match &mail.to_name {
-        Some(name) => format!("\"{name}\" <{}>", mail.to.as_str()),
+        // RFC 5322 §3.2.4: inside a quoted-string, `"` and `\\` are escaped.
+        Some(name) => format!(
+            "\"{}\" <{}>",
+            name.as_str().replace('\\', "\\\\").replace('"', "\\\""),
+            mail.to.as_str()
+        ),
         None => want_to.clone(),
     };
     let got_to = to_header[0]["rfc2047"].as_str().unwrap_or_default();
@@ -305,6 +310,20 @@ async fn unicode_names_are_rfc2047_encoded_and_arrive_intact() -> Result<()> {
     );
     assert!(part(&m, "text/plain").contains(&format!("Hello {name},")));
     assert!(part(&m, "text/html").contains(&format!("Hello {name},")));
+    Ok(())
+}
+
+/// An ASCII-only name with a quote or a backslash travels as an RFC 5322 quoted-string
+/// with those escaped (the case the property test below once shrank to: the name `"`).
+#[tokio::test]
+async fn quotes_and_backslashes_in_an_ascii_name_arrive_escaped_and_intact() -> Result<()> {
+    for name in ["\"", "O\"Brien", "a\\b", "\\\""] {
+        let server = SmtpServer::start(SmtpTls::None)?;
+        let mailer = Mailer::new(&smtp_config(server.port, SmtpSecurity::None))?;
+        let mail = outgoing(MailKind::Registration, name, "Acme", "ada@example.com");
+        mailer.send(&mail).await?;
+        assert_delivered(&server, &mail)?;
+    }
     Ok(())
 }
 
