@@ -46,7 +46,7 @@ STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # Build every bench before anything is measured: a build inside a part's time limit
 # would eat it (and a first run on a fresh clone would print a table of n/a).
 say "building the benches first (cargo bench --no-run)"
-BENCHES=(-p alga-gateway --bench load)
+BENCHES=(-p alga-gateway --bench load -p alga-audit --bench tree)
 [ "$SMOKE" = 1 ] || BENCHES+=(-p alga-issuer --bench sign -p alga-audit --bench throughput)
 (cd "$ROOT" && cargo bench --no-run -q "${RUST_PROFILE[@]}" "${BENCHES[@]}") \
     || { echo "ERROR: the benches do not build; nothing was measured" >&2; exit 1; }
@@ -266,6 +266,18 @@ else
     read -r VAL[p5] CEIL[openssl] < <(sed -n 's/.*verify export: \([0-9]*\) MB\/s; openssl dgst -sha256: \([0-9]*\) MB\/s.*/\1 \2/p' "$WORK/audit.txt")
 fi
 
+# ------------------------------------------------------ T1-T4: the transparency log
+# Smoke: tiny logs in the dev profile (proves the harness); full: logs of 1,010,000 and
+# 110,000 records in release (about a minute and a half).
+say "T1-T4: the transparency log (cargo bench -p alga-audit --bench tree)"
+TREE_ARGS=()
+[ "$SMOKE" = 1 ] && TREE_ARGS=(--smoke)
+(cd "$ROOT" && PART_TIMEOUT=300 bounded cargo bench -q "${RUST_PROFILE[@]}" -p alga-audit --bench tree -- "${TREE_ARGS[@]}") >"$WORK/tree.txt" 2>&1 \
+    || say "  the transparency-log bench failed"
+grep -E '^  ' "$WORK/tree.txt"
+TREE_TABLE="$WORK/tree-table.md"
+grep -E '^\| (#|---|T)' "$WORK/tree.txt" >"$TREE_TABLE"
+
 # --------------------------------------------------------------------------- the table
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Whole numbers in the table (pgbench prints six decimals).
@@ -309,6 +321,8 @@ TABLE="$WORK/table.md"
 } >"$TABLE"
 echo
 cat "$TABLE"
+echo
+cat "$TREE_TABLE"
 echo "load average: $LOAD_START at start, $LOAD_END at end; nproc $(nproc)"
 
 # No timing is asserted; every part that ran must have produced its figure, or the
@@ -316,6 +330,7 @@ echo "load average: $LOAD_START at start, $LOAD_END at end; nproc $(nproc)"
 missing=""
 for k in nginx pg_redeem pg_checkin; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
 for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big p2_client_per_s healthz nginx_same p7_slow disk_stalls p3_bound_ratio; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
+for t in T1 T2 T3 T4; do grep -q "^| $t |" "$TREE_TABLE" || missing+=" tree:$t"; done
 if [ "$SMOKE" = 0 ]; then
     for k in hsm openssl; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
     for k in p2 p2two p2_bound p5; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
@@ -340,9 +355,14 @@ if [ "$SMOKE" = 0 ]; then
         echo "  with a probe of the disk beside its open loop (the P7 disk row), then its own client against the gateway's \`GET /healthz\` and nginx,"
         echo "  alternating (the P1 split row),"
         echo "  \`cargo bench -p alga-issuer --bench sign\`,"
-        echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway."
+        echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway,"
+        echo "  \`cargo bench -p alga-audit --bench tree\` (the transparency log, its own databases of 1,010,000 and 110,000 records)."
         echo
         cat "$TABLE"
+        echo
+        echo "The transparency log (T rows, \`cargo bench -p alga-audit --bench tree\`):"
+        echo
+        cat "$TREE_TABLE"
         echo
         # The hand-written section (what each figure means, where it stands) survives each
         # run; a BENCHMARKS.md without its heading contributes nothing.
