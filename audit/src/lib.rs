@@ -12,7 +12,8 @@
 //! - [`migrations`]: the schema; the tables refuse UPDATE, DELETE and TRUNCATE, and
 //!   the runtime role may only INSERT and SELECT.
 //! - [`list_events`], [`list_checkpoints`]: the queries behind `GET /audit/events`
-//!   and `GET /audit/checkpoints`.
+//!   and `GET /audit/checkpoints`; [`scan_actions`]: the chained records of some
+//!   actions after a sequence number, the store's event feed.
 //! - [`verify_database`], [`verify_export`]: recompute the chain, check every
 //!   checkpoint, and name the first damaged record and the kind of damage.
 //! - [`tree`]: the same records as an RFC 6962 Merkle tree (a transparency log):
@@ -49,7 +50,8 @@ pub use record::{Action, Actor, NewRecord, Outcome, Record, actions};
 pub use schema::{Migration, RUNTIME_ROLE, migrations};
 pub use sequencer::{CheckpointSigner, Progress, Sequencer, SequencerConfig};
 pub use store::{
-    ChainedRecord, EventId, EventQuery, append, append_cached, list_checkpoints, list_events,
+    ActionScan, ChainedRecord, EventId, EventQuery, append, append_cached, list_checkpoints,
+    list_events, scan_actions,
 };
 pub use tree::LogCheckpoint;
 pub use verify::{DamageKind, Finding, VerifyOptions, VerifyReport, verify_database};

@@ -48,6 +48,11 @@ pub mod actions {
     /// A rebuild's redeem retired the appliance (subject `appliance_id`, the old one;
     /// `replaced_by`, the new one), in the redeem's transaction.
     pub const APPLIANCE_REPLACE: &str = "appliance.replace";
+    /// A paid appliance went past its next expected check-in plus its edition's grace
+    /// (subject `appliance_id`; details `edition`, `last_seen_at`: its last check-in,
+    /// or its redeem before the first, in Unix seconds). Written once per episode by
+    /// the gateways' overdue sweep; a later check-in ends the episode.
+    pub const APPLIANCE_OVERDUE: &str = "appliance.overdue";
     pub const TENANT_SUSPEND: &str = "tenant.suspend";
     pub const TENANT_RESUME: &str = "tenant.resume";
     /// The store moved the tenant to another edition (details `from`, `to`).

@@ -232,6 +232,98 @@ where
     rows.iter().map(chained_from_row).collect()
 }
 
+/// What [`scan_actions`] read: the chained records of the asked actions in a range of
+/// sequence numbers, and how far that range went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionScan {
+    /// The newest chained sequence number, read in the same snapshot as `records`.
+    pub head: u64,
+    /// Records of the asked actions with `after_seq < seq <= scanned_to`, in sequence
+    /// order: all of them, none left out.
+    pub records: Vec<ChainedRecord>,
+    /// The last sequence number the scan covered (`after_seq` when there was nothing
+    /// after it). The next scan starts after it.
+    pub scanned_to: u64,
+}
+
+/// The most sequence numbers one [`scan_actions`] walks (records of other actions
+/// included), so that a page over a stretch of unrelated records stays cheap.
+pub const MAX_SCAN: u64 = 10_000;
+
+/// Chained records whose action is one of `actions`, after `after_seq`, in sequence
+/// order: at most `limit` of them, within at most `window` sequence numbers (capped at
+/// [`MAX_SCAN`]). The store's event feed reads the log through this.
+///
+/// The chain is gap-free and append-only: every sequence number up to `head` exists
+/// and never changes, so a range up to `head` read once is final, and scanning on from
+/// `scanned_to` neither misses nor repeats a record, whatever order the business
+/// transactions committed in (the sequencer chained them in a safe order). `head` is
+/// read in the same statement, hence the same snapshot, as the records.
+pub async fn scan_actions<C>(
+    client: &C,
+    after_seq: u64,
+    actions: &[&str],
+    limit: u32,
+    window: u64,
+) -> Result<ActionScan, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let limit = i64::from(limit.clamp(1, MAX_PAGE));
+    let window = window.clamp(1, MAX_SCAN);
+    let window_sql = to_i64(window)?;
+    let after = to_i64(after_seq)?;
+    let actions: Vec<&str> = actions.to_vec();
+    let rows = client
+        .query_typed(
+            "WITH h AS (SELECT coalesce(max(seq), 0) AS head FROM audit_chain) \
+             SELECT h.head, r.seq, r.event_id, r.prev_hash, r.hash, r.chained_at, r.record \
+             FROM h LEFT JOIN LATERAL ( \
+                 SELECT c.seq, c.event_id, c.prev_hash, c.hash, c.chained_at, e.record \
+                 FROM audit_chain c JOIN audit_events e ON e.id = c.event_id \
+                 WHERE c.seq > $1 AND c.seq <= least(h.head, $1 + $2) \
+                   AND e.action = ANY($3) \
+                 ORDER BY c.seq LIMIT $4) r ON true \
+             ORDER BY r.seq",
+            &[
+                (&after, Type::INT8),
+                (&window_sql, Type::INT8),
+                (&actions, Type::TEXT_ARRAY),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    let head = match rows.first() {
+        Some(row) => to_u64(row.try_get(0)?)?,
+        None => return Err(AuditError::Corrupt("the head query returned no row".into())),
+    };
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let seq: Option<i64> = row.try_get(1)?;
+        if seq.is_none() {
+            continue;
+        }
+        records.push(ChainedRecord {
+            seq: to_u64(row.try_get(1)?)?,
+            event_id: EventId(row.try_get(2)?),
+            prev_hash: hash32(row.try_get(3)?)?,
+            hash: hash32(row.try_get(4)?)?,
+            chained_at: row.try_get(5)?,
+            canonical: row.try_get(6)?,
+        });
+    }
+    let full = i64::try_from(records.len()).unwrap_or(i64::MAX) >= limit;
+    let scanned_to = match records.last() {
+        Some(last) if full => last.seq,
+        _ => head.min(after_seq.saturating_add(window)).max(after_seq),
+    };
+    Ok(ActionScan {
+        head,
+        records,
+        scanned_to,
+    })
+}
+
 pub(crate) fn chained_from_row(row: &tokio_postgres::Row) -> Result<ChainedRecord, AuditError> {
     Ok(ChainedRecord {
         seq: to_u64(row.try_get(0)?)?,

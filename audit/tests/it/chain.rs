@@ -132,6 +132,59 @@ async fn events_page_by_sequence_and_filter() {
     db.drop_db().await;
 }
 
+/// `scan_actions` (the store's event feed): the records of some actions after a
+/// sequence number, bounded by a count and a window of sequence numbers; going on from
+/// `scanned_to` reads each record once, in order.
+#[tokio::test]
+async fn scan_actions_pages_by_count_and_window() {
+    let db = TestDb::new().await;
+    let mut rt = db.runtime().await;
+    // sample_record cycles through six actions: `code.redeem` is the third, so records
+    // 3, 9, 15, … 57 of 60.
+    append_n(&mut rt, 0, 60).await;
+    let mut seq =
+        RunningSequencer::start(db.pool(2), InsecureTestSigner::new("k"), fast_config(1000));
+    seq.wait_for(60, 0).await;
+    seq.stop().await;
+    let redeems: Vec<u64> = (0..10).map(|k| 3 + 6 * k).collect();
+    let scan = |after, limit, window| {
+        let rt = &rt;
+        async move {
+            alga_audit::scan_actions(rt, after, &["code.redeem"], limit, window)
+                .await
+                .unwrap()
+        }
+    };
+    let seqs = |s: &alga_audit::ActionScan| s.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+
+    // Full by count: ends at the last record read.
+    let s = scan(0, 3, 1000).await;
+    assert_eq!((seqs(&s), s.scanned_to, s.head), (vec![3, 9, 15], 15, 60));
+    // Bounded by the window: ends at its edge.
+    let s = scan(15, 100, 10).await;
+    assert_eq!((seqs(&s), s.scanned_to), (vec![21], 25));
+    let s = scan(15, 100, 5).await;
+    assert_eq!((seqs(&s), s.scanned_to), (vec![], 20));
+    // At the head, and beyond it (the caller refuses such a cursor).
+    let s = scan(60, 10, 1000).await;
+    assert_eq!((seqs(&s), s.scanned_to, s.head), (vec![], 60, 60));
+    let s = scan(70, 10, 1000).await;
+    assert_eq!((seqs(&s), s.head), (vec![], 60));
+    // Small pages and windows read every record once, in order.
+    let (mut after, mut got) = (0, Vec::new());
+    while after < 60 {
+        let s = scan(after, 2, 7).await;
+        assert!(s.scanned_to > after);
+        got.extend(seqs(&s));
+        after = s.scanned_to;
+    }
+    assert_eq!(got, redeems);
+    for r in &scan(0, 100, 1000).await.records {
+        assert_eq!(r.record().unwrap().action.as_str(), "code.redeem");
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn records_left_unchained_past_the_bound_are_flagged() {
     let db = TestDb::new().await;
