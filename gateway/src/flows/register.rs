@@ -15,6 +15,7 @@ use alga_protocol::api::{
 };
 use std::sync::Arc;
 
+use alga_audit::record::RecordBuilder;
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
@@ -229,6 +230,8 @@ async fn register_once(
         },
     };
     let body = serde_json::to_value(&body).map_err(ApiError::internal)?;
+    // The tenant's record first, then its code's: readers of the log (and the event
+    // feed) see the tenant before the code issued to it.
     audit::append(
         &tx,
         ctx.record(actions::TENANT_REGISTER)?
@@ -237,6 +240,7 @@ async fn register_once(
             .detail("edition", edition.name.as_str()),
     )
     .await?;
+    audit::append(&tx, issued.mint_record).await?;
     if let Some(i) = idem
         && !db::idempotency::insert(&tx, &i.caller, &i.key, &i.body_hash, 201, &storable(&body))
             .await?
@@ -272,15 +276,19 @@ pub(crate) struct NewCode<'a> {
 
 /// What minting a code produced: its public facts, the link and the queued mail.
 pub(crate) struct IssuedCode {
+    /// The mint's audit record (`code.mint`): the caller appends it in the same
+    /// transaction, where its records read best (a registration's after the tenant's).
+    pub mint_record: RecordBuilder,
     pub code_id: String,
     pub mail_id: Uuid,
     pub code: InstallCodeInfo,
     pub download: DownloadLink,
 }
 
-/// Mints a code for the tenant (issuer), stores its binding, presigns the link, queues
-/// the mail (reserved for this request's first attempt) and audits the mint, all in `tx`. The code itself is dropped here
-/// (zeroized): the mail sender re-derives it from the binding.
+/// Mints a code for the tenant (issuer), stores its binding, presigns the link and
+/// queues the mail (reserved for this request's first attempt), all in `tx`, and
+/// returns the mint's audit record, which the caller must append in `tx`. The code
+/// itself is dropped here (zeroized): the mail sender re-derives it from the binding.
 pub(crate) async fn issue_code(
     app: &App,
     ctx: &Ctx,
@@ -328,17 +336,14 @@ pub(crate) async fn issue_code(
     if let Some(old) = replaces {
         record = record.subject("replaces_appliance_id", old);
     }
-    audit::append(
-        tx,
-        record
-            .tenant(tenant_id)
-            .subject("code_id", binding.code_id.as_str())
-            .detail("expires_at", binding.expires_at.unix_timestamp())
-            .detail("key_version", binding.key_version)
-            .detail("mail", kind.as_str()),
-    )
-    .await?;
+    let mint_record = record
+        .tenant(tenant_id)
+        .subject("code_id", binding.code_id.as_str())
+        .detail("expires_at", binding.expires_at.unix_timestamp())
+        .detail("key_version", binding.key_version)
+        .detail("mail", kind.as_str());
     Ok(IssuedCode {
+        mint_record,
         code_id: binding.code_id.to_string(),
         mail_id,
         code: InstallCodeInfo {

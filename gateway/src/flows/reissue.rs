@@ -174,6 +174,7 @@ async fn reissue_inner(
         },
     )
     .await?;
+    audit::append(&tx, issued.mint_record).await?;
     let mut record = ctx
         .record(actions::CODE_REISSUE)?
         .tenant(tenant_id)
