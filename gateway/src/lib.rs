@@ -82,6 +82,9 @@ pub const KEY_REFRESH: Duration = Duration::from_secs(60);
 /// How often they are fetched while the gateway has none yet (the issuer was not
 /// answering when the gateway started): appliance credentials are refused until then.
 pub const KEY_RETRY: Duration = Duration::from_secs(2);
+/// How often the sequencer's leader records appliances that went overdue
+/// (`appliance.overdue` events appear within this of the moment they are due).
+pub const OVERDUE_SWEEP: Duration = Duration::from_secs(60);
 /// How old the appliances-by-health gauge may be when `/metrics` is scraped before it
 /// is counted again (a count reads every active appliance: at most one per this).
 pub const HEALTH_GAUGE_MAX_AGE: Duration = Duration::from_secs(30);
@@ -406,9 +409,26 @@ pub async fn run_on(
         app.clone(),
         witness_targets,
         witness_roots,
-        sequencer_progress,
+        sequencer_progress.clone(),
         stop_rx.clone(),
     ));
+    // Overdue appliances: the sequencer's leader records them (the sweep is safe on
+    // several gateways at once; one is enough).
+    every(OVERDUE_SWEEP, stopped(stop_rx.clone()), {
+        let (app, leading) = (app.clone(), sequencer_progress);
+        move || {
+            let (app, lead) = (app.clone(), leading.borrow().leading);
+            async move {
+                if lead {
+                    let now = time::OffsetDateTime::now_utc();
+                    if let Err(e) = flows::events::sweep_overdue(&app.pool, &app.policy, now).await
+                    {
+                        tracing::warn!(error = %e, "overdue sweep failed; next round retries");
+                    }
+                }
+            }
+        }
+    });
 
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;

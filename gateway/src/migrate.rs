@@ -32,6 +32,10 @@ pub const GATEWAY_MIGRATIONS: &[Migration] = &[
         name: "gateway/0004_credential_rotation",
         sql: include_str!("../migrations/0004_credential_rotation.sql"),
     },
+    Migration {
+        name: "gateway/0005_events_webhooks",
+        sql: include_str!("../migrations/0005_events_webhooks.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migration runs ("algamigr").

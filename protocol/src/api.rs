@@ -26,6 +26,9 @@ pub const CA_PEM: &str = "/ca.pem";
 /// `GET /appliances` (roles `store`, `auditor`): appliances by health, paged.
 pub const APPLIANCES: &str = "/appliances";
 
+/// `GET /events?after=<cursor>&limit=<n>` (role `store`): the event feed, paged.
+pub const EVENTS: &str = "/events";
+
 /// `GET /tenants/{tenant_id}` (roles `store`, `auditor`).
 pub fn tenant_path(tenant_id: Uuid) -> String {
     format!("/tenants/{tenant_id}")
@@ -424,6 +427,62 @@ pub struct MailView {
 pub struct AppliancePage {
     pub appliances: Vec<ApplianceView>,
     pub next: Option<String>,
+}
+
+/// The `type` of an [`Event`]: a contract, like the error codes.
+pub mod event_type {
+    pub const TENANT_REGISTERED: &str = "tenant.registered";
+    pub const CODE_ISSUED: &str = "code.issued";
+    pub const CODE_REDEEMED: &str = "code.redeemed";
+    pub const APPLIANCE_REPLACED: &str = "appliance.replaced";
+    pub const APPLIANCE_REVOKED: &str = "appliance.revoked";
+    pub const APPLIANCE_OVERDUE: &str = "appliance.overdue";
+    pub const ENTITLEMENT_CHANGED: &str = "entitlement.changed";
+    pub const TENANT_SUSPENDED: &str = "tenant.suspended";
+    pub const TENANT_RESUMED: &str = "tenant.resumed";
+    pub const MAIL_FAILED: &str = "mail.failed";
+
+    /// Every type, in documentation order.
+    pub const ALL: [&str; 10] = [
+        TENANT_REGISTERED,
+        CODE_ISSUED,
+        CODE_REDEEMED,
+        APPLIANCE_REPLACED,
+        APPLIANCE_REVOKED,
+        APPLIANCE_OVERDUE,
+        ENTITLEMENT_CHANGED,
+        TENANT_SUSPENDED,
+        TENANT_RESUMED,
+        MAIL_FAILED,
+    ];
+}
+
+/// One event of `GET /events`, and the body of a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Stable and increasing in feed order: the audit record's sequence number.
+    pub id: u64,
+    /// One of [`event_type`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened (the audit record's time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub tenant_id: Option<Uuid>,
+    pub appliance_id: Option<Uuid>,
+    /// Type-specific fields (never a secret); see the OpenAPI document.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// 200 body of `GET /events`: events in the audit log's order; `next` is the `after`
+/// of the next request. A page with no events whose `next` is the `after` sent means
+/// nothing new yet (ask again later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub next: String,
 }
 
 /// Every error response: `{"error": {...}}`.

@@ -443,7 +443,7 @@ pub async fn audit_keys(
     Ok(Json(&*keys).into_response())
 }
 
-fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
+pub(super) fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
     let mut f = BTreeMap::new();
     f.insert("query".to_owned(), e.body_text());
     ApiError::Validation(f)

@@ -2,6 +2,7 @@
 //! handlers. Only this module knows about HTTP and JSON; handlers are thin (extract,
 //! convert to a domain type, call the flow, map the result).
 
+pub mod events;
 pub mod extract;
 mod handlers;
 pub mod log;
@@ -79,6 +80,7 @@ fn business() -> Router<Arc<App>> {
         )
         .route("/tenants/{tenant_id}/resume", post(handlers::resume_tenant))
         .route(wire::APPLIANCES, get(handlers::list_appliances))
+        .route(wire::EVENTS, get(events::list))
         .route(
             "/appliances/{appliance_id}/revoke",
             post(handlers::revoke_appliance),

@@ -169,6 +169,22 @@ const ROUTES: &[Route] = &[
         &[("200", "appliances, next"), ("400", "validation_failed")],
     ),
     (
+        HttpMethod::Get,
+        "/events",
+        "store",
+        "The event feed: what happened to tenants, codes and appliances, in the order of the sequenced audit log (an event appears once the audit sequencer has chained its record, normally within 100 ms of the commit; a tenant's changes in the order they took effect). Pass the page's next as ?after= to continue; pages never skip or repeat an event, however many gateways write and in whatever order transactions commit; a page with no events whose next is the after sent means nothing new yet. Types: tenant.registered {code_id, edition}, code.issued {code_id, expires_at, mail, replaces_appliance_id?}, code.redeemed {code_id, edition, replaced_appliance_id?}, appliance.replaced {replaced_by, code_id}, appliance.revoked {reason?}, appliance.overdue {edition, last_seen_at}, entitlement.changed {from, to, revoked}, tenant.suspended {reason?}, tenant.resumed {}, mail.failed {mail_id, code_id, kind, attempt}.",
+        &[
+            (
+                "200",
+                "events [{id, type, at, tenant_id, appliance_id, data}], next",
+            ),
+            (
+                "400",
+                "validation_failed (fields.after: not a cursor of this feed, or beyond its end; fields.limit)",
+            ),
+        ],
+    ),
+    (
         HttpMethod::Post,
         "/appliances/{appliance_id}/revoke",
         "store",
@@ -395,6 +411,36 @@ fn registered_schema(reissue: bool) -> Value {
     json!({"201": {"content": {"application/json": {"schema": v}}}})
 }
 
+/// One event of the feed (`protocol::api::Event`): in `/events` pages and as the body
+/// of a webhook delivery.
+fn event_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "type", "at", "tenant_id", "appliance_id", "data"],
+        "properties": {
+            "id": {"type": "integer", "format": "int64", "minimum": 1,
+                   "description": "Stable, increasing in feed order (the audit record's sequence number); Alga-Event-Id of a webhook"},
+            "type": {"type": "string", "enum": alga_protocol::api::event_type::ALL},
+            "at": {"type": "string", "format": "date-time"},
+            "tenant_id": {"type": ["string", "null"], "format": "uuid"},
+            "appliance_id": {"type": ["string", "null"], "format": "uuid"},
+            "data": {"type": "object"},
+        },
+    })
+}
+
+/// The 200 body of `/events` (`protocol::api::EventPage`).
+fn events_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["events", "next"],
+        "properties": {
+            "events": {"type": "array", "items": event_schema()},
+            "next": {"type": "string", "description": "The after of the next request"},
+        },
+    })
+}
+
 /// A route's `parameters`, `requestBody` and documented response bodies
 /// (`responses`: status → partial OpenAPI response) as OpenAPI JSON, or `Null`.
 /// `editions` are the policy's edition names (empty: any string).
@@ -515,6 +561,17 @@ fn input(path: &str, editions: &[&str]) -> Value {
                  "description": "At most this many (default 100)",
                  "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000}},
             ],
+        }),
+        "/events" => json!({
+            "parameters": [
+                {"name": "after", "in": "query", "required": false,
+                 "description": "The next of the previous page (opaque); absent: from the start of the feed",
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}},
+                {"name": "limit", "in": "query", "required": false,
+                 "description": "At most this many events (default 100)",
+                 "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000}},
+            ],
+            "responses": {"200": {"content": {"application/json": {"schema": events_schema()}}}},
         }),
         "/appliances/{appliance_id}/revoke" => json!({
             "parameters": [uuid_in_path("appliance_id")],
@@ -655,6 +712,7 @@ mod tests {
         assert_eq!(v["openapi"], "3.1.0");
         assert!(v["paths"]["/register"]["post"].is_object());
         assert!(v["paths"]["/tenants/{tenant_id}"]["get"].is_object());
+        assert!(v["paths"]["/events"]["get"].is_object());
     }
 
     /// Every parameter and request body of `input` survives utoipa's types unchanged.

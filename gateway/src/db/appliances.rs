@@ -355,6 +355,64 @@ pub async fn count_by_health(
         .collect()
 }
 
+/// An appliance [`mark_overdue`] found overdue in a new episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub appliance_id: Uuid,
+    pub tenant_id: Uuid,
+    pub edition: String,
+    /// Its last check-in, or its redeem before the first: what the episode is of.
+    pub last_seen_at: OffsetDateTime,
+}
+
+/// Marks up to `limit` active appliances of paid editions that are overdue at the
+/// cutoffs (stale included) and not yet marked for their current episode, and returns
+/// them. The mark (`overdue_recorded_for`) is the reference time the episode is of, so
+/// a later check-in, which moves the reference, starts a new episode without touching
+/// the mark. The `UPDATE` re-checks the mark under the row's lock: of two concurrent
+/// sweeps, one marks an appliance and the other skips it.
+pub async fn mark_overdue(
+    c: &impl GenericClient,
+    cutoffs: &HealthCutoffs,
+    limit: i64,
+) -> Result<Vec<Overdue>, DbError> {
+    let (editions, overdue) = cutoff_params(cutoffs);
+    let rows = c
+        .query(
+            &c.prepare_cached(
+                "UPDATE appliances a SET overdue_recorded_for = x.seen \
+                 FROM (SELECT b.appliance_id, e.edition, \
+                              coalesce(b.last_check_in_at, b.created_at) AS seen \
+                       FROM appliances b \
+                       JOIN entitlements e ON e.tenant_id = b.tenant_id \
+                       JOIN unnest($1::text[], $2::timestamptz[]) AS k(edition, overdue_before) \
+                         ON k.edition = e.edition \
+                       WHERE b.state = 'active' \
+                         AND coalesce(b.last_check_in_at, b.created_at) < k.overdue_before \
+                         AND b.overdue_recorded_for IS DISTINCT FROM \
+                             coalesce(b.last_check_in_at, b.created_at) \
+                       ORDER BY b.appliance_id LIMIT $3) x \
+                 WHERE a.appliance_id = x.appliance_id AND a.state = 'active' \
+                   AND coalesce(a.last_check_in_at, a.created_at) = x.seen \
+                   AND a.overdue_recorded_for IS DISTINCT FROM \
+                       coalesce(a.last_check_in_at, a.created_at) \
+                 RETURNING a.appliance_id, a.tenant_id, x.edition, x.seen",
+            )
+            .await?,
+            &[&editions, &overdue, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Overdue {
+            appliance_id: r.get(0),
+            tenant_id: r.get(1),
+            edition: r.get(2),
+            last_seen_at: r.get(3),
+        })
+        .collect())
+}
+
 /// The tenant's active appliances now: how many, and whether `replacing` is one of
 /// them (a replacement frees its seat).
 pub async fn seats_in_use(

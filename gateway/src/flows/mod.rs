@@ -4,6 +4,7 @@
 
 pub mod check_in;
 pub mod csr;
+pub mod events;
 pub mod lifecycle;
 pub mod redeem;
 pub mod register;

@@ -9,6 +9,7 @@ mod credentials;
 mod cut_after_commit;
 mod deliverable;
 mod edge;
+mod events;
 mod explain;
 mod hsm_session_loss;
 mod issuer_batch;

@@ -45,6 +45,7 @@ async fn role_matrix() {
             None,
             [200, 200, 403, 403, 401],
         ),
+        ("GET", "/events".into(), None, [200, 403, 403, 403, 401]),
         (
             "POST",
             format!("/appliances/{unknown}/revoke"),
