@@ -32,6 +32,10 @@ pub const GATEWAY_MIGRATIONS: &[Migration] = &[
         name: "gateway/0004_credential_rotation",
         sql: include_str!("../migrations/0004_credential_rotation.sql"),
     },
+    Migration {
+        name: "gateway/0006_relayed_check_in",
+        sql: include_str!("../migrations/0006_relayed_check_in.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migration runs ("algamigr").
