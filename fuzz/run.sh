@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 SECS="${FUZZ_SECONDS:-300}"
-TARGETS="${FUZZ_TARGETS:-install_code csr api_bodies audit_export}"
+TARGETS="${FUZZ_TARGETS:-install_code csr api_bodies audit_export offline_files}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 timeout 1800 cargo fuzz build -s none -O

@@ -6,7 +6,8 @@
 #   through the presigned link -> redeem (Secrets) -> bootstrap adopts the tenant ->
 #   check-in -> rebuild (re-issue, old code refused, new code redeems) -> the old appliance
 #   retired (its check-in refused, the new one's accepted, `tenant show`: replaced by the new)
-#   -> suspension (check-in refused, resume, accepted again) -> appliances by health
+#   -> an air-gapped install (request file with no network, relay, a tampered answer refused,
+#   the answer verified and installed, then an offline refresh; its replay refused) -> suspension (check-in refused, resume, accepted again) -> appliances by health
 #   -> audit verified -> an outside witness follows the transparency log (accepts and
 #   cosigns a first checkpoint, then the next one once new records are signed) -> the
 #   customer's own records proven offline (algactl audit tenant, alga-audit verify-proof,
@@ -96,6 +97,17 @@ cleanup() {
 trap cleanup EXIT
 
 # --------------------------------------------------------------------------- helpers
+
+# offline CMD...: runs CMD with no network (an empty network namespace when this user may
+# make one, else with the service URL pointing where nothing listens): the appliance side
+# of an air-gapped install.
+if unshare -n true 2>/dev/null; then
+    OFFLINE_HOW="an empty network namespace"
+    offline() { unshare -n "$@"; }
+else
+    OFFLINE_HOW="the service URL points where nothing listens"
+    offline() { ALGA_LICENSE_SERVICE_URL=https://127.0.0.1:9 "$@"; }
+fi
 
 # The newest mail to $1 whose install code starts with code id $2; waits for it.
 wait_mail() {
@@ -434,6 +446,70 @@ if [ "$WANT_REPLACED_RC" = 1 ]; then REPLACED_NOTE="refused (exit 1, appliance_r
 record "replaced check-in" "$REPLACED_NOTE" "appliance $PRO_APPLIANCE"
 record "rebuilt check-in" "accepted" "appliance $REBUILT_APPLIANCE"
 record "tenant show" "old replaced by new" "${PRO_APPLIANCE:0:8}… -> ${REBUILT_APPLIANCE:0:8}…, $SEATS active"
+
+# 8b. air-gapped install
+step "An air-gapped appliance installs and refreshes through a relay" \
+    "An appliance without a network writes its redeem as a file (it holds the code: mode 0600) and" \
+    "opens no socket; a relay on a connected machine performs it (POST /register) and writes the answer;" \
+    "the appliance checks the answer against its trust root, its own key and its pending request," \
+    "then writes the same Secrets. Its refresh goes the same way: a check-in request signed with its own" \
+    "key (POST /check-in/relayed, accepted once). The appliance's commands run with no network at all" \
+    "($OFFLINE_HOW)."
+AG_EMAIL="it-$RUN_ID@cormorant.test"
+"$ALGACTL" --json register --company "Cormorant Labs $RUN_ID" --contact-name "Cy Cormorant" \
+    --contact-email "$AG_EMAIL" --edition pro >"$WORK/register-airgap.json" \
+    || fail "algactl register (air-gapped customer) failed"
+AG_TENANT="$(jq -r .tenant_id "$WORK/register-airgap.json")"
+AG_CODE="$(mail_field "$(wait_mail "$AG_EMAIL" "$(jq -r .install_code.code_id "$WORK/register-airgap.json")")" code)"
+AG="$WORK/appliance-airgapped"
+printf '%s\n' "$AG_CODE" | offline "$APPLIANCE" redeem --offline-request "$WORK/airgap-request.json" \
+    --out "$AG" --hostname cormorant-1 >"$WORK/airgap-1.out" 2>&1 \
+    || { cat "$WORK/airgap-1.out" >&2; fail "redeem --offline-request failed"; }
+show "appliance: $(head -n 1 "$WORK/airgap-1.out") [mode $(stat -c %a "$WORK/airgap-request.json")]"
+"$APPLIANCE" relay --request "$WORK/airgap-request.json" --response "$WORK/airgap-response.json" \
+    --service-url "$ALGA_GATEWAY_URL" --ca-bundle "$ALGA_CA_BUNDLE" >"$WORK/airgap-2.out" 2>&1 \
+    || { cat "$WORK/airgap-2.out" >&2; fail "alga-appliance relay failed"; }
+show "relay:     $(grep -E '^(relayed|appliance_id):' "$WORK/airgap-2.out" | paste -sd ' ')"
+rm -f "$WORK/airgap-request.json" # answered: the code is of no further use to keep around
+# One byte of the license's signature changed on the way: refused, nothing written.
+jq '.response.license.token |= (split(".") | .[2] |= (.[0:5] + (if .[5:6] == "A" then "B" else "A" end) + .[6:]) | join("."))' \
+    "$WORK/airgap-response.json" >"$WORK/airgap-tampered.json"
+TAMPER_RC=0
+offline "$APPLIANCE" redeem --offline-response "$WORK/airgap-tampered.json" --out "$AG" \
+    --ca-bundle "$ALGA_CA_BUNDLE" --trust-root "$ALGA_TRUST_ROOT" >"$WORK/airgap-3.out" 2>&1 || TAMPER_RC=$?
+[ "$TAMPER_RC" != 0 ] && [ ! -e "$AG/appliance-license-seed.yaml" ] \
+    || fail "a tampered response was installed (exit $TAMPER_RC)"
+show "appliance, tampered response -> exit $TAMPER_RC, nothing written"
+offline "$APPLIANCE" redeem --offline-response "$WORK/airgap-response.json" --out "$AG" \
+    --ca-bundle "$ALGA_CA_BUNDLE" --trust-root "$ALGA_TRUST_ROOT" >"$WORK/airgap-4.out" 2>&1 \
+    || { cat "$WORK/airgap-4.out" >&2; fail "redeem --offline-response failed"; }
+show "appliance: $(grep -E '^(tenant_id|edition):' "$WORK/airgap-4.out" | paste -sd ' ')"
+[ "$(secret_value "$AG" appliance-initial-tenant.yaml INITIAL_TENANT_ID)" = "$AG_TENANT" ] \
+    || fail "the air-gapped appliance's INITIAL_TENANT_ID is not its tenant"
+[ -n "$(secret_value "$AG" appliance-license-seed.yaml LICENSE_TOKEN)" ] || fail "no license installed"
+ok "air-gapped appliance bound to tenant $AG_TENANT and licensed, the service never reachable from it"
+# Its refresh: a check-in request signed with its own key, relayed once (a second time is refused).
+AG_TOKEN="$(secret_value "$AG" appliance-license-seed.yaml LICENSE_TOKEN)"
+offline "$APPLIANCE" check-in --offline-request "$WORK/airgap-ci-request.json" --seed "$AG" \
+    >"$WORK/airgap-5.out" 2>&1 || { cat "$WORK/airgap-5.out" >&2; fail "check-in --offline-request failed"; }
+"$APPLIANCE" relay --request "$WORK/airgap-ci-request.json" --response "$WORK/airgap-ci-response.json" \
+    --service-url "$ALGA_GATEWAY_URL" --ca-bundle "$ALGA_CA_BUNDLE" >"$WORK/airgap-6.out" 2>&1 \
+    || { cat "$WORK/airgap-6.out" >&2; fail "alga-appliance relay (check-in) failed"; }
+show "relay:     $(grep -E '^(relayed|license):' "$WORK/airgap-6.out" | paste -sd ' ') (POST /check-in/relayed)"
+REPLAY_RC=0
+"$APPLIANCE" relay --request "$WORK/airgap-ci-request.json" --response "$WORK/airgap-ci-replayed.json" \
+    --service-url "$ALGA_GATEWAY_URL" --ca-bundle "$ALGA_CA_BUNDLE" >"$WORK/airgap-7.out" 2>&1 || REPLAY_RC=$?
+[ "$REPLAY_RC" = 34 ] && [ ! -e "$WORK/airgap-ci-replayed.json" ] \
+    || fail "a replayed relayed check-in was not refused with exit 34 (exit $REPLAY_RC)"
+show "relay, the same request again -> exit $REPLAY_RC (relayed_request_replayed), no response"
+offline "$APPLIANCE" check-in --offline-response "$WORK/airgap-ci-response.json" --seed "$AG" \
+    >"$WORK/airgap-8.out" 2>&1 || { cat "$WORK/airgap-8.out" >&2; fail "check-in --offline-response failed"; }
+[ "$(secret_value "$AG" appliance-license-seed.yaml LICENSE_TOKEN)" != "$AG_TOKEN" ] \
+    || fail "the offline check-in did not refresh the license"
+show "appliance: $(grep -E '^(edition|license_expires_at):' "$WORK/airgap-8.out" | paste -sd ' ')"
+ok "refreshed offline: the license renewed through a relay, the replay refused"
+record "air-gapped redeem" "installed via a relay" "tenant $AG_TENANT"
+record "air-gapped check-in" "refreshed via a relay" "replay refused (exit $REPLAY_RC)"
 
 # 9. suspension
 step "The store suspends the tenant, then resumes it" \

@@ -25,7 +25,7 @@ use crate::crypto::{self, ApplianceKey, LicenseExpectation, LicenseTimes, TrustR
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::redeem::full_chain;
-use crate::secrets::{self, LicenseSeed, SecretManifest};
+use crate::secrets::{self, LicenseSeed, PaidSeed, SecretManifest};
 use crate::service::{self, ApiError, ClientIdentity, Retry, ServiceClient};
 
 /// What `check-in` needs besides the time.
@@ -105,24 +105,16 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         });
     };
     let current = crypto::cert_facts(&paid.cert_chain_pem)?;
-    let current_key = ApplianceKey::from_pem(paid.key_pem.expose())?;
+    // Checked before anything is sent: a seed whose key does not parse cannot use
+    // the answer.
+    ApplianceKey::from_pem(paid.key_pem.expose())?;
 
     let check_in_url = match &cfg.service_url {
         Some(s) => service::endpoint(&service::parse_service_url(s)?, api::CHECK_IN),
         None => service::parse_service_url(&paid.check_in_url)
             .map_err(|_| Error::input("the license seed", "CHECK_IN_URL is not an https URL"))?,
     };
-    let roots = match (&cfg.trust_root, &paid.trust_root_pem) {
-        (Some(path), _) => crypto::load_trust_roots(path)?,
-        (None, Some(pem)) => TrustRoots::from_pem(pem.as_bytes())
-            .map_err(|e| Error::input("the license seed's TRUST_ROOT", e))?,
-        (None, None) => {
-            return Err(Error::input(
-                "the license seed",
-                "it has no TRUST_ROOT (it was written before alga-appliance pinned one): pass --trust-root with the trust root file this appliance was installed with",
-            ));
-        }
-    };
+    let roots = trust_roots(cfg.trust_root.as_deref(), &paid)?;
     let ca_pem = match &cfg.ca_bundle {
         Some(p) => fsio::read(p)?,
         None => paid.ca_pem.clone().into_bytes(),
@@ -159,6 +151,41 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         .await?
         .map_err(check_in_error)?;
 
+    apply_answer(&cfg.seed_dir, &seed, &roots, new_key, &resp, now)
+}
+
+/// The trust roots a check-in's answer is verified against: `--trust-root` when
+/// given, else the seed's `TRUST_ROOT`.
+pub(crate) fn trust_roots(path: Option<&Path>, paid: &PaidSeed) -> Result<TrustRoots> {
+    match (path, &paid.trust_root_pem) {
+        (Some(path), _) => crypto::load_trust_roots(path),
+        (None, Some(pem)) => TrustRoots::from_pem(pem.as_bytes())
+            .map_err(|e| Error::input("the license seed's TRUST_ROOT", e)),
+        (None, None) => Err(Error::input(
+            "the license seed",
+            "it has no TRUST_ROOT (it was written before alga-appliance pinned one): pass --trust-root with the trust root file this appliance was installed with",
+        )),
+    }
+}
+
+/// Verifies a check-in answer against `roots` and this appliance's seed and keys
+/// (`new_key`: the key a CSR was sent for, if any), then updates the seed in
+/// `seed_dir`. Shared by the online check-in and the offline one
+/// (`offline::install_check_in_response`), so both check and write exactly the same.
+pub(crate) fn apply_answer(
+    seed_dir: &Path,
+    seed: &LicenseSeed,
+    roots: &TrustRoots,
+    new_key: Option<ApplianceKey>,
+    resp: &CheckInResponse,
+    now: OffsetDateTime,
+) -> Result<Outcome> {
+    let paid = seed
+        .paid
+        .clone()
+        .ok_or_else(|| Error::Internal("a check-in answer for a seed without a license".into()))?;
+    let current = crypto::cert_facts(&paid.cert_chain_pem)?;
+    let current_key = ApplianceKey::from_pem(paid.key_pem.expose())?;
     // The tenant's edition now. A gateway older than edition changes does not say:
     // then it is the seed's, as it always was.
     let edition = match &resp.edition {
@@ -174,7 +201,7 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         if resp.credential.is_some() {
             return Err(Error::bad("the answer has a credential but no license"));
         }
-        return fall_back(&cfg.seed_dir, &seed.edition, edition).map(Outcome::Unlicensed);
+        return fall_back(seed_dir, &seed.edition, edition).map(Outcome::Unlicensed);
     };
     // The license must be for the edition the answer names, not merely for some
     // edition: a mismatch is a service fault and installs nothing.
@@ -183,7 +210,7 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         appliance_id: current.identity.appliance_id,
         edition: edition.clone(),
     };
-    let claims = crypto::verify_license(&license.token, &roots, &expected, now)?;
+    let claims = crypto::verify_license(&license.token, roots, &expected, now)?;
 
     let mut updated = paid.clone();
     updated.token = license.token.clone();
@@ -199,7 +226,7 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
             &cred.chain,
             key,
             current.identity,
-            &roots,
+            roots,
             now,
         )?;
         updated.cert_chain_pem = full_chain(&cred.certificate, &cred.chain);
@@ -211,14 +238,14 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         edition: edition.clone(),
         paid: Some(updated),
     };
-    let seed_path = secrets::manifest_path(&cfg.seed_dir, secrets::LICENSE_SEED);
+    let seed_path = secrets::manifest_path(seed_dir, secrets::LICENSE_SEED);
     fsio::write_atomic(
         &seed_path,
         new_seed.to_manifest().to_yaml().as_bytes(),
         fsio::SECRET_MODE,
     )?;
     // `redeem` keeps the key beside the Secrets; keep that copy in step.
-    let key_file = cfg.seed_dir.join(crypto::KEY_FILE);
+    let key_file = seed_dir.join(crypto::KEY_FILE);
     if let Some(k) = new_key.as_ref().filter(|_| rotated && key_file.exists()) {
         fsio::write_atomic(&key_file, k.to_pem().expose().as_bytes(), fsio::SECRET_MODE)?;
     }
@@ -243,7 +270,7 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
 }
 
 /// The license seed of `dir`, which must exist.
-fn load_seed(dir: &Path) -> Result<LicenseSeed> {
+pub(crate) fn load_seed(dir: &Path) -> Result<LicenseSeed> {
     let manifest = SecretManifest::load(dir, secrets::LICENSE_SEED)?.ok_or_else(|| {
         Error::input(
             secrets::manifest_path(dir, secrets::LICENSE_SEED)
@@ -360,7 +387,7 @@ pub fn deadline_warning(seed_dir: &Path, err: &Error, now: OffsetDateTime) -> Op
     })
 }
 
-fn check_in_error(e: ApiError) -> Error {
+pub(crate) fn check_in_error(e: ApiError) -> Error {
     match e.code.as_deref() {
         Some(error_code::APPLIANCE_REVOKED) => Error::ApplianceRevoked,
         Some(error_code::APPLIANCE_REPLACED) => Error::ApplianceReplaced,

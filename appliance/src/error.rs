@@ -47,6 +47,9 @@ pub mod exit {
     /// Check-in: a rebuild (a re-issued code redeemed on another machine) replaced
     /// this appliance; it never gets another license.
     pub const APPLIANCE_REPLACED: i32 = 33;
+    /// A relayed check-in was refused before it was a check-in: already accepted
+    /// once, too old, or its signature or certificate does not authenticate it.
+    pub const RELAYED_REFUSED: i32 = 34;
     /// A local file could not be read or written.
     pub const LOCAL_IO: i32 = 40;
     /// A local input (Secret manifest, key, CA bundle) is malformed.
@@ -133,6 +136,23 @@ pub enum Error {
         "this appliance was replaced by a rebuild (a re-issued install code was redeemed on another machine): it is no longer licensed and will not get another license; use the rebuilt appliance, or contact support if there was no rebuild"
     )]
     ApplianceReplaced,
+    /// A relayed check-in was refused before it was a check-in (replayed, too old, or
+    /// not authenticated by its signature and certificate). `detail` is the service's
+    /// message (nothing secret).
+    #[error(
+        "the license service refused the relayed check-in ({detail}): make a new request on the appliance (`alga-appliance check-in --offline-request`) and relay that one"
+    )]
+    RelayedRefused { detail: String },
+    /// An offline response that is not the answer to this appliance's pending
+    /// request (another request, another appliance, or no request pending).
+    #[error("{0}: nothing was installed")]
+    NotOurResponse(String),
+    /// An offline check-in answer without a license (the tenant's edition has none):
+    /// nothing in it is signed, so offline it cannot be told from a relay's forgery.
+    #[error(
+        "the relayed answer says this appliance's tenant no longer has a licensed edition, but an answer without a license carries no signature, so an appliance that checks in offline cannot tell it from a forged one: nothing was installed and the installed license stays until it expires; to move this appliance to the tenant's new edition, reinstall it with a re-issued code"
+    )]
+    OfflineUnlicensed,
     /// Reading or writing a local file failed.
     #[error("could not {action} {}: {source}", path.display())]
     Io {
@@ -182,6 +202,8 @@ impl Error {
             Error::TenantSuspended => exit::TENANT_SUSPENDED,
             Error::CredentialRejected => exit::CREDENTIAL_REJECTED,
             Error::ApplianceReplaced => exit::APPLIANCE_REPLACED,
+            Error::RelayedRefused { .. } => exit::RELAYED_REFUSED,
+            Error::NotOurResponse(_) | Error::OfflineUnlicensed => exit::BAD_RESPONSE,
             Error::Io { .. } => exit::LOCAL_IO,
             Error::LocalInput { .. } => exit::LOCAL_INPUT,
             Error::Database(_) => exit::DATABASE,
@@ -275,6 +297,14 @@ mod tests {
             (Error::TenantSuspended, 31),
             (Error::CredentialRejected, 32),
             (Error::ApplianceReplaced, 33),
+            (
+                Error::RelayedRefused {
+                    detail: "replayed".into(),
+                },
+                34,
+            ),
+            (Error::NotOurResponse("x".into()), 23),
+            (Error::OfflineUnlicensed, 23),
             (Error::input("x", "y"), 41),
         ];
         for (e, code) in cases {

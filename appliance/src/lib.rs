@@ -7,6 +7,9 @@
 //! - [`check_in`]: the daily license refresh over mTLS, rotating the credential when
 //!   it nears expiry, following the tenant's edition (another paid edition, or none:
 //!   the seed falls back to an unlicensed edition).
+//! - [`offline`]: the same redeem and check-in for an air-gapped appliance, through
+//!   request and response files that a relay on a connected machine carries to the
+//!   service; the appliance side verifies exactly as online, without a network.
 //! - [`bootstrap`]: adopt the tenant id and seed `license_state` in the appliance's
 //!   own Postgres.
 //!
@@ -33,12 +36,13 @@
 //! | 20 | the service is unreachable (after retries) | check network and URL, retry |
 //! | 21 | the service is busy or unavailable | retry later |
 //! | 22 | TLS failure (not the service the CA bundle trusts) | check URL and CA bundle |
-//! | 23 | the answer does not verify (license, certificate, format) | retry; contact support |
+//! | 23 | the answer does not verify (license, certificate, format), or an offline response answers another request or appliance, or is a check-in answer without a license | retry; contact support |
 //! | 24 | the answer is not from the trusted license authority (trust root) | report to support |
 //! | 30 | check-in: appliance revoked | reinstall with a re-issued code |
 //! | 31 | check-in: tenant suspended | contact support |
 //! | 32 | check-in: credential not accepted | reinstall with a re-issued code |
 //! | 33 | check-in: appliance replaced by a rebuild | use the rebuilt appliance |
+//! | 34 | relay: the relayed check-in was refused (already accepted once, older than 7 days, signature or certificate) | make a new request |
 //! | 40 | a local file could not be read or written | fix the path or permissions |
 //! | 41 | a local input is malformed (Secret, key, CA bundle, trust root, URL) | fix the input |
 //! | 50 | the appliance database failed | check the database |
@@ -55,6 +59,7 @@ pub mod check_in;
 pub mod crypto;
 pub mod error;
 pub mod fsio;
+pub mod offline;
 pub mod redeem;
 pub mod secrets;
 pub mod service;
@@ -75,14 +80,19 @@ Exit codes:
   20  the license service is unreachable (after retries)
   21  the license service is busy or unavailable: try again later
   22  TLS failure: the service is not the one the CA bundle trusts
-  23  the service's answer does not verify (license, certificate or format)
+  23  the service's answer does not verify (license, certificate or format), or an
+      offline response is not the answer to this appliance's pending request, or is
+      a check-in answer without a license (unsigned: refused offline)
   24  the answer does not chain to the pinned trust root, or grants more than it allows
   30  check-in: this appliance's credential was revoked
   31  check-in: the tenant is suspended
   32  check-in: the credential was not accepted
   33  check-in: this appliance was replaced by a rebuild (no longer licensed)
+  34  relay: the relayed check-in was refused (already used once, older than 7 days,
+      or its signature or certificate does not verify): make a new request
   40  a local file could not be read or written
-  41  a local input is malformed (Secret manifest, key, CA bundle, trust root, URL)
+  41  a local input is malformed (Secret manifest, key, CA bundle, trust root, URL,
+      an offline file of another format version)
   50  the appliance database failed
   51  the appliance database belongs to another tenant, or has no tenant yet
 On any failure no Secret is written (check-in --database-url: a database failure

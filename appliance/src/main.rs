@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use alga_appliance::bootstrap::{self, LicenseState, TenantAction};
 use alga_appliance::check_in::{self, CheckInConfig, Outcome};
 use alga_appliance::crypto::{self, LicenseTimes};
+use alga_appliance::offline;
 use alga_appliance::redeem::{self, RedeemConfig};
 use alga_appliance::service::Retry;
 use alga_appliance::{EXIT_CODES_HELP, Error, VERSION};
@@ -32,6 +33,10 @@ enum Command {
     /// The code is read from standard input unless --code-file or --code is given.
     /// Prefer standard input or --code-file: a --code argument is visible to other
     /// local users (ps, /proc) while the program runs.
+    ///
+    /// Air-gapped: --offline-request FILE writes a request (code, CSR) for `relay` and
+    /// keeps the key in --out, with no network; --offline-response FILE then verifies
+    /// the relay's answer against --ca-bundle and --trust-root and writes the Secrets.
     #[command(after_long_help = EXIT_CODES_HELP)]
     Redeem(RedeemArgs),
     /// Refresh the license over mTLS and rotate the credential when it nears expiry.
@@ -42,6 +47,15 @@ enum Command {
     /// license_state changes only with --database-url, else by `bootstrap seed-license`.
     #[command(name = "check-in", after_long_help = EXIT_CODES_HELP)]
     CheckIn(CheckInArgs),
+    /// On a connected machine: perform an air-gapped appliance's request file over the
+    /// normal API and write the response file for the appliance.
+    ///
+    /// The request's kind is read from its "format": a redeem request
+    /// (`redeem --offline-request`) is sent to POST /register, a check-in request
+    /// (`check-in --offline-request`) to POST /check-in/relayed. A redeem request holds
+    /// the install code: keep it as secret as the code, and delete it once answered.
+    #[command(after_long_help = EXIT_CODES_HELP)]
+    Relay(RelayArgs),
     /// In-cluster bootstrap steps against the appliance's own Postgres.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
@@ -53,22 +67,40 @@ enum Command {
 #[derive(Debug, Args)]
 struct RedeemArgs {
     /// The install code (visible to other local users: prefer stdin or --code-file).
-    #[arg(long, conflicts_with = "code_file")]
+    #[arg(long, conflicts_with_all = ["code_file", "offline_response"])]
     code: Option<String>,
     /// A file holding the install code.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "offline_response")]
     code_file: Option<PathBuf>,
-    /// Base URL of the license service.
-    #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
-    service_url: String,
+    /// Base URL of the license service (not used with --offline-request or
+    /// --offline-response).
+    #[arg(
+        long,
+        env = "ALGA_LICENSE_SERVICE_URL",
+        required_unless_present_any = ["offline_request", "offline_response"]
+    )]
+    service_url: Option<String>,
     /// The CA bundle (PEM) that authenticates the license service's TLS: the only TLS
-    /// trust used.
-    #[arg(long)]
-    ca_bundle: PathBuf,
+    /// trust used (kept in the license seed for check-in).
+    #[arg(long, required_unless_present = "offline_request")]
+    ca_bundle: Option<PathBuf>,
     /// The trust root (PEM) of the license authority, shipped with the appliance: every
     /// license and credential must chain to it (`alga-issuer keys trust-root`).
-    #[arg(long, env = "ALGA_TRUST_ROOT")]
-    trust_root: PathBuf,
+    #[arg(
+        long,
+        env = "ALGA_TRUST_ROOT",
+        required_unless_present = "offline_request"
+    )]
+    trust_root: Option<PathBuf>,
+    /// Air-gapped: write the redeem request to this file (mode 0600; it holds the
+    /// install code) instead of calling the service; no network is used. Carry it to
+    /// a connected machine and run `alga-appliance relay` there.
+    #[arg(long, value_name = "FILE", conflicts_with = "offline_response")]
+    offline_request: Option<PathBuf>,
+    /// Air-gapped: install the response file `relay` wrote for the request made in
+    /// --out, after verifying it offline; no network is used and the code is not read.
+    #[arg(long, value_name = "FILE")]
+    offline_response: Option<PathBuf>,
     /// Output directory for appliance.key and the Secret manifests (created 0700).
     #[arg(long)]
     out: PathBuf,
@@ -105,6 +137,31 @@ struct CheckInArgs {
     /// variable: argv is visible to other local users.
     #[arg(long, env = "ALGA_APPLIANCE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Air-gapped: write a check-in request signed with this appliance's key to this
+    /// file instead of calling the service (no network; --database-url is not used);
+    /// `alga-appliance relay` submits it from a connected machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "offline_response")]
+    offline_request: Option<PathBuf>,
+    /// Air-gapped: install the response file `relay` wrote for the last
+    /// --offline-request, after verifying it offline as an online check-in's answer.
+    #[arg(long, value_name = "FILE")]
+    offline_response: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// The request file the appliance wrote (`redeem` or `check-in --offline-request`).
+    #[arg(long, value_name = "FILE")]
+    request: PathBuf,
+    /// Where to write the response file for the appliance (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    response: PathBuf,
+    /// Base URL of the license service.
+    #[arg(long, env = "ALGA_LICENSE_SERVICE_URL")]
+    service_url: String,
+    /// The CA bundle (PEM) that authenticates the license service's TLS.
+    #[arg(long)]
+    ca_bundle: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,26 +217,135 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 println!("{}", path.display());
             }
         }
+        Command::Redeem(a) if a.offline_request.is_some() => {
+            let code = read_code(&a)?;
+            let cfg = offline::RedeemRequestConfig {
+                out_dir: a.out,
+                request_file: a.offline_request.unwrap_or_default(),
+                hostname: a.hostname.unwrap_or_else(alga_appliance::hostname),
+                version: VERSION.to_owned(),
+            };
+            let w = offline::write_redeem_request(&cfg, &code, now)?;
+            println!(
+                "wrote: {} (holds the install code: keep it secret)",
+                w.file.display()
+            );
+            println!("nonce: {}", w.nonce);
+            println!(
+                "next: on a connected machine, `alga-appliance relay --request <file> --response <file>`, then `alga-appliance redeem --offline-response <file>` here"
+            );
+        }
+        Command::Redeem(a) if a.offline_response.is_some() => {
+            let (Some(ca_bundle), Some(trust_root)) = (a.ca_bundle, a.trust_root) else {
+                // clap requires both with --offline-response.
+                return Err(Error::LocalInput {
+                    what: "the command line".into(),
+                    detail: "--offline-response needs --ca-bundle and --trust-root".into(),
+                });
+            };
+            let cfg = offline::InstallRedeemConfig {
+                response_file: a.offline_response.unwrap_or_default(),
+                out_dir: a.out,
+                ca_bundle,
+                trust_root,
+            };
+            print_redeemed(&offline::install_redeem_response(&cfg, now)?);
+        }
         Command::Redeem(a) => {
             let code = read_code(&a)?;
+            let (Some(service_url), Some(ca_bundle), Some(trust_root)) =
+                (a.service_url, a.ca_bundle, a.trust_root)
+            else {
+                // clap requires all three without --offline-request/-response.
+                return Err(Error::LocalInput {
+                    what: "the command line".into(),
+                    detail: "redeem needs --service-url, --ca-bundle and --trust-root".into(),
+                });
+            };
             let cfg = RedeemConfig {
-                service_url: a.service_url,
-                ca_bundle: a.ca_bundle,
-                trust_root: a.trust_root,
+                service_url,
+                ca_bundle,
+                trust_root,
                 out_dir: a.out,
                 hostname: a.hostname.unwrap_or_else(alga_appliance::hostname),
                 version: VERSION.to_owned(),
                 retry: Retry::default(),
             };
-            let r = redeem::redeem(&cfg, &code, now).await?;
-            println!("tenant_id: {}", r.tenant_id);
-            println!("appliance_id: {}", r.appliance_id);
-            println!("edition: {}", r.edition);
-            if let Some(t) = r.license_expires_at {
-                println!("license_expires_at: {t}");
+            print_redeemed(&redeem::redeem(&cfg, &code, now).await?);
+        }
+        Command::Relay(a) => {
+            let cfg = offline::RelayConfig {
+                service_url: a.service_url,
+                ca_bundle: a.ca_bundle,
+                request_file: a.request,
+                response_file: a.response,
+                retry: Retry::default(),
+            };
+            match offline::relay(&cfg).await? {
+                offline::Relayed::Redeem {
+                    tenant_id,
+                    appliance_id,
+                    edition,
+                } => {
+                    println!("relayed: redeem");
+                    println!("tenant_id: {tenant_id}");
+                    println!("appliance_id: {appliance_id}");
+                    println!("edition: {edition}");
+                }
+                offline::Relayed::CheckIn {
+                    edition,
+                    licensed,
+                    credential_renewed,
+                } => {
+                    println!("relayed: check-in");
+                    if let Some(e) = edition {
+                        println!("edition: {e}");
+                    }
+                    println!("license: {}", if licensed { "issued" } else { "none" });
+                    println!("credential_renewed: {credential_renewed}");
+                }
             }
-            for f in &r.files {
-                println!("wrote: {}", f.display());
+            println!("wrote: {}", cfg.response_file.display());
+        }
+        Command::CheckIn(a) if a.offline_request.is_some() => {
+            let cfg = offline::CheckInRequestConfig {
+                seed_dir: a.seed,
+                request_file: a.offline_request.unwrap_or_default(),
+                force_rotate: a.rotate,
+                version: VERSION.to_owned(),
+            };
+            match offline::write_check_in_request(&cfg, now)? {
+                offline::CheckInRequestOutcome::Written(w) => {
+                    println!("wrote: {}", w.file.display());
+                    println!("nonce: {}", w.nonce);
+                    println!("credential_rotation_requested: {}", w.new_key);
+                    println!(
+                        "next: on a connected machine, `alga-appliance relay --request <file> --response <file>` within 7 days, then `alga-appliance check-in --offline-response <file>` here"
+                    );
+                }
+                offline::CheckInRequestOutcome::NothingToRefresh { edition } => {
+                    print_check_in(&Outcome::NothingToRefresh { edition });
+                }
+            }
+        }
+        Command::CheckIn(a) if a.offline_response.is_some() => {
+            let cfg = offline::InstallCheckInConfig {
+                seed_dir: a.seed.clone(),
+                response_file: a.offline_response.unwrap_or_default(),
+                trust_root: a.trust_root,
+            };
+            let outcome = offline::install_check_in_response(&cfg, now)?;
+            print_check_in(&outcome);
+            if let Some(url) = &a.database_url {
+                let (state, check_in_by) = seed_license_state(&a.seed, url, now)
+                    .await
+                    .inspect_err(|_| {
+                        eprintln!(
+                            "alga-appliance: the license seed is up to date but license_state is not; once the problem below is fixed, `alga-appliance bootstrap seed-license` applies it"
+                        );
+                    })?;
+                println!("license_state:");
+                print_license_state(&state, check_in_by, "  ");
             }
         }
         Command::CheckIn(a) => {
@@ -233,6 +399,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// What a redeem (online or offline) did, one `key: value` a line (no secrets).
+fn print_redeemed(r: &redeem::Redeemed) {
+    println!("tenant_id: {}", r.tenant_id);
+    println!("appliance_id: {}", r.appliance_id);
+    println!("edition: {}", r.edition);
+    if let Some(t) = r.license_expires_at {
+        println!("license_expires_at: {t}");
+    }
+    for f in &r.files {
+        println!("wrote: {}", f.display());
+    }
 }
 
 /// `bootstrap seed-license`: license_state from the license seed in `dir`, and the

@@ -90,6 +90,32 @@ pub async fn redeem(
         .await?
         .map_err(redeem_error)?;
 
+    let seed = verified_seed(&resp, &key, &roots, &ca_pem, now)?;
+
+    let files = write_secrets(&cfg.out_dir, resp.tenant_id, &seed)?;
+    tracing::info!(tenant.id = %resp.tenant_id, appliance.id = %resp.appliance_id, edition = %resp.edition, "redeemed");
+    Ok(Redeemed {
+        tenant_id: resp.tenant_id,
+        appliance_id: resp.appliance_id,
+        edition: resp.edition,
+        license_expires_at: resp.license.as_ref().map(|l| l.expires_at),
+        credential_expires_at: resp.credential.as_ref().map(|c| c.expires_at),
+        files,
+    })
+}
+
+/// The license seed of a redeem answer, once everything in it verified: for a paid
+/// edition the license and the certificate against the pinned `roots` (the
+/// certificate also for `key`, this appliance's key, and the answer's tenant and
+/// appliance), and the check-in URL's form. Shared by the online redeem and the
+/// offline one (`offline::install_redeem_response`), so both check exactly the same.
+pub(crate) fn verified_seed(
+    resp: &RedeemResponse,
+    key: &crypto::ApplianceKey,
+    roots: &crypto::TrustRoots,
+    ca_pem: &[u8],
+    now: OffsetDateTime,
+) -> Result<LicenseSeed> {
     let seed = match (&resp.license, &resp.credential, &resp.check_in_url) {
         (None, None, None) => {
             if resp.edition != secrets::ESSENTIALS {
@@ -106,19 +132,12 @@ pub async fn redeem(
                 appliance_id: resp.appliance_id,
                 edition: resp.edition.clone(),
             };
-            crypto::verify_license(&license.token, &roots, &expected, now)?;
+            crypto::verify_license(&license.token, roots, &expected, now)?;
             let identity = alga_protocol::ApplianceIdentity {
                 tenant_id: resp.tenant_id,
                 appliance_id: resp.appliance_id,
             };
-            crypto::verify_certificate(
-                &cred.certificate,
-                &cred.chain,
-                &key,
-                identity,
-                &roots,
-                now,
-            )?;
+            crypto::verify_certificate(&cred.certificate, &cred.chain, key, identity, roots, now)?;
             service::parse_service_url(check_in_url)
                 .map_err(|_| Error::bad("the check-in URL is not an https URL"))?;
             LicenseSeed {
@@ -127,7 +146,7 @@ pub async fn redeem(
                     token: license.token.clone(),
                     cert_chain_pem: full_chain(&cred.certificate, &cred.chain),
                     key_pem: key.to_pem(),
-                    ca_pem: String::from_utf8(ca_pem.clone())
+                    ca_pem: String::from_utf8(ca_pem.to_vec())
                         .map_err(|_| Error::input("the CA bundle", "it is not text"))?,
                     check_in_url: check_in_url.clone(),
                     trust_root_pem: Some(roots.to_pem()),
@@ -140,17 +159,7 @@ pub async fn redeem(
             ));
         }
     };
-
-    let files = write_secrets(&cfg.out_dir, resp.tenant_id, &seed)?;
-    tracing::info!(tenant.id = %resp.tenant_id, appliance.id = %resp.appliance_id, edition = %resp.edition, "redeemed");
-    Ok(Redeemed {
-        tenant_id: resp.tenant_id,
-        appliance_id: resp.appliance_id,
-        edition: resp.edition,
-        license_expires_at: resp.license.as_ref().map(|l| l.expires_at),
-        credential_expires_at: resp.credential.as_ref().map(|c| c.expires_at),
-        files,
-    })
+    Ok(seed)
 }
 
 /// Leaf then chain, each ending with a newline.
@@ -191,7 +200,7 @@ pub fn write_secrets(dir: &Path, tenant_id: Uuid, seed: &LicenseSeed) -> Result<
     Ok(vec![seed_path, tenant_path])
 }
 
-fn redeem_error(e: ApiError) -> Error {
+pub(crate) fn redeem_error(e: ApiError) -> Error {
     match e.code.as_deref() {
         Some(error_code::CODE_MALFORMED) => Error::CodeMalformedByService,
         Some(error_code::CODE_INVALID) => Error::CodeInvalid,

@@ -131,6 +131,14 @@ pub enum ApiError {
     /// Resume of a tenant that is not suspended.
     #[error("the tenant is not suspended")]
     TenantNotSuspended,
+    /// A relayed check-in that does not authenticate an appliance (signature,
+    /// certificate chain) or is too old or too far in the future; the message says
+    /// which (nothing secret).
+    #[error("the relayed check-in is refused: {0}")]
+    RelayedRejected(&'static str),
+    /// A relayed check-in that was already accepted once.
+    #[error("this relayed check-in was already accepted once: make a new request")]
+    RelayedReplayed,
     /// A dependency (database, issuer keys) is not ready.
     #[error("the service is temporarily unavailable")]
     ServiceUnavailable,
@@ -180,6 +188,8 @@ impl ApiError {
             ApiError::TenantAlreadySuspended => code::TENANT_ALREADY_SUSPENDED,
             ApiError::TenantNotSuspended => code::TENANT_NOT_SUSPENDED,
             ApiError::ServiceUnavailable => code::SERVICE_UNAVAILABLE,
+            ApiError::RelayedRejected(_) => code::RELAYED_REQUEST_REJECTED,
+            ApiError::RelayedReplayed => code::RELAYED_REQUEST_REPLAYED,
             ApiError::Internal(_) => code::INTERNAL,
         }
     }
@@ -194,9 +204,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthenticated | ApiError::CredentialRequired | ApiError::CodeInvalid => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Unauthenticated
+            | ApiError::CredentialRequired
+            | ApiError::CodeInvalid
+            | ApiError::RelayedRejected(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden
             | ApiError::ApplianceRevoked
             | ApiError::ApplianceReplaced
@@ -216,7 +227,8 @@ impl ApiError {
             | ApiError::ApplianceNotActive { .. }
             | ApiError::ReplacementAmbiguous { .. }
             | ApiError::TenantAlreadySuspended
-            | ApiError::TenantNotSuspended => StatusCode::CONFLICT,
+            | ApiError::TenantNotSuspended
+            | ApiError::RelayedReplayed => StatusCode::CONFLICT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LicenseServiceUnavailable | ApiError::ServiceUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -342,6 +354,12 @@ mod tests {
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::NotInLog("beyond".into()), 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                ApiError::RelayedRejected("too old"),
+                401,
+                "relayed_request_rejected",
+            ),
+            (ApiError::RelayedReplayed, 409, "relayed_request_replayed"),
             (ApiError::Internal("secret detail".into()), 500, "internal"),
         ];
         for (e, status, c) in table {

@@ -36,6 +36,10 @@ pub const GATEWAY_MIGRATIONS: &[Migration] = &[
         name: "gateway/0005_events_webhooks",
         sql: include_str!("../migrations/0005_events_webhooks.sql"),
     },
+    Migration {
+        name: "gateway/0006_relayed_check_in",
+        sql: include_str!("../migrations/0006_relayed_check_in.sql"),
+    },
 ];
 
 /// Advisory lock key serializing migration runs ("algamigr").

@@ -556,4 +556,9 @@ pub mod error_code {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const INTERNAL: &str = "internal";
     pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
+    /// 401: a relayed check-in whose signature or certificate chain does not
+    /// authenticate an appliance, or whose time is outside the accepted window.
+    pub const RELAYED_REQUEST_REJECTED: &str = "relayed_request_rejected";
+    /// 409: a relayed check-in that was already accepted once.
+    pub const RELAYED_REQUEST_REPLAYED: &str = "relayed_request_replayed";
 }

@@ -7,6 +7,7 @@ pub mod code;
 pub mod csr;
 mod gf32;
 pub mod issuer_api;
+pub mod offline;
 pub mod secret;
 pub mod signlog;
 pub mod spiffe;

@@ -298,3 +298,166 @@ fn secrets_are_written_only_together() {
         "neither the seed nor a temporary file is left"
     );
 }
+
+/// `redeem --offline-request` with no service anywhere (no URL given, none in the
+/// environment): exit 0, the request file 0600 holding the code, the key where the
+/// online redeem keeps it, no Secret, and the code in no output at any log level.
+#[test]
+fn an_offline_redeem_request_needs_no_service_and_keeps_the_code_out_of_logs() {
+    let code = random_wellformed_code();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let req = dir.path().join("request.json");
+    let r = run_logging(
+        &[
+            "redeem",
+            "--offline-request",
+            req.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+            "--hostname",
+            "airgapped",
+        ],
+        Some(&code),
+        "trace",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(mode(&req), 0o600);
+    let text = fs::read_to_string(&req).expect("request");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["format"], "alga-offline-redeem-request/v1");
+    assert_eq!(v["redeem"]["install_code"].as_str(), Some(code.as_str()));
+    assert!(out.join(alga_appliance::crypto::KEY_FILE).exists());
+    assert_no_secrets_but_pending(&out);
+    let pending =
+        fs::read_to_string(out.join(alga_appliance::offline::PENDING_REDEEM_FILE)).expect("p");
+    for shown in [&r.stdout, &r.stderr, &pending] {
+        assert!(!shown.contains(&code), "the code leaked: {shown}");
+        assert!(!shown.contains(&code.replace('-', "")), "the code leaked");
+    }
+    // A typo is still caught first, offline, with nothing written.
+    let typo_dir = dir.path().join("typo");
+    let r = run(
+        &[
+            "redeem",
+            "--offline-request",
+            dir.path().join("typo.json").to_str().expect("utf8"),
+            "--out",
+            typo_dir.to_str().expect("utf8"),
+        ],
+        Some(&typo_in_group(&code, 2)),
+    );
+    assert_eq!(r.code, exit::CODE_MALFORMED, "{r:?}");
+    assert!(!dir.path().join("typo.json").exists());
+    assert!(files_in(&typo_dir).is_empty());
+}
+
+/// Offline responses that cannot be this appliance's: no pending request, another
+/// format version, not JSON. Each exits with its code and writes nothing.
+#[test]
+fn offline_responses_that_are_not_ours_are_refused_with_nothing_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let req = dir.path().join("request.json");
+    let code = random_wellformed_code();
+    let r = run(
+        &[
+            "redeem",
+            "--offline-request",
+            req.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+        Some(&code),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // A self-signed P-256 CA certificate: a usable CA bundle and trust root file.
+    let ca = tempfile::NamedTempFile::new().expect("ca");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issued = params
+        .self_signed(&rcgen::KeyPair::generate().expect("key"))
+        .expect("cert");
+    fs::write(ca.path(), issued.pem()).expect("write ca");
+    let ca_s = ca.path().to_str().expect("utf8");
+    let before = files_in(&out);
+    let resp = dir.path().join("response.json");
+    let install = |what: &str, body: &str, want: i32, dir_: &std::path::Path| {
+        fs::write(&resp, body).expect("write");
+        let r = run(
+            &[
+                "redeem",
+                "--offline-response",
+                resp.to_str().expect("utf8"),
+                "--out",
+                dir_.to_str().expect("utf8"),
+                "--ca-bundle",
+                ca_s,
+                "--trust-root",
+                ca_s,
+            ],
+            None,
+        );
+        assert_eq!(r.code, want, "{what}: {r:?}");
+        r.stderr
+    };
+    let v2 = r#"{"format":"alga-offline-redeem-response/v2"}"#;
+    let e = install("another version", v2, exit::LOCAL_INPUT, &out);
+    assert!(e.contains("alga-offline-redeem-response/v1"), "{e}");
+    install(
+        "not JSON",
+        "{\"format\": \"alga-off",
+        exit::BAD_RESPONSE,
+        &out,
+    );
+    let foreign = serde_json::json!({
+        "format": "alga-offline-redeem-response/v1",
+        "nonce": uuid::Uuid::new_v4(),
+        "request_sha256": "00",
+        "response": {"tenant_id": uuid::Uuid::new_v4(), "edition": "essentials",
+            "appliance_id": uuid::Uuid::new_v4(), "license": null, "credential": null,
+            "check_in_url": null},
+    })
+    .to_string();
+    install("another request's", &foreign, exit::BAD_RESPONSE, &out);
+    assert_eq!(files_in(&out), before, "nothing written");
+    // No request was ever made in this directory.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    let e = install("no pending request", &foreign, exit::BAD_RESPONSE, &empty);
+    assert!(e.contains("no offline request is pending"), "{e}");
+    assert!(files_in(&empty).is_empty());
+    // The relay refuses a request of another version before any network.
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&req).expect("req")).expect("json");
+    v["format"] = "alga-offline-redeem-request/v2".into();
+    fs::write(&req, v.to_string()).expect("write");
+    let r = run(
+        &[
+            "relay",
+            "--request",
+            req.to_str().expect("utf8"),
+            "--response",
+            resp.to_str().expect("utf8"),
+            "--service-url",
+            DEAD_URL,
+            "--ca-bundle",
+            ca_s,
+        ],
+        None,
+    );
+    assert_eq!(r.code, exit::LOCAL_INPUT, "{r:?}");
+}
+
+/// Only the key and the pending request (no Secret) are in `dir`.
+fn assert_no_secrets_but_pending(dir: &std::path::Path) {
+    let files = files_in(dir);
+    assert_eq!(
+        files,
+        vec![
+            alga_appliance::crypto::KEY_FILE.to_owned(),
+            alga_appliance::offline::PENDING_REDEEM_FILE.to_owned()
+        ],
+        "{files:?}"
+    );
+}

@@ -212,6 +212,7 @@ pub async fn check_in(
         },
         &req.appliance.version,
         req.csr.as_deref(),
+        None,
     )
     .await?;
     Ok((StatusCode::OK, Json(r)).into_response())

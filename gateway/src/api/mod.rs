@@ -8,6 +8,7 @@ mod handlers;
 pub mod log;
 mod middleware;
 pub mod openapi;
+mod relayed;
 mod views;
 
 use std::sync::Arc;
@@ -69,6 +70,10 @@ fn business() -> Router<Arc<App>> {
         .route(wire::REISSUE, post(handlers::reissue))
         .route(wire::REDEEM, post(handlers::redeem))
         .route(wire::CHECK_IN, post(handlers::check_in))
+        .route(
+            alga_protocol::offline::RELAYED_CHECK_IN,
+            post(relayed::check_in_relayed),
+        )
         .route("/tenants/{tenant_id}", get(handlers::get_tenant))
         .route(
             "/tenants/{tenant_id}/entitlement",

@@ -116,6 +116,32 @@ const ROUTES: &[Route] = &[
         ],
     ),
     (
+        HttpMethod::Post,
+        "/check-in/relayed",
+        "relay of an air-gapped appliance (no client certificate; the appliance's signature)",
+        "An air-gapped appliance's check-in, submitted by a relay: the body is the appliance's signed request file (alga-offline-check-in-request/v1). The signed payload's certificate chain must verify against the appliance CAs trusted for mTLS, the signature with that certificate's key, the payload be at most 7 days old, and never accepted before; then it is the appliance's /check-in, with the same refusals",
+        &[
+            (
+                "200",
+                "as /check-in: edition, license (null: the edition has no license), credential, next_check_in_after",
+            ),
+            ("400", "validation_failed (format)"),
+            (
+                "401",
+                "relayed_request_rejected (the certificate chain or the signature does not authenticate an appliance, or the request is older than 7 days or made in the future)",
+            ),
+            (
+                "403",
+                "credential_superseded, appliance_revoked, appliance_replaced, tenant_suspended",
+            ),
+            (
+                "409",
+                "relayed_request_replayed (this request was accepted before: make a new one)",
+            ),
+            ("503", "license_service_unavailable"),
+        ],
+    ),
+    (
         HttpMethod::Get,
         "/tenants/{tenant_id}",
         "store, auditor",
@@ -554,6 +580,20 @@ fn input(path: &str, editions: &[&str]) -> Value {
                 },
             })),
         }),
+        "/check-in/relayed" => json!({
+            "requestBody": json_body(true, json!({
+                "type": "object",
+                "required": ["format", "payload", "signature"],
+                "additionalProperties": false,
+                "properties": {
+                    "format": {"type": "string", "enum": ["alga-offline-check-in-request/v1"]},
+                    "payload": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$",
+                        "description": "base64url of the signed JSON payload: nonce (uuid), issued_at (Unix seconds), certificate_chain (PEM, leaf first), check_in (the /check-in body)"},
+                    "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$",
+                        "description": "base64url ECDSA P-256 SHA-256 signature (r||s) over \"alga-relayed-check-in/v1\\n\" followed by the payload bytes, by the appliance's key"},
+                },
+            })),
+        }),
         "/tenants/{tenant_id}" => json!({"parameters": [uuid_in_path("tenant_id")]}),
         "/tenants/{tenant_id}/entitlement" => json!({
             "parameters": [uuid_in_path("tenant_id")],
@@ -783,7 +823,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(with_body, 8);
+        assert_eq!(with_body, 9);
         let edition = &v["paths"]["/register-tenant"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"]["properties"]["edition"];
         assert_eq!(edition["enum"], serde_json::json!(["essentials", "pro"]));

@@ -12,6 +12,7 @@ pub mod appliances;
 pub mod codes;
 pub mod idempotency;
 pub mod outbox;
+pub mod relayed;
 pub mod tenants;
 pub mod webhooks;
 

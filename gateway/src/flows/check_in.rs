@@ -45,6 +45,7 @@
 //! The decision is made on the appliance row locked for the transaction, so a
 //! concurrent rotation, redeem retry or check-in is decided after this one commits.
 
+use alga_audit::record::RecordBuilder;
 use alga_protocol::ApplianceIdentity;
 use alga_protocol::api::{CheckInResponse, Credential, License};
 use futures::future::OptionFuture;
@@ -53,6 +54,7 @@ use tracing::instrument;
 
 use super::csr::Csr;
 use super::redeem::license_row;
+use super::relayed::Relayed;
 use super::validate::Name;
 use super::{Ctx, issuer_error};
 use crate::App;
@@ -176,13 +178,28 @@ pub async fn check_in(
     presented: Presented,
     version: &str,
     csr_pem: Option<&str>,
+    relayed: Option<&Relayed>,
 ) -> Result<CheckInResponse, ApiError> {
-    let result = check_in_inner(app, ctx, id, &presented, version, csr_pem).await;
-    if let Err(e) = &result {
+    let result = check_in_inner(app, ctx, id, &presented, version, csr_pem, relayed).await;
+    if let Err(e @ ApiError::RelayedReplayed) = &result {
+        // Anyone holding a copy of an accepted request can submit it again, as often
+        // as they like: counted in the refusal summary, not one record each, so that
+        // replays cannot grow the log without bound.
+        app.refusals.count(
+            actions::APPLIANCE_CHECK_IN,
+            e.code(),
+            None,
+            ctx.source,
+            ctx.now,
+        );
+    } else if let Err(e) = &result {
         let record = ctx.record(actions::APPLIANCE_CHECK_IN).map(|r| {
-            r.tenant(id.tenant_id)
-                .subject("appliance_id", id.appliance_id)
-                .detail("presented_serial", presented.serial.as_str())
+            mark_relayed(
+                r.tenant(id.tenant_id)
+                    .subject("appliance_id", id.appliance_id)
+                    .detail("presented_serial", presented.serial.as_str()),
+                relayed,
+            )
         });
         audit::append_failure(&app.pool, record, e.code()).await;
     }
@@ -196,6 +213,7 @@ async fn check_in_inner(
     presented: &Presented,
     version: &str,
     csr_pem: Option<&str>,
+    relayed: Option<&Relayed>,
 ) -> Result<CheckInResponse, ApiError> {
     let version = Name::parse(version).map_err(|m| {
         let mut f = std::collections::BTreeMap::new();
@@ -209,6 +227,21 @@ async fn check_in_inner(
         .await?
         .filter(|s| s.appliance.tenant_id == id.tenant_id)
         .ok_or(ApiError::ApplianceNotFound)?;
+    // A relayed request is accepted once: recorded in this transaction, so a check-in
+    // that fails below records nothing and can be submitted again.
+    if let Some(r) = relayed {
+        let first = db::relayed::accept_once(
+            &tx,
+            &r.payload_sha256,
+            r.nonce,
+            id.appliance_id,
+            r.issued_at,
+        )
+        .await?;
+        if !first {
+            return Err(ApiError::RelayedReplayed);
+        }
+    }
     // Which certificate before what the appliance may do: a superseded one learns
     // nothing more about the appliance or its tenant.
     let credentials = Credentials::of(&subject.appliance);
@@ -238,13 +271,15 @@ async fn check_in_inner(
     let Some(paid) = edition.paid else {
         // Only a paid edition's appliance has a credential: this one's tenant moved
         // to an edition without a license. It is told so, and gets nothing signed.
-        let record = ctx
-            .record(actions::APPLIANCE_CHECK_IN)?
-            .tenant(id.tenant_id)
-            .subject("appliance_id", id.appliance_id)
-            .detail("edition", edition.name.as_str())
-            .detail("license", false)
-            .detail("credential", standing.as_str());
+        let record = mark_relayed(
+            ctx.record(actions::APPLIANCE_CHECK_IN)?
+                .tenant(id.tenant_id)
+                .subject("appliance_id", id.appliance_id)
+                .detail("edition", edition.name.as_str())
+                .detail("license", false)
+                .detail("credential", standing.as_str()),
+            relayed,
+        );
         let after = after_check_in(&credentials, standing, presented, None, ctx.now, overlap);
         tokio::try_join!(
             async {
@@ -281,14 +316,16 @@ async fn check_in_inner(
     );
     let signed = signed.map_err(issuer_error)?;
     let renewed = renewed.transpose().map_err(issuer_error)?;
-    let mut record = ctx
-        .record(actions::APPLIANCE_CHECK_IN)?
-        .tenant(id.tenant_id)
-        .subject("appliance_id", id.appliance_id)
-        .subject("jti", signed.jti)
-        .detail("edition", edition.name.as_str())
-        .detail("credential", standing.as_str())
-        .detail("credential_renewed", renewed.is_some());
+    let mut record = mark_relayed(
+        ctx.record(actions::APPLIANCE_CHECK_IN)?
+            .tenant(id.tenant_id)
+            .subject("appliance_id", id.appliance_id)
+            .subject("jti", signed.jti)
+            .detail("edition", edition.name.as_str())
+            .detail("credential", standing.as_str())
+            .detail("credential_renewed", renewed.is_some()),
+        relayed,
+    );
     if let Some(c) = &renewed {
         record = record.subject("serial", &c.serial);
     }
@@ -339,6 +376,15 @@ async fn check_in_inner(
         }),
         next_check_in_after: ctx.now + paid.check_in_interval,
     })
+}
+
+/// A check-in's audit record, with `relayed: true` when the request came through a
+/// relay (`POST /check-in/relayed`) rather than over the appliance's own mTLS.
+fn mark_relayed(record: RecordBuilder, relayed: Option<&Relayed>) -> RecordBuilder {
+    match relayed {
+        Some(_) => record.detail("relayed", true),
+        None => record,
+    }
 }
 
 #[cfg(test)]

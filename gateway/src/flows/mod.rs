@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod redeem;
 pub mod register;
 pub mod reissue;
+pub mod relayed;
 pub mod revoke;
 pub mod tenants;
 pub mod validate;

@@ -21,6 +21,7 @@ mod pool;
 mod redeem;
 mod refusals;
 mod register;
+mod relayed;
 mod reliability;
 mod roles;
 mod s3_secret;

@@ -12,6 +12,7 @@
 //! Needs `make up` and the built binaries; `make test` provides both and exports
 //! `.dev/env`. A missing variable or binary fails the test, it never skips.
 
+mod airgap;
 mod blocked;
 mod essentials;
 mod reinstall;

@@ -1,0 +1,28 @@
+//! The air-gapped files and the relayed check-in body (`protocol::offline`): parsing
+//! them, decoding the signed payload and checking its signature never panics.
+#![no_main]
+
+use alga_protocol::offline::{
+    OfflineCheckInResponse, OfflineRedeemRequest, OfflineRedeemResponse, RelayedCheckIn,
+};
+use libfuzzer_sys::fuzz_target;
+
+/// A P-256 point (the generator), so that the signature check runs to its end.
+const POINT: [u8; 65] = [
+    0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4,
+    0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8,
+    0x98, 0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a,
+    0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40,
+    0x68, 0x37, 0xbf, 0x51, 0xf5,
+];
+
+fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<OfflineRedeemRequest>(data);
+    let _ = serde_json::from_slice::<OfflineRedeemResponse>(data);
+    let _ = serde_json::from_slice::<OfflineCheckInResponse>(data);
+    if let Ok(r) = serde_json::from_slice::<RelayedCheckIn>(data) {
+        let _ = r.payload_unverified();
+        let _ = r.payload_sha256();
+        let _ = r.verify(&POINT);
+    }
+});
