@@ -1,8 +1,9 @@
 # alga-license: local dev/test stack (DESIGN.md §8). The work is in scripts/stack.sh;
 # everything it creates lives in .dev/ (gitignored). Servers listen on 127.0.0.1 only.
 #
-#   make test        up, then cargo test --workspace with .dev/env exported, the API fuzz (fast),
+#   make test        lint, up, then cargo test --workspace with .dev/env exported, the API fuzz (fast),
 #                    the bench smoke run and the packages' check (scripts/dist.sh --check)
+#   make lint        rustfmt, clippy -D warnings, cargo-deny's dependency bans (scripts/lint.sh)
 #   make up          deps + build + infra + issuer + gateway (ALGA_UP_SERVICES=0: no issuer/gateway)
 #   make infra       deps + PKI, Postgres, SoftHSM2 conf/PINs, SMTP sink, S3, configs, .dev/env
 #   make down        stop everything, keep data;   make clean-dev: down and remove .dev/
@@ -21,7 +22,7 @@ SHELL := /bin/bash
 STACK := bash scripts/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build up infra services down clean-dev test demo status bench soak fuzz dist
+.PHONY: help deps build up infra services down clean-dev test lint demo status bench soak fuzz dist
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
@@ -52,6 +53,9 @@ test:
 
 demo:
 	@$(STACK) demo
+
+lint:
+	@bash scripts/lint.sh
 
 status:
 	@$(STACK) status

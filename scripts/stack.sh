@@ -1070,8 +1070,10 @@ test_report() {
 
 cmd_test() {
     TEST_START=$SECONDS
-    TEST_PHASE="bringing the stack up"
     trap 'test_report $?' EXIT
+    TEST_PHASE="lint (scripts/lint.sh: rustfmt, clippy -D warnings, cargo-deny bans)"
+    bash "$ROOT/scripts/lint.sh"
+    TEST_PHASE="bringing the stack up"
     cmd_up
     release_lock
     TEST_PHASE="cargo test"

@@ -141,6 +141,10 @@ pub struct Progress {
     pub empty_polls: u64,
     /// Tree checkpoints (signed notes) this sequencer stored since it started.
     pub log_checkpoints: u64,
+    /// The pause before the next poll when the last one found less than a batch:
+    /// `idle_poll` after a poll that found records, doubled by each empty poll up to
+    /// `idle_poll_max`.
+    pub idle_pause: Duration,
 }
 
 /// The advisory lock key of the sequencer leadership ("algaaudt").
@@ -391,6 +395,9 @@ impl<S: CheckpointSigner> Sequencer<S> {
                         .min(self.config.idle_poll_max)
                         .max(self.config.idle_poll);
                 }
+            }
+            if self.progress.borrow().idle_pause != pause {
+                self.progress.send_modify(|p| p.idle_pause = pause);
             }
         }
     }

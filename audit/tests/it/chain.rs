@@ -345,7 +345,10 @@ async fn transaction_ids_order_numerically_across_a_power_of_ten() {
 /// An idle log is polled less and less often, down to one poll per `idle_poll_max`
 /// (at a constant 5 ms pause one idle second costs up to 200 queries), and a record
 /// appended after the quiet spell, through the connection's statement cache
-/// (`append_cached`, as the gateway appends), is still chained.
+/// (`append_cached`, as the gateway appends), is still chained. Counted in polls, not
+/// timed: each empty poll doubles the pause, so seven of them from any pause reach the
+/// cap (5 ms × 2⁷ > 100 ms), and the eighth is counted only after the seventh's pause
+/// is published.
 #[tokio::test]
 async fn an_idle_sequencer_backs_off_and_still_chains_what_comes_next() {
     let db = TestDb::new().await;
@@ -353,19 +356,43 @@ async fn an_idle_sequencer_backs_off_and_still_chains_what_comes_next() {
     config.idle_poll = Duration::from_millis(5);
     config.idle_poll_max = Duration::from_millis(100);
     let mut seq = RunningSequencer::start(db.pool(2), InsecureTestSigner::new("audit-1"), config);
+    // Deadlines below only keep a broken build from hanging the suite.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !seq.progress.borrow().leading {
         assert!(tokio::time::Instant::now() < deadline, "never led");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = seq.progress.borrow().empty_polls;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let polls = seq.progress.borrow().empty_polls - before;
-    // Pauses of 5, 10, 20, 40, 80, then 100 ms: at most 14 polls fit in a second
-    // (fewer on a slow machine, never more).
+    let mut seen = Vec::new();
+    loop {
+        let p = *seq.progress.borrow();
+        if seen.last() != Some(&p.idle_pause) {
+            seen.push(p.idle_pause);
+        }
+        if p.empty_polls >= before + 8 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "8 empty polls never came"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        seq.progress.borrow().idle_pause,
+        Duration::from_millis(100),
+        "the pause stops at idle_poll_max"
+    );
+    // The pauses seen (sampled, so some may be missed) only grew, each a doubling of
+    // 5 ms or the cap; none went past it.
+    let steps: Vec<Duration> = [5, 10, 20, 40, 80, 100]
+        .into_iter()
+        .map(Duration::from_millis)
+        .collect();
+    seen.retain(|d| !d.is_zero());
     assert!(
-        (1..=16).contains(&polls),
-        "{polls} empty polls in one idle second"
+        seen.windows(2).all(|w| w[0] < w[1]) && seen.iter().all(|d| steps.contains(d)),
+        "pauses {seen:?}"
     );
 
     let pool = db.pool(2);

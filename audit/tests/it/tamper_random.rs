@@ -140,8 +140,8 @@ async fn r5_random_tamper_edits_are_all_detected_with_the_first_bad_sequence_nam
             }
         };
         if try_as_attacker(&owner, &tamper).await.is_err() {
+            // Not a detection: the edit never happened. Counted apart.
             schema_refused += 1;
-            detected += 1;
             *kinds
                 .entry(format!("{name} → refused by a CHECK"))
                 .or_default() += 1;
@@ -204,13 +204,25 @@ async fn r5_random_tamper_edits_are_all_detected_with_the_first_bad_sequence_nam
         }
     }
     println!(
-        "R5: {detected}/{trials} random tamper edits detected with the first bad sequence named \
-         (seed {seed}) in {:?}; exports verified {exports_checked} (of which with a record_hex \
-         line named malformed: {exports_hex}), exports refused {export_refused}, edits refused \
-         by the schema {schema_refused}: {kinds:#?}",
+        "R5: {detected}/{} random tamper edits that reached the database detected with the \
+         first bad sequence named (seed {seed}) in {:?}; {schema_refused} of {trials} refused by \
+         the schema (not counted as detected); exports verified {exports_checked} (of which \
+         with a record_hex line named malformed: {exports_hex}), exports refused \
+         {export_refused}: {kinds:#?}",
+        trials - schema_refused,
         started.elapsed()
     );
     assert_eq!(export_refused, 0, "exports refused (seed {seed})");
-    assert_eq!(detected, trials);
+    assert_eq!(
+        detected,
+        trials - schema_refused,
+        "every applied edit detected"
+    );
+    // The schema refuses only the genesis edit (a non-zero prev_hash at seq 1): most
+    // edits must reach the database, or this test proves little.
+    assert!(
+        schema_refused * 10 < trials,
+        "{schema_refused} of {trials} edits refused by the schema (seed {seed})"
+    );
     db.drop_db().await;
 }

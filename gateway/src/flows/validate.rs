@@ -247,11 +247,49 @@ mod proptests {
 
     use super::*;
 
+    /// A dot-atom local part: 1-3 atoms of `atext` (RFC 5322 §3.2.3), at most 64 bytes.
+    fn dot_atom() -> impl Strategy<Value = String> {
+        let atext = prop_oneof![
+            4 => proptest::char::range('a', 'z'),
+            2 => proptest::char::range('A', 'Z'),
+            2 => proptest::char::range('0', '9'),
+            2 => proptest::sample::select("!#$%&'*+-/=?^_`{|}~".chars().collect::<Vec<_>>()),
+        ];
+        proptest::collection::vec(
+            proptest::collection::vec(atext, 1..12).prop_map(String::from_iter),
+            1..4,
+        )
+        .prop_map(|atoms| atoms.join("."))
+    }
+
+    /// A hostname of 1-3 labels (letters, digits, inner hyphens) and a letters-only TLD.
+    fn hostname() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?", 1..4),
+            "[a-zA-Z]{2,6}",
+        )
+            .prop_map(|(labels, tld)| format!("{}.{tld}", labels.join(".")))
+    }
+
+    fn assert_header_safe(e: &ContactEmail) -> Result<(), TestCaseError> {
+        prop_assert!(e.as_str().is_ascii());
+        prop_assert!(
+            !e.as_str()
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b' ')
+        );
+        prop_assert_eq!(e.as_str().matches('@').count(), 1);
+        prop_assert!(!e.as_str().contains("=?"));
+        prop_assert!(e.as_str().len() <= MAX_EMAIL_LEN);
+        prop_assert!(MailAddress::parse("to", e.as_str()).is_ok());
+        Ok(())
+    }
+
     proptest! {
         /// Whatever comes in: no panic, and what is accepted is single-line, trimmed,
         /// bounded, and exactly what the mail's own types make of it (one rule).
         #[test]
-        fn names_accepted_are_clean(input in any::<String>()) {
+        fn names_accepted_are_clean(input in prop_oneof![any::<String>(), "[ -~\u{a0}-\u{2fff}\r\n\t\u{200b}-\u{202e}]{0,220}"]) {
             if let Ok(n) = Name::parse(&input) {
                 prop_assert!(!n.as_str().chars().any(char::is_control));
                 prop_assert_eq!(n.as_str().trim(), n.as_str());
@@ -268,14 +306,39 @@ mod proptests {
             prop_assert_eq!(api.as_ref().ok().map(Name::as_str), mail.as_ref().ok().map(DisplayName::as_str));
         }
 
+        /// Well-formed addresses (dot-atom local parts from every `atext` character,
+        /// hostnames with hyphens, any case, surrounding spaces) are accepted as the
+        /// address itself, except that `=?` is refused anywhere; what is accepted is
+        /// header-safe. Built well-formed so every case reaches the assertions.
         #[test]
-        fn emails_accepted_are_header_safe(input in any::<String>()) {
+        fn well_formed_emails_are_accepted_and_header_safe(
+            (pad_l, local, domain, pad_r) in (" {0,2}", dot_atom(), hostname(), " {0,2}"),
+        ) {
+            let input = format!("{pad_l}{local}@{domain}{pad_r}");
+            let got = ContactEmail::parse(&input);
+            if local.contains("=?") {
+                prop_assert!(got.is_err(), "accepted an encoded-word opener: {input:?}");
+            } else {
+                prop_assert!(got.is_ok(), "refused {input:?}: {:?}", got.err());
+                let e = got.expect("checked");
+                prop_assert_eq!(e.as_str(), format!("{local}@{domain}"));
+                assert_header_safe(&e)?;
+            }
+        }
+
+        /// The same addresses with any one character inserted anywhere: refused, or
+        /// accepted and still header-safe.
+        #[test]
+        fn emails_with_any_character_inserted_are_refused_or_header_safe(
+            (local, domain) in (dot_atom(), hostname()),
+            at in any::<proptest::sample::Index>(),
+            c in any::<char>(),
+        ) {
+            let mut chars: Vec<char> = format!("{local}@{domain}").chars().collect();
+            chars.insert(at.index(chars.len() + 1), c);
+            let input: String = chars.into_iter().collect();
             if let Ok(e) = ContactEmail::parse(&input) {
-                prop_assert!(e.as_str().is_ascii());
-                prop_assert!(!e.as_str().bytes().any(|b| b.is_ascii_control() || b == b' '));
-                prop_assert_eq!(e.as_str().matches('@').count(), 1);
-                prop_assert!(e.as_str().len() <= MAX_EMAIL_LEN);
-                prop_assert!(MailAddress::parse("to", e.as_str()).is_ok());
+                assert_header_safe(&e)?;
             }
         }
 

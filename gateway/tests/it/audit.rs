@@ -13,15 +13,17 @@ async fn a_failing_audit_insert_leaves_no_state_change() {
     let (tenant, code_id, code) = s.tenant_with_code("pro").await;
     // Let the mail worker finish the registration mail first (its audit record would
     // otherwise race with the count below).
+    let mut sent = 0;
     for _ in 0..100 {
-        if s.count("SELECT count(*) FROM mail_outbox WHERE state = 'sent'")
-            .await
-            == 1
-        {
+        sent = s
+            .count("SELECT count(*) FROM mail_outbox WHERE state = 'sent'")
+            .await;
+        if sent == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(sent, 1, "the registration mail was not sent within 10 s");
     let before = s.count("SELECT count(*) FROM audit_events").await;
     s.admin
         .batch_execute("REVOKE INSERT ON audit_events FROM alga_gateway")

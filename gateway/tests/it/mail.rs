@@ -231,6 +231,78 @@ async fn smtp_down_queues_then_delivers_exactly_once_across_a_gateway_restart() 
     s.stop().await;
 }
 
+/// The worker sent a mail but cannot write its `mail.sent` record (the audit insert
+/// fails): the mark and the record are one transaction, so the row is not `sent`
+/// without its record; once the audit works again the claim's lease runs out (ended
+/// early here, as if its 120 s had passed), the mail is sent again with the same
+/// Message-ID (at least once) and recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_insert_keeps_the_sent_mail_queued_until_it_is_recorded() {
+    let mut sink = SmtpSink::start().await;
+    let s = stack(
+        &sink,
+        "retry_initial_secs = 0.5\nretry_max_secs = 1\nmax_attempts = 1000",
+    )
+    .await;
+    sink.stop().await;
+    let email = recipient();
+    let v = s.register("Unrecorded Mail GmbH", &email, "pro").await;
+    assert_eq!(v["email"]["status"], "queued", "{v}");
+    let (tenant, code_id) = ids(&v);
+    let (_, _, mail_id) = outbox_row(&s, &code_id).await;
+
+    s.admin
+        .batch_execute("REVOKE INSERT ON audit_events FROM alga_gateway")
+        .await
+        .expect("revoke");
+    sink.resume().await;
+    // The worker delivers, then fails to record: wait for the message and the error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sink.messages_to(&email).is_empty()
+        || !crate::harness::captured_logs().lines().any(|l| {
+            l.contains("could not record a mail outcome") && l.contains(&mail_id.to_string())
+        })
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery with a failed record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (state, attempts, _) = outbox_row(&s, &code_id).await;
+    assert_eq!(state, "queued", "marked sent without its audit record");
+    assert!(attempts >= 2, "{attempts}");
+    assert!(audit_records(&s, tenant, "mail.sent").await.is_empty());
+
+    // The audit works again; the lease ends.
+    s.admin
+        .batch_execute("GRANT INSERT ON audit_events TO alga_gateway")
+        .await
+        .expect("grant");
+    let n = s
+        .admin
+        .execute(
+            "UPDATE mail_outbox SET next_attempt_at = now() WHERE mail_id = $1",
+            &[&mail_id],
+        )
+        .await
+        .expect("end the lease");
+    assert_eq!(n, 1);
+    wait_for_state(&s, &code_id, "sent", Duration::from_secs(30)).await;
+    assert_eq!(audit_records(&s, tenant, "mail.sent").await.len(), 1);
+    let msgs = sink.messages_to(&email);
+    assert!(
+        msgs.len() >= 2,
+        "sent again once recordable: {}",
+        msgs.len()
+    );
+    let want = format!("<{mail_id}.registration@alga.test>");
+    for m in &msgs {
+        assert_eq!(header(m, "Message-ID").as_deref(), Some(want.as_str()));
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_spent_marks_the_mail_failed_audited_counted_and_shown() {
     let mut sink = SmtpSink::start().await;

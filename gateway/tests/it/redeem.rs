@@ -104,16 +104,137 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
     let (st, e) = s.redeem_as(&code, &a).await;
     assert_error(st, &e, 409, "code_already_used");
     assert_eq!(s.count("SELECT count(*) FROM licenses").await, 2);
-    // Outside the retry window (consumed 16 minutes ago), even the same key is refused.
+    s.stop().await;
+}
+
+/// A code is expired exactly at its `expires_at`: Postgres' `now()` decides (the
+/// consuming `UPDATE … AND expires_at > now()`), so the test freezes that clock for the
+/// gateway's connections (a `now()` in a schema searched before `pg_catalog`) and mints
+/// one code expiring exactly then and one a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_is_expired_exactly_at_its_expires_at() {
+    let mut s = Stack::start().await;
+    let (tenant, _, _) = s.tenant_with_code("pro").await;
+    // An hour ahead, whole seconds (codes carry whole seconds), so the issuer mints it.
+    let frozen = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("whole second")
+        + time::Duration::hours(1);
     s.admin
-        .execute(
-            "UPDATE install_codes SET consumed_at = now() - interval '16 minutes' WHERE code_id = $1",
+        .batch_execute(
+            "CREATE SCHEMA test_clock; \
+             CREATE TABLE test_clock.frozen (at timestamptz NOT NULL); \
+             CREATE FUNCTION test_clock.now() RETURNS timestamptz LANGUAGE sql STABLE \
+                 AS 'SELECT at FROM test_clock.frozen'; \
+             GRANT USAGE ON SCHEMA test_clock TO PUBLIC; \
+             GRANT SELECT ON test_clock.frozen TO PUBLIC;",
+        )
+        .await
+        .expect("the test clock");
+    s.admin
+        .execute("INSERT INTO test_clock.frozen VALUES ($1)", &[&frozen])
+        .await
+        .expect("freeze");
+    s.admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET search_path = test_clock, pg_catalog, public",
+            s.db
+        ))
+        .await
+        .expect("search_path");
+    s.restart_gateway().await;
+    // The gateway's connections see the frozen clock.
+    let (at_expiry_id, at_expiry) = s.mint_raw(tenant, "pro", frozen).await;
+    let (st, e, _) = s.redeem(&at_expiry).await;
+    assert_error(st, &e, 410, "code_expired");
+    assert_eq!(s.code_state(&at_expiry_id).await, "unclaimed");
+    // A code expiring one second after the (frozen) now is redeemed.
+    let (later_id, later) = s
+        .mint_raw(tenant, "pro", frozen + time::Duration::seconds(1))
+        .await;
+    let (st, v, _) = s.redeem(&later).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(s.code_state(&later_id).await, "consumed");
+    // And the database did decide with the frozen clock.
+    let consumed_at: time::OffsetDateTime = s
+        .admin
+        .query_one(
+            "SELECT consumed_at FROM install_codes WHERE code_id = $1",
+            &[&later_id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(consumed_at, frozen);
+    s.stop().await;
+}
+
+/// The same key's retry is accepted for 15 minutes after the consumption and refused
+/// after, with nothing else (revocation, another key) standing in the way: the appliance
+/// stays active throughout, so only the window can refuse the last retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_keys_retry_is_accepted_for_15_minutes_after_the_consumption() {
+    let s = Stack::start().await;
+    let (tenant, code_id, code) = s.tenant_with_code("pro").await;
+    let (st, v, a) = s.redeem(&code).await;
+    assert_eq!(st, 200, "{v}");
+    let appliance_id = v["appliance_id"].clone();
+    let age = |interval: &'static str| {
+        let s = &s;
+        let code_id = code_id.clone();
+        async move {
+            let n = s
+                .admin
+                .execute(
+                    &format!(
+                        "UPDATE install_codes SET consumed_at = now() - interval '{interval}' \
+                         WHERE code_id = $1"
+                    ),
+                    &[&code_id],
+                )
+                .await
+                .expect("age the consumption");
+            assert_eq!(n, 1, "one code aged");
+        }
+    };
+    // Consumed 14 minutes 50 seconds ago: still inside the window.
+    age("14 minutes 50 seconds").await;
+    let (st, again) = s.redeem_as(&code, &a).await;
+    assert_eq!(st, 200, "a retry inside the window refused: {again}");
+    assert_eq!(again["tenant_id"], tenant.to_string());
+    assert_eq!(again["appliance_id"], appliance_id);
+    assert_eq!(s.count("SELECT count(*) FROM licenses").await, 2);
+    // A retry does not move the window: it still counts from the first consumption.
+    let row = s
+        .admin
+        .query_one(
+            "SELECT consumed_at < now() - interval '14 minutes' FROM install_codes \
+             WHERE code_id = $1",
             &[&code_id],
         )
         .await
-        .expect("age the consumption");
+        .expect("row");
+    assert!(row.get::<_, bool>(0), "a retry restarted the window");
+    // Consumed 15 minutes 10 seconds ago: outside, and the appliance is still active.
+    age("15 minutes 10 seconds").await;
+    let appliance: Uuid = appliance_id.as_str().expect("id").parse().expect("uuid");
+    let state: String = s
+        .admin
+        .query_one(
+            "SELECT state FROM appliances WHERE appliance_id = $1",
+            &[&appliance],
+        )
+        .await
+        .expect("appliance")
+        .get(0);
+    assert_eq!(state, "active");
     let (st, e) = s.redeem_as(&code, &a).await;
     assert_error(st, &e, 409, "code_already_used");
+    assert_eq!(
+        s.count("SELECT count(*) FROM licenses").await,
+        2,
+        "no license past the window"
+    );
     s.stop().await;
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use alga_protocol::InstallCode;
 use reqwest::StatusCode;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -526,6 +527,9 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
     let client = s.anon();
     let store = s.store();
     let mut secrets: Vec<String> = Vec::new();
+    // Public ids stored beside the secrets: the scan must find every one of them (a
+    // check that it read what it claims to have read).
+    let mut code_ids: Vec<String> = Vec::new();
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -551,6 +555,7 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
             .as_str()
             .expect("code_id")
             .to_owned();
+        code_ids.push(code_id.clone());
         let mut code = s.code(&code_id).await;
         if t % 4 == 1 {
             // Reissue through the other gateway; the new code is the one to redeem.
@@ -565,9 +570,9 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
             if let Some(url) = v["download"]["url"].as_str() {
                 secrets.extend(signature_of(url));
             }
-            code = s
-                .code(v["install_code"]["code_id"].as_str().expect("code_id"))
-                .await;
+            let reissued = v["install_code"]["code_id"].as_str().expect("code_id");
+            code_ids.push(reissued.to_owned());
+            code = s.code(reissued).await;
         }
         secrets.push(code.clone());
         // Three racers per code through both gateways, one of them retrying with its key.
@@ -728,6 +733,45 @@ async fn r13_two_gateways_two_issuers_mixed_load_one_chain_single_use_and_r10_no
         leaks.len()
     );
     assert!(leaks.is_empty(), "secrets outside the mailbox: {leaks:?}…");
+    // What "0 found" rests on: every code (one per tenant, one more per reissue), the
+    // pro winners' license tokens, the presigned links' signatures and the PIN were
+    // looked for, and the haystack holds the logs and every table of the registry
+    // (each code's public id is in it).
+    let codes = secrets
+        .iter()
+        .filter(|x| InstallCode::parse(x).is_ok())
+        .count();
+    assert_eq!(
+        codes,
+        code_ids.len(),
+        "every code (current and reissued) looked for"
+    );
+    assert!(code_ids.len() > tenants, "reissued codes among them");
+    let tokens = secrets.iter().filter(|x| x.split('.').count() == 3).count();
+    assert!(tokens >= tenants / 2, "{tokens} license tokens looked for");
+    assert!(
+        unique.len() > codes + tokens,
+        "signatures and the PIN looked for"
+    );
+    for t in [
+        "tenants",
+        "install_codes",
+        "appliances",
+        "licenses",
+        "mail_outbox",
+        "audit_events",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} scanned: {tables:?}");
+    }
+    let missing: Vec<&String> = code_ids
+        .iter()
+        .filter(|id| !haystack.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "code ids not found in the scanned text: {missing:?}"
+    );
+    assert!(!captured_logs().is_empty(), "the logs were captured");
     pair.stop().await;
     s.stop().await;
 }

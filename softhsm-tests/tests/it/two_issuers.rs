@@ -29,8 +29,6 @@ use crate::support::{
 };
 
 const SEED: &str = "appliance-license-seed.yaml";
-/// A hang guard for the whole load phase (every step is bounded on its own too).
-const LOAD_BOUND: Duration = Duration::from_secs(240);
 
 fn tenants() -> usize {
     std::env::var("ALGA_R13_TENANTS")
@@ -521,7 +519,8 @@ fn r13_two_issuer_processes_two_gateways_mixed_load_one_chain_single_use() -> Re
             .collect();
         let runs = joined.into_iter().collect::<Result<Vec<_>>>()?;
         let load = started.elapsed();
-        ensure!(load < LOAD_BOUND, "the load took {load:?}");
+        // Its time is a figure (printed below), not a pass mark: every request in it is
+        // bounded by its client (curl --max-time, the appliance's own timeouts).
 
         // Single use: one winner and two `code_already_used` (exit 14) per code, retries
         // and check-ins succeed, revoked codes refused (exit 13), one appliance per code.
