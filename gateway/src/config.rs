@@ -51,6 +51,78 @@ pub struct Config {
     /// None: checkpoints are served with the log's signature only.
     #[serde(default)]
     pub witnesses: Vec<WitnessConfig>,
+    /// Endpoints the leading gateway delivers the event feed to, signed (see
+    /// `crate::webhooks`). None: the feed is only read through `GET /events`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// A webhook endpoint (`[[webhooks]]`): every event of the feed is POSTed to `url`,
+/// signed with the secret in `secret_file`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…` (or `http://` on a private network). It also names the endpoint's
+    /// outbox and feed position in the database: changing it starts a new endpoint from
+    /// the start of the feed. No user or password in it (it is logged and stored).
+    pub url: String,
+    /// The HMAC-SHA256 signing secret shared with the receiver, read at start-up
+    /// (surrounding whitespace trimmed), never logged. At least 32 bytes.
+    pub secret_file: PathBuf,
+    /// CA bundle (PEM) for an `https` URL; absent: the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// First retry delay after a failed delivery, in seconds; each further failure of
+    /// the same event doubles it, up to `retry_max_secs`, with jitter (half to all of
+    /// it).
+    #[serde(default = "WebhookConfig::default_retry_initial")]
+    pub retry_initial_secs: f64,
+    /// Longest retry delay, in seconds. An event is retried until it is delivered.
+    #[serde(default = "WebhookConfig::default_retry_max")]
+    pub retry_max_secs: f64,
+    /// Longest wait for the receiver's answer to one delivery, in seconds.
+    #[serde(default = "WebhookConfig::default_timeout")]
+    pub timeout_secs: f64,
+}
+
+impl WebhookConfig {
+    /// Shortest accepted secret, in bytes.
+    pub const MIN_SECRET_LEN: usize = 32;
+
+    fn default_retry_initial() -> f64 {
+        5.0
+    }
+    fn default_retry_max() -> f64 {
+        600.0
+    }
+    fn default_timeout() -> f64 {
+        10.0
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url =
+            url::Url::parse(&self.url).map_err(|e| format!("webhooks: url {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(format!(
+                "webhooks: url {:?} must be https or http",
+                self.url
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("webhooks: a url must not hold a user or password".into());
+        }
+        let ok = |v: f64, max: f64| v.is_finite() && v > 0.0 && v <= max;
+        if !ok(self.retry_initial_secs, 86_400.0) || !ok(self.retry_max_secs, 86_400.0) {
+            return Err("webhooks: retry_initial_secs and retry_max_secs must be more than 0 and at most 86400".into());
+        }
+        if self.retry_max_secs < self.retry_initial_secs {
+            return Err("webhooks: retry_max_secs must be >= retry_initial_secs".into());
+        }
+        if !ok(self.timeout_secs, 300.0) {
+            return Err("webhooks: timeout_secs must be more than 0 and at most 300".into());
+        }
+        Ok(())
+    }
 }
 
 /// A witness of the audit log (`[[witnesses]]`).
@@ -379,6 +451,14 @@ impl Config {
         c.database.validate()?;
         c.mail.validate()?;
         c.limits.validate()?;
+        for w in &c.webhooks {
+            w.validate()?;
+        }
+        let mut urls: Vec<&str> = c.webhooks.iter().map(|w| w.url.as_str()).collect();
+        urls.sort_unstable();
+        if urls.windows(2).any(|p| p[0] == p[1]) {
+            return Err("webhooks: each url may be configured once".into());
+        }
         if let Some(ops) = &c.ops
             && ops.address.port() != 0
             && ops.address == c.listen.address
@@ -494,6 +574,60 @@ mod tests {
         let c = Config::parse(&ok).expect("parses");
         assert_eq!(c.mail.max_attempts, 2);
         assert_eq!(c.mail.retry_initial_secs, 0.2);
+    }
+
+    #[test]
+    fn webhooks_are_documented_at_their_defaults_and_checked() {
+        for template in [
+            include_str!("../../config/dev/gateway.toml.in"),
+            include_str!("../../deploy/config/gateway.toml"),
+        ] {
+            let text: String = template
+                .lines()
+                .skip_while(|l| *l != "# [[webhooks]]")
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.strip_prefix("# "))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let t: toml::Table = toml::from_str(&text).expect("the sample parses");
+            let w: Vec<WebhookConfig> = t["webhooks"].clone().try_into().expect("valid");
+            let w = &w[0];
+            assert!(w.validate().is_ok());
+            assert_eq!(
+                (w.retry_initial_secs, w.retry_max_secs, w.timeout_secs),
+                (
+                    WebhookConfig::default_retry_initial(),
+                    WebhookConfig::default_retry_max(),
+                    WebhookConfig::default_timeout()
+                )
+            );
+        }
+        let hook = |extra: &str| {
+            sample()
+                + &format!(
+                    "\n[[webhooks]]\nurl = \"https://h.test/x\"\nsecret_file = \"/s\"\n{extra}"
+                )
+        };
+        assert_eq!(Config::parse(&hook("")).expect("parses").webhooks.len(), 1);
+        for (bad, says) in [
+            ("retry_initial_secs = 0", "retry_initial_secs"),
+            (
+                "retry_initial_secs = 10\nretry_max_secs = 5",
+                "retry_max_secs",
+            ),
+            ("timeout_secs = 0", "timeout_secs"),
+            ("unknown = 1", "unknown"),
+        ] {
+            let e = Config::parse(&hook(bad)).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        for url in ["ftp://h.test/x", "https://user:pw@h.test/x", "not a url"] {
+            let text =
+                sample() + &format!("\n[[webhooks]]\nurl = \"{url}\"\nsecret_file = \"/s\"\n");
+            assert!(Config::parse(&text).is_err(), "{url}");
+        }
+        let twice = hook("") + "\n[[webhooks]]\nurl = \"https://h.test/x\"\nsecret_file = \"/t\"\n";
+        assert!(Config::parse(&twice).expect_err("twice").contains("once"));
     }
 
     /// The commented-out `key = value` lines of a template section `# [name]`, up to the

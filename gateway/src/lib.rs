@@ -24,6 +24,9 @@
 //! - [`audit`]: the one seam to `alga_audit` (append in the caller's transaction,
 //!   failure records, the summaries of refusals before a caller was established, the
 //!   checkpoint signer for the sequencer, the auditor's pages).
+//! - [`webhooks`]: the event feed (`flows::events`, read from the sequenced audit
+//!   log) pushed to `[[webhooks]]` endpoints, signed, from an outbox in Postgres, by
+//!   the audit sequencer's leader.
 //! - [`mail`]: the outbox (first attempt inside the request, then the worker);
 //!   [`presign`]: ISO links (via `alga_delivery`).
 //! - [`ratelimit`], [`metrics`], [`config`], [`migrate`], [`error`].
@@ -58,6 +61,7 @@ pub mod migrate;
 pub mod presign;
 pub mod ratelimit;
 pub mod server;
+pub mod webhooks;
 pub mod witnesses;
 
 use std::future::Future;
@@ -308,6 +312,7 @@ pub async fn run_on(
     let mailer = mail::mailer(&config.smtp).context("SMTP")?;
     let witness_targets = witnesses::from_config(&config.witnesses).map_err(anyhow::Error::msg)?;
     let witness_roots = witnesses::roots(&config.witnesses).map_err(anyhow::Error::msg)?;
+    let webhook_endpoints = webhooks::from_config(&config.webhooks).map_err(anyhow::Error::msg)?;
 
     let keys = KeyCache::default();
     let appliance_cas = match issuer.public_keys().await {
@@ -412,6 +417,13 @@ pub async fn run_on(
         sequencer_progress.clone(),
         stop_rx.clone(),
     ));
+    // Webhooks: the sequencer's leader feeds the outbox and delivers.
+    let webhook_worker = tokio::spawn(webhooks::run(
+        app.clone(),
+        webhook_endpoints,
+        sequencer_progress.clone(),
+        stop_rx.clone(),
+    ));
     // Overdue appliances: the sequencer's leader records them (the sweep is safe on
     // several gateways at once; one is enough).
     every(OVERDUE_SWEEP, stopped(stop_rx.clone()), {
@@ -483,6 +495,7 @@ pub async fn run_on(
     let _ = stop_tx.send(true);
     let _ = sequencer.await;
     let _ = witness_collector.await;
+    let _ = webhook_worker.await;
     let _ = mail_worker.await;
     Ok(())
 }

@@ -211,6 +211,9 @@ pub struct Metrics {
     issuer_errors: Family<OpErrorLabels, Counter>,
     mail: Family<MailLabels, Counter>,
     witness: Family<OutcomeLabels, Counter>,
+    webhook: Family<OutcomeLabels, Counter>,
+    webhook_backlog: Gauge<i64, AtomicU64Compat>,
+    webhook_oldest: Gauge<i64, AtomicU64Compat>,
     appliances: Family<HealthLabels, Gauge<i64, AtomicU64Compat>>,
     /// When a count of `appliances` was last claimed.
     appliances_counted: std::sync::Mutex<Option<std::time::Instant>>,
@@ -288,6 +291,30 @@ impl Metrics {
              witness refused the checkpoint, look at the error log, unreachable, error)",
             witness.clone(),
         );
+        let webhook = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered: the receiver answered 2xx, \
+             retry: it did not, the event is retried after a back-off)",
+            webhook.clone(),
+        );
+        for outcome in ["delivered", "retry"] {
+            webhook.get_or_create(&OutcomeLabels { outcome }).get();
+        }
+        let webhook_backlog = Gauge::<i64, AtomicU64Compat>::default();
+        registry.register(
+            "webhook_backlog_events",
+            "Events not yet delivered to the webhook endpoints (all endpoints; set by the \
+             gateway leading the audit sequencer, 0 on the others)",
+            webhook_backlog.clone(),
+        );
+        let webhook_oldest = Gauge::<i64, AtomicU64Compat>::default();
+        registry.register(
+            "webhook_oldest_undelivered_age_seconds",
+            "Age of the oldest event not yet delivered to a webhook endpoint (0: none; set \
+             by the gateway leading the audit sequencer)",
+            webhook_oldest.clone(),
+        );
         let appliances = Family::<HealthLabels, Gauge<i64, AtomicU64Compat>>::default();
         registry.register(
             "appliances",
@@ -360,6 +387,9 @@ impl Metrics {
             issuer_errors,
             mail,
             witness,
+            webhook,
+            webhook_backlog,
+            webhook_oldest,
             appliances,
             appliances_counted: std::sync::Mutex::new(None),
             pool_size,
@@ -441,6 +471,17 @@ impl Metrics {
     /// `refused`, `unreachable` or `error`.
     pub fn witness_submission(&self, outcome: &'static str) {
         self.witness.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records one webhook delivery attempt: `delivered` or `retry`.
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        self.webhook.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Sets the webhook backlog: undelivered events and the oldest one's age.
+    pub fn webhook_backlog(&self, events: i64, oldest_age_secs: i64) {
+        self.webhook_backlog.set(events);
+        self.webhook_oldest.set(oldest_age_secs);
     }
 
     /// Sets how many active appliances are in each health (`ok`, `overdue`, `stale`).

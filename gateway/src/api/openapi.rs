@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, PathItem, PathsBuilder};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::response::Response as OaResponse;
@@ -172,7 +173,7 @@ const ROUTES: &[Route] = &[
         HttpMethod::Get,
         "/events",
         "store",
-        "The event feed: what happened to tenants, codes and appliances, in the order of the sequenced audit log (an event appears once the audit sequencer has chained its record, normally within 100 ms of the commit; a tenant's changes in the order they took effect). Pass the page's next as ?after= to continue; pages never skip or repeat an event, however many gateways write and in whatever order transactions commit; a page with no events whose next is the after sent means nothing new yet. Types: tenant.registered {code_id, edition}, code.issued {code_id, expires_at, mail, replaces_appliance_id?}, code.redeemed {code_id, edition, replaced_appliance_id?}, appliance.replaced {replaced_by, code_id}, appliance.revoked {reason?}, appliance.overdue {edition, last_seen_at}, entitlement.changed {from, to, revoked}, tenant.suspended {reason?}, tenant.resumed {}, mail.failed {mail_id, code_id, kind, attempt}.",
+        "The event feed: what happened to tenants, codes and appliances, in the order of the sequenced audit log (an event appears once the audit sequencer has chained its record, normally within 100 ms of the commit; a tenant's changes in the order they took effect). Pass the page's next as ?after= to continue; pages never skip or repeat an event, however many gateways write and in whatever order transactions commit; a page with no events whose next is the after sent means nothing new yet. Types: tenant.registered {code_id, edition}, code.issued {code_id, expires_at, mail, replaces_appliance_id?}, code.redeemed {code_id, edition, replaced_appliance_id?}, appliance.replaced {replaced_by, code_id}, appliance.revoked {reason?}, appliance.overdue {edition, last_seen_at}, entitlement.changed {from, to, revoked}, tenant.suspended {reason?}, tenant.resumed {}, mail.failed {mail_id, code_id, kind, attempt}. Webhooks deliver the same events, one per POST, signed (see webhooks.event)",
         &[
             (
                 "200",
@@ -441,6 +442,28 @@ fn events_schema() -> Value {
     })
 }
 
+/// The document's `webhooks`: what the gateway POSTs to each `[[webhooks]]` endpoint.
+fn webhooks() -> Value {
+    json!({"event": {"post": {
+        "summary": "One event of the feed, exactly as GET /events shows it, POSTed to each configured endpoint by the gateway leading the audit sequencer",
+        "description": "At least once (de-duplicate by Alga-Event-Id), each tenant's events in feed order, one at a time; retried with exponential back-off until the receiver answers 2xx. Verify Alga-Signature on the raw body before parsing it: v1 is the hex HMAC-SHA256, under the endpoint's secret, of t, a '.', and the body; refuse an old t.",
+        "parameters": [
+            {"name": "Alga-Signature", "in": "header", "required": true,
+             "description": "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>",
+             "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}},
+            {"name": "Alga-Event-Id", "in": "header", "required": true,
+             "description": "The event's id",
+             "schema": {"type": "integer", "format": "int64", "minimum": 1}},
+        ],
+        "requestBody": {"required": true,
+                        "content": {"application/json": {"schema": event_schema()}}},
+        "responses": {
+            "2XX": {"description": "Delivered"},
+            "default": {"description": "Not delivered: retried after a back-off (so is no answer within timeout_secs)"},
+        },
+    }}})
+}
+
 /// A route's `parameters`, `requestBody` and documented response bodies
 /// (`responses`: status → partial OpenAPI response) as OpenAPI JSON, or `Null`.
 /// `editions` are the policy's edition names (empty: any string).
@@ -638,14 +661,18 @@ pub fn document_for(editions: &[&str]) -> OpenApi {
         }
         paths = paths.path(*path, PathItem::new(method.clone(), op));
     }
-    OpenApiBuilder::new()
+    let mut doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("alga-license gateway")
                 .version(env!("CARGO_PKG_VERSION")),
         )
         .paths(paths)
-        .build()
+        .build();
+    // OpenAPI 3.1's `webhooks`: utoipa 5 has no field for it, and writes its
+    // extensions at the document's top level under the names they are given.
+    doc.extensions = Some(Extensions::from_iter([("webhooks", webhooks())]));
+    doc
 }
 
 /// The document without a policy (`edition` is any string).
@@ -713,6 +740,19 @@ mod tests {
         assert!(v["paths"]["/register"]["post"].is_object());
         assert!(v["paths"]["/tenants/{tenant_id}"]["get"].is_object());
         assert!(v["paths"]["/events"]["get"].is_object());
+        let hook = &v["webhooks"]["event"]["post"];
+        let headers: Vec<&str> = hook["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(headers, ["Alga-Signature", "Alga-Event-Id"]);
+        assert_eq!(
+            hook["requestBody"]["content"]["application/json"]["schema"],
+            v["paths"]["/events"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+                ["properties"]["events"]["items"]
+        );
     }
 
     /// Every parameter and request body of `input` survives utoipa's types unchanged.

@@ -13,6 +13,7 @@ pub mod codes;
 pub mod idempotency;
 pub mod outbox;
 pub mod tenants;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -1,11 +1,12 @@
-//! The store's event feed (`GET /events`) and the overdue sweep, against real
-//! gateways and Postgres.
+//! The store's event feed (`GET /events`), the overdue sweep and webhooks, against
+//! real gateways, Postgres and an HTTP receiver on 127.0.0.1.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alga_gateway::flows::events::Cursor;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -79,6 +80,31 @@ async fn expected_events(s: &Stack) -> Vec<(u64, String, Option<Uuid>)> {
             })
         })
         .collect()
+}
+
+/// Polls `done` every 100 ms until it holds. The bound only keeps a broken build
+/// from hanging the run; nothing here is a claim about how fast anything is.
+async fn wait_until<'a, F, Fut>(s: &'a Stack, what: &str, done: F)
+where
+    F: Fn(&'a Stack) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let guard = Instant::now() + Duration::from_secs(300);
+    while !done(s).await {
+        assert!(Instant::now() < guard, "hang guard: {what} never happened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The gateway's `alga_gateway_webhook_deliveries_total{outcome}`.
+async fn deliveries_counted(s: &Stack, outcome: &str) -> u64 {
+    let (_, metrics, _) = send(s.anon().get(s.url("/metrics"))).await;
+    let line = format!("alga_gateway_webhook_deliveries_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .as_str()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix(line.as_str())))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn ids(events: &[Value]) -> Vec<u64> {
@@ -434,5 +460,225 @@ async fn overdue_is_recorded_once_per_episode() {
         .filter(|e| e["type"] == "code.redeemed")
         .count();
     assert_eq!(redeemed, 2);
+    s.stop().await;
+}
+
+/// What the test receiver got: `(Alga-Event-Id, Alga-Signature, body)`.
+type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A webhook receiver on `port`: records every delivery and answers 204.
+async fn receiver(port: u16) -> (Received, tokio::sync::oneshot::Sender<()>) {
+    let got: Received = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let got = got.clone();
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    got.lock().expect("lock").push((
+                        h("alga-event-id"),
+                        h("alga-signature"),
+                        body.to_vec(),
+                    ));
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the receiver's port is free again");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (got, tx)
+}
+
+/// Webhooks while the receiver is down for a while (and the gateway restarts
+/// meanwhile): once it is up, every event arrives, each tenant's in order, signed as
+/// documented (checked by `scripts/webhook_verify.py`, Python's standard library).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_deliver_everything_after_an_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, "whsec_0123456789abcdef0123456789abcdef\n").expect("secret");
+    // A port nobody listens on yet: deliveries are refused until the receiver starts.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let s_opts = Opts {
+        extra: Some(format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\n\
+             retry_initial_secs = 0.2\nretry_max_secs = 1.0\ntimeout_secs = 2\n",
+            secret_file.display()
+        )),
+        ..Opts::default()
+    };
+    let mut s = Stack::start_with(s_opts).await;
+    let store = s.store();
+    let mut tenants = Vec::new();
+    for i in 0..4 {
+        let v = s
+            .register(
+                &format!("Hook {i} {}", Uuid::new_v4().simple()),
+                "hook@acme.test",
+                "essentials",
+            )
+            .await;
+        tenants.push(v["tenant_id"].as_str().expect("tenant").to_owned());
+    }
+    for k in 0..10 {
+        for t in &tenants {
+            let op = if k % 2 == 0 { "suspend" } else { "resume" };
+            let (st, v, _) = send(store.post(s.url(&format!("/tenants/{t}/{op}")))).await;
+            assert_eq!(st, 200, "{v}");
+        }
+    }
+    // The receiver is down: attempts fail and are retried with back-off.
+    wait_until(&s, "4 deliveries tried 3 times", |s| async move {
+        s.count("SELECT count(*) FROM webhook_deliveries WHERE attempts >= 3")
+            .await
+            >= 4
+    })
+    .await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL")
+            .await,
+        0
+    );
+    // A restart while the receiver is still down: the outbox is in Postgres. The new
+    // gateway queues the events written after it started and fails them too.
+    s.restart_gateway().await;
+    for t in &tenants {
+        let (st, v, _) = send(store.post(s.url(&format!("/tenants/{t}/suspend")))).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    s.wait_until_all_chained().await;
+    let (feed, _) = read_all(&store, &s.gw, None, 100).await;
+    assert_eq!(feed.len(), 4 * 2 + 4 * 10 + 4);
+    let last = feed.last().expect("events")["id"].as_u64().expect("id");
+    wait_until(&s, "the last event queued", |s| async move {
+        s.count(&format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE seq = {last}"
+        ))
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        s.count("SELECT count(*) FROM webhook_deliveries").await,
+        feed.len() as i64,
+        "every event queued once"
+    );
+    // The restarted gateway retries too (each tenant's first event; the others wait
+    // behind it).
+    wait_until(&s, "the restarted gateway's retries", |s| async move {
+        deliveries_counted(s, "retry").await >= 4
+    })
+    .await;
+    let failed_attempts = s
+        .count("SELECT coalesce(sum(attempts), 0) FROM webhook_deliveries")
+        .await;
+
+    // The receiver comes up: the outbox drains.
+    let (got, stop_receiver) = receiver(port).await;
+    wait_until(&s, "every queued event delivered", |s| async move {
+        s.count("SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    let got = got.lock().expect("lock").clone();
+    let _ = stop_receiver.send(());
+
+    // Every event, at least once, with the feed's body and its id in the header.
+    let by_id: HashMap<u64, &Value> = feed
+        .iter()
+        .map(|e| (e["id"].as_u64().expect("id"), e))
+        .collect();
+    let mut first_seen: Vec<u64> = Vec::new();
+    let mut seen = HashSet::new();
+    for (id, _, body) in &got {
+        let id: u64 = id.parse().expect("Alga-Event-Id is the event id");
+        let body: Value = serde_json::from_slice(body).expect("JSON body");
+        assert_eq!(Some(&&body), by_id.get(&id), "the body is the feed's event");
+        if seen.insert(id) {
+            first_seen.push(id);
+        }
+    }
+    assert_eq!(seen.len(), feed.len(), "every event delivered");
+    // Each tenant's in order.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for id in &first_seen {
+        let tenant = by_id[id]["tenant_id"].as_str().expect("tenant").to_owned();
+        let prev = last.insert(tenant.clone(), *id);
+        assert!(
+            prev.is_none_or(|p| p < *id),
+            "{tenant}: {prev:?} before {id}"
+        );
+    }
+
+    // Signatures, checked by the README's Python snippet.
+    let lines: String = got
+        .iter()
+        .map(|(_, sig, body)| {
+            use base64::Engine;
+            format!(
+                "{}\n",
+                json!({"signature": sig, "body_b64": base64::engine::general_purpose::STANDARD.encode(body)})
+            )
+        })
+        .collect();
+    let deliveries = dir.path().join("deliveries.jsonl");
+    std::fs::write(&deliveries, lines).expect("write");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/webhook_verify.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&deliveries)
+        .arg(&secret_file)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{n} of {n} signatures verified", n = got.len())),
+        "{stdout}"
+    );
+
+    // Counted (the restarted gateway made every delivery), and the secret is nowhere
+    // in the logs.
+    assert!(deliveries_counted(&s, "delivered").await >= feed.len() as u64);
+    let (_, metrics, _) = send(s.anon().get(s.url("/metrics"))).await;
+    let metrics = metrics.as_str().expect("text").to_owned();
+    assert!(
+        metrics.contains("alga_gateway_webhook_backlog_events"),
+        "{metrics}"
+    );
+    assert!(!crate::harness::captured_logs().contains("whsec_0123456789abcdef"));
+    eprintln!(
+        "webhooks: {} events, {failed_attempts} failed attempts while the receiver was down, \
+         then {} deliveries ({} repeated)",
+        feed.len(),
+        got.len(),
+        got.len() - seen.len()
+    );
     s.stop().await;
 }
