@@ -177,46 +177,56 @@ async fn template() -> String {
             let name = format!("gwtmpl_{}", &hex::encode(h.finalize())[..16]);
             let admin = connect(&admin_config("alga")).await;
             drop_leftovers(&admin, &name).await;
-            let exists = admin
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-                .await
-                .expect("query")
-                .is_some();
-            if !exists {
-                let building = format!("{name}_b{}", std::process::id());
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {building} OWNER alga_migrator"))
-                    .await
-                    .expect("create template");
-                let mut mig: tokio_postgres::Config = dev()
-                    .var("ALGA_MIGRATOR_DATABASE_URL")
-                    .parse()
-                    .expect("parses");
-                mig.dbname(&building);
-                alga_gateway::migrate::migrate(&mig)
-                    .await
-                    .expect("migrations apply");
-                // Idempotent: a second run applies nothing.
-                assert!(
-                    alga_gateway::migrate::migrate(&mig)
-                        .await
-                        .expect("rerun")
-                        .is_empty()
-                );
-                let renamed = admin
-                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
-                    .await;
-                if renamed.is_err() {
-                    // Another test process won the race; use theirs.
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
-                        .await;
-                }
-            }
+            ensure_template(&admin, &name).await;
             name
         })
         .await
         .clone()
+}
+
+/// Builds the template `name` from the migrations unless it exists.
+async fn ensure_template(admin: &tokio_postgres::Client, name: &str) {
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("query")
+        .is_some();
+    if exists {
+        return;
+    }
+    let building = format!("{name}_b{}", std::process::id());
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+        .await
+        .expect("drop a half-built template");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {building} OWNER alga_migrator"))
+        .await
+        .expect("create template");
+    let mut mig: tokio_postgres::Config = dev()
+        .var("ALGA_MIGRATOR_DATABASE_URL")
+        .parse()
+        .expect("parses");
+    mig.dbname(&building);
+    alga_gateway::migrate::migrate(&mig)
+        .await
+        .expect("migrations apply");
+    // Idempotent: a second run applies nothing.
+    assert!(
+        alga_gateway::migrate::migrate(&mig)
+            .await
+            .expect("rerun")
+            .is_empty()
+    );
+    let renamed = admin
+        .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+        .await;
+    if renamed.is_err() {
+        // Another test process won the race; use theirs.
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+            .await;
+    }
 }
 
 /// Drops test databases of processes that are gone and templates of older migration
@@ -255,12 +265,22 @@ async fn test_database() -> String {
     let name = format!("gwtest_{}_{}", std::process::id(), Uuid::new_v4().simple());
     let _g = LOCK.lock().await;
     let admin = connect(&admin_config("alga")).await;
-    admin
+    // A test process of another migration set (another checkout sharing this Postgres)
+    // drops templates that are not its own: then this one is built again.
+    let mut attempts = 0;
+    while let Err(e) = admin
         .batch_execute(&format!(
             "CREATE DATABASE {name} TEMPLATE {tmpl} OWNER alga_migrator"
         ))
         .await
-        .expect("clone the template");
+    {
+        attempts += 1;
+        assert!(
+            attempts < 3 && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE),
+            "clone the template: {e}"
+        );
+        ensure_template(&admin, &tmpl).await;
+    }
     admin
         .batch_execute(&format!("GRANT CONNECT ON DATABASE {name} TO alga_gateway"))
         .await
