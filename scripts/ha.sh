@@ -452,10 +452,11 @@ ha_up() {
     pg_wait_cluster 180
     pg_roles
     for ((i = 1; i <= ISSUERS; i++)); do issuer_start "$i"; issuer_wait "$i"; done
+    # HAProxy before the gateways: they reach the issuers through it from their start.
+    haproxy_start
     gateway_migrate
     for ((i = 1; i <= GATEWAYS; i++)); do gateway_start "$i"; done
     for ((i = 1; i <= GATEWAYS; i++)); do gateway_wait "$i"; done
-    haproxy_start
     ha_env
     wait_https haproxy "$HAPROXY_BIN" "$GW_FRONT_PORT" "$LOGS/haproxy.log" \
         "https://localhost:$GW_FRONT_PORT/healthz" --cacert "$ALGA_CA_BUNDLE"

@@ -14,6 +14,7 @@
 
 mod blocked;
 mod essentials;
+mod ha;
 mod reinstall;
 mod seed;
 mod support;
