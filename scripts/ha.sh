@@ -23,6 +23,8 @@
 #   primary               the name of the Postgres primary (pgN)
 #   kill-pg-primary       SIGKILL the primary's postmaster; prints its node's name
 #   etcd-leader           the name of etcd's leader member (etcdN)
+#   haproxy-cmd 'CMD'     a command to HAProxy's runtime API (e.g. 'set server
+#                         gateways/gateway2 state maint')
 #   env                   rewrite ALGA_HA_DIR/env
 #
 #   ALGA_HA_DIR        default .dev-ha in the repository
@@ -58,6 +60,17 @@ need_dev_env() {
 
 HA_DIR="${ALGA_HA_DIR:-$HA_ROOT/.dev-ha}"
 case "$HA_DIR" in /*) ;; *) HA_DIR="$PWD/$HA_DIR" ;; esac
+# When the Postgres OS user cannot reach the repository (a clone under /root), the
+# files live under /var/tmp, linked from .dev-ha (as the dev stack's cluster does).
+if [ -L "$HA_DIR" ]; then
+    HA_DIR="$(readlink -f "$HA_DIR")"
+elif [ ! -d "$HA_DIR" ] && is_root && id -u postgres >/dev/null 2>&1 \
+    && ! runuser -u postgres -- test -x "$(dirname "$HA_DIR")" 2>/dev/null; then
+    _real="/var/tmp/alga-ha-$(printf '%s' "$HA_DIR" | sha256sum | cut -c1-12)"
+    mkdir -p "$_real"
+    ln -sfn "$_real" "$HA_DIR"
+    HA_DIR="$_real"
+fi
 BASE="${ALGA_HA_PORT_BASE:-56400}"
 [[ "$BASE" =~ ^[0-9]+$ ]] && [ "$BASE" -ge 1024 ] && [ "$BASE" -le 65400 ] \
     || die "ALGA_HA_PORT_BASE must be a port number between 1024 and 65400"
@@ -399,7 +412,7 @@ haproxy_start() {
         iss+="    server issuer$i 127.0.0.1:$(issuer_port "$i") check"$'\n'
     done
     HA_GW_FRONT_PORT="$GW_FRONT_PORT" HA_ISSUER_FRONT_PORT="$ISSUER_FRONT_PORT" HA_STATS_PORT="$STATS_PORT" \
-    HA_GW_SERVERS="$gws" HA_ISSUER_SERVERS="$iss" render "$HA_ROOT/config/ha/haproxy.cfg.in" "$conf"
+    HA_GW_SERVERS="$gws" HA_ISSUER_SERVERS="$iss" HA_DIR="$HA_DIR" render "$HA_ROOT/config/ha/haproxy.cfg.in" "$conf"
     "$HAPROXY_BIN" -c -q -f "$conf" || die "haproxy -c rejects $conf"
     check_port_free "haproxy (gateways)" "$GW_FRONT_PORT" ALGA_HA_PORT_BASE
     say "starting HAProxy: gateways on 127.0.0.1:$GW_FRONT_PORT, issuers on $ISSUER_FRONT_PORT, stats on $STATS_PORT"
@@ -481,6 +494,7 @@ ha_clean() {
     ha_down
     say "removing $HA_DIR"
     rm -rf "$HA_DIR"
+    [ -L "${ALGA_HA_DIR:-$HA_ROOT/.dev-ha}" ] && rm -f "${ALGA_HA_DIR:-$HA_ROOT/.dev-ha}"
     rm -rf "/tmp/alga-ha-$(printf '%s' "$HA_DIR" | sha256sum | cut -c1-12)"
 }
 
@@ -545,6 +559,22 @@ ha_kill_one() {
     fi
 }
 
+haproxy_cmd() {
+    "$SYS_PYTHON" -B -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    out += b
+sys.stdout.write(out.decode())
+' "$HA_DIR/run/haproxy.sock" "$1"
+}
+
 ha_kill_pg_primary() {
     local p pid
     p="$(pg_primary)" || die "no Postgres primary"
@@ -570,7 +600,8 @@ ha_main() {
         primary) pg_primary ;;
         kill-pg-primary) ha_kill_pg_primary ;;
         etcd-leader) etcd_leader ;;
-        -h | --help | help | "") sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+        haproxy-cmd) haproxy_cmd "${1:?haproxy-cmd 'COMMAND'}" ;;
+        -h | --help | help | "") sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
         *) die "unknown subcommand: $cmd (see scripts/ha.sh help)" ;;
     esac
 }
