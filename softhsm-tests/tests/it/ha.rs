@@ -93,7 +93,18 @@ impl Ha {
             envs,
             vars: HashMap::new(),
         };
-        let out = ha.sh(&["up"], UP_BOUND)?;
+        let mut out = ha.sh(&["up"], UP_BOUND)?;
+        // A port of the range taken between the check and the start: once more, on
+        // another range.
+        if !out.status.success() && text(&out.stderr).contains("already taken") {
+            eprintln!("R23: a port was taken meanwhile; again on another range");
+            let _ = ha.sh(&["down"], UP_BOUND);
+            let base = free_base()?.to_string();
+            if let Some(e) = ha.envs.iter_mut().find(|(k, _)| k == "ALGA_HA_PORT_BASE") {
+                e.1 = base;
+            }
+            out = ha.sh(&["up"], UP_BOUND)?;
+        }
         if !out.status.success() {
             ha.print_logs();
             bail!(
