@@ -184,7 +184,7 @@ pub async fn check_in(
                 .subject("appliance_id", id.appliance_id)
                 .detail("presented_serial", presented.serial.as_str())
         });
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }
