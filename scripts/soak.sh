@@ -60,7 +60,7 @@ SCALE="${SOAK_TIME_SCALE:-1}"
 
 # The steps, in order: name and reference duration in seconds (the last run on the
 # 2-core dev machine, RELIABILITY.md: R1 rounds, 268 s for R1 big, 190 s for R2, 15 s
-# for R3, 245 s for R8, 4 s and 3 s of load for R13, 85 s for R23, 54 s for R5, 182 s for
+# for R3, 245 s for R8, 4 s and 3 s of load for R13, 112 s for R23, 54 s for R5, 182 s for
 # schemathesis, each plus start-up).
 STEPS=(
     "r1 90"
@@ -70,7 +70,7 @@ STEPS=(
     "r8 245"
     "r13 20"
     "r13_processes 60"
-    "r23 120"
+    "r23 140"
     "r6_hsm 30"
     "r5 60"
     "schemathesis 190"
