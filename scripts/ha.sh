@@ -71,7 +71,15 @@ elif [ ! -d "$HA_DIR" ] && is_root && id -u postgres >/dev/null 2>&1 \
     ln -sfn "$_real" "$HA_DIR"
     HA_DIR="$_real"
 fi
-BASE="${ALGA_HA_PORT_BASE:-56400}"
+# The port base: the environment, else the one this directory was made with, else 56400.
+# etcd's members know each other by address: a directory keeps its base.
+SAVED_BASE="$(cat "$HA_DIR/port-base" 2>/dev/null || true)"
+BASE="${ALGA_HA_PORT_BASE:-${SAVED_BASE:-56400}}"
+check_base() {
+    if [ -n "$SAVED_BASE" ] && [ "$SAVED_BASE" != "$BASE" ] && [ -d "$HA_DIR/etcd1" ]; then
+        die "$HA_DIR was made with ALGA_HA_PORT_BASE=$SAVED_BASE: use that, or remove it first (bash scripts/ha.sh clean)"
+    fi
+}
 [[ "$BASE" =~ ^[0-9]+$ ]] && [ "$BASE" -ge 1024 ] && [ "$BASE" -le 65400 ] \
     || die "ALGA_HA_PORT_BASE must be a port number between 1024 and 65400"
 PG_NODES="${ALGA_HA_PG_NODES:-3}"
@@ -158,6 +166,7 @@ ha_deps() {
 ha_dirs() {
     ensure_pg_os_user
     mkdir -p "$HA_DIR" "$RUN" "$LOGS"
+    printf '%s\n' "$BASE" >"$HA_DIR/port-base"
     # The Postgres OS user must reach its directories inside.
     chmod 0755 "$HA_DIR" "$RUN" "$LOGS"
     mkdir -p -m 0700 "$HA_SECRETS"
@@ -454,6 +463,7 @@ ha_env() {
 ha_up() {
     local i t0=$SECONDS
     need_dev_env
+    check_base
     say "HA topology in $HA_DIR (ports from $BASE)"
     ha_deps
     ha_dirs
