@@ -10,6 +10,9 @@
 #   make status      what is running
 #   make demo        up, then walk the whole journey (scripts/demo.sh), narrated
 #   make bench       figures against this machine's ceilings (scripts/bench.sh), writes BENCHMARKS.md
+#   make ha-up       up, then the HA topology on loopback (scripts/ha.sh): 3 etcd, 3 Patroni/Postgres 15
+#                    nodes with synchronous replication, 2 issuers, 2 gateways behind HAProxy (.dev-ha/)
+#   make ha-down     stop the HA topology (data kept; bash scripts/ha.sh clean removes it)
 #   make soak        longer reliability runs, Postgres restart included (scripts/soak.sh, about 20 min; hang guards 4× each step)
 #   make fuzz        cargo-fuzz targets, FUZZ_SECONDS (300) each (fuzz/run.sh); see RELIABILITY.md
 #   make dist        release builds and the Debian packages, SBOMs and SHA256SUMS in dist/ (scripts/dist.sh)
@@ -22,7 +25,7 @@ SHELL := /bin/bash
 STACK := bash scripts/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build up infra services down clean-dev test lint demo status bench soak fuzz dist
+.PHONY: help deps build up infra services down clean-dev test lint demo status bench soak fuzz dist ha-up ha-down
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed -n 's/^# \{0,1\}//p'
@@ -63,6 +66,13 @@ status:
 bench:
 	@$(STACK) up
 	@bash scripts/bench.sh
+
+ha-up:
+	@$(STACK) up
+	@bash scripts/ha.sh up
+
+ha-down:
+	@bash scripts/ha.sh down
 
 soak:
 	@$(STACK) up

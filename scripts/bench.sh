@@ -278,6 +278,19 @@ grep -E '^  ' "$WORK/tree.txt"
 TREE_TABLE="$WORK/tree-table.md"
 grep -E '^\| (#|---|T)' "$WORK/tree.txt" >"$TREE_TABLE"
 
+# ------------------------------------------ H1: check-ins through HAProxy, 2 gateways vs 1
+# The HA topology (scripts/ha.sh) in its own directory and ports; the same run measures
+# both: windows with both gateways in HAProxy's backend alternate with windows with one.
+say "H1: check-ins/s through HAProxy, two gateways against one (scripts/ha-bench.sh)"
+H1_ARGS=()
+[ "$SMOKE" = 1 ] && H1_ARGS=(--smoke)
+PART_TIMEOUT=600 bounded bash "$ROOT/scripts/ha-bench.sh" "${H1_ARGS[@]}" >"$WORK/ha.txt" \
+    || say "  the HA bench failed"
+cat "$WORK/ha.txt"
+for k in h1_two_per_s h1_one_per_s h1_ratio; do
+    VAL[$k]="$(awk -v k="$k" '$1 == k { print $2 }' "$WORK/ha.txt")"
+done
+
 # --------------------------------------------------------------------------- the table
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Whole numbers in the table (pgbench prints six decimals).
@@ -318,6 +331,7 @@ TABLE="$WORK/table.md"
     r="$(ratio "${VAL[healthz]:-}" "${VAL[nginx_same]:-}")"
     printf '| - | P1 split: gateway `GET /healthz` req/s (its TLS and HTTP stack alone) / nginx req/s, both from the load bench'"'"'s client (new mTLS connection each, alternating windows) | %s | nginx %s req/s | %s | | |\n' "${VAL[healthz]:-n/a}" "${VAL[nginx_same]:-n/a}" "$r"
     printf '| - | P7 and the disk: open-loop check-ins over 20 ms in flight during a stall of the disk probe (a 256-byte append + fdatasync every 20 ms beside the run; a stall is a flush over 10 ms) / all over 20 ms | %s | of %s (%s stalls, slowest flush %s ms) | | | |\n' "${VAL[p7_slow_in_disk_stall]:-n/a}" "${VAL[p7_slow]:-n/a}" "${VAL[disk_stalls]:-n/a}" "${VAL[disk_probe_max_ms]:-n/a}"
+    printf '| H1 | check-ins/s through HAProxy (TCP mode), two gateways; HA topology with synchronous replication, debug binaries, 8 appliances checking in at once, new mTLS connection each | %s | one gateway %s (windows alternating in the same run) | %s | | |\n' "${VAL[h1_two_per_s]:-n/a}" "${VAL[h1_one_per_s]:-n/a}" "${VAL[h1_ratio]:-n/a}"
 } >"$TABLE"
 echo
 cat "$TABLE"
@@ -329,7 +343,7 @@ echo "load average: $LOAD_START at start, $LOAD_END at end; nproc $(nproc)"
 # run fails (and a full run leaves BENCHMARKS.md as it was).
 missing=""
 for k in nginx pg_redeem pg_checkin; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
-for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big p2_client_per_s healthz nginx_same p7_slow disk_stalls p3_bound_ratio; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
+for k in p1 p3 p6 p7 p4_redeem_big p4_checkin_big p2_client_per_s healthz nginx_same p7_slow disk_stalls p3_bound_ratio h1_two_per_s h1_one_per_s h1_ratio; do [ -n "${VAL[$k]:-}" ] || missing+=" $k"; done
 for t in T1 T2 T3 T4; do grep -q "^| $t |" "$TREE_TABLE" || missing+=" tree:$t"; done
 if [ "$SMOKE" = 0 ]; then
     for k in hsm openssl; do [ -n "${CEIL[$k]:-}" ] || missing+=" ceiling:$k"; done
@@ -356,7 +370,8 @@ if [ "$SMOKE" = 0 ]; then
         echo "  alternating (the P1 split row),"
         echo "  \`cargo bench -p alga-issuer --bench sign\`,"
         echo "  \`cargo bench -p alga-audit --bench throughput\`, a Python client holding $CONNS TLS connections to the stack's gateway,"
-        echo "  \`cargo bench -p alga-audit --bench tree\` (the transparency log, its own databases of 1,010,000 and 110,000 records)."
+        echo "  \`cargo bench -p alga-audit --bench tree\` (the transparency log, its own databases of 1,010,000 and 110,000 records),"
+        echo "  \`scripts/ha-bench.sh\` (H1: the HA topology of \`make ha-up\`, \`ab -E\` through HAProxy)."
         echo
         cat "$TABLE"
         echo

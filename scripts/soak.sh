@@ -10,6 +10,8 @@
 #   R5   2,000 random tamper edits
 #   R8   100,000 guesses from one source and 100,000 from 1,000 loopback sources
 #   R13  mixed load on two gateways + two issuers, with the R10 secret scan
+#   R23  the HA topology (scripts/ha.sh) under every fault: Postgres primary SIGKILL,
+#        a gateway, an issuer, the sequencer's leader killed, etcd's leader cut off
 #   R7   schemathesis from /openapi.json, long mode (store and auditor identities)
 #   R6   HSM sessions pulled three times under 400 mixed requests (own process);
 #   R6   Postgres restarted (pg_ctl) under light load on the stack's gateway:
@@ -25,7 +27,7 @@
 # (seconds) caps it lower, and a step that budget cuts off fails, saying so.
 #
 #   SOAK_ONLY=REGEX     run the steps whose name matches (r1 r1_big r2 r3 r8 r13
-#                       r13_processes r6_hsm r5 schemathesis r6_pg_restart)
+#                       r13_processes r23 r6_hsm r5 schemathesis r6_pg_restart)
 #   SOAK_HEADROOM=N     hang guard = N × reference (default 4)
 #   SOAK_BUDGET=SECS    cap on the whole run (default: the sum of the guards)
 #   scripts/soak.sh --self-test
@@ -58,7 +60,7 @@ SCALE="${SOAK_TIME_SCALE:-1}"
 
 # The steps, in order: name and reference duration in seconds (the last run on the
 # 2-core dev machine, RELIABILITY.md: R1 rounds, 268 s for R1 big, 190 s for R2, 15 s
-# for R3, 245 s for R8, 4 s and 3 s of load for R13, 54 s for R5, 182 s for
+# for R3, 245 s for R8, 4 s and 3 s of load for R13, 112 s for R23, 54 s for R5, 182 s for
 # schemathesis, each plus start-up).
 STEPS=(
     "r1 90"
@@ -68,6 +70,7 @@ STEPS=(
     "r8 245"
     "r13 20"
     "r13_processes 60"
+    "r23 140"
     "r6_hsm 30"
     "r5 60"
     "schemathesis 190"
@@ -237,6 +240,8 @@ step r8 env ALGA_R8_SINGLE="${SOAK_R8_SINGLE:-100000}" ALGA_R8_SOURCES="${SOAK_R
 step r13 env ALGA_SOAK=3 "${GW_TEST[@]}" reliability::r13 -- --nocapture
 step r13_processes env ALGA_R13_TENANTS="${SOAK_R13_TENANTS:-24}" \
     cargo test -q -p softhsm-tests --test it two_issuers -- --nocapture
+step r23 env ALGA_R23_FAULTS="${SOAK_R23_FAULTS:-all}" \
+    cargo test -q -p softhsm-tests --test it ha:: -- --nocapture
 step r6_hsm env ALGA_R6_REQUESTS="${SOAK_R6_REQUESTS:-400}" "${GW_TEST[@]}" hsm_session_loss::r6_ -- --nocapture
 step r5 env ALGA_SOAK=2 cargo test -q -p alga-audit --test it tamper_random -- --nocapture
 

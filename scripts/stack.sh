@@ -68,6 +68,8 @@ else
 fi
 
 DEB_PACKAGES=(softhsm2 opensc postgresql python3-aiosmtpd python3-venv openssl nginx apache2-utils curl gettext-base jq)
+# The HA topology (scripts/ha.sh, make ha-up; R23 runs in make test): Debian's own.
+DEB_PACKAGES+=(patroni python3-etcd etcd-server etcd-client haproxy pgbouncer)
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -1157,4 +1159,5 @@ main() {
     esac
 }
 
-main "$@"
+# scripts/ha.sh sources this file for its helpers (ALGA_STACK_SOURCED=1): no command then.
+[ -n "${ALGA_STACK_SOURCED:-}" ] || main "$@"

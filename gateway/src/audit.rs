@@ -4,8 +4,11 @@
 //! Fail-closed: [`append`] runs inside the caller's transaction; when it fails, the
 //! flow's transaction fails with it and nothing changes. Failures of a request are
 //! recorded by [`append_failure`] in a transaction of their own, after the failed one
-//! rolled back (a failure to record a failure is logged, the client already has its
-//! answer).
+//! rolled back. When the database does not take that record either (it is down, or
+//! failing over to a standby), the record is kept in memory ([`PendingFailures`]) and
+//! written again every few seconds, with the request's own time, until it is taken:
+//! a request that had something signed before its transaction failed stays accounted
+//! for in `alga-audit reconcile` (RELIABILITY R23). The client already has its answer.
 //!
 //! Refusals of requests whose caller was never established (no or a wrong client
 //! certificate, a wrong role, a redeem rate-limited or malformed before its code was
@@ -14,7 +17,7 @@
 //! and source network for each window. Every request that passed authentication, and
 //! every redeem that reached code verification, still gets a record of its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -106,22 +109,113 @@ async fn append_alone(pool: &Pool, records: &[NewRecord]) -> Result<(), AuditErr
     tx.commit().await.map_err(|e| append_error(&e))
 }
 
-/// Records a failed request in its own transaction; logs when even that fails.
+/// Records a failed request in its own transaction. When the database does not take
+/// it, the record is kept in `pending` for [`PendingFailures::flush`].
 pub async fn append_failure(
     pool: &Pool,
+    pending: &PendingFailures,
     record: Result<RecordBuilder, AuditError>,
     error_code: &str,
 ) {
-    let result = async {
-        let record = record?
-            .failure(error_code)
+    let record = match record.and_then(|r| {
+        r.failure(error_code)
             .build()
-            .map_err(|e| AuditError::Record(e.to_string()))?;
-        append_alone(pool, &[record]).await
+            .map_err(|e| AuditError::Record(e.to_string()))
+    }) {
+        Ok(r) => r,
+        // A bug (the names are ours): logged, never retried.
+        Err(e) => {
+            tracing::error!(error = %e, error.code = error_code, "could not record a failed request in the audit log");
+            return;
+        }
+    };
+    // Records kept earlier go first, so the log keeps their order.
+    if !pending.is_empty() {
+        pending.keep(record);
+        pending.flush(pool).await;
+        return;
     }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, error.code = error_code, "could not record a failed request in the audit log");
+    if let Err(e) = append_alone(pool, std::slice::from_ref(&record)).await {
+        tracing::warn!(error = %e, error.code = error_code, "failed request not recorded yet; kept for the next try");
+        pending.keep(record);
+    }
+}
+
+/// How often kept failure records are written again.
+pub const PENDING_FAILURES_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// Failure records kept while the database does not take them; beyond it the oldest
+/// is dropped (logged).
+pub const MAX_PENDING_FAILURES: usize = 10_000;
+
+/// Failure records the database did not take when their request failed (module docs).
+#[derive(Debug, Default)]
+pub struct PendingFailures {
+    records: Mutex<VecDeque<NewRecord>>,
+}
+
+impl PendingFailures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<NewRecord>> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many are waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn keep(&self, record: NewRecord) {
+        let mut q = self.lock();
+        if q.len() >= MAX_PENDING_FAILURES {
+            q.pop_front();
+            tracing::error!(
+                kept = MAX_PENDING_FAILURES,
+                "a failed request's audit record dropped: too many waiting for the database"
+            );
+        }
+        q.push_back(record);
+    }
+
+    /// Writes every kept record, in one transaction; on failure they stay kept.
+    pub async fn flush(&self, pool: &Pool) {
+        let records: Vec<NewRecord> = self.lock().drain(..).collect();
+        if records.is_empty() {
+            return;
+        }
+        match append_alone(pool, &records).await {
+            Ok(()) => tracing::info!(
+                records = records.len(),
+                "kept failed-request records recorded"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, records = records.len(), "kept failed-request records not recorded yet");
+                let mut q = self.lock();
+                for r in records.into_iter().rev() {
+                    q.push_front(r);
+                }
+                while q.len() > MAX_PENDING_FAILURES {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// At shutdown: one more try, at most [`SHUTDOWN_FLUSH_TIMEOUT`]; what is left is
+    /// logged as lost.
+    pub async fn flush_all(&self, pool: &Pool) {
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, self.flush(pool)).await;
+        let left = self.len();
+        if left > 0 {
+            tracing::error!(
+                records = left,
+                "failed-request records lost: not recorded before shutdown"
+            );
+        }
     }
 }
 
@@ -130,6 +224,7 @@ pub async fn append_failure(
 /// counted in `refusals`' summary. For refusals before any flow ran.
 pub async fn append_refusal(
     pool: &Pool,
+    pending: &PendingFailures,
     refusals: &Refusals,
     ctx: &Ctx,
     action: &'static str,
@@ -137,7 +232,7 @@ pub async fn append_refusal(
     record: impl FnOnce(RecordBuilder) -> RecordBuilder,
 ) {
     if ctx.actor_id.is_some() {
-        append_failure(pool, ctx.record(action).map(record), error_code).await;
+        append_failure(pool, pending, ctx.record(action).map(record), error_code).await;
     } else {
         refusals.count(action, error_code, None, ctx.source, ctx.now);
     }
@@ -671,6 +766,28 @@ mod tests {
     }
 
     /// A failed flush puts the counts back, merged with what came since.
+    #[test]
+    fn kept_failure_records_are_bounded_dropping_the_oldest() {
+        let r = Refusals::new(Duration::from_secs(60), 10);
+        r.count("code.redeem", "rate_limited", None, ip("192.0.2.1"), at(10));
+        let c = r.take_all().pop().expect("one count");
+        let pending = PendingFailures::default();
+        assert!(pending.is_empty());
+        let mut sixth = None;
+        for i in 0..MAX_PENDING_FAILURES + 5 {
+            let rec = r
+                .record(&c, at(100 + i64::try_from(i).expect("small")))
+                .expect("record");
+            if i == 5 {
+                sixth = Some(rec.clone());
+            }
+            pending.keep(rec);
+        }
+        assert_eq!(pending.len(), MAX_PENDING_FAILURES);
+        // The five oldest went; the first kept is the sixth.
+        assert_eq!(pending.lock().front().cloned(), sixth);
+    }
+
     #[test]
     fn restored_counts_merge() {
         let r = Refusals::new(Duration::from_secs(60), 100);

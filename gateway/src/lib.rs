@@ -109,6 +109,8 @@ pub struct App {
     pub outbox: mail::Outbox,
     /// Counts of refusals before a caller was established, recorded as summaries.
     pub refusals: audit::Refusals,
+    /// Failed requests' audit records the database did not take yet (a failover).
+    pub pending_failures: audit::PendingFailures,
     /// The code key version of the stored binding a redeem looked up last: an unknown
     /// `code_id` is verified under it (`flows::redeem`), so its HMAC is made with a key
     /// the token holds, as a stored binding's is.
@@ -344,6 +346,7 @@ pub async fn run_on(
         ),
         outbox: mail::Outbox::new(mailer, config.mail.clone()),
         refusals: audit::Refusals::default(),
+        pending_failures: audit::PendingFailures::default(),
         decoy_key_version: std::sync::atomic::AtomicU32::new(1),
         tiles: api::log::TileCache::default(),
     });
@@ -399,6 +402,18 @@ pub async fn run_on(
             async move { app.refusals.flush_closed(&app.pool).await }
         }
     });
+    // Failed requests' records the database did not take when they failed.
+    every(
+        audit::PENDING_FAILURES_FLUSH_INTERVAL,
+        stopped(stop_rx.clone()),
+        {
+            let app = app.clone();
+            move || {
+                let app = app.clone();
+                async move { app.pending_failures.flush(&app.pool).await }
+            }
+        },
+    );
     // The mail outbox worker.
     let mail_worker = tokio::spawn(mail::run(app.clone(), stopped(stop_rx.clone())));
     // The audit sequencer: chains committed records and has the issuer sign checkpoints.
@@ -492,6 +507,7 @@ pub async fn run_on(
     }
     // Before the sequencer stops, so that it still chains them.
     app.refusals.flush_all(&app.pool).await;
+    app.pending_failures.flush_all(&app.pool).await;
     let _ = stop_tx.send(true);
     let _ = sequencer.await;
     let _ = witness_collector.await;

@@ -48,6 +48,7 @@ async fn refused_for(
     let ctx = peer.ctx(app);
     crate::audit::append_refusal(
         &app.pool,
+        &app.pending_failures,
         &app.refusals,
         &ctx,
         action,

@@ -201,7 +201,7 @@ pub async fn check_in(
                 relayed,
             )
         });
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }

@@ -55,7 +55,7 @@ pub async fn change_edition(
         let record = ctx
             .record(actions::ENTITLEMENT_CHANGE)
             .map(|r| r.tenant(tenant_id).detail("to", edition.name.as_str()));
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }
@@ -161,7 +161,7 @@ pub async fn set_suspended(
     .await;
     if let Err(e) = &result {
         let record = ctx.record(action).map(|r| r.tenant(tenant_id));
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }

@@ -86,7 +86,7 @@ pub async fn redeem(
                     None => r,
                 }
             });
-            audit::append_failure(&app.pool, record, e.code()).await;
+            audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
             Err(e)
         }
     }

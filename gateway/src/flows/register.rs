@@ -101,7 +101,7 @@ pub async fn register_tenant(
                     _ => r,
                 }
             });
-            audit::append_failure(&app.pool, record, e.code()).await;
+            audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
             Err(e)
         }
     }

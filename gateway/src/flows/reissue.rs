@@ -71,7 +71,7 @@ pub async fn reissue(
                 Replacement::Implicit => r,
             }
         });
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }

@@ -68,7 +68,7 @@ pub async fn revoke(
         let record = ctx
             .record(actions::APPLIANCE_REVOKE)
             .map(|r| r.subject("appliance_id", appliance_id));
-        audit::append_failure(&app.pool, record, e.code()).await;
+        audit::append_failure(&app.pool, &app.pending_failures, record, e.code()).await;
     }
     result
 }

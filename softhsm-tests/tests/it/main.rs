@@ -15,6 +15,7 @@
 mod airgap;
 mod blocked;
 mod essentials;
+mod ha;
 mod reinstall;
 mod seed;
 mod support;

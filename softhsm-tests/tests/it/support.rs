@@ -132,6 +132,11 @@ pub fn free_port() -> Result<u16> {
 
 /// Runs a command to completion with a time bound (killing it past the bound).
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
+    run_within(cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// [`run`] with another bound than [`COMMAND_TIMEOUT`].
+pub fn run_within(cmd: &mut Command, stdin: Option<&[u8]>, bound: Duration) -> Result<Output> {
     // Program and arguments only: `Command`'s Debug would print the environment we
     // set, passwords included.
     let what = std::iter::once(cmd.get_program())
@@ -164,7 +169,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut err, &mut v).map(|_| v)
     });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + bound;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
@@ -172,7 +177,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+            bail!("{what} did not finish within {bound:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -185,12 +190,12 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
     })
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// A database URL with its password moved out of argv: (URL without password, password).
-fn split_password(url: &str) -> (String, Option<String>) {
+pub fn split_password(url: &str) -> (String, Option<String>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_owned(), None);
     };
