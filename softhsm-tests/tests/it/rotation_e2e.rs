@@ -228,9 +228,8 @@ fn every_rotated_key_keeps_old_artefacts_valid_and_signs_new_ones() -> Result<()
         let report = s.verify_audit(2)?;
         ensure!(report["intact"] == true, "{report}");
 
-        // The transparency log: both verifier keys published, the new one first; the
-        // checkpoint kept from before (signed by v1) verifies, and the newest (signed
-        // by v2) extends it.
+        // The transparency log: both verifier keys published; the checkpoint kept from
+        // before (signed by v1) verifies, and the newest (signed by v2) extends it.
         let (status, vkeys) = curl(&format!("{gateway}/audit/log/vkey"), None, None)?;
         ensure!(status == 200, "GET /audit/log/vkey answered {status}");
         let vkeys = text(&vkeys);
