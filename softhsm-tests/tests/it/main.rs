@@ -17,6 +17,7 @@ mod blocked;
 mod essentials;
 mod ha;
 mod reinstall;
+mod rotation_e2e;
 mod seed;
 mod support;
 mod two_gateways;

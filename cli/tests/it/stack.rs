@@ -1,14 +1,11 @@
-//! `algactl` against the local stack (`make up`): the store's lifecycle commands end to
-//! end through the real gateway — what the service answers, what the tables show, and
-//! that refusals echo the stable error code. The stack's `.dev/env` is required: without
-//! it (or with the gateway down) these tests fail, they are never skipped.
+//! The store's lifecycle commands end to end through the real gateway — what the service
+//! answers, what the tables show, and that refusals echo the stable error code — and a
+//! tenant's records fetched with their proofs and checked offline.
 //!
 //! Redeems and check-ins (replaced and suspended appliances) are driven by
 //! `scripts/demo.sh` and `softhsm-tests`, which run `alga-appliance` too.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use alga_protocol::api::{
@@ -18,101 +15,8 @@ use alga_protocol::api::{
 use alga_tlog::{LogKeys, TenantAudit};
 use serde_json::Value;
 
-/// The stack's settings file; panics (fails the test) when the stack was never started.
-fn env_file() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dev/env");
-    assert!(
-        path.is_file(),
-        "{} is missing: start the local stack with `make up` (these tests need it; they are not skipped)",
-        path.display()
-    );
-    path
-}
-
-fn algactl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_algactl"))
-        .arg("--env-file")
-        .arg(env_file())
-        .args(args)
-        .output()
-        .expect("running algactl");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("cannot reach the gateway"),
-        "the gateway of .dev/env does not answer (make up; make status): {stderr}"
-    );
-    out
-}
-
-/// `algactl <args>`, which must succeed; its standard output.
-fn ok(args: &[&str]) -> String {
-    let out = algactl(args);
-    assert!(
-        out.status.success(),
-        "algactl {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-/// `algactl --json <args>`, decoded as `T`.
-fn json<T: serde::de::DeserializeOwned>(args: &[&str]) -> T {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let text = ok(&all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("algactl {args:?}: {e}: {text}"))
-}
-
-/// `algactl <args>`, which the service must refuse with `status` and `code`.
-fn refused(args: &[&str], status: u16, code: &str) -> String {
-    let out = algactl(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "algactl {args:?}: {stderr}");
-    assert!(
-        stderr.contains(&format!("the service answered {status} {code}:")),
-        "algactl {args:?}: expected {status} {code}, got: {stderr}"
-    );
-    stderr
-}
-
-/// A fresh pro customer; its tenant id and registration code id.
-fn register(label: &str) -> (String, String) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let u = format!(
-        "{}-{}-{}",
-        std::process::id(),
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let v: Value = json(&[
-        "register",
-        "--company",
-        &format!("algactl {label} {u}"),
-        "--contact-name",
-        "CLI Tester",
-        "--contact-email",
-        &format!("cli-{label}-{u}@cli.test"),
-        "--edition",
-        "pro",
-    ]);
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("{p} missing in {v}"))
-            .to_owned()
-    };
-    (s("/tenant_id"), s("/install_code/code_id"))
-}
-
-/// The value of the `key  value` line of a table.
-fn row<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key).filter(|r| r.starts_with("  ")))
-        .unwrap_or_else(|| panic!("no `{key}` row in:\n{out}"))
-        .trim()
-}
+use crate::fake_gateway::FakeGateway;
+use crate::support::{algactl, json, ok, refused, register, row, s};
 
 #[test]
 fn reissue_prints_the_whole_answer_and_what_it_replaces() {
@@ -322,10 +226,6 @@ fn appliance_list_pages_and_totals() {
 /// cadence without a database of its own, so it waits, bounded.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(90);
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// `N records proven in the checkpoint of size S signed by O`: (N, S, O).
 fn proven_line(out: &str) -> (u64, u64, String) {
     let line = out
@@ -445,6 +345,62 @@ fn a_tenants_records_are_fetched_with_their_proofs_and_verified_offline() {
         "{stderr}"
     );
     assert!(file.is_file(), "the refused pages are kept");
+
+    // The same page served by another gateway (trusted through --ca-bundle): as served,
+    // it verifies to the same figures; with one record changed, it is refused, exit 1,
+    // and the changed bundle is kept as evidence.
+    assert_eq!(pages.len(), 1, "a new tenant's records fit in one page");
+    let genuine = serde_json::to_value(&pages[0]).expect("the page as JSON");
+    let served = |page: &Value, out: &Path| {
+        let fake = FakeGateway::serve(dir.path(), page.to_string());
+        let out = algactl(&[
+            "--gateway-url",
+            &fake.url,
+            "--ca-bundle",
+            s(&fake.ca_bundle),
+            "audit",
+            "tenant",
+            &tenant,
+            "--out",
+            s(out),
+            "--log-keys",
+            s(&keys),
+        ]);
+        assert_eq!(
+            fake.requests(),
+            [format!(
+                "GET /tenants/{tenant}/audit?after=0&limit=1000 HTTP/1.1"
+            )]
+        );
+        out
+    };
+    let copy = dir.path().join("copy.json");
+    let out = served(&genuine, &copy);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let (n, size_again, origin_again) = proven_line(&stdout);
+    assert_eq!((n, origin_again.as_str()), (records, log_keys.origin()));
+    assert!(size_again >= size, "{stdout}");
+
+    let mut tampered = genuine.clone();
+    let record = tampered["records"][0]["record"]
+        .as_str()
+        .expect("a record's text")
+        .to_owned();
+    assert!(record.contains("\"tenant.register\""), "{record}");
+    tampered["records"][0]["record"] =
+        Value::from(record.replacen("\"tenant.register\"", "\"tenant.suspend\"", 1));
+    let evidence = dir.path().join("tampered.json");
+    let out = served(&tampered, &evidence);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("do NOT verify"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(" proven in the checkpoint "),
+        "a refused bundle is reported proven: {out:?}"
+    );
+    let kept = std::fs::read_to_string(&evidence).expect("the tampered bundle is kept");
+    assert!(kept.contains("tenant.suspend"), "{kept}");
 
     let missing = "00000000-0000-4000-8000-000000000000";
     refused(&["audit", "tenant", missing], 404, "tenant_not_found");
