@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 use super::header::{DisplayName, HeaderError, MailAddress};
 use crate::presign::PresignedLink;
 
-/// Which mail: it selects the template and is part of the `Message-ID`.
+/// Which mail: it selects the template and is part of the `Message-ID`. The gateway's
+/// outbox stores it too, by its [`MailKind::as_str`] name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MailKind {
     /// The first code of a new tenant.
@@ -27,12 +28,21 @@ pub enum MailKind {
 }
 
 impl MailKind {
-    /// The stable name used in `Message-ID`s and metrics.
+    /// Every kind, in declaration order.
+    pub const ALL: [MailKind; 2] = [MailKind::Registration, MailKind::Reissue];
+
+    /// The stable name used in `Message-ID`s, metrics, audit details and the gateway's
+    /// `mail_outbox.kind` column: changing one breaks stored rows.
     pub fn as_str(self) -> &'static str {
         match self {
             MailKind::Registration => "registration",
             MailKind::Reissue => "reissue",
         }
+    }
+
+    /// The kind whose [`MailKind::as_str`] name is `name`, if any.
+    pub fn from_name(name: &str) -> Option<MailKind> {
+        MailKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -337,6 +347,17 @@ mod tests {
         assert!(!dbg.contains(code.as_str()), "{dbg}");
         assert!(!dbg.contains(&code[11..]), "{dbg}");
         assert!(!dbg.contains("X-Amz-Signature"), "{dbg}");
+    }
+
+    #[test]
+    fn kind_names_are_stable_and_round_trip() {
+        assert_eq!(MailKind::Registration.as_str(), "registration");
+        assert_eq!(MailKind::Reissue.as_str(), "reissue");
+        for kind in MailKind::ALL {
+            assert_eq!(MailKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(MailKind::from_name("Registration"), None);
+        assert_eq!(MailKind::from_name(""), None);
     }
 
     #[test]
