@@ -97,7 +97,7 @@ impl Outbox {
 /// Why the mailer could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("mail setup: {0}")]
-pub struct MailSetupError(#[from] alga_delivery::MailSetupError);
+pub struct MailSetupError(#[from] alga_delivery::Error);
 
 /// The SMTP sender of the `[smtp]` section.
 pub fn mailer(c: &SmtpConfig) -> Result<Mailer, MailSetupError> {

@@ -14,7 +14,8 @@ use time::macros::format_description;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::header::{DisplayName, HeaderError, MailAddress};
+use super::header::{DisplayName, MailAddress};
+use crate::Error;
 use crate::presign::PresignedLink;
 
 /// Which mail: it selects the template and is part of the `Message-ID`. The gateway's
@@ -54,7 +55,7 @@ pub struct DeliveryId(String);
 impl DeliveryId {
     /// From any identifier whose text form is 1–64 of `A-Z a-z 0-9 - _` (a UUID, an
     /// integer).
-    pub fn new(id: impl fmt::Display) -> Result<DeliveryId, HeaderError> {
+    pub fn new(id: impl fmt::Display) -> Result<DeliveryId, Error> {
         let s = id.to_string();
         if s.is_empty()
             || s.len() > 64
@@ -62,7 +63,7 @@ impl DeliveryId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(HeaderError::InvalidDeliveryId);
+            return Err(Error::InvalidDeliveryId);
         }
         Ok(DeliveryId(s))
     }
