@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use alga_protocol::api::{self, CheckInAppliance, CheckInRequest, CheckInResponse, error_code};
 use time::OffsetDateTime;
 
-use crate::crypto::{self, ApplianceKey, LicenseExpectation, LicenseTimes, TrustRoots};
+use crate::crypto::{self, ApplianceKey, CertFacts, LicenseExpectation, LicenseTimes, TrustRoots};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::redeem::full_chain;
@@ -128,22 +128,11 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         cfg.retry.clone(),
     )?;
 
-    let rotate = cfg.force_rotate || current.needs_renewal(now);
-    let new_key = if rotate {
-        Some(ApplianceKey::generate()?)
-    } else {
-        None
-    };
-    let req = CheckInRequest {
-        appliance: CheckInAppliance {
-            version: cfg.version.clone(),
-        },
-        csr: new_key.as_ref().map(ApplianceKey::csr_pem).transpose()?,
-    };
+    let (req, new_key) = request(&current, cfg.force_rotate, &cfg.version, now)?;
     tracing::info!(
         tenant.id = %current.identity.tenant_id,
         appliance.id = %current.identity.appliance_id,
-        credential.rotate = rotate,
+        credential.rotate = new_key.is_some(),
         "checking in"
     );
     let resp: CheckInResponse = client
@@ -152,6 +141,30 @@ pub async fn check_in(cfg: &CheckInConfig, now: OffsetDateTime) -> Result<Outcom
         .map_err(check_in_error)?;
 
     apply_answer(&cfg.seed_dir, &seed, &roots, new_key, &resp, now)
+}
+
+/// The check-in body for the credential `current`, with a CSR for a new key when the
+/// credential is to be rotated (`force_rotate`, or less than a third of its lifetime
+/// left at `now`); that key is returned beside it. Shared by the online check-in and
+/// the offline request (`offline::write_check_in_request`).
+pub(crate) fn request(
+    current: &CertFacts,
+    force_rotate: bool,
+    version: &str,
+    now: OffsetDateTime,
+) -> Result<(CheckInRequest, Option<ApplianceKey>)> {
+    let new_key = if force_rotate || current.needs_renewal(now) {
+        Some(ApplianceKey::generate()?)
+    } else {
+        None
+    };
+    let req = CheckInRequest {
+        appliance: CheckInAppliance {
+            version: version.to_owned(),
+        },
+        csr: new_key.as_ref().map(ApplianceKey::csr_pem).transpose()?,
+    };
+    Ok((req, new_key))
 }
 
 /// The trust roots a check-in's answer is verified against: `--trust-root` when
@@ -238,12 +251,7 @@ pub(crate) fn apply_answer(
         edition: edition.clone(),
         paid: Some(updated),
     };
-    let seed_path = secrets::manifest_path(seed_dir, secrets::LICENSE_SEED);
-    fsio::write_atomic(
-        &seed_path,
-        new_seed.to_manifest().to_yaml().as_bytes(),
-        fsio::SECRET_MODE,
-    )?;
+    write_seed(seed_dir, &new_seed)?;
     // `redeem` keeps the key beside the Secrets; keep that copy in step.
     let key_file = seed_dir.join(crypto::KEY_FILE);
     if let Some(k) = new_key.as_ref().filter(|_| rotated && key_file.exists()) {
@@ -267,6 +275,17 @@ pub(crate) fn apply_answer(
         rotated,
         credential_expires_at,
     }))
+}
+
+/// Replaces the license seed of `dir` with `seed`, atomically; returns its path.
+fn write_seed(dir: &Path, seed: &LicenseSeed) -> Result<PathBuf> {
+    let path = secrets::manifest_path(dir, secrets::LICENSE_SEED);
+    fsio::write_atomic(
+        &path,
+        seed.to_manifest().to_yaml().as_bytes(),
+        fsio::SECRET_MODE,
+    )?;
+    Ok(path)
 }
 
 /// The license seed of `dir`, which must exist.
@@ -308,12 +327,7 @@ fn fall_back(dir: &Path, previous_edition: &str, edition: String) -> Result<Unli
         edition: edition.clone(),
         paid: None,
     };
-    let seed_file = secrets::manifest_path(dir, secrets::LICENSE_SEED);
-    fsio::write_atomic(
-        &seed_file,
-        seed.to_manifest().to_yaml().as_bytes(),
-        fsio::SECRET_MODE,
-    )?;
+    let seed_file = write_seed(dir, &seed)?;
     let key_file = dir.join(crypto::KEY_FILE);
     let removed_key_file = match std::fs::remove_file(&key_file) {
         Ok(()) => Some(key_file),

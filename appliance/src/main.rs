@@ -330,23 +330,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::CheckIn(a) if a.offline_response.is_some() => {
             let cfg = offline::InstallCheckInConfig {
-                seed_dir: a.seed.clone(),
+                seed_dir: a.seed,
                 response_file: a.offline_response.unwrap_or_default(),
                 trust_root: a.trust_root,
             };
             let outcome = offline::install_check_in_response(&cfg, now)?;
             print_check_in(&outcome);
-            if let Some(url) = &a.database_url {
-                let (state, check_in_by) = seed_license_state(&a.seed, url, now)
-                    .await
-                    .inspect_err(|_| {
-                        eprintln!(
-                            "alga-appliance: the license seed is up to date but license_state is not; once the problem below is fixed, `alga-appliance bootstrap seed-license` applies it"
-                        );
-                    })?;
-                println!("license_state:");
-                print_license_state(&state, check_in_by, "  ");
-            }
+            after_check_in(&cfg.seed_dir, a.database_url.as_deref(), now).await?;
         }
         Command::CheckIn(a) => {
             let cfg = CheckInConfig {
@@ -368,19 +358,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             };
             print_check_in(&outcome);
-            if let Some(url) = &a.database_url {
-                // The Secret is written: a database failure now leaves license_state
-                // behind it, which `bootstrap seed-license` (or the next check-in) fixes.
-                let (state, check_in_by) = seed_license_state(&cfg.seed_dir, url, now)
-                    .await
-                    .inspect_err(|_| {
-                        eprintln!(
-                            "alga-appliance: the license seed is up to date but license_state is not; once the problem below is fixed, `alga-appliance bootstrap seed-license` applies it"
-                        );
-                    })?;
-                println!("license_state:");
-                print_license_state(&state, check_in_by, "  ");
-            }
+            after_check_in(&cfg.seed_dir, a.database_url.as_deref(), now).await?;
         }
         Command::Bootstrap(BootstrapCommand::CreateTenant(a)) => {
             let initial = bootstrap::read_initial_tenant(&a.secrets)?;
@@ -412,6 +390,30 @@ fn print_redeemed(r: &redeem::Redeemed) {
     for f in &r.files {
         println!("wrote: {}", f.display());
     }
+}
+
+/// After a check-in (online or offline) updated the seed in `seed_dir`: with
+/// `--database-url`, license_state from it, as `bootstrap seed-license` does.
+async fn after_check_in(
+    seed_dir: &Path,
+    database_url: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let Some(url) = database_url else {
+        return Ok(());
+    };
+    // The Secret is written: a database failure now leaves license_state behind it,
+    // which `bootstrap seed-license` (or the next check-in) fixes.
+    let (state, check_in_by) = seed_license_state(seed_dir, url, now)
+        .await
+        .inspect_err(|_| {
+            eprintln!(
+                "alga-appliance: the license seed is up to date but license_state is not; once the problem below is fixed, `alga-appliance bootstrap seed-license` applies it"
+            );
+        })?;
+    println!("license_state:");
+    print_license_state(&state, check_in_by, "  ");
+    Ok(())
 }
 
 /// `bootstrap seed-license`: license_state from the license seed in `dir`, and the

@@ -36,15 +36,12 @@
 
 use std::path::{Path, PathBuf};
 
-use alga_protocol::api::{
-    self, ApplianceInfo, CheckInAppliance, CheckInRequest, CheckInResponse, RedeemRequest,
-    RedeemResponse,
-};
+use alga_protocol::SecretText;
+use alga_protocol::api::{self, CheckInResponse, RedeemResponse};
 use alga_protocol::offline::{
     self as wire, FormatOnly, OfflineCheckInResponse, OfflineRedeemRequest, OfflineRedeemResponse,
     RelayedCheckIn, RelayedCheckInPayload,
 };
-use alga_protocol::{InstallCode, SecretText};
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
@@ -116,20 +113,13 @@ pub fn write_redeem_request(
     now: OffsetDateTime,
 ) -> Result<RequestWritten> {
     let code = redeem::parse_code(code.expose())?;
-    fsio::ensure_dir(&cfg.out_dir)?;
-    let (key, new_key) = crypto::load_or_create_key(&cfg.out_dir)?;
+    let redeem::Keyed { new_key, req, .. } =
+        redeem::keyed_request(&cfg.out_dir, &code, &cfg.hostname, &cfg.version)?;
     let request = OfflineRedeemRequest {
         format: wire::REDEEM_REQUEST_FORMAT.to_owned(),
         nonce: Uuid::new_v4(),
         created_at: now,
-        redeem: RedeemRequest {
-            install_code: SecretText::new(code.expose_formatted().to_string()),
-            csr: key.csr_pem()?,
-            appliance: ApplianceInfo {
-                hostname: cfg.hostname.clone(),
-                version: cfg.version.clone(),
-            },
-        },
+        redeem: req,
     };
     let bytes = zeroize::Zeroizing::new(to_json(&request)?);
     fsio::write_atomic(&cfg.request_file, &bytes, fsio::SECRET_MODE)?;
@@ -173,15 +163,11 @@ pub fn install_redeem_response(cfg: &InstallRedeemConfig, now: OffsetDateTime) -
         &p.format
     })?;
     let key = load_existing_key(&cfg.out_dir)?;
-    let bytes = read_file(&cfg.response_file)?;
-    check_format(&bytes, wire::REDEEM_RESPONSE_FORMAT, "the response file")?;
-    let response: OfflineRedeemResponse = serde_json::from_slice(&bytes)
-        .map_err(|_| Error::bad("the response file is not a valid offline redeem response"))?;
-    if response.nonce != pending.nonce || response.request_sha256 != pending.request_sha256 {
-        return Err(Error::NotOurResponse(
-            "the response file answers another request than the one this appliance made last (in this output directory)".into(),
-        ));
-    }
+    let response: OfflineRedeemResponse = read_answer(
+        &cfg.response_file,
+        (pending.nonce, &pending.request_sha256),
+        "the response file answers another request than the one this appliance made last (in this output directory)",
+    )?;
     let resp = response.response;
     let seed = redeem::verified_seed(&resp, &key, &roots, &ca_pem, now)?;
     times_match(resp.license.as_ref(), resp.credential.as_ref())?;
@@ -192,14 +178,7 @@ pub fn install_redeem_response(cfg: &InstallRedeemConfig, now: OffsetDateTime) -
         tracing::warn!(error = %e, "could not remove the pending offline request");
     }
     tracing::info!(tenant.id = %resp.tenant_id, appliance.id = %resp.appliance_id, edition = %resp.edition, "redeemed offline");
-    Ok(Redeemed {
-        tenant_id: resp.tenant_id,
-        appliance_id: resp.appliance_id,
-        edition: resp.edition,
-        license_expires_at: resp.license.as_ref().map(|l| l.expires_at),
-        credential_expires_at: resp.credential.as_ref().map(|c| c.expires_at),
-        files,
-    })
+    Ok(Redeemed::new(resp, files))
 }
 
 /// What `check-in --offline-request` needs besides the time.
@@ -242,22 +221,13 @@ pub fn write_check_in_request(
             "it is not an EC P-256 PKCS#8 key",
         )
     })?;
-    let rotate = cfg.force_rotate || current.needs_renewal(now);
-    let new_key = if rotate {
-        Some(ApplianceKey::generate()?)
-    } else {
-        None
-    };
+    let (check_in, new_key) = check_in::request(&current, cfg.force_rotate, &cfg.version, now)?;
+    let rotate = new_key.is_some();
     let payload = RelayedCheckInPayload {
         nonce: Uuid::new_v4(),
         issued_at: now.unix_timestamp(),
         certificate_chain: paid.cert_chain_pem.clone(),
-        check_in: CheckInRequest {
-            appliance: CheckInAppliance {
-                version: cfg.version.clone(),
-            },
-            csr: new_key.as_ref().map(ApplianceKey::csr_pem).transpose()?,
-        },
+        check_in,
     };
     let payload_bytes = serde_json::to_vec(&payload)
         .map_err(|e| Error::Internal(format!("serialize the request: {e}")))?;
@@ -326,15 +296,11 @@ pub fn install_check_in_response(
         .as_ref()
         .map(|k| ApplianceKey::from_pem(k.expose()))
         .transpose()?;
-    let bytes = read_file(&cfg.response_file)?;
-    check_format(&bytes, wire::CHECK_IN_RESPONSE_FORMAT, "the response file")?;
-    let response: OfflineCheckInResponse = serde_json::from_slice(&bytes)
-        .map_err(|_| Error::bad("the response file is not a valid offline check-in response"))?;
-    if response.nonce != pending.nonce || response.request_sha256 != pending.request_sha256 {
-        return Err(Error::NotOurResponse(
-            "the response file answers another check-in request than the one this appliance made last".into(),
-        ));
-    }
+    let response: OfflineCheckInResponse = read_answer(
+        &cfg.response_file,
+        (pending.nonce, &pending.request_sha256),
+        "the response file answers another check-in request than the one this appliance made last",
+    )?;
     // Online, TLS vouches for a `license: null` answer (the tenant's edition has no
     // license any more) and the seed falls back to that edition, its key removed.
     // Offline nothing signed says so: a relay could forge it and unlicense the
@@ -406,7 +372,7 @@ pub async fn relay(cfg: &RelayConfig) -> Result<Relayed> {
                 )
             })?;
             // A typo never reaches the service, as online.
-            InstallCode::parse(req.redeem.install_code.expose()).map_err(Error::CodeMalformed)?;
+            redeem::parse_code(req.redeem.install_code.expose())?;
             let resp: RedeemResponse = client
                 .post_json(&service::endpoint(&base, api::REDEEM), &req.redeem)
                 .await?
@@ -544,6 +510,50 @@ fn read_pending<T: serde::de::DeserializeOwned>(
         ));
     }
     Ok(pending)
+}
+
+/// A response file as the relay writes it.
+trait Answer: serde::de::DeserializeOwned {
+    /// Its `format`.
+    const FORMAT: &str;
+    /// Which response, for the message of a file that does not parse.
+    const KIND: &str;
+    /// The nonce and request digest of the request it answers.
+    fn answers(&self) -> (Uuid, &str);
+}
+
+impl Answer for OfflineRedeemResponse {
+    const FORMAT: &str = wire::REDEEM_RESPONSE_FORMAT;
+    const KIND: &str = "redeem";
+    fn answers(&self) -> (Uuid, &str) {
+        (self.nonce, &self.request_sha256)
+    }
+}
+
+impl Answer for OfflineCheckInResponse {
+    const FORMAT: &str = wire::CHECK_IN_RESPONSE_FORMAT;
+    const KIND: &str = "check-in";
+    fn answers(&self) -> (Uuid, &str) {
+        (self.nonce, &self.request_sha256)
+    }
+}
+
+/// The response file at `path`, which must be of its kind's format and answer the
+/// `pending` request (nonce and request digest); `not_ours` is the refusal when it
+/// answers another one.
+fn read_answer<T: Answer>(path: &Path, pending: (Uuid, &str), not_ours: &str) -> Result<T> {
+    let bytes = read_file(path)?;
+    check_format(&bytes, T::FORMAT, "the response file")?;
+    let response: T = serde_json::from_slice(&bytes).map_err(|_| {
+        Error::bad(format!(
+            "the response file is not a valid offline {} response",
+            T::KIND
+        ))
+    })?;
+    if response.answers() != pending {
+        return Err(Error::NotOurResponse(not_ours.into()));
+    }
+    Ok(response)
 }
 
 /// A request or response file's bytes, bounded.

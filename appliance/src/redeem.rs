@@ -73,18 +73,10 @@ pub async fn redeem(
     let roots = crypto::load_trust_roots(&cfg.trust_root)?;
     let client = ServiceClient::new(&ca_pem, None, cfg.retry.clone())?;
 
-    fsio::ensure_dir(&cfg.out_dir)?;
-    let (key, new_key) = crypto::load_or_create_key(&cfg.out_dir)?;
+    let Keyed { key, new_key, req } =
+        keyed_request(&cfg.out_dir, &code, &cfg.hostname, &cfg.version)?;
     tracing::info!(code.id = %code.code_id(), key.new = new_key, "redeeming install code");
 
-    let req = RedeemRequest {
-        install_code: SecretText::new(code.expose_formatted().to_string()),
-        csr: key.csr_pem()?,
-        appliance: ApplianceInfo {
-            hostname: cfg.hostname.clone(),
-            version: cfg.version.clone(),
-        },
-    };
     let resp: RedeemResponse = client
         .post_json(&service::endpoint(&base, api::REDEEM), &req)
         .await?
@@ -94,14 +86,52 @@ pub async fn redeem(
 
     let files = write_secrets(&cfg.out_dir, resp.tenant_id, &seed)?;
     tracing::info!(tenant.id = %resp.tenant_id, appliance.id = %resp.appliance_id, edition = %resp.edition, "redeemed");
-    Ok(Redeemed {
-        tenant_id: resp.tenant_id,
-        appliance_id: resp.appliance_id,
-        edition: resp.edition,
-        license_expires_at: resp.license.as_ref().map(|l| l.expires_at),
-        credential_expires_at: resp.credential.as_ref().map(|c| c.expires_at),
-        files,
-    })
+    Ok(Redeemed::new(resp, files))
+}
+
+impl Redeemed {
+    /// What `resp` installed, once its Secrets are written as `files`.
+    pub(crate) fn new(resp: RedeemResponse, files: Vec<PathBuf>) -> Redeemed {
+        Redeemed {
+            tenant_id: resp.tenant_id,
+            appliance_id: resp.appliance_id,
+            license_expires_at: resp.license.as_ref().map(|l| l.expires_at),
+            credential_expires_at: resp.credential.as_ref().map(|c| c.expires_at),
+            edition: resp.edition,
+            files,
+        }
+    }
+}
+
+/// This appliance's key and the `POST /register` body that presents it with the code.
+pub(crate) struct Keyed {
+    pub key: crypto::ApplianceKey,
+    /// The key was generated now (none was in the output directory).
+    pub new_key: bool,
+    pub req: RedeemRequest,
+}
+
+/// Step 2 and the request: the key loaded from, or generated into, `out_dir` (created
+/// 0700), and the redeem body for it. Shared by the online redeem and the offline
+/// request (`offline::write_redeem_request`), so both keep the key where the other
+/// looks for it and send the same body.
+pub(crate) fn keyed_request(
+    out_dir: &Path,
+    code: &InstallCode,
+    hostname: &str,
+    version: &str,
+) -> Result<Keyed> {
+    fsio::ensure_dir(out_dir)?;
+    let (key, new_key) = crypto::load_or_create_key(out_dir)?;
+    let req = RedeemRequest {
+        install_code: SecretText::new(code.expose_formatted().to_string()),
+        csr: key.csr_pem()?,
+        appliance: ApplianceInfo {
+            hostname: hostname.to_owned(),
+            version: version.to_owned(),
+        },
+    };
+    Ok(Keyed { key, new_key, req })
 }
 
 /// The license seed of a redeem answer, once everything in it verified: for a paid

@@ -171,39 +171,21 @@ impl ServiceClient {
         Ok(ServiceClient { http, retry })
     }
 
-    /// `POST url` with a JSON body; `Ok(Err(_))` is an HTTP error answer.
+    /// `POST url` with a JSON body; `Ok(Err(_))` is an HTTP error answer. Retried on
+    /// connection errors and timeouts, which is safe for every call this client makes:
+    /// redeem with the same key returns the same tenant (DESIGN §4), a check-in is
+    /// idempotent, and a relayed check-in is accepted once (a retry of one that did
+    /// land is refused as a replay, never applied twice).
     pub async fn post_json<B: Serialize, R: DeserializeOwned>(
         &self,
         url: &Url,
         body: &B,
     ) -> Result<std::result::Result<R, ApiError>> {
-        self.send(url, Some(body)).await
-    }
-
-    /// `GET url`; `Ok(Err(_))` is an HTTP error answer.
-    pub async fn get_json<R: DeserializeOwned>(
-        &self,
-        url: &Url,
-    ) -> Result<std::result::Result<R, ApiError>> {
-        self.send::<(), R>(url, None).await
-    }
-
-    /// One call with retries on connection errors and timeouts. Retrying is safe for
-    /// every call this client makes: redeem with the same key returns the same tenant
-    /// (DESIGN §4), check-in and the JWKS are idempotent.
-    async fn send<B: Serialize, R: DeserializeOwned>(
-        &self,
-        url: &Url,
-        body: Option<&B>,
-    ) -> Result<std::result::Result<R, ApiError>> {
         let mut backoff = self.retry.initial_backoff;
         let attempts = self.retry.attempts.max(1);
         let mut attempt = 1;
         loop {
-            let req = match body {
-                Some(b) => self.http.post(url.clone()).json(b),
-                None => self.http.get(url.clone()),
-            };
+            let req = self.http.post(url.clone()).json(body);
             let result = match req.send().await {
                 Ok(resp) => read_response(resp).await,
                 Err(e) => Err(e),

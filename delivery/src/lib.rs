@@ -7,17 +7,19 @@
 //! - [`mail`]: the two mail templates, header hygiene types and an SMTP sender whose
 //!   errors say whether a retry can help.
 //!
-//! Error policy: each module has its own `thiserror` enum with every variant
-//! documented; no `anyhow` here (only in tests). No error, `Debug` output or log line
-//! carries a secret: not the S3 secret key or session token, not an SMTP password, not
-//! an install code, not a presigned URL's query.
+//! Errors: one public enum, [`Error`] (`error.rs` states the policy); no `anyhow` here
+//! (only in tests). No error, `Debug` output or log line carries a secret: not the S3
+//! secret key or session token, not an SMTP password, not an install code, not a
+//! presigned URL's query.
 #![forbid(unsafe_code)]
 
+mod error;
 pub mod mail;
 pub mod presign;
 
+pub use error::Error;
 pub use mail::{
-    DeliveryId, DisplayName, HeaderError, MailAddress, MailError, MailKind, MailSetupError, Mailer,
-    OutgoingMail, Sender, SmtpConfig, SmtpSecurity, validate_header_text,
+    DeliveryId, DisplayName, MailAddress, MailKind, Mailer, OutgoingMail, Sender, SmtpConfig,
+    SmtpSecurity, validate_header_text,
 };
-pub use presign::{PresignError, PresignedLink, Presigner, S3Config, S3Credentials};
+pub use presign::{PresignedLink, Presigner, S3Config, S3Credentials};

@@ -28,51 +28,13 @@ use tracing::instrument;
 use url::Url;
 use zeroize::Zeroizing;
 
+use crate::Error;
+
 /// The longest validity SigV4 allows for a presigned URL.
 pub const MAX_LINK_TTL: Duration = Duration::days(7);
 
 /// The SigV4 service name of S3.
 const SERVICE: &str = "s3";
-
-/// Why a link could not be made, or the presigner could not be set up.
-///
-/// Messages name files, keys and fields, never a secret value.
-#[derive(Debug, thiserror::Error)]
-pub enum PresignError {
-    /// The `[s3]` configuration is unusable (bad endpoint, bucket, key or region).
-    #[error("invalid S3 configuration: {0}")]
-    Config(String),
-    /// The credentials file could not be read.
-    #[error("cannot read the S3 credentials file {path}: {source}")]
-    CredentialsFile {
-        /// The file named by `credentials_file`.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The credentials (file or environment) are malformed; `problem` names the line or
-    /// variable, never its value.
-    #[error("invalid S3 credentials from {origin}: {problem}")]
-    CredentialsInvalid {
-        /// The file path or "the environment".
-        origin: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The temporary credentials have expired (or expire within the second): a link
-    /// signed with them would be dead on arrival. Reload fresher credentials.
-    #[error("the S3 credentials expired at {expired_at}")]
-    CredentialsExpired {
-        /// When the credentials stopped being valid.
-        expired_at: OffsetDateTime,
-    },
-    /// The requested validity is not a positive number of seconds.
-    #[error("a link must be valid for at least one second")]
-    InvalidTtl,
-    /// The SigV4 signer refused its input (a bug or an unusable configuration).
-    #[error("SigV4 signing failed: {0}")]
-    Signing(String),
-}
 
 /// The gateway's `[s3]` table: where the ISO is and how to sign for it.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,15 +126,15 @@ impl S3Credentials {
     /// `#` comments are ignored. Unknown or repeated names are errors, so a typo is not
     /// silently ignored.
     #[instrument(skip_all)]
-    pub fn from_file(path: &Path) -> Result<S3Credentials, PresignError> {
+    pub fn from_file(path: &Path) -> Result<S3Credentials, Error> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            PresignError::CredentialsFile {
+            Error::S3CredentialsFile {
                 path: path.to_owned(),
                 source,
             }
         })?);
         let origin = path.display().to_string();
-        let invalid = |problem: String| PresignError::CredentialsInvalid {
+        let invalid = |problem: String| Error::S3CredentialsInvalid {
             origin: origin.clone(),
             problem,
         };
@@ -204,15 +166,13 @@ impl S3Credentials {
     /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional)
     /// `AWS_SESSION_TOKEN` from the process environment.
     #[instrument(skip_all)]
-    pub fn from_env() -> Result<S3Credentials, PresignError> {
+    pub fn from_env() -> Result<S3Credentials, Error> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
 
     /// [`S3Credentials::from_env`] over any lookup (tests pass a map, so they need not
     /// mutate the process environment).
-    pub fn from_env_with(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<S3Credentials, PresignError> {
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<S3Credentials, Error> {
         let get = |name: &str| {
             lookup(name)
                 .map(Zeroizing::new)
@@ -226,7 +186,7 @@ impl S3Credentials {
         };
         fields
             .build()
-            .map_err(|problem| PresignError::CredentialsInvalid {
+            .map_err(|problem| Error::S3CredentialsInvalid {
                 origin: "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)".into(),
                 problem,
             })
@@ -337,7 +297,7 @@ impl Presigner {
     /// Builds a presigner from the configuration, reading the credentials from its file
     /// or, without one, from the environment.
     #[instrument(skip_all)]
-    pub fn from_config(config: &S3Config) -> Result<Presigner, PresignError> {
+    pub fn from_config(config: &S3Config) -> Result<Presigner, Error> {
         let (source, credentials) = match &config.credentials_file {
             Some(path) => (
                 CredentialSource::File(path.clone()),
@@ -352,7 +312,7 @@ impl Presigner {
     pub fn with_credentials(
         config: &S3Config,
         credentials: S3Credentials,
-    ) -> Result<Presigner, PresignError> {
+    ) -> Result<Presigner, Error> {
         Self::build(config, CredentialSource::Given, credentials)
     }
 
@@ -360,7 +320,7 @@ impl Presigner {
         config: &S3Config,
         source: CredentialSource,
         credentials: S3Credentials,
-    ) -> Result<Presigner, PresignError> {
+    ) -> Result<Presigner, Error> {
         let object_url = object_url(config)?;
         let region = config.region.trim();
         if region.is_empty()
@@ -368,7 +328,7 @@ impl Presigner {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(PresignError::Config(
+            return Err(Error::S3Config(
                 "region must be letters, digits and dashes".into(),
             ));
         }
@@ -397,7 +357,7 @@ impl Presigner {
     /// Reads the credentials again from their file or the environment, and uses them
     /// for the following links. Does nothing for credentials given in code.
     #[instrument(skip_all)]
-    pub fn reload_credentials(&self) -> Result<(), PresignError> {
+    pub fn reload_credentials(&self) -> Result<(), Error> {
         let fresh = match &self.source {
             CredentialSource::File(path) => S3Credentials::from_file(path)?,
             CredentialSource::Environment => S3Credentials::from_env()?,
@@ -416,7 +376,7 @@ impl Presigner {
         &self,
         now: OffsetDateTime,
         until: OffsetDateTime,
-    ) -> Result<PresignedLink, PresignError> {
+    ) -> Result<PresignedLink, Error> {
         self.presign(now, until - now)
     }
 
@@ -425,16 +385,10 @@ impl Presigner {
     /// first re-read from their file or the environment, in case they were rotated. `now` is truncated to the second (SigV4's resolution), and
     /// `expires_at` is exactly when S3 starts refusing the link.
     #[instrument(skip_all)]
-    pub fn presign(
-        &self,
-        now: OffsetDateTime,
-        ttl: Duration,
-    ) -> Result<PresignedLink, PresignError> {
-        let now = now
-            .replace_nanosecond(0)
-            .map_err(|_| PresignError::InvalidTtl)?;
+    pub fn presign(&self, now: OffsetDateTime, ttl: Duration) -> Result<PresignedLink, Error> {
+        let now = now.replace_nanosecond(0).map_err(|_| Error::InvalidTtl)?;
         if ttl < Duration::SECOND {
-            return Err(PresignError::InvalidTtl);
+            return Err(Error::InvalidTtl);
         }
         let mut ttl = ttl.min(MAX_LINK_TTL);
         let mut credentials = self.current_credentials();
@@ -455,14 +409,13 @@ impl Presigner {
         if let Some(expired_at) = credentials.expires_at {
             let left = expired_at - now;
             if left < Duration::SECOND {
-                return Err(PresignError::CredentialsExpired { expired_at });
+                return Err(Error::S3CredentialsExpired { expired_at });
             }
             ttl = ttl.min(left);
         }
         let secs = ttl.whole_seconds();
-        let expires_in = std::time::Duration::from_secs(
-            u64::try_from(secs).map_err(|_| PresignError::InvalidTtl)?,
-        );
+        let expires_in =
+            std::time::Duration::from_secs(u64::try_from(secs).map_err(|_| Error::InvalidTtl)?);
 
         let identity = aws_credential_types::Credentials::new(
             credentials.access_key_id.clone(),
@@ -488,7 +441,7 @@ impl Presigner {
             .time(SystemTime::from(now))
             .settings(settings)
             .build()
-            .map_err(|e| PresignError::Signing(e.to_string()))?
+            .map_err(|e| Error::Signing(e.to_string()))?
             .into();
         let request = SignableRequest::new(
             "GET",
@@ -496,9 +449,9 @@ impl Presigner {
             std::iter::empty(),
             SignableBody::UnsignedPayload,
         )
-        .map_err(|e| PresignError::Signing(e.to_string()))?;
+        .map_err(|e| Error::Signing(e.to_string()))?;
         let (instructions, _signature) = sign(request, &params)
-            .map_err(|e| PresignError::Signing(e.to_string()))?
+            .map_err(|e| Error::Signing(e.to_string()))?
             .into_parts();
         let (_headers, query) = instructions.into_parts();
 
@@ -517,8 +470,8 @@ impl Presigner {
 }
 
 /// The unsigned URL of the configured object, checked and canonically encoded.
-fn object_url(config: &S3Config) -> Result<String, PresignError> {
-    let bad = |m: &str| PresignError::Config(m.to_owned());
+fn object_url(config: &S3Config) -> Result<String, Error> {
+    let bad = |m: &str| Error::S3Config(m.to_owned());
     let endpoint = &config.endpoint;
     if !matches!(endpoint.scheme(), "http" | "https") {
         return Err(bad("endpoint must be an http or https URL"));
@@ -666,10 +619,7 @@ mod tests {
             bad.push(c);
         }
         for c in bad {
-            assert!(
-                matches!(object_url(&c), Err(PresignError::Config(_))),
-                "{c:?}"
-            );
+            assert!(matches!(object_url(&c), Err(Error::S3Config(_))), "{c:?}");
         }
     }
 
@@ -709,14 +659,11 @@ mod tests {
             let path = dir.path().join(format!("c{i}"));
             std::fs::write(&path, text).expect("write");
             let err = S3Credentials::from_file(&path).expect_err(text);
-            assert!(
-                matches!(err, PresignError::CredentialsInvalid { .. }),
-                "{err:?}"
-            );
+            assert!(matches!(err, Error::S3CredentialsInvalid { .. }), "{err:?}");
             assert!(!err.to_string().contains("SECRETVALUE"), "{err}");
         }
         let missing = S3Credentials::from_file(&dir.path().join("absent")).expect_err("absent");
-        assert!(matches!(missing, PresignError::CredentialsFile { .. }));
+        assert!(matches!(missing, Error::S3CredentialsFile { .. }));
     }
 
     #[test]
@@ -731,7 +678,7 @@ mod tests {
         assert_eq!(c.access_key_id(), "AKID");
         assert!(c.session_token.is_some());
         let err = S3Credentials::from_env_with(|_| None).expect_err("empty");
-        assert!(matches!(err, PresignError::CredentialsInvalid { .. }));
+        assert!(matches!(err, Error::S3CredentialsInvalid { .. }));
     }
 
     #[test]

@@ -214,25 +214,9 @@ pub struct IssuerConfig {
     pub private_key: PathBuf,
 }
 
-/// Transport security toward the SMTP relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpSecurity {
-    None,
-    Starttls,
-    Tls,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    pub host: String,
-    pub port: u16,
-    pub security: SmtpSecurity,
-    pub from: String,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-}
+/// The `[smtp]` table is `alga_delivery`'s, the crate that owns mail: its keys, their
+/// defaults and their checks (`from` is parsed here, at start-up) are defined there once.
+pub use alga_delivery::{SmtpConfig, SmtpSecurity};
 
 /// How the outbox delivers: the first attempt inside the request, then retries with
 /// exponential backoff until the budget is spent and the mail is marked failed.
@@ -547,6 +531,35 @@ mod tests {
         let mail: MailConfig = mail["mail"].clone().try_into().expect("valid [mail]");
         assert_eq!(mail, MailConfig::default());
         assert_eq!(c.mail, MailConfig::default());
+    }
+
+    #[test]
+    fn smtp_table_is_deliverys_with_its_defaults_and_checks() {
+        let c = Config::parse(&sample()).expect("the dev template parses");
+        assert_eq!((c.smtp.host.as_str(), c.smtp.port), ("127.0.0.1", 2525));
+        assert_eq!(c.smtp.from.address().as_str(), "licenses@alga.test");
+        assert_eq!(
+            (c.smtp.username, c.smtp.password_file, c.smtp.ca_file),
+            (None, None, None)
+        );
+        assert_eq!(c.smtp.timeout, alga_delivery::mail::DEFAULT_SMTP_TIMEOUT);
+        // `from` is checked when the file is read, not at the first mail.
+        let from = "from = \"alga-license <licenses@alga.test>\"";
+        assert!(sample().contains(from));
+        for bad in [
+            "from = \"a <a@b.test>\\r\\nBcc: c@d.test\"",
+            "from = \"=?utf-8?q?x?= <a@b.test>\"",
+            "from = \"not an address\"",
+        ] {
+            let err = Config::parse(&sample().replace(from, bad)).expect_err(bad);
+            assert!(err.contains("from"), "{bad}: {err}");
+        }
+        let ssl = sample().replace("security = \"none\"", "security = \"ssl\"");
+        let err = Config::parse(&ssl).expect_err("an unknown security");
+        assert!(err.contains("ssl"), "{err}");
+        let bogus = sample().replace("[smtp]", "[smtp]\nbogus = 1");
+        let err = Config::parse(&bogus).expect_err("an unknown key");
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]

@@ -30,9 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alga_delivery::{
-    DeliveryId, DisplayName, MailAddress, Mailer, OutgoingMail, PresignedLink, Sender,
-};
+use alga_delivery::{DeliveryId, DisplayName, MailAddress, Mailer, OutgoingMail, PresignedLink};
 use alga_protocol::InstallCode;
 use alga_protocol::api::MailState;
 use tokio::sync::Notify;
@@ -99,27 +97,11 @@ impl Outbox {
 /// Why the mailer could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("mail setup: {0}")]
-pub struct MailSetupError(String);
+pub struct MailSetupError(#[from] alga_delivery::Error);
 
 /// The SMTP sender of the `[smtp]` section.
 pub fn mailer(c: &SmtpConfig) -> Result<Mailer, MailSetupError> {
-    let from = Sender::parse(&c.from).map_err(|e| MailSetupError(format!("smtp.from: {e}")))?;
-    let security = match c.security {
-        crate::config::SmtpSecurity::None => alga_delivery::SmtpSecurity::None,
-        crate::config::SmtpSecurity::Starttls => alga_delivery::SmtpSecurity::Starttls,
-        crate::config::SmtpSecurity::Tls => alga_delivery::SmtpSecurity::Tls,
-    };
-    Mailer::new(&alga_delivery::SmtpConfig {
-        host: c.host.clone(),
-        port: c.port,
-        security,
-        from,
-        username: c.username.clone(),
-        password_file: c.password_file.clone(),
-        ca_file: None,
-        timeout: alga_delivery::mail::DEFAULT_SMTP_TIMEOUT,
-    })
-    .map_err(|e| MailSetupError(e.to_string()))
+    Ok(Mailer::new(c)?)
 }
 
 /// The first attempt of a mail queued by a request that just committed: claims it
@@ -275,10 +257,7 @@ async fn send_one(app: &App, m: &outbox::DueMail) -> Outcome {
     };
     let mail = OutgoingMail {
         outbox_id,
-        kind: match m.kind {
-            outbox::MailKind::Registration => alga_delivery::MailKind::Registration,
-            outbox::MailKind::Reissue => alga_delivery::MailKind::Reissue,
-        },
+        kind: m.kind,
         to,
         to_name,
         company,
@@ -405,15 +384,11 @@ mod tests {
     }
 
     fn outbox(rules: MailConfig) -> Outbox {
-        let mailer = mailer(&SmtpConfig {
-            host: "127.0.0.1".into(),
-            port: 25,
-            security: crate::config::SmtpSecurity::None,
-            from: "alga <l@alga.test>".into(),
-            username: None,
-            password_file: None,
-        })
-        .expect("mailer");
+        let smtp: SmtpConfig = toml::from_str(
+            "host = \"127.0.0.1\"\nport = 25\nsecurity = \"none\"\nfrom = \"alga <l@alga.test>\"",
+        )
+        .expect("smtp config");
+        let mailer = mailer(&smtp).expect("mailer");
         Outbox::new(mailer, rules)
     }
 

@@ -24,6 +24,8 @@ use lettre::message::Mailbox;
 use serde::Deserialize;
 use unicode_properties::general_category::{GeneralCategory, UnicodeGeneralCategory};
 
+use crate::Error;
+
 /// Longest accepted single-line header text (a name, a company), in characters.
 pub const MAX_HEADER_TEXT_CHARS: usize = 256;
 /// Longest accepted email address, in bytes (RFC 5321's path limit minus the brackets).
@@ -32,116 +34,6 @@ pub const MAX_ADDRESS_LEN: usize = 254;
 pub const MAX_LOCAL_PART_LEN: usize = 64;
 /// Longest label of a domain name, in bytes (RFC 1035).
 pub const MAX_DOMAIN_LABEL_LEN: usize = 63;
-
-/// Why a value cannot go into a mail header.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
-    /// Empty or only whitespace.
-    #[error("{field} must not be empty")]
-    Empty {
-        /// The API field (e.g. `contact.name`).
-        field: String,
-    },
-    /// Longer than the limit.
-    #[error("{field} is longer than {max} characters")]
-    TooLong {
-        /// The API field.
-        field: String,
-        /// The limit.
-        max: usize,
-    },
-    /// A control character (CR, LF, NUL, TAB, DEL, C1 …; Unicode category Cc): the
-    /// classic header and SMTP command injection.
-    #[error("{field} contains a control character ({codepoint}) at position {position}")]
-    ControlCharacter {
-        /// The API field.
-        field: String,
-        /// 1-based character position.
-        position: usize,
-        /// The character as `U+XXXX`.
-        codepoint: String,
-    },
-    /// A Unicode line/paragraph separator (Zl, Zp), bidirectional control or other
-    /// invisible format character (Cf: LRM, RLM, ALM, embeddings, overrides, isolates,
-    /// zero-width characters, soft hyphen, tags …): not an injection in SMTP, but it
-    /// makes a header display other than it reads.
-    #[error(
-        "{field} contains a disallowed formatting character ({codepoint}) at position {position}"
-    )]
-    FormattingCharacter {
-        /// The API field.
-        field: String,
-        /// 1-based character position.
-        position: usize,
-        /// The character as `U+XXXX`.
-        codepoint: String,
-    },
-    /// A code point that is unassigned in Unicode (including the noncharacters
-    /// U+FDD0–U+FDEF and U+xxFFFE/F) or for private use (Co): nothing says how a mail
-    /// program shows it, and an unassigned one may become a format character later.
-    #[error(
-        "{field} contains an unassigned or private-use character ({codepoint}) at position {position}"
-    )]
-    UnassignedCharacter {
-        /// The API field.
-        field: String,
-        /// 1-based character position.
-        position: usize,
-        /// The character as `U+XXXX`.
-        codepoint: String,
-    },
-    /// The RFC 2047 encoded-word opener `=?`: a receiver would decode it into text
-    /// the sender never wrote (lettre leaves ASCII text as is).
-    #[error(
-        "{field} contains \"=?\" at position {position}, which mail programs decode as encoded text"
-    )]
-    EncodedWordLike {
-        /// The API field.
-        field: String,
-        /// 1-based character position of the `=`.
-        position: usize,
-    },
-    /// Not an email address we can send to (syntax, or lettre refuses it).
-    #[error("{field} is not a valid email address: {reason}")]
-    InvalidAddress {
-        /// The API field.
-        field: String,
-        /// What is wrong (never the address itself).
-        reason: &'static str,
-    },
-    /// A delivery (outbox) id that cannot go into a `Message-ID`.
-    #[error("a delivery id is 1-64 letters, digits, - and _")]
-    InvalidDeliveryId,
-}
-
-impl HeaderError {
-    /// The API field the error is about (none for a delivery id).
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            HeaderError::Empty { field }
-            | HeaderError::TooLong { field, .. }
-            | HeaderError::ControlCharacter { field, .. }
-            | HeaderError::FormattingCharacter { field, .. }
-            | HeaderError::UnassignedCharacter { field, .. }
-            | HeaderError::EncodedWordLike { field, .. }
-            | HeaderError::InvalidAddress { field, .. } => Some(field),
-            HeaderError::InvalidDeliveryId => None,
-        }
-    }
-
-    /// The message without the leading field name ("contains a control character
-    /// (U+000A) at position 4"), for an API that reports errors keyed by field.
-    pub fn reason(&self) -> String {
-        let message = self.to_string();
-        match self.field() {
-            Some(field) => message
-                .strip_prefix(field)
-                .map(|rest| rest.trim_start().to_owned())
-                .unwrap_or(message),
-            None => message,
-        }
-    }
-}
 
 /// What is wrong with a character, if anything: the character rule shared by names,
 /// companies and addresses.
@@ -208,21 +100,21 @@ pub fn refused_bmp_ranges() -> Vec<std::ops::RangeInclusive<char>> {
 ///
 /// `field` names the API field in the error. The value is checked as it is; use
 /// [`DisplayName::parse`] to also drop surrounding whitespace.
-pub fn validate_header_text(field: &str, value: &str) -> Result<(), HeaderError> {
+pub fn validate_header_text(field: &str, value: &str) -> Result<(), Error> {
     check_characters(field, value)?;
     check_text(field, value, MAX_HEADER_TEXT_CHARS)
 }
 
 /// Blank, `=?` and length checks of text whose characters passed [`check_characters`].
-fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), HeaderError> {
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Error> {
     if value.trim().is_empty() {
-        return Err(HeaderError::Empty {
+        return Err(Error::Empty {
             field: field.to_owned(),
         });
     }
     check_encoded_word(field, value)?;
     if value.chars().count() > max_chars {
-        return Err(HeaderError::TooLong {
+        return Err(Error::TooLong {
             field: field.to_owned(),
             max: max_chars,
         });
@@ -230,9 +122,9 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), HeaderEr
     Ok(())
 }
 
-fn check_encoded_word(field: &str, value: &str) -> Result<(), HeaderError> {
+fn check_encoded_word(field: &str, value: &str) -> Result<(), Error> {
     match value.find("=?") {
-        Some(at) => Err(HeaderError::EncodedWordLike {
+        Some(at) => Err(Error::EncodedWordLike {
             field: field.to_owned(),
             position: value[..at].chars().count() + 1,
         }),
@@ -241,7 +133,7 @@ fn check_encoded_word(field: &str, value: &str) -> Result<(), HeaderError> {
 }
 
 /// Refuses every character [`refusal`] names; the first one found is reported.
-fn check_characters(field: &str, value: &str) -> Result<(), HeaderError> {
+fn check_characters(field: &str, value: &str) -> Result<(), Error> {
     for (i, c) in value.chars().enumerate() {
         let Some(refused) = refusal(c) else {
             continue;
@@ -249,17 +141,17 @@ fn check_characters(field: &str, value: &str) -> Result<(), HeaderError> {
         let (field, position, codepoint) =
             (field.to_owned(), i + 1, format!("U+{:04X}", u32::from(c)));
         return Err(match refused {
-            Refusal::Control => HeaderError::ControlCharacter {
+            Refusal::Control => Error::ControlCharacter {
                 field,
                 position,
                 codepoint,
             },
-            Refusal::Formatting => HeaderError::FormattingCharacter {
+            Refusal::Formatting => Error::FormattingCharacter {
                 field,
                 position,
                 codepoint,
             },
-            Refusal::Unassigned => HeaderError::UnassignedCharacter {
+            Refusal::Unassigned => Error::UnassignedCharacter {
                 field,
                 position,
                 codepoint,
@@ -297,7 +189,7 @@ impl DisplayName {
     /// Parses a name for the API field `field`; surrounding whitespace is dropped
     /// (after the characters were checked: a trailing LF is refused, not trimmed) and
     /// runs of spaces inside become one space.
-    pub fn parse(field: &str, value: &str) -> Result<DisplayName, HeaderError> {
+    pub fn parse(field: &str, value: &str) -> Result<DisplayName, Error> {
         DisplayName::parse_with_limit(field, value, MAX_HEADER_TEXT_CHARS)
     }
 
@@ -307,7 +199,7 @@ impl DisplayName {
         field: &str,
         value: &str,
         max_chars: usize,
-    ) -> Result<DisplayName, HeaderError> {
+    ) -> Result<DisplayName, Error> {
         check_characters(field, value)?;
         let canonical = collapse_spaces(value.trim());
         check_text(field, &canonical, max_chars.min(MAX_HEADER_TEXT_CHARS))?;
@@ -349,19 +241,19 @@ pub struct MailAddress(lettre::Address);
 impl MailAddress {
     /// Parses an address for the API field `field` (as it is: surrounding spaces are
     /// refused, see [`MailAddress::parse_trimmed`]).
-    pub fn parse(field: &str, value: &str) -> Result<MailAddress, HeaderError> {
-        let invalid = |reason| HeaderError::InvalidAddress {
+    pub fn parse(field: &str, value: &str) -> Result<MailAddress, Error> {
+        let invalid = |reason| Error::InvalidAddress {
             field: field.to_owned(),
             reason,
         };
         if value.is_empty() {
-            return Err(HeaderError::Empty {
+            return Err(Error::Empty {
                 field: field.to_owned(),
             });
         }
         check_characters(field, value)?;
         if value.len() > MAX_ADDRESS_LEN {
-            return Err(HeaderError::TooLong {
+            return Err(Error::TooLong {
                 field: field.to_owned(),
                 max: MAX_ADDRESS_LEN,
             });
@@ -397,7 +289,7 @@ impl MailAddress {
 
     /// [`MailAddress::parse`] after dropping surrounding ASCII spaces (a pasted
     /// address); any other whitespace or control character is still refused.
-    pub fn parse_trimmed(field: &str, value: &str) -> Result<MailAddress, HeaderError> {
+    pub fn parse_trimmed(field: &str, value: &str) -> Result<MailAddress, Error> {
         MailAddress::parse(field, value.trim_matches(' '))
     }
 
@@ -472,10 +364,10 @@ impl Sender {
 
     /// Parses `Name <address>` or a bare address, with the same hygiene as customer
     /// input.
-    pub fn parse(value: &str) -> Result<Sender, HeaderError> {
+    pub fn parse(value: &str) -> Result<Sender, Error> {
         const FIELD: &str = "smtp.from";
         check_characters(FIELD, value)?;
-        let mailbox = Mailbox::from_str(value.trim()).map_err(|_| HeaderError::InvalidAddress {
+        let mailbox = Mailbox::from_str(value.trim()).map_err(|_| Error::InvalidAddress {
             field: FIELD.to_owned(),
             reason: "expected `Name <address>` or `address`",
         })?;
@@ -506,8 +398,8 @@ impl Sender {
 }
 
 impl TryFrom<String> for Sender {
-    type Error = HeaderError;
-    fn try_from(s: String) -> Result<Sender, HeaderError> {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Sender, Error> {
         Sender::parse(&s)
     }
 }
@@ -634,11 +526,11 @@ mod tests {
         // A trailing LF or a leading bidi override is refused, never trimmed away.
         assert!(matches!(
             DisplayName::parse("company", "Acme\n"),
-            Err(HeaderError::ControlCharacter { position: 5, .. })
+            Err(Error::ControlCharacter { position: 5, .. })
         ));
         assert!(matches!(
             DisplayName::parse("company", "\u{2028}Acme"),
-            Err(HeaderError::FormattingCharacter { position: 1, .. })
+            Err(Error::FormattingCharacter { position: 1, .. })
         ));
         // A lower limit (the API's) applies to the trimmed text.
         assert!(
@@ -647,12 +539,12 @@ mod tests {
         );
         assert!(matches!(
             DisplayName::parse_with_limit("company", &"x".repeat(201), 200),
-            Err(HeaderError::TooLong { max: 200, .. })
+            Err(Error::TooLong { max: 200, .. })
         ));
         // A higher limit cannot lift the header's own.
         assert!(matches!(
             DisplayName::parse_with_limit("company", &"x".repeat(300), 1000),
-            Err(HeaderError::TooLong {
+            Err(Error::TooLong {
                 max: MAX_HEADER_TEXT_CHARS,
                 ..
             })

@@ -2,7 +2,7 @@
 //!
 //! The gateway's outbox worker builds an [`OutgoingMail`] (re-deriving the code through
 //! the issuer; the outbox never stores it) and calls [`Mailer::send`]. A failure says
-//! whether retrying can help ([`MailError::is_transient`]), so the worker backs off on a
+//! whether retrying can help ([`Error::is_transient`]), so the worker backs off on a
 //! transient error and gives up at once on a permanent one.
 //!
 //! Invariants:
@@ -32,9 +32,11 @@ use serde::{Deserialize, Deserializer};
 use tracing::instrument;
 use zeroize::Zeroizing;
 
+use crate::Error;
+
 pub use header::{
-    DisplayName, HeaderError, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MAX_LOCAL_PART_LEN,
-    MailAddress, Sender, is_allowed_header_char, refused_bmp_ranges, validate_header_text,
+    DisplayName, MAX_ADDRESS_LEN, MAX_HEADER_TEXT_CHARS, MAX_LOCAL_PART_LEN, MailAddress, Sender,
+    is_allowed_header_char, refused_bmp_ranges, validate_header_text,
 };
 pub use template::{DeliveryId, MailKind, OutgoingMail, html_escape, message_id};
 
@@ -95,93 +97,6 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Why a [`Mailer`] could not be set up from its configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum MailSetupError {
-    /// A file named by the configuration could not be read.
-    #[error("cannot read {what} {path}: {source}")]
-    File {
-        /// Which setting (`password_file`, `ca_file`).
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// `username` and `password_file` must be given together.
-    #[error("smtp username and password_file must be given together")]
-    IncompleteCredentials,
-    /// Credentials over a plain connection would expose the password.
-    #[error("smtp credentials need security = \"starttls\" or \"tls\"")]
-    CredentialsWithoutTls,
-    /// The password file or username is empty or has control characters.
-    #[error("the smtp {0} is empty or contains control characters")]
-    InvalidCredential(&'static str),
-    /// `ca_file` holds no usable PEM certificate.
-    #[error("ca_file {0} holds no PEM certificate")]
-    CaFile(PathBuf),
-    /// `ca_file` given without TLS.
-    #[error("ca_file needs security = \"starttls\" or \"tls\"")]
-    CaWithoutTls,
-    /// lettre refused the TLS parameters.
-    #[error("cannot set up TLS for the SMTP server: {0}")]
-    Tls(String),
-}
-
-/// Why a mail was not delivered. [`MailError::is_transient`] tells the outbox worker
-/// whether to retry.
-#[derive(Debug, thiserror::Error)]
-pub enum MailError {
-    /// Worth retrying later: the server is unreachable or timed out, the connection
-    /// broke, TLS failed, or the server answered 4xx. Also a 5xx authentication failure
-    /// (530, 534, 535, 538): it is the configuration, not this mail, that is wrong, and
-    /// the queued mails must go out once an operator fixes it.
-    #[error("transient SMTP failure{}: {reason}", fmt_code(*.code))]
-    Transient {
-        /// The SMTP reply code, when the server answered.
-        code: Option<u16>,
-        /// lettre's description (no code, link or password in it).
-        reason: String,
-    },
-    /// Retrying will not help: the server answered 5xx (unknown mailbox, policy),
-    /// except authentication failures (see [`MailError::Transient`]).
-    #[error("permanent SMTP failure{}: {reason}", fmt_code(*.code))]
-    Permanent {
-        /// The SMTP reply code.
-        code: Option<u16>,
-        /// lettre's description.
-        reason: String,
-    },
-    /// The message could not be built from its parts (a bug, or data that slipped past
-    /// validation): permanent.
-    #[error("the mail could not be built: {0}")]
-    InvalidMessage(String),
-}
-
-fn fmt_code(code: Option<u16>) -> String {
-    code.map(|c| format!(" ({c})")).unwrap_or_default()
-}
-
-impl MailError {
-    /// Whether the same mail may succeed later (back off and retry).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, MailError::Transient { .. })
-    }
-
-    fn from_smtp(e: &lettre::transport::smtp::Error) -> MailError {
-        let code = e.status().map(u16::from);
-        let reason = e.to_string();
-        let auth_failure = matches!(code, Some(530 | 534 | 535 | 538));
-        if e.is_permanent() && !auth_failure {
-            MailError::Permanent { code, reason }
-        } else {
-            // 4xx, timeouts, refused or broken connections, TLS, authentication: all may
-            // pass without changing the mail.
-            MailError::Transient { code, reason }
-        }
-    }
-}
-
 /// Sends install-code mails through one SMTP server. Cheap to share; each
 /// [`Mailer::send`] opens its own connection (no pool: mails are rare, and a fresh
 /// connection after an outage needs no pool recovery).
@@ -205,11 +120,11 @@ impl Mailer {
     /// Builds the mailer; reads the password and CA files now, so a broken
     /// configuration stops the gateway at start-up rather than at the first mail.
     #[instrument(skip_all)]
-    pub fn new(config: &SmtpConfig) -> Result<Mailer, MailSetupError> {
+    pub fn new(config: &SmtpConfig) -> Result<Mailer, Error> {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
             .port(config.port)
             .timeout(Some(config.timeout));
-        let tls_params = || -> Result<TlsParameters, MailSetupError> {
+        let tls_params = || -> Result<TlsParameters, Error> {
             let mut params = TlsParameters::builder(config.host.clone());
             if let Some(path) = &config.ca_file {
                 for cert in read_ca_file(path)? {
@@ -218,12 +133,12 @@ impl Mailer {
             }
             params
                 .build_rustls()
-                .map_err(|e| MailSetupError::Tls(e.to_string()))
+                .map_err(|e| Error::SmtpTls(e.to_string()))
         };
         builder = match config.security {
             SmtpSecurity::None => {
                 if config.ca_file.is_some() {
-                    return Err(MailSetupError::CaWithoutTls);
+                    return Err(Error::SmtpCaWithoutTls);
                 }
                 if !is_loopback(&config.host) {
                     tracing::warn!(
@@ -240,10 +155,10 @@ impl Mailer {
             (None, None) => {}
             (Some(user), Some(path)) => {
                 if config.security == SmtpSecurity::None {
-                    return Err(MailSetupError::CredentialsWithoutTls);
+                    return Err(Error::SmtpCredentialsWithoutTls);
                 }
                 if user.is_empty() || user.chars().any(char::is_control) {
-                    return Err(MailSetupError::InvalidCredential("username"));
+                    return Err(Error::SmtpInvalidCredential("username"));
                 }
                 let password = read_password(path)?;
                 builder = builder.credentials(Credentials::new(
@@ -251,7 +166,7 @@ impl Mailer {
                     password.expose_secret().to_owned(),
                 ));
             }
-            _ => return Err(MailSetupError::IncompleteCredentials),
+            _ => return Err(Error::SmtpIncompleteCredentials),
         }
         Ok(Mailer {
             transport: builder.build(),
@@ -270,14 +185,14 @@ impl Mailer {
     /// `<{outbox_id}.{kind}@{from domain}>`: a retry of the same outbox row sends the
     /// same id, so duplicates can be recognised downstream.
     #[instrument(skip_all, fields(mail.kind = mail.kind.as_str(), outbox.id = mail.outbox_id.as_str()))]
-    pub async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
+    pub async fn send(&self, mail: &OutgoingMail) -> Result<(), Error> {
         let message = self.build(mail)?;
         // lettre bounds only the connect with its timeout; a server that accepts and then
         // stays silent would hold the worker forever.
         let sent = match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Ok(sent) => sent,
             Err(_) => {
-                let error = MailError::Transient {
+                let error = Error::Transient {
                     code: None,
                     reason: format!("no complete SMTP exchange within {:?}", self.timeout),
                 };
@@ -291,7 +206,7 @@ impl Mailer {
                 Ok(())
             }
             Err(e) => {
-                let error = MailError::from_smtp(&e);
+                let error = smtp_error(&e);
                 tracing::warn!(
                     smtp.server = %self.server,
                     mail.transient = error.is_transient(),
@@ -305,13 +220,13 @@ impl Mailer {
 
     /// The message as it would be sent (tests and previews). Holds the code.
     #[instrument(skip_all)]
-    pub fn build(&self, mail: &OutgoingMail) -> Result<Message, MailError> {
+    pub fn build(&self, mail: &OutgoingMail) -> Result<Message, Error> {
         // The link goes into an href: only a web URL may (never `javascript:` and co).
         let url = mail.link.url.as_str();
         if !(url.starts_with("https://") || url.starts_with("http://"))
             || url.chars().any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(MailError::InvalidMessage(
+            return Err(Error::InvalidMessage(
                 "the download link is not an http(s) URL".into(),
             ));
         }
@@ -330,7 +245,22 @@ impl Mailer {
                 String::clone(&rendered.text),
                 String::clone(&rendered.html),
             ))
-            .map_err(|e| MailError::InvalidMessage(e.to_string()))
+            .map_err(|e| Error::InvalidMessage(e.to_string()))
+    }
+}
+
+/// A failed SMTP exchange as an [`Error`]: [`Error::Transient`] unless the server's
+/// answer says retrying cannot help.
+fn smtp_error(e: &lettre::transport::smtp::Error) -> Error {
+    let code = e.status().map(u16::from);
+    let reason = e.to_string();
+    let auth_failure = matches!(code, Some(530 | 534 | 535 | 538));
+    if e.is_permanent() && !auth_failure {
+        Error::Permanent { code, reason }
+    } else {
+        // 4xx, timeouts, refused or broken connections, TLS, authentication: all may
+        // pass without changing the mail.
+        Error::Transient { code, reason }
     }
 }
 
@@ -343,38 +273,35 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Reads the SMTP password: the file's first line, without its line ending.
-fn read_password(path: &Path) -> Result<SecretString, MailSetupError> {
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| MailSetupError::File {
-                what: "password_file",
-                path: path.to_owned(),
-                source,
-            })?,
-        );
+fn read_password(path: &Path) -> Result<SecretString, Error> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|source| Error::SmtpFile {
+            what: "password_file",
+            path: path.to_owned(),
+            source,
+        })?,
+    );
     let line = text.lines().next().unwrap_or_default();
     if line.is_empty() || line.chars().any(char::is_control) {
-        return Err(MailSetupError::InvalidCredential("password"));
+        return Err(Error::SmtpInvalidCredential("password"));
     }
     Ok(SecretString::from(line.to_owned()))
 }
 
 /// Reads every PEM certificate of `path`.
-fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, MailSetupError> {
-    let pem = std::fs::read(path).map_err(|source| MailSetupError::File {
+fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::SmtpFile {
         what: "ca_file",
         path: path.to_owned(),
         source,
     })?;
     let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|_| MailSetupError::CaFile(path.to_owned()))?;
+        .map_err(|_| Error::SmtpCaFile(path.to_owned()))?;
     if ders.is_empty() {
-        return Err(MailSetupError::CaFile(path.to_owned()));
+        return Err(Error::SmtpCaFile(path.to_owned()));
     }
     ders.into_iter()
-        .map(|der| {
-            Certificate::from_der(der.to_vec()).map_err(|e| MailSetupError::Tls(e.to_string()))
-        })
+        .map(|der| Certificate::from_der(der.to_vec()).map_err(|e| Error::SmtpTls(e.to_string())))
         .collect()
 }

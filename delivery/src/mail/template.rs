@@ -14,10 +14,12 @@ use time::macros::format_description;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::header::{DisplayName, HeaderError, MailAddress};
+use super::header::{DisplayName, MailAddress};
+use crate::Error;
 use crate::presign::PresignedLink;
 
-/// Which mail: it selects the template and is part of the `Message-ID`.
+/// Which mail: it selects the template and is part of the `Message-ID`. The gateway's
+/// outbox stores it too, by its [`MailKind::as_str`] name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MailKind {
     /// The first code of a new tenant.
@@ -27,12 +29,21 @@ pub enum MailKind {
 }
 
 impl MailKind {
-    /// The stable name used in `Message-ID`s and metrics.
+    /// Every kind, in declaration order.
+    pub const ALL: [MailKind; 2] = [MailKind::Registration, MailKind::Reissue];
+
+    /// The stable name used in `Message-ID`s, metrics, audit details and the gateway's
+    /// `mail_outbox.kind` column: changing one breaks stored rows.
     pub fn as_str(self) -> &'static str {
         match self {
             MailKind::Registration => "registration",
             MailKind::Reissue => "reissue",
         }
+    }
+
+    /// The kind whose [`MailKind::as_str`] name is `name`, if any.
+    pub fn from_name(name: &str) -> Option<MailKind> {
+        MailKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -44,7 +55,7 @@ pub struct DeliveryId(String);
 impl DeliveryId {
     /// From any identifier whose text form is 1–64 of `A-Z a-z 0-9 - _` (a UUID, an
     /// integer).
-    pub fn new(id: impl fmt::Display) -> Result<DeliveryId, HeaderError> {
+    pub fn new(id: impl fmt::Display) -> Result<DeliveryId, Error> {
         let s = id.to_string();
         if s.is_empty()
             || s.len() > 64
@@ -52,7 +63,7 @@ impl DeliveryId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(HeaderError::InvalidDeliveryId);
+            return Err(Error::InvalidDeliveryId);
         }
         Ok(DeliveryId(s))
     }
@@ -337,6 +348,17 @@ mod tests {
         assert!(!dbg.contains(code.as_str()), "{dbg}");
         assert!(!dbg.contains(&code[11..]), "{dbg}");
         assert!(!dbg.contains("X-Amz-Signature"), "{dbg}");
+    }
+
+    #[test]
+    fn kind_names_are_stable_and_round_trip() {
+        assert_eq!(MailKind::Registration.as_str(), "registration");
+        assert_eq!(MailKind::Reissue.as_str(), "reissue");
+        for kind in MailKind::ALL {
+            assert_eq!(MailKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(MailKind::from_name("Registration"), None);
+        assert_eq!(MailKind::from_name(""), None);
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use alga_delivery::Error;
 use alga_delivery::mail::{
-    DeliveryId, DisplayName, HeaderError, MailAddress, MailError, MailKind, MailSetupError, Mailer,
-    OutgoingMail, Sender, SmtpConfig, SmtpSecurity, html_escape, validate_header_text,
+    DeliveryId, DisplayName, MailAddress, MailKind, Mailer, OutgoingMail, Sender, SmtpConfig,
+    SmtpSecurity, html_escape, validate_header_text,
 };
 use alga_delivery::presign::PresignedLink;
 use alga_protocol::{CodeId, InstallCode};
@@ -417,7 +418,7 @@ async fn hostile_input_is_refused_before_any_smtp_traffic() -> Result<()> {
     }
     assert!(matches!(
         DisplayName::parse("contact.name", "Ada\r\nBcc: x@evil.test"),
-        Err(HeaderError::ControlCharacter { position: 4, .. })
+        Err(Error::ControlCharacter { position: 4, .. })
     ));
     // Nothing could be built, so nothing reached the server.
     assert!(server.messages()?.is_empty());
@@ -457,7 +458,7 @@ async fn smtp_4xx_is_transient_and_5xx_is_permanent() -> Result<()> {
     assert!(
         matches!(
             err,
-            MailError::Transient {
+            Error::Transient {
                 code: Some(451),
                 ..
             }
@@ -476,7 +477,7 @@ async fn smtp_4xx_is_transient_and_5xx_is_permanent() -> Result<()> {
     assert!(
         matches!(
             err,
-            MailError::Permanent {
+            Error::Permanent {
                 code: Some(550),
                 ..
             }
@@ -601,30 +602,24 @@ fn setup_refuses_weak_or_incomplete_configurations() -> Result<()> {
     plain_auth.password_file = Some(password.clone());
     assert!(matches!(
         Mailer::new(&plain_auth),
-        Err(MailSetupError::CredentialsWithoutTls)
+        Err(Error::SmtpCredentialsWithoutTls)
     ));
 
     let mut half = smtp_config(465, SmtpSecurity::Tls);
     half.username = Some("mailer".into());
     assert!(matches!(
         Mailer::new(&half),
-        Err(MailSetupError::IncompleteCredentials)
+        Err(Error::SmtpIncompleteCredentials)
     ));
 
     let mut missing = smtp_config(465, SmtpSecurity::Tls);
     missing.username = Some("mailer".into());
     missing.password_file = Some(dir.path().join("absent"));
-    assert!(matches!(
-        Mailer::new(&missing),
-        Err(MailSetupError::File { .. })
-    ));
+    assert!(matches!(Mailer::new(&missing), Err(Error::SmtpFile { .. })));
 
     let mut bad_ca = smtp_config(465, SmtpSecurity::Tls);
     bad_ca.ca_file = Some(password.clone());
-    assert!(matches!(
-        Mailer::new(&bad_ca),
-        Err(MailSetupError::CaFile(_))
-    ));
+    assert!(matches!(Mailer::new(&bad_ca), Err(Error::SmtpCaFile(_))));
 
     let mut good = smtp_config(465, SmtpSecurity::Tls);
     good.username = Some("mailer".into());
@@ -647,7 +642,7 @@ fn only_web_links_go_into_a_mail() -> Result<()> {
         let mut mail = outgoing(MailKind::Registration, "Ada", "Acme", "ada@example.com");
         mail.link.url = url.into();
         assert!(
-            matches!(mailer.build(&mail), Err(MailError::InvalidMessage(_))),
+            matches!(mailer.build(&mail), Err(Error::InvalidMessage(_))),
             "{url:?}"
         );
     }
@@ -766,7 +761,7 @@ async fn smtp_auth_over_starttls_authenticates() -> Result<()> {
     assert!(
         matches!(
             err,
-            MailError::Transient {
+            Error::Transient {
                 code: Some(535),
                 ..
             }

@@ -1,7 +1,8 @@
 //! Presigned links: AWS's published example reproduced exactly, the clamping rules, and
 //! a real S3-compatible server (alga-dev-s3: s3s, which validates SigV4) accepting and refusing.
 
-use alga_delivery::presign::{MAX_LINK_TTL, PresignError, Presigner, S3Config, S3Credentials};
+use alga_delivery::Error;
+use alga_delivery::presign::{MAX_LINK_TTL, Presigner, S3Config, S3Credentials};
 use anyhow::{Context, Result};
 use secrecy::SecretString;
 use time::macros::datetime;
@@ -123,10 +124,7 @@ fn ttl_is_clamped_to_the_credentials_expiry_and_the_token_is_signed_in() {
         let err = presigner
             .presign(at, Duration::hours(1))
             .expect_err("credentials expired");
-        assert!(
-            matches!(err, PresignError::CredentialsExpired { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, Error::S3CredentialsExpired { .. }), "{err:?}");
     }
 }
 
@@ -141,7 +139,7 @@ fn presign_until_is_presign_with_the_difference() {
     assert_eq!(a.expires_at, until);
     assert!(matches!(
         p.presign_until(until, now),
-        Err(PresignError::InvalidTtl)
+        Err(Error::InvalidTtl)
     ));
 }
 
@@ -155,7 +153,7 @@ fn non_positive_ttl_is_refused() {
     ] {
         assert!(matches!(
             p.presign(OffsetDateTime::now_utc(), ttl),
-            Err(PresignError::InvalidTtl)
+            Err(Error::InvalidTtl)
         ));
     }
 }
@@ -189,10 +187,7 @@ fn credentials_come_from_the_configured_file_and_never_show() -> Result<()> {
 
     cfg.credentials_file = Some(dir.path().join("missing"));
     let err = Presigner::from_config(&cfg).expect_err("missing file");
-    assert!(
-        matches!(err, PresignError::CredentialsFile { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::S3CredentialsFile { .. }), "{err:?}");
     Ok(())
 }
 
@@ -349,9 +344,6 @@ fn temporary_credentials_running_short_are_reloaded_from_their_file() -> Result<
     let err = presigner
         .presign(datetime!(2030-01-01 18:00:00 UTC), Duration::hours(1))
         .expect_err("expired");
-    assert!(
-        matches!(err, PresignError::CredentialsExpired { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::S3CredentialsExpired { .. }), "{err:?}");
     Ok(())
 }

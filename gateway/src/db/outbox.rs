@@ -6,22 +6,9 @@ use uuid::Uuid;
 
 use super::{DbError, GenericClient};
 
-/// Why a mail is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailKind {
-    Registration,
-    Reissue,
-}
-
-impl MailKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MailKind::Registration => "registration",
-            MailKind::Reissue => "reissue",
-        }
-    }
-}
+/// Why a mail is sent: `alga_delivery`'s kind, stored as its `as_str` name
+/// (`registration`, `reissue`).
+pub use alga_delivery::MailKind;
 
 /// A stored mail's status.
 #[derive(Debug, Clone)]
@@ -207,11 +194,8 @@ pub async fn release_reserved(c: &impl GenericClient, mail_id: Uuid) -> Result<b
 
 fn due_mail(r: &tokio_postgres::Row) -> Result<DueMail, DbError> {
     let kind: String = r.get(1);
-    let kind = match kind.as_str() {
-        "registration" => MailKind::Registration,
-        "reissue" => MailKind::Reissue,
-        other => return Err(super::corrupt("mail_outbox.kind", other)),
-    };
+    let kind =
+        MailKind::from_name(&kind).ok_or_else(|| super::corrupt("mail_outbox.kind", &kind))?;
     let code_id: String = r.get(7);
     let kv: i32 = r.get(11);
     Ok(DueMail {
