@@ -25,6 +25,7 @@
 pub mod admin;
 mod ca;
 pub mod error;
+mod mechanism;
 mod objects;
 mod signer;
 mod token;
