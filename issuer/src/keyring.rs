@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -157,6 +158,19 @@ impl KeyInfo {
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
+
+/// DER SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) of a SEC1 point, checking
+/// that the point is on the curve.
+pub fn spki_from_sec1(point: &[u8]) -> Option<Vec<u8>> {
+    let key = p256::PublicKey::from_sec1_bytes(point).ok()?;
+    Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
+}
+
+/// The uncompressed SEC1 point of a P-256 SPKI.
+pub fn sec1_from_spki(spki: &[u8]) -> Option<Vec<u8>> {
+    let key = p256::PublicKey::from_public_key_der(spki).ok()?;
+    Some(p256::EncodedPoint::from(key).as_bytes().to_vec())
+}
 
 /// The DER SubjectPublicKeyInfo of a raw Ed25519 public key (RFC 8410).
 pub fn ed25519_spki(public_key: &[u8; 32]) -> Vec<u8> {

@@ -25,6 +25,7 @@
 pub mod admin;
 mod ca;
 pub mod error;
+mod mechanism;
 mod objects;
 mod signer;
 mod token;
@@ -221,8 +222,10 @@ impl Hsm {
     /// is per application) and, in SoftHSM, invalidates the cached handles of private
     /// objects. The workers' next jobs then fail with "user not logged in" or "object
     /// handle invalid" and must recover by themselves. (cryptoki 0.12 has no safe
-    /// `C_CloseAllSessions`, and this crate forbids `unsafe`.) Never call it in
-    /// production code.
+    /// `C_CloseAllSessions`, and this crate forbids `unsafe`.) Built only with the
+    /// `fault-injection` feature, which only dev-dependencies enable: a release build
+    /// has no such function.
+    #[cfg(feature = "fault-injection")]
     pub fn invalidate_sessions_for_test(&self) -> Result<(), HsmError> {
         let token = &self.inner.token;
         let session = token

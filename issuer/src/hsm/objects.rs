@@ -31,23 +31,25 @@
 //! identifies the key (the same key always gives the same value, another key a
 //! different one) without revealing anything usable about it: the published value is
 //! a hash of a PRF output, never a raw MAC.
+//!
+//! Dependencies: this module signs through `mechanism` and certifies the root and CA
+//! keys it creates with `signer`'s `SessionSigner`; neither of those uses it back.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{
     Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
 };
 use cryptoki::session::Session;
-use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
+use super::mechanism::{ecdsa_sign, hmac_sha256};
+use super::signer::SessionSigner;
 use crate::keyring::{
     CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, LicenseEndorsement, RootCertificate,
-    ed25519_from_spki, ed25519_spki,
+    ed25519_from_spki, ed25519_spki, sec1_from_spki, spki_from_sec1,
 };
 
 /// `CKA_APPLICATION` of the creation records.
@@ -136,62 +138,6 @@ pub(crate) fn find_signing_key(
         ObjectClass::SECRET_KEY
     };
     find_object(session, class, &kid(kind, version))?.ok_or(HsmError::UnknownKey { kind, version })
-}
-
-/// ECDSA P-256 over a digest (`CKM_ECDSA`): raw `r‖s`.
-pub(crate) fn ecdsa_sign(
-    session: &Session,
-    key: ObjectHandle,
-    digest: &[u8; 32],
-) -> Result<[u8; 64], HsmError> {
-    let sig = session
-        .sign(&Mechanism::Ecdsa, key, digest)
-        .map_err(map_cryptoki)?;
-    sig.try_into()
-        .map_err(|sig: Vec<u8>| HsmError::UnexpectedOutput {
-            operation: "C_Sign(CKM_ECDSA)",
-            reason: format!("{} bytes instead of 64", sig.len()),
-        })
-}
-
-/// Ed25519 over the whole message (`CKM_EDDSA` without parameters: pure Ed25519, no
-/// pre-hash, no context): the 64-byte `R‖S`.
-pub(crate) fn eddsa_sign(
-    session: &Session,
-    key: ObjectHandle,
-    message: &[u8],
-) -> Result<[u8; 64], HsmError> {
-    let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-    let sig = session
-        .sign(&mechanism, key, message)
-        .map_err(map_cryptoki)?;
-    sig.try_into()
-        .map_err(|sig: Vec<u8>| HsmError::UnexpectedOutput {
-            operation: "C_Sign(CKM_EDDSA)",
-            reason: format!("{} bytes instead of 64", sig.len()),
-        })
-}
-
-/// HMAC-SHA256 (`CKM_SHA256_HMAC`): the buffer cryptoki filled, wrapped in
-/// [`Zeroizing`] as it comes back (never copied into a plain array or vector), 32
-/// bytes long.
-pub(crate) fn hmac_sha256(
-    session: &Session,
-    key: ObjectHandle,
-    data: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-    let mac = Zeroizing::new(
-        session
-            .sign(&Mechanism::Sha256Hmac, key, data)
-            .map_err(map_cryptoki)?,
-    );
-    if mac.len() != 32 {
-        return Err(HsmError::UnexpectedOutput {
-            operation: "C_Sign(CKM_SHA256_HMAC)",
-            reason: format!("{} bytes instead of 32", mac.len()),
-        });
-    }
-    Ok(mac)
 }
 
 /// The protection attributes of a key, as read back from the token.
@@ -325,19 +271,6 @@ pub fn ed25519_key_from_ec_point(ec_point: &[u8]) -> Option<[u8; 32]> {
         _ => return None,
     };
     raw.try_into().ok()
-}
-
-/// DER SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) of a SEC1 point, checking
-/// that the point is on the curve.
-pub fn spki_from_sec1(point: &[u8]) -> Option<Vec<u8>> {
-    let key = p256::PublicKey::from_sec1_bytes(point).ok()?;
-    Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
-}
-
-/// The uncompressed SEC1 point of a P-256 SPKI.
-pub fn sec1_from_spki(spki: &[u8]) -> Option<Vec<u8>> {
-    let key = p256::PublicKey::from_public_key_der(spki).ok()?;
-    Some(p256::EncodedPoint::from(key).as_bytes().to_vec())
 }
 
 /// Lower-case hex SHA-256.
@@ -527,7 +460,7 @@ impl RootSigner {
         ca_der: &[u8],
         created: &mut Created,
     ) -> Result<Vec<u8>, HsmError> {
-        let signer = super::signer::SessionSigner::new(session, self.handle, &self.spki)?;
+        let signer = SessionSigner::new(session, self.handle, &self.spki)?;
         let der = super::ca::certify_ca(&signer, &self.der, ca_der, version)?;
         let label = certified_label(&kid(KeyKind::ApplianceCa, version), self.version);
         store_certificate(session, &label, der.clone(), created)?;
@@ -958,7 +891,7 @@ pub(crate) fn create_key(
 
     if matches!(kind, KeyKind::ApplianceCa | KeyKind::Root) {
         let spki = public_key_spki.as_deref().unwrap_or_default();
-        let signer = super::signer::SessionSigner::new(session, handle, spki)?;
+        let signer = SessionSigner::new(session, handle, spki)?;
         let der = if kind == KeyKind::Root {
             super::ca::root_self_signed(&signer, spki, version, now)?
         } else {
@@ -988,6 +921,8 @@ pub(crate) fn create_key(
 
 #[cfg(test)]
 mod tests {
+    use p256::pkcs8::EncodePublicKey;
+
     use super::*;
 
     #[test]

@@ -11,6 +11,12 @@
 //!   async code. With [`super::Hsm`] the work itself runs on the HSM worker pool.
 //! - `SessionSigner` signs on a session the caller already holds: the key ceremonies
 //!   use it to self-sign a new CA certificate before any worker pool exists.
+//!
+//! Dependencies go one way: `objects` (the key ceremonies' objects) uses these
+//! signers to certify the root and CA keys it creates; this module needs nothing of
+//! `objects`, only the signing mechanism (`mechanism::ecdsa_sign`) and the key
+//! encodings of `keyring`. A signer is the lower layer: it turns one key handle into
+//! something rcgen can sign with, whatever object it is.
 
 use std::future::Future;
 use std::pin::pin;
@@ -25,8 +31,8 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use super::error::HsmError;
-use super::objects::{ecdsa_sign, sec1_from_spki};
-use crate::keyring::{KeyKind, KeyOps};
+use super::mechanism::ecdsa_sign;
+use crate::keyring::{KeyKind, KeyOps, sec1_from_spki};
 
 /// An appliance CA key version as an rcgen signing key, over any [`KeyOps`].
 ///

@@ -34,7 +34,8 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::error::{HsmError, map_cryptoki};
-use super::objects::{ecdsa_sign, eddsa_sign, find_signing_key, hmac_sha256, kid};
+use super::mechanism::{ecdsa_sign, eddsa_sign, hmac_sha256};
+use super::objects::{find_signing_key, kid};
 use super::token::Token;
 use crate::keyring::KeyKind;
 
