@@ -488,12 +488,7 @@ pub async fn healthz() -> Response {
 
 /// `GET /readyz`: the database and the issuer answer.
 pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
-    let db_ok = async {
-        let conn = app.pool.get().await.ok()?;
-        conn.simple_query("SELECT 1").await.ok()
-    }
-    .await
-    .is_some();
+    let db_ok = crate::db::ping(&app.pool).await.is_ok();
     let issuer_ok = app.issuer.health().await.is_ok();
     if db_ok && issuer_ok {
         Ok(

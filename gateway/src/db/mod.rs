@@ -11,6 +11,7 @@
 pub mod appliances;
 pub mod codes;
 pub mod idempotency;
+pub mod migrate;
 pub mod outbox;
 pub mod relayed;
 pub mod tenants;
@@ -133,6 +134,13 @@ pub async fn warm(pool: &Pool, min: usize) -> Result<usize, DbError> {
         Some(e) => Err(e.into()),
         None => Ok(held),
     }
+}
+
+/// Whether the database answers a trivial query on a pooled connection (`/readyz`).
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let conn = pool.get().await?;
+    conn.simple_query("SELECT 1").await?;
+    Ok(())
 }
 
 /// A stored enum value the schema constrains; anything else is corruption.
