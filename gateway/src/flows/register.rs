@@ -76,7 +76,7 @@ pub async fn register_tenant(
     idem: Option<Idempotency>,
 ) -> Result<Replayable, ApiError> {
     let first = match &idem {
-        Some(i) => replay(app, i).await,
+        Some(i) => replay(app, i, ctx.now).await,
         None => Ok(None),
     };
     let attempt = match first {
@@ -90,7 +90,7 @@ pub async fn register_tenant(
             // A concurrent request with the same key may have won the race.
             if let Some(i) = &idem
                 && !matches!(e, ApiError::IdempotencyConflict)
-                && let Ok(Some(r)) = replay(app, i).await
+                && let Ok(Some(r)) = replay(app, i, ctx.now).await
             {
                 return Ok(r);
             }
@@ -107,7 +107,12 @@ pub async fn register_tenant(
     }
 }
 
-async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiError> {
+/// The stored response to `i`, its mail status and link brought up to `now`.
+async fn replay(
+    app: &App,
+    i: &Idempotency,
+    now: time::OffsetDateTime,
+) -> Result<Option<Replayable>, ApiError> {
     let conn = app.pool.get().await.map_err(db::DbError::from)?;
     match db::idempotency::get(&conn, &i.caller, &i.key).await? {
         None => Ok(None),
@@ -124,7 +129,7 @@ async fn replay(app: &App, i: &Idempotency) -> Result<Option<Replayable>, ApiErr
                 });
             }
             if body.get("download").is_some() {
-                body["download"] = serde_json::to_value(fresh_link(app, &body["download"])?)
+                body["download"] = serde_json::to_value(fresh_link(app, &body["download"], now)?)
                     .map_err(ApiError::internal)?;
             }
             Ok(Some(Replayable {
@@ -148,9 +153,13 @@ fn storable(body: &serde_json::Value) -> serde_json::Value {
 
 /// A replay's link: presigned again until the stored expiry, or, once that has
 /// passed, for the policy's TTL from now (an expired link would be no answer).
-fn fresh_link(app: &App, stored: &serde_json::Value) -> Result<DownloadLink, ApiError> {
+fn fresh_link(
+    app: &App,
+    stored: &serde_json::Value,
+    now: time::OffsetDateTime,
+) -> Result<DownloadLink, ApiError> {
     // Whole seconds, as SigV4 signs them, so the link ends exactly at `until`.
-    let now = whole_seconds(time::OffsetDateTime::now_utc());
+    let now = whole_seconds(now);
     let until = stored["expires_at"]
         .as_str()
         .and_then(|t| {
@@ -249,7 +258,7 @@ async fn register_once(
         // connection goes back to the pool first: the replay takes its own.
         drop(tx);
         drop(conn);
-        return replay(app, i)
+        return replay(app, i, ctx.now)
             .await?
             .ok_or_else(|| ApiError::internal("idempotency record vanished"));
     }
