@@ -550,11 +550,7 @@ impl Refusals {
 pub const MAX_PAGE: i64 = 1000;
 
 fn page(after: Option<i64>, limit: Option<i64>) -> Result<(u64, u32), crate::error::ApiError> {
-    let bad = |f: &str, m: &str| {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(f.to_owned(), m.to_owned());
-        crate::error::ApiError::Validation(fields)
-    };
+    let bad = crate::error::ApiError::field;
     let after = u64::try_from(after.unwrap_or(0)).map_err(|_| bad("after", "must be 0 or more"))?;
     let limit = limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -573,12 +569,7 @@ pub async fn events(
 ) -> Result<EventsPage, crate::error::ApiError> {
     let (after_seq, limit) = page(after, limit)?;
     let action = action.map(Action::new).transpose().map_err(|_| {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(
-            "action".to_owned(),
-            "must be dotted lowercase words like code.redeem".to_owned(),
-        );
-        crate::error::ApiError::Validation(fields)
+        crate::error::ApiError::field("action", "must be dotted lowercase words like code.redeem")
     })?;
     let conn = pool.get().await.map_err(crate::db::DbError::from)?;
     let q = alga_audit::EventQuery {

@@ -148,6 +148,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// `validation_failed` on one field: `field` (a path such as `appliance.version`,
+    /// or a header or query name) and what is wrong with it.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Validation(BTreeMap::from([(field.into(), message.into())]))
+    }
+
     /// Wraps an internal failure; its detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         ApiError::Internal(detail.to_string())

@@ -24,7 +24,7 @@ use crate::flows::{
     check_in::Presented,
     register::Idempotency,
     reissue::{Replacement, TenantRef},
-    validate::{self, field_error},
+    validate,
 };
 
 use super::views;
@@ -81,7 +81,7 @@ fn reason(reason: Option<&str>) -> Result<Option<validate::Name>, ApiError> {
     reason
         .map(validate::Name::parse)
         .transpose()
-        .map_err(|m| field_error("reason", m))
+        .map_err(|m| ApiError::field("reason", m))
 }
 
 /// `POST /register-tenant` (store).
@@ -98,14 +98,9 @@ pub async fn register_tenant(
         let idem = match headers.get(IDEMPOTENCY_KEY) {
             None => None,
             Some(v) => {
-                let key = v.to_str().map_err(|_| {
-                    let mut f = BTreeMap::new();
-                    f.insert(
-                        "Idempotency-Key".to_owned(),
-                        "must be printable ASCII".to_owned(),
-                    );
-                    ApiError::Validation(f)
-                })?;
+                let key = v
+                    .to_str()
+                    .map_err(|_| ApiError::field("Idempotency-Key", "must be printable ASCII"))?;
                 let caller = peer.conn.identity.actor_id(&app.policy).unwrap_or_default();
                 Some(Idempotency::new(&caller, key, &body.raw)?)
             }
@@ -240,7 +235,7 @@ pub async fn change_entitlement(
     let ctx = peer.ctx(&app);
     let tenant_id = Uuid::try_parse(&tenant_id).map_err(|_| ApiError::TenantNotFound)?;
     let edition = body.and_then(|b| {
-        validate::edition(&app.policy, &b.value.edition).map_err(|m| field_error("edition", m))
+        validate::edition(&app.policy, &b.value.edition).map_err(|m| ApiError::field("edition", m))
     });
     let edition = match edition {
         Ok(e) => e,
@@ -446,9 +441,7 @@ pub async fn audit_keys(
 }
 
 pub(super) fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
-    let mut f = BTreeMap::new();
-    f.insert("query".to_owned(), e.body_text());
-    ApiError::Validation(f)
+    ApiError::field("query", e.body_text())
 }
 
 /// `GET /.well-known/jwks.json` (anyone).

@@ -215,11 +215,7 @@ async fn check_in_inner(
     csr_pem: Option<&str>,
     relayed: Option<&Relayed>,
 ) -> Result<CheckInResponse, ApiError> {
-    let version = Name::parse(version).map_err(|m| {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert("appliance.version".to_owned(), m.to_owned());
-        ApiError::Validation(f)
-    })?;
+    let version = Name::parse(version).map_err(|m| ApiError::field("appliance.version", m))?;
     let csr = csr_pem.map(Csr::parse).transpose()?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;

@@ -45,12 +45,10 @@ impl Idempotency {
             || key.len() > MAX_IDEMPOTENCY_KEY
             || !key.bytes().all(|b| (0x21..0x7f).contains(&b))
         {
-            let mut f = std::collections::BTreeMap::new();
-            f.insert(
-                "Idempotency-Key".to_owned(),
-                "must be 1 to 200 printable ASCII characters without spaces".to_owned(),
-            );
-            return Err(ApiError::Validation(f));
+            return Err(ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 200 printable ASCII characters without spaces",
+            ));
         }
         Ok(Idempotency {
             caller: caller.to_owned(),

@@ -169,14 +169,10 @@ async fn authenticate(
 
 fn refusal(e: RelayedError) -> ApiError {
     match e {
-        RelayedError::Format => {
-            let mut f = std::collections::BTreeMap::new();
-            f.insert(
-                "format".to_owned(),
-                format!("must be {}", offline::CHECK_IN_REQUEST_FORMAT),
-            );
-            ApiError::Validation(f)
-        }
+        RelayedError::Format => ApiError::field(
+            "format",
+            format!("must be {}", offline::CHECK_IN_REQUEST_FORMAT),
+        ),
         RelayedError::Malformed => ApiError::RelayedRejected("the request is malformed"),
         RelayedError::BadSignature => ApiError::RelayedRejected(
             "the signature does not verify with the appliance's certificate",
