@@ -2,6 +2,13 @@
 
 use super::{DbError, GenericClient};
 
+const GET: &str = "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+     WHERE caller = $1 AND key = $2";
+
+/// This module's statements on the flows' hot paths, by name: `tests/it/explain.rs`
+/// checks the plan of each against a seeded registry.
+pub(super) const HOT: &[(&str, &str)] = &[("idempotency lookup", GET)];
+
 /// A stored response.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -17,14 +24,7 @@ pub async fn get(
     key: &str,
 ) -> Result<Option<Stored>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(
-                "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-             WHERE caller = $1 AND key = $2",
-            )
-            .await?,
-            &[&caller, &key],
-        )
+        .query_opt(&c.prepare_cached(GET).await?, &[&caller, &key])
         .await?;
     row.map(|r| {
         let status: i16 = r.get(1);
