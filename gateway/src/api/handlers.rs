@@ -112,8 +112,10 @@ pub async fn register_tenant(
         Err(e) => return Err(refused(&app, &peer, audit_actions::TENANT_REGISTER, e).await),
     };
     let r = flows::register::register_tenant(&app, &ctx, reg, idem).await?;
-    let status = StatusCode::from_u16(r.status).map_err(ApiError::internal)?;
-    Ok((status, Json(r.body)).into_response())
+    // Through a `Value`, whose keys serialize sorted: the bytes this route has always
+    // sent (a reissue's `code` has the struct's order).
+    let body = serde_json::to_value(views::code_issued(r)).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `POST /install-codes/reissue` (store).
@@ -160,7 +162,7 @@ pub async fn reissue(
         Err(e) => return Err(refused(&app, &peer, audit_actions::CODE_REISSUE, e).await),
     };
     let r = flows::reissue::reissue(&app, &ctx, target, replacement).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok((StatusCode::CREATED, Json(views::reissued(r))).into_response())
 }
 
 /// `POST /register` (appliance, no client certificate needed). A body that is not a
@@ -185,7 +187,7 @@ pub async fn redeem(
         }
     };
     let r = flows::redeem::redeem(&app, &ctx, &req.install_code, &req.csr, &req.appliance).await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(views::redeemed(r, &app.check_in_url))).into_response())
 }
 
 /// `POST /check-in` (appliance credential).
@@ -211,7 +213,7 @@ pub async fn check_in(
         None,
     )
     .await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(views::checked_in(r))).into_response())
 }
 
 /// `GET /tenants/{tenant_id}` (store, auditor).

@@ -34,5 +34,5 @@ pub async fn check_in_relayed(
         }
     };
     let r = flows::relayed::check_in(&app, ctx, &req).await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(super::views::checked_in(r))).into_response())
 }

@@ -47,7 +47,7 @@
 
 use alga_audit::record::RecordBuilder;
 use alga_protocol::ApplianceIdentity;
-use alga_protocol::api::{CheckInResponse, Credential, License};
+use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
 use futures::future::OptionFuture;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -68,6 +68,18 @@ use crate::error::ApiError;
 /// the credential is valid; `alga-appliance` drops it on `license: null` (it becomes an
 /// essentials appliance) and is upgraded with a re-issued code.
 pub const UNLICENSED_CHECK_IN_INTERVAL: time::Duration = time::Duration::hours(24);
+
+/// A check-in's outcome: what the issuer signed, and when to come back.
+#[derive(Debug, Clone)]
+pub struct CheckedIn {
+    /// The tenant's edition now.
+    pub edition: String,
+    /// `None` when that edition has no license (nothing is signed then).
+    pub license: Option<SignedLicense>,
+    /// A new credential, when renewal was due and a CSR came with the request.
+    pub credential: Option<SignedCredential>,
+    pub next_check_in_after: OffsetDateTime,
+}
 
 /// The presented credential: its serial and validity.
 #[derive(Debug, Clone)]
@@ -179,7 +191,7 @@ pub async fn check_in(
     version: &str,
     csr_pem: Option<&str>,
     relayed: Option<&Relayed>,
-) -> Result<CheckInResponse, ApiError> {
+) -> Result<CheckedIn, ApiError> {
     let result = check_in_inner(app, ctx, id, &presented, version, csr_pem, relayed).await;
     if let Err(e @ ApiError::RelayedReplayed) = &result {
         // Anyone holding a copy of an accepted request can submit it again, as often
@@ -214,7 +226,7 @@ async fn check_in_inner(
     version: &str,
     csr_pem: Option<&str>,
     relayed: Option<&Relayed>,
-) -> Result<CheckInResponse, ApiError> {
+) -> Result<CheckedIn, ApiError> {
     let version = Name::parse(version).map_err(|m| ApiError::field("appliance.version", m))?;
     let csr = csr_pem.map(Csr::parse).transpose()?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
@@ -287,8 +299,8 @@ async fn check_in_inner(
         )?;
         tx.commit().await.map_err(db::DbError::from)?;
         tracing::info!(edition = %edition.name, "appliance checked in: no license for its edition");
-        return Ok(CheckInResponse {
-            edition: Some(edition.name.clone()),
+        return Ok(CheckedIn {
+            edition: edition.name.clone(),
             license: None,
             credential: None,
             next_check_in_after: ctx.now + UNLICENSED_CHECK_IN_INTERVAL,
@@ -359,17 +371,10 @@ async fn check_in_inner(
         credential = standing.as_str(),
         "appliance checked in"
     );
-    Ok(CheckInResponse {
-        edition: Some(edition.name.clone()),
-        license: Some(License {
-            token: signed.token,
-            expires_at: signed.expires_at,
-        }),
-        credential: renewed.map(|c| Credential {
-            certificate: c.certificate_pem,
-            chain: c.chain_pem,
-            expires_at: c.expires_at,
-        }),
+    Ok(CheckedIn {
+        edition: edition.name.clone(),
+        license: Some(signed),
+        credential: renewed,
         next_check_in_after: ctx.now + paid.check_in_interval,
     })
 }

@@ -33,7 +33,7 @@
 
 use std::sync::atomic::Ordering;
 
-use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
+use alga_protocol::api::ApplianceInfo;
 use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
 use alga_protocol::{CodeBinding, CodeId, InstallCode, SecretText};
 use time::OffsetDateTime;
@@ -50,6 +50,18 @@ use crate::db::codes::{CodeRow, CodeState};
 use crate::db::{self, appliances, tenants};
 use crate::error::ApiError;
 
+/// A redeemed code's outcome: the appliance, and, for a paid edition, what the issuer
+/// signed for it.
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    pub tenant_id: Uuid,
+    /// The tenant's edition now, which the license carries.
+    pub edition: String,
+    pub appliance_id: Uuid,
+    /// The license and credential; `None` for an edition without a license.
+    pub signed: Option<(SignedLicense, SignedCredential)>,
+}
+
 /// Redeems a code. `install_code` is the operator's input, untouched.
 #[instrument(skip_all, fields(code.id = tracing::field::Empty, tenant.id = tracing::field::Empty))]
 pub async fn redeem(
@@ -58,7 +70,7 @@ pub async fn redeem(
     install_code: &SecretText,
     csr_pem: &str,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, ApiError> {
+) -> Result<Redeemed, ApiError> {
     let (code, csr) = match checked_input(app, ctx, install_code, csr_pem, appliance) {
         Ok(input) => input,
         Err(e) => {
@@ -149,7 +161,7 @@ async fn verify_and_consume(
     code: InstallCode,
     csr: &Csr,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, (ApiError, Option<Uuid>)> {
+) -> Result<Redeemed, (ApiError, Option<Uuid>)> {
     let code_id = code.code_id().clone();
     let row = {
         let conn = app
@@ -198,7 +210,7 @@ async fn consume(
     row: &CodeRow,
     csr: &Csr,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, ApiError> {
+) -> Result<Redeemed, ApiError> {
     let b = &row.binding;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
@@ -327,27 +339,11 @@ async fn consume(
         retry = reason == LicenseReason::RedeemRetry, replaced = ?replaced,
         "install code redeemed"
     );
-    let (license, credential) = signed
-        .map(|(l, c)| {
-            let license = License {
-                token: l.token,
-                expires_at: l.expires_at,
-            };
-            let credential = Credential {
-                certificate: c.certificate_pem,
-                chain: c.chain_pem,
-                expires_at: c.expires_at,
-            };
-            (license, credential)
-        })
-        .unzip();
-    Ok(RedeemResponse {
+    Ok(Redeemed {
         tenant_id: b.tenant_id,
         edition: edition.name.clone(),
         appliance_id,
-        license,
-        credential,
-        check_in_url: edition.is_paid().then(|| app.check_in_url.clone()),
+        signed,
     })
 }
 

@@ -23,7 +23,6 @@
 //! each must not add a record. Past 4, the check-in's own audit record is written,
 //! success or failure, with `relayed: true`.
 
-use alga_protocol::api::CheckInResponse;
 use alga_protocol::offline::{self, RelayedCheckIn, RelayedError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -32,7 +31,7 @@ use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::Ctx;
-use super::check_in::{self, Presented};
+use super::check_in::{self, CheckedIn, Presented};
 use crate::App;
 use crate::audit::actions;
 use crate::auth::{ClientIdentity, TrustSets};
@@ -57,7 +56,7 @@ pub async fn check_in(
     app: &App,
     mut ctx: Ctx,
     req: &RelayedCheckIn,
-) -> Result<CheckInResponse, ApiError> {
+) -> Result<CheckedIn, ApiError> {
     let authenticated = match authenticate(app, &ctx, req).await {
         Ok(a) => a,
         Err(e) => {
