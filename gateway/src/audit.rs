@@ -234,7 +234,7 @@ pub async fn append_refusal(
     if ctx.actor_id.is_some() {
         append_failure(pool, pending, ctx.record(action).map(record), error_code).await;
     } else {
-        refusals.count(action, error_code, None, ctx.source, ctx.now);
+        refusals.count_request(ctx, action, error_code);
     }
 }
 
@@ -374,6 +374,12 @@ impl Refusals {
 
     fn window_of(&self, now: OffsetDateTime) -> i64 {
         now.unix_timestamp().div_euclid(self.window_secs) * self.window_secs
+    }
+
+    /// Counts one refusal of `action` with `error_code` of the request of `ctx` (its
+    /// source, at its `now`; no route: the action names it).
+    pub fn count_request(&self, ctx: &Ctx, action: &'static str, error_code: &'static str) {
+        self.count(action, error_code, None, ctx.source, ctx.now);
     }
 
     /// Counts one refusal of `action` with `error_code` from `source` at `now`.

@@ -165,6 +165,20 @@ pub async fn reissue(
     Ok((StatusCode::CREATED, Json(views::reissued(r))).into_response())
 }
 
+/// The body of a route whose caller is not established yet (`/register`,
+/// `/check-in/relayed`); one that does not parse is counted in the refusal summary as a
+/// refusal of `action`.
+pub(super) fn counted_body<T>(
+    app: &crate::App,
+    ctx: &flows::Ctx,
+    action: &'static str,
+    body: Result<ApiJson<T>, ApiError>,
+) -> Result<T, ApiError> {
+    body.map(|b| b.value).inspect_err(|e| {
+        app.refusals.count_request(ctx, action, e.code());
+    })
+}
+
 /// `POST /register` (appliance, no client certificate needed). A body that is not a
 /// redeem request is refused before the flow, counted in the refusal summary.
 pub async fn redeem(
@@ -173,19 +187,7 @@ pub async fn redeem(
     body: Result<ApiJson<RedeemRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let req = match body {
-        Ok(b) => b.value,
-        Err(e) => {
-            app.refusals.count(
-                audit_actions::CODE_REDEEM,
-                e.code(),
-                None,
-                ctx.source,
-                ctx.now,
-            );
-            return Err(e);
-        }
-    };
+    let req = counted_body(&app, &ctx, audit_actions::CODE_REDEEM, body)?;
     let r = flows::redeem::redeem(&app, &ctx, &req.install_code, &req.csr, &req.appliance).await?;
     Ok((StatusCode::OK, Json(views::redeemed(r, &app.check_in_url))).into_response())
 }
@@ -203,11 +205,7 @@ pub async fn check_in(
         &app,
         &ctx,
         credential.id,
-        Presented {
-            serial: credential.serial.clone(),
-            not_before: credential.not_before,
-            not_after: credential.not_after,
-        },
+        Presented::of(credential),
         &req.appliance.version,
         req.csr.as_deref(),
         None,

@@ -91,6 +91,17 @@ pub struct Presented {
 }
 
 impl Presented {
+    /// What an authenticated appliance certificate presents (over mTLS or relayed).
+    pub fn of(c: &crate::auth::ApplianceCredential) -> Presented {
+        Presented {
+            serial: c.serial.clone(),
+            not_before: c.not_before,
+            not_after: c.not_after,
+        }
+    }
+}
+
+impl Presented {
     /// Whether less than a third of the lifetime is left at `now`.
     pub fn needs_renewal(&self, now: OffsetDateTime) -> bool {
         let lifetime = self.not_after - self.not_before;
@@ -197,13 +208,8 @@ pub async fn check_in(
         // Anyone holding a copy of an accepted request can submit it again, as often
         // as they like: counted in the refusal summary, not one record each, so that
         // replays cannot grow the log without bound.
-        app.refusals.count(
-            actions::APPLIANCE_CHECK_IN,
-            e.code(),
-            None,
-            ctx.source,
-            ctx.now,
-        );
+        app.refusals
+            .count_request(ctx, actions::APPLIANCE_CHECK_IN, e.code());
     } else if let Err(e) = &result {
         let record = ctx.record(actions::APPLIANCE_CHECK_IN).map(|r| {
             mark_relayed(

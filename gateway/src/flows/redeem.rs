@@ -80,7 +80,7 @@ pub async fn redeem(
             // Refused before the code was verified: counted, not recorded one by one.
             app.metrics.redeem_outcome(e.code());
             app.refusals
-                .count(actions::CODE_REDEEM, e.code(), None, ctx.source, ctx.now);
+                .count_request(ctx, actions::CODE_REDEEM, e.code());
             return Err(e);
         }
     };

@@ -60,13 +60,8 @@ pub async fn check_in(
     let authenticated = match authenticate(app, &ctx, req).await {
         Ok(a) => a,
         Err(e) => {
-            app.refusals.count(
-                actions::APPLIANCE_CHECK_IN,
-                e.code(),
-                None,
-                ctx.source,
-                ctx.now,
-            );
+            app.refusals
+                .count_request(&ctx, actions::APPLIANCE_CHECK_IN, e.code());
             return Err(e);
         }
     };
@@ -82,11 +77,7 @@ pub async fn check_in(
         app,
         &ctx,
         credential.id,
-        Presented {
-            serial: credential.serial.clone(),
-            not_before: credential.not_before,
-            not_after: credential.not_after,
-        },
+        Presented::of(&credential),
         &payload.check_in.appliance.version,
         payload.check_in.csr.as_deref(),
         Some(&relayed),
