@@ -29,16 +29,10 @@ use time::OffsetDateTime;
 
 pub use alga_audit::actions;
 
-/// Why an audit record could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// The record is invalid (a name, a length, the secret guard).
-    #[error("audit record: {0}")]
-    Record(String),
-    /// The append failed in the database.
-    #[error("audit append: {0}")]
-    Append(String),
-}
+/// Why an audit record could not be written: the library's
+/// [`Error`](crate::error::Error) (`AuditRecord`, `AuditAppend`), under the name this
+/// module uses.
+pub type AuditError = crate::error::Error;
 
 /// Who is acting and on which request: the common part of every record.
 #[derive(Debug, Clone)]
@@ -59,7 +53,7 @@ impl Ctx {
         match (self.actor_role, &self.actor_id) {
             ("anonymous", _) | (_, None) => Ok(Actor::anonymous()),
             (role, Some(id)) => {
-                Actor::new(role, Some(id)).map_err(|e| AuditError::Record(e.to_string()))
+                Actor::new(role, Some(id)).map_err(|e| AuditError::AuditRecord(e.to_string()))
             }
         }
     }
@@ -72,7 +66,7 @@ impl Ctx {
 
     /// Starts a record of `action` with actor, request id and source filled in.
     pub fn record(&self, action: &str) -> Result<RecordBuilder, AuditError> {
-        let action = Action::new(action).map_err(|e| AuditError::Record(e.to_string()))?;
+        let action = Action::new(action).map_err(|e| AuditError::AuditRecord(e.to_string()))?;
         let r = NewRecord::builder(self.now, self.actor()?, action).request_id(&self.request_id);
         Ok(match self.source {
             Some(ip) => r.source(ip),
@@ -89,16 +83,16 @@ pub async fn append(
 ) -> Result<(), AuditError> {
     let record = record
         .build()
-        .map_err(|e| AuditError::Record(e.to_string()))?;
+        .map_err(|e| AuditError::AuditRecord(e.to_string()))?;
     alga_audit::append_cached(c, &record)
         .await
-        .map_err(|e| AuditError::Append(e.to_string()))?;
+        .map_err(|e| AuditError::AuditAppend(e.to_string()))?;
     Ok(())
 }
 
 /// Appends built records in a transaction of their own (all or none).
 async fn append_alone(pool: &Pool, records: &[NewRecord]) -> Result<(), AuditError> {
-    let append_error = |e: &dyn std::fmt::Display| AuditError::Append(e.to_string());
+    let append_error = |e: &dyn std::fmt::Display| AuditError::AuditAppend(e.to_string());
     let mut conn = pool.get().await.map_err(|e| append_error(&e))?;
     let tx = conn.transaction().await.map_err(|e| append_error(&e))?;
     for r in records {
@@ -120,7 +114,7 @@ pub async fn append_failure(
     let record = match record.and_then(|r| {
         r.failure(error_code)
             .build()
-            .map_err(|e| AuditError::Record(e.to_string()))
+            .map_err(|e| AuditError::AuditRecord(e.to_string()))
     }) {
         Ok(r) => r,
         // A bug (the names are ours): logged, never retried.
@@ -234,7 +228,7 @@ pub async fn append_refusal(
     if ctx.actor_id.is_some() {
         append_failure(pool, pending, ctx.record(action).map(record), error_code).await;
     } else {
-        refusals.count(action, error_code, None, ctx.source, ctx.now);
+        refusals.count_request(ctx, action, error_code);
     }
 }
 
@@ -376,6 +370,12 @@ impl Refusals {
         now.unix_timestamp().div_euclid(self.window_secs) * self.window_secs
     }
 
+    /// Counts one refusal of `action` with `error_code` of the request of `ctx` (its
+    /// source, at its `now`; no route: the action names it).
+    pub fn count_request(&self, ctx: &Ctx, action: &'static str, error_code: &'static str) {
+        self.count(action, error_code, None, ctx.source, ctx.now);
+    }
+
     /// Counts one refusal of `action` with `error_code` from `source` at `now`.
     pub fn count(
         &self,
@@ -474,12 +474,12 @@ impl Refusals {
 
     /// The summary record of one count, written at `now`.
     pub fn record(&self, c: &RefusalCount, now: OffsetDateTime) -> Result<NewRecord, AuditError> {
-        let action =
-            Action::new(actions::REFUSED_SUMMARY).map_err(|e| AuditError::Record(e.to_string()))?;
+        let action = Action::new(actions::REFUSED_SUMMARY)
+            .map_err(|e| AuditError::AuditRecord(e.to_string()))?;
         let window_start = OffsetDateTime::from_unix_timestamp(c.window_start)
-            .map_err(|e| AuditError::Record(e.to_string()))?
+            .map_err(|e| AuditError::AuditRecord(e.to_string()))?
             .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| AuditError::Record(e.to_string()))?;
+            .map_err(|e| AuditError::AuditRecord(e.to_string()))?;
         let mut r = NewRecord::builder(now, Actor::anonymous(), action)
             .failure(c.key.error_code)
             .detail("refused_action", c.key.action)
@@ -493,7 +493,8 @@ impl Refusals {
                 .detail("method", method.as_str())
                 .detail("route", route.as_str());
         }
-        r.build().map_err(|e| AuditError::Record(e.to_string()))
+        r.build()
+            .map_err(|e| AuditError::AuditRecord(e.to_string()))
     }
 
     /// Appends the summaries of the windows that have ended.
@@ -550,11 +551,7 @@ impl Refusals {
 pub const MAX_PAGE: i64 = 1000;
 
 fn page(after: Option<i64>, limit: Option<i64>) -> Result<(u64, u32), crate::error::ApiError> {
-    let bad = |f: &str, m: &str| {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(f.to_owned(), m.to_owned());
-        crate::error::ApiError::Validation(fields)
-    };
+    let bad = crate::error::ApiError::field;
     let after = u64::try_from(after.unwrap_or(0)).map_err(|_| bad("after", "must be 0 or more"))?;
     let limit = limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -573,12 +570,7 @@ pub async fn events(
 ) -> Result<EventsPage, crate::error::ApiError> {
     let (after_seq, limit) = page(after, limit)?;
     let action = action.map(Action::new).transpose().map_err(|_| {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(
-            "action".to_owned(),
-            "must be dotted lowercase words like code.redeem".to_owned(),
-        );
-        crate::error::ApiError::Validation(fields)
+        crate::error::ApiError::field("action", "must be dotted lowercase words like code.redeem")
     })?;
     let conn = pool.get().await.map_err(crate::db::DbError::from)?;
     let q = alga_audit::EventQuery {

@@ -1,10 +1,17 @@
-//! The one API error type: every failure a client can see, mapped to a stable code of
-//! DESIGN §5 and an HTTP status.
+//! The gateway's two error types: [`Error`], every failure of the library below the
+//! HTTP edge, and [`ApiError`], every failure a client can see, mapped to a stable code
+//! of DESIGN §5 and an HTTP status.
 //!
-//! Error policy (as crates.io writes at the top of its error module): library-style
-//! `thiserror` enums inside the crate, [`ApiError`] at the HTTP edge, `anyhow` only in
-//! `main.rs` and start-up. A 5xx response never carries internal detail: the detail is
-//! logged here, once, with the request's span, and the body says only "internal".
+//! Error policy (as crates.io writes at the top of its error module): one `thiserror`
+//! enum for the library ([`Error`]; the names `db::DbError` and `audit::AuditError`
+//! are it under the names their modules use), [`ApiError`] at the HTTP edge, `anyhow`
+//! only in `main.rs` and start-up. The issuer client keeps its own
+//! [`IssuerError`](crate::issuer_client::IssuerError): one answer of a coalesced
+//! license batch is cloned to every request waiting on it, and [`Error`] cannot be
+//! `Clone` (it holds the database driver's errors); flows map it straight to an
+//! [`ApiError`] (`flows::issuer_error`). A 5xx response never carries internal detail:
+//! the detail is logged here, once, with the request's span, and the body says only
+//! "internal".
 //!
 //! The body is rendered by the request-id middleware (`api::middleware`), which owns
 //! the request id: [`ApiError::into_response`] leaves a [`PendingError`] in the
@@ -18,6 +25,67 @@ use alga_protocol::api::error_code as code;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
+
+/// Every failure of the gateway library below the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No database connection could be had from the pool (database down or pool
+    /// exhausted).
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A database statement failed.
+    #[error("database: {}", describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    /// A row held a value the schema's CHECK constraints should have excluded, or a
+    /// stored value that does not parse.
+    #[error("unexpected stored value: {0}")]
+    Corrupt(String),
+    /// The database connection settings are wrong.
+    #[error("database configuration: {0}")]
+    DbConfig(String),
+    /// An audit record is invalid (a name, a length, the secret guard).
+    #[error("audit record: {0}")]
+    AuditRecord(String),
+    /// An audit record could not be appended in the database.
+    #[error("audit append: {0}")]
+    AuditAppend(String),
+    /// The audit log could not be read (the event feed's scan).
+    #[error("audit log: {0}")]
+    AuditLog(#[from] alga_audit::AuditError),
+    /// An event feed cursor is past the newest chained record: it was not written by
+    /// this log (or the database was restored from an older backup).
+    #[error("the cursor is beyond the end of the feed")]
+    FeedBeyondHead,
+    /// A file of `[tls]` could not be read or holds no usable certificate or key.
+    #[error("{path}: {message}")]
+    TlsFile { path: String, message: String },
+    /// The TLS configuration could not be built from those files.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+}
+
+/// The server's message and SQLSTATE when there is one (tokio-postgres' Display says
+/// only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
+impl Error {
+    /// Whether this is a unique-constraint violation named `constraint`.
+    pub fn is_unique_violation(&self, constraint: &str) -> bool {
+        match self {
+            Error::Query(e) => e.as_db_error().is_some_and(|d| {
+                d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    && d.constraint() == Some(constraint)
+            }),
+            _ => false,
+        }
+    }
+}
 
 /// Every error a client can receive.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +216,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// `validation_failed` on one field: `field` (a path such as `appliance.version`,
+    /// or a header or query name) and what is wrong with it.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Validation(BTreeMap::from([(field.into(), message.into())]))
+    }
+
     /// Wraps an internal failure; its detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         ApiError::Internal(detail.to_string())
@@ -277,21 +351,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> ApiError {
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
         match e {
-            crate::db::DbError::Pool(_) => {
+            Error::Pool(_) => {
                 tracing::error!(error.detail = %e, "database unavailable");
                 ApiError::ServiceUnavailable
             }
+            Error::AuditRecord(_) | Error::AuditAppend(_) => {
+                ApiError::internal(format!("audit append failed (fail-closed): {e}"))
+            }
             other => ApiError::internal(other),
         }
-    }
-}
-
-impl From<crate::audit::AuditError> for ApiError {
-    fn from(e: crate::audit::AuditError) -> ApiError {
-        ApiError::internal(format!("audit append failed (fail-closed): {e}"))
     }
 }
 

@@ -12,7 +12,8 @@
 //!   Each flow runs one transaction and writes its audit record inside it.
 //! - [`db`]: all SQL, one module per table group, generic over
 //!   `deadpool_postgres::GenericClient` (pool connection or transaction alike), every
-//!   statement prepared once per connection (`prepare_cached`); the pool, warmed to
+//!   statement prepared once per connection (`prepare_cached`); the schema
+//!   migrations (`db::migrate`, run by `alga-gateway migrate`); the pool, warmed to
 //!   `database.min_connections` before [`run`] listens and every 30 s after.
 //! - [`auth`]: identity from the verified client certificate; [`server`]: the
 //!   listeners: the TLS accept loop (ring provider only), the live root set, the
@@ -29,7 +30,7 @@
 //!   the audit sequencer's leader.
 //! - [`mail`]: the outbox (first attempt inside the request, then the worker);
 //!   [`presign`]: ISO links (via `alga_delivery`).
-//! - [`ratelimit`], [`metrics`], [`config`], [`migrate`], [`error`].
+//! - [`ratelimit`], [`metrics`], [`config`], [`error`].
 //!
 //! # Invariants (what is absent)
 //! - No install code, license token, CSR, private key or presigned-URL query is ever
@@ -44,7 +45,7 @@
 //! - No 5xx body carries internal detail: the log has it, keyed by `x-request-id`.
 //!
 //! `main.rs` is thin: it parses arguments, binds [`Listeners`] and calls [`run_on`]
-//! (or [`migrate::migrate`]); tests call [`run`] or [`run_on`] on `127.0.0.1:0`.
+//! (or [`db::migrate::migrate`]); tests call [`run`] or [`run_on`] on `127.0.0.1:0`.
 
 pub mod api;
 pub mod audit;
@@ -57,7 +58,6 @@ pub mod issuer_client;
 pub mod keys;
 pub mod mail;
 pub mod metrics;
-pub mod migrate;
 pub mod presign;
 pub mod ratelimit;
 pub mod server;

@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { config } => {
             let config = alga_gateway::config::Config::load(&config)?;
             let pg = alga_gateway::migrator_pg_config(&config)?;
-            let applied = alga_gateway::migrate::migrate(&pg)
+            let applied = alga_gateway::db::migrate::migrate(&pg)
                 .await
                 .context("migrate")?;
             if applied.is_empty() {

@@ -53,16 +53,8 @@ use tower::ServiceExt;
 
 use crate::auth::{ClientIdentity, ConnInfo, TrustSets};
 use crate::config::{LimitsConfig, TlsConfig};
+use crate::error::Error;
 use crate::metrics::{Metrics, REFUSED_PER_SOURCE_LIMIT, TimeoutPhase};
-
-/// Why the TLS configuration could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
 
 /// Certificates and key of the server, and the service CA; loaded once.
 #[derive(Debug)]
@@ -74,12 +66,12 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     /// Loads the PEM files of `[tls]`.
-    pub fn load(c: &TlsConfig) -> Result<TlsMaterial, TlsError> {
-        let file_err = |p: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
+    pub fn load(c: &TlsConfig) -> Result<TlsMaterial, Error> {
+        let file_err = |p: &std::path::Path, e: &dyn std::fmt::Display| Error::TlsFile {
             path: p.display().to_string(),
             message: e.to_string(),
         };
-        let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, Error> {
             let v: Vec<_> = CertificateDer::pem_file_iter(p)
                 .map_err(|e| file_err(p, &e))?
                 .collect::<Result<_, _>>()
@@ -101,7 +93,7 @@ impl TlsMaterial {
     pub fn server_config(
         &self,
         appliance_cas: &[CertificateDer<'static>],
-    ) -> Result<(Arc<ServerConfig>, TrustSets), TlsError> {
+    ) -> Result<(Arc<ServerConfig>, TrustSets), Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in self.service_cas.iter().chain(appliance_cas) {
@@ -113,13 +105,13 @@ impl TlsMaterial {
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+                .map_err(|e| Error::TlsConfig(e.to_string()))?;
         let mut cfg = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
+            .map_err(|e| Error::TlsConfig(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(|e| Error::TlsConfig(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let trust = TrustSets {
             service: TrustSets::anchors(&self.service_cas),

@@ -218,7 +218,7 @@ async fn feed(app: &App, ep: &Endpoint) -> Result<u64, String> {
         Ok(p) => p,
         // A database restored from an older backup: nothing to feed until the log
         // passes the cursor again.
-        Err(events::FeedError::BeyondHead) => return Ok(0),
+        Err(crate::error::Error::FeedBeyondHead) => return Ok(0),
         Err(e) => return Err(e.to_string()),
     };
     let bodies: Vec<Vec<u8>> = page

@@ -1,7 +1,6 @@
 //! Extractors: the caller's identity (per route), the request id, and JSON bodies with
 //! content-type, size and unknown-field checks mapped to the stable errors.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use alga_policies::Role;
@@ -159,20 +158,18 @@ pub fn body_error(e: axum::Error) -> ApiError {
 /// A serde error as `validation_failed` with a `fields` entry naming the field.
 pub fn json_error(e: serde_json::Error) -> ApiError {
     let msg = e.to_string();
-    let mut fields = BTreeMap::new();
     let between_backticks = |s: &str| s.split('`').nth(1).map(str::to_owned);
     if msg.starts_with("unknown field") {
         let name = between_backticks(&msg).unwrap_or_else(|| "body".into());
-        fields.insert(name, "unknown field".to_owned());
+        ApiError::field(name, "unknown field")
     } else if msg.starts_with("missing field") {
         let name = between_backticks(&msg).unwrap_or_else(|| "body".into());
-        fields.insert(name, "missing".to_owned());
+        ApiError::field(name, "missing")
     } else {
         // Type errors and syntax errors: the message has a line/column, never input.
         let short = msg.split(" at line").next().unwrap_or(&msg).to_owned();
-        fields.insert("body".to_owned(), short);
+        ApiError::field("body", short)
     }
-    ApiError::Validation(fields)
 }
 
 /// The shared state, for handlers that need nothing else.

@@ -24,7 +24,7 @@ use crate::flows::{
     check_in::Presented,
     register::Idempotency,
     reissue::{Replacement, TenantRef},
-    validate::{self, field_error},
+    validate,
 };
 
 use super::views;
@@ -81,7 +81,7 @@ fn reason(reason: Option<&str>) -> Result<Option<validate::Name>, ApiError> {
     reason
         .map(validate::Name::parse)
         .transpose()
-        .map_err(|m| field_error("reason", m))
+        .map_err(|m| ApiError::field("reason", m))
 }
 
 /// `POST /register-tenant` (store).
@@ -98,14 +98,9 @@ pub async fn register_tenant(
         let idem = match headers.get(IDEMPOTENCY_KEY) {
             None => None,
             Some(v) => {
-                let key = v.to_str().map_err(|_| {
-                    let mut f = BTreeMap::new();
-                    f.insert(
-                        "Idempotency-Key".to_owned(),
-                        "must be printable ASCII".to_owned(),
-                    );
-                    ApiError::Validation(f)
-                })?;
+                let key = v
+                    .to_str()
+                    .map_err(|_| ApiError::field("Idempotency-Key", "must be printable ASCII"))?;
                 let caller = peer.conn.identity.actor_id(&app.policy).unwrap_or_default();
                 Some(Idempotency::new(&caller, key, &body.raw)?)
             }
@@ -117,8 +112,10 @@ pub async fn register_tenant(
         Err(e) => return Err(refused(&app, &peer, audit_actions::TENANT_REGISTER, e).await),
     };
     let r = flows::register::register_tenant(&app, &ctx, reg, idem).await?;
-    let status = StatusCode::from_u16(r.status).map_err(ApiError::internal)?;
-    Ok((status, Json(r.body)).into_response())
+    // Through a `Value`, whose keys serialize sorted: the bytes this route has always
+    // sent (a reissue's `code` has the struct's order).
+    let body = serde_json::to_value(views::code_issued(r)).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `POST /install-codes/reissue` (store).
@@ -165,7 +162,21 @@ pub async fn reissue(
         Err(e) => return Err(refused(&app, &peer, audit_actions::CODE_REISSUE, e).await),
     };
     let r = flows::reissue::reissue(&app, &ctx, target, replacement).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok((StatusCode::CREATED, Json(views::reissued(r))).into_response())
+}
+
+/// The body of a route whose caller is not established yet (`/register`,
+/// `/check-in/relayed`); one that does not parse is counted in the refusal summary as a
+/// refusal of `action`.
+pub(super) fn counted_body<T>(
+    app: &crate::App,
+    ctx: &flows::Ctx,
+    action: &'static str,
+    body: Result<ApiJson<T>, ApiError>,
+) -> Result<T, ApiError> {
+    body.map(|b| b.value).inspect_err(|e| {
+        app.refusals.count_request(ctx, action, e.code());
+    })
 }
 
 /// `POST /register` (appliance, no client certificate needed). A body that is not a
@@ -176,21 +187,9 @@ pub async fn redeem(
     body: Result<ApiJson<RedeemRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let req = match body {
-        Ok(b) => b.value,
-        Err(e) => {
-            app.refusals.count(
-                audit_actions::CODE_REDEEM,
-                e.code(),
-                None,
-                ctx.source,
-                ctx.now,
-            );
-            return Err(e);
-        }
-    };
+    let req = counted_body(&app, &ctx, audit_actions::CODE_REDEEM, body)?;
     let r = flows::redeem::redeem(&app, &ctx, &req.install_code, &req.csr, &req.appliance).await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(views::redeemed(r, &app.check_in_url))).into_response())
 }
 
 /// `POST /check-in` (appliance credential).
@@ -206,17 +205,13 @@ pub async fn check_in(
         &app,
         &ctx,
         credential.id,
-        Presented {
-            serial: credential.serial.clone(),
-            not_before: credential.not_before,
-            not_after: credential.not_after,
-        },
+        Presented::of(credential),
         &req.appliance.version,
         req.csr.as_deref(),
         None,
     )
     .await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(views::checked_in(r))).into_response())
 }
 
 /// `GET /tenants/{tenant_id}` (store, auditor).
@@ -240,7 +235,7 @@ pub async fn change_entitlement(
     let ctx = peer.ctx(&app);
     let tenant_id = Uuid::try_parse(&tenant_id).map_err(|_| ApiError::TenantNotFound)?;
     let edition = body.and_then(|b| {
-        validate::edition(&app.policy, &b.value.edition).map_err(|m| field_error("edition", m))
+        validate::edition(&app.policy, &b.value.edition).map_err(|m| ApiError::field("edition", m))
     });
     let edition = match edition {
         Ok(e) => e,
@@ -446,9 +441,7 @@ pub async fn audit_keys(
 }
 
 pub(super) fn query_error(e: axum::extract::rejection::QueryRejection) -> ApiError {
-    let mut f = BTreeMap::new();
-    f.insert("query".to_owned(), e.body_text());
-    ApiError::Validation(f)
+    ApiError::field("query", e.body_text())
 }
 
 /// `GET /.well-known/jwks.json` (anyone).
@@ -488,12 +481,7 @@ pub async fn healthz() -> Response {
 
 /// `GET /readyz`: the database and the issuer answer.
 pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
-    let db_ok = async {
-        let conn = app.pool.get().await.ok()?;
-        conn.simple_query("SELECT 1").await.ok()
-    }
-    .await
-    .is_some();
+    let db_ok = crate::db::ping(&app.pool).await.is_ok();
     let issuer_ok = app.issuer.health().await.is_ok();
     if db_ok && issuer_ok {
         Ok(

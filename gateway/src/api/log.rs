@@ -109,11 +109,8 @@ pub async fn vkey(State(app): AppState) -> Result<Response, ApiError> {
 /// `GET /audit/log/tile/{*path}` (anyone): a hash tile (`<L>/<N>[.p/<W>]`) or an
 /// entry bundle (`entries/<N>[.p/<W>]`) of the tree of the newest checkpoint.
 pub async fn tile(State(app): AppState, Path(rest): Path<String>) -> Result<Response, ApiError> {
-    let path = TilePath::parse(&format!("tile/{rest}")).map_err(|e| {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert("path".to_owned(), e.to_string());
-        ApiError::Validation(f)
-    })?;
+    let path = TilePath::parse(&format!("tile/{rest}"))
+        .map_err(|e| ApiError::field("path", e.to_string()))?;
     let data = match app.tiles.get(&path) {
         Some(d) => d,
         None => {
@@ -149,14 +146,11 @@ pub async fn tile(State(app): AppState, Path(rest): Path<String>) -> Result<Resp
 /// `GET /audit/log/proof/{seq}` (anyone): record `seq`'s inclusion in the newest
 /// checkpoint: `{index, size, entry, proof, checkpoint}`.
 pub async fn proof(State(app): AppState, Path(seq): Path<String>) -> Result<Response, ApiError> {
-    let seq: u64 = seq.parse().ok().filter(|s| *s >= 1).ok_or_else(|| {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert(
-            "seq".to_owned(),
-            "a record's sequence number, from 1".to_owned(),
-        );
-        ApiError::Validation(f)
-    })?;
+    let seq: u64 = seq
+        .parse()
+        .ok()
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| ApiError::field("seq", "a record's sequence number, from 1"))?;
     let conn = app.pool.get().await.map_err(crate::db::DbError::from)?;
     let bundle = alga_audit::tree::inclusion_proof(&**conn, seq)
         .await
@@ -180,16 +174,10 @@ pub async fn tenant_audit(
     Path(tenant_id): Path<Uuid>,
     page: Result<Query<TenantPage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(page) = page.map_err(|e| {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert("query".to_owned(), e.body_text());
-        ApiError::Validation(f)
-    })?;
+    let Query(page) = page.map_err(|e| ApiError::field("query", e.body_text()))?;
     let limit = page.limit.unwrap_or(100);
     if !(1..=alga_audit::tree::MAX_TENANT_PAGE).contains(&limit) {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert("limit".to_owned(), "1 to 1000".to_owned());
-        return Err(ApiError::Validation(f));
+        return Err(ApiError::field("limit", "1 to 1000"));
     }
     let conn = app.pool.get().await.map_err(crate::db::DbError::from)?;
     if crate::db::tenants::get(&conn, tenant_id).await?.is_none() {

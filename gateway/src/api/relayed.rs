@@ -20,19 +20,7 @@ pub async fn check_in_relayed(
     body: Result<ApiJson<RelayedCheckIn>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ctx = peer.ctx(&app);
-    let req = match body {
-        Ok(b) => b.value,
-        Err(e) => {
-            app.refusals.count(
-                actions::APPLIANCE_CHECK_IN,
-                e.code(),
-                None,
-                ctx.source,
-                ctx.now,
-            );
-            return Err(e);
-        }
-    };
+    let req = super::handlers::counted_body(&app, &ctx, actions::APPLIANCE_CHECK_IN, body)?;
     let r = flows::relayed::check_in(&app, ctx, &req).await?;
-    Ok((StatusCode::OK, Json(r)).into_response())
+    Ok((StatusCode::OK, Json(super::views::checked_in(r))).into_response())
 }

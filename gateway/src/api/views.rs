@@ -2,8 +2,14 @@
 
 use alga_protocol::api as wire;
 
+use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
+
 use crate::db::appliances::{Health, State, WithHealth};
+use crate::flows::check_in::CheckedIn;
 use crate::flows::lifecycle::{AppliancePage, EditionChanged, StatusChanged};
+use crate::flows::redeem::Redeemed;
+use crate::flows::register::CodeIssued;
+use crate::flows::reissue::Reissued;
 use crate::flows::revoke::Revoked;
 use crate::flows::tenants::TenantDetails;
 
@@ -150,5 +156,68 @@ pub fn status_changed(c: StatusChanged) -> wire::TenantStatusResponse {
         tenant_id: c.tenant_id,
         status: tenant_status(c.suspended),
         suspended_at: c.suspended_at,
+    }
+}
+
+/// A minted code's answer (`POST /register-tenant`, and the `code` of a reissue).
+pub fn code_issued(c: CodeIssued) -> wire::RegisterTenantResponse {
+    wire::RegisterTenantResponse {
+        tenant_id: c.tenant_id,
+        edition: c.edition,
+        install_code: wire::InstallCodeInfo {
+            code_id: c.code_id,
+            expires_at: c.code_expires_at,
+        },
+        download: wire::DownloadLink {
+            url: c.download.url,
+            expires_at: c.download.expires_at,
+        },
+        email: wire::EmailStatus { status: c.mail },
+    }
+}
+
+pub fn reissued(r: Reissued) -> wire::ReissueResponse {
+    wire::ReissueResponse {
+        code: code_issued(r.code),
+        revoked_code_ids: r.revoked_code_ids,
+        replaces_appliance_id: r.replaces_appliance_id,
+    }
+}
+
+fn license(l: SignedLicense) -> wire::License {
+    wire::License {
+        token: l.token,
+        expires_at: l.expires_at,
+    }
+}
+
+fn credential(c: SignedCredential) -> wire::Credential {
+    wire::Credential {
+        certificate: c.certificate_pem,
+        chain: c.chain_pem,
+        expires_at: c.expires_at,
+    }
+}
+
+/// A redeem's answer; `check_in_url` is where a licensed appliance checks in.
+pub fn redeemed(r: Redeemed, check_in_url: &str) -> wire::RedeemResponse {
+    let licensed = r.signed.is_some();
+    let (license, credential) = r.signed.map(|(l, c)| (license(l), credential(c))).unzip();
+    wire::RedeemResponse {
+        tenant_id: r.tenant_id,
+        edition: r.edition,
+        appliance_id: r.appliance_id,
+        license,
+        credential,
+        check_in_url: licensed.then(|| check_in_url.to_owned()),
+    }
+}
+
+pub fn checked_in(c: CheckedIn) -> wire::CheckInResponse {
+    wire::CheckInResponse {
+        edition: Some(c.edition),
+        license: c.license.map(license),
+        credential: c.credential.map(credential),
+        next_check_in_after: c.next_check_in_after,
     }
 }

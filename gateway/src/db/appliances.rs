@@ -71,12 +71,101 @@ pub struct Appliance {
     pub replaced_at: Option<OffsetDateTime>,
 }
 
-const COLUMNS: &str = "appliance_id, tenant_id, code_id, hostname, version, state, \
-     public_key_fingerprint, credential_serial, credential_expires_at, created_at, \
-     last_check_in_at, revoked_at, replaced_by, replaced_at, previous_credential_serial, \
-     previous_credential_until";
-/// How many columns [`COLUMNS`] has (what a query selects after them starts here).
+/// The columns [`from_row`] reads, in its order (a macro so statements stay `const`).
+macro_rules! columns {
+    () => {
+        "appliance_id, tenant_id, code_id, hostname, version, state, \
+         public_key_fingerprint, credential_serial, credential_expires_at, created_at, \
+         last_check_in_at, revoked_at, replaced_by, replaced_at, previous_credential_serial, \
+         previous_credential_until"
+    };
+}
+/// How many columns `columns!()` has (what a query selects after them starts here).
 const NCOLUMNS: usize = 16;
+
+/// `appliances a` (the columns of `columns!()`, then `health`): `$1` the stale cutoff,
+/// `$2`/`$3` the paid editions and their overdue cutoffs. The reference time is the
+/// last check-in, or the redeem before the first one.
+macro_rules! with_health {
+    () => {
+        concat!(
+            "SELECT a.*, \
+               CASE WHEN a.state <> 'active' OR c.overdue_before IS NULL THEN NULL \
+                    WHEN coalesce(a.last_check_in_at, a.created_at) <= $1 THEN 'stale' \
+                    WHEN coalesce(a.last_check_in_at, a.created_at) < c.overdue_before THEN 'overdue' \
+                    ELSE 'ok' END AS health \
+             FROM (SELECT ",
+            columns!(),
+            " FROM appliances) a \
+             LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id \
+             LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS c(edition, overdue_before) \
+               ON c.edition = e.edition"
+        )
+    };
+}
+
+const GET: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM appliances WHERE appliance_id = $1"
+);
+const GET_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM appliances WHERE appliance_id = $1 FOR UPDATE"
+);
+const FOR_CHECK_IN: &str = concat!(
+    "SELECT a.*, t.status, e.edition, e.paid, e.features, e.seats \
+     FROM (SELECT ",
+    columns!(),
+    " FROM appliances WHERE appliance_id = $1 FOR UPDATE) a \
+     JOIN tenants t ON t.tenant_id = a.tenant_id \
+     LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id"
+);
+const LIST_FOR_TENANT: &str = concat!(
+    "SELECT * FROM (",
+    with_health!(),
+    " WHERE a.tenant_id = $4) x ORDER BY created_at, appliance_id"
+);
+const PAGE: &str = concat!(
+    "SELECT * FROM (",
+    with_health!(),
+    " WHERE ($5::uuid IS NULL OR a.appliance_id > $5) \
+         AND ($4::text IS NULL OR a.state = 'active')) x \
+     WHERE $4::text IS NULL OR health = $4 \
+     ORDER BY appliance_id LIMIT $6"
+);
+/// Reads every active appliance by design (the metrics gauge, at most once per 30 s):
+/// not a hot statement.
+const COUNT_BY_HEALTH: &str = concat!(
+    "SELECT health, count(*) FROM (",
+    with_health!(),
+    " WHERE a.state = 'active') x WHERE health IS NOT NULL GROUP BY health"
+);
+const SEATS_IN_USE: &str = "SELECT count(*), coalesce(bool_or(appliance_id = $2), false) \
+     FROM appliances WHERE tenant_id = $1 AND state = 'active'";
+const ACTIVE_IDS: &str = "SELECT appliance_id FROM appliances \
+     WHERE tenant_id = $1 AND state = 'active' ORDER BY created_at, appliance_id LIMIT $2";
+const REPLACE: &str = "UPDATE appliances SET state = 'replaced', replaced_by = $3, \
+     replaced_at = now() WHERE appliance_id = $1 AND tenant_id = $2 AND state = 'active'";
+const RECORD_CHECK_IN: &str = "UPDATE appliances SET last_check_in_at = now(), version = $2, \
+     credential_serial = $3, credential_expires_at = $4, \
+     previous_credential_serial = $5, previous_credential_until = $6 \
+     WHERE appliance_id = $1";
+
+/// This module's statements on the flows' hot paths, by name: `tests/it/explain.rs`
+/// checks the plan of each against a seeded registry.
+pub(super) const HOT: &[(&str, &str)] = &[
+    ("appliance by id", GET),
+    ("appliance by id for update", GET_FOR_UPDATE),
+    ("check-in read", FOR_CHECK_IN),
+    ("appliances of a tenant with health", LIST_FOR_TENANT),
+    ("a page of appliances by health", PAGE),
+    ("seats in use", SEATS_IN_USE),
+    ("active appliances of a tenant", ACTIVE_IDS),
+    ("replace an appliance", REPLACE),
+    ("check-in update", RECORD_CHECK_IN),
+];
 
 fn from_row(r: &tokio_postgres::Row) -> Result<Appliance, DbError> {
     Ok(Appliance {
@@ -126,13 +215,7 @@ pub async fn insert(c: &impl GenericClient, a: &NewAppliance<'_>) -> Result<(), 
 /// One appliance.
 pub async fn get(c: &impl GenericClient, appliance_id: Uuid) -> Result<Option<Appliance>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1"
-            ))
-            .await?,
-            &[&appliance_id],
-        )
+        .query_opt(&c.prepare_cached(GET).await?, &[&appliance_id])
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -143,13 +226,7 @@ pub async fn get_for_update(
     appliance_id: Uuid,
 ) -> Result<Option<Appliance>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1 FOR UPDATE"
-            ))
-            .await?,
-            &[&appliance_id],
-        )
+        .query_opt(&c.prepare_cached(GET_FOR_UPDATE).await?, &[&appliance_id])
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -172,16 +249,7 @@ pub async fn for_check_in(
     appliance_id: Uuid,
 ) -> Result<Option<CheckInSubject>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(&format!(
-                "SELECT a.*, t.status, e.edition, e.paid, e.features, e.seats \
-                 FROM (SELECT {COLUMNS} FROM appliances WHERE appliance_id = $1 FOR UPDATE) a \
-                 JOIN tenants t ON t.tenant_id = a.tenant_id \
-                 LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id"
-            ))
-            .await?,
-            &[&appliance_id],
-        )
+        .query_opt(&c.prepare_cached(FOR_CHECK_IN).await?, &[&appliance_id])
         .await?;
     let Some(r) = row else { return Ok(None) };
     let paid: Option<bool> = r.get(NCOLUMNS + 2);
@@ -242,23 +310,6 @@ impl Health {
     }
 }
 
-/// `appliances a` (the columns of [`COLUMNS`], then `health`): `$1` the stale cutoff,
-/// `$2`/`$3` the paid editions and their overdue cutoffs. The reference time is the
-/// last check-in, or the redeem before the first one.
-fn with_health() -> String {
-    format!(
-        "SELECT a.*, \
-           CASE WHEN a.state <> 'active' OR c.overdue_before IS NULL THEN NULL \
-                WHEN coalesce(a.last_check_in_at, a.created_at) <= $1 THEN 'stale' \
-                WHEN coalesce(a.last_check_in_at, a.created_at) < c.overdue_before THEN 'overdue' \
-                ELSE 'ok' END AS health \
-         FROM (SELECT {COLUMNS} FROM appliances) a \
-         LEFT JOIN entitlements e ON e.tenant_id = a.tenant_id \
-         LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS c(edition, overdue_before) \
-           ON c.edition = e.edition"
-    )
-}
-
 fn cutoff_params(h: &HealthCutoffs) -> (Vec<&str>, Vec<OffsetDateTime>) {
     h.overdue_before
         .iter()
@@ -282,12 +333,7 @@ pub async fn list_for_tenant(
     let (editions, overdue) = cutoff_params(cutoffs);
     let rows = c
         .query(
-            &c.prepare_cached(&format!(
-                "SELECT * FROM ({} WHERE a.tenant_id = $4) x \
-                 ORDER BY created_at, appliance_id",
-                with_health()
-            ))
-            .await?,
+            &c.prepare_cached(LIST_FOR_TENANT).await?,
             &[&cutoffs.stale_at_or_before, &editions, &overdue, &tenant_id],
         )
         .await?;
@@ -308,15 +354,7 @@ pub async fn page(
     let health = health.map(Health::as_str);
     let rows = c
         .query(
-            &c.prepare_cached(&format!(
-                "SELECT * FROM ({} \
-                   WHERE ($5::uuid IS NULL OR a.appliance_id > $5) \
-                     AND ($4::text IS NULL OR a.state = 'active')) x \
-                 WHERE $4::text IS NULL OR health = $4 \
-                 ORDER BY appliance_id LIMIT $6",
-                with_health()
-            ))
-            .await?,
+            &c.prepare_cached(PAGE).await?,
             &[
                 &cutoffs.stale_at_or_before,
                 &editions,
@@ -338,12 +376,7 @@ pub async fn count_by_health(
     let (editions, overdue) = cutoff_params(cutoffs);
     let rows = c
         .query(
-            &c.prepare_cached(&format!(
-                "SELECT health, count(*) FROM ({} WHERE a.state = 'active') x \
-                 WHERE health IS NOT NULL GROUP BY health",
-                with_health()
-            ))
-            .await?,
+            &c.prepare_cached(COUNT_BY_HEALTH).await?,
             &[&cutoffs.stale_at_or_before, &editions, &overdue],
         )
         .await?;
@@ -422,11 +455,7 @@ pub async fn seats_in_use(
 ) -> Result<(u32, bool), DbError> {
     let row = c
         .query_one(
-            &c.prepare_cached(
-                "SELECT count(*), coalesce(bool_or(appliance_id = $2), false) \
-                 FROM appliances WHERE tenant_id = $1 AND state = 'active'",
-            )
-            .await?,
+            &c.prepare_cached(SEATS_IN_USE).await?,
             &[&tenant_id, &replacing],
         )
         .await?;
@@ -441,14 +470,7 @@ pub async fn active_ids(
     limit: i64,
 ) -> Result<Vec<Uuid>, DbError> {
     let rows = c
-        .query(
-            &c.prepare_cached(
-                "SELECT appliance_id FROM appliances WHERE tenant_id = $1 AND state = 'active' \
-                 ORDER BY created_at, appliance_id LIMIT $2",
-            )
-            .await?,
-            &[&tenant_id, &limit],
-        )
+        .query(&c.prepare_cached(ACTIVE_IDS).await?, &[&tenant_id, &limit])
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -462,14 +484,7 @@ pub async fn replace(
     new: Uuid,
 ) -> Result<bool, DbError> {
     let n = c
-        .execute(
-            &c.prepare_cached(
-                "UPDATE appliances SET state = 'replaced', replaced_by = $3, replaced_at = now() \
-                 WHERE appliance_id = $1 AND tenant_id = $2 AND state = 'active'",
-            )
-            .await?,
-            &[&old, &tenant_id, &new],
-        )
+        .execute(&c.prepare_cached(REPLACE).await?, &[&old, &tenant_id, &new])
         .await?;
     Ok(n == 1)
 }
@@ -529,13 +544,7 @@ pub async fn record_check_in(
     credentials: &Credentials,
 ) -> Result<(), DbError> {
     c.execute(
-        &c.prepare_cached(
-            "UPDATE appliances SET last_check_in_at = now(), version = $2, \
-             credential_serial = $3, credential_expires_at = $4, \
-             previous_credential_serial = $5, previous_credential_until = $6 \
-             WHERE appliance_id = $1",
-        )
-        .await?,
+        &c.prepare_cached(RECORD_CHECK_IN).await?,
         &[
             &appliance_id,
             &version,

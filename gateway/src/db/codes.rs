@@ -50,9 +50,44 @@ pub struct CodeRow {
     pub within_retry_window: bool,
 }
 
-const COLUMNS: &str = "code_id, tenant_id, edition, expires_at, key_version, state, created_at, \
-     consumed_at, consumer_key_fingerprint, appliance_id, revoked_at, expires_at <= now(), \
-     coalesce(consumed_at > now() - interval '15 minutes', false), replaces_appliance_id";
+/// The columns [`from_row`] reads, in its order (a macro so statements stay `const`).
+macro_rules! columns {
+    () => {
+        "code_id, tenant_id, edition, expires_at, key_version, state, created_at, \
+         consumed_at, consumer_key_fingerprint, appliance_id, revoked_at, expires_at <= now(), \
+         coalesce(consumed_at > now() - interval '15 minutes', false), replaces_appliance_id"
+    };
+}
+
+const GET: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM install_codes WHERE code_id = $1"
+);
+const LIST_FOR_TENANT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM install_codes WHERE tenant_id = $1 ORDER BY created_at DESC, code_id"
+);
+const CONSUME: &str = "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
+     consumer_key_fingerprint = $3, appliance_id = $4 \
+     WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
+     AND key_version = $7 AND replaces_appliance_id IS NOT DISTINCT FROM $8 \
+     AND state = 'unclaimed' AND expires_at > now() \
+     RETURNING consumed_at";
+const REVOKE_UNCLAIMED: &str = "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
+     WHERE tenant_id = $1 AND state = 'unclaimed' \
+       AND ($2 OR replaces_appliance_id IS NOT DISTINCT FROM $3) \
+     RETURNING code_id";
+
+/// This module's statements on the flows' hot paths, by name: `tests/it/explain.rs`
+/// checks the plan of each against a seeded registry.
+pub(super) const HOT: &[(&str, &str)] = &[
+    ("code by code_id", GET),
+    ("codes of a tenant", LIST_FOR_TENANT),
+    ("conditional consume", CONSUME),
+    ("revoke superseded codes", REVOKE_UNCLAIMED),
+];
 
 fn from_row(r: &tokio_postgres::Row) -> Result<CodeRow, DbError> {
     let code_id: String = r.get(0);
@@ -107,13 +142,7 @@ pub async fn insert(c: &impl GenericClient, b: &CodeBinding) -> Result<(), DbErr
 /// The code with this id.
 pub async fn get(c: &impl GenericClient, code_id: &CodeId) -> Result<Option<CodeRow>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM install_codes WHERE code_id = $1"
-            ))
-            .await?,
-            &[&code_id.as_str()],
-        )
+        .query_opt(&c.prepare_cached(GET).await?, &[&code_id.as_str()])
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -124,12 +153,7 @@ pub async fn list_for_tenant(
     tenant_id: Uuid,
 ) -> Result<Vec<CodeRow>, DbError> {
     let rows = c
-        .query(
-            &c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM install_codes WHERE tenant_id = $1 ORDER BY created_at DESC, code_id"
-            )).await?,
-            &[&tenant_id],
-        )
+        .query(&c.prepare_cached(LIST_FOR_TENANT).await?, &[&tenant_id])
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -148,15 +172,7 @@ pub async fn consume(
         .map_err(|_| DbError::Corrupt(format!("key version {} out of range", b.key_version)))?;
     let row = c
         .query_opt(
-            &c.prepare_cached(
-                "UPDATE install_codes SET state = 'consumed', consumed_at = now(), \
-             consumer_key_fingerprint = $3, appliance_id = $4 \
-             WHERE code_id = $1 AND tenant_id = $2 AND edition = $5 AND expires_at = $6 \
-             AND key_version = $7 AND replaces_appliance_id IS NOT DISTINCT FROM $8 \
-             AND state = 'unclaimed' AND expires_at > now() \
-             RETURNING consumed_at",
-            )
-            .await?,
+            &c.prepare_cached(CONSUME).await?,
             &[
                 &b.code_id.as_str(),
                 &b.tenant_id,
@@ -194,13 +210,7 @@ pub async fn revoke_unclaimed(
     };
     let rows = c
         .query(
-            &c.prepare_cached(
-                "UPDATE install_codes SET state = 'revoked', revoked_at = now() \
-                 WHERE tenant_id = $1 AND state = 'unclaimed' \
-                   AND ($2 OR replaces_appliance_id IS NOT DISTINCT FROM $3) \
-                 RETURNING code_id",
-            )
-            .await?,
+            &c.prepare_cached(REVOKE_UNCLAIMED).await?,
             &[&tenant_id, &all, &replacing],
         )
         .await?;

@@ -11,6 +11,7 @@
 pub mod appliances;
 pub mod codes;
 pub mod idempotency;
+pub mod migrate;
 pub mod outbox;
 pub mod relayed;
 pub mod tenants;
@@ -24,44 +25,10 @@ use tokio_postgres::NoTls;
 
 pub use deadpool_postgres::GenericClient;
 
-/// Why a database call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// No connection could be had from the pool (database down or pool exhausted).
-    #[error("database pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    /// A statement failed.
-    #[error("database: {}", describe(.0))]
-    Query(#[from] tokio_postgres::Error),
-    /// A row held a value the schema's CHECK constraints should have excluded.
-    #[error("unexpected stored value: {0}")]
-    Corrupt(String),
-    /// The connection settings are wrong.
-    #[error("database configuration: {0}")]
-    Config(String),
-}
-
-/// The server's message and SQLSTATE when there is one (tokio-postgres' Display says
-/// only "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
-    }
-}
-
-impl DbError {
-    /// Whether this is a unique-constraint violation named `constraint`.
-    pub fn is_unique_violation(&self, constraint: &str) -> bool {
-        match self {
-            DbError::Query(e) => e.as_db_error().is_some_and(|d| {
-                d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                    && d.constraint() == Some(constraint)
-            }),
-            _ => false,
-        }
-    }
-}
+/// Why a database call failed: the library's [`Error`](crate::error::Error), under the
+/// name the table modules use (its database variants: `Pool`, `Query`, `Corrupt`,
+/// `DbConfig`).
+pub type DbError = crate::error::Error;
 
 /// Connection settings from a URL without password plus a password.
 pub fn pg_config(
@@ -70,7 +37,7 @@ pub fn pg_config(
 ) -> Result<tokio_postgres::Config, DbError> {
     let mut cfg: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| DbError::DbConfig(e.to_string()))?;
     if let Some(pw) = password {
         cfg.password(pw.expose_secret().as_bytes());
     }
@@ -99,7 +66,7 @@ pub fn pool(cfg: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
             recycle: Some(Duration::from_secs(5)),
         })
         .build()
-        .map_err(|e| DbError::Config(e.to_string()))
+        .map_err(|e| DbError::DbConfig(e.to_string()))
 }
 
 /// How often the gateway tops its pool back up to `database.min_connections`.
@@ -133,6 +100,21 @@ pub async fn warm(pool: &Pool, min: usize) -> Result<usize, DbError> {
         Some(e) => Err(e.into()),
         None => Ok(held),
     }
+}
+
+/// Whether the database answers a trivial query on a pooled connection (`/readyz`).
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let conn = pool.get().await?;
+    conn.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// The statements the flows run on their hot paths, by name, exactly as they run:
+/// `tests/it/explain.rs` checks that each uses an index on a seeded registry. A
+/// statement that reads a table in full by design (the appliances-by-health count of
+/// the metrics gauge) is not one of them.
+pub fn explain_targets() -> Vec<(&'static str, &'static str)> {
+    [codes::HOT, tenants::HOT, appliances::HOT, idempotency::HOT].concat()
 }
 
 /// A stored enum value the schema constrains; anything else is corruption.

@@ -52,6 +52,26 @@ impl Entitlement {
     }
 }
 
+const FIND_BY_COMPANY_CONTACT: &str = "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
+     AND contact_email_normalized = $2";
+const IDS_BY_CONTACT_EMAIL: &str = "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1 \
+     ORDER BY created_at LIMIT $2";
+const LOCK: &str = "SELECT status, edition FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE";
+const GET: &str = "SELECT tenant_id, company, contact_name, contact_email, edition, status, \
+     suspended_at, created_at FROM tenants WHERE tenant_id = $1";
+const ENTITLEMENT: &str =
+    "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1";
+
+/// This module's statements on the flows' hot paths, by name: `tests/it/explain.rs`
+/// checks the plan of each against a seeded registry.
+pub(super) const HOT: &[(&str, &str)] = &[
+    ("tenant by company and contact", FIND_BY_COMPANY_CONTACT),
+    ("tenants by contact email", IDS_BY_CONTACT_EMAIL),
+    ("tenant lock", LOCK),
+    ("tenant by id", GET),
+    ("entitlement by tenant", ENTITLEMENT),
+];
+
 /// Inserts a tenant; `None` when one with the same company + contact exists.
 pub async fn insert(c: &impl GenericClient, t: &NewTenant<'_>) -> Result<bool, DbError> {
     let n = c
@@ -85,11 +105,7 @@ pub async fn find_by_company_contact(
 ) -> Result<Option<Uuid>, DbError> {
     let row = c
         .query_opt(
-            &c.prepare_cached(
-                "SELECT tenant_id FROM tenants WHERE company_normalized = $1 \
-             AND contact_email_normalized = $2",
-            )
-            .await?,
+            &c.prepare_cached(FIND_BY_COMPANY_CONTACT).await?,
             &[&company_normalized, &email_normalized],
         )
         .await?;
@@ -104,11 +120,7 @@ pub async fn ids_by_contact_email(
 ) -> Result<Vec<Uuid>, DbError> {
     let rows = c
         .query(
-            &c.prepare_cached(
-                "SELECT tenant_id FROM tenants WHERE contact_email_normalized = $1 \
-             ORDER BY created_at LIMIT $2",
-            )
-            .await?,
+            &c.prepare_cached(IDS_BY_CONTACT_EMAIL).await?,
             &[&email_normalized, &limit],
         )
         .await?;
@@ -137,13 +149,7 @@ pub async fn lock(
     tenant_id: Uuid,
 ) -> Result<Option<LockedTenant>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(
-                "SELECT status, edition FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
-            )
-            .await?,
-            &[&tenant_id],
-        )
+        .query_opt(&c.prepare_cached(LOCK).await?, &[&tenant_id])
         .await?;
     row.map(|r| {
         Ok(LockedTenant {
@@ -200,14 +206,7 @@ pub async fn set_entitlement(
 /// One tenant.
 pub async fn get(c: &impl GenericClient, tenant_id: Uuid) -> Result<Option<Tenant>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(
-                "SELECT tenant_id, company, contact_name, contact_email, edition, status, \
-             suspended_at, created_at FROM tenants WHERE tenant_id = $1",
-            )
-            .await?,
-            &[&tenant_id],
-        )
+        .query_opt(&c.prepare_cached(GET).await?, &[&tenant_id])
         .await?;
     row.map(|r| {
         Ok(Tenant {
@@ -257,13 +256,7 @@ pub async fn entitlement(
     tenant_id: Uuid,
 ) -> Result<Option<Entitlement>, DbError> {
     let row = c
-        .query_opt(
-            &c.prepare_cached(
-                "SELECT edition, paid, features, seats FROM entitlements WHERE tenant_id = $1",
-            )
-            .await?,
-            &[&tenant_id],
-        )
+        .query_opt(&c.prepare_cached(ENTITLEMENT).await?, &[&tenant_id])
         .await?;
     Ok(row.map(|r| entitlement_at(&r, 0)))
 }

@@ -47,7 +47,7 @@
 
 use alga_audit::record::RecordBuilder;
 use alga_protocol::ApplianceIdentity;
-use alga_protocol::api::{CheckInResponse, Credential, License};
+use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
 use futures::future::OptionFuture;
 use time::OffsetDateTime;
 use tracing::instrument;
@@ -69,6 +69,18 @@ use crate::error::ApiError;
 /// essentials appliance) and is upgraded with a re-issued code.
 pub const UNLICENSED_CHECK_IN_INTERVAL: time::Duration = time::Duration::hours(24);
 
+/// A check-in's outcome: what the issuer signed, and when to come back.
+#[derive(Debug, Clone)]
+pub struct CheckedIn {
+    /// The tenant's edition now.
+    pub edition: String,
+    /// `None` when that edition has no license (nothing is signed then).
+    pub license: Option<SignedLicense>,
+    /// A new credential, when renewal was due and a CSR came with the request.
+    pub credential: Option<SignedCredential>,
+    pub next_check_in_after: OffsetDateTime,
+}
+
 /// The presented credential: its serial and validity.
 #[derive(Debug, Clone)]
 pub struct Presented {
@@ -76,6 +88,17 @@ pub struct Presented {
     pub serial: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+}
+
+impl Presented {
+    /// What an authenticated appliance certificate presents (over mTLS or relayed).
+    pub fn of(c: &crate::auth::ApplianceCredential) -> Presented {
+        Presented {
+            serial: c.serial.clone(),
+            not_before: c.not_before,
+            not_after: c.not_after,
+        }
+    }
 }
 
 impl Presented {
@@ -179,19 +202,14 @@ pub async fn check_in(
     version: &str,
     csr_pem: Option<&str>,
     relayed: Option<&Relayed>,
-) -> Result<CheckInResponse, ApiError> {
+) -> Result<CheckedIn, ApiError> {
     let result = check_in_inner(app, ctx, id, &presented, version, csr_pem, relayed).await;
     if let Err(e @ ApiError::RelayedReplayed) = &result {
         // Anyone holding a copy of an accepted request can submit it again, as often
         // as they like: counted in the refusal summary, not one record each, so that
         // replays cannot grow the log without bound.
-        app.refusals.count(
-            actions::APPLIANCE_CHECK_IN,
-            e.code(),
-            None,
-            ctx.source,
-            ctx.now,
-        );
+        app.refusals
+            .count_request(ctx, actions::APPLIANCE_CHECK_IN, e.code());
     } else if let Err(e) = &result {
         let record = ctx.record(actions::APPLIANCE_CHECK_IN).map(|r| {
             mark_relayed(
@@ -214,12 +232,8 @@ async fn check_in_inner(
     version: &str,
     csr_pem: Option<&str>,
     relayed: Option<&Relayed>,
-) -> Result<CheckInResponse, ApiError> {
-    let version = Name::parse(version).map_err(|m| {
-        let mut f = std::collections::BTreeMap::new();
-        f.insert("appliance.version".to_owned(), m.to_owned());
-        ApiError::Validation(f)
-    })?;
+) -> Result<CheckedIn, ApiError> {
+    let version = Name::parse(version).map_err(|m| ApiError::field("appliance.version", m))?;
     let csr = csr_pem.map(Csr::parse).transpose()?;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
@@ -291,8 +305,8 @@ async fn check_in_inner(
         )?;
         tx.commit().await.map_err(db::DbError::from)?;
         tracing::info!(edition = %edition.name, "appliance checked in: no license for its edition");
-        return Ok(CheckInResponse {
-            edition: Some(edition.name.clone()),
+        return Ok(CheckedIn {
+            edition: edition.name.clone(),
             license: None,
             credential: None,
             next_check_in_after: ctx.now + UNLICENSED_CHECK_IN_INTERVAL,
@@ -363,17 +377,10 @@ async fn check_in_inner(
         credential = standing.as_str(),
         "appliance checked in"
     );
-    Ok(CheckInResponse {
-        edition: Some(edition.name.clone()),
-        license: Some(License {
-            token: signed.token,
-            expires_at: signed.expires_at,
-        }),
-        credential: renewed.map(|c| Credential {
-            certificate: c.certificate_pem,
-            chain: c.chain_pem,
-            expires_at: c.expires_at,
-        }),
+    Ok(CheckedIn {
+        edition: edition.name.clone(),
+        license: Some(signed),
+        credential: renewed,
         next_check_in_after: ctx.now + paid.check_in_interval,
     })
 }

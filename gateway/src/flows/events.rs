@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, Ctx, actions};
 use crate::db::{self, appliances};
-use crate::error::ApiError;
+use crate::error::{ApiError, Error};
 
 /// Largest page of `GET /events`.
 pub const MAX_EVENT_PAGE: u32 = 1000;
@@ -229,17 +229,6 @@ pub struct FeedPage {
     pub next: Cursor,
 }
 
-/// Why a page cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum FeedError {
-    /// The cursor is past the newest chained record: it was not written by this log.
-    #[error("the cursor is beyond the end of the feed")]
-    BeyondHead,
-    /// The audit log could not be read.
-    #[error("audit log: {0}")]
-    Audit(#[from] alga_audit::AuditError),
-}
-
 /// Audit sequence numbers one page walks at most while it finds no event (records of
 /// other actions, such as check-ins, in between), in windows of
 /// `alga_audit::store::MAX_SCAN`: a page comes back empty with its `next` moved only
@@ -250,7 +239,7 @@ pub const MAX_EMPTY_SCAN: u64 = 10 * alga_audit::store::MAX_SCAN;
 /// pooled connection or a transaction). A page can hold fewer than `limit` events
 /// while more follow (failed requests share their actions with events and are
 /// skipped); it is empty with `next == after` exactly when the reader is at the end.
-pub async fn read_page<C>(c: &C, after: Cursor, limit: u32) -> Result<FeedPage, FeedError>
+pub async fn read_page<C>(c: &C, after: Cursor, limit: u32) -> Result<FeedPage, Error>
 where
     C: tokio_postgres::GenericClient + Sync,
 {
@@ -260,7 +249,7 @@ where
             alga_audit::scan_actions(c, from, &FEED_ACTIONS, limit, alga_audit::store::MAX_SCAN)
                 .await?;
         if from > scan.head {
-            return Err(FeedError::BeyondHead);
+            return Err(Error::FeedBeyondHead);
         }
         let mut events = Vec::with_capacity(scan.records.len());
         for chained in &scan.records {
@@ -286,7 +275,7 @@ where
 pub async fn page(pool: &Pool, after: Cursor, limit: u32) -> Result<FeedPage, ApiError> {
     let conn = pool.get().await.map_err(db::DbError::from)?;
     read_page(&**conn, after, limit).await.map_err(|e| match e {
-        FeedError::BeyondHead => ApiError::Validation(
+        Error::FeedBeyondHead => ApiError::Validation(
             [(
                 "after".to_owned(),
                 "is beyond the end of the feed: pass the `next` of a previous page".to_owned(),
@@ -294,7 +283,8 @@ pub async fn page(pool: &Pool, after: Cursor, limit: u32) -> Result<FeedPage, Ap
             .into_iter()
             .collect(),
         ),
-        FeedError::Audit(e) => ApiError::internal(format!("event feed: {e}")),
+        Error::AuditLog(e) => ApiError::internal(format!("event feed: {e}")),
+        other => ApiError::from(other),
     })
 }
 

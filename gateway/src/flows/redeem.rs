@@ -33,7 +33,8 @@
 
 use std::sync::atomic::Ordering;
 
-use alga_protocol::api::{ApplianceInfo, Credential, License, RedeemResponse};
+use alga_policies::Edition;
+use alga_protocol::api::ApplianceInfo;
 use alga_protocol::issuer_api::{SignedCredential, SignedLicense};
 use alga_protocol::{CodeBinding, CodeId, InstallCode, SecretText};
 use time::OffsetDateTime;
@@ -50,6 +51,20 @@ use crate::db::codes::{CodeRow, CodeState};
 use crate::db::{self, appliances, tenants};
 use crate::error::ApiError;
 
+/// A redeemed code's outcome: the appliance, and, for a paid edition, what the issuer
+/// signed for it.
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    pub tenant_id: Uuid,
+    /// The tenant's edition now, which the license carries.
+    pub edition: String,
+    pub appliance_id: Uuid,
+    /// The license and credential; `None` for an edition without a license.
+    pub signed: Option<(SignedLicense, SignedCredential)>,
+}
+
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
 /// Redeems a code. `install_code` is the operator's input, untouched.
 #[instrument(skip_all, fields(code.id = tracing::field::Empty, tenant.id = tracing::field::Empty))]
 pub async fn redeem(
@@ -58,14 +73,14 @@ pub async fn redeem(
     install_code: &SecretText,
     csr_pem: &str,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, ApiError> {
+) -> Result<Redeemed, ApiError> {
     let (code, csr) = match checked_input(app, ctx, install_code, csr_pem, appliance) {
         Ok(input) => input,
         Err(e) => {
             // Refused before the code was verified: counted, not recorded one by one.
             app.metrics.redeem_outcome(e.code());
             app.refusals
-                .count(actions::CODE_REDEEM, e.code(), None, ctx.source, ctx.now);
+                .count_request(ctx, actions::CODE_REDEEM, e.code());
             return Err(e);
         }
     };
@@ -149,7 +164,7 @@ async fn verify_and_consume(
     code: InstallCode,
     csr: &Csr,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, (ApiError, Option<Uuid>)> {
+) -> Result<Redeemed, (ApiError, Option<Uuid>)> {
     let code_id = code.code_id().clone();
     let row = {
         let conn = app
@@ -192,51 +207,20 @@ async fn verify_and_consume(
         .map_err(|e| (e, Some(tenant_id)))
 }
 
+/// Step 3 of the module doc, in one transaction under the tenant's lock: claim the
+/// code (or recognize the retry), sign, record the appliance, write the rest, commit.
 async fn consume(
     app: &App,
     ctx: &Ctx,
     row: &CodeRow,
     csr: &Csr,
     appliance: &ApplianceInfo,
-) -> Result<RedeemResponse, ApiError> {
+) -> Result<Redeemed, ApiError> {
     let b = &row.binding;
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
-    let tenant = tenants::lock(&tx, b.tenant_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("code of a tenant that does not exist"))?;
-    if tenant.suspended {
-        return Err(ApiError::TenantSuspended);
-    }
-    let edition = app.policy.edition(&tenant.edition).ok_or_else(|| {
-        ApiError::internal(format!(
-            "tenant edition {:?} not in the policy",
-            tenant.edition
-        ))
-    })?;
-    let appliance_id = Uuid::new_v4();
-    let consumed = db::codes::consume(&tx, b, appliance_id, csr.fingerprint()).await?;
-
-    let (appliance_id, reason) = if consumed.is_some() {
-        if b.edition != tenant.edition {
-            // An edition change revokes the unclaimed codes of the old edition, under
-            // this lock: an unclaimed one bound to another edition is superseded.
-            return Err(ApiError::CodeRevoked);
-        }
-        let (active, frees_one) =
-            appliances::seats_in_use(&tx, b.tenant_id, b.replaces_appliance_id).await?;
-        if active - u32::from(frees_one) >= edition.max_appliances {
-            // The rollback leaves the code unclaimed.
-            return Err(ApiError::SeatLimitReached {
-                active,
-                max: edition.max_appliances,
-            });
-        }
-        (appliance_id, LicenseReason::Redeem)
-    } else {
-        (retry_of(&tx, b, csr).await?, LicenseReason::RedeemRetry)
-    };
-
+    let edition = lock_tenant(app, &tx, b).await?;
+    let (appliance_id, reason) = claim(&tx, b, edition, csr).await?;
     let signed = if edition.is_paid() {
         Some(sign_both(app, b.tenant_id, appliance_id, &edition.name, csr.pem()).await?)
     } else {
@@ -245,51 +229,147 @@ async fn consume(
     let credential = signed
         .as_ref()
         .map(|(_, c)| (c.serial.as_str(), c.expires_at));
-    let mut replaced = None;
-    if reason == LicenseReason::Redeem {
-        // After the signing, so the row carries its credential from the start.
-        appliances::insert(
-            &tx,
-            &NewAppliance {
-                appliance_id,
-                tenant_id: b.tenant_id,
-                code_id: b.code_id.as_str(),
-                hostname: appliance.hostname.trim(),
-                version: appliance.version.trim(),
-                public_key_fingerprint: csr.fingerprint(),
-                credential_serial: credential.map(|c| c.0),
-                credential_expires_at: credential.map(|c| c.1),
-            },
-        )
-        .await?;
-        // The rebuild retires the appliance it names (unless the store revoked it or
-        // another rebuild replaced it since the code was issued).
-        if let Some(old) = b.replaces_appliance_id
-            && appliances::replace(&tx, old, b.tenant_id, appliance_id).await?
-        {
-            replaced = Some(old);
+    let replaced = match reason {
+        LicenseReason::Redeem => {
+            insert_appliance(&tx, b, appliance_id, appliance, csr, credential).await?
         }
+        _ => None,
+    };
+    let redeemed = Redeemed {
+        tenant_id: b.tenant_id,
+        edition: edition.name.clone(),
+        appliance_id,
+        signed,
+    };
+    write_records(ctx, &tx, b, &redeemed, reason, replaced).await?;
+    tx.commit().await.map_err(db::DbError::from)?;
+    tracing::info!(
+        tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,
+        retry = reason == LicenseReason::RedeemRetry, replaced = ?replaced,
+        "install code redeemed"
+    );
+    Ok(redeemed)
+}
+
+/// Takes the tenant's lock (its redeems, reissues and changes serialize on it) and
+/// returns its edition now; a suspended tenant is refused.
+async fn lock_tenant<'p>(
+    app: &'p App,
+    tx: &Tx<'_>,
+    b: &CodeBinding,
+) -> Result<&'p Edition, ApiError> {
+    let tenant = tenants::lock(tx, b.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("code of a tenant that does not exist"))?;
+    if tenant.suspended {
+        return Err(ApiError::TenantSuspended);
     }
+    app.policy.edition(&tenant.edition).ok_or_else(|| {
+        ApiError::internal(format!(
+            "tenant edition {:?} not in the policy",
+            tenant.edition
+        ))
+    })
+}
+
+/// Consumes the code for a new appliance (the conditional `UPDATE`, then the edition
+/// and seat checks, whose refusal rolls the consumption back), or, when it was not
+/// consumed now, recognizes the redeem retry ([`retry_of`]): the appliance and why its
+/// license is signed.
+async fn claim(
+    tx: &Tx<'_>,
+    b: &CodeBinding,
+    edition: &Edition,
+    csr: &Csr,
+) -> Result<(Uuid, LicenseReason), ApiError> {
+    let appliance_id = Uuid::new_v4();
+    if db::codes::consume(tx, b, appliance_id, csr.fingerprint())
+        .await?
+        .is_none()
+    {
+        return Ok((retry_of(tx, b, csr).await?, LicenseReason::RedeemRetry));
+    }
+    if b.edition != edition.name {
+        // An edition change revokes the unclaimed codes of the old edition, under
+        // the tenant's lock: an unclaimed one bound to another edition is superseded.
+        return Err(ApiError::CodeRevoked);
+    }
+    let (active, frees_one) =
+        appliances::seats_in_use(tx, b.tenant_id, b.replaces_appliance_id).await?;
+    if active - u32::from(frees_one) >= edition.max_appliances {
+        // The rollback leaves the code unclaimed.
+        return Err(ApiError::SeatLimitReached {
+            active,
+            max: edition.max_appliances,
+        });
+    }
+    Ok((appliance_id, LicenseReason::Redeem))
+}
+
+/// Inserts a new appliance with its credential (after the signing, so the row carries
+/// it from the start) and retires the appliance the code's rebuild names, unless the
+/// store revoked it or another rebuild replaced it since the code was issued; returns
+/// the one it retired.
+async fn insert_appliance(
+    tx: &Tx<'_>,
+    b: &CodeBinding,
+    appliance_id: Uuid,
+    appliance: &ApplianceInfo,
+    csr: &Csr,
+    credential: Option<(&str, OffsetDateTime)>,
+) -> Result<Option<Uuid>, ApiError> {
+    appliances::insert(
+        tx,
+        &NewAppliance {
+            appliance_id,
+            tenant_id: b.tenant_id,
+            code_id: b.code_id.as_str(),
+            hostname: appliance.hostname.trim(),
+            version: appliance.version.trim(),
+            public_key_fingerprint: csr.fingerprint(),
+            credential_serial: credential.map(|c| c.0),
+            credential_expires_at: credential.map(|c| c.1),
+        },
+    )
+    .await?;
+    match b.replaces_appliance_id {
+        Some(old) if appliances::replace(tx, old, b.tenant_id, appliance_id).await? => {
+            Ok(Some(old))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The writes that depend on nothing but the appliance row: the license row, a
+/// retry's new credential, the `code.redeem` record and the replaced appliance's
+/// `appliance.replace` record, pipelined on the connection (one round trip).
+async fn write_records(
+    ctx: &Ctx,
+    tx: &Tx<'_>,
+    b: &CodeBinding,
+    redeemed: &Redeemed,
+    reason: LicenseReason,
+    replaced: Option<Uuid>,
+) -> Result<(), ApiError> {
+    let appliance_id = redeemed.appliance_id;
     let mut record = ctx
         .record(actions::CODE_REDEEM)?
         .tenant(b.tenant_id)
         .subject("code_id", b.code_id.as_str())
         .subject("appliance_id", appliance_id)
         .detail("retry", reason == LicenseReason::RedeemRetry)
-        .detail("edition", edition.name.as_str());
-    if let Some((l, c)) = &signed {
+        .detail("edition", redeemed.edition.as_str());
+    if let Some((l, c)) = &redeemed.signed {
         record = record.subject("jti", l.jti).subject("serial", &c.serial);
     }
     if let Some(old) = replaced {
         record = record.subject("replaced_appliance_id", old);
     }
-    // Independent writes (the appliance row exists by now), pipelined on the
-    // connection: one round trip.
     tokio::try_join!(
         async {
-            if let Some((l, _)) = &signed {
+            if let Some((l, _)) = &redeemed.signed {
                 let row = license_row(l, b.tenant_id, appliance_id, reason);
-                appliances::insert_license(&tx, &row).await?;
+                appliances::insert_license(tx, &row).await?;
             }
             Ok::<_, ApiError>(())
         },
@@ -300,14 +380,16 @@ async fn consume(
             // with the key the new certificate certifies, by an appliance that has no
             // saved credential (or it would check in, not redeem); should this answer
             // be lost too, it retries the redeem again within the window.
-            if let Some((serial, expires_at)) =
-                credential.filter(|_| reason == LicenseReason::RedeemRetry)
+            if let Some((_, c)) = redeemed
+                .signed
+                .as_ref()
+                .filter(|_| reason == LicenseReason::RedeemRetry)
             {
-                appliances::set_credential(&tx, appliance_id, serial, expires_at).await?;
+                appliances::set_credential(tx, appliance_id, &c.serial, c.expires_at).await?;
             }
             Ok::<_, ApiError>(())
         },
-        async { audit::append(&tx, record).await.map_err(ApiError::from) },
+        async { audit::append(tx, record).await.map_err(ApiError::from) },
         async {
             if let Some(old) = replaced {
                 let r = ctx
@@ -316,50 +398,19 @@ async fn consume(
                     .subject("appliance_id", old)
                     .subject("replaced_by", appliance_id)
                     .subject("code_id", b.code_id.as_str());
-                audit::append(&tx, r).await?;
+                audit::append(tx, r).await?;
             }
             Ok::<_, ApiError>(())
         },
     )?;
-    tx.commit().await.map_err(db::DbError::from)?;
-    tracing::info!(
-        tenant.id = %b.tenant_id, code.id = %b.code_id, appliance.id = %appliance_id,
-        retry = reason == LicenseReason::RedeemRetry, replaced = ?replaced,
-        "install code redeemed"
-    );
-    let (license, credential) = signed
-        .map(|(l, c)| {
-            let license = License {
-                token: l.token,
-                expires_at: l.expires_at,
-            };
-            let credential = Credential {
-                certificate: c.certificate_pem,
-                chain: c.chain_pem,
-                expires_at: c.expires_at,
-            };
-            (license, credential)
-        })
-        .unzip();
-    Ok(RedeemResponse {
-        tenant_id: b.tenant_id,
-        edition: edition.name.clone(),
-        appliance_id,
-        license,
-        credential,
-        check_in_url: edition.is_paid().then(|| app.check_in_url.clone()),
-    })
+    Ok(())
 }
 
 /// A code that was not consumed now: its appliance when this is the redeem retry
 /// (consumed by the same public key less than 15 minutes ago, the appliance still
 /// active), else why not. Classified on the current row: the binding verified, so the
 /// caller may know.
-async fn retry_of(
-    tx: &deadpool_postgres::Transaction<'_>,
-    b: &alga_protocol::CodeBinding,
-    csr: &Csr,
-) -> Result<Uuid, ApiError> {
+async fn retry_of(tx: &Tx<'_>, b: &CodeBinding, csr: &Csr) -> Result<Uuid, ApiError> {
     let now_row = db::codes::get(tx, &b.code_id)
         .await?
         .ok_or(ApiError::CodeInvalid)?;

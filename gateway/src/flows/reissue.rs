@@ -18,12 +18,11 @@
 
 use std::sync::Arc;
 
-use alga_protocol::api::{EmailStatus, RegisterTenantResponse, ReissueResponse};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::Ctx;
-use super::register::{NewCode, issue_code};
+use super::register::{CodeIssued, NewCode, issue_code};
 use super::validate::ContactEmail;
 use crate::App;
 use crate::audit::{self, actions};
@@ -50,6 +49,16 @@ pub enum Replacement {
     Add,
 }
 
+/// A reissue's outcome: the new code, the codes it revoked and the appliance its
+/// redeem will retire.
+#[derive(Debug, Clone)]
+pub struct Reissued {
+    pub code: CodeIssued,
+    /// The unclaimed codes this one supersedes, sorted.
+    pub revoked_code_ids: Vec<String>,
+    pub replaces_appliance_id: Option<Uuid>,
+}
+
 /// Re-issues a code.
 #[instrument(skip_all, fields(tenant.id = tracing::field::Empty))]
 pub async fn reissue(
@@ -57,7 +66,7 @@ pub async fn reissue(
     ctx: &Ctx,
     target: TenantRef,
     replacement: Replacement,
-) -> Result<ReissueResponse, ApiError> {
+) -> Result<Reissued, ApiError> {
     let result = reissue_inner(app, ctx, &target, replacement).await;
     if let Err(e) = &result {
         let record = ctx.record(actions::CODE_REISSUE).map(|r| {
@@ -125,7 +134,7 @@ async fn reissue_inner(
     ctx: &Ctx,
     target: &TenantRef,
     replacement: Replacement,
-) -> Result<ReissueResponse, ApiError> {
+) -> Result<Reissued, ApiError> {
     let mut conn = app.pool.get().await.map_err(db::DbError::from)?;
     let tx = conn.transaction().await.map_err(db::DbError::from)?;
     let tenant_id = match target {
@@ -174,6 +183,7 @@ async fn reissue_inner(
         },
     )
     .await?;
+    let mut code = issued.outcome(tenant_id, &edition);
     audit::append(&tx, issued.mint_record).await?;
     let mut record = ctx
         .record(actions::CODE_REISSUE)?
@@ -192,15 +202,9 @@ async fn reissue_inner(
         tenant.id = %tenant_id, code.id = %issued.code_id, revoked = revoked.len(),
         replaces = ?replaces, "install code re-issued"
     );
-    let status = crate::mail::first_attempt(app, issued.mail_id).await;
-    Ok(ReissueResponse {
-        code: RegisterTenantResponse {
-            tenant_id,
-            edition,
-            install_code: issued.code,
-            download: issued.download,
-            email: EmailStatus { status },
-        },
+    code.mail = crate::mail::first_attempt(app, issued.mail_id).await;
+    Ok(Reissued {
+        code,
         revoked_code_ids: revoked,
         replaces_appliance_id: replaces,
     })

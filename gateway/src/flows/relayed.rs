@@ -23,7 +23,6 @@
 //! each must not add a record. Past 4, the check-in's own audit record is written,
 //! success or failure, with `relayed: true`.
 
-use alga_protocol::api::CheckInResponse;
 use alga_protocol::offline::{self, RelayedCheckIn, RelayedError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -32,7 +31,7 @@ use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::Ctx;
-use super::check_in::{self, Presented};
+use super::check_in::{self, CheckedIn, Presented};
 use crate::App;
 use crate::audit::actions;
 use crate::auth::{ClientIdentity, TrustSets};
@@ -57,17 +56,12 @@ pub async fn check_in(
     app: &App,
     mut ctx: Ctx,
     req: &RelayedCheckIn,
-) -> Result<CheckInResponse, ApiError> {
+) -> Result<CheckedIn, ApiError> {
     let authenticated = match authenticate(app, &ctx, req).await {
         Ok(a) => a,
         Err(e) => {
-            app.refusals.count(
-                actions::APPLIANCE_CHECK_IN,
-                e.code(),
-                None,
-                ctx.source,
-                ctx.now,
-            );
+            app.refusals
+                .count_request(&ctx, actions::APPLIANCE_CHECK_IN, e.code());
             return Err(e);
         }
     };
@@ -83,11 +77,7 @@ pub async fn check_in(
         app,
         &ctx,
         credential.id,
-        Presented {
-            serial: credential.serial.clone(),
-            not_before: credential.not_before,
-            not_after: credential.not_after,
-        },
+        Presented::of(&credential),
         &payload.check_in.appliance.version,
         payload.check_in.csr.as_deref(),
         Some(&relayed),
@@ -169,14 +159,10 @@ async fn authenticate(
 
 fn refusal(e: RelayedError) -> ApiError {
     match e {
-        RelayedError::Format => {
-            let mut f = std::collections::BTreeMap::new();
-            f.insert(
-                "format".to_owned(),
-                format!("must be {}", offline::CHECK_IN_REQUEST_FORMAT),
-            );
-            ApiError::Validation(f)
-        }
+        RelayedError::Format => ApiError::field(
+            "format",
+            format!("must be {}", offline::CHECK_IN_REQUEST_FORMAT),
+        ),
         RelayedError::Malformed => ApiError::RelayedRejected("the request is malformed"),
         RelayedError::BadSignature => ApiError::RelayedRejected(
             "the signature does not verify with the appliance's certificate",

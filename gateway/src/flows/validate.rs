@@ -84,13 +84,6 @@ pub fn edition<'p>(policy: &'p Policy, name: &str) -> Result<&'p Edition, String
     })
 }
 
-/// A validation error on one field.
-pub fn field_error(field: &str, message: impl Into<String>) -> ApiError {
-    let mut f = BTreeMap::new();
-    f.insert(field.to_owned(), message.into());
-    ApiError::Validation(f)
-}
-
 /// A valid registration.
 #[derive(Debug, Clone)]
 pub struct Registration<'p> {

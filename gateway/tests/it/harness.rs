@@ -170,7 +170,7 @@ async fn template() -> String {
         .get_or_init(|| async {
             use sha2::Digest;
             let mut h = sha2::Sha256::new();
-            for m in alga_gateway::migrate::all() {
+            for m in alga_gateway::db::migrate::all() {
                 h.update(m.name.as_bytes());
                 h.update(m.sql.as_bytes());
             }
@@ -208,12 +208,12 @@ async fn ensure_template(admin: &tokio_postgres::Client, name: &str) {
         .parse()
         .expect("parses");
     mig.dbname(&building);
-    alga_gateway::migrate::migrate(&mig)
+    alga_gateway::db::migrate::migrate(&mig)
         .await
         .expect("migrations apply");
     // Idempotent: a second run applies nothing.
     assert!(
-        alga_gateway::migrate::migrate(&mig)
+        alga_gateway::db::migrate::migrate(&mig)
             .await
             .expect("rerun")
             .is_empty()

@@ -19,7 +19,6 @@ use alga_appliance::service::Retry;
 use alga_appliance::{Error, exit};
 use alga_protocol::SecretText;
 use alga_protocol::offline::{RelayedCheckIn, b64url, signing_input};
-use base64::Engine as _;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 use reqwest::StatusCode;
@@ -249,23 +248,43 @@ struct Tamper {
     exit: i32,
 }
 
+/// Tampers of the fields both kinds of response have.
+const FORMAT: Tamper = Tamper {
+    what: "format",
+    at: |t| after(t, "\"format\": \"", 0),
+    exit: exit::LOCAL_INPUT,
+};
+const NONCE: Tamper = Tamper {
+    what: "nonce",
+    at: |t| after(t, "\"nonce\": \"", 0),
+    exit: exit::BAD_RESPONSE,
+};
+const REQUEST_DIGEST: Tamper = Tamper {
+    what: "request digest",
+    at: |t| after(t, "\"request_sha256\": \"", 10),
+    exit: exit::BAD_RESPONSE,
+};
+const EDITION: Tamper = Tamper {
+    what: "edition",
+    at: |t| after(t, "\"edition\": \"", 0),
+    exit: exit::BAD_RESPONSE,
+};
+const LICENSE_SIGNATURE: Tamper = Tamper {
+    what: "license signature",
+    at: |t| in_token(t, 2, 5),
+    exit: exit::UNTRUSTED,
+};
+const LICENSE_EXPIRES_AT: Tamper = Tamper {
+    what: "license expires_at",
+    at: |t| after(t, "\"expires_at\": \"", 3),
+    exit: exit::BAD_RESPONSE,
+};
+
 /// The bytes of a redeem response that something authenticates, one at a time.
 const REDEEM_RESPONSE_TAMPERS: &[Tamper] = &[
-    Tamper {
-        what: "format",
-        at: |t| after(t, "\"format\": \"", 0),
-        exit: exit::LOCAL_INPUT,
-    },
-    Tamper {
-        what: "nonce",
-        at: |t| after(t, "\"nonce\": \"", 0),
-        exit: exit::BAD_RESPONSE,
-    },
-    Tamper {
-        what: "request digest",
-        at: |t| after(t, "\"request_sha256\": \"", 10),
-        exit: exit::BAD_RESPONSE,
-    },
+    FORMAT,
+    NONCE,
+    REQUEST_DIGEST,
     Tamper {
         what: "tenant id",
         at: |t| after(t, "\"tenant_id\": \"", 3),
@@ -276,26 +295,14 @@ const REDEEM_RESPONSE_TAMPERS: &[Tamper] = &[
         at: |t| after(t, "\"appliance_id\": \"", 3),
         exit: exit::BAD_RESPONSE,
     },
-    Tamper {
-        what: "edition",
-        at: |t| after(t, "\"edition\": \"", 0),
-        exit: exit::BAD_RESPONSE,
-    },
+    EDITION,
     Tamper {
         what: "license header",
         at: |t| after(t, "\"token\": \"", 10),
         exit: exit::BAD_RESPONSE,
     },
-    Tamper {
-        what: "license signature",
-        at: |t| in_token(t, 2, 5),
-        exit: exit::UNTRUSTED,
-    },
-    Tamper {
-        what: "license expires_at",
-        at: |t| after(t, "\"expires_at\": \"", 3),
-        exit: exit::BAD_RESPONSE,
-    },
+    LICENSE_SIGNATURE,
+    LICENSE_EXPIRES_AT,
     Tamper {
         what: "certificate",
         at: |t| after(t, "\"certificate\": \"-----BEGIN CERTIFICATE-----\\n", 200),
@@ -318,36 +325,12 @@ const REDEEM_RESPONSE_TAMPERS: &[Tamper] = &[
 
 /// The bytes of a check-in response that something authenticates.
 const CHECK_IN_RESPONSE_TAMPERS: &[Tamper] = &[
-    Tamper {
-        what: "format",
-        at: |t| after(t, "\"format\": \"", 0),
-        exit: exit::LOCAL_INPUT,
-    },
-    Tamper {
-        what: "nonce",
-        at: |t| after(t, "\"nonce\": \"", 0),
-        exit: exit::BAD_RESPONSE,
-    },
-    Tamper {
-        what: "request digest",
-        at: |t| after(t, "\"request_sha256\": \"", 10),
-        exit: exit::BAD_RESPONSE,
-    },
-    Tamper {
-        what: "edition",
-        at: |t| after(t, "\"edition\": \"", 0),
-        exit: exit::BAD_RESPONSE,
-    },
-    Tamper {
-        what: "license signature",
-        at: |t| in_token(t, 2, 5),
-        exit: exit::UNTRUSTED,
-    },
-    Tamper {
-        what: "license expires_at",
-        at: |t| after(t, "\"expires_at\": \"", 3),
-        exit: exit::BAD_RESPONSE,
-    },
+    FORMAT,
+    NONCE,
+    REQUEST_DIGEST,
+    EDITION,
+    LICENSE_SIGNATURE,
+    LICENSE_EXPIRES_AT,
 ];
 
 /// Every tamper of `table` applied to `response` is refused by `install`, nothing
@@ -380,19 +363,25 @@ fn refuse_each<T: std::fmt::Debug>(
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// A relayed check-in request file, with its payload edited by `edit`: the request
+/// (payload not yet replaced) and the new payload's bytes.
+fn edited(request: &Path, edit: impl FnOnce(&mut Value)) -> (RelayedCheckIn, Vec<u8>) {
+    let r: RelayedCheckIn =
+        serde_json::from_slice(&std::fs::read(request).expect("read")).expect("request");
+    let mut payload: Value =
+        serde_json::from_slice(&r.payload_bytes().expect("base64url")).expect("payload");
+    edit(&mut payload);
+    (r, serde_json::to_vec(&payload).expect("json"))
+}
+
+fn write_request(r: &RelayedCheckIn, to: &Path) {
+    std::fs::write(to, serde_json::to_vec_pretty(r).expect("json")).expect("write");
+}
+
 /// A relayed check-in: the request file's payload (JSON) edited by `edit`, then signed
 /// with the PKCS#8 key `key_pem` (not necessarily the certificate's).
 fn resigned(request: &Path, key_pem: &str, edit: impl FnOnce(&mut Value), to: &Path) {
-    let r: RelayedCheckIn =
-        serde_json::from_slice(&std::fs::read(request).expect("read")).expect("request");
-    let mut payload: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&r.payload)
-            .expect("base64url"),
-    )
-    .expect("payload");
-    edit(&mut payload);
-    let bytes = serde_json::to_vec(&payload).expect("json");
+    let (r, bytes) = edited(request, edit);
     let key = p256::ecdsa::SigningKey::from_pkcs8_pem(key_pem).expect("P-256 key");
     let sig: p256::ecdsa::Signature = key.sign(&signing_input(&bytes));
     let out = RelayedCheckIn {
@@ -400,18 +389,29 @@ fn resigned(request: &Path, key_pem: &str, edit: impl FnOnce(&mut Value), to: &P
         signature: b64url(&sig.to_bytes()),
         ..r
     };
-    std::fs::write(to, serde_json::to_vec_pretty(&out).expect("json")).expect("write");
+    write_request(&out, to);
 }
 
 /// The request file with its payload changed and its signature kept.
 fn payload_changed(request: &Path, edit: impl FnOnce(&mut Value), to: &Path) {
-    let mut r: RelayedCheckIn =
-        serde_json::from_slice(&std::fs::read(request).expect("read")).expect("request");
-    let mut payload: Value =
-        serde_json::from_slice(&r.payload_bytes().expect("bytes")).expect("json");
-    edit(&mut payload);
-    r.payload = b64url(&serde_json::to_vec(&payload).expect("json"));
-    std::fs::write(to, serde_json::to_vec_pretty(&r).expect("json")).expect("write");
+    let (r, bytes) = edited(request, edit);
+    let out = RelayedCheckIn {
+        payload: b64url(&bytes),
+        ..r
+    };
+    write_request(&out, to);
+}
+
+/// An appliance installed through a relay with `code`: request, relay, install.
+async fn installed_through_relay(
+    s: &Stack,
+    site: &Site,
+    code: &str,
+) -> alga_appliance::redeem::Redeemed {
+    let request = request_redeem(site, code, "request.json");
+    let response = site.file("response.json");
+    relay(s, &request, &response).await.expect("relay");
+    install_redeem(site, &response).expect("install")
 }
 
 async fn store_put_edition(s: &Stack, tenant: Uuid, edition: &str) {
@@ -701,10 +701,7 @@ async fn relayed_check_in_of_a_replaced_appliance_is_refused() {
     let s = Stack::start().await;
     let (tenant_id, _, code) = s.tenant_with_code("pro").await;
     let site = Site::new();
-    let request = request_redeem(&site, &code, "request.json");
-    let response = site.file("response.json");
-    relay(&s, &request, &response).await.expect("relay");
-    install_redeem(&site, &response).expect("install");
+    installed_through_relay(&s, &site, &code).await;
 
     // A rebuild: a re-issued code redeemed on another machine replaces it.
     let (st, v) = s.reissue(&json!({"tenant_id": tenant_id})).await;

@@ -5,7 +5,7 @@
 
 use tokio_postgres::NoTls;
 
-use crate::db::DbError;
+use super::DbError;
 
 /// One migration: a stable name and its SQL (run with `batch_execute`).
 #[derive(Debug, Clone, Copy)]
@@ -18,27 +18,27 @@ pub struct Migration {
 pub const GATEWAY_MIGRATIONS: &[Migration] = &[
     Migration {
         name: "gateway/0001_registry",
-        sql: include_str!("../migrations/0001_registry.sql"),
+        sql: include_str!("../../migrations/0001_registry.sql"),
     },
     Migration {
         name: "gateway/0002_outbox_code_index",
-        sql: include_str!("../migrations/0002_outbox_code_index.sql"),
+        sql: include_str!("../../migrations/0002_outbox_code_index.sql"),
     },
     Migration {
         name: "gateway/0003_license_lifecycle",
-        sql: include_str!("../migrations/0003_license_lifecycle.sql"),
+        sql: include_str!("../../migrations/0003_license_lifecycle.sql"),
     },
     Migration {
         name: "gateway/0004_credential_rotation",
-        sql: include_str!("../migrations/0004_credential_rotation.sql"),
+        sql: include_str!("../../migrations/0004_credential_rotation.sql"),
     },
     Migration {
         name: "gateway/0005_events_webhooks",
-        sql: include_str!("../migrations/0005_events_webhooks.sql"),
+        sql: include_str!("../../migrations/0005_events_webhooks.sql"),
     },
     Migration {
         name: "gateway/0006_relayed_check_in",
-        sql: include_str!("../migrations/0006_relayed_check_in.sql"),
+        sql: include_str!("../../migrations/0006_relayed_check_in.sql"),
     },
 ];
 
