@@ -155,6 +155,15 @@ pub struct IssuerLog {
     pub files: usize,
 }
 
+/// The audit checkpoints' sequence numbers the issuers signed (their `ids.sequence`):
+/// the chain hashes the gateway's side must read to match them.
+pub fn checkpoint_seqs(logs: &[IssuerLog]) -> Vec<u64> {
+    logs.iter()
+        .flat_map(|l| &l.records)
+        .filter_map(|r| r.ids.sequence)
+        .collect()
+}
+
 /// Where and why a signing log stops verifying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogBreak {

@@ -371,6 +371,18 @@ where
         .collect()
 }
 
+/// The last chained sequence number, 0 for an empty chain: where `alga-audit tail`
+/// starts counting back from.
+pub async fn last_seq<C>(client: &C) -> Result<u64, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let row = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM audit_chain", &[])
+        .await?;
+    to_u64(row.try_get(0)?)
+}
+
 /// The last chained record: where the sequencer continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Head {
