@@ -81,7 +81,6 @@ use alga_protocol::signlog::{ChainVerifier, FIRST_SEQ, SignOp, SignlogRecord, pa
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
-use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
 use crate::canonical::chain_hash;
@@ -339,12 +338,7 @@ pub async fn load_database(
     opts: &ReconcileOptions,
     checkpoint_seqs: &[u64],
 ) -> Result<GatewayView, AuditError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = store::snapshot(client).await?;
     let mut view = GatewayView {
         source: "database".into(),
         ..GatewayView::default()

@@ -8,8 +8,8 @@ use alga_protocol::issuer_api::SignedCheckpoint;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
-use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
+use tokio_postgres::{GenericClient, IsolationLevel};
 use uuid::Uuid;
 
 use crate::canonical;
@@ -369,6 +369,20 @@ where
             })
         })
         .collect()
+}
+
+/// Opens a `REPEATABLE READ READ ONLY` transaction: one consistent snapshot of the
+/// log for the readers that take several statements (verify, export, reconcile),
+/// while the service keeps writing.
+pub(crate) async fn snapshot(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, AuditError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }
 
 /// The last chained sequence number, 0 for an empty chain: where `alga-audit tail`

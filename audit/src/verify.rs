@@ -29,7 +29,6 @@ use alga_protocol::issuer_api::SignedCheckpoint;
 use futures::{StreamExt, pin_mut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -728,12 +727,7 @@ pub async fn verify_database(
     client: &mut tokio_postgres::Client,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = store::snapshot(client).await?;
 
     let mut v = ChainVerifier::new();
     let mut cps = Vec::new();
