@@ -787,8 +787,9 @@ fn match_signatures(
                 continue;
             };
             let matched = match r.op {
-                SignOp::LogCheckpoint => match_log_checkpoint(report, claims, log, r, id.clone()),
-                SignOp::Checkpoint => match_checkpoint(report, claims, log, r, id.clone()),
+                SignOp::LogCheckpoint | SignOp::Checkpoint => {
+                    match_checkpoint(report, claims, log, r, id.clone())
+                }
                 SignOp::CodeDerive => {
                     if claims.records.contains_key(&(SignOp::CodeMint, id.clone()))
                         || claims
@@ -827,54 +828,9 @@ fn match_signatures(
     candidates_for_failure
 }
 
-/// A tree checkpoint: by size against the stored ones (a tree size is not an audit
-/// sequence, a root hash not a head hash).
-fn match_log_checkpoint(
-    report: &mut ReconcileReport,
-    claims: &GatewayClaims<'_>,
-    log: &IssuerLog,
-    r: &SignlogRecord,
-    id: String,
-) -> Matched {
-    let Some(stored_log) = &claims.log_checkpoints else {
-        return Matched::Settled;
-    };
-    let size = r.ids.sequence.unwrap_or_default();
-    let Some(cp) = stored_log.get(&size) else {
-        // Signed and never stored: the sequencer's call timed out or it lost its
-        // leadership first. Listed for review.
-        report.failed_request.push(FailedRequestSignature {
-            signature: signature(
-                log,
-                r,
-                id,
-                Some("tree checkpoint signed, not stored".into()),
-            ),
-            failure_seq: None,
-            failure_action: None,
-            error_code: None,
-        });
-        return Matched::Settled;
-    };
-    if r.ids.head_hash.as_deref() != Some(cp.root_hex.as_str()) {
-        report.mismatched.push(Mismatch {
-            log: log.dir.clone(),
-            log_seq: r.seq,
-            audit_seq: size,
-            op: r.op,
-            id,
-            detail: format!(
-                "root: issuer {} stored {}",
-                r.ids.head_hash.as_deref().unwrap_or("-"),
-                cp.root_hex
-            ),
-        });
-    }
-    Matched::Yes
-}
-
-/// A checkpoint of the chain: against the stored one at its sequence number, or, not
-/// stored, against the chain's hash there.
+/// A checkpoint against the stored ones: of the tree by size (a tree size is not an
+/// audit sequence, a root hash not a head hash), of the chain by sequence number and,
+/// not stored, against the chain's hash there.
 fn match_checkpoint(
     report: &mut ReconcileReport,
     claims: &GatewayClaims<'_>,
@@ -882,47 +838,68 @@ fn match_checkpoint(
     r: &SignlogRecord,
     id: String,
 ) -> Matched {
-    let seq = r.ids.sequence.unwrap_or_default();
-    let Some(cp) = claims.checkpoints.get(&seq) else {
-        let truth = claims.gateway.chain_hashes.get(&seq);
-        if truth.is_some() && truth.map(String::as_str) == r.ids.head_hash.as_deref() {
-            report.failed_request.push(FailedRequestSignature {
-                signature: signature(
+    let at = r.ids.sequence.unwrap_or_default();
+    let (what, stored) = if r.op == SignOp::LogCheckpoint {
+        let Some(stored_log) = &claims.log_checkpoints else {
+            return Matched::Settled;
+        };
+        let Some(cp) = stored_log.get(&at) else {
+            // Signed and never stored: the sequencer's call timed out or it lost its
+            // leadership first. Listed for review.
+            report
+                .failed_request
+                .push(unstored(log, r, id, "tree checkpoint signed, not stored"));
+            return Matched::Settled;
+        };
+        ("root", cp.root_hex.as_str())
+    } else {
+        let Some(cp) = claims.checkpoints.get(&at) else {
+            let truth = claims.gateway.chain_hashes.get(&at);
+            if truth.is_some() && truth.map(String::as_str) == r.ids.head_hash.as_deref() {
+                report.failed_request.push(unstored(
                     log,
                     r,
                     id,
-                    Some("signed for the chain's true head, not stored".into()),
-                ),
-                failure_seq: None,
-                failure_action: None,
-                error_code: None,
-            });
-        } else {
-            let note = match truth {
-                Some(_) => "not stored, and its head hash is not the chain's hash at that sequence",
-                None => "not stored, and that sequence is not in the records read",
-            };
-            report
-                .unrecorded
-                .push(signature(log, r, id, Some(note.into())));
-        }
-        return Matched::Settled;
+                    "signed for the chain's true head, not stored",
+                ));
+            } else {
+                let note = match truth {
+                    Some(_) => {
+                        "not stored, and its head hash is not the chain's hash at that sequence"
+                    }
+                    None => "not stored, and that sequence is not in the records read",
+                };
+                report
+                    .unrecorded
+                    .push(signature(log, r, id, Some(note.into())));
+            }
+            return Matched::Settled;
+        };
+        ("head_hash", cp.head_hash.as_str())
     };
-    if r.ids.head_hash.as_deref() != Some(cp.head_hash.as_str()) {
+    let signed = r.ids.head_hash.as_deref();
+    if signed != Some(stored) {
         report.mismatched.push(Mismatch {
             log: log.dir.clone(),
             log_seq: r.seq,
-            audit_seq: seq,
+            audit_seq: at,
             op: r.op,
             id,
-            detail: format!(
-                "head_hash: issuer {} stored {}",
-                r.ids.head_hash.as_deref().unwrap_or("-"),
-                cp.head_hash
-            ),
+            detail: format!("{what}: issuer {} stored {stored}", signed.unwrap_or("-")),
         });
     }
     Matched::Yes
+}
+
+/// A checkpoint the issuer signed and the gateway did not store, listed for review:
+/// no failure record accounts for it.
+fn unstored(log: &IssuerLog, r: &SignlogRecord, id: String, note: &str) -> FailedRequestSignature {
+    FailedRequestSignature {
+        signature: signature(log, r, id, Some(note.into())),
+        failure_seq: None,
+        failure_action: None,
+        error_code: None,
+    }
 }
 
 /// Unmatched mints, licenses and credentials: signed during a failed request (a

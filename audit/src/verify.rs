@@ -488,16 +488,7 @@ impl ChainVerifier {
         }
         if !self.filtered {
             let (a, b) = (self.expected, s - 1);
-            let idx = self.finding(
-                DamageKind::Missing,
-                Some(a),
-                if a == b {
-                    format!("record {a} is missing")
-                } else {
-                    format!("records {a}..={b} are missing")
-                },
-            );
-            if let Some(idx) = idx {
+            if let Some(idx) = self.missing_range(a, b, "") {
                 self.missing.push((a, b, idx));
             }
         }
@@ -633,16 +624,7 @@ impl ChainVerifier {
                 self.note_checkpoint(e);
                 return;
             }
-            let (a, b) = (s, origin - 1);
-            self.finding(
-                DamageKind::Missing,
-                Some(a),
-                if a == b {
-                    format!("record {a} is missing (later records were renumbered)")
-                } else {
-                    format!("records {a}..={b} are missing (later records were renumbered)")
-                },
-            );
+            self.missing_range(s, origin - 1, " (later records were renumbered)");
         } else {
             let (a, b) = (origin, s - 1);
             self.finding(
@@ -657,6 +639,17 @@ impl ChainVerifier {
         }
         self.shift = s as i64 - origin as i64;
         self.resync(e, next);
+    }
+
+    /// Reports records `a..=b` missing, `why` after the words; returns the finding's
+    /// index (none once findings are capped).
+    fn missing_range(&mut self, a: u64, b: u64, why: &str) -> Option<usize> {
+        let detail = if a == b {
+            format!("record {a} is missing{why}")
+        } else {
+            format!("records {a}..={b} are missing{why}")
+        };
+        self.finding(DamageKind::Missing, Some(a), detail)
     }
 
     fn origin_ok(&self, e: &Held, shift: i64) -> bool {

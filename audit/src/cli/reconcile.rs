@@ -177,21 +177,15 @@ fn print_reconcile(r: &ReconcileReport, strict: bool, json: bool) -> anyhow::Res
         }
     )?;
 
-    let sig_header = || {
-        format!(
+    section(
+        &mut out,
+        "signed by the issuer, never recorded by the gateway",
+        r.unrecorded.len(),
+        &format!(
             "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  LOG / NOTE",
             "LOG SEQ", "TIME", "OP", "ID", "TENANT"
-        )
-    };
-    writeln!(out)?;
-    writeln!(
-        out,
-        "signed by the issuer, never recorded by the gateway: {}",
-        r.unrecorded.len()
+        ),
     )?;
-    if !r.unrecorded.is_empty() {
-        writeln!(out, "{}", sig_header())?;
-    }
     for s in &r.unrecorded {
         writeln!(
             out,
@@ -208,19 +202,15 @@ fn print_reconcile(r: &ReconcileReport, strict: bool, json: bool) -> anyhow::Res
                 .unwrap_or_default()
         )?;
     }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "recorded by the gateway as signed, absent from the issuer's log: {}",
-        r.absent.len()
-    )?;
-    if !r.absent.is_empty() {
-        writeln!(
-            out,
+    section(
+        &mut out,
+        "recorded by the gateway as signed, absent from the issuer's log",
+        r.absent.len(),
+        &format!(
             "  {:<8}  {:<27}  {:<20}  {:<11}  {:<36}  TENANT",
             "SEQ", "TIME", "ACTION", "OP", "ID"
-        )?;
-    }
+        ),
+    )?;
     for c in &r.absent {
         writeln!(
             out,
@@ -233,24 +223,22 @@ fn print_reconcile(r: &ReconcileReport, strict: bool, json: bool) -> anyhow::Res
             opt(c.tenant_id)
         )?;
     }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "signed during a failed request (matched by tenant and time, {}): {}",
-        if strict {
-            "counted as unrecorded: --strict"
-        } else {
-            "for review"
-        },
-        r.failed_request.len()
-    )?;
-    if !r.failed_request.is_empty() {
-        writeln!(
-            out,
+    section(
+        &mut out,
+        &format!(
+            "signed during a failed request (matched by tenant and time, {})",
+            if strict {
+                "counted as unrecorded: --strict"
+            } else {
+                "for review"
+            }
+        ),
+        r.failed_request.len(),
+        &format!(
             "  {:<8}  {:<27}  {:<11}  {:<36}  {:<36}  ACCOUNTED FOR BY",
             "LOG SEQ", "TIME", "OP", "ID", "TENANT"
-        )?;
-    }
+        ),
+    )?;
     for f in &r.failed_request {
         let s = &f.signature;
         let by = match (&f.failure_seq, &f.failure_action, &f.error_code) {
@@ -307,6 +295,17 @@ fn print_reconcile(r: &ReconcileReport, strict: bool, json: bool) -> anyhow::Res
                 String::new()
             }
         )?;
+    }
+    Ok(())
+}
+
+/// A list of the report: a blank line, its title with its length, and its column
+/// header when it is not empty.
+fn section(out: &mut impl Write, title: &str, len: usize, header: &str) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "{title}: {len}")?;
+    if len > 0 {
+        writeln!(out, "{header}")?;
     }
     Ok(())
 }

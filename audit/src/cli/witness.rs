@@ -64,12 +64,8 @@ pub enum WitnessCommand {
         /// Allow a non-loopback --listen address (put TLS in front).
         #[arg(long)]
         public: bool,
-        /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
-        #[arg(long)]
-        log_keys: PathBuf,
-        /// The witness key (`witness init`).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        keys: WitnessKeys,
         /// The witness's state: the last cosigned checkpoint (created on first use).
         #[arg(long)]
         state: PathBuf,
@@ -84,11 +80,21 @@ pub async fn run(command: &WitnessCommand) -> anyhow::Result<ExitCode> {
         WitnessCommand::Serve {
             listen,
             public,
-            log_keys,
-            key,
+            keys,
             state,
-        } => serve(*listen, *public, log_keys, key, state).await,
+        } => serve(*listen, *public, &keys.log_keys, &keys.key, state).await,
     }
+}
+
+// The files both `poll` and `serve` read.
+#[derive(Args, Debug)]
+pub struct WitnessKeys {
+    /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+    #[arg(long)]
+    log_keys: PathBuf,
+    /// The witness key (`witness init`).
+    #[arg(long)]
+    key: PathBuf,
 }
 
 // `witness poll`'s arguments (plain comments: a doc comment here would be clap's help).
@@ -98,12 +104,8 @@ pub struct PollArgs {
     /// by `alga-audit publish`.
     #[arg(long)]
     log: String,
-    /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
-    #[arg(long)]
-    log_keys: PathBuf,
-    /// The witness key (`witness init`).
-    #[arg(long)]
-    key: PathBuf,
+    #[command(flatten)]
+    keys: WitnessKeys,
     /// The witness's state: the last accepted checkpoint (created on first use).
     #[arg(long)]
     state: PathBuf,
@@ -358,7 +360,7 @@ enum Polled {
 
 /// `witness poll`.
 pub async fn poll(args: &PollArgs) -> anyhow::Result<ExitCode> {
-    let (witness, _) = open_witness(&args.log_keys, &args.key, &args.state)?;
+    let (witness, _) = open_witness(&args.keys.log_keys, &args.keys.key, &args.state)?;
     let source = LogSource::new(&args.log, args.ca.as_deref())?;
     let interval = alga_policies::parse_duration(&args.interval)
         .ok()

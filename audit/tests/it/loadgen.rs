@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use alga_audit::{Action, Actor, NewRecord, Sequencer, SequencerConfig};
 use alga_policies::AuditPolicy;
-use alga_protocol::issuer_api::{SignedCheckpoint, SignedLogCheckpoint};
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::support::InsecureTestSigner;
 
 /// The environment variable that makes a test process a load generator.
 pub const LOAD_ENV: &str = "ALGA_AUDIT_LOADGEN";
@@ -92,19 +93,6 @@ pub fn run_if_asked() -> bool {
     true
 }
 
-/// Checkpoints are never due in the load generator (see the policy below).
-struct NoCheckpoints;
-
-impl alga_audit::CheckpointSigner for NoCheckpoints {
-    type Error = &'static str;
-    async fn sign(&self, _: u64, _: &str) -> Result<SignedCheckpoint, &'static str> {
-        Err("the load generator does not sign checkpoints")
-    }
-    async fn sign_log(&self, _: u64, _: [u8; 32]) -> Result<SignedLogCheckpoint, &'static str> {
-        Err("the load generator does not sign checkpoints")
-    }
-}
-
 /// Appends `tasks × records` records, each with its `loadgen_business` row (the
 /// table must exist), while a sequencer of its own chains them.
 async fn run(load: &Load) -> anyhow::Result<Report> {
@@ -128,7 +116,8 @@ async fn run(load: &Load) -> anyhow::Result<Report> {
     });
     config.danger_skip_leader_election = load.danger_race;
     config.leader_retry = Duration::from_millis(100);
-    let sequencer = Sequencer::new(pool.clone(), NoCheckpoints, config);
+    // Checkpoints are never due under this policy: the signer is never called.
+    let sequencer = Sequencer::new(pool.clone(), InsecureTestSigner::new("k"), config);
     let progress = sequencer.progress();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let seq_task = sequencer.spawn(async move {
