@@ -4,17 +4,31 @@
 //! variant documented; `anyhow` is only for the `alga-audit` binary, start-up and tests.
 
 /// Everything the audit library can fail with.
+///
+/// Non-exhaustive: a new way to fail is not a breaking change, so callers keep a
+/// catch-all arm (the gateway maps the few it answers differently, the rest to 500).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditError {
     /// A record field breaks its charset, length or type rule (the record was not
     /// built; nothing was written).
     #[error("invalid audit record: {field} {reason}")]
-    InvalidRecord { field: String, reason: String },
+    InvalidRecord {
+        /// The field, e.g. `actor.role` or `details`.
+        field: String,
+        /// The rule it breaks.
+        reason: String,
+    },
 
     /// The secret guard refused a field that looks like a code, token, PIN or key.
     /// Carries the field's path and the rule, never the value.
     #[error("audit record field {path} refused: {reason}")]
-    SecretLike { path: String, reason: &'static str },
+    SecretLike {
+        /// The field's path in the record.
+        path: String,
+        /// The rule that matched.
+        reason: &'static str,
+    },
 
     /// A database statement failed. Inside `append`, the caller must roll back: the
     /// action it was recording fails with it (fail-closed).
@@ -54,5 +68,10 @@ pub enum AuditError {
 
     /// An export file line is not in the export format.
     #[error("export line {line}: {reason}")]
-    Export { line: u64, reason: String },
+    Export {
+        /// 1-based line in the file.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -24,7 +24,6 @@ use alga_protocol::issuer_api::SignedCheckpoint;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
-use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
 use crate::canonical::{self, chain_hash};
@@ -106,12 +105,7 @@ pub async fn export<W: Write>(
     now: OffsetDateTime,
     out: &mut W,
 ) -> Result<ExportSummary, AuditError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = store::snapshot(client).await?;
     let head = store::head(&tx).await?;
     let header = ExportHeader {
         kind: "header".into(),

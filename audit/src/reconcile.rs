@@ -81,7 +81,6 @@ use alga_protocol::signlog::{ChainVerifier, FIRST_SEQ, SignOp, SignlogRecord, pa
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
-use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
 use crate::canonical::chain_hash;
@@ -153,6 +152,15 @@ pub struct IssuerLog {
     pub torn_tail_bytes: usize,
     /// Log files read.
     pub files: usize,
+}
+
+/// The audit checkpoints' sequence numbers the issuers signed (their `ids.sequence`):
+/// the chain hashes the gateway's side must read to match them.
+pub fn checkpoint_seqs(logs: &[IssuerLog]) -> Vec<u64> {
+    logs.iter()
+        .flat_map(|l| &l.records)
+        .filter_map(|r| r.ids.sequence)
+        .collect()
 }
 
 /// Where and why a signing log stops verifying.
@@ -330,12 +338,7 @@ pub async fn load_database(
     opts: &ReconcileOptions,
     checkpoint_seqs: &[u64],
 ) -> Result<GatewayView, AuditError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = store::snapshot(client).await?;
     let mut view = GatewayView {
         source: "database".into(),
         ..GatewayView::default()
@@ -666,63 +669,103 @@ pub fn reconcile(
     gateway: &GatewayView,
     opts: &ReconcileOptions,
 ) -> ReconcileReport {
-    let mut report = ReconcileReport {
-        logs: logs
-            .iter()
-            .map(|l| LogSummary {
-                dir: l.dir.clone(),
-                files: l.files,
-                records: l.records.len() as u64,
-                first_seq: l.records.first().map(|r| r.seq),
-                last_seq: l.records.last().map(|r| r.seq),
-                resumed_at: l.resumed_at,
-                torn_tail_bytes: l.torn_tail_bytes,
-                broken: l.broken.clone(),
-            })
-            .collect(),
-        gateway: GatewaySummary {
-            source: gateway.source.clone(),
-            records_read: gateway.records_read,
-            checkpoints: gateway.checkpoints.len() as u64,
-            selection: gateway.selection,
-        },
-        since: opts.since,
-        until: opts.until,
-        signatures_checked: 0,
-        claims_checked: 0,
-        matched: BTreeMap::new(),
-        unrecorded: Vec::new(),
-        absent: Vec::new(),
-        failed_request: Vec::new(),
-        mismatched: Vec::new(),
-    };
+    let mut report = ReconcileReport::new(logs, gateway, opts);
+    let claims = GatewayClaims::new(gateway);
+    let candidates = match_signatures(&mut report, logs, &claims, opts);
+    account_for_failures(&mut report, candidates, gateway, opts);
+    find_absent(&mut report, logs, gateway, opts);
+    report
+}
 
-    // The gateway's claims, by (op, id) → records.
-    let mut claims: HashMap<(SignOp, String), Vec<&GatewayRecord>> = HashMap::new();
-    for g in &gateway.records {
-        for key in claims_of(&g.record) {
-            claims.entry(key).or_default().push(g);
+impl ReconcileReport {
+    /// The summaries of both sides, nothing matched yet.
+    fn new(logs: &[IssuerLog], gateway: &GatewayView, opts: &ReconcileOptions) -> Self {
+        ReconcileReport {
+            logs: logs
+                .iter()
+                .map(|l| LogSummary {
+                    dir: l.dir.clone(),
+                    files: l.files,
+                    records: l.records.len() as u64,
+                    first_seq: l.records.first().map(|r| r.seq),
+                    last_seq: l.records.last().map(|r| r.seq),
+                    resumed_at: l.resumed_at,
+                    torn_tail_bytes: l.torn_tail_bytes,
+                    broken: l.broken.clone(),
+                })
+                .collect(),
+            gateway: GatewaySummary {
+                source: gateway.source.clone(),
+                records_read: gateway.records_read,
+                checkpoints: gateway.checkpoints.len() as u64,
+                selection: gateway.selection,
+            },
+            since: opts.since,
+            until: opts.until,
+            signatures_checked: 0,
+            claims_checked: 0,
+            matched: BTreeMap::new(),
+            unrecorded: Vec::new(),
+            absent: Vec::new(),
+            failed_request: Vec::new(),
+            mismatched: Vec::new(),
         }
     }
-    let stored: HashMap<u64, &SignedCheckpoint> = gateway
-        .checkpoints
-        .iter()
-        .map(|c| (c.sequence, c))
-        .collect();
-    let stored_log: Option<HashMap<u64, &crate::tree::StoredLogCheckpoint>> = gateway
-        .log_checkpoints
-        .as_ref()
-        .map(|all| all.iter().map(|c| (c.size, c)).collect());
+}
 
-    // The issuers' signatures, by (op, id) (all of them, not only the window's).
-    let mut signed: HashSet<(SignOp, String)> = HashSet::new();
-    for log in logs {
-        for r in &log.records {
-            if let Some(id) = natural_id(r) {
-                signed.insert((r.op, id));
+/// The gateway's side, indexed for matching signatures.
+struct GatewayClaims<'a> {
+    gateway: &'a GatewayView,
+    /// The records' claims, by (op, id).
+    records: HashMap<(SignOp, String), Vec<&'a GatewayRecord>>,
+    /// Stored checkpoints, by sequence number.
+    checkpoints: HashMap<u64, &'a SignedCheckpoint>,
+    /// Stored tree checkpoints, by size (`None` when the source has none to read).
+    log_checkpoints: Option<HashMap<u64, &'a crate::tree::StoredLogCheckpoint>>,
+}
+
+impl<'a> GatewayClaims<'a> {
+    fn new(gateway: &'a GatewayView) -> Self {
+        let mut records: HashMap<(SignOp, String), Vec<&GatewayRecord>> = HashMap::new();
+        for g in &gateway.records {
+            for key in claims_of(&g.record) {
+                records.entry(key).or_default().push(g);
             }
         }
+        GatewayClaims {
+            gateway,
+            records,
+            checkpoints: gateway
+                .checkpoints
+                .iter()
+                .map(|c| (c.sequence, c))
+                .collect(),
+            log_checkpoints: gateway
+                .log_checkpoints
+                .as_ref()
+                .map(|all| all.iter().map(|c| (c.size, c)).collect()),
+        }
     }
+}
+
+/// How one signature fared against the gateway's side.
+enum Matched {
+    /// The gateway recorded it.
+    Yes,
+    /// Not recorded: a derive is unrecorded, anything else may be a failed request.
+    No,
+    /// Already put in the report (unrecorded, failed request), or not checkable.
+    Settled,
+}
+
+/// Matches every signature in the window against the gateway's claims. Returns the
+/// unmatched mints, licenses and credentials, for [`account_for_failures`].
+fn match_signatures(
+    report: &mut ReconcileReport,
+    logs: &[IssuerLog],
+    claims: &GatewayClaims<'_>,
+    opts: &ReconcileOptions,
+) -> Vec<Signature> {
     // Mints before the window: their derives are accounted for by an earlier run.
     let minted_before: HashSet<String> = logs
         .iter()
@@ -730,10 +773,7 @@ pub fn reconcile(
         .filter(|r| r.op == SignOp::CodeMint && opts.since.is_some_and(|s| r.time < s))
         .filter_map(natural_id)
         .collect();
-
-    let mut failures = FailureIndex::new(gateway);
-    let mut candidates_for_failure: Vec<Signature> = Vec::new();
-
+    let mut candidates_for_failure = Vec::new();
     for log in logs {
         for r in log.records.iter().filter(|r| opts.in_window(r.time)) {
             report.signatures_checked += 1;
@@ -747,135 +787,132 @@ pub fn reconcile(
                 continue;
             };
             let matched = match r.op {
-                // Tree checkpoints: by size against the stored ones (a tree size is not
-                // an audit sequence, a root hash not a head hash).
-                SignOp::LogCheckpoint => {
-                    let Some(stored_log) = &stored_log else {
-                        continue;
-                    };
-                    let size = r.ids.sequence.unwrap_or_default();
-                    match stored_log.get(&size) {
-                        Some(cp) => {
-                            if r.ids.head_hash.as_deref() != Some(cp.root_hex.as_str()) {
-                                report.mismatched.push(Mismatch {
-                                    log: log.dir.clone(),
-                                    log_seq: r.seq,
-                                    audit_seq: size,
-                                    op: r.op,
-                                    id: id.clone(),
-                                    detail: format!(
-                                        "root: issuer {} stored {}",
-                                        r.ids.head_hash.as_deref().unwrap_or("-"),
-                                        cp.root_hex
-                                    ),
-                                });
-                            }
-                            true
-                        }
-                        None => {
-                            // Signed and never stored: the sequencer's call timed out
-                            // or it lost its leadership first. Listed for review.
-                            report.failed_request.push(FailedRequestSignature {
-                                signature: signature(
-                                    log,
-                                    r,
-                                    id,
-                                    Some("tree checkpoint signed, not stored".into()),
-                                ),
-                                failure_seq: None,
-                                failure_action: None,
-                                error_code: None,
-                            });
-                            continue;
-                        }
-                    }
-                }
-                SignOp::Checkpoint => {
-                    let seq = r.ids.sequence.unwrap_or_default();
-                    match stored.get(&seq) {
-                        Some(cp) => {
-                            if r.ids.head_hash.as_deref() != Some(cp.head_hash.as_str()) {
-                                report.mismatched.push(Mismatch {
-                                    log: log.dir.clone(),
-                                    log_seq: r.seq,
-                                    audit_seq: seq,
-                                    op: r.op,
-                                    id: id.clone(),
-                                    detail: format!(
-                                        "head_hash: issuer {} stored {}",
-                                        r.ids.head_hash.as_deref().unwrap_or("-"),
-                                        cp.head_hash
-                                    ),
-                                });
-                            }
-                            true
-                        }
-                        None => {
-                            let truth = gateway.chain_hashes.get(&seq);
-                            if truth.is_some()
-                                && truth.map(String::as_str) == r.ids.head_hash.as_deref()
-                            {
-                                report.failed_request.push(FailedRequestSignature {
-                                    signature: signature(
-                                        log,
-                                        r,
-                                        id,
-                                        Some("signed for the chain's true head, not stored".into()),
-                                    ),
-                                    failure_seq: None,
-                                    failure_action: None,
-                                    error_code: None,
-                                });
-                            } else {
-                                let note = match truth {
-                                    Some(_) => {
-                                        "not stored, and its head hash is not the chain's hash at that sequence"
-                                    }
-                                    None => {
-                                        "not stored, and that sequence is not in the records read"
-                                    }
-                                };
-                                report
-                                    .unrecorded
-                                    .push(signature(log, r, id, Some(note.into())));
-                            }
-                            continue;
-                        }
-                    }
+                SignOp::LogCheckpoint | SignOp::Checkpoint => {
+                    match_checkpoint(report, claims, log, r, id.clone())
                 }
                 SignOp::CodeDerive => {
-                    claims.contains_key(&(SignOp::CodeMint, id.clone()))
-                        || claims.contains_key(&(SignOp::CodeDerive, id.clone()))
+                    if claims.records.contains_key(&(SignOp::CodeMint, id.clone()))
+                        || claims
+                            .records
+                            .contains_key(&(SignOp::CodeDerive, id.clone()))
                         || minted_before.contains(&id)
+                    {
+                        Matched::Yes
+                    } else {
+                        Matched::No
+                    }
                 }
                 SignOp::CodeMint | SignOp::License | SignOp::Credential => {
-                    match claims.get(&(r.op, id.clone())) {
+                    match claims.records.get(&(r.op, id.clone())) {
                         Some(records) => {
-                            check_same_subjects(&mut report, log, r, &id, records);
-                            true
+                            check_same_subjects(report, log, r, &id, records);
+                            Matched::Yes
                         }
-                        None => false,
+                        None => Matched::No,
                     }
                 }
             };
-            if matched {
-                *report.matched.entry(r.op.to_string()).or_default() += 1;
-            } else if r.op == SignOp::CodeDerive {
-                report.unrecorded.push(signature(
+            match matched {
+                Matched::Yes => *report.matched.entry(r.op.to_string()).or_default() += 1,
+                Matched::No if r.op == SignOp::CodeDerive => report.unrecorded.push(signature(
                     log,
                     r,
                     id,
                     Some("a derive of a code whose mint the gateway never recorded".into()),
-                ));
-            } else {
-                candidates_for_failure.push(signature(log, r, id, None));
+                )),
+                Matched::No => candidates_for_failure.push(signature(log, r, id, None)),
+                Matched::Settled => {}
             }
         }
     }
+    candidates_for_failure
+}
 
-    // Unmatched mints, licenses and credentials: a failed request, or unrecorded.
-    candidates_for_failure.sort_by_key(|s| s.time);
-    for s in candidates_for_failure {
+/// A checkpoint against the stored ones: of the tree by size (a tree size is not an
+/// audit sequence, a root hash not a head hash), of the chain by sequence number and,
+/// not stored, against the chain's hash there.
+fn match_checkpoint(
+    report: &mut ReconcileReport,
+    claims: &GatewayClaims<'_>,
+    log: &IssuerLog,
+    r: &SignlogRecord,
+    id: String,
+) -> Matched {
+    let at = r.ids.sequence.unwrap_or_default();
+    let (what, stored) = if r.op == SignOp::LogCheckpoint {
+        let Some(stored_log) = &claims.log_checkpoints else {
+            return Matched::Settled;
+        };
+        let Some(cp) = stored_log.get(&at) else {
+            // Signed and never stored: the sequencer's call timed out or it lost its
+            // leadership first. Listed for review.
+            report
+                .failed_request
+                .push(unstored(log, r, id, "tree checkpoint signed, not stored"));
+            return Matched::Settled;
+        };
+        ("root", cp.root_hex.as_str())
+    } else {
+        let Some(cp) = claims.checkpoints.get(&at) else {
+            let truth = claims.gateway.chain_hashes.get(&at);
+            if truth.is_some() && truth.map(String::as_str) == r.ids.head_hash.as_deref() {
+                report.failed_request.push(unstored(
+                    log,
+                    r,
+                    id,
+                    "signed for the chain's true head, not stored",
+                ));
+            } else {
+                let note = match truth {
+                    Some(_) => {
+                        "not stored, and its head hash is not the chain's hash at that sequence"
+                    }
+                    None => "not stored, and that sequence is not in the records read",
+                };
+                report
+                    .unrecorded
+                    .push(signature(log, r, id, Some(note.into())));
+            }
+            return Matched::Settled;
+        };
+        ("head_hash", cp.head_hash.as_str())
+    };
+    let signed = r.ids.head_hash.as_deref();
+    if signed != Some(stored) {
+        report.mismatched.push(Mismatch {
+            log: log.dir.clone(),
+            log_seq: r.seq,
+            audit_seq: at,
+            op: r.op,
+            id,
+            detail: format!("{what}: issuer {} stored {stored}", signed.unwrap_or("-")),
+        });
+    }
+    Matched::Yes
+}
+
+/// A checkpoint the issuer signed and the gateway did not store, listed for review:
+/// no failure record accounts for it.
+fn unstored(log: &IssuerLog, r: &SignlogRecord, id: String, note: &str) -> FailedRequestSignature {
+    FailedRequestSignature {
+        signature: signature(log, r, id, Some(note.into())),
+        failure_seq: None,
+        failure_action: None,
+        error_code: None,
+    }
+}
+
+/// Unmatched mints, licenses and credentials: signed during a failed request (a
+/// failure record accounts for each), or unrecorded.
+fn account_for_failures(
+    report: &mut ReconcileReport,
+    mut candidates: Vec<Signature>,
+    gateway: &GatewayView,
+    opts: &ReconcileOptions,
+) {
+    let mut failures = FailureIndex::new(gateway);
+    candidates.sort_by_key(|s| s.time);
+    for s in candidates {
         match failures.take(&s, opts) {
             Some(f) => report.failed_request.push(FailedRequestSignature {
                 signature: s,
@@ -889,25 +926,42 @@ pub fn reconcile(
             None => report.unrecorded.push(s),
         }
     }
+}
 
-    // The other direction: claims in the window absent from every issuer log.
+/// The other direction: the gateway's claims in the window (records, stored
+/// checkpoints and tree checkpoints) absent from every issuer log.
+fn find_absent(
+    report: &mut ReconcileReport,
+    logs: &[IssuerLog],
+    gateway: &GatewayView,
+    opts: &ReconcileOptions,
+) {
+    // The issuers' signatures, by (op, id) (all of them, not only the window's).
+    let signed: HashSet<(SignOp, String)> = logs
+        .iter()
+        .flat_map(|l| &l.records)
+        .filter_map(|r| natural_id(r).map(|id| (r.op, id)))
+        .collect();
+    let mut check = |claim: Claim| {
+        report.claims_checked += 1;
+        if !signed.contains(&(claim.op, claim.id.clone())) {
+            report.absent.push(claim);
+        }
+    };
     for g in gateway
         .records
         .iter()
         .filter(|g| opts.in_window(g.record.time))
     {
         for (op, id) in claims_of(&g.record) {
-            report.claims_checked += 1;
-            if !signed.contains(&(op, id.clone())) {
-                report.absent.push(Claim {
-                    audit_seq: g.seq,
-                    time: g.record.time,
-                    action: g.record.action.as_str().to_owned(),
-                    op,
-                    id,
-                    tenant_id: g.record.tenant_id,
-                });
-            }
+            check(Claim {
+                audit_seq: g.seq,
+                time: g.record.time,
+                action: g.record.action.as_str().to_owned(),
+                op,
+                id,
+                tenant_id: g.record.tenant_id,
+            });
         }
     }
     for cp in gateway
@@ -915,18 +969,14 @@ pub fn reconcile(
         .iter()
         .filter(|c| opts.in_window(c.signed_at))
     {
-        report.claims_checked += 1;
-        let id = cp.sequence.to_string();
-        if !signed.contains(&(SignOp::Checkpoint, id.clone())) {
-            report.absent.push(Claim {
-                audit_seq: cp.sequence,
-                time: cp.signed_at,
-                action: "checkpoint".into(),
-                op: SignOp::Checkpoint,
-                id,
-                tenant_id: None,
-            });
-        }
+        check(Claim {
+            audit_seq: cp.sequence,
+            time: cp.signed_at,
+            action: "checkpoint".into(),
+            op: SignOp::Checkpoint,
+            id: cp.sequence.to_string(),
+            tenant_id: None,
+        });
     }
     for cp in gateway
         .log_checkpoints
@@ -934,20 +984,15 @@ pub fn reconcile(
         .flatten()
         .filter(|c| opts.in_window(c.stored_at))
     {
-        report.claims_checked += 1;
-        let id = cp.size.to_string();
-        if !signed.contains(&(SignOp::LogCheckpoint, id.clone())) {
-            report.absent.push(Claim {
-                audit_seq: cp.size,
-                time: cp.stored_at,
-                action: "log_checkpoint".into(),
-                op: SignOp::LogCheckpoint,
-                id,
-                tenant_id: None,
-            });
-        }
+        check(Claim {
+            audit_seq: cp.size,
+            time: cp.stored_at,
+            action: "log_checkpoint".into(),
+            op: SignOp::LogCheckpoint,
+            id: cp.size.to_string(),
+            tenant_id: None,
+        });
     }
-    report
 }
 
 /// Reports a matched signature whose tenant or appliance differs from every record

@@ -8,8 +8,8 @@ use alga_protocol::issuer_api::SignedCheckpoint;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
-use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
+use tokio_postgres::{GenericClient, IsolationLevel};
 use uuid::Uuid;
 
 use crate::canonical;
@@ -369,6 +369,32 @@ where
             })
         })
         .collect()
+}
+
+/// Opens a `REPEATABLE READ READ ONLY` transaction: one consistent snapshot of the
+/// log for the readers that take several statements (verify, export, reconcile),
+/// while the service keeps writing.
+pub(crate) async fn snapshot(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, AuditError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// The last chained sequence number, 0 for an empty chain: where `alga-audit tail`
+/// starts counting back from.
+pub async fn last_seq<C>(client: &C) -> Result<u64, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let row = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM audit_chain", &[])
+        .await?;
+    to_u64(row.try_get(0)?)
 }
 
 /// The last chained record: where the sequencer continues.

@@ -29,7 +29,6 @@ use alga_protocol::issuer_api::SignedCheckpoint;
 use futures::{StreamExt, pin_mut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -399,71 +398,20 @@ impl ChainVerifier {
         self.report
     }
 
+    /// Judges one record, knowing the next (to tell a swap, an insertion or a
+    /// replacement apart): accepts it, or reports what happened at it and resyncs.
     fn step(&mut self, e: Held, next: Option<&Held>) {
         let s = e.seq;
-        if !self.started {
-            self.started = true;
-            self.report.first_seq = Some(s);
-            if self.anchored {
-                self.expected = s;
-                self.running = e.prev;
-            }
-        }
+        self.start_at(&e);
         self.report.records += 1;
-
-        if let Some((pseq, resume)) = self.partner
-            && pseq == s
-        {
-            // The other half of a reported swap.
-            self.partner = None;
-            self.running = resume;
-            self.expected = self.expected.max(s + 1);
-            self.note_checkpoint(&e);
+        if self.completes_swap(&e) {
             return;
         }
-
         if s < self.expected {
-            if let Some(&(_, _, idx)) = self.missing.iter().find(|(a, b, _)| *a <= s && s <= *b) {
-                let f = &mut self.report.findings[idx];
-                f.kind = DamageKind::Reordered;
-                f.detail = format!(
-                    "record {s} is out of order (found after record {})",
-                    self.expected - 1
-                );
-            } else {
-                self.finding(
-                    DamageKind::Inserted,
-                    Some(s),
-                    format!(
-                        "sequence number {s} appears again after {}",
-                        self.expected - 1
-                    ),
-                );
-            }
+            self.seen_again(s);
             return;
         }
-
-        let mut link_known = true;
-        if s > self.expected {
-            link_known = false;
-            if !self.filtered {
-                let (a, b) = (self.expected, s - 1);
-                let idx = self.finding(
-                    DamageKind::Missing,
-                    Some(a),
-                    if a == b {
-                        format!("record {a} is missing")
-                    } else {
-                        format!("records {a}..={b} are missing")
-                    },
-                );
-                if let Some(idx) = idx {
-                    self.missing.push((a, b, idx));
-                }
-            }
-            self.expected = s;
-        }
-
+        let link_known = self.skip_missing(s);
         if e.gone {
             // Reported as missing when pushed; its chain entry still carries the link.
             self.accept(&e);
@@ -471,138 +419,172 @@ impl ChainVerifier {
         }
         let link_ok = !link_known || e.prev == self.running;
         let self_ok = e.self_ok || (self.shift != 0 && self.origin_ok(&e, self.shift));
+        match (link_ok, self_ok) {
+            (true, true) => self.accept(&e),
+            (true, false) => self.changed_in_place(&e, next),
+            (false, true) => self.unlinked(&e, next),
+            (false, false) => self.moved_or_broken(&e, next),
+        }
+    }
 
-        if link_ok && self_ok {
-            self.accept(&e);
+    /// On the first record: the report's first sequence number, and for a log that
+    /// starts mid-chain, the anchor.
+    fn start_at(&mut self, e: &Held) {
+        if self.started {
             return;
         }
+        self.started = true;
+        self.report.first_seq = Some(e.seq);
+        if self.anchored {
+            self.expected = e.seq;
+            self.running = e.prev;
+        }
+    }
 
-        // Damage at `s`. Work out what kind.
-        if link_ok {
-            // Content or hash changed in place, or moved here from elsewhere.
-            if let Some(n) = next
-                && let Some(h) = e.hashes_at(&n.prev, n.seq)
-                && h == n.hash
-                && n.belongs_at_with(&e.prev, s)
-            {
-                self.finding(
-                    DamageKind::Reordered,
-                    Some(s),
-                    format!("records {s} and {} swapped places", n.seq),
-                );
-                self.partner = Some((n.seq, n.hash));
-                self.resync(&e, Some(n));
-                return;
-            }
-            if let Some(i) = self.suspects.iter().position(|sus| {
-                e.hashes_at(&sus.held.prev, sus.held.seq) == Some(sus.held.hash)
-                    || sus.held.hashes_at(&e.prev, s) == Some(e.hash)
-            }) {
-                let sus = self.suspects.swap_remove(i);
-                let f = &mut self.report.findings[sus.finding];
-                f.kind = DamageKind::Reordered;
-                f.detail = format!("records {} and {s} swapped places", sus.held.seq);
-                self.resync(&e, next);
-                return;
-            }
-            if let Some(n) = next
-                && n.prev == self.running
-            {
-                let kind = if n.seq == s {
-                    DamageKind::Inserted
-                } else {
-                    DamageKind::Modified
-                };
-                let detail = if n.seq == s {
-                    format!("a record was slipped in at {s}")
-                } else {
-                    format!("record {s} was replaced")
-                };
-                self.finding(kind, Some(s), detail);
-                self.resync(&e, next);
-                return;
-            }
-            let idx = self.finding(
-                DamageKind::Modified,
-                Some(s),
-                format!("record {s} does not match its hash: content or hash changed"),
+    /// Whether `e` is the other half of a swap already reported (then accepted
+    /// silently).
+    fn completes_swap(&mut self, e: &Held) -> bool {
+        let Some((pseq, resume)) = self.partner else {
+            return false;
+        };
+        if pseq != e.seq {
+            return false;
+        }
+        self.partner = None;
+        self.running = resume;
+        self.expected = self.expected.max(e.seq + 1);
+        self.note_checkpoint(e);
+        true
+    }
+
+    /// A sequence number already walked past: one reported missing turned up late
+    /// (reordered), or it is a duplicate (inserted).
+    fn seen_again(&mut self, s: u64) {
+        if let Some(&(_, _, idx)) = self.missing.iter().find(|(a, b, _)| *a <= s && s <= *b) {
+            let f = &mut self.report.findings[idx];
+            f.kind = DamageKind::Reordered;
+            f.detail = format!(
+                "record {s} is out of order (found after record {})",
+                self.expected - 1
             );
-            if let Some(idx) = idx
-                && self.suspects.len() < MAX_SUSPECTS
-                && e.bytes.is_some()
-            {
-                self.suspects.push(Suspect {
-                    finding: idx,
-                    held: e.clone(),
-                });
+        } else {
+            self.finding(
+                DamageKind::Inserted,
+                Some(s),
+                format!(
+                    "sequence number {s} appears again after {}",
+                    self.expected - 1
+                ),
+            );
+        }
+    }
+
+    /// A jump ahead to `s`: reports the records in between as missing (unless the
+    /// log is filtered). Returns whether the link to the previous record can still
+    /// be checked (no jump).
+    fn skip_missing(&mut self, s: u64) -> bool {
+        if s <= self.expected {
+            return true;
+        }
+        if !self.filtered {
+            let (a, b) = (self.expected, s - 1);
+            if let Some(idx) = self.missing_range(a, b, "") {
+                self.missing.push((a, b, idx));
             }
-            self.resync(&e, next);
+        }
+        self.expected = s;
+        false
+    }
+
+    /// Linked, but not matching its own hash: content or hash changed in place, or
+    /// the record moved here from elsewhere (a swap), or one was slipped in.
+    fn changed_in_place(&mut self, e: &Held, next: Option<&Held>) {
+        let s = e.seq;
+        if let Some(n) = next
+            && let Some(h) = e.hashes_at(&n.prev, n.seq)
+            && h == n.hash
+            && n.belongs_at_with(&e.prev, s)
+        {
+            self.finding(
+                DamageKind::Reordered,
+                Some(s),
+                format!("records {s} and {} swapped places", n.seq),
+            );
+            self.partner = Some((n.seq, n.hash));
+            self.resync(e, Some(n));
             return;
         }
-
-        if self_ok {
-            // Intact itself, but not linked to the verified record before it.
-            let (kind, detail) = match next {
-                Some(n) if n.prev == self.running => (
-                    DamageKind::Inserted,
-                    format!("record {s} was inserted: the next record links past it"),
-                ),
-                _ => (
-                    DamageKind::Modified,
-                    format!("record {s} does not link to record {}", s.saturating_sub(1)),
-                ),
+        if let Some(i) = self.suspects.iter().position(|sus| {
+            e.hashes_at(&sus.held.prev, sus.held.seq) == Some(sus.held.hash)
+                || sus.held.hashes_at(&e.prev, s) == Some(e.hash)
+        }) {
+            let sus = self.suspects.swap_remove(i);
+            let f = &mut self.report.findings[sus.finding];
+            f.kind = DamageKind::Reordered;
+            f.detail = format!("records {} and {s} swapped places", sus.held.seq);
+            self.resync(e, next);
+            return;
+        }
+        if let Some(n) = next
+            && n.prev == self.running
+        {
+            let kind = if n.seq == s {
+                DamageKind::Inserted
+            } else {
+                DamageKind::Modified
+            };
+            let detail = if n.seq == s {
+                format!("a record was slipped in at {s}")
+            } else {
+                format!("record {s} was replaced")
             };
             self.finding(kind, Some(s), detail);
-            self.resync(&e, next);
+            self.resync(e, next);
             return;
         }
+        let idx = self.finding(
+            DamageKind::Modified,
+            Some(s),
+            format!("record {s} does not match its hash: content or hash changed"),
+        );
+        if let Some(idx) = idx
+            && self.suspects.len() < MAX_SUSPECTS
+            && e.bytes.is_some()
+        {
+            self.suspects.push(Suspect {
+                finding: idx,
+                held: e.clone(),
+            });
+        }
+        self.resync(e, next);
+    }
 
-        // Neither linked nor consistent at its position: was it chained elsewhere?
-        if let Some(origin) = self.find_origin(&e) {
-            if origin > s {
-                // Chained at `origin`, now at `s`: the records in between went.
-                if let Some(n) = next
-                    && n.belongs_at_with(&n.prev, s)
-                    && n.prev == self.running
-                {
-                    self.finding(
-                        DamageKind::Reordered,
-                        Some(s),
-                        format!("records {s} and {origin} swapped places"),
-                    );
-                    self.partner = Some((n.seq, e.hash));
-                    self.expected = s + 1;
-                    self.note_checkpoint(&e);
-                    return;
-                }
-                let (a, b) = (s, origin - 1);
-                self.finding(
-                    DamageKind::Missing,
-                    Some(a),
-                    if a == b {
-                        format!("record {a} is missing (later records were renumbered)")
-                    } else {
-                        format!("records {a}..={b} are missing (later records were renumbered)")
-                    },
-                );
-            } else {
-                let (a, b) = (origin, s - 1);
-                self.finding(
-                    DamageKind::Inserted,
-                    Some(a),
-                    if a == b {
-                        format!("a record was inserted at {a} (later records were renumbered)")
-                    } else {
-                        format!(
-                            "records were inserted at {a}..={b} (later records were renumbered)"
-                        )
-                    },
-                );
-            }
-            self.shift = s as i64 - origin as i64;
-            self.resync(&e, next);
+    /// Intact itself, but not linked to the verified record before it: inserted (the
+    /// next record links past it) or its link changed.
+    fn unlinked(&mut self, e: &Held, next: Option<&Held>) {
+        let s = e.seq;
+        let (kind, detail) = match next {
+            Some(n) if n.prev == self.running => (
+                DamageKind::Inserted,
+                format!("record {s} was inserted: the next record links past it"),
+            ),
+            _ => (
+                DamageKind::Modified,
+                format!("record {s} does not link to record {}", s.saturating_sub(1)),
+            ),
+        };
+        self.finding(kind, Some(s), detail);
+        self.resync(e, next);
+    }
+
+    /// Neither linked nor consistent at its position: renumbered if it was chained
+    /// at a nearby sequence number, else inserted or modified.
+    fn moved_or_broken(&mut self, e: &Held, next: Option<&Held>) {
+        if let Some(origin) = self.find_origin(e) {
+            self.renumbered(e, next, origin);
             return;
         }
+        let s = e.seq;
         let (kind, detail) = match next {
             Some(n) if n.prev == self.running => (
                 DamageKind::Inserted,
@@ -618,7 +600,56 @@ impl ChainVerifier {
             ),
         };
         self.finding(kind, Some(s), detail);
-        self.resync(&e, next);
+        self.resync(e, next);
+    }
+
+    /// `e` was chained at `origin`, now sits at its own `seq`: records in between
+    /// went (or two swapped), or records were inserted before it. Later records are
+    /// then checked at the same shift.
+    fn renumbered(&mut self, e: &Held, next: Option<&Held>, origin: u64) {
+        let s = e.seq;
+        if origin > s {
+            // Chained at `origin`, now at `s`: the records in between went.
+            if let Some(n) = next
+                && n.belongs_at_with(&n.prev, s)
+                && n.prev == self.running
+            {
+                self.finding(
+                    DamageKind::Reordered,
+                    Some(s),
+                    format!("records {s} and {origin} swapped places"),
+                );
+                self.partner = Some((n.seq, e.hash));
+                self.expected = s + 1;
+                self.note_checkpoint(e);
+                return;
+            }
+            self.missing_range(s, origin - 1, " (later records were renumbered)");
+        } else {
+            let (a, b) = (origin, s - 1);
+            self.finding(
+                DamageKind::Inserted,
+                Some(a),
+                if a == b {
+                    format!("a record was inserted at {a} (later records were renumbered)")
+                } else {
+                    format!("records were inserted at {a}..={b} (later records were renumbered)")
+                },
+            );
+        }
+        self.shift = s as i64 - origin as i64;
+        self.resync(e, next);
+    }
+
+    /// Reports records `a..=b` missing, `why` after the words; returns the finding's
+    /// index (none once findings are capped).
+    fn missing_range(&mut self, a: u64, b: u64, why: &str) -> Option<usize> {
+        let detail = if a == b {
+            format!("record {a} is missing{why}")
+        } else {
+            format!("records {a}..={b} are missing{why}")
+        };
+        self.finding(DamageKind::Missing, Some(a), detail)
     }
 
     fn origin_ok(&self, e: &Held, shift: i64) -> bool {
@@ -728,12 +759,7 @@ pub async fn verify_database(
     client: &mut tokio_postgres::Client,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = store::snapshot(client).await?;
 
     let mut v = ChainVerifier::new();
     let mut cps = Vec::new();

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alga_tlog::{TileFetch, TilePath, TlogError, Witness, WitnessKey};
 use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -29,7 +30,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use zeroize::Zeroizing;
 
-use crate::transparency::read_log_keys;
+use super::transparency::read_log_keys;
 
 /// Largest checkpoint note accepted from a log (its signatures and a few dozen
 /// cosignatures fit easily).
@@ -38,6 +39,90 @@ const MAX_CHECKPOINT: usize = 16 << 10;
 const MAX_REQUEST: usize = 64 << 10;
 /// Connections `serve` handles at once.
 const MAX_CONNECTIONS: usize = 64;
+
+// `witness`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub enum WitnessCommand {
+    /// Make a witness key: writes it to FILE (mode 0600, never overwritten), prints
+    /// its public verifier key.
+    Init {
+        /// The witness's name (its cosignatures' key name), e.g. witness.example.com/w1.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Follow the log: fetch its checkpoint and tiles, accept and cosign consistent
+    /// growth; on a fork or rollback say so, keep the state, exit 1 (--once).
+    Poll(PollArgs),
+    /// Answer c2sp.org/tlog-witness `POST /add-checkpoint` over plain HTTP/1.1.
+    Serve {
+        /// Address to listen on (loopback unless --public).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (put TLS in front).
+        #[arg(long)]
+        public: bool,
+        #[command(flatten)]
+        keys: WitnessKeys,
+        /// The witness's state: the last cosigned checkpoint (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+/// Runs a `witness` subcommand.
+pub async fn run(command: &WitnessCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WitnessCommand::Init { name, key } => init(name, key),
+        WitnessCommand::Poll(args) => poll(args).await,
+        WitnessCommand::Serve {
+            listen,
+            public,
+            keys,
+            state,
+        } => serve(*listen, *public, &keys.log_keys, &keys.key, state).await,
+    }
+}
+
+// The files both `poll` and `serve` read.
+#[derive(Args, Debug)]
+pub struct WitnessKeys {
+    /// The log's verifier keys, one per line (`GET /audit/log/vkey`).
+    #[arg(long)]
+    log_keys: PathBuf,
+    /// The witness key (`witness init`).
+    #[arg(long)]
+    key: PathBuf,
+}
+
+// `witness poll`'s arguments (plain comments: a doc comment here would be clap's help).
+#[derive(Args, Debug)]
+pub struct PollArgs {
+    /// The log: an https:// URL (the gateway's …/audit/log) or a directory written
+    /// by `alga-audit publish`.
+    #[arg(long)]
+    log: String,
+    #[command(flatten)]
+    keys: WitnessKeys,
+    /// The witness's state: the last accepted checkpoint (created on first use).
+    #[arg(long)]
+    state: PathBuf,
+    /// Time between polls.
+    #[arg(long, default_value = "30s")]
+    interval: String,
+    /// Poll once and exit.
+    #[arg(long)]
+    once: bool,
+    /// PEM root certificate(s) of an https log's server (required for https).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Also write each accepted checkpoint, with this witness's cosignature
+    /// appended, to DIR/<size>.
+    #[arg(long)]
+    cosignatures: Option<PathBuf>,
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -126,19 +211,6 @@ fn open_witness(
         .state()
         .with_context(|| format!("witness state {}", state.display()))?;
     Ok((Arc::new(witness), origin))
-}
-
-/// `witness poll`'s arguments.
-#[derive(Debug)]
-pub struct PollArgs {
-    pub log: String,
-    pub log_keys: PathBuf,
-    pub key: PathBuf,
-    pub state: PathBuf,
-    pub interval: String,
-    pub once: bool,
-    pub ca: Option<PathBuf>,
-    pub cosignatures: Option<PathBuf>,
 }
 
 /// Where the log is read from.
@@ -288,7 +360,7 @@ enum Polled {
 
 /// `witness poll`.
 pub async fn poll(args: &PollArgs) -> anyhow::Result<ExitCode> {
-    let (witness, _) = open_witness(&args.log_keys, &args.key, &args.state)?;
+    let (witness, _) = open_witness(&args.keys.log_keys, &args.keys.key, &args.state)?;
     let source = LogSource::new(&args.log, args.ca.as_deref())?;
     let interval = alga_policies::parse_duration(&args.interval)
         .ok()

@@ -1,15 +1,18 @@
 //! Two gateway processes append at once, each with its own pool and its own
 //! sequencer competing for leadership: one valid chain, no gap, fork or duplicate.
-
-use std::process::Command;
+//!
+//! Each process is this test binary run again on the same test, which then acts as
+//! the load generator (`loadgen.rs`) instead.
 
 use alga_audit::verify_database;
 
+use crate::loadgen::{self, Load};
 use crate::support::{
     InsecureTestSigner, RunningSequencer, TestDb, fast_config, verify_options, wait_all_chained,
 };
 
-async fn run_two_processes(race: bool) {
+/// `test`: this test's full name, to start the load generators on it alone.
+async fn run_two_processes(test: &str, race: bool) {
     let db = TestDb::new().await;
     let url = db.url();
     db.owner()
@@ -17,24 +20,18 @@ async fn run_two_processes(race: bool) {
         .batch_execute("CREATE TABLE loadgen_business (id bigserial PRIMARY KEY, n bigint NOT NULL DEFAULT 0, who text)")
         .await
         .unwrap();
-    let bin = env!("CARGO_BIN_EXE_alga-audit-loadgen");
     let spawn = |name: &str| {
-        let mut c = Command::new(bin);
-        c.args([
-            "--tasks",
-            "8",
-            "--records",
-            "250",
-            "--name",
-            name,
-            "--linger-ms",
-            "500",
-        ])
-        .env("DATABASE_URL", &url);
-        if race {
-            c.arg("--danger-race");
-        }
-        c.spawn().expect("start alga-audit-loadgen")
+        loadgen::spawn(
+            test,
+            &Load {
+                database_url: url.clone(),
+                name: name.to_owned(),
+                tasks: 8,
+                records: 250,
+                danger_race: race,
+                linger_ms: 500,
+            },
+        )
     };
     let (a, b) = (spawn("gw-a"), spawn("gw-b"));
     let outputs = tokio::task::spawn_blocking(move || {
@@ -49,6 +46,10 @@ async fn run_two_processes(race: bool) {
         outputs.0.status.success() && outputs.1.status.success(),
         "{outputs:?}"
     );
+    for (output, name) in [(&outputs.0, "gw-a"), (&outputs.1, "gw-b")] {
+        let report = loadgen::report_of(&output.stdout);
+        assert_eq!((report.name.as_str(), report.appended), (name, 2000));
+    }
 
     // Whatever the two left unchained at exit, a third sequencer finishes.
     let finisher = RunningSequencer::start(
@@ -96,12 +97,39 @@ async fn run_two_processes(race: bool) {
     db.drop_db().await;
 }
 
-#[tokio::test]
-async fn two_processes_appending_concurrently_form_one_chain() {
-    run_two_processes(false).await;
+/// This module's path as the test harness names it (without the crate's name).
+fn test_name(function: &str) -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, m)| m);
+    format!("{module}::{function}")
 }
 
-#[tokio::test]
-async fn two_processes_whose_sequencers_race_without_the_lock_form_one_chain() {
-    run_two_processes(true).await;
+/// Runs `f` on a new current-thread runtime (as `#[tokio::test]` would), unless this
+/// process is one of the load generators the test started.
+fn unless_loading(f: impl std::future::Future<Output = ()>) {
+    if loadgen::run_if_asked() {
+        return;
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f);
+}
+
+#[test]
+fn two_processes_appending_concurrently_form_one_chain() {
+    unless_loading(run_two_processes(
+        &test_name("two_processes_appending_concurrently_form_one_chain"),
+        false,
+    ));
+}
+
+#[test]
+fn two_processes_whose_sequencers_race_without_the_lock_form_one_chain() {
+    unless_loading(run_two_processes(
+        &test_name("two_processes_whose_sequencers_race_without_the_lock_form_one_chain"),
+        true,
+    ));
 }

@@ -6,6 +6,7 @@
 mod chain;
 mod cli;
 mod concurrent;
+mod loadgen;
 mod log_cli;
 mod props;
 mod reconcile;
