@@ -1,6 +1,11 @@
 //! Records the git commit and the build profile for `VERSION`. Outside a git checkout
 //! (a source tarball) the commit is `unknown`; `ALGA_BUILD_COMMIT` overrides it (a
 //! packager building from an exported tree sets it).
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "benchmarks set up real state directly and read the clock; anyhow is for binaries"
+)]
 
 use std::path::Path;
 use std::process::Command;

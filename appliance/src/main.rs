@@ -2,6 +2,11 @@
 //! library, prints a summary (never a code, token or key) and exits with the error's
 //! exit code (see `--help`).
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a binary is an edge: it reads the environment and the clock, and reports with anyhow"
+)]
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};

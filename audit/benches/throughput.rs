@@ -12,6 +12,11 @@
 //!    export file; goal: ratio ≥ 0.5.
 //!
 //! Needs `DATABASE_URL` (a superuser); makes and drops its own database.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "benchmarks set up real state directly and read the clock; anyhow is for binaries"
+)]
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -27,6 +27,11 @@
 //! Figures are lines starting with two spaces, progress lines start with `--`, and the
 //! summary table's rows start with `| T`. Needs `DATABASE_URL` (a superuser); makes
 //! and drops its own databases (also on SIGINT/SIGTERM).
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "benchmarks set up real state directly and read the clock; anyhow is for binaries"
+)]
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

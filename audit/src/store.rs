@@ -3,6 +3,10 @@
 //!
 //! Every function takes a [`GenericClient`], so it runs on a pooled connection or
 //! inside the caller's transaction alike. None of them commits.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the audit store: SQL for the audit crate's own tables"
+)]
 
 use alga_protocol::issuer_api::SignedCheckpoint;
 use serde::Serialize;

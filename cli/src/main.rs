@@ -10,6 +10,11 @@
 //!
 //! The human output is built in [`render`].
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a binary is an edge: it reads the environment and the clock, and reports with anyhow"
+)]
 
 mod audit;
 mod client;

@@ -166,6 +166,10 @@ impl S3Credentials {
     /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional)
     /// `AWS_SESSION_TOKEN` from the process environment.
     #[instrument(skip_all)]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the environment for this binary's configuration"
+    )]
     pub fn from_env() -> Result<S3Credentials, Error> {
         Self::from_env_with(|name| std::env::var(name).ok())
     }

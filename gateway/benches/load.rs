@@ -43,6 +43,11 @@
 //! `--p7-rate R` offers R check-ins/s in the open loop instead of half the maximum.
 
 #![allow(dead_code, clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "benchmarks set up real state directly and read the clock; anyhow is for binaries"
+)]
 
 #[path = "../../issuer/benches/support/cpu.rs"]
 mod cpu;

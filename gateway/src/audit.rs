@@ -498,6 +498,10 @@ impl Refusals {
     }
 
     /// Appends the summaries of the windows that have ended.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     pub async fn flush_closed(&self, pool: &Pool) {
         let now = OffsetDateTime::now_utc();
         let counts = self.take_closed(now);
@@ -506,6 +510,10 @@ impl Refusals {
 
     /// Appends every summary, the current window's included (at shutdown), waiting at
     /// most [`SHUTDOWN_FLUSH_TIMEOUT`] for the database.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     pub async fn flush_all(&self, pool: &Pool) {
         let now = OffsetDateTime::now_utc();
         let counts = self.take_all();

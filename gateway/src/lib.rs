@@ -121,6 +121,10 @@ pub struct App {
 
 impl App {
     /// The issuer's public keys: the cached copy, or a fetch now if there is none yet.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     pub async fn public_keys(&self) -> Result<Arc<PublicKeys>, ApiError> {
         if let Some(k) = self.keys.get() {
             return Ok(k);
@@ -140,6 +144,10 @@ impl App {
 }
 
 /// Connection settings of the runtime role.
+#[allow(
+    clippy::disallowed_types,
+    reason = "start-up glue called only by the binary's main"
+)]
 pub fn runtime_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
     let pw = config
         .database
@@ -151,6 +159,10 @@ pub fn runtime_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Conf
 }
 
 /// Connection settings of the migration role.
+#[allow(
+    clippy::disallowed_types,
+    reason = "start-up glue called only by the binary's main"
+)]
 pub fn migrator_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
     let pw = config
         .database
@@ -182,6 +194,10 @@ where
 /// Fetches the issuer's public keys; when the appliance CA chain changed, rebuilds the
 /// TLS roots that appliance certificates are checked against. (Loading them also
 /// updates the CA expiry gauge and warns when the CA expires soon: [`KeyCache::load`].)
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 async fn refresh_issuer_keys(
     app: &App,
     live_tls: &server::LiveTls,
@@ -251,6 +267,10 @@ pub struct Listeners {
 impl Listeners {
     /// Binds what `config` names: `[listen] address` and, when `[ops]` is present,
     /// `[ops] address`.
+    #[allow(
+        clippy::disallowed_types,
+        reason = "start-up glue called only by the binary's main"
+    )]
     pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
         let api = std::net::TcpListener::bind(config.listen.address)
             .with_context(|| format!("bind {}", config.listen.address))?;
@@ -262,6 +282,10 @@ impl Listeners {
 }
 
 /// Binds `[ops] address` when the section is present.
+#[allow(
+    clippy::disallowed_types,
+    reason = "start-up glue called only by the binary's main"
+)]
 fn bind_ops(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
     config
         .ops
@@ -276,6 +300,10 @@ fn bind_ops(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
 /// Serves the API on `listener` until `shutdown` resolves; when the config has an
 /// `[ops]` section, binds its address and serves the operations routes there (see
 /// [`Listeners`]; its bound address is logged as `ops listening`).
+#[allow(
+    clippy::disallowed_types,
+    reason = "start-up glue called only by the binary's main"
+)]
 pub async fn run(
     config: Config,
     policy: Policy,
@@ -289,6 +317,11 @@ pub async fn run(
 /// Serves the API on `listeners.api`, and the operations routes on `listeners.ops`
 /// when given, until `shutdown` resolves. (`[listen] address` and `[ops] address`
 /// are not read here: the listeners are.)
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "reads the clock at an edge and passes `now` down; start-up glue called only by the binary's main"
+)]
 pub async fn run_on(
     config: Config,
     policy: Policy,

@@ -223,6 +223,10 @@ enum Outcome {
     Failed(String),
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 async fn send_one(app: &App, m: &outbox::DueMail) -> Outcome {
     if !m.code_usable {
         return Outcome::Failed(
@@ -278,6 +282,10 @@ async fn send_one(app: &App, m: &outbox::DueMail) -> Outcome {
 /// Marks the mail and audits the outcome in one transaction, fenced by the claimed
 /// attempt; a retry past the budget becomes a failure. Returns whether the mail was
 /// recorded as sent. `path` (`first` or `worker`) labels the metric.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 async fn record(
     app: &App,
     m: &outbox::DueMail,

@@ -2,6 +2,11 @@
 //! `alga-gateway`: thin binary. `migrate` applies the schema as the migration role;
 //! `serve` binds the API port (and the `[ops]` listener when configured) and runs
 //! until SIGINT/SIGTERM.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a binary is an edge: it reads the environment and the clock, and reports with anyhow"
+)]
 
 use std::path::PathBuf;
 

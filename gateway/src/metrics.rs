@@ -172,6 +172,10 @@ struct CaExpiry {
 }
 
 impl Collector for CaExpiry {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let not_after = self.not_after.load(Ordering::Relaxed);
         let Ok(not_after) = OffsetDateTime::from_unix_timestamp(not_after) else {
@@ -597,6 +601,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     fn the_ca_expiry_gauge_counts_down_from_the_newest_ca_and_is_absent_without_one() {
         let m = Metrics::new();
         let text = |m: &Metrics| {

@@ -28,6 +28,11 @@
 //! The interleaving is there because this machine's speed drifts by up to 2× within a
 //! minute: a ceiling measured 30 s away from its figure compares the drift, not the
 //! issuer. Without `--bench` (as under `cargo test --all-targets`) it does nothing.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "benchmarks set up real state directly and read the clock; anyhow is for binaries"
+)]
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -171,6 +171,10 @@ impl HsmConfig {
 }
 
 /// Reads a secret from an environment variable or, failing that, a file (trimmed).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the environment for this binary's configuration"
+)]
 pub fn read_secret(env_var: &str, file: Option<&Path>) -> Result<SecretString, ConfigError> {
     if let Ok(v) = std::env::var(env_var)
         && !v.is_empty()

@@ -2,6 +2,11 @@
 //! up tracing, then hands over to the library (`hsm::admin` for key ceremonies,
 //! `server::run` for serving).
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a binary is an edge: it reads the environment and the clock, and reports with anyhow"
+)]
 
 use std::path::PathBuf;
 

@@ -229,9 +229,9 @@ mod tests {
 
     #[test]
     fn a_signature_verifies_with_its_key_only_and_covers_every_byte() {
-        let key = SigningKey::random(&mut rand::thread_rng());
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
         let point = key.verifying_key().to_encoded_point(false);
-        let other = SigningKey::random(&mut rand::thread_rng());
+        let other = SigningKey::random(&mut rand::rngs::OsRng);
         let other_point = other.verifying_key().to_encoded_point(false);
         let r = signed(&key);
         assert!(r.verify(point.as_bytes()).is_ok());

@@ -1,6 +1,11 @@
 //! The reader's side against an in-memory log built with the writer's own edge:
 //! roots, tiles, every inclusion proof of a 10,000-record log, consistency between
 //! random sizes, forks, rollbacks, tampered bundles, and the witness protocol.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 use std::cell::Cell;
 use std::collections::HashMap;

@@ -6,6 +6,11 @@
 //!
 //! Environment comes from the process (`make test` exports `.dev/env`) or, failing
 //! that, from the workspace's `.dev/env`; a missing variable fails the test loudly.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 mod bootstrap_db;
 mod common;

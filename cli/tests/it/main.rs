@@ -12,6 +12,11 @@
 //! - `fake_gateway`: a TLS stand-in for the gateway serving what a test chooses (a
 //!   tampered proof bundle);
 //! - `support`: the harness.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 mod commands;
 mod fake_gateway;

@@ -28,6 +28,10 @@ pub struct Peer {
 
 impl Peer {
     /// The flow context, with `now` taken here.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     pub fn ctx(&self, app: &App) -> Ctx {
         Ctx {
             request_id: self.request_id.clone(),

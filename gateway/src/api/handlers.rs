@@ -215,6 +215,10 @@ pub async fn check_in(
 }
 
 /// `GET /tenants/{tenant_id}` (store, auditor).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 pub async fn get_tenant(
     State(app): AppState,
     _caller: ReaderCaller,
@@ -320,6 +324,10 @@ pub struct AppliancesQuery {
 }
 
 /// `GET /appliances?health=ok|overdue|stale&after=<cursor>&limit=<n>` (store, auditor).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 pub async fn list_appliances(
     State(app): AppState,
     _caller: ReaderCaller,
@@ -496,6 +504,10 @@ pub async fn readyz(State(app): AppState) -> Result<Response, ApiError> {
 
 /// `GET /metrics`: Prometheus text format. Counts appliances by health first when the
 /// last count is older than [`crate::HEALTH_GAUGE_MAX_AGE`].
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 pub async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
     if app
         .metrics

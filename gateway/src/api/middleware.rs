@@ -23,6 +23,10 @@ use crate::error::PendingError;
 /// `refused_action: "access.denied"`, `method`, `route`).
 pub const ACCESS_DENIED: &str = "access.denied";
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 pub async fn request_context(
     State(app): State<Arc<App>>,
     mut req: Request,

@@ -7,6 +7,10 @@
 //! connection, then one round trip (Bind/Execute) per call instead of two
 //! (Parse/Describe, then Bind/Execute). Named prepared statements need a session: with
 //! PgBouncer, use session pooling (or 1.21+ with `max_prepared_statements`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "gateway::db is the one module that holds the gateway's SQL"
+)]
 
 pub mod appliances;
 pub mod codes;

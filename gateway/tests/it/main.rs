@@ -1,5 +1,10 @@
 //! The gateway's integration tests: one binary, real Postgres, the real issuer on
 //! SoftHSM2, the real gateway on `127.0.0.1:0` (see `harness`). No mocks.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 mod harness;
 

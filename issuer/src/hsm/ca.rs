@@ -160,7 +160,8 @@ fn years_after(now: OffsetDateTime, years: i32) -> OffsetDateTime {
 /// 16 random octets with the top bit cleared (positive, DER needs no padding) and the
 /// next bit set (always 16 octets long).
 fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }

@@ -221,6 +221,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "runs on the HSM's own worker thread, never on the async runtime"
+    )]
     fn block_on_waits_for_a_value_sent_from_another_thread() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sender = thread::spawn(move || {

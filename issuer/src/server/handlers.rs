@@ -1,5 +1,9 @@
 //! The routes' handlers: thin, they extract the request, call the signing operation
 //! with the time, log the result durably and answer.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "request handlers are the edge: each reads the clock once and passes `now` to ops"
+)]
 
 use alga_protocol::issuer_api::{
     self as api, DeriveCodeRequest, DeriveCodeResponse, IssuerErrorCode, LicenseResult,

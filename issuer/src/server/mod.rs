@@ -118,6 +118,10 @@ const CA_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3
 
 /// Logs, at start and every few hours, how long the active appliance CA has left:
 /// a warning within [`CA_WARN_BEFORE`], an error once credentials are refused.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the clock at an edge and passes `now` down"
+)]
 async fn watch_ca<K: KeyOps>(keys: K, policy: Arc<Policy>) {
     let mut tick = tokio::time::interval(CA_WATCH_EVERY);
     loop {

@@ -105,6 +105,10 @@ mod tests {
     use crate::ops::software_keys::{SoftwareKeys, test_policy};
     use crate::signlog::SignlogOptions;
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "reads the clock at an edge and passes `now` down"
+    )]
     fn app(log: SignLog) -> Router {
         router(App {
             keys: SoftwareKeys::new(OffsetDateTime::now_utc()),

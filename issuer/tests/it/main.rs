@@ -1,4 +1,9 @@
 //! The issuer's integration tests: one binary (`cargo test -p alga-issuer --test it`).
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 mod hsm;
 mod log_key;

@@ -11,6 +11,11 @@
 //!
 //! Needs `make up` and the built binaries; `make test` provides both and exports
 //! `.dev/env`. A missing variable or binary fails the test, it never skips.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests set up and inspect real state directly: SQL, the clock, the environment, anyhow"
+)]
 
 mod airgap;
 mod blocked;
