@@ -1,4 +1,4 @@
-# alga-license: local dev/test stack (DESIGN.md §8). The work is in scripts/stack.sh;
+# alga-license: local dev/test stack (CONTRACT.md §8). The work is in scripts/stack.sh;
 # everything it creates lives in .dev/ (gitignored). Servers listen on 127.0.0.1 only.
 #
 #   make test        lint, up, then cargo test --workspace with .dev/env exported, the API fuzz (fast),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh: the system's figures against this machine's ceilings (issue 8).
+# scripts/bench.sh: the system's figures against this machine's ceilings.
 #
 #   bash scripts/bench.sh           full run (make bench): prints the table, writes BENCHMARKS.md
 #   bash scripts/bench.sh --smoke   seconds-long run from make test: proves the harness works,

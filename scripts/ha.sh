@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/ha.sh: the HA topology on loopback (issue 22, RELIABILITY.md R23; README
+# scripts/ha.sh: the HA topology on loopback (RELIABILITY.md R23; README
 # "Running more than one machine").
 #
 #   three etcd 3.4 members       → Patroni's DCS

@@ -17,7 +17,7 @@
 #   R6   Postgres restarted (pg_ctl) under light load on the stack's gateway:
 #        no request half-done, recovery time reported
 #
-# Pass or fail comes from counts and outcomes only (issue 18, finding 11). Time decides
+# Pass or fail comes from counts and outcomes only. Time decides
 # nothing on a machine that is merely slow: each step has a reference duration (its
 # last run on the 2-core dev machine, RELIABILITY.md) and a hang guard of
 # SOAK_HEADROOM (default 4) times that, at least 120 s, so a machine half as fast (or

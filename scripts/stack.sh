@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/stack.sh: the local dev/test stack of alga-license (DESIGN.md §8).
+# scripts/stack.sh: the local dev/test stack of alga-license (CONTRACT.md §8).
 #
 # Everything lives in .dev/ (gitignored), servers listen on 127.0.0.1 only, and every
 # subcommand is idempotent: what is already there and healthy is reused.
@@ -811,7 +811,7 @@ cmd_s3_start() {
     check_port_free "S3 (alga-dev-s3)" "$S3_PORT" ALGA_S3_PORT
     say "starting S3 (alga-dev-s3) on 127.0.0.1:$S3_PORT serving $S3_ROOT (log $log)"
     # The keys reach it as the 0600 file it reads itself, never as options or through
-    # this shell's environment (issue 18, finding 9).
+    # this shell's environment.
     RUST_LOG="${ALGA_S3_LOG:-info}" start_daemon s3 "$s3_marker" "$log" "$bin" \
         --host 127.0.0.1 --port "$S3_PORT" --root "$S3_ROOT" \
         --credentials-file "$SECRETS/s3-credentials"

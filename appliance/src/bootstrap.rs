@@ -1,5 +1,5 @@
 //! `bootstrap`: the in-cluster steps that adopt the tenant and seed the license state
-//! in the appliance's own Postgres (DESIGN §7), in its own small schema
+//! in the appliance's own Postgres (CONTRACT.md §7), in its own small schema
 //! `alga_appliance`, created when missing.
 //!
 //! - `create-tenant` adopts `INITIAL_TENANT_ID` when the `appliance-initial-tenant`

@@ -1,4 +1,4 @@
-//! `check-in`: the daily refresh (DESIGN §5, §7). mTLS with the credential from the
+//! `check-in`: the daily refresh (CONTRACT.md §5, §7). mTLS with the credential from the
 //! license-seed Secret; a CSR for a fresh local key when the certificate has less than
 //! a third of its lifetime left (or when asked to rotate); the new license (and
 //! credential) verified; the license seed rewritten atomically.

@@ -1,4 +1,4 @@
-//! The appliance side of alga-license (DESIGN §7): what the appliance's setup engine
+//! The appliance side of alga-license (CONTRACT.md §7): what the appliance's setup engine
 //! and in-cluster bootstrap do.
 //!
 //! - [`redeem`]: the install code → a local EC P-256 key, a CSR, `POST /register`, the

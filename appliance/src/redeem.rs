@@ -1,4 +1,4 @@
-//! `redeem`: from an install code to the two Secrets (DESIGN §7).
+//! `redeem`: from an install code to the two Secrets (CONTRACT.md §7).
 //!
 //! Order matters, and is the safety argument:
 //! 1. the code is checked offline (a typo never reaches the network);

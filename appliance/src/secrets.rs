@@ -1,4 +1,4 @@
-//! The two Kubernetes Secret manifests the in-cluster bootstrap reads (DESIGN §7).
+//! The two Kubernetes Secret manifests the in-cluster bootstrap reads (CONTRACT.md §7).
 //!
 //! - `appliance-initial-tenant`: `INITIAL_TENANT_ID`.
 //! - `appliance-license-seed`: `EDITION`, and for paid editions `LICENSE_TOKEN`,
@@ -39,7 +39,7 @@ pub const KEY_CA_CERT: &str = "CA_CERT";
 pub const KEY_CHECK_IN_URL: &str = "CHECK_IN_URL";
 pub const KEY_TRUST_ROOT: &str = "TRUST_ROOT";
 
-/// The edition without a license (DESIGN §2).
+/// The edition without a license (CONTRACT.md §2).
 pub const ESSENTIALS: &str = "essentials";
 
 /// The manifest file of Secret `name` in `dir`: `<dir>/<name>.yaml`.

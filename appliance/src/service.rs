@@ -173,7 +173,7 @@ impl ServiceClient {
 
     /// `POST url` with a JSON body; `Ok(Err(_))` is an HTTP error answer. Retried on
     /// connection errors and timeouts, which is safe for every call this client makes:
-    /// redeem with the same key returns the same tenant (DESIGN §4), a check-in is
+    /// redeem with the same key returns the same tenant (CONTRACT.md §4), a check-in is
     /// idempotent, and a relayed check-in is accepted once (a retry of one that did
     /// land is refused as a replay, never applied twice).
     pub async fn post_json<B: Serialize, R: DeserializeOwned>(

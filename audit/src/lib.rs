@@ -1,4 +1,4 @@
-//! The tamper-evident audit log of DESIGN §6.
+//! The tamper-evident audit log of CONTRACT.md §6.
 //!
 //! - [`NewRecord`]: the record model (actor, action, tenant, subjects, outcome, request
 //!   id, source, details), built valid and secret-free (the [`guard`]), with a stable

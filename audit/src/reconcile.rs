@@ -1,4 +1,4 @@
-//! Reconciling the issuer's signing logs with the gateway's audit records (DESIGN §6):
+//! Reconciling the issuer's signing logs with the gateway's audit records (CONTRACT.md §6):
 //! everything the issuer signed should be in the audit log, and everything the audit
 //! log says was signed should be in the issuer's log.
 //!

@@ -1,4 +1,4 @@
-//! The audit record of DESIGN §6: who did what to which tenant, with which outcome.
+//! The audit record of CONTRACT.md §6: who did what to which tenant, with which outcome.
 //!
 //! A [`NewRecord`] can only be built valid: every name has a fixed charset, every free
 //! string a length bound, times are UTC truncated to microseconds (Postgres' precision),

@@ -1,4 +1,4 @@
-//! Load benchmark of the gateway's two appliance flows (issue 8: P1, P3, P7).
+//! Load benchmark of the gateway's two appliance flows (BENCHMARKS.md P1, P3, P7).
 //!
 //! `cargo bench -p alga-gateway --bench load -- --bench [--seconds N] [--out FILE] [--smoke]
 //! [--only-p2] [--license-calls N] [--pgbench-url URL --pgbench-redeem FILE]

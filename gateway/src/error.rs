@@ -1,6 +1,6 @@
 //! The gateway's two error types: [`Error`], every failure of the library below the
 //! HTTP edge, and [`ApiError`], every failure a client can see, mapped to a stable code
-//! of DESIGN §5 and an HTTP status.
+//! of CONTRACT.md §5 and an HTTP status.
 //!
 //! Error policy (as crates.io writes at the top of its error module): one `thiserror`
 //! enum for the library ([`Error`]; the names `db::DbError` and `audit::AuditError`
@@ -227,7 +227,7 @@ impl ApiError {
         ApiError::Internal(detail.to_string())
     }
 
-    /// The stable code of DESIGN §5.
+    /// The stable code of CONTRACT.md §5.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Validation(_) | ApiError::BadJson(_) => code::VALIDATION_FAILED,

@@ -18,7 +18,7 @@
 //! away) never cancels the others' licenses. An issuer without the batch route (older
 //! version, 404/405) gets the batch as single calls.
 //!
-//! Kept-alive connections (issue 18, finding 10): the issuer closes a connection that
+//! Kept-alive connections: the issuer closes a connection that
 //! has waited [`ISSUER_IDLE_CLOSE`] for its next request, and a request written on a
 //! pooled connection just as the issuer closes it fails ("peer closed connection
 //! without sending TLS close_notify"). Two measures:

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! The gateway: the HTTP API of DESIGN §5 on rustls, over Postgres, calling the issuer
+//! The gateway: the HTTP API of CONTRACT.md §5 on rustls, over Postgres, calling the issuer
 //! for every secret operation.
 //!
 //! # Code map

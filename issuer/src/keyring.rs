@@ -23,7 +23,7 @@ pub fn new_mac() -> Mac {
     Box::new(Zeroizing::new([0u8; 32]))
 }
 
-/// The keys of DESIGN §3, the trust root above them, and the transparency-log key.
+/// The keys of CONTRACT.md §3, the trust root above them, and the transparency-log key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyKind {
     /// EC P-256, the trust root appliances pin: it certifies the appliance CA and

@@ -1,4 +1,4 @@
-//! The gateway's public HTTP API (DESIGN §5): bodies and the stable error codes.
+//! The gateway's public HTTP API (CONTRACT.md §5): bodies and the stable error codes.
 //!
 //! These names are a contract with nm-store, appliances and security staff's tools:
 //! renaming a field or an error code breaks clients.
@@ -504,7 +504,7 @@ pub struct ErrorDetail {
     pub tenant_id: Option<Uuid>,
 }
 
-/// The stable error codes of DESIGN §5 (and the few generic ones every API needs).
+/// The stable error codes of CONTRACT.md §5 (and the few generic ones every API needs).
 pub mod error_code {
     pub const CODE_MALFORMED: &str = "code_malformed";
     pub const CODE_INVALID: &str = "code_invalid";

@@ -1,4 +1,4 @@
-//! Install codes (DESIGN §4).
+//! Install codes (CONTRACT.md §4).
 //!
 //! A code is 30 Crockford base32 symbols, shown as six groups of five:
 //!

@@ -323,7 +323,7 @@ pub enum IssuerErrorCode {
     Internal,
 }
 
-/// License JWT claims (DESIGN §5).
+/// License JWT claims (CONTRACT.md §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseClaims {
     pub iss: String,

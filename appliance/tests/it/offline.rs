@@ -181,7 +181,7 @@ fn test_ca_pem() -> String {
 }
 
 /// The Secret manifests: v1 Opaque Secrets with base64 data, mode 0600, keys exactly
-/// as DESIGN §7 names them.
+/// as CONTRACT.md §7 names them.
 #[test]
 fn secret_manifests_format() {
     let dir = tempfile::tempdir().expect("tempdir");

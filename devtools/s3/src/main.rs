@@ -5,7 +5,7 @@
 //! plain HTTP on a loopback address, path-style requests, SigV4 (headers or presigned
 //! query) checked for exactly one access key. What differs is where the keys come from:
 //! s3s-fs takes them only as command-line options, so its secret was visible to every
-//! local user in `ps` (issue 18, finding 9). This binary has no option for a key at all:
+//! local user in `ps`. This binary has no option for a key at all:
 //!
 //! - `--credentials-file FILE`: `access_key_id=…` and `secret_access_key=…` lines (the
 //!   format of the stack's `.dev/secrets/s3-credentials`, the file the gateway reads

@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document of the API (utoipa), generated from the route table below,
-//! which lists every route with its caller, success and error codes, as in DESIGN §5,
+//! which lists every route with its caller, success and error codes, as in CONTRACT.md §5,
 //! and from [`input`], which describes each route's path and query parameters, headers
 //! and JSON request body (the `protocol::api` types and the gateway's own validation
 //! bounds), so that clients and API fuzzers (`scripts/schemathesis.sh`) build real
@@ -728,7 +728,7 @@ pub async fn openapi_json(State(app): AppState) -> Response {
 
 #[cfg(test)]
 mod tests {
-    /// The name pattern refuses what the API refuses (issue 18, finding 6).
+    /// The name pattern refuses what the API refuses.
     #[test]
     fn the_name_pattern_follows_the_mail_rule() {
         let name = super::name_schema();

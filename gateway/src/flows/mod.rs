@@ -1,4 +1,4 @@
-//! The domain flows of DESIGN §4–§5: each takes validated input, a [`Ctx`] (who, which
+//! The domain flows of CONTRACT.md §4–§5: each takes validated input, a [`Ctx`] (who, which
 //! request, `now`) and the [`App`](crate::App), runs its transaction, and returns a domain result or
 //! an [`ApiError`]. No HTTP here beyond the error type; no SQL here (that is `db`).
 

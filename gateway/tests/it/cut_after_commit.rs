@@ -1,6 +1,6 @@
 //! R3 (RELIABILITY.md): the connection is cut after the redeem committed and before
 //! the response reached the client; the client retries with the same code and the
-//! same key and recovers its tenant and appliance (DESIGN §4's retry rule), and no
+//! same key and recovers its tenant and appliance (CONTRACT.md §4's retry rule), and no
 //! second appliance ever appears.
 //!
 //! The cut is made by [`CutAfterCommitProxy`], a test-only TCP relay between the client

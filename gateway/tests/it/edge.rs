@@ -1,4 +1,4 @@
-//! The HTTP edge against hostile and slow clients (issue 18): metric labels from a
+//! The HTTP edge against hostile and slow clients: metric labels from a
 //! fixed set whatever the method, the `[limits]` timeouts (TLS handshake, headers,
 //! whole body, idle HTTP/1.1, HTTP/2 and TLS connections), the per-source connection
 //! limit, and the operations listener (`[ops]`).
@@ -818,7 +818,7 @@ impl SlowConn {
     }
 }
 
-/// The figures of RELIABILITY.md for issue 18: metric series added by junk methods,
+/// The figures of RELIABILITY.md for the HTTP edge: metric series added by junk methods,
 /// and normal requests' latency, the gateway's memory and the slow connections'
 /// fate while `ALGA_EDGE_SLOW` slow connections are held. Prints; asserts counts only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Every hot query of the flows uses an index (issue 8): a plan check, not a timing.
+//! Every hot query of the flows uses an index: a plan check, not a timing.
 //!
 //! The statements are those `gateway::db` runs, as it runs them
 //! (`db::explain_targets()`; the count of appliances by health behind the metrics gauge

@@ -544,7 +544,7 @@ impl Stack {
     async fn wait_ready(&self) {
         let c = self.anon();
         // Up to 30 s: returns at the first ready answer; only a gateway that never
-        // becomes ready fails (a slow machine must not: issue 18, finding 11).
+        // becomes ready fails (a slow machine must not).
         for _ in 0..600 {
             if let Ok(r) = c.get(self.url("/readyz")).send().await
                 && r.status() == StatusCode::OK

@@ -45,7 +45,7 @@ async fn redeem_pro_returns_tenant_license_credential_and_check_in_url() {
     );
     assert_eq!(v["check_in_url"], "https://localhost:8443/check-in");
 
-    // The license verifies against the published JWKS, with the claims of DESIGN §5.
+    // The license verifies against the published JWKS, with the claims of CONTRACT.md §5.
     let claims = s.license_claims(token).await;
     assert_eq!(claims["sub"], tenant.to_string());
     assert_eq!(claims["appliance_id"], appliance_id.to_string());

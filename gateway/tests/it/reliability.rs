@@ -1,4 +1,4 @@
-//! Reliability under attack and failure (RELIABILITY.md, issue 9): the fast versions
+//! Reliability under attack and failure (RELIABILITY.md): the fast versions
 //! of R1, R2, R4, R8, R10 and R13 against the in-process stack. Every test is bounded
 //! in count; figures are printed (`--nocapture`), only counts are asserted.
 //!

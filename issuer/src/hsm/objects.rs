@@ -195,7 +195,7 @@ impl KeyProtection {
         Ok(p)
     }
 
-    /// Everything that differs from DESIGN §3 (empty when the key is acceptable).
+    /// Everything that differs from CONTRACT.md §3 (empty when the key is acceptable).
     /// Required attributes that cannot be read count as wrong.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

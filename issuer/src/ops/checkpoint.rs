@@ -1,4 +1,4 @@
-//! Audit checkpoints (DESIGN §6): the issuer signs `(sequence, head hash)` of the
+//! Audit checkpoints (CONTRACT.md §6): the issuer signs `(sequence, head hash)` of the
 //! gateway's audit chain with the active audit key, over the exact bytes of
 //! [`CheckpointStatement::to_bytes`], so the verify tool can check them offline.
 

@@ -1,4 +1,4 @@
-//! Install codes (DESIGN §4): the secret part is an HMAC (code key, in the HSM) over
+//! Install codes (CONTRACT.md §4): the secret part is an HMAC (code key, in the HSM) over
 //! the code's [`CodeBinding`], so nothing secret is stored anywhere.
 //!
 //! - [`mint`] picks a random `code_id` and the active code key, bounds the expiry by

@@ -1,4 +1,4 @@
-//! Appliance credentials (DESIGN §5): an X.509 client certificate for the appliance's
+//! Appliance credentials (CONTRACT.md §5): an X.509 client certificate for the appliance's
 //! own key, signed by the active appliance CA key in the HSM.
 //!
 //! From the CSR the issuer takes **only the public key**, after checking the CSR's

@@ -1,4 +1,4 @@
-//! License JWTs (DESIGN §5): ES256, built by hand, signed through the HSM.
+//! License JWTs (CONTRACT.md §5): ES256, built by hand, signed through the HSM.
 //!
 //! jsonwebtoken signs only with in-memory keys, so the JWS is assembled here: the
 //! header `{"alg":"ES256","kid":…,"typ":"JWT"}`, the claims of [`LicenseClaims`], the

@@ -1,4 +1,4 @@
-//! End-to-end tests of alga-license through real processes (DESIGN §2, issue 7).
+//! End-to-end tests of alga-license through real processes (CONTRACT.md §2).
 //!
 //! Each test starts its own `alga-issuer serve` (two for `two_issuers`, on the same
 //! token) and one or two `alga-gateway serve` on free loopback ports, with configuration

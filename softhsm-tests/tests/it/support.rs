@@ -634,7 +634,7 @@ impl Stack {
     }
 
     /// Fails if any of `secrets` appears in the servers' logs, the issuer's signing log
-    /// or a data dump of the database (DESIGN: no code, token or key is stored or logged).
+    /// or a data dump of the database (CONTRACT.md §3.3: no code, token or key is stored or logged).
     pub fn assert_no_secrets_leaked(&self, secrets: &[&str]) -> Result<()> {
         // The servers' logs (top level of the test directory) and the issuer's signing
         // log; not the appliance Secret directories, which hold the secrets by design.
@@ -944,7 +944,7 @@ impl Customer {
     }
 }
 
-/// The store's `register` answer, checked against DESIGN §5.
+/// The store's `register` answer, checked against CONTRACT.md §5.
 #[derive(Debug)]
 pub struct Registration {
     pub tenant_id: String,
