@@ -3,25 +3,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (the message names the key).
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A secret file could not be read or is empty.
-    #[error("cannot read secret file {path}: {reason}")]
-    Secret { path: PathBuf, reason: String },
-}
+pub use alga_protocol::config_file::{ConfigError, read_secret_file};
 
 /// The whole configuration (see `config/dev/gateway.toml.in`, every key commented).
 #[derive(Debug, Clone, Deserialize)]
@@ -419,10 +403,7 @@ pub struct PolicyConfig {
 impl Config {
     /// Reads and parses the configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = alga_protocol::config_file::read_config_text(path)?;
         Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -451,22 +432,6 @@ impl Config {
         }
         Ok(c)
     }
-}
-
-/// Reads a secret file, trimming surrounding whitespace. Never logs the content.
-pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
-        path: path.to_owned(),
-        reason: e.kind().to_string(),
-    })?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(ConfigError::Secret {
-            path: path.to_owned(),
-            reason: "empty".into(),
-        });
-    }
-    Ok(SecretString::from(trimmed.to_owned()))
 }
 
 #[cfg(test)]

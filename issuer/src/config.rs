@@ -6,25 +6,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (the message names the key).
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// The PIN could not be found: neither `ALGA_HSM_PIN` nor a readable `hsm.pin_file`.
-    #[error("no HSM PIN: set hsm.pin_file or ALGA_HSM_PIN ({reason})")]
-    Pin { reason: String },
-    /// A value parses but cannot be used (the message names the key).
-    #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
+pub use alga_protocol::config_file::ConfigError;
 
 /// The whole configuration (see `config/dev/issuer.toml.in` for every key, commented).
 #[derive(Debug, Clone, Deserialize)]
@@ -152,10 +134,7 @@ impl std::fmt::Display for LogOrigin {
 impl IssuerConfig {
     /// Reads and parses the configuration file.
     pub fn load(path: &Path) -> Result<IssuerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = alga_protocol::config_file::read_config_text(path)?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -170,7 +149,8 @@ impl HsmConfig {
     }
 }
 
-/// Reads a secret from an environment variable or, failing that, a file (trimmed).
+/// Reads a secret from an environment variable or, failing that, its file
+/// ([`alga_protocol::config_file::read_secret_file`]).
 #[allow(
     clippy::disallowed_methods,
     reason = "reads the environment for this binary's configuration"
@@ -182,20 +162,12 @@ pub fn read_secret(env_var: &str, file: Option<&Path>) -> Result<SecretString, C
         return Ok(SecretString::from(v));
     }
     let Some(file) = file else {
-        return Err(ConfigError::Pin {
-            reason: format!("{env_var} is not set and no file is configured"),
+        return Err(ConfigError::Invalid {
+            key: "hsm.pin_file",
+            reason: format!("no HSM PIN: {env_var} is not set and no file is configured"),
         });
     };
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Pin {
-        reason: format!("cannot read {}: {}", file.display(), e.kind()),
-    })?;
-    let trimmed = text.trim_end_matches(['\n', '\r', ' ', '\t']);
-    if trimmed.is_empty() {
-        return Err(ConfigError::Pin {
-            reason: format!("{} is empty", file.display()),
-        });
-    }
-    Ok(SecretString::from(trimmed.to_owned()))
+    alga_protocol::config_file::read_secret_file(file)
 }
 
 #[cfg(test)]
@@ -277,6 +249,9 @@ mod tests {
         let path = dir.path().join("pin");
         std::fs::write(&path, "  \n").expect("write");
         let err = read_secret("ALGA_TEST_UNSET_PIN_VARIABLE", Some(&path)).expect_err("empty");
-        assert!(err.to_string().contains("is empty"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read secret file {}: empty", path.display())
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Types shared by the processes: install codes and their binding, SPIFFE identities,
-//! secrets on the wire, and the issuer's API. No I/O here.
+//! secrets on the wire, and the issuer's API. No I/O here, except `config_file`: the
+//! one reader of the services' configuration and secret files.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod code;
+pub mod config_file;
 pub mod csr;
 mod gf32;
 pub mod issuer_api;

@@ -221,7 +221,8 @@ fn after(text: &str, needle: &str, skip: usize) -> usize {
             .expect("an alphanumeric byte")
 }
 
-/// Offset of `skip` bytes into part `n` (0: header, 2: signature) of the first JWT.
+/// Offset of the first alphanumeric byte at or after `skip` bytes into part `n`
+/// (0: header, 2: signature) of the first JWT (base64url also has `-` and `_`).
 fn in_token(text: &str, n: usize, skip: usize) -> usize {
     let t = after(text, "\"token\": \"", 0);
     let part = text[t..]
@@ -229,7 +230,12 @@ fn in_token(text: &str, n: usize, skip: usize) -> usize {
         .nth(n - 1)
         .map(|(i, _)| t + i + 1)
         .expect("a JWT");
-    part + skip
+    let start = part + skip;
+    start
+        + text.as_bytes()[start..]
+            .iter()
+            .position(u8::is_ascii_alphanumeric)
+            .expect("an alphanumeric byte")
 }
 
 /// `src` with the byte at `at(text)` changed, written to `to`.
