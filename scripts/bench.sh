@@ -190,7 +190,9 @@ GW_PID="$(cat "$DEV/run/gateway.pid" 2>/dev/null || true)"
 GW_PORT="${ALGA_GATEWAY_URL##*:}"
 CONNS=1000; [ "$SMOKE" = 1 ] && CONNS=50
 if [ -n "$GW_PID" ] && [ -r "/proc/$GW_PID/status" ]; then
-    ulimit -n 4096 2>/dev/null || true
+    # Raise the soft limit for the 1,000 sockets if it is lower; never lower it (a hard
+    # limit set here would stay for the rest of the run: HAProxy in H1 needs more).
+    [ "$(ulimit -Sn)" -ge 4096 ] || ulimit -Sn 4096 2>/dev/null || true
     VAL[p6]="$(bounded /usr/bin/python3 - "$GW_PID" "$GW_PORT" "$ALGA_CA_BUNDLE" "$CONNS" <<'PY'
 import socket, ssl, sys, time
 pid, port, ca, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
