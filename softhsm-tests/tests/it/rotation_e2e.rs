@@ -35,8 +35,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::support::{
-    Customer, Proc, Redeem, Stack, appliance_output, bin, curl, env, gateway_client_identity,
-    register, run, secret_value, split_password, text, unique, wait_mail,
+    Customer, Proc, Redeem, Stack, appliance_output, bin, curl, gateway_client_identity,
+    redeem_pinned, register, run, secret_value, split_password, text, unique, wait_mail,
 };
 
 /// The key kinds `keys rotate` takes, each with the prefix of its key ids.
@@ -419,32 +419,9 @@ impl Servers {
 
 // -------------------------------------------------------------------- appliances
 
-/// `alga-appliance redeem` pinning the test token's trust root (`support::redeem` pins
-/// the stack's), the code on stdin.
+/// `alga-appliance redeem` pinning the test token's trust root, the code on stdin.
 fn redeem(gateway: &str, token: &Token, code: &str, out: &Path) -> Result<Redeem> {
-    let o = run(
-        Command::new(bin("alga-appliance"))
-            .args([
-                "redeem",
-                "--service-url",
-                gateway,
-                "--hostname",
-                "e2e-rotation",
-            ])
-            .arg("--ca-bundle")
-            .arg(env("ALGA_CA_BUNDLE"))
-            .arg("--trust-root")
-            .arg(&token.trust_root)
-            .arg("--out")
-            .arg(out),
-        Some(format!("{code}\n").as_bytes()),
-    )?;
-    Ok(Redeem {
-        exit: o.status.code(),
-        stdout: text(&o.stdout),
-        stderr: text(&o.stderr),
-        out: out.to_owned(),
-    })
+    redeem_pinned(gateway, &token.trust_root, code, out)
 }
 
 fn mailed_code(rcpt: &str, code_id: &str) -> Result<String> {

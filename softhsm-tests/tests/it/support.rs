@@ -1219,6 +1219,16 @@ impl Redeem {
 
 /// The real `alga-appliance redeem`, the code on stdin, Secrets into `out`.
 pub fn redeem(service_url: &str, code: &str, out: &Path) -> Result<Redeem> {
+    redeem_pinned(service_url, Path::new(&env("ALGA_TRUST_ROOT")), code, out)
+}
+
+/// [`redeem`] pinning `trust_root` instead of the stack's (a test's own token).
+pub fn redeem_pinned(
+    service_url: &str,
+    trust_root: &Path,
+    code: &str,
+    out: &Path,
+) -> Result<Redeem> {
     let o = run(
         Command::new(bin("alga-appliance"))
             .args([
@@ -1231,7 +1241,7 @@ pub fn redeem(service_url: &str, code: &str, out: &Path) -> Result<Redeem> {
             .arg("--ca-bundle")
             .arg(env("ALGA_CA_BUNDLE"))
             .arg("--trust-root")
-            .arg(env("ALGA_TRUST_ROOT"))
+            .arg(trust_root)
             .arg("--out")
             .arg(out),
         Some(format!("{code}\n").as_bytes()),
