@@ -200,7 +200,7 @@ pub struct IssuerConfig {
 
 /// The `[smtp]` table is `alga_delivery`'s, the crate that owns mail: its keys, their
 /// defaults and their checks (`from` is parsed here, at start-up) are defined there once.
-pub use alga_delivery::{SmtpConfig, SmtpSecurity};
+pub use alga_delivery::{S3Config, SmtpConfig, SmtpSecurity};
 
 /// How the outbox delivers: the first attempt inside the request, then retries with
 /// exponential backoff until the budget is spent and the mail is marked failed.
@@ -384,18 +384,6 @@ impl OpsConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct S3Config {
-    pub endpoint: String,
-    pub region: String,
-    pub bucket: String,
-    pub key: String,
-    #[serde(default)]
-    pub path_style: bool,
-    pub credentials_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub path: PathBuf,
 }
@@ -416,6 +404,11 @@ impl Config {
         c.database.validate()?;
         c.mail.validate()?;
         c.limits.validate()?;
+        if c.s3.credentials_file.is_none() {
+            // The delivery crate would fall back to AWS_* variables; a service reads
+            // its secrets from files (systemd credentials), never its environment.
+            return Err("s3.credentials_file is required".into());
+        }
         for w in &c.webhooks {
             w.validate()?;
         }
@@ -697,6 +690,19 @@ mod tests {
         let same = format!("{}\n[ops]\naddress = \"127.0.0.1:8443\"\n", sample());
         let err = Config::parse(&same).expect_err("same address as the API");
         assert!(err.contains("ops.address"), "{err}");
+    }
+
+    #[test]
+    fn s3_credentials_come_from_a_file() {
+        let text: String = sample()
+            .lines()
+            .filter(|l| !l.starts_with("credentials_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            Config::parse(&text).expect_err("no credentials file"),
+            "s3.credentials_file is required"
+        );
     }
 
     #[test]

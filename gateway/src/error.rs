@@ -5,7 +5,7 @@
 //! Error policy (as crates.io writes at the top of its error module): one `thiserror`
 //! enum for the library ([`Error`]; the names `db::DbError` and `audit::AuditError`
 //! are it under the names their modules use), [`ApiError`] at the HTTP edge, `anyhow`
-//! only in `main.rs` and start-up. The issuer client keeps its own
+//! only in `main.rs` (start-up's failures are [`Error`]s too). The issuer client keeps its own
 //! [`IssuerError`](crate::issuer_client::IssuerError): one answer of a coalesced
 //! license batch is cloned to every request waiting on it, and [`Error`] cannot be
 //! `Clone` (it holds the database driver's errors); flows map it straight to an
@@ -63,6 +63,39 @@ pub enum Error {
     /// The TLS configuration could not be built from those files.
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
+    /// A file the configuration names could not be read (a password file).
+    #[error(transparent)]
+    ConfigFile(#[from] alga_protocol::config_file::ConfigError),
+    /// A section of the configuration cannot work (`[[witnesses]]`, `[[webhooks]]`).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The issuer client could not be set up from `[issuer]`.
+    #[error("issuer client: {0}")]
+    IssuerClient(#[source] crate::issuer_client::IssuerError),
+    /// The S3 presigner or the SMTP mailer could not be set up from `[s3]` or `[smtp]`.
+    #[error("{section}: {source}")]
+    Delivery {
+        /// `s3` or `smtp`.
+        section: &'static str,
+        #[source]
+        source: alga_delivery::Error,
+    },
+    /// A listening socket could not be bound or set up.
+    #[error("{context}: {source}")]
+    Listener {
+        /// What was being done (`bind 127.0.0.1:8443`).
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A listener error: `context` says what was being done.
+    pub(crate) fn listener(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Listener { context, source }
+    }
 }
 
 /// The server's message and SQLSTATE when there is one (tokio-postgres' Display says

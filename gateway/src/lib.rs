@@ -29,7 +29,7 @@
 //!   log) pushed to `[[webhooks]]` endpoints, signed, from an outbox in Postgres, by
 //!   the audit sequencer's leader.
 //! - [`mail`]: the outbox (first attempt inside the request, then the worker);
-//!   [`presign`]: ISO links (via `alga_delivery`).
+//!   ISO links are `alga_delivery::Presigner`'s.
 //! - [`ratelimit`], [`metrics`], [`config`], [`error`].
 //!
 //! # Invariants (what is absent)
@@ -58,7 +58,6 @@ pub mod issuer_client;
 pub mod keys;
 pub mod mail;
 pub mod metrics;
-pub mod presign;
 pub mod ratelimit;
 pub mod server;
 pub mod webhooks;
@@ -70,15 +69,13 @@ use std::time::Duration;
 
 use alga_policies::Policy;
 use alga_protocol::issuer_api::PublicKeys;
-use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use crate::config::{Config, read_secret_file};
-use crate::error::ApiError;
+use crate::error::{ApiError, Error};
 use crate::issuer_client::IssuerClient;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
-use crate::presign::LinkPresigner;
 use crate::ratelimit::RedeemLimits;
 
 /// How often the issuer's public keys are re-fetched (appliance CA rotation).
@@ -99,7 +96,8 @@ pub struct App {
     pub pool: Pool,
     pub issuer: IssuerClient,
     pub policy: Arc<Policy>,
-    pub presigner: Arc<dyn LinkPresigner>,
+    /// Presigns the ISO links of the `[s3]` section.
+    pub presigner: Arc<alga_delivery::Presigner>,
     pub limits: RedeemLimits,
     pub metrics: Arc<Metrics>,
     pub keys: KeyCache,
@@ -144,33 +142,25 @@ impl App {
 }
 
 /// Connection settings of the runtime role.
-#[allow(
-    clippy::disallowed_types,
-    reason = "start-up glue called only by the binary's main"
-)]
-pub fn runtime_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+pub fn runtime_pg_config(config: &Config) -> Result<tokio_postgres::Config, Error> {
     let pw = config
         .database
         .password_file
         .as_deref()
         .map(read_secret_file)
         .transpose()?;
-    Ok(db::pg_config(&config.database.url, pw.as_ref())?)
+    db::pg_config(&config.database.url, pw.as_ref())
 }
 
 /// Connection settings of the migration role.
-#[allow(
-    clippy::disallowed_types,
-    reason = "start-up glue called only by the binary's main"
-)]
-pub fn migrator_pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+pub fn migrator_pg_config(config: &Config) -> Result<tokio_postgres::Config, Error> {
     let pw = config
         .database
         .migrator_password_file
         .as_deref()
         .map(read_secret_file)
         .transpose()?;
-    Ok(db::pg_config(&config.database.migrator_url, pw.as_ref())?)
+    db::pg_config(&config.database.migrator_url, pw.as_ref())
 }
 
 /// Runs `tick` every `period` (the first time one period from now) until `stop`
@@ -271,9 +261,9 @@ impl Listeners {
         clippy::disallowed_types,
         reason = "start-up glue called only by the binary's main"
     )]
-    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    pub fn bind(config: &Config) -> Result<Listeners, Error> {
         let api = std::net::TcpListener::bind(config.listen.address)
-            .with_context(|| format!("bind {}", config.listen.address))?;
+            .map_err(Error::listener(format!("bind {}", config.listen.address)))?;
         Ok(Listeners {
             api,
             ops: bind_ops(config)?,
@@ -282,34 +272,39 @@ impl Listeners {
 }
 
 /// Binds `[ops] address` when the section is present.
-#[allow(
-    clippy::disallowed_types,
-    reason = "start-up glue called only by the binary's main"
-)]
-fn bind_ops(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+fn bind_ops(config: &Config) -> Result<Option<std::net::TcpListener>, Error> {
     config
         .ops
         .as_ref()
         .map(|o| {
-            std::net::TcpListener::bind(o.address)
-                .with_context(|| format!("bind the ops listener {}", o.address))
+            std::net::TcpListener::bind(o.address).map_err(Error::listener(format!(
+                "bind the ops listener {}",
+                o.address
+            )))
         })
         .transpose()
+}
+
+/// `listener` for the async runtime.
+fn into_tokio(
+    listener: std::net::TcpListener,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, Error> {
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        .map_err(Error::listener(what))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; when the config has an
 /// `[ops]` section, binds its address and serves the operations routes there (see
 /// [`Listeners`]; its bound address is logged as `ops listening`).
-#[allow(
-    clippy::disallowed_types,
-    reason = "start-up glue called only by the binary's main"
-)]
 pub async fn run(
     config: Config,
     policy: Policy,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let ops = bind_ops(&config)?;
     run_on(config, policy, Listeners { api: listener, ops }, shutdown).await
 }
@@ -319,15 +314,14 @@ pub async fn run(
 /// are not read here: the listeners are.)
 #[allow(
     clippy::disallowed_methods,
-    clippy::disallowed_types,
-    reason = "reads the clock at an edge and passes `now` down; start-up glue called only by the binary's main"
+    reason = "reads the clock at an edge and passes `now` down"
 )]
 pub async fn run_on(
     config: Config,
     policy: Policy,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let Listeners { api: listener, ops } = listeners;
     let policy = Arc::new(policy);
     let metrics = Arc::new(Metrics::new());
@@ -341,13 +335,20 @@ pub async fn run_on(
         &config.issuer.private_key,
         metrics.clone(),
     )
-    .context("issuer client")?;
-    let presigner = presign::from_config(&config.s3).context("S3 presigner")?;
-    let tls_material = server::TlsMaterial::load(&config.tls).context("TLS")?;
-    let mailer = mail::mailer(&config.smtp).context("SMTP")?;
-    let witness_targets = witnesses::from_config(&config.witnesses).map_err(anyhow::Error::msg)?;
-    let witness_roots = witnesses::roots(&config.witnesses).map_err(anyhow::Error::msg)?;
-    let webhook_endpoints = webhooks::from_config(&config.webhooks).map_err(anyhow::Error::msg)?;
+    .map_err(Error::IssuerClient)?;
+    let presigner =
+        alga_delivery::Presigner::from_config(&config.s3).map_err(|source| Error::Delivery {
+            section: "s3",
+            source,
+        })?;
+    let tls_material = server::TlsMaterial::load(&config.tls)?;
+    let mailer = alga_delivery::Mailer::new(&config.smtp).map_err(|source| Error::Delivery {
+        section: "smtp",
+        source,
+    })?;
+    let witness_targets = witnesses::from_config(&config.witnesses).map_err(Error::Config)?;
+    let witness_roots = witnesses::roots(&config.witnesses).map_err(Error::Config)?;
+    let webhook_endpoints = webhooks::from_config(&config.webhooks).map_err(Error::Config)?;
 
     let keys = KeyCache::default();
     let appliance_cas = match issuer.public_keys().await {
@@ -490,15 +491,8 @@ pub async fn run_on(
         }
     });
 
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let ops = match ops {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            Some(tokio::net::TcpListener::from_std(l)?)
-        }
-        None => None,
-    };
+    let listener = into_tokio(listener, "the API listener")?;
+    let ops = ops.map(|l| into_tokio(l, "the ops listener")).transpose()?;
     // Both listeners stop on `shutdown`.
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -507,7 +501,10 @@ pub async fn run_on(
     });
     let ops_server = match ops {
         Some(l) => {
-            tracing::info!(address = %l.local_addr()?, "ops listening");
+            let address = l
+                .local_addr()
+                .map_err(Error::listener("the ops listener"))?;
+            tracing::info!(%address, "ops listening");
             Some(tokio::spawn(server::serve_ops(
                 l,
                 api::router(app.clone(), api::Surface::Ops),
@@ -533,7 +530,10 @@ pub async fn run_on(
         limits: config.limits.clone(),
         metrics: app.metrics.clone(),
     };
-    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let address = listener
+        .local_addr()
+        .map_err(Error::listener("the API listener"))?;
+    tracing::info!(%address, "gateway listening");
     server::serve(listener, api_edge, stopped(halt_rx)).await;
     if let Some(t) = ops_server {
         let _ = t.await;

@@ -30,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alga_delivery::{DeliveryId, DisplayName, MailAddress, Mailer, OutgoingMail, PresignedLink};
+use alga_delivery::{DeliveryId, DisplayName, MailAddress, Mailer, OutgoingMail};
 use alga_protocol::InstallCode;
 use alga_protocol::api::MailState;
 use tokio::sync::Notify;
@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::App;
 use crate::audit::{self, Ctx, actions};
-use crate::config::{MailConfig, SmtpConfig};
+use crate::config::MailConfig;
 use crate::db::{self, outbox};
 
 /// How long a claimed mail is reserved for its sender.
@@ -92,16 +92,6 @@ impl Outbox {
     fn max_attempts(&self) -> i32 {
         i32::try_from(self.rules.max_attempts).unwrap_or(i32::MAX)
     }
-}
-
-/// Why the mailer could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("mail setup: {0}")]
-pub struct MailSetupError(#[from] alga_delivery::Error);
-
-/// The SMTP sender of the `[smtp]` section.
-pub fn mailer(c: &SmtpConfig) -> Result<Mailer, MailSetupError> {
-    Ok(Mailer::new(c)?)
 }
 
 /// The first attempt of a mail queued by a request that just committed: claims it
@@ -267,10 +257,7 @@ async fn send_one(app: &App, m: &outbox::DueMail) -> Outcome {
         company,
         code,
         code_expires_at: m.binding.expires_at,
-        link: PresignedLink {
-            url: link.url,
-            expires_at: link.expires_at,
-        },
+        link,
     };
     match app.outbox.mailer.send(&mail).await {
         Ok(()) => Outcome::Sent,
@@ -392,11 +379,11 @@ mod tests {
     }
 
     fn outbox(rules: MailConfig) -> Outbox {
-        let smtp: SmtpConfig = toml::from_str(
+        let smtp: alga_delivery::SmtpConfig = toml::from_str(
             "host = \"127.0.0.1\"\nport = 25\nsecurity = \"none\"\nfrom = \"alga <l@alga.test>\"",
         )
         .expect("smtp config");
-        let mailer = mailer(&smtp).expect("mailer");
+        let mailer = Mailer::new(&smtp).expect("mailer");
         Outbox::new(mailer, rules)
     }
 

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use alga_audit::record::RecordBuilder;
+use alga_delivery::PresignedLink;
 use alga_protocol::api::MailState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,7 +30,6 @@ use crate::App;
 use crate::audit::{self, actions};
 use crate::db::{self, outbox::MailKind, tenants};
 use crate::error::ApiError;
-use crate::presign::Link;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -73,7 +73,7 @@ pub struct CodeIssued {
     pub code_id: String,
     pub code_expires_at: OffsetDateTime,
     /// The ISO image's presigned link.
-    pub download: Link,
+    pub download: PresignedLink,
     /// The mail carrying the code: `sent` by the first attempt, else `queued`.
     pub mail: MailState,
 }
@@ -212,7 +212,11 @@ async fn replay(
 
 /// A replay's link: presigned again until the stored expiry, or, once that has
 /// passed, for the policy's TTL from now (an expired link would be no answer).
-fn fresh_link(app: &App, stored: &StoredLink, now: OffsetDateTime) -> Result<Link, ApiError> {
+fn fresh_link(
+    app: &App,
+    stored: &StoredLink,
+    now: OffsetDateTime,
+) -> Result<PresignedLink, ApiError> {
     // Whole seconds, as SigV4 signs them, so the link ends exactly at `until`.
     let now = whole_seconds(now);
     let until = Some(stored.expires_at).filter(|t| *t - now >= time::Duration::minutes(1));
@@ -329,7 +333,7 @@ pub(crate) struct IssuedCode {
     pub code_id: String,
     pub code_expires_at: OffsetDateTime,
     pub mail_id: Uuid,
-    pub download: Link,
+    pub download: PresignedLink,
 }
 
 impl IssuedCode {
@@ -457,7 +461,7 @@ mod tests {
             edition: "pro".into(),
             code_id: "ABCD-EFGH".into(),
             code_expires_at: t("2026-12-21T10:00:00Z"),
-            download: Link {
+            download: PresignedLink {
                 url: "https://s3.test/iso/alga.iso?X-Amz-Signature=secret".into(),
                 expires_at: t("2026-12-08T10:00:00Z"),
             },
