@@ -118,7 +118,14 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
 /// statement that reads a table in full by design (the appliances-by-health count of
 /// the metrics gauge) is not one of them.
 pub fn explain_targets() -> Vec<(&'static str, &'static str)> {
-    [codes::HOT, tenants::HOT, appliances::HOT, idempotency::HOT].concat()
+    [
+        codes::HOT,
+        tenants::HOT,
+        appliances::HOT,
+        idempotency::HOT,
+        outbox::HOT,
+    ]
+    .concat()
 }
 
 /// A stored enum value the schema constrains; anything else is corruption.

@@ -89,13 +89,7 @@ pub async fn list_for_tenant(
 /// Whether the mail of `code_id` went out.
 pub async fn sent_for_code(c: &impl GenericClient, code_id: &str) -> Result<bool, DbError> {
     let row = c
-        .query_one(
-            &c.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
-            )
-            .await?,
-            &[&code_id],
-        )
+        .query_one(&c.prepare_cached(SENT_FOR_CODE).await?, &[&code_id])
         .await?;
     Ok(row.get(0))
 }
@@ -116,10 +110,51 @@ pub struct DueMail {
     pub code_usable: bool,
 }
 
-/// What a claim returns: the mail and what its template needs.
-const CLAIMED: &str = "m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
-    t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
-    c.state = 'unclaimed' AND c.expires_at > now(), c.replaces_appliance_id";
+/// What a claim returns: the mail and what its template needs (a macro, so that the
+/// two claims below are `const` statements that `HOT` can name).
+macro_rules! returning_claimed {
+    () => {
+        " RETURNING m.mail_id, m.kind, m.recipient, m.attempts, m.tenant_id, t.company, \
+         t.contact_name, c.code_id, c.tenant_id, c.edition, c.expires_at, c.key_version, \
+         c.state = 'unclaimed' AND c.expires_at > now(), c.replaces_appliance_id"
+    };
+}
+
+/// [`claim_due`]'s statement.
+const CLAIM_DUE: &str = concat!(
+    "WITH due AS ( \
+       SELECT mail_id FROM mail_outbox \
+       WHERE state = 'queued' AND next_attempt_at <= now() \
+       ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+       next_attempt_at = now() + make_interval(secs => $2) \
+     FROM due, install_codes c, tenants t \
+     WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
+       AND t.tenant_id = m.tenant_id",
+    returning_claimed!()
+);
+
+/// [`claim_reserved`]'s statement.
+const CLAIM_RESERVED: &str = concat!(
+    "UPDATE mail_outbox m SET attempts = m.attempts + 1, \
+       next_attempt_at = now() + make_interval(secs => $2) \
+     FROM install_codes c, tenants t \
+     WHERE m.mail_id = $1 AND m.state = 'queued' AND m.attempts = 0 \
+       AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id",
+    returning_claimed!()
+);
+
+/// [`sent_for_code`]'s statement.
+const SENT_FOR_CODE: &str =
+    "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')";
+
+/// This module's statements on hot paths, by name: `tests/it/explain.rs` checks the
+/// plan of each against a seeded registry.
+pub(super) const HOT: &[(&str, &str)] = &[
+    ("outbox claim", CLAIM_DUE),
+    ("outbox claim reserved", CLAIM_RESERVED),
+    ("outbox sent check", SENT_FOR_CODE),
+];
 
 /// Claims up to `limit` due mails: each gets `attempts + 1` and a lease (its
 /// `next_attempt_at` moves `lease_secs` ahead), so another worker skips it while this
@@ -130,22 +165,7 @@ pub async fn claim_due(
     lease_secs: f64,
 ) -> Result<Vec<DueMail>, DbError> {
     let rows = c
-        .query(
-            &c.prepare_cached(&format!(
-                "WITH due AS ( \
-                   SELECT mail_id FROM mail_outbox \
-                   WHERE state = 'queued' AND next_attempt_at <= now() \
-                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE mail_outbox m SET attempts = m.attempts + 1, \
-                   next_attempt_at = now() + make_interval(secs => $2) \
-                 FROM due, install_codes c, tenants t \
-                 WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
-                   AND t.tenant_id = m.tenant_id \
-                 RETURNING {CLAIMED}"
-            ))
-            .await?,
-            &[&limit, &lease_secs],
-        )
+        .query(&c.prepare_cached(CLAIM_DUE).await?, &[&limit, &lease_secs])
         .await?;
     rows.iter().map(due_mail).collect()
 }
@@ -161,15 +181,7 @@ pub async fn claim_reserved(
 ) -> Result<Option<DueMail>, DbError> {
     let row = c
         .query_opt(
-            &c.prepare_cached(&format!(
-                "UPDATE mail_outbox m SET attempts = m.attempts + 1, \
-                   next_attempt_at = now() + make_interval(secs => $2) \
-                 FROM install_codes c, tenants t \
-                 WHERE m.mail_id = $1 AND m.state = 'queued' AND m.attempts = 0 \
-                   AND c.code_id = m.code_id AND t.tenant_id = m.tenant_id \
-                 RETURNING {CLAIMED}"
-            ))
-            .await?,
+            &c.prepare_cached(CLAIM_RESERVED).await?,
             &[&mail_id, &lease_secs],
         )
         .await?;

@@ -2,9 +2,9 @@
 //!
 //! The statements are those `gateway::db` runs, as it runs them
 //! (`db::explain_targets()`; the count of appliances by health behind the metrics gauge
-//! is not one: it reads every active appliance by design, at most once per 30 s), plus
-//! two copies of the mail outbox's, prepared and explained with the generic plan (what
-//! a prepared statement settles on) against 20,000 tenants, codes, appliances, idempotency records and outbox rows. A
+//! is not one: it reads every active appliance by design, at most once per 30 s),
+//! prepared and explained with the generic plan (what a prepared statement settles
+//! on) against 20,000 tenants, codes, appliances, idempotency records and outbox rows. A
 //! sequential scan of one of those tables would make the flow's cost grow with the
 //! registry; this test fails if one appears.
 
@@ -66,33 +66,12 @@ const ARGS: &[(&str, &str)] = &[
         "idempotency lookup",
         "('spiffe://alga.test/service/store', 'key-42')",
     ),
+    ("outbox claim", "(16, 60.0)"),
+    ("outbox claim reserved", "(gen_random_uuid(), 60.0)"),
+    ("outbox sent check", "('{b}')"),
 ];
 
-/// The mail outbox's hot statements, still copied from `gateway/src/db/outbox.rs`
-/// (whose statements are not exported yet): (name, statement, arguments).
-const OUTBOX_COPIES: &[(&str, &str, &str)] = &[
-    (
-        "outbox claim",
-        "WITH due AS ( \
-           SELECT mail_id FROM mail_outbox \
-           WHERE state = 'queued' AND next_attempt_at <= now() \
-           ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE mail_outbox m SET attempts = m.attempts + 1, \
-           next_attempt_at = now() + make_interval(secs => $2) \
-         FROM due, install_codes c, tenants t \
-         WHERE m.mail_id = due.mail_id AND c.code_id = m.code_id \
-           AND t.tenant_id = m.tenant_id \
-         RETURNING m.mail_id, c.code_id, t.company",
-        "(16, 60.0)",
-    ),
-    (
-        "outbox sent check",
-        "SELECT EXISTS (SELECT 1 FROM mail_outbox WHERE code_id = $1 AND state = 'sent')",
-        "('{b}')",
-    ),
-];
-
-/// Every statement to explain: `db`'s own, each with its arguments, then the copies.
+/// Every statement to explain: `db`'s own, each with its arguments.
 fn hot() -> Vec<(&'static str, &'static str, &'static str)> {
     let targets = alga_gateway::db::explain_targets();
     let args_of = |name: &str| ARGS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
@@ -114,7 +93,6 @@ fn hot() -> Vec<(&'static str, &'static str, &'static str)> {
     targets
         .into_iter()
         .map(|(name, sql)| (name, sql, args_of(name).unwrap_or_default()))
-        .chain(OUTBOX_COPIES.iter().copied())
         .collect()
 }
 
