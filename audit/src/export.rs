@@ -119,21 +119,15 @@ pub async fn export<W: Write>(
         ..ExportSummary::default()
     };
     write_json_line(out, &header)?;
-    let mut after = 0;
-    loop {
-        let page = store::list_checkpoints(&tx, after, 0).await?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        for cp in &page {
-            write_json_line(
-                out,
-                &CheckpointLine {
-                    kind: "checkpoint",
-                    cp,
-                },
-            )?;
-            summary.checkpoints += 1;
-        }
+    for cp in &store::all_checkpoints(&tx).await? {
+        write_json_line(
+            out,
+            &CheckpointLine {
+                kind: "checkpoint",
+                cp,
+            },
+        )?;
+        summary.checkpoints += 1;
     }
     let mut q = EventQuery {
         after_seq: filter.since_seq.saturating_sub(1),

@@ -359,13 +359,7 @@ pub async fn load_database(
             }
         }
     }
-    let mut after = 0;
-    loop {
-        let page = store::list_checkpoints(&tx, after, 0).await?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        view.checkpoints.extend(page);
-    }
+    view.checkpoints = store::all_checkpoints(&tx).await?;
     view.log_checkpoints = Some(crate::tree::list_checkpoints(&tx).await?);
     // Only signed checkpoints that were not stored need the chain's hash.
     let stored: HashSet<u64> = view.checkpoints.iter().map(|c| c.sequence).collect();

@@ -375,6 +375,23 @@ where
         .collect()
 }
 
+/// Every stored checkpoint, oldest first, read page by page (call it in a
+/// [`snapshot`] for a consistent set).
+pub async fn all_checkpoints<C>(client: &C) -> Result<Vec<SignedCheckpoint>, AuditError>
+where
+    C: GenericClient + Sync,
+{
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |c: &SignedCheckpoint| c.sequence);
+        let page = list_checkpoints(client, after, 0).await?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
 /// Opens a `REPEATABLE READ READ ONLY` transaction: one consistent snapshot of the
 /// log for the readers that take several statements (verify, export, reconcile),
 /// while the service keeps writing.

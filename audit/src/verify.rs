@@ -766,14 +766,7 @@ pub async fn verify_database(
     let tx = store::snapshot(client).await?;
 
     let mut v = ChainVerifier::new();
-    let mut cps = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store::list_checkpoints(&tx, after, 0).await?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        cps.extend(page);
-    }
+    let cps = store::all_checkpoints(&tx).await?;
     v.add_checkpoints(&opts.keys, cps, CheckpointSource::Log);
     v.add_checkpoints(
         &opts.keys,
