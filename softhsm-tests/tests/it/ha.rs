@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::support::{
-    appliance_output, bin, env, gateway_client_identity, jwt_claims, mails_to, psql, run,
-    run_within, secret_value, split_password, text, unique,
+    appliance_output, bin, env, gateway_client_identity, jwt_claims, mails_to, print_log_tails,
+    psql, run, run_within, secret_value, split_password, text, unique,
 };
 
 const SEED: &str = "appliance-license-seed.yaml";
@@ -162,20 +162,7 @@ impl Ha {
 
     /// The last lines of every log of the topology, to stderr.
     fn print_logs(&self) {
-        let Ok(entries) = fs::read_dir(self.dir.path().join("logs")) else {
-            return;
-        };
-        let mut logs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        logs.sort();
-        for log in logs {
-            let t = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = t.lines().collect();
-            eprintln!(
-                "---- last lines of {} ----\n{}\n---- end ----",
-                log.display(),
-                lines[lines.len().saturating_sub(25)..].join("\n")
-            );
-        }
+        print_log_tails(&self.dir.path().join("logs"), |_| true, 25);
     }
 
     /// The pid of a named process of the topology (its pid file).

@@ -308,9 +308,7 @@ impl Proc {
     }
 
     pub fn log_tail(&self) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log, 40)
     }
 
     /// Waits until `url` answers 200, failing early when the process exits.
@@ -595,20 +593,11 @@ impl Stack {
     pub fn check(&self, body: impl FnOnce(&Stack) -> Result<()>) -> Result<()> {
         let result = body(self);
         if result.is_err() {
-            let mut logs: Vec<PathBuf> = fs::read_dir(self.dir.path())
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
-            logs.sort();
-            for log in logs {
-                let t = fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = t.lines().collect();
-                eprintln!(
-                    "---- last lines of {} ----\n{}\n---- end ----",
-                    log.display(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
+            print_log_tails(
+                self.dir.path(),
+                |p| p.extension().is_some_and(|x| x == "log"),
+                40,
+            );
         }
         result
     }
@@ -1298,4 +1287,28 @@ pub fn jwt_claims(token: &str) -> Result<serde_json::Value> {
     let payload = token.split('.').nth(1).context("not a JWT")?;
     let b = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
     Ok(serde_json::from_slice(&b)?)
+}
+
+/// The last `n` lines of the file at `path` (empty when it cannot be read).
+pub fn tail(path: &Path, n: usize) -> String {
+    let t = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Prints to stderr the last `n` lines of every file of `dir` that `keep` selects, in
+/// name order: what a failed test shows of the processes it ran.
+pub fn print_log_tails(dir: &Path, keep: impl Fn(&Path) -> bool, n: usize) {
+    let mut logs: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| keep(p));
+    logs.sort();
+    for log in logs {
+        eprintln!(
+            "---- last lines of {} ----\n{}\n---- end ----",
+            log.display(),
+            tail(&log, n)
+        );
+    }
 }
