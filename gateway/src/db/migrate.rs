@@ -7,12 +7,9 @@ use tokio_postgres::NoTls;
 
 use super::DbError;
 
-/// One migration: a stable name and its SQL (run with `batch_execute`).
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    pub name: &'static str,
-    pub sql: &'static str,
-}
+/// One migration: a stable name and its SQL (run with `batch_execute`). The audit
+/// crate's type, which both crates' migrations use.
+pub use alga_audit::Migration;
 
 /// The gateway's own migrations, oldest first. A shipped one never changes.
 pub const GATEWAY_MIGRATIONS: &[Migration] = &[
@@ -47,14 +44,7 @@ const MIGRATION_LOCK: i64 = 0x616c_6761_6d69_6772;
 
 /// Every migration in the order they run: audit's, then the gateway's.
 pub fn all() -> Vec<Migration> {
-    alga_audit::migrations()
-        .iter()
-        .map(|m| Migration {
-            name: m.name,
-            sql: m.sql,
-        })
-        .chain(GATEWAY_MIGRATIONS.iter().copied())
-        .collect()
+    [alga_audit::migrations(), GATEWAY_MIGRATIONS].concat()
 }
 
 /// Applies what has not run yet; returns the names applied now.
