@@ -142,8 +142,20 @@ impl Client {
     }
 }
 
+/// The request did not get an answer: the message names why, down the error's whole
+/// chain ("… tcp connect error: Connection refused", "… invalid peer certificate:
+/// UnknownIssuer"), since reqwest's own message says only which URL it was sending to.
 fn unreachable(e: reqwest::Error) -> anyhow::Error {
-    anyhow::anyhow!("cannot reach the gateway: {e}")
+    let mut why = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !why.ends_with(&said) {
+            why = format!("{why}: {said}");
+        }
+        cause = c.source();
+    }
+    anyhow::anyhow!("cannot reach the gateway: {why}")
 }
 
 async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
