@@ -62,6 +62,7 @@ pub mod exit {
 
 /// Everything that can go wrong in `redeem`, `check-in` and `bootstrap`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The typed code fails the offline check (length, alphabet, check symbols).
     #[error(

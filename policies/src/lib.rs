@@ -45,6 +45,7 @@ pub const MAX_APPLIANCES_LIMIT: u32 = 1_000_000;
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// The file could not be read.
     #[error("cannot read policy {path}: {source}")]

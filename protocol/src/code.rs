@@ -46,6 +46,7 @@ pub const GROUPS: usize = CODE_LEN / GROUP_LEN;
 /// Why a typed install code is not well formed. Messages name groups (1-based), never
 /// the characters themselves.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodeFormatError {
     /// Too few or too many symbols after removing spaces and dashes.
     #[error(

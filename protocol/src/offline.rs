@@ -128,6 +128,7 @@ pub struct OfflineCheckInResponse {
 
 /// Why a relayed check-in's signature or payload is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayedError {
     /// The `format` is not [`CHECK_IN_REQUEST_FORMAT`].
     #[error("the request's format is not {CHECK_IN_REQUEST_FORMAT}")]

@@ -152,6 +152,7 @@ pub fn compact_jws(signing_input: &str, signature: &[u8; 64]) -> String {
 /// Why something the service sent does not chain to the trust root, or says more than
 /// the root allows. The messages are shown to the person installing the appliance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrustError {
     #[error("the trust root file is unusable: {0}")]
     Roots(&'static str),

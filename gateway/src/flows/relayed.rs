@@ -167,5 +167,7 @@ fn refusal(e: RelayedError) -> ApiError {
         RelayedError::BadSignature => ApiError::RelayedRejected(
             "the signature does not verify with the appliance's certificate",
         ),
+        // A refusal protocol adds later: refused, without a more precise message.
+        _ => ApiError::RelayedRejected("the request is refused"),
     }
 }
