@@ -41,13 +41,13 @@ pub fn jwks<K: KeyOps>(keys: &K) -> Result<Jwks, OpsError> {
     Ok(Jwks { keys })
 }
 
-/// The P-256 verifying key of a JWK, if it is one (point on the curve): the check the
-/// appliance makes too (`alga_protocol::trust::verifying_key`).
-pub(crate) use alga_protocol::trust::verifying_key;
-
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
+
+    // The P-256 verifying key of a JWK, if it is one (point on the curve): the check
+    // appliances make.
+    use alga_protocol::trust::verifying_key;
 
     use super::*;
     use crate::ops::software_keys::SoftwareKeys;

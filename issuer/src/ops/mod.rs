@@ -7,8 +7,7 @@
 //! parameter, so every boundary is testable.
 //!
 //! - [`codes`]: mint, re-derive and verify install codes (HMAC with the code key).
-//! - [`license`]: ES256 license JWTs, built by hand and signed through `sign_digest`,
-//!   and a strict verifier.
+//! - [`license`]: ES256 license JWTs, built by hand and signed through `sign_digest`.
 //! - [`credential`]: appliance client certificates from a verified CSR.
 //! - [`checkpoint`]: audit checkpoint signatures.
 //! - [`log_checkpoint`]: transparency-log checkpoints (signed notes, Ed25519 log key).

@@ -22,6 +22,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::hsm::{Setup, isolated_in};
+use crate::license_verify::{LicenseError, verify};
 
 const ISS: &str = "https://license.alga.test";
 
@@ -142,21 +143,18 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
             assert!(jsonwebtoken::decode::<LicenseClaims>(token, &key, &wrong_aud).is_err());
 
             // Our verifier agrees, and refuses every forgery.
-            assert_eq!(
-                ops::license::verify(token, &jwks, now, ISS).expect("verifies"),
-                claims
-            );
+            assert_eq!(verify(token, &jwks, now, ISS).expect("verifies"), claims);
             let [h, c, s]: [&str; 3] = token
                 .split('.')
                 .collect::<Vec<_>>()
                 .try_into()
                 .expect("JWS");
             let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
-            use ops::license::LicenseError as E;
+            use crate::license_verify::LicenseError as E;
 
             let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
             assert_eq!(
-                ops::license::verify(&none, &jwks, now, ISS),
+                verify(&none, &jwks, now, ISS),
                 Err(E::AlgorithmRefused { alg: "none".into() })
             );
 
@@ -175,7 +173,7 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 )
                 .expect("HS256 forgery");
                 assert_eq!(
-                    ops::license::verify(&forged, &jwks, now, ISS),
+                    verify(&forged, &jwks, now, ISS),
                     Err(E::AlgorithmRefused {
                         alg: "HS256".into()
                     })
@@ -187,18 +185,12 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 "{}.{c}.{s}",
                 B64.encode(r#"{"alg":"ES256","kid":"alga-license-v2","typ":"JWT"}"#)
             );
-            assert_eq!(
-                ops::license::verify(&wrong_kid, &jwks, now, ISS),
-                Err(E::UnknownKid)
-            );
+            assert_eq!(verify(&wrong_kid, &jwks, now, ISS), Err(E::UnknownKid));
             let no_kid = format!("{}.{c}.{s}", B64.encode(r#"{"alg":"ES256","typ":"JWT"}"#));
-            assert_eq!(
-                ops::license::verify(&no_kid, &jwks, now, ISS),
-                Err(E::UnknownKid)
-            );
+            assert_eq!(verify(&no_kid, &jwks, now, ISS), Err(E::UnknownKid));
 
             assert_eq!(
-                ops::license::verify(token, &jwks, now + Duration::days(8), ISS),
+                verify(token, &jwks, now + Duration::days(8), ISS),
                 Err(E::Expired)
             );
             let mut expired_validation = validation.clone();
@@ -213,10 +205,7 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 .expect("signs")
                 .value
                 .token;
-            assert_eq!(
-                ops::license::verify(expired.expose(), &jwks, now, ISS),
-                Err(E::Expired)
-            );
+            assert_eq!(verify(expired.expose(), &jwks, now, ISS), Err(E::Expired));
             assert!(
                 jsonwebtoken::decode::<LicenseClaims>(expired.expose(), &key, &expired_validation)
                     .is_err()
@@ -228,11 +217,90 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 "the sample policy gives pro 100 seats"
             );
             let tampered = format!("{h}.{}.{s}", B64.encode(tampered_claims));
-            assert_eq!(
-                ops::license::verify(&tampered, &jwks, now, ISS),
-                Err(E::BadSignature)
-            );
+            assert_eq!(verify(&tampered, &jwks, now, ISS), Err(E::BadSignature));
             assert!(jsonwebtoken::decode::<LicenseClaims>(&tampered, &key, &validation).is_err());
+        },
+    );
+}
+
+/// The test verifier's own verdicts (moved from the unit tests of `ops::license` with
+/// the verifier): every way a token can be wrong has its answer.
+#[test]
+fn the_verifier_rejects_forgeries() {
+    isolated_in(
+        module_path!(),
+        "the_verifier_rejects_forgeries",
+        Setup::Keys,
+        |t| {
+            let hsm = t.open();
+            let rt = rt();
+            let now = OffsetDateTime::now_utc();
+            let set = ops::jwks::jwks(&hsm).expect("jwks");
+            let token = rt
+                .block_on(ops::license::sign(
+                    &hsm,
+                    &t.policy,
+                    &license_request("pro", None),
+                    now,
+                ))
+                .expect("signs")
+                .value
+                .token;
+            let token = token.expose();
+            let [h, c, s]: [&str; 3] = token
+                .split('.')
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("3 parts");
+            let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
+
+            let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+            assert_eq!(
+                verify(&none, &set, now, ISS),
+                Err(LicenseError::AlgorithmRefused { alg: "none".into() })
+            );
+            let tampered = format!(
+                "{h}.{}.{s}",
+                B64.encode(claims_json.replace("\"seats\":100", "\"seats\":9999"))
+            );
+            assert!(claims_json.contains("\"seats\":100"), "{claims_json}");
+            assert_eq!(
+                verify(&tampered, &set, now, ISS),
+                Err(LicenseError::BadSignature)
+            );
+            let wrong_kid = format!(
+                "{}.{c}.{s}",
+                B64.encode(r#"{"alg":"ES256","kid":"alga-license-v9","typ":"JWT"}"#)
+            );
+            assert_eq!(
+                verify(&wrong_kid, &set, now, ISS),
+                Err(LicenseError::UnknownKid)
+            );
+            assert_eq!(
+                verify(token, &set, now + Duration::days(8), ISS),
+                Err(LicenseError::Expired)
+            );
+            assert_eq!(
+                verify(token, &set, now - Duration::hours(1), ISS),
+                Err(LicenseError::NotYetValid)
+            );
+            assert_eq!(
+                verify(token, &set, now, "https://evil.test"),
+                Err(LicenseError::WrongIssuer)
+            );
+            assert_eq!(verify("a.b", &set, now, ISS), Err(LicenseError::Malformed));
+            assert_eq!(
+                verify(&format!("{token}.x"), &set, now, ISS),
+                Err(LicenseError::Malformed)
+            );
+            // Another key under the same kid (the token's audit key, also P-256).
+            let mut other = ops::jwks::jwk(&hsm.keys(KeyKind::Audit)[0]).expect("a P-256 JWK");
+            other.kid = set.keys[0].kid.clone();
+            let other = alga_protocol::issuer_api::Jwks { keys: vec![other] };
+            assert_eq!(
+                verify(token, &other, now, ISS),
+                Err(LicenseError::BadSignature)
+            );
         },
     );
 }
