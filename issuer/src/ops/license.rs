@@ -32,7 +32,8 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use super::{OpsError, Signed, active_key, edition, whole_seconds};
+use super::{Signed, active_key, edition, whole_seconds};
+use crate::Error;
 use crate::keyring::{KeyKind, KeyOps};
 
 /// The JOSE header of every license: with the trust root's endorsement of the key,
@@ -52,9 +53,9 @@ pub async fn sign<K: KeyOps>(
     policy: &Policy,
     req: &SignLicenseRequest,
     now: OffsetDateTime,
-) -> Result<Signed<SignedLicense>, OpsError> {
+) -> Result<Signed<SignedLicense>, Error> {
     let edition = edition(policy, &req.edition)?;
-    let terms = edition.paid.ok_or_else(|| OpsError::EditionNotPaid {
+    let terms = edition.paid.ok_or_else(|| Error::EditionNotPaid {
         edition: req.edition.clone(),
     })?;
     let lifetime = bounded_lifetime(terms.license_lifetime, req.lifetime_seconds, "license")?;
@@ -85,7 +86,7 @@ pub async fn sign<K: KeyOps>(
     };
     let endorsement = keys
         .license_endorsement(key.version)
-        .ok_or_else(|| OpsError::internal(format!("{} has no endorsement by the root", key.kid)))?;
+        .ok_or_else(|| Error::internal(format!("{} has no endorsement by the root", key.kid)))?;
     let header = Header {
         alg: "ES256".into(),
         kid: key.kid.clone(),
@@ -127,18 +128,18 @@ pub(crate) fn bounded_lifetime(
     max: Duration,
     requested: Option<u64>,
     what: &str,
-) -> Result<Duration, OpsError> {
+) -> Result<Duration, Error> {
     let Some(asked) = requested else {
         return Ok(max);
     };
     if asked == 0 {
-        return Err(OpsError::BadRequest {
+        return Err(Error::BadRequest {
             reason: "lifetime_seconds must be positive".into(),
         });
     }
     match i64::try_from(asked).ok().map(Duration::seconds) {
         Some(asked) if asked <= max => Ok(asked),
-        _ => Err(OpsError::beyond(format!(
+        _ => Err(Error::beyond(format!(
             "a {what} may live at most {} ({} s)",
             alga_policies::format_duration(max),
             seconds(max)
@@ -151,10 +152,10 @@ fn seconds(d: Duration) -> u64 {
 }
 
 /// base64url (no padding) of the compact JSON of `value`.
-fn b64_json<T: Serialize>(value: &T) -> Result<String, OpsError> {
+fn b64_json<T: Serialize>(value: &T) -> Result<String, Error> {
     serde_json::to_vec(value)
         .map(|bytes| B64.encode(bytes))
-        .map_err(|e| OpsError::internal(format!("JWT encoding: {e}")))
+        .map_err(|e| Error::internal(format!("JWT encoding: {e}")))
 }
 
 #[cfg(test)]
@@ -259,22 +260,22 @@ mod tests {
         let policy = test_policy();
         let cases: Vec<(SignLicenseRequest, crate::ops::ErrCheck)> = vec![
             (request("essentials", None), |e| {
-                matches!(e, OpsError::EditionNotPaid { .. })
+                matches!(e, Error::EditionNotPaid { .. })
             }),
             (request("gold", None), |e| {
-                matches!(e, OpsError::UnknownEdition { .. })
+                matches!(e, Error::UnknownEdition { .. })
             }),
             (request("pro", Some(7 * 86_400 + 1)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(10 * 365 * 86_400)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(u64::MAX)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(0)), |e| {
-                matches!(e, OpsError::BadRequest { .. })
+                matches!(e, Error::BadRequest { .. })
             }),
         ];
         for (req, check) in cases {

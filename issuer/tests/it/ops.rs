@@ -7,8 +7,9 @@
 
 use std::process::Command;
 
+use alga_issuer::Error;
 use alga_issuer::keyring::{KeyKind, KeyOps};
-use alga_issuer::ops::{self, OpsError};
+use alga_issuer::ops;
 use alga_protocol::issuer_api::{
     LICENSE_AUDIENCE, LicenseClaims, MintCodeRequest, SignCredentialRequest, SignLicenseRequest,
 };
@@ -27,7 +28,7 @@ use crate::license_verify::{LicenseError, verify};
 const ISS: &str = "https://license.alga.test";
 
 /// What a refusal test expects of an error.
-type ErrCheck = fn(&OpsError) -> bool;
+type ErrCheck = fn(&Error) -> bool;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -317,16 +318,16 @@ fn license_requests_beyond_the_policy_are_refused() {
             let now = OffsetDateTime::now_utc();
             let cases: Vec<(SignLicenseRequest, ErrCheck)> = vec![
                 (license_request("pro", Some(10 * 365 * 86_400)), |e| {
-                    matches!(e, OpsError::BeyondPolicy { .. })
+                    matches!(e, Error::BeyondPolicy { .. })
                 }),
                 (license_request("pro", Some(7 * 86_400 + 1)), |e| {
-                    matches!(e, OpsError::BeyondPolicy { .. })
+                    matches!(e, Error::BeyondPolicy { .. })
                 }),
                 (license_request("enterprise-plus", None), |e| {
-                    matches!(e, OpsError::UnknownEdition { .. })
+                    matches!(e, Error::UnknownEdition { .. })
                 }),
                 (license_request("essentials", None), |e| {
-                    matches!(e, OpsError::EditionNotPaid { .. })
+                    matches!(e, Error::EditionNotPaid { .. })
                 }),
             ];
             for (req, check) in cases {
@@ -539,7 +540,7 @@ fn bad_csrs_are_refused_and_nothing_is_signed() {
                     lifetime_seconds: None,
                 };
                 match rt.block_on(ops::credential::sign(&hsm, &t.policy, &req, now)) {
-                    Err(OpsError::CsrInvalid { .. }) => {}
+                    Err(Error::CsrInvalid { .. }) => {}
                     Err(e) => panic!("{what}: refused for another reason: {e}"),
                     Ok(_) => panic!("{what}: signed"),
                 }
@@ -572,7 +573,7 @@ fn bad_csrs_are_refused_and_nothing_is_signed() {
             let e = rt
                 .block_on(ops::credential::sign(&hsm, &t.policy, &essentials, now))
                 .expect_err("essentials get no credential");
-            assert!(matches!(e, OpsError::EditionNotPaid { .. }), "{e}");
+            assert!(matches!(e, Error::EditionNotPaid { .. }), "{e}");
         },
     );
 }
@@ -648,7 +649,7 @@ fn a_minted_code_verifies_only_against_its_own_binding() {
             let i = text.len() - 8;
             let c = if text.as_bytes()[i] == b'A' { 'B' } else { 'A' };
             let typo = SecretText::new(format!("{}{c}{}", &text[..i], &text[i + 1..]));
-            assert!(matches!(verify(&b, &typo), Err(OpsError::CodeMalformed(_))));
+            assert!(matches!(verify(&b, &typo), Err(Error::CodeMalformed(_))));
             // The same code typed loosely is the same code.
             let loose = SecretText::new(format!("  {}  ", text.to_lowercase().replace('-', " ")));
             assert!(verify(&b, &loose).expect("answers").valid);

@@ -9,7 +9,7 @@ use alga_issuer::config::{
     AuditLogConfig, IssuerConfig, ListenConfig, LogConfig, LogOrigin, PolicyConfig, TlsConfig,
 };
 use alga_issuer::hsm::Hsm;
-use alga_issuer::server::{self, ServerError};
+use alga_issuer::server;
 use alga_issuer::signlog;
 use alga_protocol::issuer_api::{
     self as api, DeriveCodeResponse, IssuerErrorBody, IssuerErrorCode, LicenseResult,
@@ -86,7 +86,7 @@ impl Pki {
 pub(crate) struct Running {
     pub(crate) url: String,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    task: tokio::task::JoinHandle<Result<(), alga_issuer::Error>>,
 }
 
 impl Running {
@@ -442,7 +442,7 @@ fn every_signature_is_logged_before_it_is_returned_and_the_log_holds_no_secret()
                 .await
             });
             assert!(
-                matches!(started, Err(ServerError::Signlog(_))),
+                matches!(started, Err(alga_issuer::Error::SignlogDamaged { .. })),
                 "{started:?}"
             );
         },
