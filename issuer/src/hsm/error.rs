@@ -5,7 +5,7 @@
 //! [`Error::Hsm`](crate::Error::Hsm). The `hsm` module's functions return it (opening
 //! the token, the worker pool, the key ceremonies); the key store's
 //! [`KeyOps`](crate::keyring::KeyOps) answers hand it on as `Error::Hsm`, and the
-//! stable API code is decided there (`Error::code`). [`map_cryptoki`] is the only
+//! stable API code is decided there (`Error::code`). `map_cryptoki` is the only
 //! function that looks at a `cryptoki` error or a `CKR_*` value: everything else
 //! matches on [`HsmError`] (the workers retry on [`HsmError::is_session_lost`]). A
 //! return value it does not know is "HSM unavailable", never a panic. No error ever

@@ -3,7 +3,7 @@
 //!
 //! - [`mint`] picks a random `code_id` and the active code key, bounds the expiry by
 //!   the policy, and returns the binding to store and the code for the mail.
-//! - [`derive`] re-computes the code of a stored binding (the mail worker, so the
+//! - [`derive()`] re-computes the code of a stored binding (the mail worker, so the
 //!   outbox never holds a code). A derive is a mint of an existing binding, so it is
 //!   held to the same bounds: known edition, an expiry that is neither over nor later
 //!   than a fresh mint could ask for. An expired binding is refused: nobody needs its

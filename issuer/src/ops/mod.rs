@@ -13,7 +13,7 @@
 //! - [`log_checkpoint`]: transparency-log checkpoints (signed notes, Ed25519 log key).
 //! - [`jwks`] and [`public_keys`]: what the issuer publishes.
 //!
-//! Errors: the library's one [`Error`](crate::Error), whose every variant has a
+//! Errors: the library's one [`Error`], whose every variant has a
 //! stable `IssuerErrorCode`. Messages never carry a code, a token or key material.
 
 pub mod checkpoint;

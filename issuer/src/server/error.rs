@@ -1,6 +1,6 @@
 //! The server's private `ApiError`, a request's failure rendered as
 //! [`IssuerErrorBody`] with the HTTP status of its stable error code. It wraps the
-//! library's [`Error`](crate::Error) (which is also what `run` returns when the server
+//! library's [`Error`] (which is also what `run` returns when the server
 //! cannot start); see `crate::error` for the error policy.
 
 use alga_protocol::issuer_api::{IssuerErrorBody, IssuerErrorCode, IssuerErrorDetail};
