@@ -316,7 +316,7 @@ struct Runner {
 /// A server under measurement and what its signing log must hold afterwards.
 struct Server {
     runtime: tokio::runtime::Runtime,
-    task: tokio::task::JoinHandle<Result<(), alga_issuer::server::ServerError>>,
+    task: tokio::task::JoinHandle<Result<(), alga_issuer::Error>>,
     stop: tokio::sync::oneshot::Sender<()>,
     log_dir: PathBuf,
     /// Licenses signed before the first window (one warm-up request per client).

@@ -12,6 +12,8 @@ use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::Error;
+
 /// An HMAC-SHA256 output: the secret part of an install code is derived from it. It
 /// lives on the heap (moving it moves a pointer, never the bytes) inside [`Zeroizing`],
 /// from the buffer the PKCS#11 call filled to the code derivation, and is wiped when
@@ -217,34 +219,12 @@ pub struct LicenseEndorsement {
     pub endorsement: alga_protocol::trust::KeyEndorsement,
 }
 
-/// Why a key operation failed. Every PKCS#11 return value maps to one of these in
-/// one place (`hsm::error`); an unknown one is [`KeyOpsError::Unavailable`].
-#[derive(Debug, thiserror::Error)]
-pub enum KeyOpsError {
-    /// The token, a session or the device is not usable right now (retry later).
-    #[error("the HSM is unavailable")]
-    Unavailable,
-    /// The requested key (kind, version) is not on the token.
-    #[error("key {kind} version {version} is not on the token")]
-    UnknownKey { kind: KeyKind, version: u32 },
-    /// The PIN was refused.
-    #[error("the HSM refused the PIN")]
-    PinIncorrect,
-    /// The HSM refused the PIN when logging in again after a lost session; no further
-    /// login is tried until the issuer is restarted (each refused login spends the
-    /// token's failed-login counter). Callers see it as "HSM unavailable".
-    #[error(
-        "the HSM refused the PIN after a lost session: logins are stopped until the issuer is restarted"
-    )]
-    LoginStopped,
-    /// The token named in the configuration is not present in any slot.
-    #[error("no token labelled {label:?} is present")]
-    TokenNotFound { label: String },
-}
-
 /// What the signing operations need from the key store.
 ///
-/// Implementations do blocking HSM work off the async runtime.
+/// Implementations do blocking HSM work off the async runtime. They fail with
+/// [`Error::Hsm`]: the HSM's own error, mapped from PKCS#11 in one place
+/// (`hsm::error`); an unknown key (kind, version) is
+/// [`HsmError::UnknownKey`](crate::hsm::HsmError::UnknownKey).
 pub trait KeyOps: Send + Sync + 'static {
     /// ECDSA P-256 over a SHA-256 digest the caller computed; returns raw `r‖s`
     /// (64 bytes, the JWS ES256 form). `kind` must be a P-256 kind.
@@ -253,30 +233,30 @@ pub trait KeyOps: Send + Sync + 'static {
         kind: KeyKind,
         version: u32,
         digest: [u8; 32],
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send;
 
     /// Ed25519 (pure EdDSA, RFC 8032: no pre-hash, no context) over `message`;
     /// returns the 64-byte signature `R‖S`. `kind` must be an Ed25519 kind (the log
-    /// key); any other kind is [`KeyOpsError::UnknownKey`].
+    /// key); any other kind is an unknown key.
     fn sign_ed25519(
         &self,
         kind: KeyKind,
         version: u32,
         message: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send;
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send;
 
     /// HMAC-SHA256 with the code key of `version` (a secret: see [`Mac`]).
     fn hmac_sha256(
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<Mac, KeyOpsError>> + Send;
+    ) -> impl Future<Output = Result<Mac, Error>> + Send;
 
     /// Whether the key store can serve at all, for the issuer's health route: an error
     /// when it has stopped until an operator acts (the HSM refused the PIN and no
     /// further login is tried). A transient failure of one operation is not reported
     /// here. The default says yes.
-    fn health(&self) -> Result<(), KeyOpsError> {
+    fn health(&self) -> Result<(), Error> {
         Ok(())
     }
 

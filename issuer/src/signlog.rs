@@ -31,9 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use alga_protocol::signlog::{
-    ChainBreak, ChainHead, ChainVerifier, FIRST_SEQ, GENESIS_HASH, SignEvent, SignlogRecord,
-    file_name, parse_file_name,
+    ChainHead, ChainVerifier, FIRST_SEQ, GENESIS_HASH, SignEvent, SignlogRecord, file_name,
+    parse_file_name,
 };
+
+use crate::Error;
 
 /// Default size bound of one log file.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -41,35 +43,9 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most records written under one fsync.
 pub const MAX_BATCH: usize = 256;
 
-/// Why the signing log could not be opened, written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum SignlogError {
-    /// A file or directory operation failed.
-    #[error("signing log: {context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The log on disk does not verify (edited, truncated in the middle, reordered).
-    #[error("signing log {file} is damaged: {source}")]
-    Damaged {
-        file: PathBuf,
-        #[source]
-        source: ChainBreak,
-    },
-    /// A file name and its first record disagree, or a file does not start where the
-    /// previous one ended.
-    #[error("signing log {file}: {reason}")]
-    Inconsistent { file: PathBuf, reason: String },
-    /// The log is not accepting records: an earlier write failed, or the writer stopped.
-    #[error("the signing log is unavailable")]
-    Unavailable,
-}
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SignlogError {
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
-    move |source| SignlogError::Io { context, source }
+    move |source| Error::SignlogIo { context, source }
 }
 
 /// Options of the writer.
@@ -130,13 +106,13 @@ impl Drop for Inner {
 
 struct Append {
     event: SignEvent,
-    reply: tokio::sync::oneshot::Sender<Result<Logged, SignlogError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Logged, Error>>,
 }
 
 impl SignLog {
     /// Opens (creating it if needed) the log in `dir` and starts the writer thread.
     /// Blocking (reads the newest file): call it from `spawn_blocking` or before serving.
-    pub fn open(dir: &Path, options: SignlogOptions) -> Result<SignLog, SignlogError> {
+    pub fn open(dir: &Path, options: SignlogOptions) -> Result<SignLog, Error> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -168,15 +144,15 @@ impl SignLog {
     }
 
     /// Appends `event`; resolves once it is written and fsynced.
-    pub async fn append(&self, event: SignEvent) -> Result<Logged, SignlogError> {
+    pub async fn append(&self, event: SignEvent) -> Result<Logged, Error> {
         if self.inner.broken.load(Ordering::Acquire) {
-            return Err(SignlogError::Unavailable);
+            return Err(Error::SignlogUnavailable);
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let tx = self.inner.tx.as_ref().ok_or(SignlogError::Unavailable)?;
+        let tx = self.inner.tx.as_ref().ok_or(Error::SignlogUnavailable)?;
         tx.send(Append { event, reply })
-            .map_err(|_| SignlogError::Unavailable)?;
-        rx.await.unwrap_or(Err(SignlogError::Unavailable))
+            .map_err(|_| Error::SignlogUnavailable)?;
+        rx.await.unwrap_or(Err(Error::SignlogUnavailable))
     }
 
     /// Whether the log still accepts records.
@@ -203,7 +179,7 @@ struct Writer {
 
 impl Writer {
     /// Finds where the chain stands on disk.
-    fn resume(dir: &Path, options: SignlogOptions) -> Result<Writer, SignlogError> {
+    fn resume(dir: &Path, options: SignlogOptions) -> Result<Writer, Error> {
         let files = list_files(dir)?;
         let Some((newest_seq, newest)) = files.last().cloned() else {
             return Ok(Writer {
@@ -217,12 +193,12 @@ impl Writer {
         // Where the previous file left the chain (or the genesis).
         let (prev_seq, prev_hash) = match files.len().checked_sub(2).map(|i| &files[i]) {
             Some((_, previous)) => {
-                let line = last_line(previous)?.ok_or_else(|| SignlogError::Inconsistent {
+                let line = last_line(previous)?.ok_or_else(|| Error::SignlogInconsistent {
                     file: previous.clone(),
                     reason: "an older file is empty".into(),
                 })?;
                 let record: SignlogRecord =
-                    serde_json::from_str(&line).map_err(|e| SignlogError::Inconsistent {
+                    serde_json::from_str(&line).map_err(|e| Error::SignlogInconsistent {
                         file: previous.clone(),
                         reason: format!("its last line is not a record: {e}"),
                     })?;
@@ -231,7 +207,7 @@ impl Writer {
             None => (FIRST_SEQ - 1, GENESIS_HASH.to_owned()),
         };
         if newest_seq != prev_seq + 1 {
-            return Err(SignlogError::Inconsistent {
+            return Err(Error::SignlogInconsistent {
                 file: newest.clone(),
                 reason: format!("it should start at seq {}", prev_seq + 1),
             });
@@ -262,7 +238,7 @@ impl Writer {
         for line in text.lines() {
             verifier
                 .push(line)
-                .map_err(|source| SignlogError::Damaged {
+                .map_err(|source| Error::SignlogDamaged {
                     file: newest.clone(),
                     source,
                 })?;
@@ -295,7 +271,7 @@ impl Writer {
             }
             if broken.load(Ordering::Acquire) {
                 for a in batch {
-                    let _ = a.reply.send(Err(SignlogError::Unavailable));
+                    let _ = a.reply.send(Err(Error::SignlogUnavailable));
                 }
                 continue;
             }
@@ -312,7 +288,7 @@ impl Writer {
                     tracing::error!(error = %e, "signing log write failed: refusing every further signature");
                     broken.store(true, Ordering::Release);
                     for reply in replies {
-                        let _ = reply.send(Err(SignlogError::Unavailable));
+                        let _ = reply.send(Err(Error::SignlogUnavailable));
                     }
                 }
             }
@@ -322,17 +298,17 @@ impl Writer {
 
     /// Writes `events` as consecutive records and fsyncs; the chain head advances only
     /// if everything reached the disk.
-    fn write_batch(&mut self, events: Vec<SignEvent>) -> Result<Vec<Logged>, SignlogError> {
+    fn write_batch(&mut self, events: Vec<SignEvent>) -> Result<Vec<Logged>, Error> {
         let mut seq = self.next_seq;
         let mut hash = self.last_hash.clone();
         let mut pending = Vec::new();
         let mut logged = Vec::with_capacity(events.len());
         for event in events {
-            let record = SignlogRecord::seal(event, seq, &hash).map_err(|e| SignlogError::Io {
+            let record = SignlogRecord::seal(event, seq, &hash).map_err(|e| Error::SignlogIo {
                 context: "encoding a record".into(),
                 source: std::io::Error::other(e),
             })?;
-            let mut line = record.to_line().map_err(|e| SignlogError::Io {
+            let mut line = record.to_line().map_err(|e| Error::SignlogIo {
                 context: "encoding a record".into(),
                 source: std::io::Error::other(e),
             })?;
@@ -359,11 +335,11 @@ impl Writer {
     }
 
     /// Writes `pending` to the current file and fsyncs it.
-    fn flush(&mut self, pending: &mut Vec<u8>) -> Result<(), SignlogError> {
+    fn flush(&mut self, pending: &mut Vec<u8>) -> Result<(), Error> {
         if pending.is_empty() {
             return Ok(());
         }
-        let (file, size) = self.file.as_mut().ok_or(SignlogError::Unavailable)?;
+        let (file, size) = self.file.as_mut().ok_or(Error::SignlogUnavailable)?;
         file.write_all(pending).map_err(io("appending"))?;
         file.sync_data().map_err(io("fsync"))?;
         *size += pending.len() as u64;
@@ -372,7 +348,7 @@ impl Writer {
     }
 
     /// Closes the current file (already fsynced) and starts `signlog-<seq>.jsonl`.
-    fn rotate(&mut self, seq: u64) -> Result<(), SignlogError> {
+    fn rotate(&mut self, seq: u64) -> Result<(), Error> {
         let path = self.dir.join(file_name(seq));
         if let Some((_, size)) = &self.file {
             tracing::info!(signlog.file = %path.display(), signlog.previous_bytes = size, "signing log rotated");
@@ -392,7 +368,7 @@ impl Writer {
 }
 
 /// Log files in `dir`, by first seq.
-fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SignlogError> {
+fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
         let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
@@ -405,7 +381,7 @@ fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SignlogError> {
 }
 
 /// The last complete line of a file (without its newline), reading only its tail.
-fn last_line(path: &Path) -> Result<Option<String>, SignlogError> {
+fn last_line(path: &Path) -> Result<Option<String>, Error> {
     const TAIL: u64 = 64 * 1024;
     let mut file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
     let len = file
@@ -442,7 +418,7 @@ pub struct SignlogContents {
 /// Reads every file of the log in `dir` and verifies the chain from its first record
 /// (for tests and `reconcile`). A log whose oldest files were archived is verified
 /// from the first record present, trusting its `prev_hash`.
-pub fn read_dir(dir: &Path) -> Result<SignlogContents, SignlogError> {
+pub fn read_dir(dir: &Path) -> Result<SignlogContents, Error> {
     let files = list_files(dir)?;
     let mut verifier: Option<ChainVerifier> = None;
     let mut records = Vec::new();
@@ -454,7 +430,7 @@ pub fn read_dir(dir: &Path) -> Result<SignlogContents, SignlogError> {
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
         if complete < text.len() {
             if i + 1 < count {
-                return Err(SignlogError::Inconsistent {
+                return Err(Error::SignlogInconsistent {
                     file: path,
                     reason: "an older file ends in a torn line".into(),
                 });
@@ -469,12 +445,12 @@ pub fn read_dir(dir: &Path) -> Result<SignlogContents, SignlogError> {
                     _ => ChainVerifier::new(),
                 }
             });
-            let record = v.push(line).map_err(|source| SignlogError::Damaged {
+            let record = v.push(line).map_err(|source| Error::SignlogDamaged {
                 file: path.clone(),
                 source,
             })?;
             if n == 0 && record.seq != first_seq {
-                return Err(SignlogError::Inconsistent {
+                return Err(Error::SignlogInconsistent {
                     file: path.clone(),
                     reason: format!("named for seq {first_seq} but starts at {}", record.seq),
                 });
@@ -588,7 +564,7 @@ mod tests {
         )
         .expect("tamper");
         let err = SignLog::open(dir.path(), SignlogOptions::default()).expect_err("damaged");
-        assert!(matches!(err, SignlogError::Damaged { .. }), "{err}");
+        assert!(matches!(err, Error::SignlogDamaged { .. }), "{err}");
         let err = read_dir(dir.path()).expect_err("damaged");
         assert!(err.to_string().contains("seq 1"), "{err}");
     }
@@ -602,12 +578,12 @@ mod tests {
         std::fs::create_dir(dir.path().join(file_name(2))).expect("mkdir");
         assert!(matches!(
             log.append(event(1)).await,
-            Err(SignlogError::Unavailable)
+            Err(Error::SignlogUnavailable)
         ));
         assert!(!log.is_healthy());
         assert!(matches!(
             log.append(event(50)).await,
-            Err(SignlogError::Unavailable)
+            Err(Error::SignlogUnavailable)
         ));
     }
 }

@@ -1,21 +1,27 @@
 //! Every way the HSM can fail, and the one place where PKCS#11 return values are mapped.
 //!
-//! Error policy (as crates.io writes at the top of its error module): this library
-//! returns typed errors; `anyhow` appears only in the binary. [`map_cryptoki`] is the
-//! only function that looks at a `cryptoki` error or a `CKR_*` value: everything else
-//! matches on [`HsmError`]. A return value it does not know is "HSM unavailable",
-//! never a panic. No error ever carries a PIN or key material: only labels, key ids,
-//! PKCS#11 function names and return-value names.
+//! Error policy (the library's is at the top of `crate::error`): [`HsmError`] is the
+//! one error type of the issuer besides [`crate::Error`], and nested in it as
+//! [`Error::Hsm`](crate::Error::Hsm). The `hsm` module's functions return it (opening
+//! the token, the worker pool, the key ceremonies); the key store's
+//! [`KeyOps`](crate::keyring::KeyOps) answers hand it on as `Error::Hsm`, and the
+//! stable API code is decided there (`Error::code`). `map_cryptoki` is the only
+//! function that looks at a `cryptoki` error or a `CKR_*` value: everything else
+//! matches on [`HsmError`] (the workers retry on [`HsmError::is_session_lost`]). A
+//! return value it does not know is "HSM unavailable", never a panic. No error ever
+//! carries a PIN or key material: only labels, key ids, PKCS#11 function names and
+//! return-value names.
 
 use std::path::PathBuf;
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 
-use crate::keyring::{KeyKind, KeyOpsError};
+use crate::keyring::KeyKind;
 
 /// Why an HSM operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HsmError {
     /// The PKCS#11 module could not be loaded or initialized (wrong path, not a
     /// PKCS#11 library, or its `C_Initialize` failed).
@@ -242,18 +248,6 @@ pub(crate) fn is_already_initialized(err: &CkError) -> bool {
     matches!(err, CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _))
 }
 
-impl From<HsmError> for KeyOpsError {
-    fn from(err: HsmError) -> KeyOpsError {
-        match err {
-            HsmError::PinIncorrect | HsmError::PinLocked => KeyOpsError::PinIncorrect,
-            HsmError::LoginStopped { .. } => KeyOpsError::LoginStopped,
-            HsmError::TokenNotFound { label } => KeyOpsError::TokenNotFound { label },
-            HsmError::UnknownKey { kind, version } => KeyOpsError::UnknownKey { kind, version },
-            _ => KeyOpsError::Unavailable,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,49 +293,5 @@ mod tests {
         assert!(matches!(e, HsmError::PinIncorrect));
         let e = map_cryptoki(CkError::NullFunctionPointer);
         assert!(matches!(e, HsmError::Unavailable { .. }));
-    }
-
-    #[test]
-    fn key_ops_errors_keep_only_what_callers_act_on() {
-        type Check = fn(&KeyOpsError) -> bool;
-        let table: [(HsmError, Check); 5] = [
-            (HsmError::PinIncorrect, |e| {
-                matches!(e, KeyOpsError::PinIncorrect)
-            }),
-            (HsmError::PinLocked, |e| {
-                matches!(e, KeyOpsError::PinIncorrect)
-            }),
-            (
-                HsmError::TokenNotFound { label: "t".into() },
-                |e| matches!(e, KeyOpsError::TokenNotFound { label } if label == "t"),
-            ),
-            (
-                HsmError::UnknownKey {
-                    kind: KeyKind::Code,
-                    version: 3,
-                },
-                |e| {
-                    matches!(
-                        e,
-                        KeyOpsError::UnknownKey {
-                            kind: KeyKind::Code,
-                            version: 3
-                        }
-                    )
-                },
-            ),
-            (
-                HsmError::SessionLost {
-                    function: "C_Sign".into(),
-                    rv: "CKR_DeviceError".into(),
-                },
-                |e| matches!(e, KeyOpsError::Unavailable),
-            ),
-        ];
-        for (hsm, check) in table {
-            let text = hsm.to_string();
-            let ops = KeyOpsError::from(hsm);
-            assert!(check(&ops), "{text} -> {ops:?}");
-        }
     }
 }

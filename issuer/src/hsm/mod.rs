@@ -10,7 +10,9 @@
 //! - [`admin`] holds the key ceremonies (`token init`, `keys init|list|rotate`).
 //! - [`CaSigner`] is the rcgen external signer of the appliance CA, over any
 //!   [`KeyOps`].
-//! - [`error`] maps every PKCS#11 return value, in one place.
+//! - [`error`] maps every PKCS#11 return value, in one place, to [`HsmError`], the
+//!   one error type of the issuer besides [`crate::Error`] (nested in it as
+//!   [`Error::Hsm`]).
 //!
 //! Objects on the token, per key version `v` of kind `k` (`root`, `license`, `ca`,
 //! `code`, `audit`, `log`): label and id `alga-<k>-v<v>` on the private key (EC P-256;
@@ -42,9 +44,10 @@ pub use error::HsmError;
 pub use objects::{KeyProtection, kid, parse_kid, sha256_hex};
 pub use signer::{CaSigner, der_signature};
 
+use crate::Error;
 use crate::config::HsmConfig;
 use crate::keyring::{
-    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement,
+    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, LicenseEndorsement,
     RootCertificate,
 };
 use objects::Inventory;
@@ -329,7 +332,7 @@ fn mac(out: Output) -> Result<keyring::Mac, HsmError> {
 async fn wait<T>(
     rx: Result<Receiver, HsmError>,
     output: fn(Output) -> Result<T, HsmError>,
-) -> Result<T, KeyOpsError> {
+) -> Result<T, Error> {
     let result = match rx {
         Ok(rx) => rx
             .await
@@ -340,7 +343,7 @@ async fn wait<T>(
     if let Err(e) = &result {
         tracing::warn!(error = %e, "HSM operation failed");
     }
-    result.map_err(KeyOpsError::from)
+    result.map_err(Error::Hsm)
 }
 
 impl KeyOps for Hsm {
@@ -349,7 +352,7 @@ impl KeyOps for Hsm {
         kind: KeyKind,
         version: u32,
         digest: [u8; 32],
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send {
         let rx = self
             .check_known(kind, version, KeyAlgorithm::EcP256)
             .and_then(|()| {
@@ -367,7 +370,7 @@ impl KeyOps for Hsm {
         kind: KeyKind,
         version: u32,
         message: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send {
         let rx = self
             .check_known(kind, version, KeyAlgorithm::Ed25519)
             .and_then(|()| {
@@ -384,16 +387,16 @@ impl KeyOps for Hsm {
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<keyring::Mac, KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<keyring::Mac, Error>> + Send {
         let rx = self
             .check_known(KeyKind::Code, version, KeyAlgorithm::HmacSha256)
             .and_then(|()| self.submit_async(Op::Hmac { version, data }));
         wait(rx, mac)
     }
 
-    fn health(&self) -> Result<(), KeyOpsError> {
+    fn health(&self) -> Result<(), Error> {
         match self.login_stopped() {
-            Some(_) => Err(KeyOpsError::LoginStopped),
+            Some(rv) => Err(Error::Hsm(HsmError::LoginStopped { rv })),
             None => Ok(()),
         }
     }

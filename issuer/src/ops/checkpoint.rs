@@ -9,7 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{OpsError, Signed, active_key, whole_seconds};
+use super::{Signed, active_key, whole_seconds};
+use crate::Error;
 use crate::keyring::{KeyKind, KeyOps};
 
 /// Signs a checkpoint of `req` at `now` (whole seconds: the statement carries seconds).
@@ -17,9 +18,9 @@ pub async fn sign<K: KeyOps>(
     keys: &K,
     req: &SignCheckpointRequest,
     now: OffsetDateTime,
-) -> Result<Signed<SignedCheckpoint>, OpsError> {
+) -> Result<Signed<SignedCheckpoint>, Error> {
     if req.head_hash.len() != 64 || !req.head_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(OpsError::BadRequest {
+        return Err(Error::BadRequest {
             reason: "head_hash must be 64 hex characters (SHA-256)".into(),
         });
     }
@@ -112,7 +113,7 @@ mod tests {
                 head_hash: bad.to_owned(),
             };
             let e = sign(&keys, &req, now).await.expect_err("refused");
-            assert!(matches!(e, OpsError::BadRequest { .. }), "{bad:?}: {e}");
+            assert!(matches!(e, Error::BadRequest { .. }), "{bad:?}: {e}");
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`mint`] picks a random `code_id` and the active code key, bounds the expiry by
 //!   the policy, and returns the binding to store and the code for the mail.
-//! - [`derive`] re-computes the code of a stored binding (the mail worker, so the
+//! - [`derive()`] re-computes the code of a stored binding (the mail worker, so the
 //!   outbox never holds a code). A derive is a mint of an existing binding, so it is
 //!   held to the same bounds: known edition, an expiry that is neither over nor later
 //!   than a fresh mint could ask for. An expired binding is refused: nobody needs its
@@ -21,8 +21,10 @@ use alga_protocol::signlog::{SignEvent, SignIds, SignOp};
 use alga_protocol::{CodeBinding, CodeId, InstallCode, SecretText};
 use time::{Duration, OffsetDateTime};
 
-use super::{OpsError, Signed, edition, whole_seconds};
-use crate::keyring::{KeyKind, KeyOps, KeyOpsError};
+use super::{Signed, edition, whole_seconds};
+use crate::Error;
+use crate::hsm::HsmError;
+use crate::keyring::{KeyKind, KeyOps};
 
 /// Clock slack on the upper bound of an expiry (the gateway computes `expires_at`
 /// from its own clock a moment before the issuer checks it).
@@ -34,7 +36,7 @@ pub async fn mint<K: KeyOps>(
     policy: &Policy,
     req: &MintCodeRequest,
     now: OffsetDateTime,
-) -> Result<Signed<MintCodeResponse>, OpsError> {
+) -> Result<Signed<MintCodeResponse>, Error> {
     edition(policy, &req.edition)?;
     let expires_at = whole_seconds(req.expires_at);
     check_expiry(policy, expires_at, now)?;
@@ -63,11 +65,11 @@ pub async fn derive<K: KeyOps>(
     policy: &Policy,
     binding: &CodeBinding,
     now: OffsetDateTime,
-) -> Result<Signed<DeriveCodeResponse>, OpsError> {
+) -> Result<Signed<DeriveCodeResponse>, Error> {
     edition(policy, &binding.edition)?;
     check_expiry(policy, binding.expires_at, now)?;
     if !has_version(keys, binding.key_version) {
-        return Err(OpsError::BadRequest {
+        return Err(Error::BadRequest {
             reason: format!("code key version {} does not exist", binding.key_version),
         });
     }
@@ -82,20 +84,20 @@ pub async fn derive<K: KeyOps>(
 
 /// Whether `presented` is the code of `binding` (constant-time comparison).
 ///
-/// A malformed code is [`OpsError::CodeMalformed`]; a code of another binding, or of a
+/// A malformed code is [`Error::CodeMalformed`]; a code of another binding, or of a
 /// key version that does not exist, is `valid: false`.
 pub async fn verify<K: KeyOps>(
     keys: &K,
     binding: &CodeBinding,
     presented: &SecretText,
-) -> Result<VerifyCodeResponse, OpsError> {
-    let presented = InstallCode::parse(presented.expose()).map_err(OpsError::CodeMalformed)?;
+) -> Result<VerifyCodeResponse, Error> {
+    let presented = InstallCode::parse(presented.expose()).map_err(Error::CodeMalformed)?;
     if !has_version(keys, binding.key_version) {
         return Ok(VerifyCodeResponse { valid: false });
     }
     let expected = match code_of(keys, binding).await {
         Ok(code) => code,
-        Err(OpsError::Keys(KeyOpsError::UnknownKey { .. })) => {
+        Err(Error::Hsm(HsmError::UnknownKey { .. })) => {
             return Ok(VerifyCodeResponse { valid: false });
         }
         Err(e) => return Err(e),
@@ -110,12 +112,12 @@ fn check_expiry(
     policy: &Policy,
     expires_at: OffsetDateTime,
     now: OffsetDateTime,
-) -> Result<(), OpsError> {
+) -> Result<(), Error> {
     if expires_at <= now {
-        return Err(OpsError::beyond("the code's expiry is not in the future"));
+        return Err(Error::beyond("the code's expiry is not in the future"));
     }
     if expires_at > now + policy.install_code_ttl + EXPIRY_SLACK {
-        return Err(OpsError::beyond(format!(
+        return Err(Error::beyond(format!(
             "an install code may live at most {}",
             alga_policies::format_duration(policy.install_code_ttl)
         )));
@@ -129,7 +131,7 @@ fn has_version<K: KeyOps>(keys: &K, version: u32) -> bool {
         .any(|k| k.version == version)
 }
 
-async fn code_of<K: KeyOps>(keys: &K, binding: &CodeBinding) -> Result<InstallCode, OpsError> {
+async fn code_of<K: KeyOps>(keys: &K, binding: &CodeBinding) -> Result<InstallCode, Error> {
     // A `keyring::Mac`: zeroized on drop, on the heap since the PKCS#11 call.
     let mac = keys
         .hmac_sha256(binding.key_version, binding.mac_input())
@@ -327,7 +329,7 @@ mod tests {
             )
             .await
             .expect_err("malformed");
-            assert!(matches!(err, OpsError::CodeMalformed(_)), "{bad:?}: {err}");
+            assert!(matches!(err, Error::CodeMalformed(_)), "{bad:?}: {err}");
             assert!(
                 !err.to_string().contains(&code[10..20]),
                 "no code in messages"
@@ -353,29 +355,29 @@ mod tests {
                     expires_at: NOW + Duration::days(14) + EXPIRY_SLACK + Duration::seconds(1),
                     ..request(0)
                 },
-                Some(|e| matches!(e, OpsError::BeyondPolicy { .. })),
+                Some(|e| matches!(e, Error::BeyondPolicy { .. })),
             ),
             (
                 request(400),
-                Some(|e| matches!(e, OpsError::BeyondPolicy { .. })),
+                Some(|e| matches!(e, Error::BeyondPolicy { .. })),
             ),
             (
                 MintCodeRequest {
                     expires_at: NOW,
                     ..request(0)
                 },
-                Some(|e| matches!(e, OpsError::BeyondPolicy { .. })),
+                Some(|e| matches!(e, Error::BeyondPolicy { .. })),
             ),
             (
                 request(-1),
-                Some(|e| matches!(e, OpsError::BeyondPolicy { .. })),
+                Some(|e| matches!(e, Error::BeyondPolicy { .. })),
             ),
             (
                 MintCodeRequest {
                     edition: "platinum".into(),
                     ..request(1)
                 },
-                Some(|e| matches!(e, OpsError::UnknownEdition { .. })),
+                Some(|e| matches!(e, Error::UnknownEdition { .. })),
             ),
             // Essentials tenants get codes too (they just get no license).
             (
@@ -410,7 +412,7 @@ mod tests {
         let e = derive(&keys, &policy, &b, later)
             .await
             .expect_err("expired");
-        assert!(matches!(e, OpsError::BeyondPolicy { .. }), "{e}");
+        assert!(matches!(e, Error::BeyondPolicy { .. }), "{e}");
         let far = CodeBinding {
             expires_at: NOW + Duration::days(365),
             ..b.clone()
@@ -418,7 +420,7 @@ mod tests {
         let e = derive(&keys, &policy, &far, NOW)
             .await
             .expect_err("too long");
-        assert!(matches!(e, OpsError::BeyondPolicy { .. }), "{e}");
+        assert!(matches!(e, Error::BeyondPolicy { .. }), "{e}");
         let unknown = CodeBinding {
             key_version: 7,
             ..b.clone()
@@ -426,7 +428,7 @@ mod tests {
         let e = derive(&keys, &policy, &unknown, NOW)
             .await
             .expect_err("no such key");
-        assert!(matches!(e, OpsError::BadRequest { .. }), "{e}");
+        assert!(matches!(e, Error::BadRequest { .. }), "{e}");
         let edition = CodeBinding {
             edition: "gold".into(),
             ..b
@@ -434,7 +436,7 @@ mod tests {
         let e = derive(&keys, &policy, &edition, NOW)
             .await
             .expect_err("no such edition");
-        assert!(matches!(e, OpsError::UnknownEdition { .. }), "{e}");
+        assert!(matches!(e, Error::UnknownEdition { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -447,6 +449,6 @@ mod tests {
         let e = verify(&keys, &minted.value.binding, &minted.value.code)
             .await
             .expect_err("down");
-        assert!(matches!(e, OpsError::Keys(KeyOpsError::Unavailable)), "{e}");
+        assert!(matches!(e, Error::Hsm(HsmError::Unavailable { .. })), "{e}");
     }
 }

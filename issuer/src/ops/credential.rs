@@ -18,7 +18,7 @@
 //!   checks leaf → CA → its pinned root (`alga_protocol::trust`).
 //!
 //! Under a CA that has expired, or has less than [`CA_MIN_REMAINING_FRACTION`] of a
-//! credential lifetime left, nothing is signed ([`OpsError::CaExpiring`]): such a
+//! credential lifetime left, nothing is signed ([`Error::CaExpiring`]): such a
 //! credential would be due for renewal as it is issued, and renewal would be refused
 //! too. The issuer warns in its log long before (see `server`), and the gateway
 //! exports the CA's remaining lifetime as a metric.
@@ -49,9 +49,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::license::bounded_lifetime;
 use super::public_keys::certificate_pem;
-use super::{OpsError, Signed, edition, sha256_hex, whole_seconds};
+use super::{Signed, edition, sha256_hex, whole_seconds};
+use crate::Error;
 use crate::hsm::CaSigner;
-use crate::keyring::{KeyKind, KeyOps, KeyOpsError};
+use crate::hsm::HsmError;
+use crate::keyring::{KeyKind, KeyOps};
 
 /// How far `not_before` is back-dated, for appliances whose clock runs a little slow.
 pub const BACKDATE: Duration = Duration::minutes(5);
@@ -72,17 +74,15 @@ pub struct ActiveCa {
 }
 
 /// The active CA of `keys`.
-pub fn active_ca<K: KeyOps>(keys: &K) -> Result<ActiveCa, OpsError> {
+pub fn active_ca<K: KeyOps>(keys: &K) -> Result<ActiveCa, Error> {
     let version = keys.active_version(KeyKind::ApplianceCa);
     let ca = keys
         .ca_certificates()
         .into_iter()
         .find(|c| c.version == version)
-        .ok_or_else(|| {
-            OpsError::internal(format!("no certificate for CA key version {version}"))
-        })?;
+        .ok_or_else(|| Error::internal(format!("no certificate for CA key version {version}")))?;
     let certified = ca.certified.ok_or_else(|| {
-        OpsError::internal(format!(
+        Error::internal(format!(
             "CA key version {version} has no certificate by the root"
         ))
     })?;
@@ -92,7 +92,7 @@ pub fn active_ca<K: KeyOps>(keys: &K) -> Result<ActiveCa, OpsError> {
             .and_then(|(_, c)| {
                 OffsetDateTime::from_unix_timestamp(c.validity().not_after.timestamp()).ok()
             })
-            .ok_or_else(|| OpsError::internal("a CA certificate does not parse"))
+            .ok_or_else(|| Error::internal("a CA certificate does not parse"))
     };
     Ok(ActiveCa {
         version,
@@ -103,13 +103,9 @@ pub fn active_ca<K: KeyOps>(keys: &K) -> Result<ActiveCa, OpsError> {
 
 /// Refuses to issue under `ca` at `now` when it has less left than a credential
 /// needs (see [`CA_MIN_REMAINING_FRACTION`]).
-pub fn check_ca_usable(
-    ca: &ActiveCa,
-    policy: &Policy,
-    now: OffsetDateTime,
-) -> Result<(), OpsError> {
+pub fn check_ca_usable(ca: &ActiveCa, policy: &Policy, now: OffsetDateTime) -> Result<(), Error> {
     if ca.not_after - now < policy.credential_lifetime / CA_MIN_REMAINING_FRACTION {
-        return Err(OpsError::CaExpiring {
+        return Err(Error::CaExpiring {
             version: ca.version,
             not_after: ca.not_after,
         });
@@ -125,10 +121,10 @@ pub async fn sign<K: KeyOps + Clone>(
     policy: &Policy,
     req: &SignCredentialRequest,
     now: OffsetDateTime,
-) -> Result<Signed<SignedCredential>, OpsError> {
+) -> Result<Signed<SignedCredential>, Error> {
     let edition = edition(policy, &req.edition)?;
     if !edition.is_paid() {
-        return Err(OpsError::EditionNotPaid {
+        return Err(Error::EditionNotPaid {
             edition: req.edition.clone(),
         });
     }
@@ -164,7 +160,7 @@ pub async fn sign<K: KeyOps + Clone>(
     let uri_san = uri
         .clone()
         .try_into()
-        .map_err(|_| OpsError::internal("the SPIFFE URI is not IA5"))?;
+        .map_err(|_| Error::internal("the SPIFFE URI is not IA5"))?;
     params.subject_alt_names = vec![SanType::URI(uri_san)];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -179,22 +175,25 @@ pub async fn sign<K: KeyOps + Clone>(
     let ca_version = ca.version;
     let (cert_der, ca_der, ca_version) = tokio::task::spawn_blocking(move || {
         let signer = CaSigner::new(signer_keys, ca_version)
-            .map_err(|e| OpsError::internal(format!("CA signer: {e}")))?;
+            .map_err(|e| Error::internal(format!("CA signer: {e}")))?;
         let ca_version = signer.version();
         let ca_der = signer
             .certificate_der()
-            .map_err(|e| OpsError::internal(format!("CA certificate: {e}")))?;
+            .map_err(|e| Error::internal(format!("CA certificate: {e}")))?;
         let issuer = signer
             .issuer()
-            .map_err(|e| OpsError::internal(format!("CA issuer: {e}")))?;
+            .map_err(|e| Error::internal(format!("CA issuer: {e}")))?;
         let cert = params.signed_by(&key, &issuer).map_err(|e| match e {
-            rcgen::Error::RemoteKeyError => OpsError::Keys(KeyOpsError::Unavailable),
-            other => OpsError::internal(format!("building the certificate: {other}")),
+            // The signer logged the HSM's answer; rcgen keeps none of it.
+            rcgen::Error::RemoteKeyError => {
+                Error::Hsm(HsmError::unavailable("the appliance CA signer failed"))
+            }
+            other => Error::internal(format!("building the certificate: {other}")),
         })?;
-        Ok::<_, OpsError>((cert.der().to_vec(), ca_der, ca_version))
+        Ok::<_, Error>((cert.der().to_vec(), ca_der, ca_version))
     })
     .await
-    .map_err(|e| OpsError::internal(format!("certificate task: {e}")))??;
+    .map_err(|e| Error::internal(format!("certificate task: {e}")))??;
 
     check_issued(&cert_der, &ca_der)?;
     let serial_hex = hex::encode(serial);
@@ -253,8 +252,8 @@ impl PublicKeyData for CsrKey {
 
 /// Checks a PEM CSR (`alga_protocol::csr::check_csr`, the check the gateway makes
 /// too) and returns its verified key.
-pub fn csr_public_key(csr_pem: &str) -> Result<CsrKey, OpsError> {
-    let c = check_csr(csr_pem).map_err(|e| OpsError::CsrInvalid {
+pub fn csr_public_key(csr_pem: &str) -> Result<CsrKey, Error> {
+    let c = check_csr(csr_pem).map_err(|e| Error::CsrInvalid {
         reason: e.to_string(),
     })?;
     Ok(CsrKey {
@@ -278,18 +277,18 @@ fn random_serial() -> [u8; 16] {
 
 /// The new certificate names the CA as its issuer and its signature verifies with
 /// the CA's key.
-fn check_issued(cert_der: &[u8], ca_der: &[u8]) -> Result<(), OpsError> {
+fn check_issued(cert_der: &[u8], ca_der: &[u8]) -> Result<(), Error> {
     let (_, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| OpsError::internal(format!("the new certificate does not parse: {e}")))?;
+        .map_err(|e| Error::internal(format!("the new certificate does not parse: {e}")))?;
     let (_, ca) = X509Certificate::from_der(ca_der)
-        .map_err(|e| OpsError::internal(format!("the CA certificate does not parse: {e}")))?;
+        .map_err(|e| Error::internal(format!("the CA certificate does not parse: {e}")))?;
     if cert.issuer().as_raw() != ca.subject().as_raw() {
-        return Err(OpsError::internal(
+        return Err(Error::internal(
             "the new certificate's issuer is not the CA's subject",
         ));
     }
     cert.verify_signature(Some(ca.public_key())).map_err(|e| {
-        OpsError::internal(format!(
+        Error::internal(format!(
             "the new certificate does not verify with the CA key: {e}"
         ))
     })
@@ -457,7 +456,7 @@ mod tests {
             .await
             .expect_err("less than a third left");
         assert!(
-            matches!(e, OpsError::CaExpiring { version: 1, not_after } if not_after == third),
+            matches!(e, Error::CaExpiring { version: 1, not_after } if not_after == third),
             "{e}"
         );
         assert_eq!(
@@ -468,7 +467,7 @@ mod tests {
         let e = sign(&keys, &policy, &csr(), third + Duration::days(1))
             .await
             .expect_err("expired");
-        assert!(matches!(e, OpsError::CaExpiring { .. }), "{e}");
+        assert!(matches!(e, Error::CaExpiring { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -505,7 +504,7 @@ mod tests {
             let e = sign(&keys, &policy, &request(csr), NOW)
                 .await
                 .expect_err(what);
-            assert!(matches!(e, OpsError::CsrInvalid { .. }), "{what}: {e}");
+            assert!(matches!(e, Error::CsrInvalid { .. }), "{what}: {e}");
         }
         let policy_cases: Vec<(SignCredentialRequest, crate::ops::ErrCheck)> = vec![
             (
@@ -513,21 +512,21 @@ mod tests {
                     edition: "essentials".into(),
                     ..request(good.clone())
                 },
-                |e| matches!(e, OpsError::EditionNotPaid { .. }),
+                |e| matches!(e, Error::EditionNotPaid { .. }),
             ),
             (
                 SignCredentialRequest {
                     edition: "gold".into(),
                     ..request(good.clone())
                 },
-                |e| matches!(e, OpsError::UnknownEdition { .. }),
+                |e| matches!(e, Error::UnknownEdition { .. }),
             ),
             (
                 SignCredentialRequest {
                     lifetime_seconds: Some(31 * 86_400),
                     ..request(good.clone())
                 },
-                |e| matches!(e, OpsError::BeyondPolicy { .. }),
+                |e| matches!(e, Error::BeyondPolicy { .. }),
             ),
         ];
         for (req, check) in policy_cases {
@@ -556,7 +555,7 @@ mod tests {
         )
         .await
         .expect_err("down");
-        assert!(matches!(e, OpsError::Keys(KeyOpsError::Unavailable)), "{e}");
+        assert!(matches!(e, Error::Hsm(HsmError::Unavailable { .. })), "{e}");
     }
 
     #[tokio::test]

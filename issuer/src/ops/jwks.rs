@@ -8,12 +8,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePublicKey;
 
-use super::OpsError;
+use crate::Error;
 use crate::keyring::{KeyInfo, KeyKind, KeyOps};
 
 /// The JWK of one license key version (x, y from the SPKI's SEC1 point).
-pub fn jwk(info: &KeyInfo) -> Result<Jwk, OpsError> {
-    let bad = || OpsError::internal(format!("{} has no P-256 public key", info.kid));
+pub fn jwk(info: &KeyInfo) -> Result<Jwk, Error> {
+    let bad = || Error::internal(format!("{} has no P-256 public key", info.kid));
     let spki = info.public_key_spki.as_deref().ok_or_else(bad)?;
     let key = p256::PublicKey::from_public_key_der(spki).map_err(|_| bad())?;
     let point = key.to_encoded_point(false);
@@ -32,7 +32,7 @@ pub fn jwk(info: &KeyInfo) -> Result<Jwk, OpsError> {
 }
 
 /// Every license key version, oldest first.
-pub fn jwks<K: KeyOps>(keys: &K) -> Result<Jwks, OpsError> {
+pub fn jwks<K: KeyOps>(keys: &K) -> Result<Jwks, Error> {
     let keys = keys
         .keys(KeyKind::License)
         .iter()
@@ -41,13 +41,13 @@ pub fn jwks<K: KeyOps>(keys: &K) -> Result<Jwks, OpsError> {
     Ok(Jwks { keys })
 }
 
-/// The P-256 verifying key of a JWK, if it is one (point on the curve): the check the
-/// appliance makes too (`alga_protocol::trust::verifying_key`).
-pub(crate) use alga_protocol::trust::verifying_key;
-
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
+
+    // The P-256 verifying key of a JWK, if it is one (point on the curve): the check
+    // appliances make.
+    use alga_protocol::trust::verifying_key;
 
     use super::*;
     use crate::ops::software_keys::SoftwareKeys;

@@ -14,25 +14,26 @@
 //! every license (tenant, appliance, edition, `jti`) so that reconciling it against
 //! the gateway's records finds such a lie afterwards.
 //!
-//! [`verify`] is the strict verifier (tests, and the reference for other verifiers):
-//! the algorithm is fixed per key (ES256 only, whatever the header says), the `kid`
-//! must name a key of the set, and `iss`, `aud`, `exp`, `nbf` are checked.
+//! Verifying a license is not the issuer's business: appliances verify with
+//! `alga_protocol::trust::TrustRoots::verify_license`, from the pinned trust root.
+//! The issuer's tests have a strict JWKS-based verifier of their own
+//! (`tests/it/license_verify.rs`).
 
 use alga_policies::Policy;
 use alga_protocol::SecretText;
 use alga_protocol::issuer_api::{
-    Entitlements, Jwks, LICENSE_AUDIENCE, LicenseClaims, SignLicenseRequest, SignedLicense,
+    Entitlements, LICENSE_AUDIENCE, LicenseClaims, SignLicenseRequest, SignedLicense,
 };
 use alga_protocol::signlog::{SignEvent, SignIds, SignOp};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use p256::ecdsa::signature::Verifier;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use super::{OpsError, Signed, active_key, edition, whole_seconds};
+use super::{Signed, active_key, edition, whole_seconds};
+use crate::Error;
 use crate::keyring::{KeyKind, KeyOps};
 
 /// The JOSE header of every license: with the trust root's endorsement of the key,
@@ -52,9 +53,9 @@ pub async fn sign<K: KeyOps>(
     policy: &Policy,
     req: &SignLicenseRequest,
     now: OffsetDateTime,
-) -> Result<Signed<SignedLicense>, OpsError> {
+) -> Result<Signed<SignedLicense>, Error> {
     let edition = edition(policy, &req.edition)?;
-    let terms = edition.paid.ok_or_else(|| OpsError::EditionNotPaid {
+    let terms = edition.paid.ok_or_else(|| Error::EditionNotPaid {
         edition: req.edition.clone(),
     })?;
     let lifetime = bounded_lifetime(terms.license_lifetime, req.lifetime_seconds, "license")?;
@@ -85,7 +86,7 @@ pub async fn sign<K: KeyOps>(
     };
     let endorsement = keys
         .license_endorsement(key.version)
-        .ok_or_else(|| OpsError::internal(format!("{} has no endorsement by the root", key.kid)))?;
+        .ok_or_else(|| Error::internal(format!("{} has no endorsement by the root", key.kid)))?;
     let header = Header {
         alg: "ES256".into(),
         kid: key.kid.clone(),
@@ -127,18 +128,18 @@ pub(crate) fn bounded_lifetime(
     max: Duration,
     requested: Option<u64>,
     what: &str,
-) -> Result<Duration, OpsError> {
+) -> Result<Duration, Error> {
     let Some(asked) = requested else {
         return Ok(max);
     };
     if asked == 0 {
-        return Err(OpsError::BadRequest {
+        return Err(Error::BadRequest {
             reason: "lifetime_seconds must be positive".into(),
         });
     }
     match i64::try_from(asked).ok().map(Duration::seconds) {
         Some(asked) if asked <= max => Ok(asked),
-        _ => Err(OpsError::beyond(format!(
+        _ => Err(Error::beyond(format!(
             "a {what} may live at most {} ({} s)",
             alga_policies::format_duration(max),
             seconds(max)
@@ -151,114 +152,15 @@ fn seconds(d: Duration) -> u64 {
 }
 
 /// base64url (no padding) of the compact JSON of `value`.
-fn b64_json<T: Serialize>(value: &T) -> Result<String, OpsError> {
+fn b64_json<T: Serialize>(value: &T) -> Result<String, Error> {
     serde_json::to_vec(value)
         .map(|bytes| B64.encode(bytes))
-        .map_err(|e| OpsError::internal(format!("JWT encoding: {e}")))
-}
-
-/// Why a license token was rejected by [`verify`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LicenseError {
-    /// Not three base64url parts, or a part is not the JSON it should be.
-    #[error("the token is not a well-formed JWT")]
-    Malformed,
-    /// The header's `alg` is not ES256 (`none`, HS256, RS256…): refused before any key is used.
-    #[error("algorithm {alg:?} is not accepted (ES256 only)")]
-    AlgorithmRefused { alg: String },
-    /// The header has no `kid`, or one that is not in the key set.
-    #[error("unknown key id")]
-    UnknownKid,
-    /// The key set entry for the `kid` is not an ES256 P-256 key.
-    #[error("key {kid} is not an ES256 P-256 key")]
-    UnusableKey { kid: String },
-    /// The signature does not verify with the named key.
-    #[error("bad signature")]
-    BadSignature,
-    /// `iss` is not the expected issuer.
-    #[error("wrong issuer")]
-    WrongIssuer,
-    /// `aud` is not `alga-appliance`.
-    #[error("wrong audience")]
-    WrongAudience,
-    /// `exp` is not after `now`.
-    #[error("expired")]
-    Expired,
-    /// `nbf` is after `now`.
-    #[error("not valid yet")]
-    NotYetValid,
-}
-
-/// Verifies `token` against `jwks` at `now` for issuer `iss`; returns its claims.
-///
-/// No clock leeway: callers with skewed clocks pass an adjusted `now`.
-pub fn verify(
-    token: &str,
-    jwks: &Jwks,
-    now: OffsetDateTime,
-    iss: &str,
-) -> Result<LicenseClaims, LicenseError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(LicenseError::Malformed);
-    };
-    let header_json = B64.decode(h).map_err(|_| LicenseError::Malformed)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header_json).map_err(|_| LicenseError::Malformed)?;
-    let alg = header
-        .get("alg")
-        .and_then(|a| a.as_str())
-        .ok_or(LicenseError::Malformed)?;
-    if alg != "ES256" {
-        return Err(LicenseError::AlgorithmRefused {
-            alg: alg.to_owned(),
-        });
-    }
-    let kid = header
-        .get("kid")
-        .and_then(|k| k.as_str())
-        .ok_or(LicenseError::UnknownKid)?;
-    let jwk = jwks
-        .keys
-        .iter()
-        .find(|k| k.kid == kid)
-        .ok_or(LicenseError::UnknownKid)?;
-    let unusable = || LicenseError::UnusableKey {
-        kid: kid.to_owned(),
-    };
-    if jwk.kty != "EC" || jwk.crv != "P-256" || jwk.alg != "ES256" || jwk.use_ != "sig" {
-        return Err(unusable());
-    }
-    let key = super::jwks::verifying_key(jwk).ok_or_else(unusable)?;
-    let sig_bytes = B64.decode(s).map_err(|_| LicenseError::Malformed)?;
-    let signature =
-        p256::ecdsa::Signature::from_slice(&sig_bytes).map_err(|_| LicenseError::BadSignature)?;
-    let signing_input = &token[..h.len() + 1 + c.len()];
-    key.verify(signing_input.as_bytes(), &signature)
-        .map_err(|_| LicenseError::BadSignature)?;
-    let claims_json = B64.decode(c).map_err(|_| LicenseError::Malformed)?;
-    let claims: LicenseClaims =
-        serde_json::from_slice(&claims_json).map_err(|_| LicenseError::Malformed)?;
-    if claims.iss != iss {
-        return Err(LicenseError::WrongIssuer);
-    }
-    if claims.aud != LICENSE_AUDIENCE {
-        return Err(LicenseError::WrongAudience);
-    }
-    let now = now.unix_timestamp();
-    if claims.exp <= now {
-        return Err(LicenseError::Expired);
-    }
-    if claims.nbf > now {
-        return Err(LicenseError::NotYetValid);
-    }
-    Ok(claims)
+        .map_err(|e| Error::internal(format!("JWT encoding: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use p256::ecdsa::signature::Verifier;
     use time::macros::datetime;
 
     use super::*;
@@ -283,8 +185,30 @@ mod tests {
         let signed = sign(&keys, &test_policy(), &request("pro", None), NOW)
             .await
             .expect("signs");
+        let token = signed.value.token.expose();
+        // The published JWK Set verifies it: ES256 over the signing input.
         let set = jwks(&keys).expect("jwks");
-        let claims = verify(signed.value.token.expose(), &set, NOW, ISS).expect("verifies");
+        assert_eq!(set.keys[0].kid, "alga-license-v1");
+        let (signing_input, signature) = token.rsplit_once('.').expect("a JWS");
+        let signature = p256::ecdsa::Signature::from_slice(&B64.decode(signature).expect("b64"))
+            .expect("raw r||s");
+        alga_protocol::trust::verifying_key(&set.keys[0])
+            .expect("a P-256 key")
+            .verify(signing_input.as_bytes(), &signature)
+            .expect("the published key verifies the license");
+        // What an appliance checks: nothing but the root. It returns the claims.
+        let roots = alga_protocol::trust::TrustRoots::from_pem(
+            alga_protocol::trust::pem_of(&keys.root_certificates()[0].der).as_bytes(),
+        )
+        .expect("root");
+        let expected = alga_protocol::trust::LicenseExpectation {
+            tenant_id: Uuid::from_u128(0xaaaa),
+            appliance_id: Uuid::from_u128(0xbbbb),
+            edition: "pro".into(),
+        };
+        let claims = roots
+            .verify_license(token, &expected, NOW.unix_timestamp(), 0)
+            .expect("verifies against the root");
         assert_eq!(claims.iss, ISS);
         assert_eq!(claims.sub, "00000000-0000-0000-0000-00000000aaaa");
         assert_eq!(claims.appliance_id, "00000000-0000-0000-0000-00000000bbbb");
@@ -321,24 +245,6 @@ mod tests {
             serde_json::json!({"alg": "ES256", "kid": "alga-license-v1", "typ": "JWT",
                 "alga_key_endorsement": endorsement})
         );
-        // What an appliance checks: nothing but the root.
-        let roots = alga_protocol::trust::TrustRoots::from_pem(
-            alga_protocol::trust::pem_of(&keys.root_certificates()[0].der).as_bytes(),
-        )
-        .expect("root");
-        let expected = alga_protocol::trust::LicenseExpectation {
-            tenant_id: Uuid::parse_str(&claims.sub).expect("uuid"),
-            appliance_id: Uuid::parse_str(&claims.appliance_id).expect("uuid"),
-            edition: "pro".into(),
-        };
-        roots
-            .verify_license(
-                signed.value.token.expose(),
-                &expected,
-                NOW.unix_timestamp(),
-                0,
-            )
-            .expect("verifies against the root");
         let shorter = sign(&keys, &test_policy(), &request("pro", Some(3600)), NOW)
             .await
             .expect("signs");
@@ -354,89 +260,27 @@ mod tests {
         let policy = test_policy();
         let cases: Vec<(SignLicenseRequest, crate::ops::ErrCheck)> = vec![
             (request("essentials", None), |e| {
-                matches!(e, OpsError::EditionNotPaid { .. })
+                matches!(e, Error::EditionNotPaid { .. })
             }),
             (request("gold", None), |e| {
-                matches!(e, OpsError::UnknownEdition { .. })
+                matches!(e, Error::UnknownEdition { .. })
             }),
             (request("pro", Some(7 * 86_400 + 1)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(10 * 365 * 86_400)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(u64::MAX)), |e| {
-                matches!(e, OpsError::BeyondPolicy { .. })
+                matches!(e, Error::BeyondPolicy { .. })
             }),
             (request("pro", Some(0)), |e| {
-                matches!(e, OpsError::BadRequest { .. })
+                matches!(e, Error::BadRequest { .. })
             }),
         ];
         for (req, check) in cases {
             let e = sign(&keys, &policy, &req, NOW).await.expect_err("refused");
             assert!(check(&e), "{req:?}: {e}");
         }
-    }
-
-    #[tokio::test]
-    async fn the_verifier_rejects_forgeries() {
-        let keys = SoftwareKeys::new(NOW);
-        let set = jwks(&keys).expect("jwks");
-        let token = sign(&keys, &test_policy(), &request("pro", None), NOW)
-            .await
-            .expect("signs")
-            .value
-            .token;
-        let token = token.expose();
-        let [h, c, s]: [&str; 3] = token
-            .split('.')
-            .collect::<Vec<_>>()
-            .try_into()
-            .expect("3 parts");
-        let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
-
-        let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
-        assert_eq!(
-            verify(&none, &set, NOW, ISS),
-            Err(LicenseError::AlgorithmRefused { alg: "none".into() })
-        );
-        let tampered = format!(
-            "{h}.{}.{s}",
-            B64.encode(claims_json.replace("\"seats\":100", "\"seats\":9999"))
-        );
-        assert_eq!(
-            verify(&tampered, &set, NOW, ISS),
-            Err(LicenseError::BadSignature)
-        );
-        let wrong_kid = format!(
-            "{}.{c}.{s}",
-            B64.encode(r#"{"alg":"ES256","kid":"alga-license-v9","typ":"JWT"}"#)
-        );
-        assert_eq!(
-            verify(&wrong_kid, &set, NOW, ISS),
-            Err(LicenseError::UnknownKid)
-        );
-        assert_eq!(
-            verify(token, &set, NOW + Duration::days(8), ISS),
-            Err(LicenseError::Expired)
-        );
-        assert_eq!(
-            verify(token, &set, NOW - Duration::hours(1), ISS),
-            Err(LicenseError::NotYetValid)
-        );
-        assert_eq!(
-            verify(token, &set, NOW, "https://evil.test"),
-            Err(LicenseError::WrongIssuer)
-        );
-        assert_eq!(verify("a.b", &set, NOW, ISS), Err(LicenseError::Malformed));
-        assert_eq!(
-            verify(&format!("{token}.x"), &set, NOW, ISS),
-            Err(LicenseError::Malformed)
-        );
-        let other_keys = SoftwareKeys::new(NOW);
-        assert_eq!(
-            verify(token, &jwks(&other_keys).expect("jwks"), NOW, ISS),
-            Err(LicenseError::BadSignature)
-        );
     }
 }

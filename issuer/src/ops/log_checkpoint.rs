@@ -31,7 +31,8 @@ use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{OpsError, Signed, active_key};
+use super::{Signed, active_key};
+use crate::Error;
 use crate::config::LogOrigin;
 use crate::keyring::{KeyKind, KeyOps};
 
@@ -81,8 +82,8 @@ pub fn note(body: &str, name: &str, key_id: [u8; 4], signature: &[u8; 64]) -> St
 
 /// The root hash of a request: standard base64 (padded, canonical) of exactly 32
 /// bytes.
-fn root_hash(encoded: &str) -> Result<[u8; 32], OpsError> {
-    let bad = || OpsError::BadRequest {
+fn root_hash(encoded: &str) -> Result<[u8; 32], Error> {
+    let bad = || Error::BadRequest {
         reason: "root_hash must be the standard base64 of 32 bytes (a SHA-256 root hash)".into(),
     };
     let bytes = STANDARD.decode(encoded).map_err(|_| bad())?;
@@ -101,26 +102,26 @@ pub async fn sign<K: KeyOps>(
     origin: &LogOrigin,
     req: &SignLogCheckpointRequest,
     now: OffsetDateTime,
-) -> Result<Signed<SignedLogCheckpoint>, OpsError> {
+) -> Result<Signed<SignedLogCheckpoint>, Error> {
     let hash = root_hash(&req.root_hash)?;
     let key = active_key(keys, KeyKind::Log)?;
     let public_key = key
         .ed25519_public_key()
-        .ok_or_else(|| OpsError::internal(format!("{} has no Ed25519 public key", key.kid)))?;
+        .ok_or_else(|| Error::internal(format!("{} has no Ed25519 public key", key.kid)))?;
     let body = checkpoint_body(origin, req.size, &hash);
     let signature = keys
         .sign_ed25519(KeyKind::Log, key.version, body.clone().into_bytes())
         .await?;
     // A signature that does not verify under the published key never leaves.
     let verifying = ed25519_dalek::VerifyingKey::from_bytes(&public_key)
-        .map_err(|_| OpsError::internal(format!("{}: invalid Ed25519 public key", key.kid)))?;
+        .map_err(|_| Error::internal(format!("{}: invalid Ed25519 public key", key.kid)))?;
     verifying
         .verify_strict(
             body.as_bytes(),
             &ed25519_dalek::Signature::from_bytes(&signature),
         )
         .map_err(|_| {
-            OpsError::internal(format!(
+            Error::internal(format!(
                 "{}: the log checkpoint signature does not verify",
                 key.kid
             ))
@@ -308,7 +309,7 @@ mod tests {
             let e = sign(&keys, &origin(), &req, now)
                 .await
                 .expect_err("refused");
-            assert!(matches!(e, OpsError::BadRequest { .. }), "{bad:?}: {e}");
+            assert!(matches!(e, Error::BadRequest { .. }), "{bad:?}: {e}");
         }
         let req = SignLogCheckpointRequest {
             size: 0,
@@ -326,6 +327,9 @@ mod tests {
         let e = sign(&keys, &origin(), &request(1, &[1; 32]), now)
             .await
             .expect_err("down");
-        assert!(matches!(e, OpsError::Keys(_)), "{e}");
+        assert!(
+            matches!(e, Error::Hsm(crate::hsm::HsmError::Unavailable { .. })),
+            "{e}"
+        );
     }
 }

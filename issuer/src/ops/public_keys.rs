@@ -7,14 +7,14 @@ use alga_protocol::issuer_api::{AuditKey, LogKey, PublicKeys};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::OpsError;
 use super::jwks::jwks;
 use super::log_checkpoint::verifier_key;
+use crate::Error;
 use crate::config::LogOrigin;
 use crate::keyring::{KeyKind, KeyOps};
 
 /// The [`PublicKeys`] document; the log keys are named `origin`.
-pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys, OpsError> {
+pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys, Error> {
     let ca_chain_pem = keys
         .ca_certificates()
         .iter()
@@ -26,7 +26,7 @@ pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys
         .map(|k| {
             let spki = k
                 .public_key_spki
-                .ok_or_else(|| OpsError::internal(format!("{} has no public key", k.kid)))?;
+                .ok_or_else(|| Error::internal(format!("{} has no public key", k.kid)))?;
             Ok(AuditKey {
                 kid: k.kid,
                 version: k.version,
@@ -34,7 +34,7 @@ pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys
                 created: k.created,
             })
         })
-        .collect::<Result<Vec<_>, OpsError>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     let log_keys = log_keys(keys, origin)?;
     Ok(PublicKeys {
         jwks: jwks(keys)?,
@@ -45,14 +45,14 @@ pub fn public_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<PublicKeys
 }
 
 /// Every log key version, the active (highest) one first.
-fn log_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<Vec<LogKey>, OpsError> {
+fn log_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<Vec<LogKey>, Error> {
     let mut log_keys = keys
         .keys(KeyKind::Log)
         .into_iter()
         .map(|k| {
-            let public_key = k.ed25519_public_key().ok_or_else(|| {
-                OpsError::internal(format!("{} has no Ed25519 public key", k.kid))
-            })?;
+            let public_key = k
+                .ed25519_public_key()
+                .ok_or_else(|| Error::internal(format!("{} has no Ed25519 public key", k.kid)))?;
             Ok(LogKey {
                 vkey: verifier_key(origin.as_str(), &public_key),
                 kid: k.kid,
@@ -60,7 +60,7 @@ fn log_keys<K: KeyOps>(keys: &K, origin: &LogOrigin) -> Result<Vec<LogKey>, OpsE
                 created: k.created,
             })
         })
-        .collect::<Result<Vec<_>, OpsError>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     log_keys.sort_by_key(|k| std::cmp::Reverse(k.version));
     Ok(log_keys)
 }

@@ -13,10 +13,17 @@ use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
+use crate::Error;
+use crate::hsm::HsmError;
 use crate::keyring::{
-    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, KeyOpsError, LicenseEndorsement,
+    self, CaCertificate, KeyAlgorithm, KeyInfo, KeyKind, KeyOps, LicenseEndorsement,
     RootCertificate,
 };
+
+/// What a software key store that is down answers: an HSM that is unavailable.
+fn down() -> Error {
+    Error::Hsm(HsmError::unavailable("software keys are down"))
+}
 
 /// In-memory keys for unit tests. Clones share the keys.
 #[derive(Clone)]
@@ -168,7 +175,8 @@ impl SoftwareKeys {
         }
     }
 
-    /// Makes every later operation fail with [`KeyOpsError::Unavailable`] (or not).
+    /// Makes every later operation fail as an unavailable HSM would
+    /// ([`HsmError::Unavailable`]), or not.
     pub(crate) fn set_down(&self, down: bool) {
         self.lock().down = down;
     }
@@ -280,21 +288,19 @@ impl KeyOps for SoftwareKeys {
         kind: KeyKind,
         version: u32,
         digest: [u8; 32],
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send {
         let result = (|| {
             let inner = self.lock();
             if inner.down {
-                return Err(KeyOpsError::Unavailable);
+                return Err(down());
             }
             // As the HSM: the root signs in ceremonies only, never for an operation.
             let key = inner
                 .ec
                 .get(&(kind, version))
                 .filter(|_| kind != KeyKind::Root)
-                .ok_or(KeyOpsError::UnknownKey { kind, version })?;
-            let sig: Signature = key
-                .sign_prehash(&digest)
-                .map_err(|_| KeyOpsError::Unavailable)?;
+                .ok_or(Error::Hsm(HsmError::UnknownKey { kind, version }))?;
+            let sig: Signature = key.sign_prehash(&digest).map_err(|_| down())?;
             let bytes: [u8; 64] = sig.to_bytes().into();
             Ok(bytes)
         })();
@@ -306,16 +312,16 @@ impl KeyOps for SoftwareKeys {
         kind: KeyKind,
         version: u32,
         message: Vec<u8>,
-    ) -> impl Future<Output = Result<[u8; 64], KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<[u8; 64], Error>> + Send {
         let result = (|| {
             let inner = self.lock();
             if inner.down {
-                return Err(KeyOpsError::Unavailable);
+                return Err(down());
             }
             let key = inner
                 .ed25519
                 .get(&(kind, version))
-                .ok_or(KeyOpsError::UnknownKey { kind, version })?;
+                .ok_or(Error::Hsm(HsmError::UnknownKey { kind, version }))?;
             Ok(ed25519_dalek::Signer::sign(key, &message).to_bytes())
         })();
         std::future::ready(result)
@@ -325,18 +331,20 @@ impl KeyOps for SoftwareKeys {
         &self,
         version: u32,
         data: Vec<u8>,
-    ) -> impl Future<Output = Result<keyring::Mac, KeyOpsError>> + Send {
+    ) -> impl Future<Output = Result<keyring::Mac, Error>> + Send {
         let result = (|| {
             let inner = self.lock();
             if inner.down {
-                return Err(KeyOpsError::Unavailable);
+                return Err(down());
             }
-            let secret = inner.hmac.get(&version).ok_or(KeyOpsError::UnknownKey {
-                kind: KeyKind::Code,
-                version,
-            })?;
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-                .map_err(|_| KeyOpsError::Unavailable)?;
+            let secret = inner
+                .hmac
+                .get(&version)
+                .ok_or(Error::Hsm(HsmError::UnknownKey {
+                    kind: KeyKind::Code,
+                    version,
+                }))?;
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| down())?;
             mac.update(&data);
             // Test-only keys: the tag's stack copy is not wiped here (the HSM path
             // keeps its MAC in wiping buffers throughout).

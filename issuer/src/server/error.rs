@@ -1,36 +1,20 @@
-//! The server's errors: [`ServerError`] (it could not start or stopped), and the
-//! private `ApiError`, a request's failure rendered as [`IssuerErrorBody`] with the
-//! HTTP status of its stable error code.
+//! The server's private `ApiError`, a request's failure rendered as
+//! [`IssuerErrorBody`] with the HTTP status of its stable error code. It wraps the
+//! library's [`Error`] (which is also what `run` returns when the server
+//! cannot start); see `crate::error` for the error policy.
 
 use alga_protocol::issuer_api::{IssuerErrorBody, IssuerErrorCode, IssuerErrorDetail};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::ops::OpsError;
-use crate::signlog::SignlogError;
-
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The TLS files cannot be read or used (names the file, never its content).
-    #[error("TLS configuration: {0}")]
-    Tls(String),
-    /// The signing log cannot be opened.
-    #[error(transparent)]
-    Signlog(#[from] SignlogError),
-    /// The listening socket cannot be used.
-    #[error("listener: {0}")]
-    Listener(#[source] std::io::Error),
-    /// A start-up task failed.
-    #[error("start-up: {0}")]
-    Startup(String),
-}
+use crate::Error;
 
 /// An API error, rendered as [`IssuerErrorBody`].
 #[derive(Debug)]
 pub(super) enum ApiError {
-    Ops(OpsError),
+    /// An operation refused the request or failed.
+    Failed(Error),
     /// The signing log could not take the record.
     Signlog,
     Forbidden,
@@ -56,7 +40,7 @@ impl ApiError {
     /// error answers, and what a batch reports for one of its items.
     pub(super) fn into_parts(self) -> (StatusCode, IssuerErrorDetail) {
         let (status, code, message) = match self {
-            ApiError::Ops(e) => {
+            ApiError::Failed(e) => {
                 let code = e.code();
                 let status = status_of(code);
                 // 5xx: no internal detail to the client; the log has it.
@@ -122,11 +106,10 @@ pub fn status_of(code: IssuerErrorCode) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::OpsError;
 
     #[test]
     fn a_5xx_item_error_carries_no_internal_detail() {
-        let (status, detail) = ApiError::Ops(OpsError::internal("the secret reason")).into_parts();
+        let (status, detail) = ApiError::Failed(Error::internal("the secret reason")).into_parts();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(detail.code, IssuerErrorCode::Internal);
         assert!(!detail.message.contains("secret"), "{}", detail.message);

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 
 use super::error::ApiError;
 
-/// `Json` whose rejections are [`IssuerErrorBody`]s (`bad_request`, with the status
+/// `Json` whose rejections are [`IssuerErrorBody`](alga_protocol::issuer_api::IssuerErrorBody)s (`bad_request`, with the status
 /// axum chose: 400, 413 or 415). The message names the JSON problem; it goes back to
 /// the gateway that sent the body and is not logged.
 pub(super) struct ApiJson<T>(pub(super) T);

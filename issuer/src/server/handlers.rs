@@ -21,8 +21,9 @@ use tracing::instrument;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::routes::App;
+use crate::Error;
 use crate::keyring::KeyOps;
-use crate::ops::{self, OpsError, Signed};
+use crate::ops::{self, Signed};
 
 #[instrument(skip_all)]
 pub(super) async fn mint_code<K: KeyOps + Clone>(
@@ -247,7 +248,7 @@ pub(super) async fn forbidden() -> ApiError {
 }
 
 /// Logs a refused or failed operation once (messages carry no secrets by design).
-fn refused(op: &'static str, e: OpsError) -> ApiError {
+fn refused(op: &'static str, e: Error) -> ApiError {
     let code = e.code();
     match code {
         IssuerErrorCode::Internal
@@ -257,5 +258,5 @@ fn refused(op: &'static str, e: OpsError) -> ApiError {
         }
         _ => tracing::info!(op, error.code = ?code, error = %e, "operation refused"),
     }
-    ApiError::Ops(e)
+    ApiError::Failed(e)
 }

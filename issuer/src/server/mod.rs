@@ -53,9 +53,10 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 pub use auth::Client;
-pub use error::{ServerError, status_of};
+pub use error::status_of;
 pub use tls::tls_config;
 
+use crate::Error;
 use crate::config::IssuerConfig;
 use crate::keyring::KeyOps;
 use crate::signlog::{SignLog, SignlogOptions};
@@ -82,20 +83,18 @@ pub async fn run<K: KeyOps + Clone>(
     keys: K,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+) -> Result<(), Error> {
     let tls = Arc::new(tls_config(&config.tls)?);
     let log_dir = config.log.directory.clone();
     let signlog =
         tokio::task::spawn_blocking(move || SignLog::open(&log_dir, SignlogOptions::default()))
             .await
-            .map_err(|e| ServerError::Startup(e.to_string()))??;
-    listener
-        .set_nonblocking(true)
-        .map_err(ServerError::Listener)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listener)?;
+            .map_err(|e| Error::Startup(e.to_string()))??;
+    listener.set_nonblocking(true).map_err(Error::Listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
     // Never sign a license the appliances would refuse: the policy must be within
     // what the trust root endorsed the active license key for.
-    crate::endorse::check_policy_covered(&keys, &policy).map_err(ServerError::Startup)?;
+    crate::endorse::check_policy_covered(&keys, &policy).map_err(Error::Startup)?;
     let policy = Arc::new(policy);
     let watcher = tokio::spawn(watch_ca(keys.clone(), policy.clone()));
     let app = App {

@@ -21,11 +21,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use alga_issuer::Error;
 use alga_issuer::config::HsmConfig;
 use alga_issuer::hsm::admin::{self, KeysInitOutcome, TokenInitOutcome};
 use alga_issuer::hsm::{CaSigner, Hsm, HsmError};
-use alga_issuer::keyring::{KeyAlgorithm, KeyKind, KeyOps, KeyOpsError};
+use alga_issuer::keyring::{KeyAlgorithm, KeyKind, KeyOps};
 use alga_policies::Policy;
+use alga_protocol::issuer_api::IssuerErrorCode;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
@@ -302,24 +304,24 @@ fn signatures_verify_with_the_published_key_and_macs_are_deterministic() {
             let digest = [7u8; 32];
             assert!(matches!(
                 rt.block_on(hsm.sign_digest(KeyKind::License, 9, digest)),
-                Err(KeyOpsError::UnknownKey {
+                Err(Error::Hsm(HsmError::UnknownKey {
                     kind: KeyKind::License,
                     version: 9
-                })
+                }))
             ));
             assert!(matches!(
                 rt.block_on(hsm.sign_digest(KeyKind::Code, 1, digest)),
-                Err(KeyOpsError::UnknownKey {
+                Err(Error::Hsm(HsmError::UnknownKey {
                     kind: KeyKind::Code,
                     version: 1
-                })
+                }))
             ));
             assert!(matches!(
                 rt.block_on(hsm.hmac_sha256(2, vec![])),
-                Err(KeyOpsError::UnknownKey {
+                Err(Error::Hsm(HsmError::UnknownKey {
                     kind: KeyKind::Code,
                     version: 2
-                })
+                }))
             ));
         },
     );
@@ -525,7 +527,7 @@ fn workers_recover_when_their_sessions_are_pulled_away() {
                                 let license =
                                     hsm.sign_digest(KeyKind::License, 1, [i as u8; 32]).await?;
                                 let mac = hsm.hmac_sha256(1, vec![i as u8]).await?;
-                                Ok::<_, KeyOpsError>((license, mac))
+                                Ok::<_, Error>((license, mac))
                             })
                         })
                         .collect();
@@ -562,7 +564,10 @@ fn wrong_pin_and_unknown_token_are_reported_as_such() {
             let err =
                 Hsm::open(&t.config, SecretString::from("not-the-pin")).expect_err("wrong PIN");
             assert!(matches!(err, HsmError::PinIncorrect), "{err:?}");
-            assert!(matches!(KeyOpsError::from(err), KeyOpsError::PinIncorrect));
+            // Nested as it is, and "HSM unavailable" to a client.
+            let err = Error::from(err);
+            assert!(matches!(err, Error::Hsm(HsmError::PinIncorrect)), "{err:?}");
+            assert_eq!(err.code(), IssuerErrorCode::HsmUnavailable);
 
             let mut other = t.config.clone();
             other.token_label = "alga-no-such-token".into();

@@ -3,10 +3,11 @@
 //! signed notes that the `signed_note` crate verifies with the published verifier key,
 //! and rotation.
 
+use alga_issuer::Error;
 use alga_issuer::config::LogOrigin;
 use alga_issuer::hsm::admin::{self, KeysInitOutcome};
 use alga_issuer::hsm::{Hsm, HsmError};
-use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
+use alga_issuer::keyring::{KeyKind, KeyOps};
 use alga_issuer::ops;
 use alga_protocol::issuer_api::{LogKey, SignLogCheckpointRequest, SignedLogCheckpoint};
 use alga_protocol::signlog::SignOp;
@@ -174,7 +175,10 @@ fn the_log_key_is_an_ed25519_key_that_never_leaves_the_token() {
             let err = rt
                 .block_on(hsm.sign_digest(KeyKind::Log, 1, [1; 32]))
                 .expect_err("not an ECDSA key");
-            assert!(matches!(err, KeyOpsError::UnknownKey { .. }), "{err:?}");
+            assert!(
+                matches!(err, Error::Hsm(HsmError::UnknownKey { .. })),
+                "{err:?}"
+            );
             for kind in [
                 KeyKind::License,
                 KeyKind::Audit,
@@ -185,14 +189,17 @@ fn the_log_key_is_an_ed25519_key_that_never_leaves_the_token() {
                     .block_on(hsm.sign_ed25519(kind, 1, b"x".to_vec()))
                     .expect_err("not an Ed25519 key");
                 assert!(
-                    matches!(err, KeyOpsError::UnknownKey { .. }),
+                    matches!(err, Error::Hsm(HsmError::UnknownKey { .. })),
                     "{kind}: {err:?}"
                 );
             }
             let err = rt
                 .block_on(hsm.sign_ed25519(KeyKind::Log, 2, b"x".to_vec()))
                 .expect_err("no version 2");
-            assert!(matches!(err, KeyOpsError::UnknownKey { .. }), "{err:?}");
+            assert!(
+                matches!(err, Error::Hsm(HsmError::UnknownKey { .. })),
+                "{err:?}"
+            );
 
             // A raw signature verifies under the published key (pure Ed25519).
             let message = b"any message, no pre-hash".to_vec();

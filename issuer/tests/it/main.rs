@@ -6,6 +6,7 @@
 )]
 
 mod hsm;
+mod license_verify;
 mod log_key;
 mod mac_zeroized;
 mod ops;

@@ -7,8 +7,9 @@
 
 use std::process::Command;
 
+use alga_issuer::Error;
 use alga_issuer::keyring::{KeyKind, KeyOps};
-use alga_issuer::ops::{self, OpsError};
+use alga_issuer::ops;
 use alga_protocol::issuer_api::{
     LICENSE_AUDIENCE, LicenseClaims, MintCodeRequest, SignCredentialRequest, SignLicenseRequest,
 };
@@ -22,11 +23,12 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::hsm::{Setup, isolated_in};
+use crate::license_verify::{LicenseError, verify};
 
 const ISS: &str = "https://license.alga.test";
 
 /// What a refusal test expects of an error.
-type ErrCheck = fn(&OpsError) -> bool;
+type ErrCheck = fn(&Error) -> bool;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -142,21 +144,18 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
             assert!(jsonwebtoken::decode::<LicenseClaims>(token, &key, &wrong_aud).is_err());
 
             // Our verifier agrees, and refuses every forgery.
-            assert_eq!(
-                ops::license::verify(token, &jwks, now, ISS).expect("verifies"),
-                claims
-            );
+            assert_eq!(verify(token, &jwks, now, ISS).expect("verifies"), claims);
             let [h, c, s]: [&str; 3] = token
                 .split('.')
                 .collect::<Vec<_>>()
                 .try_into()
                 .expect("JWS");
             let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
-            use ops::license::LicenseError as E;
+            use crate::license_verify::LicenseError as E;
 
             let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
             assert_eq!(
-                ops::license::verify(&none, &jwks, now, ISS),
+                verify(&none, &jwks, now, ISS),
                 Err(E::AlgorithmRefused { alg: "none".into() })
             );
 
@@ -175,7 +174,7 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 )
                 .expect("HS256 forgery");
                 assert_eq!(
-                    ops::license::verify(&forged, &jwks, now, ISS),
+                    verify(&forged, &jwks, now, ISS),
                     Err(E::AlgorithmRefused {
                         alg: "HS256".into()
                     })
@@ -187,18 +186,12 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 "{}.{c}.{s}",
                 B64.encode(r#"{"alg":"ES256","kid":"alga-license-v2","typ":"JWT"}"#)
             );
-            assert_eq!(
-                ops::license::verify(&wrong_kid, &jwks, now, ISS),
-                Err(E::UnknownKid)
-            );
+            assert_eq!(verify(&wrong_kid, &jwks, now, ISS), Err(E::UnknownKid));
             let no_kid = format!("{}.{c}.{s}", B64.encode(r#"{"alg":"ES256","typ":"JWT"}"#));
-            assert_eq!(
-                ops::license::verify(&no_kid, &jwks, now, ISS),
-                Err(E::UnknownKid)
-            );
+            assert_eq!(verify(&no_kid, &jwks, now, ISS), Err(E::UnknownKid));
 
             assert_eq!(
-                ops::license::verify(token, &jwks, now + Duration::days(8), ISS),
+                verify(token, &jwks, now + Duration::days(8), ISS),
                 Err(E::Expired)
             );
             let mut expired_validation = validation.clone();
@@ -213,10 +206,7 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 .expect("signs")
                 .value
                 .token;
-            assert_eq!(
-                ops::license::verify(expired.expose(), &jwks, now, ISS),
-                Err(E::Expired)
-            );
+            assert_eq!(verify(expired.expose(), &jwks, now, ISS), Err(E::Expired));
             assert!(
                 jsonwebtoken::decode::<LicenseClaims>(expired.expose(), &key, &expired_validation)
                     .is_err()
@@ -228,11 +218,90 @@ fn a_license_verifies_with_jsonwebtoken_and_forgeries_do_not_verify() {
                 "the sample policy gives pro 100 seats"
             );
             let tampered = format!("{h}.{}.{s}", B64.encode(tampered_claims));
-            assert_eq!(
-                ops::license::verify(&tampered, &jwks, now, ISS),
-                Err(E::BadSignature)
-            );
+            assert_eq!(verify(&tampered, &jwks, now, ISS), Err(E::BadSignature));
             assert!(jsonwebtoken::decode::<LicenseClaims>(&tampered, &key, &validation).is_err());
+        },
+    );
+}
+
+/// The test verifier's own verdicts (moved from the unit tests of `ops::license` with
+/// the verifier): every way a token can be wrong has its answer.
+#[test]
+fn the_verifier_rejects_forgeries() {
+    isolated_in(
+        module_path!(),
+        "the_verifier_rejects_forgeries",
+        Setup::Keys,
+        |t| {
+            let hsm = t.open();
+            let rt = rt();
+            let now = OffsetDateTime::now_utc();
+            let set = ops::jwks::jwks(&hsm).expect("jwks");
+            let token = rt
+                .block_on(ops::license::sign(
+                    &hsm,
+                    &t.policy,
+                    &license_request("pro", None),
+                    now,
+                ))
+                .expect("signs")
+                .value
+                .token;
+            let token = token.expose();
+            let [h, c, s]: [&str; 3] = token
+                .split('.')
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("3 parts");
+            let claims_json = String::from_utf8(B64.decode(c).expect("b64")).expect("utf8");
+
+            let none = format!("{}.{c}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+            assert_eq!(
+                verify(&none, &set, now, ISS),
+                Err(LicenseError::AlgorithmRefused { alg: "none".into() })
+            );
+            let tampered = format!(
+                "{h}.{}.{s}",
+                B64.encode(claims_json.replace("\"seats\":100", "\"seats\":9999"))
+            );
+            assert!(claims_json.contains("\"seats\":100"), "{claims_json}");
+            assert_eq!(
+                verify(&tampered, &set, now, ISS),
+                Err(LicenseError::BadSignature)
+            );
+            let wrong_kid = format!(
+                "{}.{c}.{s}",
+                B64.encode(r#"{"alg":"ES256","kid":"alga-license-v9","typ":"JWT"}"#)
+            );
+            assert_eq!(
+                verify(&wrong_kid, &set, now, ISS),
+                Err(LicenseError::UnknownKid)
+            );
+            assert_eq!(
+                verify(token, &set, now + Duration::days(8), ISS),
+                Err(LicenseError::Expired)
+            );
+            assert_eq!(
+                verify(token, &set, now - Duration::hours(1), ISS),
+                Err(LicenseError::NotYetValid)
+            );
+            assert_eq!(
+                verify(token, &set, now, "https://evil.test"),
+                Err(LicenseError::WrongIssuer)
+            );
+            assert_eq!(verify("a.b", &set, now, ISS), Err(LicenseError::Malformed));
+            assert_eq!(
+                verify(&format!("{token}.x"), &set, now, ISS),
+                Err(LicenseError::Malformed)
+            );
+            // Another key under the same kid (the token's audit key, also P-256).
+            let mut other = ops::jwks::jwk(&hsm.keys(KeyKind::Audit)[0]).expect("a P-256 JWK");
+            other.kid = set.keys[0].kid.clone();
+            let other = alga_protocol::issuer_api::Jwks { keys: vec![other] };
+            assert_eq!(
+                verify(token, &other, now, ISS),
+                Err(LicenseError::BadSignature)
+            );
         },
     );
 }
@@ -249,16 +318,16 @@ fn license_requests_beyond_the_policy_are_refused() {
             let now = OffsetDateTime::now_utc();
             let cases: Vec<(SignLicenseRequest, ErrCheck)> = vec![
                 (license_request("pro", Some(10 * 365 * 86_400)), |e| {
-                    matches!(e, OpsError::BeyondPolicy { .. })
+                    matches!(e, Error::BeyondPolicy { .. })
                 }),
                 (license_request("pro", Some(7 * 86_400 + 1)), |e| {
-                    matches!(e, OpsError::BeyondPolicy { .. })
+                    matches!(e, Error::BeyondPolicy { .. })
                 }),
                 (license_request("enterprise-plus", None), |e| {
-                    matches!(e, OpsError::UnknownEdition { .. })
+                    matches!(e, Error::UnknownEdition { .. })
                 }),
                 (license_request("essentials", None), |e| {
-                    matches!(e, OpsError::EditionNotPaid { .. })
+                    matches!(e, Error::EditionNotPaid { .. })
                 }),
             ];
             for (req, check) in cases {
@@ -471,7 +540,7 @@ fn bad_csrs_are_refused_and_nothing_is_signed() {
                     lifetime_seconds: None,
                 };
                 match rt.block_on(ops::credential::sign(&hsm, &t.policy, &req, now)) {
-                    Err(OpsError::CsrInvalid { .. }) => {}
+                    Err(Error::CsrInvalid { .. }) => {}
                     Err(e) => panic!("{what}: refused for another reason: {e}"),
                     Ok(_) => panic!("{what}: signed"),
                 }
@@ -504,7 +573,7 @@ fn bad_csrs_are_refused_and_nothing_is_signed() {
             let e = rt
                 .block_on(ops::credential::sign(&hsm, &t.policy, &essentials, now))
                 .expect_err("essentials get no credential");
-            assert!(matches!(e, OpsError::EditionNotPaid { .. }), "{e}");
+            assert!(matches!(e, Error::EditionNotPaid { .. }), "{e}");
         },
     );
 }
@@ -580,7 +649,7 @@ fn a_minted_code_verifies_only_against_its_own_binding() {
             let i = text.len() - 8;
             let c = if text.as_bytes()[i] == b'A' { 'B' } else { 'A' };
             let typo = SecretText::new(format!("{}{c}{}", &text[..i], &text[i + 1..]));
-            assert!(matches!(verify(&b, &typo), Err(OpsError::CodeMalformed(_))));
+            assert!(matches!(verify(&b, &typo), Err(Error::CodeMalformed(_))));
             // The same code typed loosely is the same code.
             let loose = SecretText::new(format!("  {}  ", text.to_lowercase().replace('-', " ")));
             assert!(verify(&b, &loose).expect("answers").valid);

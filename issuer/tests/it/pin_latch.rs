@@ -12,8 +12,9 @@
 //! PIN on the HSM without updating the issuer's PIN file would), then the test hook
 //! pulls the login, as an HSM restart would.
 
+use alga_issuer::Error;
 use alga_issuer::hsm::{Hsm, HsmError};
-use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
+use alga_issuer::keyring::{KeyKind, KeyOps};
 use alga_protocol::issuer_api::{self as api, IssuerErrorBody, IssuerErrorCode};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -21,7 +22,7 @@ use crate::hsm::{Setup, TestToken, isolated_in};
 use crate::server::{CapturedLogs, Pki, Running};
 
 /// One MAC and one signature per job index, all at once; every result.
-async fn jobs(hsm: &Hsm, n: usize) -> Vec<Result<(), KeyOpsError>> {
+async fn jobs(hsm: &Hsm, n: usize) -> Vec<Result<(), Error>> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let hsm = hsm.clone();
@@ -80,7 +81,14 @@ fn a_pin_refused_after_a_lost_session_stops_logins_and_says_so() {
             }
             let stopped = results
                 .iter()
-                .filter(|r| matches!(r, Err(KeyOpsError::LoginStopped)))
+                .filter(|r| {
+                    matches!(
+                        r,
+                        Err(Error::Hsm(HsmError::LoginStopped {
+                            rv: "CKR_PIN_INCORRECT"
+                        }))
+                    )
+                })
                 .count();
             let logins_after_the_loss = hsm.login_calls() - before;
             println!(
@@ -95,9 +103,16 @@ fn a_pin_refused_after_a_lost_session_stops_logins_and_says_so() {
             );
             assert_eq!(stopped, results.len(), "every job answers LoginStopped");
             assert_eq!(hsm.login_stopped(), Some("CKR_PIN_INCORRECT"));
-            assert!(matches!(hsm.health(), Err(KeyOpsError::LoginStopped)));
+            assert!(matches!(
+                hsm.health(),
+                Err(Error::Hsm(HsmError::LoginStopped {
+                    rv: "CKR_PIN_INCORRECT"
+                }))
+            ));
             // Callers see "HSM unavailable".
-            let ops = alga_issuer::ops::OpsError::Keys(KeyOpsError::LoginStopped);
+            let ops = Error::Hsm(HsmError::LoginStopped {
+                rv: "CKR_PIN_INCORRECT",
+            });
             assert_eq!(ops.code(), IssuerErrorCode::HsmUnavailable);
 
             // The issuer's health route says so (the gateways' /readyz asks it), and

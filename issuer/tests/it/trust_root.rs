@@ -3,9 +3,10 @@
 //! CA without touching the appliance's trust store, the completion of a token made
 //! before the root existed, and re-endorsement after the policy grew.
 
+use alga_issuer::Error;
 use alga_issuer::hsm::admin::{self, KeysInitOutcome};
 use alga_issuer::hsm::{Hsm, HsmError};
-use alga_issuer::keyring::{KeyKind, KeyOps, KeyOpsError};
+use alga_issuer::keyring::{KeyKind, KeyOps};
 use alga_issuer::ops;
 use alga_protocol::issuer_api::SignLicenseRequest;
 use alga_protocol::trust::{LicenseExpectation, TrustRoots};
@@ -97,7 +98,10 @@ fn the_root_certifies_the_ca_and_endorses_the_license_key() {
             let err = rt()
                 .block_on(hsm.sign_digest(KeyKind::Root, 1, [1; 32]))
                 .expect_err("the root signs in ceremonies only");
-            assert!(matches!(err, KeyOpsError::UnknownKey { .. }), "{err:?}");
+            assert!(
+                matches!(err, Error::Hsm(HsmError::UnknownKey { .. })),
+                "{err:?}"
+            );
             let err = admin::keys_rotate(&t.config, t.pin(), KeyKind::Root, &t.policy, now)
                 .expect_err("the root is not rotated");
             assert!(err.to_string().contains("not rotated"), "{err}");
