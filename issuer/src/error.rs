@@ -19,11 +19,9 @@
 //!   and a function typed `HsmError` cannot return a signing-log or policy failure.
 //!   Folding its twenty variants in here would put `SessionLost` or `PartialKeySet`
 //!   beside `BeyondPolicy` for every caller to wade through.
-//! - The key store answers [`Error::Hsm`] too, not variants of its own: the
-//!   narrowed copy it used to have (`KeyOpsError`: unavailable, unknown key, PIN
-//!   refused, logins stopped, token missing) duplicated five `HsmError` variants and
-//!   dropped the detail the log wants. What callers act on is the stable code:
-//!   an unknown key is [`IssuerErrorCode::Internal`] (ours to fix), anything else from
+//! - The key store answers [`Error::Hsm`] too, not variants of its own (they would
+//!   repeat `HsmError`'s and drop the detail the log wants). What callers act on is
+//!   the stable code: an unknown key is [`IssuerErrorCode::Internal`] (ours to fix), anything else from
 //!   the HSM is [`IssuerErrorCode::HsmUnavailable`].
 //! - The server's private `ApiError` (`server::error`) is the HTTP response: it wraps
 //!   an [`Error`] and renders it with the status of its code; a 5xx carries no
