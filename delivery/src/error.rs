@@ -103,10 +103,14 @@ pub enum Error {
     InvalidDeliveryId,
 
     // --- Setting up the SMTP sender ------------------------------------------------
+    /// A secret file the configuration names (`password_file`) could not be read or
+    /// is empty; the message names the file, never its content.
+    #[error(transparent)]
+    SecretFile(#[from] alga_protocol::config_file::ConfigError),
     /// A file named by the `[smtp]` configuration could not be read.
     #[error("cannot read {what} {path}: {source}")]
     SmtpFile {
-        /// Which setting (`password_file`, `ca_file`).
+        /// Which setting (`ca_file`).
         what: &'static str,
         /// The path.
         path: PathBuf,

@@ -1,6 +1,7 @@
 //! Types shared by the processes: install codes and their binding, SPIFFE identities,
 //! secrets on the wire, and the issuer's API. No I/O here, except `config_file`: the
-//! one reader of the services' configuration and secret files.
+//! one reader of the servers' configuration files and of every file that holds one
+//! secret (the S3 credentials file, `key=value` lines, is `alga_delivery`'s).
 #![forbid(unsafe_code)]
 
 pub mod api;

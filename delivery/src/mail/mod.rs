@@ -30,7 +30,6 @@ use rustls_pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use tracing::instrument;
-use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -274,18 +273,11 @@ fn is_loopback(host: &str) -> bool {
 
 /// Reads the SMTP password: the file's first line, without its line ending.
 fn read_password(path: &Path) -> Result<SecretString, Error> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| Error::SmtpFile {
-            what: "password_file",
-            path: path.to_owned(),
-            source,
-        })?,
-    );
-    let line = text.lines().next().unwrap_or_default();
-    if line.is_empty() || line.chars().any(char::is_control) {
+    let password = alga_protocol::config_file::read_secret_file(path)?;
+    if password.expose_secret().chars().any(char::is_control) {
         return Err(Error::SmtpInvalidCredential("password"));
     }
-    Ok(SecretString::from(line.to_owned()))
+    Ok(password)
 }
 
 /// Reads every PEM certificate of `path`.

@@ -615,7 +615,16 @@ fn setup_refuses_weak_or_incomplete_configurations() -> Result<()> {
     let mut missing = smtp_config(465, SmtpSecurity::Tls);
     missing.username = Some("mailer".into());
     missing.password_file = Some(dir.path().join("absent"));
-    assert!(matches!(Mailer::new(&missing), Err(Error::SmtpFile { .. })));
+    assert!(matches!(Mailer::new(&missing), Err(Error::SecretFile(_))));
+    let mut two_lines = smtp_config(465, SmtpSecurity::Tls);
+    two_lines.username = Some("mailer".into());
+    let two = dir.path().join("two-lines");
+    std::fs::write(&two, "s3cret-pass\nsomething else\n")?;
+    two_lines.password_file = Some(two);
+    assert!(matches!(
+        Mailer::new(&two_lines),
+        Err(Error::SmtpInvalidCredential("password"))
+    ));
 
     let mut bad_ca = smtp_config(465, SmtpSecurity::Tls);
     bad_ca.ca_file = Some(password.clone());
