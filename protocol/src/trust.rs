@@ -154,46 +154,72 @@ pub fn compact_jws(signing_input: &str, signature: &[u8; 64]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
+    /// The pinned trust root bundle is unusable (not PEM, something else than
+    /// certificates, none, or a certificate that is not a self-signed P-256 CA); the
+    /// text says why.
     #[error("the trust root file is unusable: {0}")]
     Roots(&'static str),
+    /// Not three base64url JSON parts, or a header without `alg: ES256` and a `kid`.
     #[error("the license is not a well-formed ES256 JWT")]
     LicenseMalformed,
+    /// The header has no endorsement of the signing key.
     #[error("the license carries no endorsement of its signing key")]
     NoEndorsement,
+    /// The endorsement does not verify against any pinned root.
     #[error("the license's signing key is not endorsed by the pinned trust root")]
     NotEndorsed,
+    /// The endorsement is too long, not an ES256 JWS of its type, or carries an
+    /// unusable key.
     #[error("the endorsement of the license's signing key is malformed")]
     EndorsementMalformed,
+    /// The endorsement is outside its validity, or outside its root's.
     #[error("the endorsement of the license's signing key is not valid now")]
     EndorsementNotValid,
+    /// The token's `kid` is not the endorsed key's.
     #[error("the license names another key than its endorsement")]
     KeyMismatch,
+    /// The ES256 signature does not verify with the endorsed key.
     #[error("the license signature does not verify")]
     BadSignature,
+    /// `iss` is not the issuer the key is endorsed for.
     #[error("the license is from another issuer than its key is endorsed for")]
     WrongIssuer,
+    /// `aud` is not the appliance audience.
     #[error("the license is not for an appliance")]
     WrongAudience,
+    /// `sub` is not the expected tenant.
     #[error("the license is for another tenant")]
     WrongTenant,
+    /// `appliance_id` is not the expected appliance.
     #[error("the license is for another appliance")]
     WrongAppliance,
+    /// `edition` is not the expected edition.
     #[error("the license is for another edition")]
     WrongEdition,
+    /// The license grants more than the endorsement allows its edition (features,
+    /// seats, lifetime, expiry); the text names which.
     #[error("the license grants more than its key is endorsed for: {0}")]
     BeyondBounds(String),
+    /// `nbf` is after now (beyond the allowed clock skew).
     #[error("the license is not valid yet (check this appliance's clock)")]
     NotYetValid,
+    /// `exp` is not after now.
     #[error("the license has already expired")]
     Expired,
+    /// The leaf or the CA certificate is not a DER X.509 certificate.
     #[error("the certificate chain is malformed")]
     ChainMalformed,
+    /// The appliance CA is not signed by any pinned root.
     #[error("the credential's CA is not certified by the pinned trust root")]
     CaNotCertified,
+    /// The appliance CA certificate is not a CA that signs certificates, or is outside
+    /// its validity.
     #[error("the credential's CA certificate is not a CA, or not valid now")]
     CaNotValid,
+    /// The leaf is not signed by the appliance CA.
     #[error("the certificate is not signed by its CA")]
     LeafNotSigned,
+    /// The leaf's validity ends after its CA's.
     #[error("the certificate outlives its CA")]
     LeafOutlivesCa,
 }
