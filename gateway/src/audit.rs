@@ -1,5 +1,6 @@
-//! The gateway's one seam to the audit log (`alga_audit`): every flow records through
-//! here, so the adaptation to the audit crate's API is in one place.
+//! How the gateway writes to the audit log (`alga_audit`): every flow records through
+//! here, so the adaptation to the audit crate's writing API is in one place (the log's
+//! read routes, the event feed and the migrations call the audit crate directly).
 //!
 //! Fail-closed: [`append`] runs inside the caller's transaction; when it fails, the
 //! flow's transaction fails with it and nothing changes. Failures of a request are

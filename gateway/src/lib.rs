@@ -37,8 +37,10 @@
 //!   logged, audited or stored: codes are re-derived by the issuer from their stored
 //!   binding; the outbox holds a code id and a recipient only.
 //! - No key material lives here: the gateway never signs or MACs anything itself.
-//! - No SQL outside [`db`] (and the audit crate's, through [`audit`]); no HTTP outside
-//!   [`api`]; no schema change at serve time (`migrate` is explicit, as another role).
+//! - No SQL outside [`db`] and the audit crate (which [`audit`], the log's read routes,
+//!   the event feed and [`db::migrate`] call); the public API's HTTP and JSON only in
+//!   [`api`] (the issuer client, webhooks and witnesses are HTTP clients of others);
+//!   no schema change at serve time (`migrate` is explicit, as another role).
 //! - No state change commits without its audit record (fail-closed), and no
 //!   consumption decision uses the gateway's clock: Postgres' `now()` decides.
 //! - No identity from a CN, and no role from a certificate of the wrong CA.

@@ -254,7 +254,7 @@ mod tests {
     }
 
     /// The key store's answers: an unknown key is ours to fix, every other HSM failure
-    /// is "HSM unavailable" (what the narrowed `KeyOpsError` used to decide).
+    /// is "HSM unavailable".
     #[test]
     fn every_hsm_error_is_unavailable_but_an_unknown_key() {
         let s = || String::from("x");

@@ -1,4 +1,5 @@
-//! Key ceremonies: `token init` (development and tests), `keys init|list|rotate`.
+//! Key ceremonies: `token init` (development and tests),
+//! `keys init|list|rotate|certify|trust-root`.
 //!
 //! These run in the `alga-issuer` binary, on the calling thread, with one session of
 //! their own; they are the only code that creates objects on the token. Serving

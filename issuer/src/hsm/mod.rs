@@ -7,7 +7,7 @@
 //!   lost session is reopened and the job retried once (see `worker`); a PIN the token
 //!   refuses on such a re-login stops all further logins until a restart
 //!   ([`Hsm::login_stopped`], reported by [`KeyOps::health`]).
-//! - [`admin`] holds the key ceremonies (`token init`, `keys init|list|rotate`).
+//! - [`admin`] holds the key ceremonies (`token init`, `keys init|list|rotate|certify|trust-root`).
 //! - [`CaSigner`] is the rcgen external signer of the appliance CA, over any
 //!   [`KeyOps`].
 //! - [`error`] maps every PKCS#11 return value, in one place, to [`HsmError`], the
