@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # make fuzz: builds the cargo-fuzz targets (RUSTC_BOOTSTRAP=1 lets the installed stable
 # toolchain accept libFuzzer's nightly flags) and runs each for FUZZ_SECONDS (default
-# 300), bounded, then reports crashes per target. Needs `cargo install cargo-fuzz`.
+# 300), bounded, then reports crashes per target. cargo-fuzz is pinned and installed
+# once into the tools root, as `scripts/lint.sh` installs cargo-deny (environment:
+# ALGA_TOOLS_ROOT, default ~/.cache/alga-license/tools).
 # Sanitizer "none": every crate forbids unsafe, so the fuzzers look for panics, hangs
 # and out-of-memory, and run several times faster without ASan.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 SECS="${FUZZ_SECONDS:-300}"
 TARGETS="${FUZZ_TARGETS:-install_code csr api_bodies audit_export offline_files}"
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+TOOLS_ROOT="${ALGA_TOOLS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/alga-license/tools}"
+CARGO_FUZZ_VERSION=0.13.2
+if [ "$("$TOOLS_ROOT/bin/cargo-fuzz" --version 2>/dev/null </dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    echo "fuzz: installing cargo-fuzz@$CARGO_FUZZ_VERSION into $TOOLS_ROOT (one time)" >&2
+    cargo install --root "$TOOLS_ROOT" --force --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
+fi
+export PATH="$TOOLS_ROOT/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 timeout 1800 cargo fuzz build -s none -O
 # Run the binaries just built: `cargo fuzz run` would rebuild first whenever a crate
