@@ -143,6 +143,11 @@ mod tests {
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The signing log's records in `dir`.
+    fn logged(dir: &tempfile::TempDir) -> Vec<alga_protocol::signlog::SignlogRecord> {
+        crate::signlog::read_dir(dir.path()).expect("log").records
+    }
+
     const LICENSE: &str = r#"{"tenant_id":"00000000-0000-0000-0000-000000000001","appliance_id":"00000000-0000-0000-0000-000000000002","edition":"pro"}"#;
 
     /// A log that takes one record and fails the next: one record per file, and the
@@ -196,7 +201,7 @@ mod tests {
         assert!(!log.is_healthy());
         // The license logged before the failure is in the log, undelivered.
         std::fs::remove_dir(dir.path().join(file_name(2))).expect("rmdir");
-        let records = crate::signlog::read_dir(dir.path()).expect("log").records;
+        let records = logged(&dir);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].op, alga_protocol::signlog::SignOp::License);
         // Fail closed from then on.
@@ -252,13 +257,7 @@ mod tests {
             ]
         );
         // Two from the batch, two from the single route.
-        assert_eq!(
-            crate::signlog::read_dir(dir.path())
-                .expect("log")
-                .records
-                .len(),
-            4
-        );
+        assert_eq!(logged(&dir).len(), 4);
     }
 
     #[tokio::test]
@@ -303,7 +302,7 @@ mod tests {
             let parsed: IssuerErrorBody = serde_json::from_str(&text).expect("error body");
             assert_eq!(parsed.error.code, IssuerErrorCode::BadRequest, "{bad}");
         }
-        let records = crate::signlog::read_dir(dir.path()).expect("log").records;
+        let records = logged(&dir);
         assert_eq!(records.len(), 1, "refusals sign nothing");
         assert_eq!(records[0].op, alga_protocol::signlog::SignOp::LogCheckpoint);
         assert_eq!(records[0].kid, "alga-log-v1");
@@ -414,13 +413,7 @@ mod tests {
             let parsed: IssuerErrorBody = serde_json::from_str(&text).expect("error body");
             assert_eq!(parsed.error.code, code, "{method} {path}");
         }
-        assert_eq!(
-            crate::signlog::read_dir(dir.path())
-                .expect("log")
-                .records
-                .len(),
-            0
-        );
+        assert_eq!(logged(&dir).len(), 0);
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::support::{
     Customer, Proc, Redeem, Stack, appliance_output, bin, curl, gateway_client_identity,
-    redeem_pinned, register, run, secret_value, split_password, text, unique, wait_mail,
+    redeem_pinned, register, run, secret_value, split_password, succeeded, text, unique, wait_mail,
 };
 
 /// The key kinds `keys rotate` takes, each with the prefix of its key ids.
@@ -325,14 +325,10 @@ impl Token {
 
     /// [`Token::issuer_output`], which must succeed: its standard output.
     fn issuer(&self, args: &[&str]) -> Result<String> {
-        let out = self.issuer_output(args)?;
-        ensure!(
-            out.status.success(),
-            "alga-issuer {args:?} failed ({}): {}{}",
-            out.status,
-            text(&out.stderr),
-            text(&out.stdout)
-        );
+        let out = succeeded(
+            format_args!("alga-issuer {args:?}"),
+            self.issuer_output(args)?,
+        )?;
         Ok(text(&out.stdout))
     }
 

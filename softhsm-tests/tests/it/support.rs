@@ -135,6 +135,19 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
     run_within(cmd, stdin, COMMAND_TIMEOUT)
 }
 
+/// `out` when its command exited 0; otherwise an error naming `what`, with the exit
+/// status, standard error and standard output.
+pub fn succeeded(what: impl std::fmt::Display, out: Output) -> Result<Output> {
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    Ok(out)
+}
+
 /// [`run`] with another bound than [`COMMAND_TIMEOUT`].
 pub fn run_within(cmd: &mut Command, stdin: Option<&[u8]>, bound: Duration) -> Result<Output> {
     // Program and arguments only: `Command`'s Debug would print the environment we
@@ -239,13 +252,7 @@ pub fn psql(url: &str, sql: &str) -> Result<String> {
     if let Some(pw) = pw {
         cmd.env("PGPASSWORD", pw);
     }
-    let out = run(&mut cmd, None)?;
-    ensure!(
-        out.status.success(),
-        "psql failed ({}) on `{sql}`: {}",
-        out.status,
-        text(&out.stderr)
-    );
+    let out = succeeded(format_args!("psql on `{sql}`"), run(&mut cmd, None)?)?;
     Ok(text(&out.stdout).trim().to_owned())
 }
 
@@ -543,13 +550,7 @@ impl Stack {
                 .arg(&migrate_conf),
             None,
         )?;
-        ensure!(
-            out.status.success(),
-            "alga-gateway migrate failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        succeeded("alga-gateway migrate", out)?;
         let mut started = Vec::new();
         for i in 0..gateways.max(1) {
             let gw_issuer = issuer_urls[i % issuer_urls.len()].clone();
@@ -653,12 +654,7 @@ impl Stack {
         if let Some(pw) = pw {
             cmd.env("PGPASSWORD", pw);
         }
-        let out = run(&mut cmd, None)?;
-        ensure!(
-            out.status.success(),
-            "pg_dump failed: {}",
-            text(&out.stderr)
-        );
+        let out = succeeded("pg_dump", run(&mut cmd, None)?)?;
         let dump = text(&out.stdout);
         ensure!(
             dump.contains("COPY public.install_codes") && dump.contains("COPY public.audit_events"),
@@ -705,13 +701,7 @@ impl Stack {
                 .arg(format!("{}{path}", self.issuer_url)),
             Some(body.to_string().as_bytes()),
         )?;
-        ensure!(
-            out.status.success(),
-            "issuer POST {path} failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        let out = succeeded(format_args!("issuer POST {path}"), out)?;
         serde_json::from_slice(&out.stdout).context("the issuer answered no JSON")
     }
 
@@ -906,13 +896,7 @@ fn algactl_with(gateway: &str, cert: &str, key: &str, args: &[&str]) -> Result<s
             .args(args),
         None,
     )?;
-    ensure!(
-        out.status.success(),
-        "algactl {args:?} failed ({}): {}{}",
-        out.status,
-        text(&out.stderr),
-        text(&out.stdout)
-    );
+    let out = succeeded(format_args!("algactl {args:?}"), out)?;
     serde_json::from_slice(&out.stdout).context("algactl printed no JSON")
 }
 
@@ -1245,14 +1229,10 @@ pub fn redeem_pinned(
 
 /// `alga-appliance <args>` with extra environment; Ok(stdout) on exit 0.
 pub fn appliance(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
-    let o = appliance_output(args, envs)?;
-    ensure!(
-        o.status.success(),
-        "alga-appliance {args:?} failed ({}): {}{}",
-        o.status,
-        text(&o.stderr),
-        text(&o.stdout)
-    );
+    let o = succeeded(
+        format_args!("alga-appliance {args:?}"),
+        appliance_output(args, envs)?,
+    )?;
     Ok(text(&o.stdout))
 }
 
